@@ -1,0 +1,70 @@
+//! Ops that only move values around: the gradient moves them back.
+
+use super::{one, Grads};
+use crate::autodiff::ctx::RuleCtx;
+use crate::error::Result;
+use crate::onnx::builder::attr_i;
+
+/// Reshape, Flatten, Squeeze, Unsqueeze: reshape the gradient to the input's shape.
+pub fn reshape_like_input(cx: &mut RuleCtx, g: &[Option<String>], _need: &[bool]) -> Result<Grads> {
+    let g = one(cx, g)?;
+    let x = cx.input(0).to_string();
+    Ok(vec![Some(cx.b.reshape_like(&g, &x))])
+}
+
+pub fn transpose(cx: &mut RuleCtx, g: &[Option<String>], _need: &[bool]) -> Result<Grads> {
+    let g = one(cx, g)?;
+    let x = cx.input(0).to_string();
+    let rank = cx.rank(&x)?;
+    let perm = cx.attr_ints("perm").unwrap_or_else(|| (0..rank as i64).rev().collect());
+    let mut inv = vec![0i64; perm.len()];
+    for (i, &p) in perm.iter().enumerate() {
+        let p = cx.axis(p, rank)?;
+        inv[p] = i as i64;
+    }
+    Ok(vec![Some(cx.b.transpose(&g, &inv))])
+}
+
+/// The gradients of the pieces, concatenated; zeros for pieces without one.
+pub fn split(cx: &mut RuleCtx, g: &[Option<String>], _need: &[bool]) -> Result<Grads> {
+    let x = cx.input(0).to_string();
+    let axis = cx.attr_i("axis").unwrap_or(0);
+    let dt = cx.dtype(&x);
+    let mut parts = vec![];
+    for (k, gk) in g.iter().enumerate() {
+        parts.push(match gk {
+            Some(gk) => gk.clone(),
+            None => {
+                let o = cx.output(k).to_string();
+                cx.b.zeros_like(&o, dt)
+            }
+        });
+    }
+    let refs: Vec<&str> = parts.iter().map(|s| s.as_str()).collect();
+    Ok(vec![Some(cx.b.concat(&refs, axis))])
+}
+
+/// The gradient split back into the inputs' extents along the axis.
+pub fn concat(cx: &mut RuleCtx, g: &[Option<String>], need: &[bool]) -> Result<Grads> {
+    let g = one(cx, g)?;
+    let rank = cx.rank(cx.output(0))?;
+    let axis = cx.axis(cx.attr_i("axis").unwrap_or(0), rank)? as i64;
+    let start = cx.b.const_i64s(&[axis]);
+    let end = cx.b.const_i64s(&[axis + 1]);
+    let mut sizes = vec![];
+    for k in 0..cx.node.input.len() {
+        let x = cx.input(k).to_string();
+        let s = cx.b.shape(&x);
+        sizes.push(cx.b.node("Slice", &[&s, &start, &end], vec![]));
+    }
+    let refs: Vec<&str> = sizes.iter().map(|s| s.as_str()).collect();
+    let split = cx.b.concat(&refs, 0);
+    let outs = cx.b.node_n("Split", &[&g, &split], need.len(), vec![attr_i("axis", axis)]);
+    Ok(outs.into_iter().zip(need).map(|(o, &n)| n.then_some(o)).collect())
+}
+
+pub fn expand(cx: &mut RuleCtx, g: &[Option<String>], _need: &[bool]) -> Result<Grads> {
+    let g = one(cx, g)?;
+    let (x, y) = (cx.input(0).to_string(), cx.output(0).to_string());
+    Ok(vec![Some(cx.reduce_to(&g, &y, &x)?)])
+}

@@ -1,0 +1,148 @@
+//! Finding the hook tensors: for every layer, the activation input of the
+//! attention out-projection (`attn.c_proj` in GPT-2, `attention.dense` in
+//! GPT-NeoX, `self_attn.o_proj` in Llama). Exporters name things differently,
+//! so three sources are matched: the node's name (legacy exporter scopes), its
+//! dynamo `name_scopes` metadata, and the names of its weight initializers.
+
+use crate::error::{Error, Result};
+use crate::onnx::pb::NodeProto;
+use crate::onnx::OnnxModel;
+use regex::Regex;
+use std::collections::{BTreeMap, HashSet};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Hook {
+    pub layer: usize,
+    /// Name of the MatMul/Gemm node of the out-projection.
+    pub node: String,
+    pub op_type: String,
+    /// The activation entering it: the tensor we read and differentiate.
+    pub tensor: String,
+    /// What identified the node: "node name", "module scope" or "weight name".
+    pub matched_by: &'static str,
+}
+
+const ATTN_OUT: &str =
+    r"(?:^|[./])(?:h|layers|layer)[./](\d+)[./](?:attn[./]c_proj|attention[./]dense|self_attn[./]o_proj|attn[./]out_proj|self_attn[./]out_proj)(?:$|[./])";
+
+/// Tensors whose value does not depend on any graph input: initializers,
+/// Constant outputs, and whatever is computed from those alone.
+pub fn constant_tensors(model: &OnnxModel) -> HashSet<String> {
+    let g = model.graph();
+    let mut set: HashSet<String> = g.initializer.iter().map(|t| t.name.clone()).collect();
+    let inputs: HashSet<&str> = g.input.iter().map(|v| v.name.as_str()).collect();
+    set.retain(|n| !inputs.contains(n.as_str()));
+    for n in &g.node {
+        if n.input.iter().filter(|i| !i.is_empty()).all(|i| set.contains(i)) {
+            set.extend(n.output.iter().cloned());
+        }
+    }
+    set
+}
+
+pub fn find_attention_out_hooks(model: &OnnxModel) -> Result<Vec<Hook>> {
+    let re = Regex::new(ATTN_OUT).expect("valid regex");
+    let consts = constant_tensors(model);
+    let mut by_layer: BTreeMap<usize, Vec<(&NodeProto, &'static str)>> = BTreeMap::new();
+    for n in &model.graph().node {
+        if n.op_type != "MatMul" && n.op_type != "Gemm" {
+            continue;
+        }
+        let scopes = model.scopes.get(&n.name);
+        let sources = std::iter::once((n.name.as_str(), "node name"))
+            .chain(scopes.iter().rev().map(|s| (s.as_str(), "module scope")))
+            .chain(n.input.iter().filter(|i| consts.contains(*i)).map(|i| (i.as_str(), "weight name")));
+        for (text, how) in sources {
+            if let Some(c) = re.captures(text) {
+                let layer: usize = c[1].parse().map_err(|_| Error::Model(format!("layer number in '{text}'")))?;
+                by_layer.entry(layer).or_default().push((n, how));
+                break;
+            }
+        }
+    }
+    if by_layer.is_empty() {
+        return Err(Error::Model(format!(
+            "{}: no attention out-projection found (looked for MatMul/Gemm nodes of modules named like \
+             'h.N.attn.c_proj', 'layers.N.self_attn.o_proj' or 'layers.N.attention.dense' in node names, \
+             dynamo name scopes and weight names)",
+            model.path.display()
+        )));
+    }
+    let mut hooks = vec![];
+    for (expected, (&layer, nodes)) in by_layer.iter().enumerate() {
+        if layer != expected {
+            return Err(Error::Model(format!(
+                "{}: found attention out-projections for layers {:?} but none for layer {expected}",
+                model.path.display(),
+                by_layer.keys().collect::<Vec<_>>()
+            )));
+        }
+        if nodes.len() > 1 {
+            let names: Vec<&str> = nodes.iter().map(|(n, _)| n.name.as_str()).collect();
+            return Err(Error::Model(format!(
+                "{}: layer {layer} has {} candidate attention out-projection nodes ({}); expected exactly one",
+                model.path.display(),
+                names.len(),
+                names.join(", ")
+            )));
+        }
+        let (n, how) = nodes[0];
+        let acts: Vec<&String> = n.input.iter().take(2).filter(|i| !consts.contains(*i)).collect();
+        if acts.len() != 1 {
+            return Err(Error::Model(format!(
+                "{}: node '{}' ({}) of layer {layer} should have exactly one activation input and one weight, found {} activation inputs",
+                model.path.display(), n.name, n.op_type, acts.len()
+            )));
+        }
+        hooks.push(Hook { layer, node: n.name.clone(), op_type: n.op_type.clone(), tensor: acts[0].clone(), matched_by: how });
+    }
+    Ok(hooks)
+}
+
+/// The output holding the logits: named `logits`, else the only float output of rank 3.
+pub fn find_logits(model: &OnnxModel, facts: &crate::onnx::facts::Facts) -> Result<String> {
+    let g = model.graph();
+    if let Some(o) = g.output.iter().find(|o| o.name == "logits") {
+        return Ok(o.name.clone());
+    }
+    let cands: Vec<&str> = g
+        .output
+        .iter()
+        .filter(|o| facts.rank(&o.name) == Some(3) && facts.dtype(&o.name).is_some_and(crate::onnx::consts::is_float))
+        .map(|o| o.name.as_str())
+        .collect();
+    match cands.as_slice() {
+        [one] => Ok(one.to_string()),
+        _ => Err(Error::Model(format!(
+            "{}: no logits-like output: expected an output named 'logits' or exactly one float output of shape [batch, sequence, vocab]; outputs are: {}",
+            model.path.display(),
+            g.output.iter().map(|o| o.name.as_str()).collect::<Vec<_>>().join(", ")
+        ))),
+    }
+}
+
+/// The number of attention heads feeding a hook: walking back from the hook
+/// through reshapes and transposes, the first rank-4 tensor whose last two
+/// dims are fixed and multiply to the hook's width is [.., heads, head_dim].
+pub fn infer_heads(model: &OnnxModel, facts: &crate::onnx::facts::Facts, hook: &str) -> Option<usize> {
+    use crate::onnx::facts::Dim;
+    let width = match facts.shape(hook)?.last()? {
+        Dim::Known(w) => *w,
+        _ => return None,
+    };
+    let g = model.graph();
+    let mut t = hook.to_string();
+    for _ in 0..8 {
+        if let Some([.., Dim::Known(h), Dim::Known(d)]) = facts.shape(&t) {
+            if facts.rank(&t) == Some(4) && h * d == width && *h > 1 {
+                return Some(*h as usize);
+            }
+        }
+        let producer = g.node.iter().find(|n| n.output.iter().any(|o| *o == t))?;
+        if !matches!(producer.op_type.as_str(), "Reshape" | "Transpose" | "Identity" | "Flatten") {
+            return None;
+        }
+        t = producer.input.first()?.clone();
+    }
+    None
+}

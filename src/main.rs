@@ -1,0 +1,138 @@
+//! The `attrpatch` command line: a thin layer over the library.
+
+use attrpatch::runtime::{Device, RuntimeKind, RuntimeOptions};
+use attrpatch::{augment, inspect, job, onnx::OnnxModel, report, Error};
+use clap::{Args, Parser, Subcommand};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "attrpatch", version, about = "Attribution patching on transformer models exported to ONNX")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the attribution job and write the grids (defaults: the bundled model and the tutorial's IOI prompts).
+    Run(RunArgs),
+    /// List the layers, hook tensors, inputs, outputs and the ops between hooks and logits.
+    Inspect {
+        /// ONNX model file.
+        model: PathBuf,
+    },
+    /// Write the augmented model (metric + backward graph + hook outputs) as a standard .onnx file.
+    Rewrite {
+        /// ONNX model file.
+        model: PathBuf,
+        /// Where to write the augmented model.
+        #[arg(short, long)]
+        output: PathBuf,
+    },
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// ONNX model file [default: models/gpt2-tiny-random.onnx].
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// tokenizer.json [default: the one beside the model].
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
+    /// JSONL file of {"clean", "corrupted", "correct", "incorrect"} objects [default: the tutorial's 8 IOI pairs].
+    #[arg(long)]
+    prompts: Option<PathBuf>,
+    /// Prepend the tokenizer's BOS token to every prompt.
+    #[arg(long)]
+    bos: bool,
+    /// Output folder.
+    #[arg(short, long, default_value = "attrpatch-out")]
+    out: PathBuf,
+    /// Which runtime executes the augmented graph.
+    #[arg(long, value_enum, default_value_t = RuntimeKind::Ort)]
+    runtime: RuntimeKind,
+    /// cpu, cuda, cuda:N or auto (CUDA when the ONNX Runtime library has it, else CPU).
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// The ONNX Runtime shared library (or its folder) [default: ORT_DYLIB_PATH, .ort/, Python onnxruntime].
+    #[arg(long)]
+    ort_lib: Option<PathBuf>,
+    /// Intra-op threads (0: the runtime's default).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+    /// Number of attention heads, when it cannot be read from the graph.
+    #[arg(long)]
+    heads: Option<usize>,
+}
+
+fn default_model() -> PathBuf {
+    let local = Path::new("models/gpt2-tiny-random.onnx");
+    if local.is_file() {
+        return local.to_path_buf();
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("models/gpt2-tiny-random.onnx")
+}
+
+fn run(args: RunArgs) -> Result<(), Error> {
+    let device: Device = args.device.parse()?;
+    let opts = job::JobOptions {
+        model: args.model.unwrap_or_else(default_model),
+        tokenizer: args.tokenizer,
+        prompts: args.prompts,
+        bos: args.bos,
+        heads: args.heads,
+        runtime: RuntimeOptions { kind: args.runtime, device, ort_lib: args.ort_lib, threads: args.threads },
+    };
+    // Fail on an unwritable output folder before spending time on the model.
+    std::fs::create_dir_all(&args.out).map_err(|e| Error::io(&args.out, e))?;
+    let r = job::run_job(&opts)?;
+    let (clean, corr) = (r.clean_logit_diff, r.corrupted_logit_diff);
+    println!("model: {}", opts.model.display());
+    println!("runtime: {} ({} call)", r.runtime, r.runtime_calls);
+    println!("{} prompt pairs of {} tokens, {} layers x {} heads", r.pairs.len(), r.tokens.seq_len, r.hooks.len(), r.n_heads);
+    println!("Clean logit diff: {}", num(clean));
+    println!("Corrupted logit diff: {}", num(corr));
+    println!("Clean Baseline is 1: {:.4}", (clean - corr) / (clean - corr));
+    // (corr - corr) / (clean - corr) is exactly zero; + 0.0 drops the sign of -0.
+    println!("Corrupted Baseline is 0: {:.4}", (corr - corr) / (clean - corr) + 0.0);
+    let written = report::write_results(&r, &opts.model, &args.out)?;
+    println!(
+        "time: load {:.2}s, rewrite {:.2}s, session {:.2}s, run {:.3}s",
+        r.seconds.load, r.seconds.rewrite, r.seconds.session, r.seconds.run
+    );
+    for w in written {
+        println!("wrote {}", w.display());
+    }
+    Ok(())
+}
+
+/// Four decimals like the tutorial, or scientific notation for tiny values.
+fn num(v: f64) -> String {
+    if v != 0.0 && v.abs() < 0.01 {
+        format!("{v:.4e}")
+    } else {
+        format!("{v:.4}")
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.cmd {
+        Cmd::Run(a) => run(a),
+        Cmd::Inspect { model } => OnnxModel::load(&model).and_then(|m| inspect::inspect(&m)).map(|s| print!("{s}")),
+        Cmd::Rewrite { model, output } => OnnxModel::load(&model).and_then(|m| augment::augment(&m)).and_then(|a| {
+            use prost::Message;
+            attrpatch::fsutil::write_atomic(&output, &a.proto.encode_to_vec())?;
+            println!("wrote {} ({} hooks)", output.display(), a.hooks.len());
+            Ok(())
+        }),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,169 @@
+//! Appending standard ONNX nodes to a graph, opset-aware: where an op's
+//! signature changed between opsets (axes as attribute or input), the helpers
+//! emit the form the model's opset expects.
+
+use super::consts::{float_tensor, i64_tensor};
+use super::pb::{attribute_proto::AttributeType, AttributeProto, NodeProto, TensorProto};
+use std::collections::HashSet;
+
+pub struct GraphBuilder {
+    pub opset: i64,
+    pub nodes: Vec<NodeProto>,
+    pub initializers: Vec<TensorProto>,
+    prefix: String,
+    counter: usize,
+    taken: HashSet<String>,
+}
+
+pub fn attr_i(name: &str, i: i64) -> AttributeProto {
+    AttributeProto { name: name.into(), r#type: AttributeType::Int as i32, i, ..Default::default() }
+}
+pub fn attr_f(name: &str, f: f32) -> AttributeProto {
+    AttributeProto { name: name.into(), r#type: AttributeType::Float as i32, f, ..Default::default() }
+}
+pub fn attr_ints(name: &str, ints: &[i64]) -> AttributeProto {
+    AttributeProto { name: name.into(), r#type: AttributeType::Ints as i32, ints: ints.to_vec(), ..Default::default() }
+}
+pub fn attr_s(name: &str, s: &str) -> AttributeProto {
+    AttributeProto { name: name.into(), r#type: AttributeType::String as i32, s: s.as_bytes().to_vec(), ..Default::default() }
+}
+pub fn attr_t(name: &str, t: TensorProto) -> AttributeProto {
+    AttributeProto { name: name.into(), r#type: AttributeType::Tensor as i32, t: Some(t), ..Default::default() }
+}
+
+impl GraphBuilder {
+    /// `taken`: every tensor and node name already in the graph, so new names never clash.
+    pub fn new(opset: i64, prefix: &str, taken: HashSet<String>) -> Self {
+        GraphBuilder { opset, nodes: vec![], initializers: vec![], prefix: prefix.into(), counter: 0, taken }
+    }
+
+    pub fn fresh(&mut self, hint: &str) -> String {
+        loop {
+            self.counter += 1;
+            let name = format!("{}{}_{}", self.prefix, hint, self.counter);
+            if self.taken.insert(name.clone()) {
+                return name;
+            }
+        }
+    }
+
+    pub fn node_n(&mut self, op: &str, inputs: &[&str], n_out: usize, attrs: Vec<AttributeProto>) -> Vec<String> {
+        let outputs: Vec<String> = (0..n_out).map(|_| self.fresh(op)).collect();
+        let name = self.fresh(&format!("{op}_node"));
+        self.nodes.push(NodeProto {
+            name,
+            op_type: op.into(),
+            input: inputs.iter().map(|s| s.to_string()).collect(),
+            output: outputs.clone(),
+            attribute: attrs,
+            ..Default::default()
+        });
+        outputs
+    }
+
+    pub fn node(&mut self, op: &str, inputs: &[&str], attrs: Vec<AttributeProto>) -> String {
+        self.node_n(op, inputs, 1, attrs).pop().unwrap()
+    }
+
+    /// A node whose output gets the given name (for graph outputs).
+    pub fn node_named(&mut self, op: &str, inputs: &[&str], out: &str, attrs: Vec<AttributeProto>) {
+        self.taken.insert(out.to_string());
+        let name = self.fresh(&format!("{op}_node"));
+        self.nodes.push(NodeProto {
+            name,
+            op_type: op.into(),
+            input: inputs.iter().map(|s| s.to_string()).collect(),
+            output: vec![out.to_string()],
+            attribute: attrs,
+            ..Default::default()
+        });
+    }
+
+    pub fn const_i64s(&mut self, values: &[i64]) -> String {
+        let name = self.fresh("const_i64");
+        self.initializers.push(i64_tensor(&name, &[values.len() as i64], values));
+        name
+    }
+
+    pub fn const_i64_scalar(&mut self, v: i64) -> String {
+        let name = self.fresh("const_i64");
+        self.initializers.push(i64_tensor(&name, &[], &[v]));
+        name
+    }
+
+    /// A scalar of the given float element type.
+    pub fn const_scalar(&mut self, data_type: i32, v: f64) -> String {
+        let name = self.fresh("const_f");
+        self.initializers.push(float_tensor(&name, data_type, &[], &[v]));
+        name
+    }
+
+    pub fn const_tensor(&mut self, data_type: i32, dims: &[i64], values: &[f64]) -> String {
+        let name = self.fresh("const_f");
+        self.initializers.push(float_tensor(&name, data_type, dims, values));
+        name
+    }
+
+    // ---- ops whose signature depends on the opset ----
+
+    fn reduce(&mut self, op: &str, x: &str, axes: &[i64], keepdims: bool, axes_as_input: bool) -> String {
+        let keep = attr_i("keepdims", keepdims as i64);
+        if axes_as_input {
+            let a = self.const_i64s(axes);
+            self.node(op, &[x, &a], vec![keep])
+        } else {
+            self.node(op, &[x], vec![attr_ints("axes", axes), keep])
+        }
+    }
+    pub fn reduce_sum(&mut self, x: &str, axes: &[i64], keepdims: bool) -> String {
+        let v = self.opset >= 13;
+        self.reduce("ReduceSum", x, axes, keepdims, v)
+    }
+    pub fn reduce_mean(&mut self, x: &str, axes: &[i64], keepdims: bool) -> String {
+        let v = self.opset >= 18;
+        self.reduce("ReduceMean", x, axes, keepdims, v)
+    }
+    pub fn reduce_prod(&mut self, x: &str, axes: &[i64], keepdims: bool) -> String {
+        let v = self.opset >= 18;
+        self.reduce("ReduceProd", x, axes, keepdims, v)
+    }
+    pub fn unsqueeze(&mut self, x: &str, axes: &[i64]) -> String {
+        if self.opset >= 13 {
+            let a = self.const_i64s(axes);
+            self.node("Unsqueeze", &[x, &a], vec![])
+        } else {
+            self.node("Unsqueeze", &[x], vec![attr_ints("axes", axes)])
+        }
+    }
+
+    // ---- plain ops ----
+
+    pub fn add(&mut self, a: &str, b: &str) -> String { self.node("Add", &[a, b], vec![]) }
+    pub fn sub(&mut self, a: &str, b: &str) -> String { self.node("Sub", &[a, b], vec![]) }
+    pub fn mul(&mut self, a: &str, b: &str) -> String { self.node("Mul", &[a, b], vec![]) }
+    pub fn div(&mut self, a: &str, b: &str) -> String { self.node("Div", &[a, b], vec![]) }
+    pub fn neg(&mut self, a: &str) -> String { self.node("Neg", &[a], vec![]) }
+    pub fn matmul(&mut self, a: &str, b: &str) -> String { self.node("MatMul", &[a, b], vec![]) }
+    pub fn shape(&mut self, x: &str) -> String { self.node("Shape", &[x], vec![]) }
+    pub fn reshape(&mut self, x: &str, shape: &str) -> String { self.node("Reshape", &[x, shape], vec![]) }
+    pub fn reshape_like(&mut self, x: &str, like: &str) -> String {
+        let s = self.shape(like);
+        self.reshape(x, &s)
+    }
+    pub fn transpose(&mut self, x: &str, perm: &[i64]) -> String {
+        self.node("Transpose", &[x], vec![attr_ints("perm", perm)])
+    }
+    pub fn cast(&mut self, x: &str, to: i32) -> String { self.node("Cast", &[x], vec![attr_i("to", to as i64)]) }
+    pub fn concat(&mut self, xs: &[&str], axis: i64) -> String { self.node("Concat", xs, vec![attr_i("axis", axis)]) }
+    /// Zeros with the shape of `like`, in element type `data_type`.
+    pub fn zeros_like(&mut self, like: &str, data_type: i32) -> String {
+        let s = self.shape(like);
+        let zero = float_tensor("value", data_type, &[1], &[0.0]);
+        self.node("ConstantOfShape", &[&s], vec![attr_t("value", zero)])
+    }
+    /// A tensor of `like`'s shape and `value`, by broadcasting a scalar.
+    pub fn expand_to(&mut self, x: &str, like: &str) -> String {
+        let s = self.shape(like);
+        self.node("Expand", &[x, &s], vec![])
+    }
+}

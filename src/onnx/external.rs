@@ -1,0 +1,85 @@
+//! External data: tensors whose bytes live in files beside the model. They are
+//! read into the protobuf so the augmented model is one self-contained buffer.
+//! Only files inside the model's folder are read.
+
+use super::pb::{tensor_proto::DataLocation, GraphProto, TensorProto};
+use crate::error::{Error, Result};
+use std::path::Path;
+
+pub fn inline_external_data(graph: &mut GraphProto, dir: &Path, model: &Path) -> Result<()> {
+    for t in graph.initializer.iter_mut() {
+        if t.data_location == Some(DataLocation::External as i32) {
+            inline_one(t, dir, model)?;
+        }
+    }
+    // Constant nodes can carry external tensors too.
+    for n in graph.node.iter_mut() {
+        for a in n.attribute.iter_mut() {
+            if let Some(t) = a.t.as_mut() {
+                if t.data_location == Some(DataLocation::External as i32) {
+                    inline_one(t, dir, model)?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn entry<'a>(t: &'a TensorProto, key: &str) -> Option<&'a str> {
+    t.external_data.iter().find(|e| e.key == key).map(|e| e.value.as_str())
+}
+
+fn inline_one(t: &mut TensorProto, dir: &Path, model: &Path) -> Result<()> {
+    let bad = |what: String| Error::Model(format!("{}: tensor '{}': {what}", model.display(), t.name));
+    let location = entry(t, "location").ok_or_else(|| bad("external data without a location".into()))?;
+    let rel = Path::new(location);
+    if rel.is_absolute() || rel.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
+        return Err(bad(format!("external data path '{location}' points outside the model's folder; only relative paths inside it are read")));
+    }
+    let file = dir.join(rel);
+    let canon_dir = dir.canonicalize().map_err(|e| Error::io(dir, e))?;
+    let canon = file.canonicalize().map_err(|e| bad(format!("external data file {}: {e}", file.display())))?;
+    if !canon.starts_with(&canon_dir) {
+        return Err(bad(format!("external data file '{location}' resolves outside the model's folder")));
+    }
+    let parse = |key: &str| -> Result<Option<u64>> {
+        entry(t, key)
+            .map(|v| v.parse::<u64>().map_err(|_| bad(format!("external data {key} '{v}' is not a number"))))
+            .transpose()
+    };
+    let offset = parse("offset")?.unwrap_or(0);
+    let length = parse("length")?;
+    let file_len = std::fs::metadata(&canon).map_err(|e| Error::io(&canon, e))?.len();
+    let length = length.unwrap_or(file_len.saturating_sub(offset));
+    if offset.checked_add(length).map_or(true, |end| end > file_len) {
+        return Err(bad(format!(
+            "external data file '{location}' is too short: needs bytes {offset}..{} but has {file_len}",
+            offset.saturating_add(length)
+        )));
+    }
+    let expected = expected_bytes(t);
+    if let Some(exp) = expected {
+        if exp != length {
+            return Err(bad(format!("external data holds {length} bytes, the tensor's shape and type need {exp}")));
+        }
+    }
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(&canon).map_err(|e| Error::io(&canon, e))?;
+    f.seek(SeekFrom::Start(offset)).map_err(|e| Error::io(&canon, e))?;
+    let mut buf = vec![0u8; length as usize];
+    f.read_exact(&mut buf).map_err(|e| Error::io(&canon, e))?;
+    t.raw_data = buf;
+    t.external_data.clear();
+    t.data_location = Some(DataLocation::Default as i32);
+    Ok(())
+}
+
+/// Bytes a dense tensor of this shape and type occupies, when the type has a fixed size.
+fn expected_bytes(t: &TensorProto) -> Option<u64> {
+    let size = super::consts::elem_size(t.data_type)?;
+    let mut n: u64 = size;
+    for &d in &t.dims {
+        n = n.checked_mul(u64::try_from(d).ok()?)?;
+    }
+    Some(n)
+}

@@ -1,0 +1,133 @@
+//! Element type and (symbolic) shape of every named tensor, from tract's
+//! analysis of the model. Gradient rules read ranks and dims from here to
+//! decide broadcast reductions and permutations statically.
+
+use super::pb::ModelProto;
+use crate::error::{Error, Result};
+use std::collections::HashMap;
+use tract_onnx::prelude::*;
+use tract_onnx::tract_hir::infer::Factoid;
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Dim {
+    Known(i64),
+    /// A symbolic expression as tract prints it, e.g. `batch*sequence`.
+    Sym(String),
+    Unknown,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct TensorFact {
+    /// ONNX element type code, when known.
+    pub dtype: Option<i32>,
+    /// Dims, when the rank is known.
+    pub shape: Option<Vec<Dim>>,
+}
+
+impl TensorFact {
+    pub fn rank(&self) -> Option<usize> {
+        self.shape.as_ref().map(|s| s.len())
+    }
+    pub fn describe(&self) -> String {
+        let ty = self.dtype.map(super::consts::type_name).unwrap_or("?");
+        match &self.shape {
+            Some(s) => format!("{ty}[{}]", s.iter().map(dim_str).collect::<Vec<_>>().join(", ")),
+            None => format!("{ty}[?]"),
+        }
+    }
+}
+
+pub fn dim_str(d: &Dim) -> String {
+    match d {
+        Dim::Known(v) => v.to_string(),
+        Dim::Sym(s) => s.clone(),
+        Dim::Unknown => "?".into(),
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Facts(pub HashMap<String, TensorFact>);
+
+impl Facts {
+    pub fn get(&self, name: &str) -> Option<&TensorFact> {
+        self.0.get(name)
+    }
+    pub fn rank(&self, name: &str) -> Option<usize> {
+        self.get(name).and_then(|f| f.rank())
+    }
+    pub fn dtype(&self, name: &str) -> Option<i32> {
+        self.get(name).and_then(|f| f.dtype)
+    }
+    pub fn shape(&self, name: &str) -> Option<&[Dim]> {
+        self.get(name).and_then(|f| f.shape.as_deref())
+    }
+}
+
+/// Runs tract's type and shape analysis over the model, with symbolic dims.
+pub fn analyse(proto: &ModelProto, file: &std::path::Path) -> Result<Facts> {
+    analyse_with_probe(proto, file, &[])
+}
+
+/// As `analyse`, with the named inputs fixed to concrete probe shapes.
+/// tract does not carry symbolic dims through the Shape/Gather/Concat chains
+/// of legacy exports; concrete dims it does. Probe sizes that are not 1 keep
+/// every broadcast (a structural 1) distinguishable from a real extent.
+pub fn analyse_with_probe(proto: &ModelProto, file: &std::path::Path, probe: &[(&str, Vec<usize>)]) -> Result<Facts> {
+    let fail = |what: &str, e: TractError| {
+        Error::Model(format!("{}: tract could not {what} the model: {e:?}", file.display()))
+    };
+    let parsed = tract_onnx::onnx().parse(proto, None).map_err(|e| fail("parse", e))?;
+    let mut model = parsed.model;
+    let outlets = model.input_outlets().map_err(|e| fail("read the inputs of", e))?.to_vec();
+    for (i, outlet) in outlets.iter().enumerate() {
+        let name = model.node(outlet.node).name.clone();
+        if let Some((_, shape)) = probe.iter().find(|(n, _)| *n == name) {
+            let dt = model.outlet_fact(*outlet).ok().and_then(|f| f.datum_type.concretize()).unwrap_or(DatumType::F32);
+            model
+                .set_input_fact(i, InferenceFact::dt_shape(dt, shape.as_slice()))
+                .map_err(|e| fail("set a probe shape on", e))?;
+        }
+    }
+    // Obstinate: keep what could be inferred even if one node fails.
+    if let Err(e) = model.analyse(true) {
+        if std::env::var_os("ATTRPATCH_DEBUG").is_some() {
+            eprintln!("tract analysis: {e:?}");
+        }
+    }
+    let mut map = HashMap::with_capacity(parsed.outlets_by_name.len());
+    for (name, outlet) in parsed.outlets_by_name {
+        let Ok(fact) = model.outlet_fact(outlet) else { continue };
+        map.insert(name, convert(fact));
+    }
+    Ok(Facts(map))
+}
+
+fn convert(fact: &InferenceFact) -> TensorFact {
+    let dtype = fact.datum_type.concretize().and_then(onnx_type_code);
+    let shape = (!fact.shape.is_open()).then(|| {
+        fact.shape
+            .dims()
+            .map(|d| match d.concretize() {
+                Some(t) => match t.to_i64() {
+                    Ok(v) => Dim::Known(v),
+                    Err(_) => Dim::Sym(t.to_string()),
+                },
+                None => Dim::Unknown,
+            })
+            .collect()
+    });
+    TensorFact { dtype, shape }
+}
+
+fn onnx_type_code(dt: DatumType) -> Option<i32> {
+    use super::consts::*;
+    Some(match dt {
+        DatumType::F32 => FLOAT,
+        DatumType::F64 => DOUBLE,
+        DatumType::F16 => FLOAT16,
+        DatumType::I64 => INT64,
+        DatumType::I32 => INT32,
+        DatumType::Bool => BOOL,
+        _ => return None,
+    })
+}

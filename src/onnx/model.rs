@@ -1,0 +1,67 @@
+//! Loading a model file into memory as one self-contained `ModelProto`.
+
+use super::pb::ModelProto;
+use super::{external, normalize, scopes};
+use crate::error::{Error, Result};
+use prost::Message;
+use std::path::{Path, PathBuf};
+
+/// A loaded model: the protobuf with external data inlined, plus what the
+/// protobuf bindings drop (node scopes from IR-10 metadata).
+pub struct OnnxModel {
+    pub path: PathBuf,
+    pub proto: ModelProto,
+    /// Default-domain opset version.
+    pub opset: i64,
+    /// `node name -> module scopes` recorded by the dynamo exporter.
+    pub scopes: scopes::NodeScopes,
+}
+
+impl OnnxModel {
+    pub fn load(path: &Path) -> Result<Self> {
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        Self::from_bytes(&bytes, path)
+    }
+
+    /// `path` names the file in messages and locates external data.
+    pub fn from_bytes(bytes: &[u8], path: &Path) -> Result<Self> {
+        let mut proto = ModelProto::decode(bytes).map_err(|e| {
+            Error::Model(format!("{}: not a valid ONNX model (protobuf decoding failed: {e})", path.display()))
+        })?;
+        let graph = proto.graph.as_mut().ok_or_else(|| {
+            Error::Model(format!("{}: the ONNX model has no graph (is this an ONNX model file?)", path.display()))
+        })?;
+        if graph.node.is_empty() {
+            return Err(Error::Model(format!("{}: the ONNX graph has no nodes", path.display())));
+        }
+        let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        external::inline_external_data(graph, dir, path)?;
+        let opset = default_opset(&proto)
+            .ok_or_else(|| Error::Model(format!("{}: the model imports no default-domain opset", path.display())))?;
+        if opset < 13 {
+            return Err(Error::Unsupported(format!(
+                "{}: opset {opset} is not supported; attrpatch needs opset 13 or newer (re-export with opset_version>=14)",
+                path.display()
+            )));
+        }
+        normalize::normalize(&mut proto, opset)?;
+        let scopes = scopes::NodeScopes::decode(bytes);
+        Ok(OnnxModel { path: path.to_path_buf(), proto, opset, scopes })
+    }
+
+    pub fn graph(&self) -> &super::pb::GraphProto {
+        self.proto.graph.as_ref().expect("checked at load")
+    }
+
+    pub fn to_bytes(&self) -> Vec<u8> {
+        self.proto.encode_to_vec()
+    }
+}
+
+pub fn default_opset(proto: &ModelProto) -> Option<i64> {
+    proto
+        .opset_import
+        .iter()
+        .find(|o| o.domain.is_empty() || o.domain == "ai.onnx")
+        .map(|o| o.version)
+}

@@ -1,0 +1,496 @@
+//! Prompt pairs (clean / corrupted plus the two answer tokens) and their
+//! tokenization into the equal-length id grids the patching run needs.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// One clean/corrupted prompt pair and the answers whose logit difference is the metric.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PromptPair {
+    pub clean: String,
+    pub corrupted: String,
+    pub correct: String,
+    pub incorrect: String,
+}
+
+/// The tutorial's 8 IOI prompts. Prompts come in pairs that differ only in
+/// the subject of "gave", so each one's partner serves as its corrupted run.
+pub fn ioi_default() -> Vec<PromptPair> {
+    const PROMPTS: [&str; 8] = [
+        "When John and Mary went to the shops, John gave the bag to",
+        "When John and Mary went to the shops, Mary gave the bag to",
+        "When Tom and James went to the park, James gave the ball to",
+        "When Tom and James went to the park, Tom gave the ball to",
+        "When Dan and Sid went to the shops, Sid gave an apple to",
+        "When Dan and Sid went to the shops, Dan gave an apple to",
+        "After Martin and Amy went to the park, Amy gave a drink to",
+        "After Martin and Amy went to the park, Martin gave a drink to",
+    ];
+    const ANSWERS: [(&str, &str); 8] = [
+        (" Mary", " John"),
+        (" John", " Mary"),
+        (" Tom", " James"),
+        (" James", " Tom"),
+        (" Dan", " Sid"),
+        (" Sid", " Dan"),
+        (" Martin", " Amy"),
+        (" Amy", " Martin"),
+    ];
+    (0..PROMPTS.len())
+        .map(|i| PromptPair {
+            clean: PROMPTS[i].to_string(),
+            corrupted: PROMPTS[i ^ 1].to_string(), // partner: i+1 for even i, i-1 for odd
+            correct: ANSWERS[i].0.to_string(),
+            incorrect: ANSWERS[i].1.to_string(),
+        })
+        .collect()
+}
+
+/// Reads prompt pairs from JSONL: one `PromptPair` object per line, blank lines skipped.
+pub fn read_jsonl(path: &Path) -> Result<Vec<PromptPair>> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let mut pairs = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let pair: PromptPair = serde_json::from_str(line).map_err(|e| {
+            Error::Input(format!(
+                "{}:{}: not a prompt pair {{\"clean\", \"corrupted\", \"correct\", \"incorrect\"}}: {e}",
+                path.display(),
+                i + 1
+            ))
+        })?;
+        pairs.push(pair);
+    }
+    if pairs.is_empty() {
+        return Err(Error::Input(format!(
+            "{} contains no prompt pairs",
+            path.display()
+        )));
+    }
+    Ok(pairs)
+}
+
+/// A HuggingFace `tokenizer.json` tokenizer, with ids as the i64 the ONNX model takes.
+pub struct PromptTokenizer {
+    inner: tokenizers::Tokenizer,
+}
+
+impl PromptTokenizer {
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let inner = tokenizers::Tokenizer::from_file(path)
+            .map_err(|e| Error::Input(format!("{}: cannot load tokenizer: {e}", path.display())))?;
+        Ok(Self { inner })
+    }
+
+    /// Vocabulary size including added tokens (GPT-2: 50257).
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    /// The beginning-of-sequence token. tokenizer.json has no BOS field, so
+    /// look for the usual names; GPT-2 uses `<|endoftext|>` for this.
+    pub fn bos_id(&self) -> Option<i64> {
+        ["<|endoftext|>", "<s>", "<|begin_of_text|>", "<bos>"]
+            .iter()
+            .find_map(|t| self.inner.token_to_id(t))
+            .map(i64::from)
+    }
+
+    /// Token ids of `text`, without special tokens (BOS is added by `tokenize` on request).
+    pub fn encode(&self, text: &str) -> Result<Vec<i64>> {
+        let enc = self
+            .inner
+            .encode(text, false)
+            .map_err(|e| Error::Input(format!("cannot tokenize {text:?}: {e}")))?;
+        Ok(enc.get_ids().iter().map(|&id| i64::from(id)).collect())
+    }
+
+    /// Readable text of each id on its own (decoding one at a time keeps the
+    /// leading space of " Mary" that the byte-level decoder would merge away).
+    pub fn token_strings(&self, ids: &[i64]) -> Vec<String> {
+        ids.iter()
+            .map(|&id| {
+                u32::try_from(id)
+                    .ok()
+                    .and_then(|id| self.inner.decode(&[id], false).ok())
+                    .unwrap_or_else(|| format!("<id {id}>"))
+            })
+            .collect()
+    }
+}
+
+/// Id grids for a batch of prompt pairs; all prompts share `seq_len`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenizedPrompts {
+    /// [pair][position]
+    pub clean_ids: Vec<Vec<i64>>,
+    pub corrupted_ids: Vec<Vec<i64>>,
+    /// [pair]
+    pub correct_ids: Vec<i64>,
+    pub incorrect_ids: Vec<i64>,
+    pub seq_len: usize,
+    /// Token strings of each clean prompt, for axis labels.
+    pub clean_tokens: Vec<Vec<String>>,
+}
+
+/// Tokenizes every pair and checks what patching relies on: single-token,
+/// distinct answers; clean and corrupted positions that correspond; one
+/// common length (no padding yet); ids the model's embedding can look up.
+/// `model_vocab = usize::MAX` skips the vocabulary check.
+pub fn tokenize(
+    tok: &PromptTokenizer,
+    pairs: &[PromptPair],
+    add_bos: bool,
+    model_vocab: usize,
+) -> Result<TokenizedPrompts> {
+    if pairs.is_empty() {
+        return Err(Error::Input("no prompt pairs to tokenize".into()));
+    }
+    let bos = match (add_bos, tok.bos_id()) {
+        (false, _) => None,
+        (true, Some(id)) => Some(id),
+        (true, None) => {
+            return Err(Error::Input(
+                "BOS requested but the tokenizer has no BOS token (<|endoftext|>, <s>, ...)".into(),
+            ))
+        }
+    };
+    let prompt_ids = |text: &str| -> Result<Vec<i64>> {
+        let mut ids: Vec<i64> = bos.into_iter().collect();
+        ids.extend(tok.encode(text)?);
+        Ok(ids)
+    };
+    let answer_id = |i: usize, which: &str, text: &str| -> Result<i64> {
+        match tok.encode(text)?[..] {
+            [id] => Ok(id),
+            ref ids => Err(Error::Input(format!(
+                "pair {i}: {which} answer {text:?} must be exactly one token, but it tokenized to {} tokens {:?}",
+                ids.len(),
+                tok.token_strings(ids)
+            ))),
+        }
+    };
+
+    let mut out = TokenizedPrompts {
+        clean_ids: Vec::with_capacity(pairs.len()),
+        corrupted_ids: Vec::with_capacity(pairs.len()),
+        correct_ids: Vec::with_capacity(pairs.len()),
+        incorrect_ids: Vec::with_capacity(pairs.len()),
+        seq_len: 0,
+        clean_tokens: Vec::with_capacity(pairs.len()),
+    };
+    for (i, p) in pairs.iter().enumerate() {
+        let correct = answer_id(i, "correct", &p.correct)?;
+        let incorrect = answer_id(i, "incorrect", &p.incorrect)?;
+        if correct == incorrect {
+            return Err(Error::Input(format!(
+                "pair {i}: correct answer {:?} and incorrect answer {:?} are the same token {correct}",
+                p.correct, p.incorrect
+            )));
+        }
+        let clean = prompt_ids(&p.clean)?;
+        let corrupted = prompt_ids(&p.corrupted)?;
+        if clean.len() != corrupted.len() {
+            return Err(Error::Input(format!(
+                "pair {i}: clean prompt has {} tokens but corrupted prompt has {}; \
+                 they must be equal so that positions correspond",
+                clean.len(),
+                corrupted.len()
+            )));
+        }
+        if clean.is_empty() {
+            return Err(Error::Input(format!("pair {i}: prompts are empty")));
+        }
+        if i == 0 {
+            out.seq_len = clean.len();
+        } else if clean.len() != out.seq_len {
+            return Err(Error::Input(format!(
+                "pair {i}: prompts have {} tokens but pair 0 has {}; \
+                 all pairs must have the same length (padding is not implemented yet)",
+                clean.len(),
+                out.seq_len
+            )));
+        }
+        // An id past the embedding table means the tokenizer belongs to another model.
+        let all = clean.iter().chain(&corrupted).chain([&correct, &incorrect]);
+        if let Some(&bad) = all
+            .into_iter()
+            .find(|&&id| id < 0 || id as u64 >= model_vocab as u64)
+        {
+            return Err(Error::Input(format!(
+                "pair {i}: token id {bad} is outside the model's vocabulary of {model_vocab}; \
+                 the tokenizer (vocabulary {}) does not match the model's vocabulary size",
+                tok.vocab_size()
+            )));
+        }
+        out.clean_tokens.push(tok.token_strings(&clean));
+        out.clean_ids.push(clean);
+        out.corrupted_ids.push(corrupted);
+        out.correct_ids.push(correct);
+        out.incorrect_ids.push(incorrect);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    fn root() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    }
+
+    fn gpt2() -> PromptTokenizer {
+        PromptTokenizer::from_file(&root().join("models/tokenizer.json")).unwrap()
+    }
+
+    fn pair(clean: &str, corrupted: &str, correct: &str, incorrect: &str) -> PromptPair {
+        PromptPair {
+            clean: clean.into(),
+            corrupted: corrupted.into(),
+            correct: correct.into(),
+            incorrect: incorrect.into(),
+        }
+    }
+
+    fn input_err(r: Result<impl std::fmt::Debug>) -> String {
+        match r {
+            Err(Error::Input(m)) => m,
+            other => panic!("expected Error::Input, got {other:?}"),
+        }
+    }
+
+    /// A file in the temp dir unique to this test process.
+    fn temp_file(name: &str, contents: &str) -> PathBuf {
+        let path =
+            std::env::temp_dir().join(format!("attrpatch-prompts-{}-{name}", std::process::id()));
+        std::fs::write(&path, contents).unwrap();
+        path
+    }
+
+    fn check_reference(fixture: &str, add_bos: bool) {
+        let text = std::fs::read_to_string(root().join("tests/fixtures").join(fixture)).unwrap();
+        let reference: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let input_ids: Vec<Vec<i64>> =
+            serde_json::from_value(reference["input_ids"].clone()).unwrap();
+        let answer_ids: Vec<[i64; 2]> =
+            serde_json::from_value(reference["answer_ids"].clone()).unwrap();
+
+        let tok = gpt2();
+        let t = tokenize(&tok, &ioi_default(), add_bos, tok.vocab_size()).unwrap();
+        assert_eq!(t.clean_ids, input_ids);
+        assert_eq!(t.seq_len, reference["seq_len"].as_u64().unwrap() as usize);
+        let answers: Vec<[i64; 2]> = t
+            .correct_ids
+            .iter()
+            .zip(&t.incorrect_ids)
+            .map(|(&c, &i)| [c, i])
+            .collect();
+        assert_eq!(answers, answer_ids);
+        // Corrupted prompt i is the clean prompt of its partner.
+        for i in 0..8 {
+            assert_eq!(t.corrupted_ids[i], input_ids[i ^ 1]);
+        }
+    }
+
+    #[test]
+    fn prompts_match_reference_ids() {
+        check_reference("ioi-reference.json", false);
+    }
+
+    #[test]
+    fn prompts_match_reference_ids_with_bos() {
+        check_reference("ioi-reference-bos.json", true);
+    }
+
+    #[test]
+    fn prompts_gpt2_tokenizer_facts() {
+        let tok = gpt2();
+        assert_eq!(tok.vocab_size(), 50257);
+        assert_eq!(tok.bos_id(), Some(50256));
+        let names = [
+            (" Mary", 5335),
+            (" John", 1757),
+            (" Tom", 4186),
+            (" James", 3700),
+            (" Dan", 6035),
+            (" Sid", 15686),
+            (" Martin", 5780),
+            (" Amy", 14235),
+        ];
+        for (name, id) in names {
+            assert_eq!(tok.encode(name).unwrap(), vec![id], "{name:?}");
+            assert_eq!(tok.token_strings(&[id]), vec![name.to_string()]);
+        }
+        // No special tokens are added by encode.
+        assert_eq!(tok.encode(&ioi_default()[0].clean).unwrap().len(), 14);
+    }
+
+    #[test]
+    fn prompts_clean_tokens_label_positions() {
+        let tok = gpt2();
+        let t = tokenize(&tok, &ioi_default(), true, usize::MAX).unwrap();
+        assert_eq!(t.clean_tokens.len(), 8);
+        assert_eq!(t.clean_tokens[0][0], "<|endoftext|>");
+        assert_eq!(t.clean_tokens[0][1..4], ["When", " John", " and"]);
+        assert_eq!(
+            t.clean_tokens[0].concat(),
+            format!("<|endoftext|>{}", ioi_default()[0].clean)
+        );
+    }
+
+    #[test]
+    fn prompts_jsonl_file_equals_default() {
+        let pairs = read_jsonl(&root().join("models/ioi-prompts.jsonl")).unwrap();
+        assert_eq!(pairs, ioi_default());
+    }
+
+    #[test]
+    fn prompts_jsonl_skips_blank_lines() {
+        let line = serde_json::to_string(&ioi_default()[0]).unwrap();
+        let path = temp_file("blank.jsonl", &format!("\n{line}\n   \n{line}\n\n"));
+        let pairs = read_jsonl(&path).unwrap();
+        assert_eq!(pairs, vec![ioi_default()[0].clone(); 2]);
+        let _ = std::fs::remove_file(path);
+    }
+
+    #[test]
+    fn prompts_jsonl_malformed_line_names_line() {
+        let good = serde_json::to_string(&ioi_default()[0]).unwrap();
+        let path = temp_file(
+            "bad.jsonl",
+            &format!("{good}\n\n{{\"clean\": \"x\", \"corrupted\": \"y\"\n"),
+        );
+        let msg = input_err(read_jsonl(&path));
+        assert!(msg.contains(&format!("{}:3:", path.display())), "{msg}");
+        assert!(msg.contains("EOF while parsing"), "{msg}");
+
+        let path2 = temp_file(
+            "missing-field.jsonl",
+            "{\"clean\": \"x\", \"corrupted\": \"y\", \"correct\": \" a\"}\n",
+        );
+        let msg = input_err(read_jsonl(&path2));
+        assert!(msg.contains(&format!("{}:1:", path2.display())), "{msg}");
+        assert!(msg.contains("missing field `incorrect`"), "{msg}");
+        let _ = std::fs::remove_file(path);
+        let _ = std::fs::remove_file(path2);
+    }
+
+    #[test]
+    fn prompts_jsonl_empty_file() {
+        let path = temp_file("empty.jsonl", "\n  \n");
+        let msg = input_err(read_jsonl(&path));
+        assert_eq!(msg, format!("{} contains no prompt pairs", path.display()));
+        let _ = std::fs::remove_file(path);
+    }
+
+    #[test]
+    fn prompts_jsonl_missing_file() {
+        let path = root().join("models/no-such-prompts.jsonl");
+        let err = read_jsonl(&path).unwrap_err();
+        assert!(matches!(err, Error::Io { .. }), "{err:?}");
+        assert!(err.to_string().contains("no-such-prompts.jsonl"), "{err}");
+    }
+
+    #[test]
+    fn prompts_tokenizer_missing_file() {
+        let path = root().join("models/no-such-tokenizer.json");
+        let msg = input_err(PromptTokenizer::from_file(&path).map(|_| ()));
+        assert!(msg.contains("no-such-tokenizer.json"), "{msg}");
+    }
+
+    #[test]
+    fn prompts_multi_token_answer() {
+        let tok = gpt2();
+        let mut pairs = ioi_default();
+        pairs[2].correct = " Maryland-ish".into();
+        let msg = input_err(tokenize(&tok, &pairs, false, usize::MAX));
+        assert!(
+            msg.starts_with("pair 2: correct answer \" Maryland-ish\" must be exactly one token"),
+            "{msg}"
+        );
+        assert!(msg.contains("[\" Maryland\", \"-\", \"ish\"]"), "{msg}");
+
+        pairs[2] = ioi_default()[2].clone();
+        pairs[5].incorrect = "Mary Jane".into();
+        let msg = input_err(tokenize(&tok, &pairs, false, usize::MAX));
+        assert!(
+            msg.contains("pair 5: incorrect answer \"Mary Jane\""),
+            "{msg}"
+        );
+        assert!(msg.contains("[\"Mary\", \" Jane\"]"), "{msg}");
+    }
+
+    #[test]
+    fn prompts_same_answers() {
+        let p = pair(
+            "When John and Mary went",
+            "When John and Mary went",
+            " Mary",
+            " Mary",
+        );
+        let msg = input_err(tokenize(&gpt2(), &[p], false, usize::MAX));
+        assert!(msg.contains("pair 0: correct answer \" Mary\" and incorrect answer \" Mary\" are the same token 5335"), "{msg}");
+    }
+
+    #[test]
+    fn prompts_unequal_pair_lengths() {
+        let mut pairs = ioi_default();
+        pairs[1].corrupted =
+            "When John and Mary went to the shops, Mary Jane gave the bag to".into();
+        let msg = input_err(tokenize(&gpt2(), &pairs, false, usize::MAX));
+        assert!(
+            msg.contains("pair 1: clean prompt has 14 tokens but corrupted prompt has 15"),
+            "{msg}"
+        );
+        assert!(msg.contains("positions correspond"), "{msg}");
+    }
+
+    #[test]
+    fn prompts_unequal_lengths_across_pairs() {
+        let mut pairs = ioi_default();
+        pairs.push(pair(
+            "When Ann and Bob left, Bob gave it to",
+            "When Ann and Bob left, Ann gave it to",
+            " Ann",
+            " Bob",
+        ));
+        let msg = input_err(tokenize(&gpt2(), &pairs, true, usize::MAX));
+        assert!(
+            msg.starts_with("pair 8: prompts have 11 tokens but pair 0 has 15"),
+            "{msg}"
+        );
+        assert!(msg.contains("padding is not implemented yet"), "{msg}");
+    }
+
+    #[test]
+    fn prompts_no_pairs() {
+        let msg = input_err(tokenize(&gpt2(), &[], false, usize::MAX));
+        assert!(msg.contains("no prompt pairs"), "{msg}");
+    }
+
+    #[test]
+    fn prompts_ids_outside_model_vocab() {
+        let tok = gpt2();
+        // BOS 50256 is the largest GPT-2 id: fine for 50257, out of range for 50256.
+        tokenize(&tok, &ioi_default(), true, 50257).unwrap();
+        let msg = input_err(tokenize(&tok, &ioi_default(), true, 50256));
+        assert!(
+            msg.starts_with("pair 0: token id 50256 is outside the model's vocabulary of 50256"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("does not match the model's vocabulary size"),
+            "{msg}"
+        );
+        // A tiny random model's vocabulary catches the first large id (" Mary" = 5335).
+        let msg = input_err(tokenize(&tok, &ioi_default(), false, 1000));
+        assert!(msg.starts_with("pair 0: token id 2215 is outside"), "{msg}");
+    }
+}

@@ -1,0 +1,76 @@
+//! Running the augmented graph: ONNX Runtime (CPU or CUDA) or tract, behind
+//! one small trait so the job does not care which.
+
+pub mod ort_lib;
+pub mod ort_rt;
+pub mod tract_rt;
+
+use crate::error::{Error, Result};
+use ndarray::ArrayD;
+use std::collections::HashMap;
+
+pub enum Value {
+    F32(ArrayD<f32>),
+    I64(ArrayD<i64>),
+}
+
+pub trait Runtime {
+    /// What actually runs the graph, e.g. "onnxruntime 1.31.1 (CPU)".
+    fn describe(&self) -> String;
+    /// Runs the whole graph once; returns every float output by name.
+    fn run(&mut self, inputs: Vec<(String, Value)>) -> Result<HashMap<String, ArrayD<f32>>>;
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Device {
+    Cpu,
+    Cuda(i32),
+    Auto,
+}
+
+impl std::str::FromStr for Device {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "cpu" => Ok(Device::Cpu),
+            "auto" => Ok(Device::Auto),
+            "cuda" => Ok(Device::Cuda(0)),
+            _ => match s.strip_prefix("cuda:").and_then(|n| n.parse::<i32>().ok()) {
+                Some(id) if id >= 0 => Ok(Device::Cuda(id)),
+                _ => Err(Error::Input(format!("unknown device '{s}': expected cpu, cuda, cuda:N or auto"))),
+            },
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum RuntimeKind {
+    Ort,
+    Tract,
+}
+
+pub struct RuntimeOptions {
+    pub kind: RuntimeKind,
+    pub device: Device,
+    pub ort_lib: Option<std::path::PathBuf>,
+    /// Intra-op threads; 0 lets the runtime decide.
+    pub threads: usize,
+}
+
+impl Default for RuntimeOptions {
+    fn default() -> Self {
+        RuntimeOptions { kind: RuntimeKind::Ort, device: Device::Auto, ort_lib: None, threads: 0 }
+    }
+}
+
+pub fn create(model_bytes: &[u8], opts: &RuntimeOptions) -> Result<Box<dyn Runtime>> {
+    match opts.kind {
+        RuntimeKind::Ort => Ok(Box::new(ort_rt::OrtRuntime::new(model_bytes, opts)?)),
+        RuntimeKind::Tract => {
+            if matches!(opts.device, Device::Cuda(_)) {
+                return Err(Error::Input("--runtime tract runs on the CPU only; use --device cpu or auto".into()));
+            }
+            Ok(Box::new(tract_rt::TractRuntime::new(model_bytes)?))
+        }
+    }
+}

@@ -1,0 +1,108 @@
+//! Finding the ONNX Runtime shared library. ort is built with `load-dynamic`
+//! (no binary downloads at build time), so the library is found at run time:
+//! `--ort-lib`, `ORT_DYLIB_PATH`, the project's `.ort/` folder (filled by
+//! tools/fetch-ort.sh), or an installed Python onnxruntime(-gpu) package.
+
+use crate::error::{Error, Result};
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+/// A file, or a folder holding libonnxruntime.so*.
+fn resolve(p: &Path) -> Option<PathBuf> {
+    if p.is_file() {
+        return Some(p.to_path_buf());
+    }
+    if !p.is_dir() {
+        return None;
+    }
+    for name in ["libonnxruntime.so", "libonnxruntime.so.1", "libonnxruntime.dylib", "onnxruntime.dll"] {
+        let f = p.join(name);
+        if f.is_file() {
+            return Some(f);
+        }
+    }
+    let mut versioned: Vec<PathBuf> = std::fs::read_dir(p)
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|f| f.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("libonnxruntime.so.")))
+        .collect();
+    versioned.sort();
+    versioned.pop()
+}
+
+fn python_package_dirs() -> Vec<PathBuf> {
+    let script = "import importlib.util as u, os\nfor m in ('onnxruntime',):\n s=u.find_spec(m)\n if s and s.origin: print(os.path.join(os.path.dirname(s.origin),'capi'))";
+    let mut out = vec![];
+    for py in ["python3", "python"] {
+        if let Ok(o) = std::process::Command::new(py).args(["-c", script]).output() {
+            if o.status.success() {
+                out.extend(String::from_utf8_lossy(&o.stdout).lines().map(PathBuf::from));
+                break;
+            }
+        }
+    }
+    out
+}
+
+/// Where to look, in order, with a label for the message when none works.
+fn candidates(explicit: Option<&Path>) -> Vec<(String, PathBuf)> {
+    let mut c = vec![];
+    if let Some(p) = explicit {
+        c.push(("--ort-lib".to_string(), p.to_path_buf()));
+    }
+    if let Some(p) = std::env::var_os("ORT_DYLIB_PATH") {
+        c.push(("ORT_DYLIB_PATH".to_string(), PathBuf::from(p)));
+    }
+    c.push(("project folder".to_string(), PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".ort")));
+    c.push(("current folder".to_string(), PathBuf::from(".ort")));
+    if let Ok(exe) = std::env::current_exe() {
+        for dir in exe.ancestors().skip(1).take(4) {
+            c.push(("beside the executable".to_string(), dir.join(".ort")));
+        }
+    }
+    for d in python_package_dirs() {
+        c.push(("Python onnxruntime package".to_string(), d));
+    }
+    c
+}
+
+pub fn locate(explicit: Option<&Path>) -> Result<PathBuf> {
+    let cands = candidates(explicit);
+    // An explicit choice that does not exist is an error, not a fallback.
+    if let Some((label, p)) = cands.first().filter(|(l, _)| l == "--ort-lib" || l == "ORT_DYLIB_PATH") {
+        return resolve(p).ok_or_else(|| {
+            Error::Runtime(format!("{label} points to {}, which is not an ONNX Runtime library or a folder holding one", p.display()))
+        });
+    }
+    for (_, p) in &cands {
+        if let Some(f) = resolve(p) {
+            return Ok(f);
+        }
+    }
+    let tried: Vec<String> = cands.iter().map(|(l, p)| format!("  {l}: {}", p.display())).collect();
+    Err(Error::Runtime(format!(
+        "ONNX Runtime library not found. Tried:\n{}\n  a Python package: python3 -c 'import onnxruntime' found none\n\
+         Get it with `tools/fetch-ort.sh` (downloads the onnxruntime wheel from PyPI into .ort/), \
+         or `pip install onnxruntime`, or point --ort-lib / ORT_DYLIB_PATH at libonnxruntime.so; \
+         or use --runtime tract",
+        tried.join("\n")
+    )))
+}
+
+/// Loads the library once per process; returns its path and the environment.
+pub fn init(explicit: Option<&Path>) -> Result<(&'static Path, ort::environment::Environment)> {
+    static LOADED: OnceLock<std::result::Result<(PathBuf, ort::environment::Environment), String>> = OnceLock::new();
+    let r = LOADED.get_or_init(|| {
+        let path = locate(explicit).map_err(|e| e.to_string())?;
+        let env = ort::init_from(&path)
+            .map_err(|e| format!("could not load ONNX Runtime from {}: {e}", path.display()))?
+            .with_name("attrpatch")
+            .build()
+            .map_err(|e| format!("could not start ONNX Runtime from {}: {e}", path.display()))?;
+        Ok((path, env))
+    });
+    match r {
+        Ok((p, env)) => Ok((p.as_path(), env.clone())),
+        Err(e) => Err(Error::Runtime(e.clone())),
+    }
+}

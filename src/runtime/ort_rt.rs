@@ -1,0 +1,99 @@
+//! ONNX Runtime through the `ort` crate, CPU or CUDA execution provider.
+
+use super::{Device, Runtime, RuntimeOptions, Value};
+use crate::error::{Error, Result};
+use ndarray::ArrayD;
+use ort::ep::ExecutionProvider;
+use ort::session::{builder::GraphOptimizationLevel, Session};
+use ort::value::{DynValue, Tensor};
+use std::collections::HashMap;
+
+pub struct OrtRuntime {
+    session: Session,
+    provider: String,
+    lib: std::path::PathBuf,
+}
+
+fn rt_err(what: &str, e: impl std::fmt::Display) -> Error {
+    Error::Runtime(format!("onnxruntime: {what}: {e}"))
+}
+
+impl OrtRuntime {
+    pub fn new(model_bytes: &[u8], opts: &RuntimeOptions) -> Result<Self> {
+        let (lib, env) = super::ort_lib::init(opts.ort_lib.as_deref())?;
+        let builder = || -> Result<ort::session::builder::SessionBuilder> {
+            let mut b = Session::builder(&env).map_err(|e| rt_err("session options", e))?;
+            b = b
+                .with_optimization_level(GraphOptimizationLevel::Level3)
+                .map_err(|e| rt_err("optimization level", e))?;
+            if opts.threads > 0 {
+                b = b.with_intra_threads(opts.threads).map_err(|e| rt_err("threads", e))?;
+            }
+            Ok(b)
+        };
+        let cuda_id = match opts.device {
+            Device::Cpu => None,
+            Device::Cuda(id) => Some(id),
+            Device::Auto => ort::ep::CUDA::is_available().unwrap_or(false).then_some(0),
+        };
+        if let Some(id) = cuda_id {
+            let ep = ort::ep::CUDA::default().with_device_id(id).build().error_on_failure();
+            let attempt = builder()?
+                .with_execution_providers([ep])
+                .map_err(|e| rt_err("CUDA execution provider", e))
+                .and_then(|mut b| b.commit_from_memory(model_bytes).map_err(|e| rt_err("loading the model on CUDA", e)));
+            match attempt {
+                Ok(session) => {
+                    return Ok(OrtRuntime { session, provider: format!("CUDA (device {id})"), lib: lib.into() })
+                }
+                Err(e) if opts.device == Device::Auto => {
+                    eprintln!("note: CUDA is not usable ({e}); running on the CPU");
+                }
+                Err(e) => return Err(cuda_help(e, lib)),
+            }
+        }
+        let session = builder()?.commit_from_memory(model_bytes).map_err(|e| rt_err("loading the model", e))?;
+        Ok(OrtRuntime { session, provider: "CPU".into(), lib: lib.into() })
+    }
+}
+
+/// Says what to install when CUDA was asked for and cannot be had.
+fn cuda_help(e: Error, lib: &std::path::Path) -> Error {
+    let has_provider = lib.parent().is_some_and(|d| d.join("libonnxruntime_providers_cuda.so").is_file());
+    let hint = if has_provider {
+        "the CUDA provider library is there, so CUDA itself (driver, libcudart/libcublas/libcudnn) is missing or \
+         does not match: onnxruntime-gpu >= 1.27 needs CUDA 13 and cuDNN 9, older versions CUDA 12"
+    } else {
+        "this ONNX Runtime has no CUDA provider (libonnxruntime_providers_cuda.so not found beside it); \
+         install the PyPI package onnxruntime-gpu and point --ort-lib at its onnxruntime/capi folder"
+    };
+    Error::Runtime(format!("--device cuda: {e}\n  library: {}\n  {hint}", lib.display()))
+}
+
+impl Runtime for OrtRuntime {
+    fn describe(&self) -> String {
+        format!("onnxruntime ({}) from {}", self.provider, self.lib.display())
+    }
+
+    fn run(&mut self, inputs: Vec<(String, Value)>) -> Result<HashMap<String, ArrayD<f32>>> {
+        let mut feed: Vec<(String, DynValue)> = vec![];
+        for (name, v) in inputs {
+            let dv = match v {
+                Value::F32(a) => Tensor::from_array(a).map(|t| t.into_dyn()),
+                Value::I64(a) => Tensor::from_array(a).map(|t| t.into_dyn()),
+            }
+            .map_err(|e| rt_err(&format!("input '{name}'"), e))?;
+            feed.push((name, dv));
+        }
+        let outputs = self.session.run(feed).map_err(|e| rt_err("run", e))?;
+        let mut res = HashMap::new();
+        for (name, value) in outputs.iter() {
+            let arr = value
+                .try_extract_array::<f32>()
+                .map_err(|e| rt_err(&format!("output '{name}'"), e))?
+                .to_owned();
+            res.insert(name.to_string(), arr);
+        }
+        Ok(res)
+    }
+}

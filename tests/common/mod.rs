@@ -1,0 +1,62 @@
+//! Shared by the integration tests: fixture paths, the PyTorch reference,
+//! and the tolerance the grids are held to.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+pub fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+pub fn bundled_model() -> PathBuf {
+    root().join("models/gpt2-tiny-random.onnx")
+}
+pub fn legacy_op14() -> PathBuf {
+    bundled_model()
+}
+pub fn dynamo_op18() -> PathBuf {
+    root().join("tests/fixtures/tiny-gpt2-rb-dynamo-op18.onnx")
+}
+pub fn tokenizer() -> PathBuf {
+    root().join("models/tokenizer.json")
+}
+
+pub struct Reference {
+    pub heads: Vec<Vec<f64>>,
+    pub positions: Vec<Vec<f64>>,
+    pub clean_logit_diff: f64,
+    pub corrupted_logit_diff: f64,
+}
+
+pub fn reference(file: &str) -> Reference {
+    let path = root().join("tests/fixtures").join(file);
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let grid = |k: &str| -> Vec<Vec<f64>> { serde_json::from_value(v[k].clone()).unwrap() };
+    Reference {
+        heads: grid("heads"),
+        positions: grid("positions"),
+        clean_logit_diff: v["clean_logit_diff"].as_f64().unwrap(),
+        corrupted_logit_diff: v["corrupted_logit_diff"].as_f64().unwrap(),
+    }
+}
+
+/// The core issue's tolerance: 1e-3 relative, or 1e-6 absolute near zero.
+pub const RTOL: f64 = 1e-3;
+pub const ATOL: f64 = 1e-6;
+
+pub fn close(got: f64, want: f64) -> bool {
+    (got - want).abs() <= (RTOL * want.abs()).max(ATOL)
+}
+
+/// Asserts two grids agree within tolerance; returns the largest relative error.
+pub fn assert_grid_close(what: &str, got: &[Vec<f64>], want: &[Vec<f64>]) -> f64 {
+    assert_eq!(got.len(), want.len(), "{what}: layer count");
+    let mut worst = 0f64;
+    for (l, (g, w)) in got.iter().zip(want).enumerate() {
+        assert_eq!(g.len(), w.len(), "{what}: width of layer {l}");
+        for (i, (a, b)) in g.iter().zip(w).enumerate() {
+            assert!(close(*a, *b), "{what}[{l}][{i}]: got {a}, want {b}");
+            worst = worst.max((a - b).abs() / b.abs().max(ATOL / RTOL));
+        }
+    }
+    worst
+}

@@ -1,0 +1,71 @@
+//! The grids of the whole job against PyTorch autograd references, for both
+//! exporters and both runtimes.
+
+mod common;
+use attrpatch::job::{run_job, JobOptions};
+use attrpatch::runtime::{Device, RuntimeKind, RuntimeOptions};
+use common::*;
+use std::path::PathBuf;
+
+fn job(model: PathBuf, bos: bool, kind: RuntimeKind) -> attrpatch::job::JobResult {
+    let opts = JobOptions {
+        model,
+        tokenizer: Some(tokenizer()),
+        prompts: None,
+        bos,
+        heads: None,
+        runtime: RuntimeOptions { kind, device: Device::Cpu, ort_lib: None, threads: 1 },
+    };
+    run_job(&opts).unwrap_or_else(|e| panic!("job failed: {e}"))
+}
+
+fn check(model: PathBuf, reference_file: &str, bos: bool, kind: RuntimeKind) {
+    let want = reference(reference_file);
+    let r = job(model.clone(), bos, kind);
+    let tag = format!("{} / {kind:?}", model.file_name().unwrap().to_string_lossy());
+    assert!(close(r.clean_logit_diff, want.clean_logit_diff), "{tag}: clean ld {} vs {}", r.clean_logit_diff, want.clean_logit_diff);
+    assert!(
+        close(r.corrupted_logit_diff, want.corrupted_logit_diff),
+        "{tag}: corrupted ld {} vs {}",
+        r.corrupted_logit_diff,
+        want.corrupted_logit_diff
+    );
+    let eh = assert_grid_close(&format!("{tag} heads"), &r.grids.heads, &want.heads);
+    let ep = assert_grid_close(&format!("{tag} positions"), &r.grids.positions, &want.positions);
+    assert_eq!(r.runtime_calls, 1);
+    eprintln!("{tag}: max relative error heads {eh:.2e}, positions {ep:.2e}");
+}
+
+#[test]
+fn legacy_op14_ort_matches_pytorch() {
+    check(legacy_op14(), "ioi-reference.json", false, RuntimeKind::Ort);
+}
+
+#[test]
+fn legacy_op14_tract_matches_pytorch() {
+    check(legacy_op14(), "ioi-reference.json", false, RuntimeKind::Tract);
+}
+
+#[test]
+fn dynamo_op18_ort_matches_pytorch() {
+    check(dynamo_op18(), "ioi-reference.json", false, RuntimeKind::Ort);
+}
+
+#[test]
+fn dynamo_op18_tract_matches_pytorch() {
+    check(dynamo_op18(), "ioi-reference.json", false, RuntimeKind::Tract);
+}
+
+#[test]
+fn bos_prepended_matches_pytorch() {
+    check(legacy_op14(), "ioi-reference-bos.json", true, RuntimeKind::Ort);
+}
+
+#[test]
+fn heads_read_from_the_graph() {
+    let r = job(dynamo_op18(), false, RuntimeKind::Ort);
+    assert_eq!(r.n_heads, 4);
+    assert_eq!(r.hooks.len(), 2);
+    assert_eq!(r.token_labels.len(), 14);
+    assert_eq!(r.token_labels[1], " John");
+}

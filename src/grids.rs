@@ -15,7 +15,7 @@ pub struct Grids {
     pub positions: Vec<Vec<f64>>,
 }
 
-/// Views a hook tensor of shape [2B*S, D] or [2B, S, D] as [2B, S, D].
+/// Views a hook tensor of shape [B*S, D] or [B, S, D] as [B, S, D].
 pub fn as_rows<'a>(t: &'a ArrayD<f32>, rows: usize, seq: usize, what: &str) -> Result<ArrayView3<'a, f32>> {
     let d = *t.shape().last().unwrap_or(&0);
     if t.len() != rows * seq * d || d == 0 {
@@ -30,18 +30,21 @@ pub fn as_rows<'a>(t: &'a ArrayD<f32>, rows: usize, seq: usize, what: &str) -> R
     Ok(v.into_dimensionality::<Ix3>().unwrap())
 }
 
-/// `acts[l]`, `grads[l]`: layer l's hook tensor over the 2B rows (clean first).
+/// Per layer l: the hook tensor on the clean and corrupted prompts and the
+/// metric's gradient on the corrupted ones, each [B*S, D] or [B, S, D].
 pub fn attribution_grids(
-    acts: &[ArrayD<f32>],
+    clean: &[ArrayD<f32>],
+    corrupted: &[ArrayD<f32>],
     grads: &[ArrayD<f32>],
-    pairs: usize,
     seq: usize,
     heads: usize,
 ) -> Result<Grids> {
     let mut g = Grids { heads: vec![], positions: vec![] };
-    for (l, (a, gr)) in acts.iter().zip(grads).enumerate() {
-        let a = as_rows(a, 2 * pairs, seq, &format!("layer {l} activation"))?;
-        let gr = as_rows(gr, 2 * pairs, seq, &format!("layer {l} gradient"))?;
+    for l in 0..grads.len() {
+        let pairs = grads[l].len() / seq.max(1) / grads[l].shape().last().copied().unwrap_or(1).max(1);
+        let a = as_rows(&clean[l], pairs, seq, &format!("layer {l} clean activation"))?;
+        let c = as_rows(&corrupted[l], pairs, seq, &format!("layer {l} corrupted activation"))?;
+        let gr = as_rows(&grads[l], pairs, seq, &format!("layer {l} gradient"))?;
         let d = a.shape()[2];
         if heads == 0 || d % heads != 0 {
             return Err(Error::Input(format!("{heads} heads do not divide the hook width {d} of layer {l}")));
@@ -52,7 +55,7 @@ pub fn attribution_grids(
         for b in 0..pairs {
             for s in 0..seq {
                 for f in 0..d {
-                    let p = gr[[pairs + b, s, f]] as f64 * (a[[b, s, f]] as f64 - a[[pairs + b, s, f]] as f64);
+                    let p = gr[[b, s, f]] as f64 * (a[[b, s, f]] as f64 - c[[b, s, f]] as f64);
                     by_pos[s] += p;
                     if s == seq - 1 {
                         by_head[f / hd] += p;

@@ -98,10 +98,14 @@ pub fn run_job(opts: &JobOptions) -> Result<JobResult> {
     let clean = scalar(&out, names::CLEAN_LD)?;
     let corrupted = scalar(&out, names::CORRUPTED_LD)?;
     check_baselines(clean, corrupted)?;
-    let mut acts = vec![];
-    let mut grads = vec![];
+    let (mut clean_acts, mut corrupted_acts, mut grads) = (vec![], vec![], vec![]);
     for h in &aug.hooks {
-        for (name, list) in [(names::act(h.layer), &mut acts), (names::grad(h.layer), &mut grads)] {
+        let wanted = [
+            (names::clean_act(h.layer), &mut clean_acts),
+            (names::corrupted_act(h.layer), &mut corrupted_acts),
+            (names::grad(h.layer), &mut grads),
+        ];
+        for (name, list) in wanted {
             let a = out.remove(&name).ok_or_else(|| Error::Runtime(format!("the runtime returned no '{name}'")))?;
             if let Some((i, v)) = first_non_finite(&a) {
                 return Err(Error::Numeric(format!(
@@ -112,7 +116,7 @@ pub fn run_job(opts: &JobOptions) -> Result<JobResult> {
             list.push(a);
         }
     }
-    let grids = attribution_grids(&acts, &grads, pairs.len(), tokens.seq_len, n_heads)?;
+    let grids = attribution_grids(&clean_acts, &corrupted_acts, &grads, tokens.seq_len, n_heads)?;
     let token_labels = tokens.clean_tokens.first().cloned().unwrap_or_default();
     Ok(JobResult {
         clean_logit_diff: clean,
@@ -145,34 +149,29 @@ fn check_baselines(clean: f64, corrupted: f64) -> Result<()> {
     Ok(())
 }
 
-/// Clean rows first, then corrupted, with the metric's one-hot selectors.
+/// The token inputs of both copies and the metric's one-hot selectors.
 pub fn build_inputs(aug: &Augmented, t: &TokenizedPrompts) -> Vec<(String, Value)> {
     let b = t.clean_ids.len();
     let s = t.seq_len;
-    let n = 2 * b;
-    let ids = Array2::from_shape_fn((n, s), |(r, c)| if r < b { t.clean_ids[r][c] } else { t.corrupted_ids[r - b][c] });
-    let mut pos = Array3::<f32>::zeros((n, 1, s));
-    let mut ans = Array3::<f32>::zeros((n, aug.vocab, 1));
-    let mut wc = Array2::<f32>::zeros((n, 1));
-    let mut wk = Array2::<f32>::zeros((n, 1));
-    for r in 0..n {
-        let p = r % b;
-        pos[[r, 0, s - 1]] = 1.0;
-        ans[[r, t.correct_ids[p] as usize, 0]] += 1.0;
-        ans[[r, t.incorrect_ids[p] as usize, 0]] -= 1.0;
-        if r < b {
-            wc[[r, 0]] = 1.0 / b as f32;
-        } else {
-            wk[[r, 0]] = 1.0 / b as f32;
-        }
+    let ids = |rows: &Vec<Vec<i64>>| Array2::from_shape_fn((b, s), |(r, c)| rows[r][c]).into_dyn();
+    let mut pos = Array3::<f32>::zeros((b, 1, s));
+    let mut ans = Array3::<f32>::zeros((b, aug.vocab, 1));
+    for p in 0..b {
+        pos[[p, 0, s - 1]] = 1.0;
+        ans[[p, t.correct_ids[p] as usize, 0]] += 1.0;
+        ans[[p, t.incorrect_ids[p] as usize, 0]] -= 1.0;
     }
-    let mut v = vec![(aug.input_ids.clone(), Value::I64(ids.into_dyn()))];
+    let weights = Array2::<f32>::from_elem((b, 1), 1.0 / b as f32);
+    let mut v = vec![
+        (aug.input_ids.clean.clone(), Value::I64(ids(&t.clean_ids))),
+        (aug.input_ids.corrupted.clone(), Value::I64(ids(&t.corrupted_ids))),
+    ];
     if let Some(m) = &aug.attention_mask {
-        v.push((m.clone(), Value::I64(ArrayD::from_elem(vec![n, s], 1i64))));
+        v.push((m.clean.clone(), Value::I64(ArrayD::from_elem(vec![b, s], 1i64))));
+        v.push((m.corrupted.clone(), Value::I64(ArrayD::from_elem(vec![b, s], 1i64))));
     }
     v.push((names::POSITION_ONEHOT.into(), Value::F32(pos.into_dyn())));
     v.push((names::ANSWER_ONEHOT.into(), Value::F32(ans.into_dyn())));
-    v.push((names::CLEAN_WEIGHTS.into(), Value::F32(wc.into_dyn())));
-    v.push((names::CORRUPTED_WEIGHTS.into(), Value::F32(wk.into_dyn())));
+    v.push((names::PAIR_WEIGHTS.into(), Value::F32(weights.into_dyn())));
     v
 }

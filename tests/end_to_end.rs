@@ -69,3 +69,28 @@ fn heads_read_from_the_graph() {
     assert_eq!(r.token_labels.len(), 14);
     assert_eq!(r.token_labels[1], " John");
 }
+
+/// The lm_head runs on the last position only and the backward graph never
+/// touches the clean copy: the speed rewrites of the augmented graph.
+#[test]
+fn augmented_graph_has_no_needless_work() {
+    for model in [legacy_op14(), dynamo_op18()] {
+        let m = attrpatch::onnx::OnnxModel::load(&model).unwrap();
+        let aug = attrpatch::augment::augment(&m).unwrap();
+        assert!(aug.lm_head_last_position_only, "{}", model.display());
+        let g = aug.proto.graph.as_ref().unwrap();
+        assert!(!g.node.iter().any(|n| n.input.iter().any(|i| i == "logits")), "full logits are still consumed");
+        assert!(g.output.iter().all(|o| o.name.starts_with("attrpatch.")), "original outputs kept");
+        // Backward nodes are the builder's ("attrpatch/..."); none reads a clean tensor
+        // other than through the clean activation output.
+        let clean_inputs_of_backward = g
+            .node
+            .iter()
+            .filter(|n| n.name.starts_with("attrpatch/") && n.op_type != "Identity")
+            .flat_map(|n| n.input.iter())
+            .filter(|i| i.starts_with("clean/"))
+            .count();
+        // The clean metric reads the clean copy's hidden state (two MatMuls per copy); nothing else.
+        assert!(clean_inputs_of_backward <= 1, "{clean_inputs_of_backward} backward inputs from the clean copy");
+    }
+}

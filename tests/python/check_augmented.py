@@ -16,26 +16,25 @@ corrupted = clean[[i + 1 if i % 2 == 0 else i - 1 for i in range(B)]]
 answers = np.array(ref["answer_ids"], dtype=np.int64)
 sess = ort.InferenceSession(aug, providers=["CPUExecutionProvider"])
 V = [i for i in sess.get_inputs() if i.name == "attrpatch.answer_onehot"][0].shape[1]
-N = 2 * B
-pos = np.zeros((N, 1, S), np.float32); pos[:, 0, S - 1] = 1
-ans = np.zeros((N, V, 1), np.float32)
-for r in range(N):
-    ans[r, answers[r % B, 0], 0] += 1
-    ans[r, answers[r % B, 1], 0] -= 1
-wc = np.zeros((N, 1), np.float32); wc[:B] = 1 / B
-wk = np.zeros((N, 1), np.float32); wk[B:] = 1 / B
-feed = {"input_ids": np.concatenate([clean, corrupted]), "attention_mask": np.ones((N, S), np.int64),
+pos = np.zeros((B, 1, S), np.float32); pos[:, 0, S - 1] = 1
+ans = np.zeros((B, V, 1), np.float32)
+for r in range(B):
+    ans[r, answers[r, 0], 0] += 1
+    ans[r, answers[r, 1], 0] -= 1
+feed = {"clean.input_ids": clean, "corrupted.input_ids": corrupted,
+        "clean.attention_mask": np.ones((B, S), np.int64), "corrupted.attention_mask": np.ones((B, S), np.int64),
         "attrpatch.last_position_onehot": pos, "attrpatch.answer_onehot": ans,
-        "attrpatch.clean_weights": wc, "attrpatch.corrupted_weights": wk}
+        "attrpatch.pair_weights": np.full((B, 1), 1 / B, np.float32)}
 names = [o.name for o in sess.get_outputs()]
 out = dict(zip(names, sess.run(None, feed)))
-layers = len([n for n in names if n.startswith("attrpatch.act.")])
+layers = len([n for n in names if n.startswith("attrpatch.grad.")])
 H = len(ref["heads"][0])
 worst = 0.0
 for l in range(layers):
-    a = out[f"attrpatch.act.{l}"].reshape(N, S, -1).astype(np.float64)
-    g = out[f"attrpatch.grad.{l}"].reshape(N, S, -1).astype(np.float64)
-    p = g[B:] * (a[:B] - a[B:])
+    a = out[f"attrpatch.clean_act.{l}"].reshape(B, S, -1).astype(np.float64)
+    c = out[f"attrpatch.corrupted_act.{l}"].reshape(B, S, -1).astype(np.float64)
+    g = out[f"attrpatch.grad.{l}"].reshape(B, S, -1).astype(np.float64)
+    p = g * (a - c)
     heads = p[:, -1, :].reshape(B, H, -1).sum(axis=(0, 2))
     positions = p.sum(axis=(0, 2))
     for got, want in ((heads, ref["heads"][l]), (positions, ref["positions"][l])):

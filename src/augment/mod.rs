@@ -1,21 +1,19 @@
-//! The augmented model: the original graph, metric nodes, a backward graph
-//! and new outputs for every hook activation and its gradient.
+//! The augmented model: the original graph run twice (a copy for the clean
+//! prompts, the original for the corrupted ones), metric nodes, a backward
+//! graph for the corrupted copy, and outputs for every hook's clean and
+//! corrupted activation and its gradient.
 //!
-//! One batch holds the clean prompts (rows 0..B) and the corrupted prompts
-//! (rows B..2B). The metric is the tutorial's normalised logit difference of
-//! the corrupted half, (ld_corr - CORR) / (CLEAN - CORR), where CLEAN and CORR
-//! are the same run's baselines held constant (stop-gradient). Its value is
-//! 0 by construction; its gradient is d ld_corr / (CLEAN - CORR).
-//!
-//! Selections are written as matrix products with one-hot inputs so the metric
-//! is differentiated by the same MatMul rule as the model itself:
-//!   sel  = last_position_onehot[N,1,S] @ logits[N,S,V]     -> [N,1,V]
-//!   ld   = sel @ answer_onehot[N,V,1] (+1 correct, -1 incorrect) -> [N,1,1]
-//!   CLEAN = ld^T @ clean_weights[N,1], ld_corr = ld^T @ corrupted_weights[N,1]
+//! The metric is the tutorial's normalised logit difference of the corrupted
+//! prompts, (ld_corr - CORR) / (CLEAN - CORR), where CLEAN and CORR are the
+//! same run's baselines held constant (stop-gradient). Its value is 0 by
+//! construction; its gradient is d ld_corr / (CLEAN - CORR).
+
+mod copy;
+mod metric;
 
 use crate::autodiff::Backward;
 use crate::error::{Error, Result};
-use crate::hooks::{find_attention_out_hooks, find_logits, Hook};
+use crate::hooks::{constant_tensors, find_attention_out_hooks, find_logits, Hook};
 use crate::onnx::builder::GraphBuilder;
 use crate::onnx::facts::{analyse, analyse_with_probe, Dim, Facts};
 use crate::onnx::normalize::all_names;
@@ -24,38 +22,56 @@ use crate::onnx::pb::{
     type_proto, ModelProto, TensorShapeProto, TypeProto, ValueInfoProto,
 };
 use crate::onnx::OnnxModel;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 pub mod names {
+    /// Prefix of every tensor of the clean copy of the forward graph.
+    pub const CLEAN_PREFIX: &str = "clean/";
     pub const POSITION_ONEHOT: &str = "attrpatch.last_position_onehot";
     pub const ANSWER_ONEHOT: &str = "attrpatch.answer_onehot";
-    pub const CLEAN_WEIGHTS: &str = "attrpatch.clean_weights";
-    pub const CORRUPTED_WEIGHTS: &str = "attrpatch.corrupted_weights";
+    pub const PAIR_WEIGHTS: &str = "attrpatch.pair_weights";
     pub const CLEAN_LD: &str = "attrpatch.clean_logit_diff";
     pub const CORRUPTED_LD: &str = "attrpatch.corrupted_logit_diff";
     pub const METRIC: &str = "attrpatch.metric";
-    pub fn act(layer: usize) -> String {
-        format!("attrpatch.act.{layer}")
+    pub fn clean_input(model_input: &str) -> String {
+        format!("clean.{model_input}")
+    }
+    pub fn corrupted_input(model_input: &str) -> String {
+        format!("corrupted.{model_input}")
+    }
+    pub fn clean_act(layer: usize) -> String {
+        format!("attrpatch.clean_act.{layer}")
+    }
+    pub fn corrupted_act(layer: usize) -> String {
+        format!("attrpatch.corrupted_act.{layer}")
     }
     pub fn grad(layer: usize) -> String {
         format!("attrpatch.grad.{layer}")
     }
 }
 
-/// Probe sizes for shape analysis: rows and positions, neither 1.
-const PROBE_ROWS: usize = 6;
+/// Probe sizes for shape analysis: pairs and positions, neither 1.
+const PROBE_PAIRS: usize = 3;
 const PROBE_SEQ: usize = 7;
+
+/// A model input fed with tokens: its name in the clean and corrupted copies.
+#[derive(Debug, Clone)]
+pub struct TokenInput {
+    pub model_name: String,
+    pub clean: String,
+    pub corrupted: String,
+}
 
 pub struct Augmented {
     pub proto: ModelProto,
     pub hooks: Vec<Hook>,
-    /// Facts of the augmented graph's forward part (original + metric), at probe sizes.
+    /// Facts of the augmented forward graph (both copies + metric), at probe sizes.
     pub facts: Facts,
-    pub logits: String,
-    /// The model's own token-input names.
-    pub input_ids: String,
-    pub attention_mask: Option<String>,
+    pub input_ids: TokenInput,
+    pub attention_mask: Option<TokenInput>,
     pub vocab: usize,
+    /// Whether the lm_head runs on the last positions only.
+    pub lm_head_last_position_only: bool,
 }
 
 pub fn augment(model: &OnnxModel) -> Result<Augmented> {
@@ -104,23 +120,46 @@ pub fn augment(model: &OnnxModel) -> Result<Augmented> {
         }
     };
     let (batch, seq) = token_dims(model, &input_ids)?;
+    let token_input = |n: &str| TokenInput { model_name: n.into(), clean: names::clean_input(n), corrupted: names::corrupted_input(n) };
+    let ids_in = token_input(&input_ids);
+    let mask_in = attention_mask.as_deref().map(token_input);
+    let token_inputs: Vec<&TokenInput> = std::iter::once(&ids_in).chain(mask_in.as_ref()).collect();
 
+    let constants = constant_tensors(model);
     let mut proto = model.proto.clone();
-    let mut b = GraphBuilder::new(model.opset, "attrpatch/", all_names(proto.graph.as_ref().unwrap()));
     let g = proto.graph.as_mut().unwrap();
-    let n = |d: &Dim| d.clone();
-    g.input.push(value_info(names::POSITION_ONEHOT, dtype, &[n(&batch), Dim::Known(1), n(&seq)]));
-    g.input.push(value_info(names::ANSWER_ONEHOT, dtype, &[n(&batch), Dim::Known(vocab as i64), Dim::Known(1)]));
-    g.input.push(value_info(names::CLEAN_WEIGHTS, dtype, &[n(&batch), Dim::Known(1)]));
-    g.input.push(value_info(names::CORRUPTED_WEIGHTS, dtype, &[n(&batch), Dim::Known(1)]));
+
+    // The corrupted copy is the original graph with its inputs renamed; the
+    // clean copy renames everything that is not constant.
+    let corrupted_map: HashMap<String, String> = token_inputs.iter().map(|t| (t.model_name.clone(), t.corrupted.clone())).collect();
+    let clean_map: HashMap<String, String> = token_inputs.iter().map(|t| (t.model_name.clone(), t.clean.clone())).collect();
+    let clean = copy::Renamer { prefix: names::CLEAN_PREFIX, inputs: &clean_map, constants: &constants };
+    let clean_nodes = clean.copy(&g.node);
+    copy::rename_inputs(&mut g.node, &corrupted_map);
+    let corrupted_name = |t: &str| corrupted_map.get(t).cloned().unwrap_or_else(|| t.to_string());
+    let clean_name = |t: &str| clean.name(t);
+    g.node.extend(clean_nodes);
+
+    let mut inputs = vec![];
+    for t in &token_inputs {
+        let vi = g.input.iter().find(|i| i.name == t.model_name).unwrap().clone();
+        inputs.push(ValueInfoProto { name: t.clean.clone(), ..vi.clone() });
+        inputs.push(ValueInfoProto { name: t.corrupted.clone(), ..vi });
+    }
+    g.input.retain(|i| !token_inputs.iter().any(|t| t.model_name == i.name));
+    g.input.splice(0..0, inputs);
+    g.input.push(value_info(names::POSITION_ONEHOT, dtype, &[batch.clone(), Dim::Known(1), seq.clone()]));
+    g.input.push(value_info(names::ANSWER_ONEHOT, dtype, &[batch.clone(), Dim::Known(vocab as i64), Dim::Known(1)]));
+    g.input.push(value_info(names::PAIR_WEIGHTS, dtype, &[batch.clone(), Dim::Known(1)]));
 
     // Metric nodes.
-    let sel = b.matmul(names::POSITION_ONEHOT, &logits);
-    let ld = b.matmul(&sel, names::ANSWER_ONEHOT);
-    let flat_shape = b.const_i64s(&[1, -1]);
-    let ld_row = b.reshape(&ld, &flat_shape);
-    b.node_named("MatMul", &[&ld_row, names::CLEAN_WEIGHTS], names::CLEAN_LD, vec![]);
-    b.node_named("MatMul", &[&ld_row, names::CORRUPTED_WEIGHTS], names::CORRUPTED_LD, vec![]);
+    let logits_rank = if declared.is_empty() { facts0.rank(&logits) } else { Some(declared.len()) };
+    let init_rank = |t: &str| model.graph().initializer.iter().find(|i| i.name == t).map(|i| i.dims.len());
+    let src = metric::logits_source(&model.graph().node, &logits, logits_rank, &constants, |t| facts0.rank(t).or_else(|| init_rank(t)));
+    let lm_head_last_position_only = matches!(src, metric::LogitsSource::LmHead { .. });
+    let mut b = GraphBuilder::new(model.opset, "attrpatch/", all_names(g));
+    metric::mean_logit_diff(&mut b, &src, &logits, &clean_name, names::CLEAN_LD);
+    metric::mean_logit_diff(&mut b, &src, &logits, &corrupted_name, names::CORRUPTED_LD);
     let clean_const = b.node("Identity", &[names::CLEAN_LD], vec![]);
     let corr_const = b.node("Identity", &[names::CORRUPTED_LD], vec![]);
     let num = b.sub(names::CORRUPTED_LD, &corr_const);
@@ -129,38 +168,45 @@ pub fn augment(model: &OnnxModel) -> Result<Augmented> {
     let stop: HashSet<String> = [clean_const, corr_const].into_iter().collect();
     g.node.append(&mut b.nodes);
     g.initializer.append(&mut b.initializers);
+    // The original outputs (full logits) are not needed: dropping them lets
+    // the runtime skip the lm_head on every position but the last.
+    g.output.clear();
 
     // Facts of the graph with the metric, for the rules, at a probe shape.
-    let (pb, ps) = (PROBE_ROWS, PROBE_SEQ);
-    let mut probe = vec![(input_ids.as_str(), vec![pb, ps])];
-    if let Some(m) = &attention_mask {
-        probe.push((m.as_str(), vec![pb, ps]));
+    let (pp, ps) = (PROBE_PAIRS, PROBE_SEQ);
+    let mut probe: Vec<(&str, Vec<usize>)> = vec![];
+    for t in &token_inputs {
+        probe.push((t.clean.as_str(), vec![pp, ps]));
+        probe.push((t.corrupted.as_str(), vec![pp, ps]));
     }
     probe.extend([
-        (names::POSITION_ONEHOT, vec![pb, 1, ps]),
-        (names::ANSWER_ONEHOT, vec![pb, vocab, 1]),
-        (names::CLEAN_WEIGHTS, vec![pb, 1]),
-        (names::CORRUPTED_WEIGHTS, vec![pb, 1]),
+        (names::POSITION_ONEHOT, vec![pp, 1, ps]),
+        (names::ANSWER_ONEHOT, vec![pp, vocab, 1]),
+        (names::PAIR_WEIGHTS, vec![pp, 1]),
     ]);
+    let scalar = [Dim::Known(1), Dim::Known(1)];
+    for name in [names::CLEAN_LD, names::CORRUPTED_LD, names::METRIC] {
+        g.output.push(value_info(name, dtype, &scalar));
+    }
     let facts = analyse_with_probe(&proto, &model.path, &probe)?;
     let g = proto.graph.as_mut().unwrap();
     let seed = b.const_tensor(dtype, &[1, 1], &[1.0]);
     let wrt: Vec<String> = hooks.iter().map(|h| h.tensor.clone()).collect();
     let grads = Backward { graph: g, facts: &facts, stop: &stop }.build(&mut b, &wrt, names::METRIC, &seed)?;
 
-    // Outputs: baselines, metric, and per layer the activation and its gradient.
-    g.output.clear();
-    let scalar = [Dim::Known(1), Dim::Known(1)];
-    for name in [names::CLEAN_LD, names::CORRUPTED_LD, names::METRIC] {
-        g.output.push(value_info(name, dtype, &scalar));
-    }
+    // Per layer: the clean and corrupted activation and the gradient.
     for (h, gr) in hooks.iter().zip(&grads) {
         // Declared with the symbolic facts: the probe's sizes are not the model's.
         let shape = facts0.shape(&h.tensor).map(|s| s.to_vec()).unwrap_or_default();
-        b.node_named("Identity", &[&h.tensor], &names::act(h.layer), vec![]);
-        b.node_named("Identity", &[gr], &names::grad(h.layer), vec![]);
-        g.output.push(value_info(&names::act(h.layer), dtype, &shape));
-        g.output.push(value_info(&names::grad(h.layer), dtype, &shape));
+        let outs = [
+            (names::clean_act(h.layer), clean_name(&h.tensor)),
+            (names::corrupted_act(h.layer), h.tensor.clone()),
+            (names::grad(h.layer), gr.clone()),
+        ];
+        for (out, from) in outs {
+            b.node_named("Identity", &[&from], &out, vec![]);
+            g.output.push(value_info(&out, dtype, &shape));
+        }
     }
     g.node.append(&mut b.nodes);
     g.initializer.append(&mut b.initializers);
@@ -168,7 +214,7 @@ pub fn augment(model: &OnnxModel) -> Result<Augmented> {
     g.value_info.clear();
     proto.producer_name = "attrpatch".into();
     proto.producer_version = env!("CARGO_PKG_VERSION").into();
-    Ok(Augmented { proto, hooks, facts, logits, input_ids, attention_mask, vocab })
+    Ok(Augmented { proto, hooks, facts, input_ids: ids_in, attention_mask: mask_in, vocab, lm_head_last_position_only })
 }
 
 /// The batch and sequence dims of the token input, as the model declares them.

@@ -124,13 +124,12 @@ pub fn find_logits(model: &OnnxModel, facts: &crate::onnx::facts::Facts) -> Resu
 /// The number of attention heads feeding a hook: walking back from the hook
 /// through reshapes and transposes, the first rank-4 tensor whose last two
 /// dims are fixed and multiply to the hook's width is [.., heads, head_dim].
-pub fn infer_heads(model: &OnnxModel, facts: &crate::onnx::facts::Facts, hook: &str) -> Option<usize> {
+pub fn infer_heads(g: &crate::onnx::pb::GraphProto, facts: &crate::onnx::facts::Facts, hook: &str) -> Option<usize> {
     use crate::onnx::facts::Dim;
     let width = match facts.shape(hook)?.last()? {
         Dim::Known(w) => *w,
         _ => return None,
     };
-    let g = model.graph();
     let mut t = hook.to_string();
     for _ in 0..8 {
         if let Some([.., Dim::Known(h), Dim::Known(d)]) = facts.shape(&t) {

@@ -24,7 +24,7 @@ pub fn inspect(model: &OnnxModel) -> Result<String> {
     }
     let hooks = find_attention_out_hooks(model)?;
     let logits = find_logits(model, &facts)?;
-    let heads = infer_heads(model, &facts, &hooks[0].tensor);
+    let heads = infer_heads(g, &facts, &hooks[0].tensor);
     let _ = writeln!(
         s,
         "layers: {} (attention heads: {})",

@@ -3,7 +3,7 @@
 use crate::augment::{augment, names, Augmented};
 use crate::error::{Error, Result};
 use crate::grids::{attribution_grids, first_non_finite, Grids};
-use crate::hooks::{infer_heads, Hook};
+use crate::hooks::Hook;
 use crate::onnx::OnnxModel;
 use crate::prompts::{self, PromptPair, PromptTokenizer, TokenizedPrompts};
 use crate::runtime::{self, RuntimeOptions, Value};
@@ -64,20 +64,20 @@ pub fn run_job(opts: &JobOptions) -> Result<JobResult> {
     t.load = clock.elapsed().as_secs_f64();
 
     let clock = Instant::now();
-    let aug = augment(&model)?;
+    let model_path = model.path.clone();
+    let aug = augment(model)?;
     let tokens = prompts::tokenize(&tok, &pairs, opts.bos, aug.vocab)?;
     let n_heads = match opts.heads {
         Some(h) => h,
-        None => infer_heads(&model, &aug.facts, &aug.hooks[0].tensor).ok_or_else(|| {
+        None => aug.heads.ok_or_else(|| {
             Error::Model(format!(
                 "{}: could not read the number of attention heads from the graph around '{}'; pass --heads N",
-                model.path.display(),
+                model_path.display(),
                 aug.hooks[0].tensor
             ))
         })?,
     };
     let bytes = aug.proto.encode_to_vec();
-    drop(model);
     t.rewrite = clock.elapsed().as_secs_f64();
 
     let clock = Instant::now();

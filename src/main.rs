@@ -121,7 +121,7 @@ fn main() -> ExitCode {
     let result = match cli.cmd {
         Cmd::Run(a) => run(a),
         Cmd::Inspect { model } => OnnxModel::load(&model).and_then(|m| inspect::inspect(&m)).map(|s| print!("{s}")),
-        Cmd::Rewrite { model, output } => OnnxModel::load(&model).and_then(|m| augment::augment(&m)).and_then(|a| {
+        Cmd::Rewrite { model, output } => OnnxModel::load(&model).and_then(augment::augment).and_then(|a| {
             use prost::Message;
             attrpatch::fsutil::write_atomic(&output, &a.proto.encode_to_vec())?;
             println!("wrote {} ({} hooks)", output.display(), a.hooks.len());

@@ -76,7 +76,7 @@ fn heads_read_from_the_graph() {
 fn augmented_graph_has_no_needless_work() {
     for model in [legacy_op14(), dynamo_op18()] {
         let m = attrpatch::onnx::OnnxModel::load(&model).unwrap();
-        let aug = attrpatch::augment::augment(&m).unwrap();
+        let aug = attrpatch::augment::augment(m).unwrap();
         assert!(aug.lm_head_last_position_only, "{}", model.display());
         let g = aug.proto.graph.as_ref().unwrap();
         assert!(!g.node.iter().any(|n| n.input.iter().any(|i| i == "logits")), "full logits are still consumed");

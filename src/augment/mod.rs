@@ -70,14 +70,18 @@ pub struct Augmented {
     pub input_ids: TokenInput,
     pub attention_mask: Option<TokenInput>,
     pub vocab: usize,
+    /// Attention heads, as read from the graph around the first hook.
+    pub heads: Option<usize>,
     /// Whether the lm_head runs on the last positions only.
     pub lm_head_last_position_only: bool,
 }
 
-pub fn augment(model: &OnnxModel) -> Result<Augmented> {
-    let hooks = find_attention_out_hooks(model)?;
+/// Builds the augmented model. Takes the model by value: the weights move
+/// into the result instead of being copied.
+pub fn augment(model: OnnxModel) -> Result<Augmented> {
+    let hooks = find_attention_out_hooks(&model)?;
     let facts0 = analyse(&model.proto, &model.path)?;
-    let logits = find_logits(model, &facts0)?;
+    let logits = find_logits(&model, &facts0)?;
     let g0 = model.graph();
     let input_ids = g0
         .input
@@ -119,14 +123,19 @@ pub fn augment(model: &OnnxModel) -> Result<Augmented> {
             )))
         }
     };
-    let (batch, seq) = token_dims(model, &input_ids)?;
+    let (batch, seq) = token_dims(&model, &input_ids)?;
     let token_input = |n: &str| TokenInput { model_name: n.into(), clean: names::clean_input(n), corrupted: names::corrupted_input(n) };
     let ids_in = token_input(&input_ids);
     let mask_in = attention_mask.as_deref().map(token_input);
     let token_inputs: Vec<&TokenInput> = std::iter::once(&ids_in).chain(mask_in.as_ref()).collect();
 
-    let constants = constant_tensors(model);
-    let mut proto = model.proto.clone();
+    let constants = constant_tensors(&model);
+    let logits_rank = if declared.is_empty() { facts0.rank(&logits) } else { Some(declared.len()) };
+    let init_rank = |t: &str| model.graph().initializer.iter().find(|i| i.name == t).map(|i| i.dims.len());
+    let src = metric::logits_source(&model.graph().node, &logits, logits_rank, &constants, |t| facts0.rank(t).or_else(|| init_rank(t)));
+    let lm_head_last_position_only = matches!(src, metric::LogitsSource::LmHead { .. });
+    let (path, opset) = (model.path.clone(), model.opset);
+    let mut proto = model.proto;
     let g = proto.graph.as_mut().unwrap();
 
     // The corrupted copy is the original graph with its inputs renamed; the
@@ -153,11 +162,7 @@ pub fn augment(model: &OnnxModel) -> Result<Augmented> {
     g.input.push(value_info(names::PAIR_WEIGHTS, dtype, &[batch.clone(), Dim::Known(1)]));
 
     // Metric nodes.
-    let logits_rank = if declared.is_empty() { facts0.rank(&logits) } else { Some(declared.len()) };
-    let init_rank = |t: &str| model.graph().initializer.iter().find(|i| i.name == t).map(|i| i.dims.len());
-    let src = metric::logits_source(&model.graph().node, &logits, logits_rank, &constants, |t| facts0.rank(t).or_else(|| init_rank(t)));
-    let lm_head_last_position_only = matches!(src, metric::LogitsSource::LmHead { .. });
-    let mut b = GraphBuilder::new(model.opset, "attrpatch/", all_names(g));
+    let mut b = GraphBuilder::new(opset, "attrpatch/", all_names(g));
     metric::mean_logit_diff(&mut b, &src, &logits, &clean_name, names::CLEAN_LD);
     metric::mean_logit_diff(&mut b, &src, &logits, &corrupted_name, names::CORRUPTED_LD);
     let clean_const = b.node("Identity", &[names::CLEAN_LD], vec![]);
@@ -188,8 +193,9 @@ pub fn augment(model: &OnnxModel) -> Result<Augmented> {
     for name in [names::CLEAN_LD, names::CORRUPTED_LD, names::METRIC] {
         g.output.push(value_info(name, dtype, &scalar));
     }
-    let facts = analyse_with_probe(&proto, &model.path, &probe)?;
+    let facts = analyse_with_probe(&proto, &path, &probe)?;
     let g = proto.graph.as_mut().unwrap();
+    let heads = crate::hooks::infer_heads(g, &facts, &hooks[0].tensor);
     let seed = b.const_tensor(dtype, &[1, 1], &[1.0]);
     let wrt: Vec<String> = hooks.iter().map(|h| h.tensor.clone()).collect();
     let grads = Backward { graph: g, facts: &facts, stop: &stop }.build(&mut b, &wrt, names::METRIC, &seed)?;
@@ -214,7 +220,7 @@ pub fn augment(model: &OnnxModel) -> Result<Augmented> {
     g.value_info.clear();
     proto.producer_name = "attrpatch".into();
     proto.producer_version = env!("CARGO_PKG_VERSION").into();
-    Ok(Augmented { proto, hooks, facts, input_ids: ids_in, attention_mask: mask_in, vocab, lm_head_last_position_only })
+    Ok(Augmented { proto, hooks, facts, input_ids: ids_in, attention_mask: mask_in, vocab, heads, lm_head_last_position_only })
 }
 
 /// The batch and sequence dims of the token input, as the model declares them.

@@ -76,7 +76,7 @@ pub fn analyse_with_probe(proto: &ModelProto, file: &std::path::Path, probe: &[(
     let fail = |what: &str, e: TractError| {
         Error::Model(format!("{}: tract could not {what} the model: {e:?}", file.display()))
     };
-    let parsed = tract_onnx::onnx().parse(proto, None).map_err(|e| fail("parse", e))?;
+    let parsed = tract_onnx::onnx().parse(&skeleton(proto), None).map_err(|e| fail("parse", e))?;
     let mut model = parsed.model;
     let outlets = model.input_outlets().map_err(|e| fail("read the inputs of", e))?.to_vec();
     for (i, outlet) in outlets.iter().enumerate() {
@@ -100,6 +100,46 @@ pub fn analyse_with_probe(proto: &ModelProto, file: &std::path::Path, probe: &[(
         map.insert(name, convert(fact));
     }
     Ok(Facts(map))
+}
+
+/// Float initializers bigger than this become typed graph inputs for the
+/// analysis: their values never decide a shape, and copying the weights into
+/// tract would double the memory and time of a rewrite.
+const SKELETON_MIN_ELEMENTS: i64 = 64;
+
+/// The model without its weights' bytes: large float initializers are
+/// replaced by graph inputs of the same name, type and shape.
+fn skeleton(proto: &ModelProto) -> ModelProto {
+    use super::consts::is_float;
+    use super::pb::GraphProto;
+    let Some(g) = proto.graph.as_ref() else { return proto.clone() };
+    let mut small = vec![];
+    let mut typed_inputs = vec![];
+    for t in &g.initializer {
+        let n: i64 = t.dims.iter().product();
+        if is_float(t.data_type) && n >= SKELETON_MIN_ELEMENTS && !g.input.iter().any(|i| i.name == t.name) {
+            let dims: Vec<Dim> = t.dims.iter().map(|&d| Dim::Known(d)).collect();
+            typed_inputs.push(crate::augment::value_info(&t.name, t.data_type, &dims));
+        } else {
+            small.push(t.clone());
+        }
+    }
+    let graph = GraphProto {
+        node: g.node.clone(),
+        name: g.name.clone(),
+        initializer: small,
+        input: g.input.iter().cloned().chain(typed_inputs).collect(),
+        output: g.output.clone(),
+        value_info: g.value_info.clone(),
+        ..Default::default()
+    };
+    ModelProto {
+        ir_version: proto.ir_version,
+        opset_import: proto.opset_import.clone(),
+        graph: Some(graph),
+        functions: proto.functions.clone(),
+        ..Default::default()
+    }
 }
 
 fn convert(fact: &InferenceFact) -> TensorFact {

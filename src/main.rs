@@ -121,9 +121,8 @@ fn main() -> ExitCode {
     let result = match cli.cmd {
         Cmd::Run(a) => run(a),
         Cmd::Inspect { model } => OnnxModel::load(&model).and_then(|m| inspect::inspect(&m)).map(|s| print!("{s}")),
-        Cmd::Rewrite { model, output } => OnnxModel::load(&model).and_then(augment::augment).and_then(|a| {
-            use prost::Message;
-            attrpatch::fsutil::write_atomic(&output, &a.proto.encode_to_vec())?;
+        Cmd::Rewrite { model, output } => OnnxModel::load(&model).and_then(augment::augment).and_then(|mut a| {
+            attrpatch::fsutil::write_atomic_with(&output, |w| attrpatch::onnx::io::write_model(&mut a.proto, w))?;
             println!("wrote {} ({} hooks)", output.display(), a.hooks.len());
             Ok(())
         }),

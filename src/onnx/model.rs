@@ -18,16 +18,21 @@ pub struct OnnxModel {
 }
 
 impl OnnxModel {
+    /// Reads a model file, streaming its weights (see `io`).
     pub fn load(path: &Path) -> Result<Self> {
-        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        Self::from_bytes(&bytes, path)
+        let (proto, scopes) = super::io::read_model(path)?;
+        Self::from_proto(proto, scopes, path)
     }
 
-    /// `path` names the file in messages and locates external data.
+    /// A model from bytes in memory; `path` names it in messages and locates external data.
     pub fn from_bytes(bytes: &[u8], path: &Path) -> Result<Self> {
-        let mut proto = ModelProto::decode(bytes).map_err(|e| {
+        let proto = ModelProto::decode(bytes).map_err(|e| {
             Error::Model(format!("{}: not a valid ONNX model (protobuf decoding failed: {e})", path.display()))
         })?;
+        Self::from_proto(proto, scopes::NodeScopes::decode(bytes), path)
+    }
+
+    fn from_proto(mut proto: ModelProto, scopes: scopes::NodeScopes, path: &Path) -> Result<Self> {
         let graph = proto.graph.as_mut().ok_or_else(|| {
             Error::Model(format!("{}: the ONNX model has no graph (is this an ONNX model file?)", path.display()))
         })?;
@@ -45,7 +50,6 @@ impl OnnxModel {
             )));
         }
         normalize::normalize(&mut proto, opset)?;
-        let scopes = scopes::NodeScopes::decode(bytes);
         Ok(OnnxModel { path: path.to_path_buf(), proto, opset, scopes })
     }
 

@@ -37,8 +37,19 @@ impl NodeScopes {
     pub fn decode(bytes: &[u8]) -> Self {
         use prost::Message;
         let Ok(m) = LiteModel::decode(bytes) else { return Self::default() };
+        Self::from_nodes(m.graph.map(|g| g.node).unwrap_or_default())
+    }
+
+    /// From the encoded bytes of a GraphProto (without its initializers).
+    pub fn decode_graph(bytes: &[u8]) -> Self {
+        use prost::Message;
+        let Ok(g) = LiteGraph::decode(bytes) else { return Self::default() };
+        Self::from_nodes(g.node)
+    }
+
+    fn from_nodes(nodes: Vec<LiteNode>) -> Self {
         let mut map = HashMap::new();
-        for n in m.graph.map(|g| g.node).unwrap_or_default() {
+        for n in nodes {
             for e in n.metadata_props {
                 if e.key == "pkg.torch.onnx.name_scopes" {
                     map.insert(n.name.clone(), parse_list(&e.value));

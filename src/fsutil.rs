@@ -19,8 +19,9 @@ pub fn write_atomic_with(path: &Path, fill: impl FnOnce(&mut std::io::BufWriter<
     let result = (|| {
         let mut f = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&tmp)?);
         fill(&mut f)?;
-        let f = f.into_inner().map_err(|e| e.into_error())?;
-        f.sync_all()?;
+        // No fsync: the rename protects against an interrupted job (the
+        // concern here), and syncing a 600 MB model costs seconds.
+        f.into_inner().map_err(|e| e.into_error())?;
         std::fs::rename(&tmp, path)
     })();
     result.map_err(|e| {

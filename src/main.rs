@@ -107,6 +107,24 @@ fn run(args: RunArgs) -> Result<(), Error> {
     Ok(())
 }
 
+fn rewrite(model: &Path, output: &Path) -> Result<(), Error> {
+    let t0 = std::time::Instant::now();
+    let m = OnnxModel::load(model)?;
+    let t1 = std::time::Instant::now();
+    let mut a = augment::augment(m)?;
+    let t2 = std::time::Instant::now();
+    attrpatch::fsutil::write_atomic_with(output, |w| attrpatch::onnx::io::write_model(&mut a.proto, w))?;
+    let t3 = std::time::Instant::now();
+    println!("wrote {} ({} hooks)", output.display(), a.hooks.len());
+    println!(
+        "time: read {:.2}s, rewrite {:.2}s, write {:.2}s",
+        (t1 - t0).as_secs_f64(),
+        (t2 - t1).as_secs_f64(),
+        (t3 - t2).as_secs_f64()
+    );
+    Ok(())
+}
+
 /// Four decimals like the tutorial, or scientific notation for tiny values.
 fn num(v: f64) -> String {
     if v != 0.0 && v.abs() < 0.01 {
@@ -121,11 +139,7 @@ fn main() -> ExitCode {
     let result = match cli.cmd {
         Cmd::Run(a) => run(a),
         Cmd::Inspect { model } => OnnxModel::load(&model).and_then(|m| inspect::inspect(&m)).map(|s| print!("{s}")),
-        Cmd::Rewrite { model, output } => OnnxModel::load(&model).and_then(augment::augment).and_then(|mut a| {
-            attrpatch::fsutil::write_atomic_with(&output, |w| attrpatch::onnx::io::write_model(&mut a.proto, w))?;
-            println!("wrote {} ({} hooks)", output.display(), a.hooks.len());
-            Ok(())
-        }),
+        Cmd::Rewrite { model, output } => rewrite(&model, &output),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,176 @@
+//! Benchmark: attrpatch's attribution job against ONNX Runtime's plain
+//! forward of the same model on the same sequences, same threads, one process.
+//!
+//!   cargo run --example bench -- --model M.onnx [--threads 2] [--repeats 5]
+//!       [--pytorch pytorch.json] [--scaling] [--json out.json]
+//!
+//! tools/bench/run.sh builds the GPT-2-small-sized model and the PyTorch figures first.
+
+use attrpatch::augment::augment;
+use attrpatch::job::build_inputs;
+use attrpatch::onnx::OnnxModel;
+use attrpatch::prompts::TokenizedPrompts;
+use attrpatch::runtime::{create, Device, RuntimeKind, RuntimeOptions, Value};
+use ndarray::Array2;
+use prost::Message;
+use std::path::PathBuf;
+use std::time::Instant;
+
+struct Args {
+    model: PathBuf,
+    threads: usize,
+    repeats: usize,
+    pytorch: Option<PathBuf>,
+    scaling: bool,
+    json: Option<PathBuf>,
+    rewrite_only: bool,
+}
+
+fn args() -> Args {
+    let mut a = Args { model: PathBuf::new(), threads: 2, repeats: 5, pytorch: None, scaling: false, json: None, rewrite_only: false };
+    let mut it = std::env::args().skip(1);
+    while let Some(k) = it.next() {
+        match k.as_str() {
+            "--model" => a.model = it.next().expect("--model PATH").into(),
+            "--threads" => a.threads = it.next().and_then(|v| v.parse().ok()).expect("--threads N"),
+            "--repeats" => a.repeats = it.next().and_then(|v| v.parse().ok()).expect("--repeats N"),
+            "--pytorch" => a.pytorch = it.next().map(PathBuf::from),
+            "--json" => a.json = it.next().map(PathBuf::from),
+            "--scaling" => a.scaling = true,
+            "--rewrite-only" => a.rewrite_only = true,
+            other => panic!("unknown argument {other}"),
+        }
+    }
+    assert!(a.model.is_file(), "--model: {} is not a file", a.model.display());
+    a
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+fn peak_rss_mb() -> f64 {
+    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    s.lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<f64>().ok())
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+/// Random prompts: corrupted = clean with one token changed; random answers.
+fn prompts(pairs: usize, seq: usize, vocab: usize, seed: u64) -> TokenizedPrompts {
+    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        (x % (vocab as u64 - 1)) as i64
+    };
+    let clean: Vec<Vec<i64>> = (0..pairs).map(|_| (0..seq).map(|_| next()).collect()).collect();
+    let corrupted = clean
+        .iter()
+        .map(|r| {
+            let mut r = r.clone();
+            r[seq / 3] = (r[seq / 3] + 1) % vocab as i64;
+            r
+        })
+        .collect();
+    let correct: Vec<i64> = (0..pairs).map(|_| next()).collect();
+    let incorrect = correct.iter().map(|c| (c + 7) % vocab as i64).collect();
+    TokenizedPrompts {
+        clean_ids: clean,
+        corrupted_ids: corrupted,
+        correct_ids: correct,
+        incorrect_ids: incorrect,
+        seq_len: seq,
+        clean_tokens: vec![],
+    }
+}
+
+fn opts(threads: usize) -> RuntimeOptions {
+    RuntimeOptions { kind: RuntimeKind::Ort, device: Device::Cpu, ort_lib: None, threads }
+}
+
+/// Median seconds of (attribution run, plain forward run) for one size.
+fn measure(aug_bytes: &[u8], plain_bytes: &[u8], aug: &attrpatch::augment::Augmented, pairs: usize, seq: usize, a: &Args, repeats: usize) -> (f64, f64) {
+    let t = prompts(pairs, seq, aug.vocab, 7);
+    let mut attr = create(aug_bytes, &opts(a.threads)).unwrap();
+    let mut plain = create(plain_bytes, &opts(a.threads)).unwrap();
+    let plain_inputs = || {
+        let ids = Array2::from_shape_fn((2 * pairs, seq), |(r, c)| if r < pairs { t.clean_ids[r][c] } else { t.corrupted_ids[r - pairs][c] });
+        let mut v = vec![("input_ids".to_string(), Value::I64(ids.into_dyn()))];
+        if aug.attention_mask.is_some() {
+            v.push(("attention_mask".to_string(), Value::I64(ndarray::ArrayD::from_elem(vec![2 * pairs, seq], 1i64))));
+        }
+        v
+    };
+    // Warm-up, then alternate the two so drift on a noisy machine hits both.
+    attr.run(build_inputs(aug, &t)).unwrap();
+    plain.run(plain_inputs()).unwrap();
+    let (mut ta, mut tb) = (vec![], vec![]);
+    for _ in 0..repeats {
+        let c = Instant::now();
+        attr.run(build_inputs(aug, &t)).unwrap();
+        ta.push(c.elapsed().as_secs_f64());
+        let c = Instant::now();
+        plain.run(plain_inputs()).unwrap();
+        tb.push(c.elapsed().as_secs_f64());
+    }
+    (median(ta), median(tb))
+}
+
+fn main() {
+    let a = args();
+    let file_mb = std::fs::metadata(&a.model).unwrap().len() as f64 / 1e6;
+    // (d) rewrite: load + augment + encode, in this process before anything else.
+    let c = Instant::now();
+    let m = OnnxModel::load(&a.model).unwrap();
+    let load_s = c.elapsed().as_secs_f64();
+    let c = Instant::now();
+    let aug = augment(m).unwrap();
+    let augment_s = c.elapsed().as_secs_f64();
+    let rewrite_peak = peak_rss_mb();
+    if a.rewrite_only {
+        println!("rewrite: load {load_s:.2}s + augment {augment_s:.2}s; peak RSS {rewrite_peak:.0} MB = {:.2}x the {file_mb:.0} MB model file", rewrite_peak / file_mb);
+        return;
+    }
+    let aug_bytes = aug.proto.encode_to_vec();
+    let plain_bytes = std::fs::read(&a.model).unwrap();
+
+    let (pairs, seq) = (8, 14);
+    let (ta, tb) = measure(&aug_bytes, &plain_bytes, &aug, pairs, seq, &a, a.repeats);
+    println!("model {} ({file_mb:.0} MB), {} threads, median of {}", a.model.display(), a.threads, a.repeats);
+    println!("(a) attrpatch attribution run, {pairs} clean + {pairs} corrupted x {seq} tokens: {ta:.3} s");
+    println!("(b) onnxruntime plain forward of the original model, same 16 sequences:     {tb:.3} s");
+    println!("    a/b = {:.2}  (target <= 1.3)", ta / tb);
+    let mut report = serde_json::json!({
+        "model": a.model.display().to_string(), "model_mb": file_mb, "threads": a.threads, "repeats": a.repeats,
+        "attribution_run_s": ta, "plain_forward_s": tb, "a_over_b": ta / tb,
+        "rewrite_load_s": load_s, "rewrite_augment_s": augment_s, "rewrite_peak_rss_mb": rewrite_peak,
+    });
+    if let Some(p) = &a.pytorch {
+        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap();
+        let tc = v["attribution_median_s"].as_f64().expect("attribution_median_s in the PyTorch JSON");
+        println!("(c) PyTorch eager forward+backward (tutorial's way), from {}: {tc:.3} s", p.display());
+        println!("    c/a = {:.1}  (target >= 5)", tc / ta);
+        report["pytorch_attribution_s"] = tc.into();
+        report["c_over_a"] = (tc / ta).into();
+    }
+    println!("(d) rewrite of the model: load {load_s:.2} s + augment {augment_s:.2} s = {:.2} s (target < 3 s)", load_s + augment_s);
+    println!("    peak RSS after rewrite {rewrite_peak:.0} MB = {:.2}x the model file (target < 2x)", rewrite_peak / file_mb);
+    if a.scaling {
+        let mut rows = vec![];
+        println!("scaling (median of 3):   pairs  tokens   attrpatch s   plain fwd s   ratio");
+        for (p, s) in [(8, 16), (8, 64), (8, 256), (64, 16)] {
+            let (ta, tb) = measure(&aug_bytes, &plain_bytes, &aug, p, s, &a, 3);
+            println!("                         {p:>5}  {s:>6}   {ta:>11.3}   {tb:>11.3}   {:>5.2}", ta / tb);
+            rows.push(serde_json::json!({"pairs": p, "tokens": s, "attribution_s": ta, "plain_forward_s": tb, "ratio": ta / tb}));
+        }
+        report["scaling"] = rows.into();
+    }
+    if let Some(j) = &a.json {
+        std::fs::write(j, serde_json::to_vec_pretty(&report).unwrap()).unwrap();
+    }
+}

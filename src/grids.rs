@@ -30,18 +30,29 @@ pub fn as_rows<'a>(t: &'a ArrayD<f32>, rows: usize, seq: usize, what: &str) -> R
     Ok(v.into_dimensionality::<Ix3>().unwrap())
 }
 
+/// One pair's attribution grids: heads [layer][head] at its last position,
+/// positions [layer][position].
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct PairGrid {
+    pub heads: Vec<Vec<f64>>,
+    pub positions: Vec<Vec<f64>>,
+}
+
 /// Per layer l: the hook tensor on the clean and corrupted prompts and the
 /// metric's gradient on the corrupted ones, each [B*S, D] or [B, S, D].
-pub fn attribution_grids(
+/// Returns each pair's grids, with the gradient multiplied by `scale`.
+pub fn pair_grids(
     clean: &[ArrayD<f32>],
     corrupted: &[ArrayD<f32>],
     grads: &[ArrayD<f32>],
     seq: usize,
     heads: usize,
-) -> Result<Grids> {
-    let mut g = Grids { heads: vec![], positions: vec![] };
+    scale: f64,
+) -> Result<Vec<PairGrid>> {
+    let mut out: Vec<PairGrid> = vec![];
     for l in 0..grads.len() {
-        let pairs = grads[l].len() / seq.max(1) / grads[l].shape().last().copied().unwrap_or(1).max(1);
+        let width = grads[l].shape().last().copied().unwrap_or(1).max(1);
+        let pairs = grads[l].len() / seq.max(1) / width;
         let a = as_rows(&clean[l], pairs, seq, &format!("layer {l} clean activation"))?;
         let c = as_rows(&corrupted[l], pairs, seq, &format!("layer {l} corrupted activation"))?;
         let gr = as_rows(&grads[l], pairs, seq, &format!("layer {l} gradient"))?;
@@ -49,24 +60,42 @@ pub fn attribution_grids(
         if heads == 0 || d % heads != 0 {
             return Err(Error::Input(format!("{heads} heads do not divide the hook width {d} of layer {l}")));
         }
+        out.resize_with(pairs, PairGrid::default);
         let hd = d / heads;
-        let mut by_head = vec![0f64; heads];
-        let mut by_pos = vec![0f64; seq];
-        for b in 0..pairs {
+        for (b, pg) in out.iter_mut().enumerate() {
+            let mut by_head = vec![0f64; heads];
+            let mut by_pos = vec![0f64; seq];
             for s in 0..seq {
                 for f in 0..d {
-                    let p = gr[[b, s, f]] as f64 * (a[[b, s, f]] as f64 - c[[b, s, f]] as f64);
+                    let p = scale * gr[[b, s, f]] as f64 * (a[[b, s, f]] as f64 - c[[b, s, f]] as f64);
                     by_pos[s] += p;
                     if s == seq - 1 {
                         by_head[f / hd] += p;
                     }
                 }
             }
+            pg.heads.push(by_head);
+            pg.positions.push(by_pos);
         }
-        g.heads.push(by_head);
-        g.positions.push(by_pos);
     }
-    Ok(g)
+    Ok(out)
+}
+
+/// Adds `b` into `a`, element by element.
+pub fn add_into(a: &mut Vec<Vec<f64>>, b: &[Vec<f64>]) {
+    if a.is_empty() {
+        *a = b.to_vec();
+        return;
+    }
+    for (ra, rb) in a.iter_mut().zip(b) {
+        for (x, y) in ra.iter_mut().zip(rb) {
+            *x += y;
+        }
+    }
+}
+
+pub fn scaled(a: &[Vec<f64>], k: f64) -> Vec<Vec<f64>> {
+    a.iter().map(|r| r.iter().map(|v| v * k).collect()).collect()
 }
 
 /// The first non-finite value of a tensor, as (flat index, value).

@@ -10,7 +10,7 @@ use crate::onnx::OnnxModel;
 use regex::Regex;
 use std::collections::{BTreeMap, HashSet};
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Hook {
     pub layer: usize,
     /// Name of the MatMul/Gemm node of the out-projection.
@@ -19,7 +19,7 @@ pub struct Hook {
     /// The activation entering it: the tensor we read and differentiate.
     pub tensor: String,
     /// What identified the node: "node name", "module scope" or "weight name".
-    pub matched_by: &'static str,
+    pub matched_by: String,
 }
 
 const ATTN_OUT: &str =
@@ -94,7 +94,13 @@ pub fn find_attention_out_hooks(model: &OnnxModel) -> Result<Vec<Hook>> {
                 model.path.display(), n.name, n.op_type, acts.len()
             )));
         }
-        hooks.push(Hook { layer, node: n.name.clone(), op_type: n.op_type.clone(), tensor: acts[0].clone(), matched_by: how });
+        hooks.push(Hook {
+            layer,
+            node: n.name.clone(),
+            op_type: n.op_type.clone(),
+            tensor: acts[0].clone(),
+            matched_by: how.to_string(),
+        });
     }
     Ok(hooks)
 }

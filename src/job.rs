@@ -1,16 +1,24 @@
-//! The attribution job: prompts in, grids out, in one runtime call.
+//! The attribution job: prompts in, grids out. A prompt set runs in batches
+//! (one runtime call each; the default is one batch for up to 64 pairs), each
+//! batch's result is kept (and written to the output folder, so an
+//! interrupted job resumes), and the grids are normalised once all are in.
 
 use crate::augment::{augment, names, Augmented};
+use crate::batches::{fingerprint, resumable, BatchResult, PairResult, Totals};
 use crate::error::{Error, Result};
-use crate::grids::{attribution_grids, first_non_finite, Grids};
+use crate::grids::{first_non_finite, pair_grids, scaled, Grids};
 use crate::hooks::Hook;
 use crate::onnx::OnnxModel;
 use crate::prompts::{self, PromptPair, PromptTokenizer, TokenizedPrompts};
-use crate::runtime::{self, RuntimeOptions, Value};
+use crate::runtime::{self, Runtime, RuntimeOptions, Value};
 use ndarray::{Array2, Array3, ArrayD};
 use prost::Message;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
+
+pub const DEFAULT_BATCH_SIZE: usize = 64;
 
 pub struct JobOptions {
     pub model: PathBuf,
@@ -22,24 +30,91 @@ pub struct JobOptions {
     /// Overrides the head count read from the graph.
     pub heads: Option<usize>,
     pub runtime: RuntimeOptions,
+    /// Pairs per runtime call.
+    pub batch_size: usize,
+    /// Keep each pair's grids.
+    pub per_prompt: bool,
+    /// Run only this part of the batches.
+    pub shard: Option<Shard>,
+    /// Where batch results are written and resumed from.
+    pub work_dir: Option<PathBuf>,
+    pub progress: bool,
+}
+
+impl JobOptions {
+    pub fn new(model: PathBuf) -> Self {
+        JobOptions {
+            model,
+            tokenizer: None,
+            prompts: None,
+            bos: false,
+            heads: None,
+            runtime: RuntimeOptions::default(),
+            batch_size: DEFAULT_BATCH_SIZE,
+            per_prompt: false,
+            shard: None,
+            work_dir: None,
+            progress: false,
+        }
+    }
+}
+
+/// Shard `index` of `count` (0-based, as Slurm array and Kubernetes indexed jobs number them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Shard {
+    pub index: usize,
+    pub count: usize,
+}
+
+impl std::str::FromStr for Shard {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        let bad = || Error::Input(format!("--shard '{s}': expected K/N with 0 <= K < N, e.g. 0/4"));
+        let (k, n) = s.split_once('/').ok_or_else(bad)?;
+        let (index, count) = (k.trim().parse().map_err(|_| bad())?, n.trim().parse().map_err(|_| bad())?);
+        if count == 0 || index >= count {
+            return Err(bad());
+        }
+        Ok(Shard { index, count })
+    }
+}
+
+impl Shard {
+    /// The contiguous range of batch indices this shard runs.
+    pub fn batches(&self, n_batches: usize) -> std::ops::Range<usize> {
+        (self.index * n_batches / self.count)..((self.index + 1) * n_batches / self.count)
+    }
+}
+
+/// What a merge needs besides the batch files; written as job.json.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Manifest {
+    pub model: String,
+    pub runtime: String,
+    pub n_heads: usize,
+    pub hooks: Vec<Hook>,
+    pub seq_len: usize,
+    pub token_labels: Vec<String>,
+    pub prompts: Vec<PromptPair>,
+    pub batch_size: usize,
+    pub n_batches: usize,
+    pub shard: Option<Shard>,
 }
 
 pub struct JobResult {
+    pub manifest: Manifest,
     pub clean_logit_diff: f64,
     pub corrupted_logit_diff: f64,
+    /// Normalised grids over the whole prompt set.
     pub grids: Grids,
-    pub n_heads: usize,
-    pub hooks: Vec<Hook>,
-    pub pairs: Vec<PromptPair>,
-    pub tokens: TokenizedPrompts,
-    /// Token strings of the first clean prompt, for the positions axis.
-    pub token_labels: Vec<String>,
-    pub runtime: String,
+    /// Each pair's share of `grids` (normalised), when asked for and kept in memory.
+    pub per_pair: Vec<PairResult>,
     pub runtime_calls: usize,
+    pub batches_resumed: usize,
     pub seconds: Timings,
 }
 
-#[derive(Default, Debug, Clone, serde::Serialize)]
+#[derive(Default, Debug, Clone, Serialize)]
 pub struct Timings {
     pub load: f64,
     pub rewrite: f64,
@@ -51,7 +126,8 @@ pub fn default_tokenizer(model: &Path) -> PathBuf {
     model.parent().unwrap_or(Path::new(".")).join("tokenizer.json")
 }
 
-pub fn run_job(opts: &JobOptions) -> Result<JobResult> {
+/// Runs the job; for a shard, returns None after writing its batches.
+pub fn run_job(opts: &JobOptions) -> Result<Option<JobResult>> {
     let mut t = Timings::default();
     let clock = Instant::now();
     let tok_path = opts.tokenizer.clone().unwrap_or_else(|| default_tokenizer(&opts.model));
@@ -80,24 +156,166 @@ pub fn run_job(opts: &JobOptions) -> Result<JobResult> {
     let bytes = aug.proto.encode_to_vec();
     t.rewrite = clock.elapsed().as_secs_f64();
 
+    let batch_size = if opts.batch_size == 0 { pairs.len() } else { opts.batch_size };
+    let n_batches = pairs.len().div_ceil(batch_size);
+    let mine = opts.shard.map_or(0..n_batches, |s| s.batches(n_batches));
+    let keys: Vec<String> = (0..n_batches).map(|i| batch_key(&opts.model, opts.bos, &tokens, i, batch_size)).collect();
+
+    // Batches finished by an earlier run of the same job are not recomputed.
+    let mut done: HashMap<usize, BatchResult> = HashMap::new();
+    if let Some(dir) = &opts.work_dir {
+        for i in mine.clone() {
+            if let Some(b) = resumable(dir, i, &keys[i]) {
+                done.insert(i, b);
+            }
+        }
+    }
+    let resumed = done.len();
     let clock = Instant::now();
-    let mut rt = runtime::create(&bytes, &opts.runtime)?;
+    let mut rt = if done.len() < mine.len() { Some(runtime::create(&bytes, &opts.runtime)?) } else { None };
+    drop(bytes);
     t.session = clock.elapsed().as_secs_f64();
 
+    let bar = progress_bar(opts.progress && mine.len() > 1, mine.len() as u64);
     let clock = Instant::now();
-    let inputs = build_inputs(&aug, &tokens);
-    let mut out = rt.run(inputs)?;
+    let mut calls = 0;
+    let mut batches = vec![];
+    for i in mine.clone() {
+        let b = match done.remove(&i) {
+            Some(b) => b,
+            None => {
+                let rt = rt.as_mut().expect("created when a batch is left to run");
+                let range = i * batch_size..((i + 1) * batch_size).min(pairs.len());
+                calls += 1;
+                let b = run_batch(rt.as_mut(), &aug, &tokens, range, i, keys[i].clone(), n_heads, opts.per_prompt)?;
+                if let Some(dir) = &opts.work_dir {
+                    b.save(dir)?;
+                }
+                b
+            }
+        };
+        bar.inc(1);
+        batches.push(b);
+    }
+    bar.finish_and_clear();
     t.run = clock.elapsed().as_secs_f64();
 
-    let scalar = |out: &std::collections::HashMap<String, ArrayD<f32>>, n: &str| -> Result<f64> {
-        out.get(n)
-            .and_then(|a| a.iter().next().copied())
-            .map(|v| v as f64)
-            .ok_or_else(|| Error::Runtime(format!("the runtime returned no '{n}'")))
+    let manifest = Manifest {
+        model: opts.model.display().to_string(),
+        runtime: rt.as_ref().map_or_else(|| "none (all batches resumed)".into(), |r| r.describe()),
+        n_heads,
+        hooks: aug.hooks.clone(),
+        seq_len: tokens.seq_len,
+        token_labels: tokens.clean_tokens.first().cloned().unwrap_or_default(),
+        prompts: pairs,
+        batch_size,
+        n_batches,
+        shard: opts.shard,
     };
-    let clean = scalar(&out, names::CLEAN_LD)?;
-    let corrupted = scalar(&out, names::CORRUPTED_LD)?;
-    check_baselines(clean, corrupted)?;
+    if let Some(dir) = &opts.work_dir {
+        save_manifest(dir, &manifest)?;
+    }
+    if opts.shard.is_some() {
+        return Ok(None);
+    }
+    let mut r = finish(manifest, &batches)?;
+    r.runtime_calls = calls;
+    r.batches_resumed = resumed;
+    r.seconds = t;
+    Ok(Some(r))
+}
+
+/// The normalised result from every batch's sums, added in index order.
+pub fn finish(manifest: Manifest, batches: &[BatchResult]) -> Result<JobResult> {
+    let mut totals = Totals::default();
+    for b in batches {
+        totals.add(b);
+    }
+    let k = totals.normaliser()?;
+    let per_pair = batches
+        .iter()
+        .flat_map(|b| &b.per_pair)
+        .map(|p| PairResult {
+            grid: crate::grids::PairGrid { heads: scaled(&p.grid.heads, k), positions: scaled(&p.grid.positions, k) },
+            ..p.clone()
+        })
+        .collect();
+    Ok(JobResult {
+        manifest,
+        clean_logit_diff: totals.clean(),
+        corrupted_logit_diff: totals.corrupted(),
+        grids: Grids { heads: scaled(&totals.heads, k), positions: scaled(&totals.positions, k) },
+        per_pair,
+        runtime_calls: 0,
+        batches_resumed: 0,
+        seconds: Timings::default(),
+    })
+}
+
+pub fn save_manifest(dir: &Path, m: &Manifest) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let text = serde_json::to_vec_pretty(m).map_err(|e| Error::Runtime(format!("serialising job.json: {e}")))?;
+    crate::fsutil::write_atomic(&dir.join("job.json"), &text)
+}
+
+fn progress_bar(show: bool, len: u64) -> indicatif::ProgressBar {
+    if !show {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(len);
+    if let Ok(style) = indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} batches, {elapsed} elapsed, eta {eta}") {
+        bar.set_style(style);
+    }
+    bar
+}
+
+fn batch_key(model: &Path, bos: bool, t: &TokenizedPrompts, i: usize, batch_size: usize) -> String {
+    let range = i * batch_size..((i + 1) * batch_size).min(t.clean_ids.len());
+    let model_id = std::fs::metadata(model).map(|m| format!("{}:{}", model.display(), m.len())).unwrap_or_default();
+    let ids: Vec<i64> = range
+        .clone()
+        .flat_map(|p| t.clean_ids[p].iter().chain(&t.corrupted_ids[p]).chain([&t.correct_ids[p], &t.incorrect_ids[p]]))
+        .copied()
+        .collect();
+    let id_bytes: Vec<u8> = ids.iter().flat_map(|v| v.to_le_bytes()).collect();
+    fingerprint(&[model_id.as_bytes(), &[bos as u8], &(i as u64).to_le_bytes(), &id_bytes])
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_batch(
+    rt: &mut dyn Runtime,
+    aug: &Augmented,
+    all: &TokenizedPrompts,
+    range: std::ops::Range<usize>,
+    index: usize,
+    key: String,
+    n_heads: usize,
+    keep_pairs: bool,
+) -> Result<BatchResult> {
+    let t = all.slice(range.clone());
+    let mut out = rt.run(build_inputs(aug, &t))?;
+    let row = |out: &HashMap<String, ArrayD<f32>>, n: &str| -> Result<Vec<f64>> {
+        let v: Vec<f64> = out
+            .get(n)
+            .ok_or_else(|| Error::Runtime(format!("the runtime returned no '{n}'")))?
+            .iter()
+            .map(|&v| v as f64)
+            .collect();
+        if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+            return Err(Error::Numeric(format!("'{n}' is {} for pair {}", v[i], range.start + i)));
+        }
+        Ok(v)
+    };
+    let clean = row(&out, names::CLEAN_LDS)?;
+    let corrupted = row(&out, names::CORRUPTED_LDS)?;
+    let (mc, mk) = (mean(&clean), mean(&corrupted));
+    if mc == mk {
+        return Err(Error::Numeric(format!(
+            "batch {index} (pairs {}..{}): its clean and corrupted logit differences are equal ({mc}), so the \
+             normalised metric's gradient is undefined there; use another --batch-size or check the prompts",
+            range.start, range.end
+        )));
+    }
     let (mut clean_acts, mut corrupted_acts, mut grads) = (vec![], vec![], vec![]);
     for h in &aug.hooks {
         let wanted = [
@@ -109,44 +327,27 @@ pub fn run_job(opts: &JobOptions) -> Result<JobResult> {
             let a = out.remove(&name).ok_or_else(|| Error::Runtime(format!("the runtime returned no '{name}'")))?;
             if let Some((i, v)) = first_non_finite(&a) {
                 return Err(Error::Numeric(format!(
-                    "'{name}' (layer {}, hook '{}') holds {v} at flat index {i}",
+                    "'{name}' (layer {}, hook '{}') holds {v} at flat index {i} in batch {index}",
                     h.layer, h.tensor
                 )));
             }
             list.push(a);
         }
     }
-    let grids = attribution_grids(&clean_acts, &corrupted_acts, &grads, tokens.seq_len, n_heads)?;
-    let token_labels = tokens.clean_tokens.first().cloned().unwrap_or_default();
-    Ok(JobResult {
-        clean_logit_diff: clean,
-        corrupted_logit_diff: corrupted,
-        grids,
-        n_heads,
-        hooks: aug.hooks,
-        pairs,
-        tokens,
-        token_labels,
-        runtime: rt.describe(),
-        runtime_calls: 1,
-        seconds: t,
-    })
+    // The graph's gradient is of (mean ld_corr - CORR) / (CLEAN - CORR) over
+    // this batch; undo that to get the attribution of each pair's ld_corr.
+    let scale = clean.len() as f64 * (mc - mk);
+    let grids = pair_grids(&clean_acts, &corrupted_acts, &grads, t.seq_len, n_heads, scale)?;
+    let pairs = grids
+        .into_iter()
+        .enumerate()
+        .map(|(i, grid)| PairResult { index: range.start + i, clean_logit_diff: clean[i], corrupted_logit_diff: corrupted[i], grid })
+        .collect();
+    Ok(BatchResult::new(index, key, pairs, keep_pairs))
 }
 
-fn check_baselines(clean: f64, corrupted: f64) -> Result<()> {
-    if !clean.is_finite() || !corrupted.is_finite() {
-        return Err(Error::Numeric(format!(
-            "the baselines are not finite (clean logit diff {clean}, corrupted {corrupted})"
-        )));
-    }
-    if clean == corrupted {
-        return Err(Error::Numeric(format!(
-            "the clean and corrupted logit differences are equal ({clean}); the normalised metric \
-             (ld - corrupted) / (clean - corrupted) divides by their difference. Check that the corrupted prompts differ \
-             from the clean ones and that the answers are right"
-        )));
-    }
-    Ok(())
+fn mean(v: &[f64]) -> f64 {
+    v.iter().sum::<f64>() / v.len() as f64
 }
 
 /// The token inputs of both copies and the metric's one-hot selectors.

@@ -12,6 +12,7 @@ pub mod render;
 
 pub use error::{Error, Result};
 pub mod augment;
+pub mod batches;
 pub mod autodiff;
 pub mod grids;
 pub mod hooks;
@@ -20,3 +21,4 @@ pub mod onnx;
 pub mod runtime;
 pub mod report;
 pub mod inspect;
+pub mod merge;

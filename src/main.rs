@@ -1,7 +1,7 @@
 //! The `attrpatch` command line: a thin layer over the library.
 
 use attrpatch::runtime::{Device, RuntimeKind, RuntimeOptions};
-use attrpatch::{augment, inspect, job, onnx::OnnxModel, report, Error};
+use attrpatch::{augment, inspect, job, merge, onnx::OnnxModel, report, Error};
 use clap::{Args, Parser, Subcommand};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -21,6 +21,15 @@ enum Cmd {
     Inspect {
         /// ONNX model file.
         model: PathBuf,
+    },
+    /// Combine the output folders of `run --shard K/N` into the results of one run.
+    Merge {
+        /// The shard output folders.
+        #[arg(required = true)]
+        shards: Vec<PathBuf>,
+        /// Output folder.
+        #[arg(short, long)]
+        out: PathBuf,
     },
     /// Write the augmented model (metric + backward graph + hook outputs) as a standard .onnx file.
     Rewrite {
@@ -64,6 +73,18 @@ struct RunArgs {
     /// Number of attention heads, when it cannot be read from the graph.
     #[arg(long)]
     heads: Option<usize>,
+    /// Prompt pairs per runtime call; memory grows with it, not with the prompt set.
+    #[arg(long, default_value_t = job::DEFAULT_BATCH_SIZE)]
+    batch_size: usize,
+    /// Also write each pair's grids to per_prompt.jsonl.
+    #[arg(long)]
+    per_prompt: bool,
+    /// Run part K of N (0-based) of the batches; combine the parts with `attrpatch merge`.
+    #[arg(long)]
+    shard: Option<job::Shard>,
+    /// Reuse the batch files an interrupted run left in --out instead of recomputing them.
+    #[arg(long)]
+    resume: bool,
 }
 
 fn default_model() -> PathBuf {
@@ -76,32 +97,63 @@ fn default_model() -> PathBuf {
 
 fn run(args: RunArgs) -> Result<(), Error> {
     let device: Device = args.device.parse()?;
-    let opts = job::JobOptions {
-        model: args.model.unwrap_or_else(default_model),
-        tokenizer: args.tokenizer,
-        prompts: args.prompts,
-        bos: args.bos,
-        heads: args.heads,
-        runtime: RuntimeOptions { kind: args.runtime, device, ort_lib: args.ort_lib, threads: args.threads },
-    };
+    if args.batch_size == 0 {
+        return Err(Error::Input("--batch-size must be at least 1".into()));
+    }
+    let mut opts = job::JobOptions::new(args.model.unwrap_or_else(default_model));
+    opts.tokenizer = args.tokenizer;
+    opts.prompts = args.prompts;
+    opts.bos = args.bos;
+    opts.heads = args.heads;
+    opts.runtime = RuntimeOptions { kind: args.runtime, device, ort_lib: args.ort_lib, threads: args.threads };
+    opts.batch_size = args.batch_size;
+    opts.per_prompt = args.per_prompt;
+    opts.shard = args.shard;
+    opts.progress = true;
     // Fail on an unwritable output folder before spending time on the model.
     std::fs::create_dir_all(&args.out).map_err(|e| Error::io(&args.out, e))?;
-    let r = job::run_job(&opts)?;
-    let (clean, corr) = (r.clean_logit_diff, r.corrupted_logit_diff);
+    let batches_dir = args.out.join("batches");
+    if !args.resume && batches_dir.exists() {
+        std::fs::remove_dir_all(&batches_dir).map_err(|e| Error::io(&batches_dir, e))?;
+    }
+    opts.work_dir = Some(args.out.clone());
+    let Some(r) = job::run_job(&opts)? else {
+        let s = opts.shard.unwrap();
+        println!("shard {}/{} done: batch files in {}", s.index, s.count, batches_dir.display());
+        println!("combine the shards with: attrpatch merge SHARD_DIRS... --out DIR");
+        return Ok(());
+    };
     println!("model: {}", opts.model.display());
-    println!("runtime: {} ({} call)", r.runtime, r.runtime_calls);
-    println!("{} prompt pairs of {} tokens, {} layers x {} heads", r.pairs.len(), r.tokens.seq_len, r.hooks.len(), r.n_heads);
+    println!("runtime: {} ({} call{})", r.manifest.runtime, r.runtime_calls, if r.runtime_calls == 1 { "" } else { "s" });
+    if r.batches_resumed > 0 {
+        println!("resumed {} finished batch(es) from {}", r.batches_resumed, batches_dir.display());
+    }
+    print_summary(&r);
+    println!(
+        "time: load {:.2}s, rewrite {:.2}s, session {:.2}s, run {:.3}s",
+        r.seconds.load, r.seconds.rewrite, r.seconds.session, r.seconds.run
+    );
+    for w in report::write_results(&r, &args.out)? {
+        println!("wrote {}", w.display());
+    }
+    Ok(())
+}
+
+fn print_summary(r: &job::JobResult) {
+    let (clean, corr) = (r.clean_logit_diff, r.corrupted_logit_diff);
+    let m = &r.manifest;
+    println!("{} prompt pairs of {} tokens, {} layers x {} heads", m.prompts.len(), m.seq_len, m.hooks.len(), m.n_heads);
     println!("Clean logit diff: {}", num(clean));
     println!("Corrupted logit diff: {}", num(corr));
     println!("Clean Baseline is 1: {:.4}", (clean - corr) / (clean - corr));
     // (corr - corr) / (clean - corr) is exactly zero; + 0.0 drops the sign of -0.
     println!("Corrupted Baseline is 0: {:.4}", (corr - corr) / (clean - corr) + 0.0);
-    let written = report::write_results(&r, &opts.model, &args.out)?;
-    println!(
-        "time: load {:.2}s, rewrite {:.2}s, session {:.2}s, run {:.3}s",
-        r.seconds.load, r.seconds.rewrite, r.seconds.session, r.seconds.run
-    );
-    for w in written {
+}
+
+fn merge_cmd(shards: &[PathBuf], out: &Path) -> Result<(), Error> {
+    let r = merge::merge(shards)?;
+    print_summary(&r);
+    for w in report::write_results(&r, out)? {
         println!("wrote {}", w.display());
     }
     Ok(())
@@ -140,6 +192,7 @@ fn main() -> ExitCode {
         Cmd::Run(a) => run(a),
         Cmd::Inspect { model } => OnnxModel::load(&model).and_then(|m| inspect::inspect(&m)).map(|s| print!("{s}")),
         Cmd::Rewrite { model, output } => rewrite(&model, &output),
+        Cmd::Merge { shards, out } => merge_cmd(&shards, &out),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

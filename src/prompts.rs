@@ -494,3 +494,17 @@ mod tests {
         assert!(msg.starts_with("pair 0: token id 2215 is outside"), "{msg}");
     }
 }
+
+impl TokenizedPrompts {
+    /// The pairs in `range`, as a prompt set of their own.
+    pub fn slice(&self, range: std::ops::Range<usize>) -> TokenizedPrompts {
+        TokenizedPrompts {
+            clean_ids: self.clean_ids[range.clone()].to_vec(),
+            corrupted_ids: self.corrupted_ids[range.clone()].to_vec(),
+            correct_ids: self.correct_ids[range.clone()].to_vec(),
+            incorrect_ids: self.incorrect_ids[range.clone()].to_vec(),
+            seq_len: self.seq_len,
+            clean_tokens: self.clean_tokens[range].to_vec(),
+        }
+    }
+}

@@ -8,15 +8,11 @@ use common::*;
 use std::path::PathBuf;
 
 fn job(model: PathBuf, bos: bool, kind: RuntimeKind) -> attrpatch::job::JobResult {
-    let opts = JobOptions {
-        model,
-        tokenizer: Some(tokenizer()),
-        prompts: None,
-        bos,
-        heads: None,
-        runtime: RuntimeOptions { kind, device: Device::Cpu, ort_lib: None, threads: 1 },
-    };
-    run_job(&opts).unwrap_or_else(|e| panic!("job failed: {e}"))
+    let mut opts = JobOptions::new(model);
+    opts.tokenizer = Some(tokenizer());
+    opts.bos = bos;
+    opts.runtime = RuntimeOptions { kind, device: Device::Cpu, ort_lib: None, threads: 1 };
+    run_job(&opts).unwrap_or_else(|e| panic!("job failed: {e}")).expect("not a shard")
 }
 
 fn check(model: PathBuf, reference_file: &str, bos: bool, kind: RuntimeKind) {
@@ -64,10 +60,10 @@ fn bos_prepended_matches_pytorch() {
 #[test]
 fn heads_read_from_the_graph() {
     let r = job(dynamo_op18(), false, RuntimeKind::Ort);
-    assert_eq!(r.n_heads, 4);
-    assert_eq!(r.hooks.len(), 2);
-    assert_eq!(r.token_labels.len(), 14);
-    assert_eq!(r.token_labels[1], " John");
+    assert_eq!(r.manifest.n_heads, 4);
+    assert_eq!(r.manifest.hooks.len(), 2);
+    assert_eq!(r.manifest.token_labels.len(), 14);
+    assert_eq!(r.manifest.token_labels[1], " John");
 }
 
 /// The lm_head runs on the last position only and the backward graph never

@@ -39,9 +39,9 @@ pub fn logits_source(
     LogitsSource::Opaque
 }
 
-/// Emits the mean logit difference ([1,1]) of one copy; `name` maps the
-/// original graph's tensor names to this copy's.
-pub fn mean_logit_diff(b: &mut GraphBuilder, src: &LogitsSource, logits: &str, name: &dyn Fn(&str) -> String, out: &str) {
+/// Emits the logit difference of each pair (`rows_out`, [1,B]) and their mean
+/// (`out`, [1,1]) for one copy; `name` maps original tensor names to the copy's.
+pub fn mean_logit_diff(b: &mut GraphBuilder, src: &LogitsSource, logits: &str, name: &dyn Fn(&str) -> String, rows_out: &str, out: &str) {
     let sel = match src {
         LogitsSource::LmHead { hidden, weight } => {
             let h_last = b.matmul(names::POSITION_ONEHOT, &name(hidden));
@@ -51,6 +51,6 @@ pub fn mean_logit_diff(b: &mut GraphBuilder, src: &LogitsSource, logits: &str, n
     };
     let ld = b.matmul(&sel, names::ANSWER_ONEHOT);
     let flat_shape = b.const_i64s(&[1, -1]);
-    let ld_row = b.reshape(&ld, &flat_shape);
-    b.node_named("MatMul", &[&ld_row, names::PAIR_WEIGHTS], out, vec![]);
+    b.node_named("Reshape", &[&ld, &flat_shape], rows_out, vec![]);
+    b.node_named("MatMul", &[rows_out, names::PAIR_WEIGHTS], out, vec![]);
 }

@@ -33,6 +33,9 @@ pub mod names {
     pub const CLEAN_LD: &str = "attrpatch.clean_logit_diff";
     pub const CORRUPTED_LD: &str = "attrpatch.corrupted_logit_diff";
     pub const METRIC: &str = "attrpatch.metric";
+    /// Each pair's logit difference, [1, B].
+    pub const CLEAN_LDS: &str = "attrpatch.clean_logit_diffs";
+    pub const CORRUPTED_LDS: &str = "attrpatch.corrupted_logit_diffs";
     pub fn clean_input(model_input: &str) -> String {
         format!("clean.{model_input}")
     }
@@ -163,8 +166,8 @@ pub fn augment(model: OnnxModel) -> Result<Augmented> {
 
     // Metric nodes.
     let mut b = GraphBuilder::new(opset, "attrpatch/", all_names(g));
-    metric::mean_logit_diff(&mut b, &src, &logits, &clean_name, names::CLEAN_LD);
-    metric::mean_logit_diff(&mut b, &src, &logits, &corrupted_name, names::CORRUPTED_LD);
+    metric::mean_logit_diff(&mut b, &src, &logits, &clean_name, names::CLEAN_LDS, names::CLEAN_LD);
+    metric::mean_logit_diff(&mut b, &src, &logits, &corrupted_name, names::CORRUPTED_LDS, names::CORRUPTED_LD);
     let clean_const = b.node("Identity", &[names::CLEAN_LD], vec![]);
     let corr_const = b.node("Identity", &[names::CORRUPTED_LD], vec![]);
     let num = b.sub(names::CORRUPTED_LD, &corr_const);
@@ -192,6 +195,9 @@ pub fn augment(model: OnnxModel) -> Result<Augmented> {
     let scalar = [Dim::Known(1), Dim::Known(1)];
     for name in [names::CLEAN_LD, names::CORRUPTED_LD, names::METRIC] {
         g.output.push(value_info(name, dtype, &scalar));
+    }
+    for name in [names::CLEAN_LDS, names::CORRUPTED_LDS] {
+        g.output.push(value_info(name, dtype, &[Dim::Known(1), batch.clone()]));
     }
     let facts = analyse_with_probe(&proto, &path, &probe)?;
     let g = proto.graph.as_mut().unwrap();

@@ -46,6 +46,10 @@ pub fn split(cx: &mut RuleCtx, g: &[Option<String>], _need: &[bool]) -> Result<G
 
 /// The gradient split back into the inputs' extents along the axis.
 pub fn concat(cx: &mut RuleCtx, g: &[Option<String>], need: &[bool]) -> Result<Grads> {
+    if cx.b.opset < 13 {
+        // The split sizes are computed at run time: an input of Split from opset 13 on.
+        return Err(cx.err(format!("needs opset 13 or newer (Split with sizes as an input), the model has {}", cx.b.opset)));
+    }
     let g = one(cx, g)?;
     let rank = cx.rank(cx.output(0))?;
     let axis = cx.axis(cx.attr_i("axis").unwrap_or(0), rank)? as i64;

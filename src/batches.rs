@@ -1,0 +1,147 @@
+//! Prompt pairs in batches, and what each batch leaves behind.
+//!
+//! A batch's result holds sums that do not depend on the rest of the data
+//! set: the attribution of the *sum of its pairs' corrupted logit
+//! differences* (the gradient graph's normalisation undone), and the sums of
+//! the logit differences. The data set's normalised grids are
+//! sum / (N * (CLEAN - CORR)), computed once every batch is in. Batches are
+//! summed in index order, so a sharded run merged afterwards gives exactly
+//! the numbers of a single process, and an interrupted job resumes from the
+//! batch files it already wrote.
+
+use crate::error::{Error, Result};
+use crate::fsutil::write_atomic;
+use crate::grids::{add_into, PairGrid};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PairResult {
+    /// Index of the pair in the prompt set.
+    pub index: usize,
+    pub clean_logit_diff: f64,
+    pub corrupted_logit_diff: f64,
+    /// Attribution of this pair's corrupted logit difference (not normalised).
+    pub grid: PairGrid,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BatchResult {
+    pub index: usize,
+    /// Fingerprint of the batch's inputs; a resumed job reuses a file only when it matches.
+    pub key: String,
+    pub first_pair: usize,
+    pub pairs: usize,
+    pub sum_clean_logit_diff: f64,
+    pub sum_corrupted_logit_diff: f64,
+    /// Sums over the batch's pairs of their `PairResult::grid`.
+    pub heads: Vec<Vec<f64>>,
+    pub positions: Vec<Vec<f64>>,
+    /// Per pair, when asked for.
+    pub per_pair: Vec<PairResult>,
+}
+
+impl BatchResult {
+    pub fn new(index: usize, key: String, pairs: Vec<PairResult>, keep_pairs: bool) -> Self {
+        let mut b = BatchResult {
+            index,
+            key,
+            first_pair: pairs.first().map_or(0, |p| p.index),
+            pairs: pairs.len(),
+            sum_clean_logit_diff: 0.0,
+            sum_corrupted_logit_diff: 0.0,
+            heads: vec![],
+            positions: vec![],
+            per_pair: vec![],
+        };
+        for p in &pairs {
+            b.sum_clean_logit_diff += p.clean_logit_diff;
+            b.sum_corrupted_logit_diff += p.corrupted_logit_diff;
+            add_into(&mut b.heads, &p.grid.heads);
+            add_into(&mut b.positions, &p.grid.positions);
+        }
+        if keep_pairs {
+            b.per_pair = pairs;
+        }
+        b
+    }
+
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        let d = dir.join("batches");
+        std::fs::create_dir_all(&d).map_err(|e| Error::io(&d, e))?;
+        let text = serde_json::to_vec(self).map_err(|e| Error::Runtime(format!("serialising batch {}: {e}", self.index)))?;
+        write_atomic(&path(dir, self.index), &text)
+    }
+
+    pub fn load(file: &Path) -> Result<Self> {
+        let bytes = std::fs::read(file).map_err(|e| Error::io(file, e))?;
+        serde_json::from_slice(&bytes).map_err(|e| Error::Input(format!("{}: not a batch result: {e}", file.display())))
+    }
+}
+
+pub fn path(dir: &Path, index: usize) -> PathBuf {
+    dir.join("batches").join(format!("batch-{index:06}.json"))
+}
+
+/// A finished batch from an earlier, interrupted run with the same inputs.
+pub fn resumable(dir: &Path, index: usize, key: &str) -> Option<BatchResult> {
+    let p = path(dir, index);
+    let b = BatchResult::load(&p).ok()?;
+    (b.key == key && b.index == index).then_some(b)
+}
+
+/// FNV-1a over everything that decides a batch's numbers.
+pub fn fingerprint(parts: &[&[u8]]) -> String {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for part in parts {
+        for &b in part.iter().chain(&[0xff]) {
+            h ^= b as u64;
+            h = h.wrapping_mul(0x100000001b3);
+        }
+    }
+    format!("{h:016x}")
+}
+
+/// Sums over batches, in index order.
+#[derive(Debug, Default, Clone)]
+pub struct Totals {
+    pub pairs: usize,
+    pub sum_clean: f64,
+    pub sum_corrupted: f64,
+    pub heads: Vec<Vec<f64>>,
+    pub positions: Vec<Vec<f64>>,
+}
+
+impl Totals {
+    pub fn add(&mut self, b: &BatchResult) {
+        self.pairs += b.pairs;
+        self.sum_clean += b.sum_clean_logit_diff;
+        self.sum_corrupted += b.sum_corrupted_logit_diff;
+        add_into(&mut self.heads, &b.heads);
+        add_into(&mut self.positions, &b.positions);
+    }
+
+    pub fn clean(&self) -> f64 {
+        self.sum_clean / self.pairs as f64
+    }
+    pub fn corrupted(&self) -> f64 {
+        self.sum_corrupted / self.pairs as f64
+    }
+
+    /// The factor turning summed attributions of logit differences into the
+    /// tutorial's normalised metric: 1 / (N * (CLEAN - CORR)).
+    pub fn normaliser(&self) -> Result<f64> {
+        let (clean, corr) = (self.clean(), self.corrupted());
+        if !clean.is_finite() || !corr.is_finite() {
+            return Err(Error::Numeric(format!("the baselines are not finite (clean logit diff {clean}, corrupted {corr})")));
+        }
+        if clean == corr {
+            return Err(Error::Numeric(format!(
+                "the clean and corrupted logit differences are equal ({clean}); the normalised metric \
+                 (ld - corrupted) / (clean - corrupted) divides by their difference. Check that the corrupted prompts \
+                 differ from the clean ones and that the answers are right"
+            )));
+        }
+        Ok(1.0 / (self.pairs as f64 * (clean - corr)))
+    }
+}

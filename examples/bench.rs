@@ -152,7 +152,7 @@ fn main() {
     });
     if let Some(p) = &a.pytorch {
         let v: serde_json::Value = serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap();
-        let tc = v["attribution_median_s"].as_f64().expect("attribution_median_s in the PyTorch JSON");
+        let tc = v["attribution_s"]["median"].as_f64().expect("attribution_s.median in the PyTorch JSON");
         println!("(c) PyTorch eager forward+backward (tutorial's way), from {}: {tc:.3} s", p.display());
         println!("    c/a = {:.1}  (target >= 5)", tc / ta);
         report["pytorch_attribution_s"] = tc.into();

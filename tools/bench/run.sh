@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The whole benchmark in one go, same machine, same threads:
+#   (a) attrpatch's attribution run vs (b) ONNX Runtime's plain forward,
+#   (c) PyTorch eager forward+backward as the tutorial does it, (d) rewrite time
+#   and peak memory, and how (a) and (b) scale with tokens and pairs.
+# Needs the PyTorch virtualenv (tools/train_ioi/setup-venv.sh) to build the model
+# the first time and for (c). Usage: tools/bench/run.sh [THREADS] [OUT_DIR]
+set -euo pipefail
+root="$(cd "$(dirname "$0")/../.." && pwd)"
+threads="${1:-2}"
+out="${2:-$root/target/bench}"
+py="${VENV_PY:-/work/venv-torch/bin/python}"
+model="$out/gpt2-small-random.onnx"
+mkdir -p "$out"
+cd "$root"
+tools/fetch-ort.sh >/dev/null
+[ -f "$model" ] || "$py" tools/bench/make_gpt2_small.py "$model"
+cargo build --quiet --example bench
+"$py" tools/bench/pytorch_bench.py --weights "${model%.onnx}.pt" --pairs 8 --seq 14 --threads "$threads" \
+  --repeats 5 --json "$out/pytorch-8x14.json" >/dev/null
+# Peak memory of the rewrite alone, in a fresh process.
+target/debug/examples/bench --model "$model" --rewrite-only
+target/debug/examples/bench --model "$model" --threads "$threads" --repeats 5 \
+  --pytorch "$out/pytorch-8x14.json" --scaling --json "$out/bench.json"
+echo "machine: $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) cores; figures in $out/bench.json"

@@ -135,13 +135,19 @@ impl Totals {
         if !clean.is_finite() || !corr.is_finite() {
             return Err(Error::Numeric(format!("the baselines are not finite (clean logit diff {clean}, corrupted {corr})")));
         }
-        if clean == corr {
+        if indistinguishable(clean, corr) {
             return Err(Error::Numeric(format!(
-                "the clean and corrupted logit differences are equal ({clean}); the normalised metric \
-                 (ld - corrupted) / (clean - corrupted) divides by their difference. Check that the corrupted prompts \
-                 differ from the clean ones and that the answers are right"
+                "the clean and corrupted logit differences are equal ({clean} and {corr}, within float32 precision); \
+                 the normalised metric (ld - corrupted) / (clean - corrupted) divides by their difference. Check that \
+                 the corrupted prompts differ from the clean ones and that the answers are right"
             )));
         }
         Ok(1.0 / (self.pairs as f64 * (clean - corr)))
     }
+}
+
+/// Two baselines too close for their difference to mean anything: the two
+/// copies of the graph can round identical prompts differently.
+pub fn indistinguishable(clean: f64, corr: f64) -> bool {
+    (clean - corr).abs() <= 1e-5 * clean.abs().max(corr.abs())
 }

@@ -128,6 +128,8 @@ pub fn default_tokenizer(model: &Path) -> PathBuf {
 
 /// Runs the job; for a shard, returns None after writing its batches.
 pub fn run_job(opts: &JobOptions) -> Result<Option<JobResult>> {
+    // The model is named first in messages: its tokenizer is looked up beside it.
+    std::fs::metadata(&opts.model).map_err(|e| Error::io(&opts.model, e))?;
     let mut t = Timings::default();
     let clock = Instant::now();
     let tok_path = opts.tokenizer.clone().unwrap_or_else(|| default_tokenizer(&opts.model));
@@ -309,10 +311,11 @@ fn run_batch(
     let clean = row(&out, names::CLEAN_LDS)?;
     let corrupted = row(&out, names::CORRUPTED_LDS)?;
     let (mc, mk) = (mean(&clean), mean(&corrupted));
-    if mc == mk {
+    if crate::batches::indistinguishable(mc, mk) {
         return Err(Error::Numeric(format!(
-            "batch {index} (pairs {}..{}): its clean and corrupted logit differences are equal ({mc}), so the \
-             normalised metric's gradient is undefined there; use another --batch-size or check the prompts",
+            "batch {index} (pairs {}..{}): its clean and corrupted logit differences are equal ({mc} and {mk}, \
+             within float32 precision); the normalised metric (ld - corrupted) / (clean - corrupted) divides by their \
+             difference. Check that the corrupted prompts differ from the clean ones and that the answers are right",
             range.start, range.end
         )));
     }

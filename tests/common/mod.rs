@@ -2,6 +2,8 @@
 //! and the tolerance the grids are held to.
 #![allow(dead_code)]
 
+pub mod synth;
+
 use std::path::{Path, PathBuf};
 
 pub fn root() -> &'static Path {

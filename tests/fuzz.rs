@@ -1,0 +1,132 @@
+//! Fuzzing the loader, the analysis and the rewriter with mutated models and
+//! arbitrary bytes: every input must give Ok or an Err, never a panic.
+//! `ATTRPATCH_FUZZ_ITERS=N cargo test --test fuzz -- --nocapture` runs longer
+//! (README: "Fuzzing" gives the documented run).
+
+mod common;
+use attrpatch::onnx::pb::{ModelProto, NodeProto};
+use attrpatch::onnx::OnnxModel;
+use common::*;
+use prost::Message;
+use std::path::Path;
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+}
+
+fn iterations(default: usize) -> usize {
+    std::env::var("ATTRPATCH_FUZZ_ITERS").ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// Load, analyse (inspect) and rewrite; Err is fine, a panic is not.
+fn exercise(bytes: &[u8], what: &str) {
+    let result = std::panic::catch_unwind(|| {
+        if let Ok(m) = OnnxModel::from_bytes(bytes, Path::new("fuzz.onnx")) {
+            let _ = attrpatch::inspect::inspect(&m);
+            let _ = attrpatch::augment::augment(m);
+        }
+    });
+    assert!(result.is_ok(), "panic on {what}");
+}
+
+const OPS: &[&str] = &["Add", "Mul", "MatMul", "Gemm", "Reshape", "Transpose", "Softmax", "Split", "Concat", "Cos", "Where", "LayerNormalization", "ReduceMean", "Gather", "Identity"];
+
+/// One structural mutation of the graph.
+fn mutate(m: &mut ModelProto, r: &mut Rng) {
+    let g = m.graph.as_mut().unwrap();
+    let n = g.node.len();
+    let i = r.below(n);
+    match r.below(9) {
+        0 => {
+            g.node.remove(i);
+        }
+        1 => g.node[i].op_type = OPS[r.below(OPS.len())].to_string(),
+        2 => {
+            let j = r.below(n);
+            if let (Some(a), Some(b)) = (g.node[j].output.first().cloned(), g.node[i].input.first_mut()) {
+                *b = a; // may create a cycle or use a tensor before it exists
+            }
+        }
+        3 => {
+            if let Some(a) = g.node[i].attribute.first_mut() {
+                a.i = [-3, -1, 0, 1, 7, i64::MAX][r.below(6)];
+                a.ints.iter_mut().for_each(|v| *v = -(*v) - 1);
+            }
+        }
+        4 => g.node[i].input.push(format!("missing_{}", r.next())),
+        5 => {
+            g.node[i].input.clear();
+        }
+        6 => {
+            let k = r.below(g.initializer.len());
+            if let Some(t) = g.initializer.get_mut(k) {
+                if let Some(d) = t.dims.first_mut() {
+                    *d = [0, -1, 1 << 40, 3][r.below(4)];
+                }
+            }
+        }
+        7 => {
+            let k = r.below(n);
+            g.node.swap(i, k);
+        }
+        _ => g.node.push(NodeProto { op_type: OPS[r.below(OPS.len())].into(), input: vec!["logits".into()], output: vec!["logits".into()], ..Default::default() }),
+    }
+}
+
+#[test]
+fn mutated_models_never_panic() {
+    let originals: Vec<Vec<u8>> = [dynamo_op18(), legacy_op14()].iter().map(|p| std::fs::read(p).unwrap()).collect();
+    let n = iterations(60);
+    let mut r = Rng(0x5eed);
+    for it in 0..n {
+        let src = &originals[it % originals.len()];
+        let mut m = ModelProto::decode(src.as_slice()).unwrap();
+        for _ in 0..1 + r.below(3) {
+            mutate(&mut m, &mut r);
+        }
+        exercise(&m.encode_to_vec(), &format!("structural mutation, iteration {it}"));
+    }
+    eprintln!("{n} structural mutations, no panic");
+}
+
+#[test]
+fn flipped_bytes_never_panic() {
+    let src = std::fs::read(dynamo_op18()).unwrap();
+    let n = iterations(60);
+    let mut r = Rng(0xb17e);
+    for it in 0..n {
+        let mut b = src.clone();
+        // The graph's structure is encoded before its weights: aim there.
+        let span = if r.below(2) == 0 { 65536.min(b.len()) } else { b.len() };
+        for _ in 0..1 + r.below(8) {
+            let i = r.below(span);
+            b[i] ^= 1 << r.below(8);
+        }
+        if r.below(4) == 0 {
+            b.truncate(r.below(b.len()));
+        }
+        exercise(&b, &format!("byte mutation, iteration {it}"));
+    }
+    eprintln!("{n} byte mutations, no panic");
+}
+
+#[test]
+fn arbitrary_bytes_never_panic() {
+    let n = iterations(200);
+    let mut r = Rng(0xa4b1);
+    for it in 0..n {
+        let len = r.below(4096);
+        let b: Vec<u8> = (0..len).map(|_| r.next() as u8).collect();
+        exercise(&b, &format!("random bytes, iteration {it}"));
+    }
+    eprintln!("{n} arbitrary inputs, no panic");
+}

@@ -6,7 +6,7 @@
 //!
 //! tools/bench/run.sh builds the GPT-2-small-sized model and the PyTorch figures first.
 
-use attrpatch::augment::augment;
+use attrpatch::augment::{augment_with, AugmentOptions};
 use attrpatch::job::build_inputs;
 use attrpatch::onnx::OnnxModel;
 use attrpatch::prompts::TokenizedPrompts;
@@ -129,7 +129,7 @@ fn main() {
     let m = OnnxModel::load(&a.model).unwrap();
     let load_s = c.elapsed().as_secs_f64();
     let c = Instant::now();
-    let aug = augment(m).unwrap();
+    let aug = augment_with(m, AugmentOptions { raw_outputs: false, grid_outputs: true, heads: None }).unwrap();
     let augment_s = c.elapsed().as_secs_f64();
     let rewrite_peak = peak_rss_mb();
     if a.rewrite_only {

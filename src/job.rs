@@ -3,10 +3,10 @@
 //! batch's result is kept (and written to the output folder, so an
 //! interrupted job resumes), and the grids are normalised once all are in.
 
-use crate::augment::{augment, names, Augmented};
+use crate::augment::{augment_with, names, AugmentOptions, Augmented};
 use crate::batches::{fingerprint, resumable, BatchResult, PairResult, Totals};
 use crate::error::{Error, Result};
-use crate::grids::{first_non_finite, pair_grids, scaled, Grids};
+use crate::grids::{first_non_finite, scaled, Grids, PairGrid};
 use crate::hooks::Hook;
 use crate::onnx::OnnxModel;
 use crate::prompts::{self, PromptPair, PromptTokenizer, TokenizedPrompts};
@@ -143,18 +143,9 @@ pub fn run_job(opts: &JobOptions) -> Result<Option<JobResult>> {
 
     let clock = Instant::now();
     let model_path = model.path.clone();
-    let aug = augment(model)?;
+    let aug = augment_with(model, AugmentOptions { raw_outputs: false, grid_outputs: true, heads: opts.heads })?;
     let tokens = prompts::tokenize(&tok, &pairs, opts.bos, aug.vocab)?;
-    let n_heads = match opts.heads {
-        Some(h) => h,
-        None => aug.heads.ok_or_else(|| {
-            Error::Model(format!(
-                "{}: could not read the number of attention heads from the graph around '{}'; pass --heads N",
-                model_path.display(),
-                aug.hooks[0].tensor
-            ))
-        })?,
-    };
+    let n_heads = aug.heads.ok_or_else(|| Error::Model(format!("{}: no head count", model_path.display())))?;
     let bytes = aug.proto.encode_to_vec();
     t.rewrite = clock.elapsed().as_secs_f64();
 
@@ -189,7 +180,7 @@ pub fn run_job(opts: &JobOptions) -> Result<Option<JobResult>> {
                 let rt = rt.as_mut().expect("created when a batch is left to run");
                 let range = i * batch_size..((i + 1) * batch_size).min(pairs.len());
                 calls += 1;
-                let b = run_batch(rt.as_mut(), &aug, &tokens, range, i, keys[i].clone(), n_heads, opts.per_prompt)?;
+                let b = run_batch(rt.as_mut(), &aug, &tokens, range, i, keys[i].clone(), opts.per_prompt)?;
                 if let Some(dir) = &opts.work_dir {
                     b.save(dir)?;
                 }
@@ -283,7 +274,6 @@ fn batch_key(model: &Path, bos: bool, t: &TokenizedPrompts, i: usize, batch_size
     fingerprint(&[model_id.as_bytes(), &[bos as u8], &(i as u64).to_le_bytes(), &id_bytes])
 }
 
-#[allow(clippy::too_many_arguments)]
 fn run_batch(
     rt: &mut dyn Runtime,
     aug: &Augmented,
@@ -291,7 +281,6 @@ fn run_batch(
     range: std::ops::Range<usize>,
     index: usize,
     key: String,
-    n_heads: usize,
     keep_pairs: bool,
 ) -> Result<BatchResult> {
     let t = all.slice(range.clone());
@@ -319,28 +308,28 @@ fn run_batch(
             range.start, range.end
         )));
     }
-    let (mut clean_acts, mut corrupted_acts, mut grads) = (vec![], vec![], vec![]);
-    for h in &aug.hooks {
-        let wanted = [
-            (names::clean_act(h.layer), &mut clean_acts),
-            (names::corrupted_act(h.layer), &mut corrupted_acts),
-            (names::grad(h.layer), &mut grads),
-        ];
-        for (name, list) in wanted {
-            let a = out.remove(&name).ok_or_else(|| Error::Runtime(format!("the runtime returned no '{name}'")))?;
-            if let Some((i, v)) = first_non_finite(&a) {
-                return Err(Error::Numeric(format!(
-                    "'{name}' (layer {}, hook '{}') holds {v} at flat index {i} in batch {index}",
-                    h.layer, h.tensor
-                )));
-            }
-            list.push(a);
-        }
-    }
     // The graph's gradient is of (mean ld_corr - CORR) / (CLEAN - CORR) over
     // this batch; undo that to get the attribution of each pair's ld_corr.
     let scale = clean.len() as f64 * (mc - mk);
-    let grids = pair_grids(&clean_acts, &corrupted_acts, &grads, t.seq_len, n_heads, scale)?;
+    let mut grids = vec![PairGrid::default(); clean.len()];
+    for h in &aug.hooks {
+        for (name, is_heads) in [(names::heads(h.layer), true), (names::positions(h.layer), false)] {
+            let a = out.remove(&name).ok_or_else(|| Error::Runtime(format!("the runtime returned no '{name}'")))?;
+            if let Some((i, v)) = first_non_finite(&a) {
+                return Err(Error::Numeric(format!(
+                    "'{name}' (layer {}, hook '{}') holds {v} at flat index {i} in batch {index}: the activations or \
+                     gradients of that layer are not finite",
+                    h.layer, h.tensor
+                )));
+            }
+            let width = a.len() / grids.len();
+            let rows = a.as_slice().map(|s| s.to_vec()).unwrap_or_else(|| a.iter().copied().collect());
+            for (pair, grid) in grids.iter_mut().enumerate() {
+                let row: Vec<f64> = rows[pair * width..(pair + 1) * width].iter().map(|&v| scale * v as f64).collect();
+                if is_heads { grid.heads.push(row) } else { grid.positions.push(row) }
+            }
+        }
+    }
     let pairs = grids
         .into_iter()
         .enumerate()

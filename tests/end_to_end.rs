@@ -86,7 +86,10 @@ fn augmented_graph_has_no_needless_work() {
             .flat_map(|n| n.input.iter())
             .filter(|i| i.starts_with("clean/"))
             .count();
-        // The clean metric reads the clean copy's hidden state (two MatMuls per copy); nothing else.
-        assert!(clean_inputs_of_backward <= 1, "{clean_inputs_of_backward} backward inputs from the clean copy");
+        // The clean metric reads the clean copy's hidden state once and each layer's
+        // grid reads its clean activation once; a backward through the clean copy
+        // would add dozens.
+        let layers = aug.hooks.len();
+        assert!(clean_inputs_of_backward <= 1 + layers, "{clean_inputs_of_backward} added nodes read the clean copy");
     }
 }

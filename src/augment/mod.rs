@@ -9,6 +9,7 @@
 //! construction; its gradient is d ld_corr / (CLEAN - CORR).
 
 mod copy;
+mod grid_nodes;
 mod metric;
 
 use crate::autodiff::Backward;
@@ -51,6 +52,14 @@ pub mod names {
     pub fn grad(layer: usize) -> String {
         format!("attrpatch.grad.{layer}")
     }
+    /// Per pair, the heads grid row of a layer (gradient of the graph's metric), [B, H].
+    pub fn heads(layer: usize) -> String {
+        format!("attrpatch.heads.{layer}")
+    }
+    /// Per pair, the positions grid row of a layer, [B, S].
+    pub fn positions(layer: usize) -> String {
+        format!("attrpatch.positions.{layer}")
+    }
 }
 
 /// Probe sizes for shape analysis: pairs and positions, neither 1.
@@ -79,9 +88,30 @@ pub struct Augmented {
     pub lm_head_last_position_only: bool,
 }
 
-/// Builds the augmented model. Takes the model by value: the weights move
-/// into the result instead of being copied.
+/// What the augmented graph outputs besides the baselines.
+#[derive(Debug, Clone, Copy)]
+pub struct AugmentOptions {
+    /// The hook activations (clean, corrupted) and gradients themselves.
+    pub raw_outputs: bool,
+    /// Per-pair grids computed in the graph (needs the head count).
+    pub grid_outputs: bool,
+    /// Overrides the head count read from the graph.
+    pub heads: Option<usize>,
+}
+
+impl Default for AugmentOptions {
+    fn default() -> Self {
+        AugmentOptions { raw_outputs: true, grid_outputs: true, heads: None }
+    }
+}
+
+/// Builds the augmented model with every output. Takes the model by value:
+/// the weights move into the result instead of being copied.
 pub fn augment(model: OnnxModel) -> Result<Augmented> {
+    augment_with(model, AugmentOptions::default())
+}
+
+pub fn augment_with(model: OnnxModel, opts: AugmentOptions) -> Result<Augmented> {
     let hooks = find_attention_out_hooks(&model)?;
     let facts0 = analyse(&model.proto, &model.path)?;
     let logits = find_logits(&model, &facts0)?;
@@ -201,23 +231,42 @@ pub fn augment(model: OnnxModel) -> Result<Augmented> {
     }
     let facts = analyse_with_probe(&proto, &path, &probe)?;
     let g = proto.graph.as_mut().unwrap();
-    let heads = crate::hooks::infer_heads(g, &facts, &hooks[0].tensor);
+    let heads = opts.heads.or_else(|| crate::hooks::infer_heads(g, &facts, &hooks[0].tensor));
     let seed = b.const_tensor(dtype, &[1, 1], &[1.0]);
     let wrt: Vec<String> = hooks.iter().map(|h| h.tensor.clone()).collect();
     let grads = Backward { graph: g, facts: &facts, stop: &stop }.build(&mut b, &wrt, names::METRIC, &seed)?;
 
-    // Per layer: the clean and corrupted activation and the gradient.
+    let grid_heads = match (opts.grid_outputs, heads) {
+        (true, Some(h)) => Some(h),
+        (true, None) if !opts.raw_outputs => {
+            return Err(Error::Model(format!(
+                "{}: could not read the number of attention heads from the graph around '{}'; pass --heads N",
+                path.display(),
+                hooks[0].tensor
+            )))
+        }
+        _ => None,
+    };
+    let shape_bs = b.shape(&ids_in.clean);
     for (h, gr) in hooks.iter().zip(&grads) {
-        // Declared with the symbolic facts: the probe's sizes are not the model's.
-        let shape = facts0.shape(&h.tensor).map(|s| s.to_vec()).unwrap_or_default();
-        let outs = [
-            (names::clean_act(h.layer), clean_name(&h.tensor)),
-            (names::corrupted_act(h.layer), h.tensor.clone()),
-            (names::grad(h.layer), gr.clone()),
-        ];
-        for (out, from) in outs {
-            b.node_named("Identity", &[&from], &out, vec![]);
-            g.output.push(value_info(&out, dtype, &shape));
+        let clean_act = clean_name(&h.tensor);
+        if opts.raw_outputs {
+            // Declared with the symbolic facts: the probe's sizes are not the model's.
+            let shape = facts0.shape(&h.tensor).map(|s| s.to_vec()).unwrap_or_default();
+            let outs = [
+                (names::clean_act(h.layer), clean_act.clone()),
+                (names::corrupted_act(h.layer), h.tensor.clone()),
+                (names::grad(h.layer), gr.clone()),
+            ];
+            for (out, from) in outs {
+                b.node_named("Identity", &[&from], &out, vec![]);
+                g.output.push(value_info(&out, dtype, &shape));
+            }
+        }
+        if let Some(n_heads) = grid_heads {
+            grid_nodes::emit(&mut b, h.layer, &clean_act, &h.tensor, gr, &shape_bs, n_heads);
+            g.output.push(value_info(&names::heads(h.layer), dtype, &[batch.clone(), Dim::Known(n_heads as i64)]));
+            g.output.push(value_info(&names::positions(h.layer), dtype, &[batch.clone(), seq.clone()]));
         }
     }
     g.node.append(&mut b.nodes);

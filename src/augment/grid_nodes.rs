@@ -1,0 +1,25 @@
+//! The grids computed inside the graph, so only [pairs, heads] and
+//! [pairs, positions] per layer leave the runtime (on a GPU, the hook
+//! tensors themselves never cross to the host):
+//!   p = grad * (clean_act - corrupted_act)        viewed as [B, S, D]
+//!   positions = sum_D p                            [B, S]
+//!   heads = sum_Dh (last_position_onehot @ p) as [B, H, Dh]   [B, H]
+
+use super::names;
+use crate::onnx::builder::GraphBuilder;
+
+/// Emits layer `layer`'s grid outputs; `shape_bs` is Shape(token input) = [B, S].
+pub fn emit(b: &mut GraphBuilder, layer: usize, clean: &str, corrupted: &str, grad: &str, shape_bs: &str, heads: usize) {
+    let diff = b.sub(clean, corrupted);
+    let p = b.mul(grad, &diff);
+    let minus_one = b.const_i64s(&[-1]);
+    let bsd = b.concat(&[shape_bs, &minus_one], 0);
+    let p3 = b.reshape(&p, &bsd);
+    let positions = b.reduce_sum(&p3, &[2], false);
+    b.node_named("Identity", &[&positions], &names::positions(layer), vec![]);
+    let last = b.matmul(names::POSITION_ONEHOT, &p3);
+    let bhd = b.const_i64s(&[0, heads as i64, -1]);
+    let per_head = b.reshape(&last, &bhd);
+    let h = b.reduce_sum(&per_head, &[2], false);
+    b.node_named("Identity", &[&h], &names::heads(layer), vec![]);
+}

@@ -130,3 +130,20 @@ fn arbitrary_bytes_never_panic() {
     }
     eprintln!("{n} arbitrary inputs, no panic");
 }
+
+/// Found by `mutated_models_never_panic` (2000 iterations): a ReduceMean axis
+/// beyond its input's rank made tract's analysis panic (tract-hir
+/// ops/nn/reduce.rs unwrap). It must be an error naming the model.
+#[test]
+fn regression_reduce_axis_beyond_rank_panicked_in_tract() {
+    let src = std::fs::read(legacy_op14()).unwrap();
+    let mut m = ModelProto::decode(src.as_slice()).unwrap();
+    let g = m.graph.as_mut().unwrap();
+    let n = g.node.iter_mut().find(|n| n.op_type == "ReduceMean").unwrap();
+    n.attribute.iter_mut().find(|a| a.name == "axes").unwrap().ints = vec![7];
+    let bytes = m.encode_to_vec();
+    let model = OnnxModel::from_bytes(&bytes, Path::new("bad-axis.onnx")).unwrap();
+    let e = attrpatch::inspect::inspect(&model).err().expect("an error, not a panic");
+    assert!(e.to_string().contains("bad-axis.onnx"), "{e}");
+    eprintln!("{e}");
+}

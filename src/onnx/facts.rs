@@ -73,6 +73,10 @@ pub fn analyse(proto: &ModelProto, file: &std::path::Path) -> Result<Facts> {
 /// of legacy exports; concrete dims it does. Probe sizes that are not 1 keep
 /// every broadcast (a structural 1) distinguishable from a real extent.
 pub fn analyse_with_probe(proto: &ModelProto, file: &std::path::Path, probe: &[(&str, Vec<usize>)]) -> Result<Facts> {
+    super::guard::guard(&format!("analysing {}", file.display()), || analyse_unguarded(proto, file, probe))
+}
+
+fn analyse_unguarded(proto: &ModelProto, file: &std::path::Path, probe: &[(&str, Vec<usize>)]) -> Result<Facts> {
     let fail = |what: &str, e: TractError| {
         Error::Model(format!("{}: tract could not {what} the model: {e:?}", file.display()))
     };

@@ -23,6 +23,10 @@ fn t_err(what: &str, e: TractError) -> Error {
 
 impl TractRuntime {
     pub fn new(model_bytes: &[u8]) -> Result<Self> {
+        crate::onnx::guard::guard("loading the augmented model", || Self::load(model_bytes))
+    }
+
+    fn load(model_bytes: &[u8]) -> Result<Self> {
         use prost::Message;
         let proto = tract_onnx::pb::ModelProto::decode(model_bytes)
             .map_err(|e| Error::Model(format!("tract: decoding the augmented model: {e}")))?;
@@ -70,6 +74,12 @@ impl Runtime for TractRuntime {
     }
 
     fn run(&mut self, inputs: Vec<(String, Value)>) -> Result<HashMap<String, ArrayD<f32>>> {
+        crate::onnx::guard::guard("running the augmented model", || self.run_unguarded(inputs))
+    }
+}
+
+impl TractRuntime {
+    fn run_unguarded(&mut self, inputs: Vec<(String, Value)>) -> Result<HashMap<String, ArrayD<f32>>> {
         let plan = self.plan(&inputs)?;
         let model = plan.model();
         let mut ordered = TVec::new();

@@ -37,7 +37,8 @@ pub fn guard<T>(what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
                 .map(|s| s.as_str())
                 .or_else(|| payload.downcast_ref::<&str>().copied())
                 .unwrap_or("unknown panic");
-            Err(Error::Model(format!("tract failed while {what}: {msg}")))
+            // An anyhow error unwrapped in tract may carry a backtrace: first line only.
+            Err(Error::Model(format!("tract failed while {what}: {}", msg.lines().next().unwrap_or(msg))))
         }
     }
 }

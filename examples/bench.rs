@@ -24,10 +24,11 @@ struct Args {
     scaling: bool,
     json: Option<PathBuf>,
     rewrite_only: bool,
+    device: Device,
 }
 
 fn args() -> Args {
-    let mut a = Args { model: PathBuf::new(), threads: 2, repeats: 5, pytorch: None, scaling: false, json: None, rewrite_only: false };
+    let mut a = Args { model: PathBuf::new(), threads: 2, repeats: 5, pytorch: None, scaling: false, json: None, rewrite_only: false, device: Device::Cpu };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
         match k.as_str() {
@@ -38,6 +39,7 @@ fn args() -> Args {
             "--json" => a.json = it.next().map(PathBuf::from),
             "--scaling" => a.scaling = true,
             "--rewrite-only" => a.rewrite_only = true,
+            "--device" => a.device = it.next().expect("--device cpu|cuda").parse().expect("--device cpu|cuda|cuda:N"),
             other => panic!("unknown argument {other}"),
         }
     }
@@ -89,15 +91,15 @@ fn prompts(pairs: usize, seq: usize, vocab: usize, seed: u64) -> TokenizedPrompt
     }
 }
 
-fn opts(threads: usize) -> RuntimeOptions {
-    RuntimeOptions { kind: RuntimeKind::Ort, device: Device::Cpu, ort_lib: None, threads }
+fn opts(a: &Args) -> RuntimeOptions {
+    RuntimeOptions { kind: RuntimeKind::Ort, device: a.device, ort_lib: None, threads: a.threads }
 }
 
 /// Median seconds of (attribution run, plain forward run) for one size.
 fn measure(aug_bytes: &[u8], plain_bytes: &[u8], aug: &attrpatch::augment::Augmented, pairs: usize, seq: usize, a: &Args, repeats: usize) -> (f64, f64) {
     let t = prompts(pairs, seq, aug.vocab, 7);
-    let mut attr = create(aug_bytes, &opts(a.threads)).unwrap();
-    let mut plain = create(plain_bytes, &opts(a.threads)).unwrap();
+    let mut attr = create(aug_bytes, &opts(a)).unwrap();
+    let mut plain = create(plain_bytes, &opts(a)).unwrap();
     let plain_inputs = || {
         let ids = Array2::from_shape_fn((2 * pairs, seq), |(r, c)| if r < pairs { t.clean_ids[r][c] } else { t.corrupted_ids[r - pairs][c] });
         let mut v = vec![("input_ids".to_string(), Value::I64(ids.into_dyn()))];
@@ -141,7 +143,7 @@ fn main() {
 
     let (pairs, seq) = (8, 14);
     let (ta, tb) = measure(&aug_bytes, &plain_bytes, &aug, pairs, seq, &a, a.repeats);
-    println!("model {} ({file_mb:.0} MB), {} threads, median of {}", a.model.display(), a.threads, a.repeats);
+    println!("model {} ({file_mb:.0} MB), {:?}, {} threads, median of {}", a.model.display(), a.device, a.threads, a.repeats);
     println!("(a) attrpatch attribution run, {pairs} clean + {pairs} corrupted x {seq} tokens: {ta:.3} s");
     println!("(b) onnxruntime plain forward of the original model, same 16 sequences:     {tb:.3} s");
     println!("    a/b = {:.2}  (target <= 1.3)", ta / tb);

@@ -131,7 +131,8 @@ fn main() {
     let m = OnnxModel::load(&a.model).unwrap();
     let load_s = c.elapsed().as_secs_f64();
     let c = Instant::now();
-    let aug = augment_with(m, AugmentOptions { raw_outputs: false, grid_outputs: true, heads: None }).unwrap();
+    let raw = std::env::var_os("BENCH_RAW").is_some();
+    let aug = augment_with(m, AugmentOptions { raw_outputs: raw, grid_outputs: !raw, heads: None }).unwrap();
     let augment_s = c.elapsed().as_secs_f64();
     let rewrite_peak = peak_rss_mb();
     if a.rewrite_only {

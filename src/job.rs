@@ -12,7 +12,6 @@ use crate::onnx::OnnxModel;
 use crate::prompts::{self, PromptPair, PromptTokenizer, TokenizedPrompts};
 use crate::runtime::{self, Runtime, RuntimeOptions, Value};
 use ndarray::{Array2, Array3, ArrayD};
-use prost::Message;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -146,7 +145,8 @@ pub fn run_job(opts: &JobOptions) -> Result<Option<JobResult>> {
     let aug = augment_with(model, AugmentOptions { raw_outputs: false, grid_outputs: true, heads: opts.heads })?;
     let tokens = prompts::tokenize(&tok, &pairs, opts.bos, aug.vocab)?;
     let n_heads = aug.heads.ok_or_else(|| Error::Model(format!("{}: no head count", model_path.display())))?;
-    let bytes = aug.proto.encode_to_vec();
+    let mut aug = aug;
+    let for_runtime = runtime::prepare(&mut aug.proto, &opts.runtime);
     t.rewrite = clock.elapsed().as_secs_f64();
 
     let batch_size = if opts.batch_size == 0 { pairs.len() } else { opts.batch_size };
@@ -165,8 +165,7 @@ pub fn run_job(opts: &JobOptions) -> Result<Option<JobResult>> {
     }
     let resumed = done.len();
     let clock = Instant::now();
-    let mut rt = if done.len() < mine.len() { Some(runtime::create(&bytes, &opts.runtime)?) } else { None };
-    drop(bytes);
+    let mut rt = if done.len() < mine.len() { Some(runtime::create_from(for_runtime, &opts.runtime)?) } else { None };
     t.session = clock.elapsed().as_secs_f64();
 
     let bar = progress_bar(opts.progress && mine.len() > 1, mine.len() as u64);

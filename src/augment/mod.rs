@@ -273,6 +273,7 @@ pub fn augment_with(model: OnnxModel, opts: AugmentOptions) -> Result<Augmented>
     g.initializer.append(&mut b.initializers);
     // Intermediate value_info may disagree with new uses; runtimes re-infer.
     g.value_info.clear();
+    crate::onnx::prune::prune_dead(g);
     proto.producer_name = "attrpatch".into();
     proto.producer_version = env!("CARGO_PKG_VERSION").into();
     Ok(Augmented { proto, hooks, facts, input_ids: ids_in, attention_mask: mask_in, vocab, heads, lm_head_last_position_only })

@@ -10,6 +10,7 @@ pub mod guard;
 pub mod io;
 pub mod model;
 pub mod normalize;
+pub mod prune;
 pub mod scopes;
 
 pub use model::OnnxModel;

@@ -4,6 +4,9 @@
 pub mod ort_lib;
 pub mod ort_rt;
 pub mod tract_rt;
+pub mod weights;
+
+pub use weights::ModelForRuntime;
 
 use crate::error::{Error, Result};
 use ndarray::ArrayD;
@@ -63,14 +66,31 @@ impl Default for RuntimeOptions {
     }
 }
 
+/// A runtime for a model whose protobuf is all in `model_bytes`.
 pub fn create(model_bytes: &[u8], opts: &RuntimeOptions) -> Result<Box<dyn Runtime>> {
+    create_from(ModelForRuntime { bytes: model_bytes.to_vec(), weights: vec![] }, opts)
+}
+
+/// Prepares `proto` for the runtime `opts` names: ONNX Runtime gets the
+/// large weights as tensors beside the protobuf, tract gets one protobuf.
+pub fn prepare(proto: &mut crate::onnx::pb::ModelProto, opts: &RuntimeOptions) -> ModelForRuntime {
     match opts.kind {
-        RuntimeKind::Ort => Ok(Box::new(ort_rt::OrtRuntime::new(model_bytes, opts)?)),
+        RuntimeKind::Ort => ModelForRuntime::split(proto),
+        RuntimeKind::Tract => ModelForRuntime::inline(proto),
+    }
+}
+
+pub fn create_from(model: ModelForRuntime, opts: &RuntimeOptions) -> Result<Box<dyn Runtime>> {
+    match opts.kind {
+        RuntimeKind::Ort => Ok(Box::new(ort_rt::OrtRuntime::new(model, opts)?)),
         RuntimeKind::Tract => {
             if matches!(opts.device, Device::Cuda(_)) {
                 return Err(Error::Input("--runtime tract runs on the CPU only; use --device cpu or auto".into()));
             }
-            Ok(Box::new(tract_rt::TractRuntime::new(model_bytes)?))
+            if !model.weights.is_empty() {
+                return Err(Error::Runtime("tract needs the weights inside the model".into()));
+            }
+            Ok(Box::new(tract_rt::TractRuntime::new(&model.bytes)?))
         }
     }
 }

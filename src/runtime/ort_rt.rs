@@ -19,10 +19,20 @@ fn rt_err(what: &str, e: impl std::fmt::Display) -> Error {
 }
 
 impl OrtRuntime {
-    pub fn new(model_bytes: &[u8], opts: &RuntimeOptions) -> Result<Self> {
+    pub fn new(model: super::ModelForRuntime, opts: &RuntimeOptions) -> Result<Self> {
         let (lib, env) = super::ort_lib::init(opts.ort_lib.as_deref())?;
+        let model_bytes = model.bytes.as_slice();
+        // The session uses these tensors in place; `Arc`s keep them alive as long as it.
+        let mut weights = vec![];
+        for (name, arr) in model.weights {
+            let t = Tensor::from_array(arr).map_err(|e| rt_err(&format!("weight '{name}'"), e))?;
+            weights.push((name, std::sync::Arc::new(t.into_dyn())));
+        }
         let builder = || -> Result<ort::session::builder::SessionBuilder> {
             let mut b = Session::builder(&env).map_err(|e| rt_err("session options", e))?;
+            for (name, w) in &weights {
+                b = b.with_external_initializer(name, w.clone()).map_err(|e| rt_err(&format!("weight '{name}'"), e))?;
+            }
             b = b
                 .with_optimization_level(GraphOptimizationLevel::Level3)
                 .map_err(|e| rt_err("optimization level", e))?;

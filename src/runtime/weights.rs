@@ -1,0 +1,55 @@
+//! Handing the weights to ONNX Runtime without serialising them: large
+//! float32 initializers leave the protobuf (marked as external data) and go
+//! to the session as tensors it uses in place. The weights then exist once,
+//! not twice (protobuf bytes and the session's copy), and models over
+//! protobuf's 2 GB limit load.
+
+use crate::onnx::consts::FLOAT;
+use crate::onnx::pb::{tensor_proto::DataLocation, ModelProto, StringStringEntryProto};
+use ndarray::ArrayD;
+use prost::Message;
+
+/// Initializers at least this big move out of the protobuf.
+const MIN_BYTES: usize = 1 << 16;
+
+/// The model's bytes and the weights that travel beside them.
+pub struct ModelForRuntime {
+    pub bytes: Vec<u8>,
+    pub weights: Vec<(String, ArrayD<f32>)>,
+}
+
+impl ModelForRuntime {
+    /// Everything in the protobuf (for runtimes that read only that).
+    pub fn inline(proto: &ModelProto) -> Self {
+        ModelForRuntime { bytes: proto.encode_to_vec(), weights: vec![] }
+    }
+
+    /// Takes large float32 weights out of `proto` (which keeps their names, types and shapes).
+    pub fn split(proto: &mut ModelProto) -> Self {
+        let mut weights = vec![];
+        if let Some(g) = proto.graph.as_mut() {
+            for t in g.initializer.iter_mut() {
+                if t.data_type != FLOAT || t.raw_data.len() < MIN_BYTES || t.raw_data.len() % 4 != 0 {
+                    continue;
+                }
+                let dims: Vec<usize> = t.dims.iter().map(|&d| d.max(0) as usize).collect();
+                if dims.iter().product::<usize>() * 4 != t.raw_data.len() {
+                    continue; // inconsistent: let the runtime report it
+                }
+                let raw = std::mem::take(&mut t.raw_data);
+                let values: Vec<f32> = raw.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+                drop(raw);
+                let Ok(arr) = ArrayD::from_shape_vec(dims, values) else { continue };
+                t.data_location = Some(DataLocation::External as i32);
+                let n = arr.len() * 4;
+                t.external_data = vec![
+                    StringStringEntryProto { key: "location".into(), value: "attrpatch-in-memory".into() },
+                    StringStringEntryProto { key: "offset".into(), value: "0".into() },
+                    StringStringEntryProto { key: "length".into(), value: n.to_string() },
+                ];
+                weights.push((t.name.clone(), arr));
+            }
+        }
+        ModelForRuntime { bytes: proto.encode_to_vec(), weights }
+    }
+}

@@ -238,3 +238,14 @@ fn equal_baselines_are_explained() {
     let p = jsonl("same", text);
     run_prompts(&p, &["logit differences are equal", "divides by their difference"]);
 }
+
+#[test]
+fn absurd_declared_sizes_are_refused_before_allocating() {
+    let d = dir("absurd");
+    let mut proto = Synth::default().build();
+    let t = proto.graph.as_mut().unwrap().initializer.iter_mut().find(|t| t.name == "w_unembed").unwrap();
+    t.dims = vec![1 << 30, 1 << 20];
+    let p = d.join("absurd.onnx");
+    std::fs::write(&p, prost::Message::encode_to_vec(&proto)).unwrap();
+    fails(&["inspect", p.to_str().unwrap()], &["w_unembed", "declares shape [1073741824, 1048576]", "but holds"]);
+}

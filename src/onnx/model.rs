@@ -40,6 +40,7 @@ impl OnnxModel {
             return Err(Error::Model(format!("{}: the ONNX graph has no nodes", path.display())));
         }
         let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        check_declared_sizes(graph, path)?;
         external::inline_external_data(graph, dir, path)?;
         let opset = default_opset(&proto)
             .ok_or_else(|| Error::Model(format!("{}: the model imports no default-domain opset", path.display())))?;
@@ -68,4 +69,35 @@ pub fn default_opset(proto: &ModelProto) -> Option<i64> {
         .iter()
         .find(|o| o.domain.is_empty() || o.domain == "ai.onnx")
         .map(|o| o.version)
+}
+
+/// Every inline tensor's bytes must match its declared shape and type: a
+/// tensor claiming 10^12 elements over a few bytes is refused here, before
+/// anything (tract, ONNX Runtime) allocates for it.
+fn check_declared_sizes(g: &super::pb::GraphProto, path: &Path) -> Result<()> {
+    for t in &g.initializer {
+        if t.dims.iter().any(|&d| d < 0) {
+            return Err(Error::Model(format!("{}: tensor '{}' has a negative dimension {:?}", path.display(), t.name, t.dims)));
+        }
+        if t.raw_data.is_empty() {
+            continue;
+        }
+        let elems = t.dims.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d as u64));
+        let size = super::consts::elem_size(t.data_type);
+        let expected = elems.zip(size).and_then(|(e, s)| e.checked_mul(s));
+        if let Some(exp) = expected {
+            if exp != t.raw_data.len() as u64 {
+                return Err(Error::Model(format!(
+                    "{}: tensor '{}' declares shape {:?} ({exp} bytes) but holds {} bytes",
+                    path.display(),
+                    t.name,
+                    t.dims,
+                    t.raw_data.len()
+                )));
+            }
+        } else if elems.is_none() {
+            return Err(Error::Model(format!("{}: tensor '{}' declares an absurd shape {:?}", path.display(), t.name, t.dims)));
+        }
+    }
+    Ok(())
 }

@@ -1604,3 +1604,66 @@ fn loss_independent_of_the_variables_is_an_error() {
         .backward_error(&[&[2, 3]]);
     assert!(e.contains("does not depend"), "{e}");
 }
+
+// ------------------------------------------------------ Slice, Reciprocal --
+
+#[test]
+fn reciprocal() {
+    case("reciprocal", 17).var_in("x", &[2, 3], 0.5, 2.0).node("Reciprocal", &["x"], &["y"], vec![]).loss(&["y"]).check();
+}
+
+#[test]
+fn slice_last_axis_halves_like_rotate_half() {
+    case("slice_last_axis_halves_like_rotate_half", 17)
+        .var("x", &[2, 3, 4])
+        .ints("s0", &[0])
+        .ints("e0", &[2])
+        .ints("s1", &[2])
+        .ints("e1", &[i64::MAX])
+        .ints("ax", &[-1])
+        .node("Slice", &["x", "s0", "e0", "ax"], &["lo"], vec![])
+        .node("Slice", &["x", "s1", "e1", "ax"], &["hi"], vec![])
+        .node("Neg", &["hi"], &["nhi"], vec![])
+        .node("Concat", &["nhi", "lo"], &["y"], vec![ai("axis", -1)])
+        .loss(&["y"])
+        .check();
+}
+
+#[test]
+fn slice_negative_bounds_two_axes() {
+    case("slice_negative_bounds_two_axes", 17)
+        .var("x", &[4, 5])
+        .ints("s", &[-3, 1])
+        .ints("e", &[-1, 100])
+        .ints("ax", &[0, 1])
+        .node("Slice", &["x", "s", "e", "ax"], &["y"], vec![])
+        .loss(&["y"])
+        .check();
+}
+
+#[test]
+fn slice_default_axes_and_explicit_steps_of_one() {
+    case("slice_default_axes_and_explicit_steps_of_one", 13)
+        .var("x", &[3, 4])
+        .ints("s", &[1, 0])
+        .ints("e", &[3, 3])
+        .ints("ax", &[0, 1])
+        .ints("st", &[1, 1])
+        .node("Slice", &["x", "s", "e", "ax", "st"], &["y"], vec![])
+        .loss(&["y"])
+        .check();
+}
+
+#[test]
+fn slice_with_step_two_is_a_clear_error() {
+    let e = case("slice_with_step_two_is_a_clear_error", 17)
+        .var("x", &[4])
+        .ints("s", &[0])
+        .ints("e", &[4])
+        .ints("ax", &[0])
+        .ints("st", &[2])
+        .node("Slice", &["x", "s", "e", "ax", "st"], &["y"], vec![])
+        .loss(&["y"])
+        .backward_error(&[&[2]]);
+    assert!(e.contains("Slice") && e.contains("step"), "{e}");
+}

@@ -118,6 +118,15 @@ pub fn tanh(cx: &mut RuleCtx, g: G, _need: &[bool]) -> Result<Grads> {
     Ok(vec![Some(cx.b.mul(&g, &t))])
 }
 
+/// y = 1/x: dx = -g * y^2.
+pub fn reciprocal(cx: &mut RuleCtx, g: G, _need: &[bool]) -> Result<Grads> {
+    let g = one(cx, g)?;
+    let y = cx.output(0).to_string();
+    let y2 = cx.b.mul(&y, &y);
+    let t = cx.b.mul(&g, &y2);
+    Ok(vec![Some(cx.b.neg(&t))])
+}
+
 pub fn exp(cx: &mut RuleCtx, g: G, _need: &[bool]) -> Result<Grads> {
     let g = one(cx, g)?;
     let y = cx.output(0).to_string();

@@ -17,9 +17,9 @@ pub type Rule = fn(&mut RuleCtx, &[Option<String>], &[bool]) -> Result<Grads>;
 
 /// Every op type that has a rule, for documentation and `inspect`.
 pub const SUPPORTED: &[&str] = &[
-    "Add", "Sub", "Mul", "Div", "Pow", "Neg", "Sqrt", "Tanh", "Exp", "Log", "Sigmoid", "Erf", "Relu", "Where",
+    "Add", "Sub", "Mul", "Div", "Pow", "Neg", "Sqrt", "Reciprocal", "Tanh", "Exp", "Log", "Sigmoid", "Erf", "Relu", "Where",
     "Identity", "Cast", "MatMul", "Gemm", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Split",
-    "Concat", "Expand", "ReduceMean", "ReduceSum", "Softmax", "LogSoftmax", "LayerNormalization",
+    "Concat", "Slice", "Expand", "ReduceMean", "ReduceSum", "Softmax", "LogSoftmax", "LayerNormalization",
 ];
 
 pub fn lookup(op: &str, domain: &str) -> Option<Rule> {
@@ -34,6 +34,7 @@ pub fn lookup(op: &str, domain: &str) -> Option<Rule> {
         "Pow" => elementwise::pow,
         "Neg" => elementwise::neg,
         "Sqrt" => elementwise::sqrt,
+        "Reciprocal" => elementwise::reciprocal,
         "Tanh" => elementwise::tanh,
         "Exp" => elementwise::exp,
         "Log" => elementwise::log,
@@ -49,6 +50,7 @@ pub fn lookup(op: &str, domain: &str) -> Option<Rule> {
         "Transpose" => shape::transpose,
         "Split" => shape::split,
         "Concat" => shape::concat,
+        "Slice" => shape::slice,
         "Expand" => shape::expand,
         "ReduceMean" => reduce::reduce_mean,
         "ReduceSum" => reduce::reduce_sum,

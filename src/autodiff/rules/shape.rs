@@ -72,3 +72,50 @@ pub fn expand(cx: &mut RuleCtx, g: &[Option<String>], _need: &[bool]) -> Result<
     let (x, y) = (cx.input(0).to_string(), cx.output(0).to_string());
     Ok(vec![Some(cx.reduce_to(&g, &y, &x)?)])
 }
+
+/// y = x[starts:ends] along `axes` (step 1): the gradient is `g` padded
+/// with zeros back to x's extent. The pads are computed from Shape(x) at run
+/// time, so slices along dynamic axes stay right for every sequence length.
+pub fn slice(cx: &mut RuleCtx, g: &[Option<String>], _need: &[bool]) -> Result<Grads> {
+    let g = one(cx, g)?;
+    let x = cx.input(0).to_string();
+    let rank = cx.rank(&x)?;
+    let starts = cx.const_ints(1)?;
+    let ends = cx.const_ints(2)?;
+    let axes = if cx.input(3).is_empty() { (0..starts.len() as i64).collect() } else { cx.const_ints(3)? };
+    let steps = if cx.input(4).is_empty() { vec![1; starts.len()] } else { cx.const_ints(4)? };
+    if steps.iter().any(|&s| s != 1) {
+        return Err(cx.err(format!("steps {steps:?}: only step 1 is supported")));
+    }
+    if starts.len() != ends.len() || starts.len() != axes.len() {
+        return Err(cx.err("starts, ends and axes differ in length"));
+    }
+    let shape = cx.b.shape(&x);
+    let zero = cx.b.const_i64s(&[0]);
+    let mut before = vec![zero.clone(); rank];
+    let mut after = vec![zero.clone(); rank];
+    for ((&s, &e), &a) in starts.iter().zip(&ends).zip(&axes) {
+        let a = cx.axis(a, rank)?;
+        let (a0, a1) = (cx.b.const_i64s(&[a as i64]), cx.b.const_i64s(&[a as i64 + 1]));
+        let dim = cx.b.node("Slice", &[&shape, &a0, &a1], vec![]);
+        let begin = clamp_index(cx, s, &dim, &zero);
+        let end = clamp_index(cx, e, &dim, &zero);
+        let end = cx.b.node("Max", &[&end, &begin], vec![]);
+        after[a] = cx.b.sub(&dim, &end);
+        before[a] = begin;
+    }
+    let parts: Vec<&str> = before.iter().chain(&after).map(|s| s.as_str()).collect();
+    let pads = cx.b.concat(&parts, 0);
+    Ok(vec![Some(cx.b.node("Pad", &[&g, &pads], vec![]))])
+}
+
+/// A Slice bound as ONNX reads it: negative counts from the end, clamped to [0, dim].
+fn clamp_index(cx: &mut RuleCtx, v: i64, dim: &str, zero: &str) -> String {
+    let c = cx.b.const_i64s(&[v]);
+    if v >= 0 {
+        cx.b.node("Min", &[&c, dim], vec![])
+    } else {
+        let from_end = cx.b.add(dim, &c);
+        cx.b.node("Max", &[&from_end, zero], vec![])
+    }
+}

@@ -22,6 +22,7 @@ pub fn inspect(model: &OnnxModel) -> Result<String> {
     for o in &g.output {
         let _ = writeln!(s, "  {} {}", o.name, fact(&o.name));
     }
+    crate::augment::check_inputs(model)?;
     let hooks = find_attention_out_hooks(model)?;
     let logits = find_logits(model, &facts)?;
     let heads = infer_heads(g, &facts, &hooks[0].tensor);

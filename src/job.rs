@@ -37,6 +37,8 @@ pub struct JobOptions {
     pub shard: Option<Shard>,
     /// Where batch results are written and resumed from.
     pub work_dir: Option<PathBuf>,
+    /// Token ids given directly (no tokenizer is read); `pairs` names them in the results.
+    pub tokens: Option<(Vec<PromptPair>, TokenizedPrompts)>,
     pub progress: bool,
 }
 
@@ -53,6 +55,7 @@ impl JobOptions {
             per_prompt: false,
             shard: None,
             work_dir: None,
+            tokens: None,
             progress: false,
         }
     }
@@ -131,11 +134,14 @@ pub fn run_job(opts: &JobOptions) -> Result<Option<JobResult>> {
     std::fs::metadata(&opts.model).map_err(|e| Error::io(&opts.model, e))?;
     let mut t = Timings::default();
     let clock = Instant::now();
-    let tok_path = opts.tokenizer.clone().unwrap_or_else(|| default_tokenizer(&opts.model));
-    let tok = PromptTokenizer::from_file(&tok_path)?;
-    let pairs = match &opts.prompts {
-        Some(p) => prompts::read_jsonl(p)?,
-        None => prompts::ioi_default(),
+    let tok = match &opts.tokens {
+        Some(_) => None,
+        None => Some(PromptTokenizer::from_file(&opts.tokenizer.clone().unwrap_or_else(|| default_tokenizer(&opts.model)))?),
+    };
+    let pairs = match (&opts.tokens, &opts.prompts) {
+        (Some((pairs, _)), _) => pairs.clone(),
+        (None, Some(p)) => prompts::read_jsonl(p)?,
+        (None, None) => prompts::ioi_default(),
     };
     let model = OnnxModel::load(&opts.model)?;
     t.load = clock.elapsed().as_secs_f64();
@@ -143,7 +149,14 @@ pub fn run_job(opts: &JobOptions) -> Result<Option<JobResult>> {
     let clock = Instant::now();
     let model_path = model.path.clone();
     let aug = augment_with(model, AugmentOptions { raw_outputs: false, grid_outputs: true, heads: opts.heads })?;
-    let tokens = prompts::tokenize(&tok, &pairs, opts.bos, aug.vocab)?;
+    let tokens = match (&opts.tokens, &tok) {
+        (Some((_, t)), _) => {
+            check_token_ids(t, aug.vocab)?;
+            t.clone()
+        }
+        (None, Some(tok)) => prompts::tokenize(tok, &pairs, opts.bos, aug.vocab)?,
+        (None, None) => unreachable!("a tokenizer is read when no tokens are given"),
+    };
     let n_heads = aug.heads.ok_or_else(|| Error::Model(format!("{}: no head count", model_path.display())))?;
     let mut aug = aug;
     let for_runtime = runtime::prepare(&mut aug.proto, &opts.runtime);
@@ -337,6 +350,19 @@ fn run_batch(
     Ok(BatchResult::new(index, key, pairs, keep_pairs))
 }
 
+/// Token ids given directly must fit the model and form equal-length pairs.
+fn check_token_ids(t: &TokenizedPrompts, vocab: usize) -> Result<()> {
+    let all = t.clean_ids.iter().chain(&t.corrupted_ids).flatten().chain(&t.correct_ids).chain(&t.incorrect_ids);
+    if let Some(bad) = all.copied().find(|&id| id < 0 || id as usize >= vocab) {
+        return Err(Error::Input(format!("token id {bad} is outside the model's vocabulary of {vocab}")));
+    }
+    let rows = t.clean_ids.iter().chain(&t.corrupted_ids);
+    if t.clean_ids.is_empty() || rows.clone().any(|r| r.len() != t.seq_len) {
+        return Err(Error::Input(format!("every prompt must have {} tokens", t.seq_len)));
+    }
+    Ok(())
+}
+
 fn mean(v: &[f64]) -> f64 {
     v.iter().sum::<f64>() / v.len() as f64
 }
@@ -361,6 +387,11 @@ pub fn build_inputs(aug: &Augmented, t: &TokenizedPrompts) -> Vec<(String, Value
     if let Some(m) = &aug.attention_mask {
         v.push((m.clean.clone(), Value::I64(ArrayD::from_elem(vec![b, s], 1i64))));
         v.push((m.corrupted.clone(), Value::I64(ArrayD::from_elem(vec![b, s], 1i64))));
+    }
+    if let Some(p) = &aug.position_ids {
+        let positions = Array2::from_shape_fn((b, s), |(_, c)| c as i64).into_dyn();
+        v.push((p.clean.clone(), Value::I64(positions.clone())));
+        v.push((p.corrupted.clone(), Value::I64(positions)));
     }
     v.push((names::POSITION_ONEHOT.into(), Value::F32(pos.into_dyn())));
     v.push((names::ANSWER_ONEHOT.into(), Value::F32(ans.into_dyn())));

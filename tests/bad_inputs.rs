@@ -249,3 +249,15 @@ fn absurd_declared_sizes_are_refused_before_allocating() {
     std::fs::write(&p, prost::Message::encode_to_vec(&proto)).unwrap();
     fails(&["inspect", p.to_str().unwrap()], &["w_unembed", "declares shape [1073741824, 1048576]", "but holds"]);
 }
+
+#[test]
+fn kv_cache_exports_name_the_file_to_use_instead() {
+    let d = dir("pastkv");
+    let mut proto = Synth::default().build();
+    let g = proto.graph.as_mut().unwrap();
+    g.input.push(attrpatch::augment::value_info("past_key_values.0.key", 1, &[]));
+    let p = d.join("decoder_with_past_model.onnx");
+    std::fs::write(&p, prost::Message::encode_to_vec(&proto)).unwrap();
+    fails(&["inspect", p.to_str().unwrap()], &["past key values", "text-generation (not text-generation-with-past)", "model.onnx"]);
+    fails(&["rewrite", p.to_str().unwrap(), "-o", d.join("x.onnx").to_str().unwrap()], &["past key values"]);
+}

@@ -81,6 +81,8 @@ pub struct Augmented {
     pub facts: Facts,
     pub input_ids: TokenInput,
     pub attention_mask: Option<TokenInput>,
+    /// Fed with 0..S for every row (prompts are right-padded).
+    pub position_ids: Option<TokenInput>,
     pub vocab: usize,
     /// Attention heads, as read from the graph around the first hook.
     pub heads: Option<usize>,
@@ -112,6 +114,7 @@ pub fn augment(model: OnnxModel) -> Result<Augmented> {
 }
 
 pub fn augment_with(model: OnnxModel, opts: AugmentOptions) -> Result<Augmented> {
+    check_inputs(&model)?;
     let hooks = find_attention_out_hooks(&model)?;
     let facts0 = analyse(&model.proto, &model.path)?;
     let logits = find_logits(&model, &facts0)?;
@@ -124,16 +127,7 @@ pub fn augment_with(model: OnnxModel, opts: AugmentOptions) -> Result<Augmented>
         .map(|i| i.name.clone())
         .ok_or_else(|| Error::Model(format!("{}: the graph has no inputs", model.path.display())))?;
     let attention_mask = g0.input.iter().find(|i| i.name == "attention_mask").map(|i| i.name.clone());
-    for i in &g0.input {
-        if i.name != input_ids && Some(&i.name) != attention_mask.as_ref() && !g0.initializer.iter().any(|t| t.name == i.name) {
-            return Err(Error::Unsupported(format!(
-                "{}: input '{}' is not supported (attrpatch feeds input_ids and attention_mask only); \
-                 export the model without past key values or position ids",
-                model.path.display(),
-                i.name
-            )));
-        }
-    }
+    let position_ids = g0.input.iter().find(|i| i.name == "position_ids").map(|i| i.name.clone());
     let dtype = facts0.dtype(&logits).unwrap_or(crate::onnx::consts::FLOAT);
     if dtype != crate::onnx::consts::FLOAT {
         return Err(Error::Unsupported(format!(
@@ -160,7 +154,8 @@ pub fn augment_with(model: OnnxModel, opts: AugmentOptions) -> Result<Augmented>
     let token_input = |n: &str| TokenInput { model_name: n.into(), clean: names::clean_input(n), corrupted: names::corrupted_input(n) };
     let ids_in = token_input(&input_ids);
     let mask_in = attention_mask.as_deref().map(token_input);
-    let token_inputs: Vec<&TokenInput> = std::iter::once(&ids_in).chain(mask_in.as_ref()).collect();
+    let pos_in = position_ids.as_deref().map(token_input);
+    let token_inputs: Vec<&TokenInput> = std::iter::once(&ids_in).chain(mask_in.as_ref()).chain(pos_in.as_ref()).collect();
 
     let constants = constant_tensors(&model);
     let logits_rank = if declared.is_empty() { facts0.rank(&logits) } else { Some(declared.len()) };
@@ -276,7 +271,38 @@ pub fn augment_with(model: OnnxModel, opts: AugmentOptions) -> Result<Augmented>
     crate::onnx::prune::prune_dead(g);
     proto.producer_name = "attrpatch".into();
     proto.producer_version = env!("CARGO_PKG_VERSION").into();
-    Ok(Augmented { proto, hooks, facts, input_ids: ids_in, attention_mask: mask_in, vocab, heads, lm_head_last_position_only })
+    Ok(Augmented { proto, hooks, facts, input_ids: ids_in, attention_mask: mask_in, position_ids: pos_in, vocab, heads, lm_head_last_position_only })
+}
+
+/// Models with a KV cache (optimum's decoder_with_past / merged decoders)
+/// take inputs attrpatch cannot feed: say which file to use instead.
+pub fn check_inputs(model: &OnnxModel) -> Result<()> {
+    let g = model.graph();
+    let known = ["input_ids", "attention_mask", "position_ids"];
+    let cache = g.input.iter().any(|i| i.name.starts_with("past_key_values") || i.name == "use_cache_branch")
+        || g.node.iter().any(|n| n.op_type == "If");
+    if cache {
+        return Err(Error::Unsupported(format!(
+            "{}: this export takes past key values (a KV cache{}); attrpatch needs the plain decoder. \
+             Export without the cache: optimum-cli export onnx --task text-generation (not text-generation-with-past) \
+             and use its model.onnx, or torch.onnx.export with use_cache=False; not decoder_with_past_model.onnx or \
+             decoder_model_merged.onnx",
+            model.path.display(),
+            if g.node.iter().any(|n| n.op_type == "If") { ", merged with an If node" } else { "" }
+        )));
+    }
+    let first = g.input.first().map(|i| i.name.as_str());
+    for i in &g.input {
+        let is_initializer = g.initializer.iter().any(|t| t.name == i.name);
+        if !known.contains(&i.name.as_str()) && Some(i.name.as_str()) != first && !is_initializer {
+            return Err(Error::Unsupported(format!(
+                "{}: input '{}' is not supported: attrpatch feeds input_ids, attention_mask and position_ids",
+                model.path.display(),
+                i.name
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// The batch and sequence dims of the token input, as the model declares them.

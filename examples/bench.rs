@@ -87,7 +87,8 @@ fn prompts(pairs: usize, seq: usize, vocab: usize, seed: u64) -> TokenizedPrompt
         correct_ids: correct,
         incorrect_ids: incorrect,
         seq_len: seq,
-        clean_tokens: vec![],
+        lengths: vec![seq; pairs],
+        clean_tokens: vec![vec![]; pairs],
     }
 }
 

@@ -356,9 +356,10 @@ fn check_token_ids(t: &TokenizedPrompts, vocab: usize) -> Result<()> {
     if let Some(bad) = all.copied().find(|&id| id < 0 || id as usize >= vocab) {
         return Err(Error::Input(format!("token id {bad} is outside the model's vocabulary of {vocab}")));
     }
-    let rows = t.clean_ids.iter().chain(&t.corrupted_ids);
-    if t.clean_ids.is_empty() || rows.clone().any(|r| r.len() != t.seq_len) {
-        return Err(Error::Input(format!("every prompt must have {} tokens", t.seq_len)));
+    let mut rows = t.clean_ids.iter().chain(&t.corrupted_ids);
+    let lengths_ok = t.lengths.len() == t.clean_ids.len() && t.lengths.iter().all(|&l| l >= 1 && l <= t.seq_len);
+    if t.clean_ids.is_empty() || !lengths_ok || rows.any(|r| r.len() != t.seq_len) {
+        return Err(Error::Input(format!("every prompt must have {} (padded) tokens and a length in 1..={}", t.seq_len, t.seq_len)));
     }
     Ok(())
 }
@@ -375,7 +376,7 @@ pub fn build_inputs(aug: &Augmented, t: &TokenizedPrompts) -> Vec<(String, Value
     let mut pos = Array3::<f32>::zeros((b, 1, s));
     let mut ans = Array3::<f32>::zeros((b, aug.vocab, 1));
     for p in 0..b {
-        pos[[p, 0, s - 1]] = 1.0;
+        pos[[p, 0, t.lengths[p] - 1]] = 1.0;
         ans[[p, t.correct_ids[p] as usize, 0]] += 1.0;
         ans[[p, t.incorrect_ids[p] as usize, 0]] -= 1.0;
     }
@@ -385,8 +386,9 @@ pub fn build_inputs(aug: &Augmented, t: &TokenizedPrompts) -> Vec<(String, Value
         (aug.input_ids.corrupted.clone(), Value::I64(ids(&t.corrupted_ids))),
     ];
     if let Some(m) = &aug.attention_mask {
-        v.push((m.clean.clone(), Value::I64(ArrayD::from_elem(vec![b, s], 1i64))));
-        v.push((m.corrupted.clone(), Value::I64(ArrayD::from_elem(vec![b, s], 1i64))));
+        let mask = Array2::from_shape_fn((b, s), |(r, c)| (c < t.lengths[r]) as i64).into_dyn();
+        v.push((m.clean.clone(), Value::I64(mask.clone())));
+        v.push((m.corrupted.clone(), Value::I64(mask)));
     }
     if let Some(p) = &aug.position_ids {
         let positions = Array2::from_shape_fn((b, s), |(_, c)| c as i64).into_dyn();

@@ -124,23 +124,30 @@ impl PromptTokenizer {
     }
 }
 
-/// Id grids for a batch of prompt pairs; all prompts share `seq_len`.
+/// Id grids for a batch of prompt pairs. Pairs of different lengths are
+/// right-padded to `seq_len` (padding side: right, because every supported
+/// model is causal: a real token never attends to the pads after it, so
+/// the results do not depend on the pads, mask or not, and positions keep
+/// their ids).
 #[derive(Debug, Clone, PartialEq)]
 pub struct TokenizedPrompts {
-    /// [pair][position]
+    /// [pair][position], padded to `seq_len`
     pub clean_ids: Vec<Vec<i64>>,
     pub corrupted_ids: Vec<Vec<i64>>,
     /// [pair]
     pub correct_ids: Vec<i64>,
     pub incorrect_ids: Vec<i64>,
+    /// The longest pair's length.
     pub seq_len: usize,
+    /// [pair] real (unpadded) length; the metric reads position `lengths[p] - 1`.
+    pub lengths: Vec<usize>,
     /// Token strings of each clean prompt, for axis labels.
     pub clean_tokens: Vec<Vec<String>>,
 }
 
 /// Tokenizes every pair and checks what patching relies on: single-token,
-/// distinct answers; clean and corrupted positions that correspond; one
-/// common length (no padding yet); ids the model's embedding can look up.
+/// distinct answers; clean and corrupted positions that correspond; ids the
+/// model's embedding can look up. Shorter pairs are right-padded.
 /// `model_vocab = usize::MAX` skips the vocabulary check.
 pub fn tokenize(
     tok: &PromptTokenizer,
@@ -182,6 +189,7 @@ pub fn tokenize(
         correct_ids: Vec::with_capacity(pairs.len()),
         incorrect_ids: Vec::with_capacity(pairs.len()),
         seq_len: 0,
+        lengths: Vec::with_capacity(pairs.len()),
         clean_tokens: Vec::with_capacity(pairs.len()),
     };
     for (i, p) in pairs.iter().enumerate() {
@@ -206,16 +214,7 @@ pub fn tokenize(
         if clean.is_empty() {
             return Err(Error::Input(format!("pair {i}: prompts are empty")));
         }
-        if i == 0 {
-            out.seq_len = clean.len();
-        } else if clean.len() != out.seq_len {
-            return Err(Error::Input(format!(
-                "pair {i}: prompts have {} tokens but pair 0 has {}; \
-                 all pairs must have the same length (padding is not implemented yet)",
-                clean.len(),
-                out.seq_len
-            )));
-        }
+        out.seq_len = out.seq_len.max(clean.len());
         // An id past the embedding table means the tokenizer belongs to another model.
         let all = clean.iter().chain(&corrupted).chain([&correct, &incorrect]);
         if let Some(&bad) = all
@@ -229,10 +228,16 @@ pub fn tokenize(
             )));
         }
         out.clean_tokens.push(tok.token_strings(&clean));
+        out.lengths.push(clean.len());
         out.clean_ids.push(clean);
         out.corrupted_ids.push(corrupted);
         out.correct_ids.push(correct);
         out.incorrect_ids.push(incorrect);
+    }
+    // The pad id never reaches a real token (causal attention): any valid id does.
+    let pad = tok.bos_id().filter(|&id| id >= 0 && (id as u64) < model_vocab as u64).unwrap_or(0);
+    for row in out.clean_ids.iter_mut().chain(out.corrupted_ids.iter_mut()) {
+        row.resize(out.seq_len, pad);
     }
     Ok(out)
 }
@@ -453,7 +458,7 @@ mod tests {
     }
 
     #[test]
-    fn prompts_unequal_lengths_across_pairs() {
+    fn prompts_of_different_lengths_are_right_padded() {
         let mut pairs = ioi_default();
         pairs.push(pair(
             "When Ann and Bob left, Bob gave it to",
@@ -461,12 +466,13 @@ mod tests {
             " Ann",
             " Bob",
         ));
-        let msg = input_err(tokenize(&gpt2(), &pairs, true, usize::MAX));
-        assert!(
-            msg.starts_with("pair 8: prompts have 11 tokens but pair 0 has 15"),
-            "{msg}"
-        );
-        assert!(msg.contains("padding is not implemented yet"), "{msg}");
+        // Shorter pairs are right-padded; each keeps its own length.
+        let t = tokenize(&gpt2(), &pairs, true, usize::MAX).unwrap();
+        assert_eq!(t.seq_len, 15);
+        assert_eq!(t.lengths[0], 15);
+        assert_eq!(t.lengths[8], 11);
+        assert_eq!(t.clean_ids[8].len(), 15);
+        assert_eq!(t.clean_ids[8][11..], [50256; 4]);
     }
 
     #[test]
@@ -504,6 +510,7 @@ impl TokenizedPrompts {
             correct_ids: self.correct_ids[range.clone()].to_vec(),
             incorrect_ids: self.incorrect_ids[range.clone()].to_vec(),
             seq_len: self.seq_len,
+            lengths: self.lengths[range.clone()].to_vec(),
             clean_tokens: self.clean_tokens[range].to_vec(),
         }
     }

@@ -31,7 +31,14 @@ pub fn positions_grid(r: &JobResult) -> Grid {
         row_label: "Layer".into(),
         col_label: "Token position (first prompt's tokens)".into(),
         row_names: (0..r.grids.positions.len()).map(|l| l.to_string()).collect(),
-        col_names: r.manifest.token_labels.iter().enumerate().map(|(i, t)| format!("{i} {t}")).collect(),
+        // Prompts are right-padded: position i is every prompt's i-th token;
+        // the labels are the first prompt's, positions past it have none.
+        col_names: (0..r.manifest.seq_len)
+            .map(|i| match r.manifest.token_labels.get(i) {
+                Some(t) => format!("{i} {t}"),
+                None => i.to_string(),
+            })
+            .collect(),
         value_label: VALUE_LABEL.into(),
         values: r.grids.positions.clone(),
     }

@@ -133,7 +133,7 @@ fn main() {
     let load_s = c.elapsed().as_secs_f64();
     let c = Instant::now();
     let raw = std::env::var_os("BENCH_RAW").is_some();
-    let aug = augment_with(m, AugmentOptions { raw_outputs: raw, grid_outputs: !raw, heads: None }).unwrap();
+    let aug = augment_with(m, AugmentOptions { raw_outputs: raw, grid_outputs: !raw, ..Default::default() }).unwrap();
     let augment_s = c.elapsed().as_secs_f64();
     let rewrite_peak = peak_rss_mb();
     if a.rewrite_only {

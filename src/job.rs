@@ -37,6 +37,7 @@ pub struct JobOptions {
     pub shard: Option<Shard>,
     /// Where batch results are written and resumed from.
     pub work_dir: Option<PathBuf>,
+    pub metric: crate::augment::Metric,
     /// Token ids given directly (no tokenizer is read); `pairs` names them in the results.
     pub tokens: Option<(Vec<PromptPair>, TokenizedPrompts)>,
     pub progress: bool,
@@ -56,6 +57,7 @@ impl JobOptions {
             shard: None,
             work_dir: None,
             tokens: None,
+            metric: Default::default(),
             progress: false,
         }
     }
@@ -92,6 +94,8 @@ impl Shard {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Manifest {
     pub model: String,
+    #[serde(default)]
+    pub metric: crate::augment::Metric,
     pub runtime: String,
     pub n_heads: usize,
     pub hooks: Vec<Hook>,
@@ -148,7 +152,7 @@ pub fn run_job(opts: &JobOptions) -> Result<Option<JobResult>> {
 
     let clock = Instant::now();
     let model_path = model.path.clone();
-    let aug = augment_with(model, AugmentOptions { raw_outputs: false, grid_outputs: true, heads: opts.heads })?;
+    let aug = augment_with(model, AugmentOptions { raw_outputs: false, grid_outputs: true, heads: opts.heads, metric: opts.metric })?;
     let tokens = match (&opts.tokens, &tok) {
         (Some((_, t)), _) => {
             check_token_ids(t, aug.vocab)?;
@@ -192,7 +196,7 @@ pub fn run_job(opts: &JobOptions) -> Result<Option<JobResult>> {
                 let rt = rt.as_mut().expect("created when a batch is left to run");
                 let range = i * batch_size..((i + 1) * batch_size).min(pairs.len());
                 calls += 1;
-                let b = run_batch(rt.as_mut(), &aug, &tokens, range, i, keys[i].clone(), opts.per_prompt)?;
+                let b = run_batch(rt.as_mut(), &aug, &tokens, range, i, keys[i].clone(), opts.per_prompt, opts.metric)?;
                 if let Some(dir) = &opts.work_dir {
                     b.save(dir)?;
                 }
@@ -207,6 +211,7 @@ pub fn run_job(opts: &JobOptions) -> Result<Option<JobResult>> {
 
     let manifest = Manifest {
         model: opts.model.display().to_string(),
+        metric: opts.metric,
         runtime: rt.as_ref().map_or_else(|| "none (all batches resumed)".into(), |r| r.describe()),
         n_heads,
         hooks: aug.hooks.clone(),
@@ -294,9 +299,10 @@ fn run_batch(
     index: usize,
     key: String,
     keep_pairs: bool,
+    metric: crate::augment::Metric,
 ) -> Result<BatchResult> {
     let t = all.slice(range.clone());
-    let mut out = rt.run(build_inputs(aug, &t))?;
+    let mut out = rt.run(build_inputs_for(aug, &t, metric))?;
     let row = |out: &HashMap<String, ArrayD<f32>>, n: &str| -> Result<Vec<f64>> {
         let v: Vec<f64> = out
             .get(n)
@@ -368,8 +374,14 @@ fn mean(v: &[f64]) -> f64 {
     v.iter().sum::<f64>() / v.len() as f64
 }
 
-/// The token inputs of both copies and the metric's one-hot selectors.
+/// The token inputs of both copies and the logit-difference metric's selectors.
 pub fn build_inputs(aug: &Augmented, t: &TokenizedPrompts) -> Vec<(String, Value)> {
+    build_inputs_for(aug, t, crate::augment::Metric::LogitDiff)
+}
+
+/// The token inputs of both copies and the metric's one-hot selectors.
+pub fn build_inputs_for(aug: &Augmented, t: &TokenizedPrompts, metric: crate::augment::Metric) -> Vec<(String, Value)> {
+    let (w_correct, w_incorrect) = metric.answer_weights();
     let b = t.clean_ids.len();
     let s = t.seq_len;
     let ids = |rows: &Vec<Vec<i64>>| Array2::from_shape_fn((b, s), |(r, c)| rows[r][c]).into_dyn();
@@ -377,8 +389,8 @@ pub fn build_inputs(aug: &Augmented, t: &TokenizedPrompts) -> Vec<(String, Value
     let mut ans = Array3::<f32>::zeros((b, aug.vocab, 1));
     for p in 0..b {
         pos[[p, 0, t.lengths[p] - 1]] = 1.0;
-        ans[[p, t.correct_ids[p] as usize, 0]] += 1.0;
-        ans[[p, t.incorrect_ids[p] as usize, 0]] -= 1.0;
+        ans[[p, t.correct_ids[p] as usize, 0]] += w_correct;
+        ans[[p, t.incorrect_ids[p] as usize, 0]] += w_incorrect;
     }
     let weights = Array2::<f32>::from_elem((b, 1), 1.0 / b as f32);
     let mut v = vec![

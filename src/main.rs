@@ -85,6 +85,9 @@ struct RunArgs {
     /// Reuse the batch files an interrupted run left in --out instead of recomputing them.
     #[arg(long)]
     resume: bool,
+    /// The quantity to attribute: logit-diff (the tutorial's), logprob-diff, prob (of the correct answer), kl.
+    #[arg(long, value_enum, default_value_t = attrpatch::augment::Metric::LogitDiff)]
+    metric: attrpatch::augment::Metric,
 }
 
 fn default_model() -> PathBuf {
@@ -109,6 +112,7 @@ fn run(args: RunArgs) -> Result<(), Error> {
     opts.batch_size = args.batch_size;
     opts.per_prompt = args.per_prompt;
     opts.shard = args.shard;
+    opts.metric = args.metric;
     opts.progress = true;
     // Fail on an unwritable output folder before spending time on the model.
     std::fs::create_dir_all(&args.out).map_err(|e| Error::io(&args.out, e))?;
@@ -143,8 +147,9 @@ fn print_summary(r: &job::JobResult) {
     let (clean, corr) = (r.clean_logit_diff, r.corrupted_logit_diff);
     let m = &r.manifest;
     println!("{} prompt pairs of {} tokens, {} layers x {} heads", m.prompts.len(), m.seq_len, m.hooks.len(), m.n_heads);
-    println!("Clean logit diff: {}", num(clean));
-    println!("Corrupted logit diff: {}", num(corr));
+    let label = m.metric.label();
+    println!("Clean {label}: {}", num(clean));
+    println!("Corrupted {label}: {}", num(corr));
     println!("Clean Baseline is 1: {:.4}", (clean - corr) / (clean - corr));
     // (corr - corr) / (clean - corr) is exactly zero; + 0.0 drops the sign of -0.
     println!("Corrupted Baseline is 0: {:.4}", (corr - corr) / (clean - corr) + 0.0);

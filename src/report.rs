@@ -9,7 +9,9 @@ use crate::render::{grid_json, write_csv, write_heatmap_png, Grid};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-pub const VALUE_LABEL: &str = "Norm. logit diff";
+fn value_label(r: &JobResult) -> String {
+    format!("Norm. {}", r.manifest.metric.label())
+}
 
 pub fn heads_grid(r: &JobResult) -> Grid {
     Grid {
@@ -19,7 +21,7 @@ pub fn heads_grid(r: &JobResult) -> Grid {
         col_label: "Head".into(),
         row_names: (0..r.grids.heads.len()).map(|l| l.to_string()).collect(),
         col_names: (0..r.manifest.n_heads).map(|h| h.to_string()).collect(),
-        value_label: VALUE_LABEL.into(),
+        value_label: value_label(r),
         values: r.grids.heads.clone(),
     }
 }
@@ -39,7 +41,7 @@ pub fn positions_grid(r: &JobResult) -> Grid {
                 None => i.to_string(),
             })
             .collect(),
-        value_label: VALUE_LABEL.into(),
+        value_label: value_label(r),
         values: r.grids.positions.clone(),
     }
 }
@@ -63,6 +65,7 @@ pub fn write_results(r: &JobResult, out_dir: &Path) -> Result<Vec<PathBuf>> {
         "runtime": m.runtime,
         "runtime_calls": r.runtime_calls,
         "batches_resumed": r.batches_resumed,
+        "metric": r.manifest.metric,
         "clean_logit_diff": clean,
         "corrupted_logit_diff": corr,
         "clean_metric": 1.0,

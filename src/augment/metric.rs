@@ -1,9 +1,13 @@
-//! The metric's nodes. The logit difference of each pair is read at its last
-//! position with matrix products against one-hot inputs, so the model's own
-//! MatMul rule differentiates them:
+//! The metric's nodes, differentiated by the same rules as the model. Each
+//! pair's logits are read at its last position and its answers with matrix
+//! products against one-hot inputs:
 //!   sel = last_position_onehot[B,1,S] @ logits[B,S,V]           -> [B,1,V]
-//!   ld  = sel @ answer_onehot[B,V,1]  (+1 correct, -1 incorrect) -> [B,1,1]
-//!   mean ld = ld^T @ pair_weights[B,1]                            -> [1,1]
+//!   logit-diff:   sel @ answer_onehot[B,V,1] (+1 correct, -1 incorrect)
+//!   logprob-diff: LogSoftmax(sel) @ answer_onehot
+//!   prob:         Softmax(sel) @ answer_onehot (+1 correct only)
+//!   kl:           sum_V softmax(clean) * (logsoftmax(clean) - LogSoftmax(sel)),
+//!                 the clean copy's distribution held constant
+//!   each -> [B,1,1]; mean = values^T @ pair_weights[B,1] -> [1,1]
 //! When the logits come from a MatMul with a constant weight (the lm_head),
 //! the selection moves before it, `(P @ h) @ W`, so the lm_head runs on one
 //! position per prompt instead of all of them.
@@ -39,18 +43,76 @@ pub fn logits_source(
     LogitsSource::Opaque
 }
 
-/// Emits the logit difference of each pair (`rows_out`, [1,B]) and their mean
-/// (`out`, [1,1]) for one copy; `name` maps original tensor names to the copy's.
-pub fn mean_logit_diff(b: &mut GraphBuilder, src: &LogitsSource, logits: &str, name: &dyn Fn(&str) -> String, rows_out: &str, out: &str) {
-    let sel = match src {
+/// Which quantity the attribution explains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Metric {
+    /// logit(correct) - logit(incorrect), the tutorial's.
+    #[default]
+    LogitDiff,
+    /// log p(correct) - log p(incorrect).
+    LogprobDiff,
+    /// p(correct).
+    Prob,
+    /// KL(clean || corrupted) of the next-token distributions (no answers needed).
+    Kl,
+}
+
+impl Metric {
+    pub fn label(&self) -> &'static str {
+        match self {
+            Metric::LogitDiff => "logit diff",
+            Metric::LogprobDiff => "logprob diff",
+            Metric::Prob => "prob of correct",
+            Metric::Kl => "KL(clean||corrupted)",
+        }
+    }
+    /// Weights of the answer one-hot input for (correct, incorrect).
+    pub fn answer_weights(&self) -> (f32, f32) {
+        match self {
+            Metric::LogitDiff | Metric::LogprobDiff => (1.0, -1.0),
+            Metric::Prob => (1.0, 0.0),
+            Metric::Kl => (0.0, 0.0),
+        }
+    }
+}
+
+/// The logits at each pair's last position, [B,1,V], for one copy; `name`
+/// maps original tensor names to the copy's.
+pub fn last_logits(b: &mut GraphBuilder, src: &LogitsSource, logits: &str, name: &dyn Fn(&str) -> String) -> String {
+    match src {
         LogitsSource::LmHead { hidden, weight } => {
             let h_last = b.matmul(names::POSITION_ONEHOT, &name(hidden));
             b.matmul(&h_last, &name(weight))
         }
         LogitsSource::Opaque => b.matmul(names::POSITION_ONEHOT, &name(logits)),
+    }
+}
+
+/// Emits each pair's metric value (`rows_out`, [1,B]) and their mean (`out`,
+/// [1,1]) from `sel`; `clean_sel` is the clean copy's, for KL.
+pub fn metric_values(b: &mut GraphBuilder, metric: Metric, sel: &str, clean_sel: &str, rows_out: &str, out: &str) {
+    let axis = vec![crate::onnx::builder::attr_i("axis", -1)];
+    let v = match metric {
+        Metric::LogitDiff => b.matmul(sel, names::ANSWER_ONEHOT),
+        Metric::LogprobDiff => {
+            let ls = b.node("LogSoftmax", &[sel], axis);
+            b.matmul(&ls, names::ANSWER_ONEHOT)
+        }
+        Metric::Prob => {
+            let p = b.node("Softmax", &[sel], axis);
+            b.matmul(&p, names::ANSWER_ONEHOT)
+        }
+        Metric::Kl => {
+            let lc = b.node("LogSoftmax", &[clean_sel], axis.clone());
+            let pc = b.node("Exp", &[&lc], vec![]);
+            let lk = b.node("LogSoftmax", &[sel], axis);
+            let d = b.sub(&lc, &lk);
+            let m = b.mul(&pc, &d);
+            b.reduce_sum(&m, &[2], true)
+        }
     };
-    let ld = b.matmul(&sel, names::ANSWER_ONEHOT);
     let flat_shape = b.const_i64s(&[1, -1]);
-    b.node_named("Reshape", &[&ld, &flat_shape], rows_out, vec![]);
+    b.node_named("Reshape", &[&v, &flat_shape], rows_out, vec![]);
     b.node_named("MatMul", &[rows_out, names::PAIR_WEIGHTS], out, vec![]);
 }

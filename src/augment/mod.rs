@@ -5,12 +5,16 @@
 //!
 //! The metric is the tutorial's normalised logit difference of the corrupted
 //! prompts, (ld_corr - CORR) / (CLEAN - CORR), where CLEAN and CORR are the
-//! same run's baselines held constant (stop-gradient). Its value is 0 by
-//! construction; its gradient is d ld_corr / (CLEAN - CORR).
+//! same run's baselines held constant (stop-gradient), or the same
+//! normalisation of another metric (metric.rs). Its value is 0 by
+//! construction; its gradient is d ld_corr / (CLEAN - CORR). The outputs
+//! named `*_logit_diff*` hold the chosen metric's raw values.
 
 mod copy;
 mod grid_nodes;
 mod metric;
+
+pub use metric::Metric;
 
 use crate::autodiff::Backward;
 use crate::error::{Error, Result};
@@ -99,11 +103,12 @@ pub struct AugmentOptions {
     pub grid_outputs: bool,
     /// Overrides the head count read from the graph.
     pub heads: Option<usize>,
+    pub metric: Metric,
 }
 
 impl Default for AugmentOptions {
     fn default() -> Self {
-        AugmentOptions { raw_outputs: true, grid_outputs: true, heads: None }
+        AugmentOptions { raw_outputs: true, grid_outputs: true, heads: None, metric: Metric::LogitDiff }
     }
 }
 
@@ -191,8 +196,10 @@ pub fn augment_with(model: OnnxModel, opts: AugmentOptions) -> Result<Augmented>
 
     // Metric nodes.
     let mut b = GraphBuilder::new(opset, "attrpatch/", all_names(g));
-    metric::mean_logit_diff(&mut b, &src, &logits, &clean_name, names::CLEAN_LDS, names::CLEAN_LD);
-    metric::mean_logit_diff(&mut b, &src, &logits, &corrupted_name, names::CORRUPTED_LDS, names::CORRUPTED_LD);
+    let clean_sel = metric::last_logits(&mut b, &src, &logits, &clean_name);
+    let corrupted_sel = metric::last_logits(&mut b, &src, &logits, &corrupted_name);
+    metric::metric_values(&mut b, opts.metric, &clean_sel, &clean_sel, names::CLEAN_LDS, names::CLEAN_LD);
+    metric::metric_values(&mut b, opts.metric, &corrupted_sel, &clean_sel, names::CORRUPTED_LDS, names::CORRUPTED_LD);
     let clean_const = b.node("Identity", &[names::CLEAN_LD], vec![]);
     let corr_const = b.node("Identity", &[names::CORRUPTED_LD], vec![]);
     let num = b.sub(names::CORRUPTED_LD, &corr_const);

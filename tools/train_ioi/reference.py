@@ -8,8 +8,9 @@ shared/fixtures/ioi-reference.json (see shared/fixtures/FIXTURES.md).
   positions[layer][pos]   = p summed over batch and features
 computed in float64 (heads, positions) and in float32 (heads_f32, positions_f32).
 
-Usage (defaults: the bundled models/ioi-gpt2 model, weights read from model.onnx's initializers,
-or from --state-dict models/ioi-gpt2/pytorch_model.pt):
+Usage (defaults: the bundled models/ioi-gpt2 model, weights from models/ioi-gpt2/pytorch_model.pt,
+or from models/ioi-gpt2/model.onnx's initializers where there is no state dict; --onnx FILE reads
+any GPT-2 ONNX export's initializers, with --n-head):
   /work/venv-torch/bin/python tools/train_ioi/reference.py
   /work/venv-torch/bin/python tools/train_ioi/reference.py --bos --out models/ioi-gpt2/ioi-reference-bos.json
 Check against the shared fixture (same weights, n_head 4):
@@ -103,8 +104,10 @@ def max_rel_err(a, b):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--onnx", default=os.path.join(C.OUT_DIR, "model.onnx"))
-    ap.add_argument("--state-dict", default=None, help="load a PyTorch state dict instead of the ONNX initializers")
+    ap.add_argument("--onnx", default=None, help="read the weights from this ONNX file's initializers")
+    ap.add_argument("--state-dict", default=None,
+                    help="PyTorch state dict to load (default: models/ioi-gpt2/pytorch_model.pt when "
+                         "neither --onnx nor --state-dict is given and it exists; else --onnx initializers)")
     ap.add_argument("--config", default=os.path.join(C.OUT_DIR, "config.json"))
     ap.add_argument("--n-head", type=int, default=None, help="heads per layer (else from --config)")
     ap.add_argument("--tokenizer", default=C.TOKENIZER_PATH)
@@ -112,6 +115,13 @@ def main():
     ap.add_argument("--out", default=os.path.join(C.OUT_DIR, "ioi-reference.json"))
     ap.add_argument("--compare", default=None, help="a reference JSON to compare against")
     args = ap.parse_args()
+    if args.onnx is None and args.state_dict is None:
+        default_sd = os.path.join(C.OUT_DIR, "pytorch_model.pt")
+        if os.path.exists(default_sd):
+            args.state_dict = default_sd
+        else:
+            args.onnx = os.path.join(C.OUT_DIR, "model.onnx")
+    print(f"weights from {args.state_dict or args.onnx}")
 
     torch.set_num_threads(1)
     tok = C.load_tokenizer(args.tokenizer)

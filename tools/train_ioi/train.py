@@ -5,9 +5,9 @@ thread, then export it to ONNX (legacy exporter, opset 14) as models/ioi-gpt2/mo
   /work/venv-torch/bin/python tools/train_ioi/train.py
   /work/venv-torch/bin/python tools/train_ioi/reference.py
 
-Writes models/ioi-gpt2/{model.onnx, tokenizer.json, config.json, training.json} and the PyTorch
-checkpoint /work/ioi-ckpt/pytorch_model.pt (outside the repository; reference.py reads the
-weights back from model.onnx's initializers, which equal it exactly).
+Writes models/ioi-gpt2/{model.onnx, tokenizer.json, config.json, training.json, pytorch_model.pt}
+(the PyTorch state dict, without the tied lm_head.weight; it goes to --ckpt-dir, default
+/work/ioi-ckpt outside the repository, instead if it is 30 MB or more).
 
 Loss: cross-entropy over the full 50257-token vocabulary at the answer position only (the token
 after the final "to"/"said to"); the lm_head is applied only there, which keeps a step cheap.
@@ -37,11 +37,11 @@ def parse_args():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--n-layer", type=int, default=3)
     ap.add_argument("--n-head", type=int, default=4)
-    ap.add_argument("--n-embd", type=int, default=128)
+    ap.add_argument("--n-embd", type=int, default=64)
     ap.add_argument("--n-positions", type=int, default=64)
-    ap.add_argument("--steps", type=int, default=3000)
+    ap.add_argument("--steps", type=int, default=5000)
     ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--min-lr-frac", type=float, default=0.1)
     ap.add_argument("--warmup", type=int, default=200)
     ap.add_argument("--weight-decay", type=float, default=0.01)
@@ -53,7 +53,8 @@ def parse_args():
     ap.add_argument("--eval-every", type=int, default=500)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out-dir", default=C.OUT_DIR)
-    ap.add_argument("--ckpt-dir", default="/work/ioi-ckpt")
+    ap.add_argument("--ckpt-dir", default="/work/ioi-ckpt",
+                    help="where the PyTorch state dict goes if it is 30 MB or more (else --out-dir)")
     ap.add_argument("--no-export", action="store_true")
     return ap.parse_args()
 
@@ -276,10 +277,13 @@ def main():
     print("  per prompt:", " ".join(f"{x:.2f}" for x in tut["per_prompt_clean_logit_diff"]))
 
     os.makedirs(args.out_dir, exist_ok=True)
-    os.makedirs(args.ckpt_dir, exist_ok=True)
-    ckpt = os.path.join(args.ckpt_dir, "pytorch_model.pt")
     sd = {k: v for k, v in model.state_dict().items() if k != "lm_head.weight"}  # tied to wte
+    sd_bytes = sum(v.numel() * v.element_size() for v in sd.values())
+    ckpt_dir = args.out_dir if sd_bytes < 30e6 else args.ckpt_dir
+    os.makedirs(ckpt_dir, exist_ok=True)
+    ckpt = os.path.join(ckpt_dir, "pytorch_model.pt")
     torch.save(sd, ckpt)
+    print(f"saved {ckpt} ({os.path.getsize(ckpt) / 1e6:.1f} MB)")
     config = {"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "vocab_size": 50257,
               "n_layer": args.n_layer, "n_head": args.n_head, "n_embd": args.n_embd,
               "n_positions": args.n_positions, "n_inner": None, "activation_function": "gelu_new",
@@ -335,7 +339,7 @@ def main():
         "onnx": {"file": "model.onnx", "exporter": "torch.onnx.export dynamo=False (TorchScript)",
                  "opset": 14, "constant_folding": True,
                  "max_abs_logit_diff_onnxruntime_vs_pytorch": onnx_diff},
-        "checkpoint": ckpt,
+        "checkpoint": os.path.relpath(ckpt, C.REPO) if ckpt.startswith(C.REPO) else ckpt,
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
                      "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__},
         "loss_log": log,

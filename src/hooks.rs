@@ -151,3 +151,116 @@ pub fn infer_heads(g: &crate::onnx::pb::GraphProto, facts: &crate::onnx::facts::
     }
     None
 }
+
+/// Which activations to attribute.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum HookKind {
+    /// The input of each layer's attention out-projection (per-head grids).
+    AttnOut,
+    /// The residual stream after each block (the block's output).
+    Resid,
+    /// Each MLP's output.
+    Mlp,
+    /// Tensors whose names match this regex, one "layer" each, in graph order.
+    Tensors(String),
+}
+
+impl std::str::FromStr for HookKind {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Ok(match s {
+            "attn" | "attn-out" => HookKind::AttnOut,
+            "resid" | "residual" => HookKind::Resid,
+            "mlp" | "mlp-out" => HookKind::Mlp,
+            pattern => {
+                Regex::new(pattern).map_err(|e| Error::Input(format!("--hook '{pattern}': not a preset (attn, resid, mlp) nor a valid regex: {e}")))?;
+                HookKind::Tensors(pattern.to_string())
+            }
+        })
+    }
+}
+
+impl HookKind {
+    /// Whether the hook tensors split into attention heads.
+    pub fn has_heads(&self) -> bool {
+        *self == HookKind::AttnOut
+    }
+}
+
+/// Module paths a node belongs to, from its legacy-exporter name
+/// (`/transformer/h.0/mlp/c_fc/Gemm` -> transformer, transformer.h.0, ...)
+/// and its dynamo name scopes.
+fn module_paths(model: &OnnxModel, n: &NodeProto) -> Vec<String> {
+    let mut out: Vec<String> = model.scopes.get(&n.name).to_vec();
+    if n.name.starts_with('/') {
+        let parts: Vec<&str> = n.name.trim_start_matches('/').split('/').collect();
+        for k in 1..parts.len() {
+            out.push(parts[..k].join("."));
+        }
+    }
+    out
+}
+
+pub fn find_hooks(model: &OnnxModel, kind: &HookKind) -> Result<Vec<Hook>> {
+    match kind {
+        HookKind::AttnOut => find_attention_out_hooks(model),
+        HookKind::Resid => module_outputs(model, r"(?:^|\.)(?:h|layers|layer)\.(\d+)$", "block"),
+        HookKind::Mlp => module_outputs(model, r"(?:^|\.)(?:h|layers|layer)\.(\d+)\.mlp$", "mlp"),
+        HookKind::Tensors(p) => matching_tensors(model, p),
+    }
+}
+
+/// Per layer, the output of the last node inside the module.
+fn module_outputs(model: &OnnxModel, module_re: &str, what: &str) -> Result<Vec<Hook>> {
+    let re = Regex::new(module_re).expect("valid regex");
+    let mut last: BTreeMap<usize, &NodeProto> = BTreeMap::new();
+    for n in &model.graph().node {
+        for p in module_paths(model, n) {
+            if let Some(c) = re.captures(&p) {
+                if let Ok(l) = c[1].parse::<usize>() {
+                    last.insert(l, n);
+                }
+            }
+        }
+    }
+    if last.is_empty() {
+        return Err(Error::Model(format!(
+            "{}: no {what} modules found (looked for module paths like 'h.N' / 'layers.N'{} in node names and dynamo name scopes); use --hook REGEX on tensor names",
+            model.path.display(),
+            if what == "mlp" { " + '.mlp'" } else { "" }
+        )));
+    }
+    Ok(last
+        .into_iter()
+        .map(|(layer, n)| Hook {
+            layer,
+            node: n.name.clone(),
+            op_type: n.op_type.clone(),
+            tensor: n.output[0].clone(),
+            matched_by: format!("{what} output"),
+        })
+        .collect())
+}
+
+fn matching_tensors(model: &OnnxModel, pattern: &str) -> Result<Vec<Hook>> {
+    let re = Regex::new(&format!("^(?:{pattern})$")).map_err(|e| Error::Input(format!("--hook '{pattern}': {e}")))?;
+    let hooks: Vec<Hook> = model
+        .graph()
+        .node
+        .iter()
+        .flat_map(|n| n.output.iter().map(move |o| (n, o)))
+        .filter(|(_, o)| re.is_match(o))
+        .enumerate()
+        .map(|(layer, (n, o))| Hook {
+            layer,
+            node: n.name.clone(),
+            op_type: n.op_type.clone(),
+            tensor: o.clone(),
+            matched_by: format!("--hook {pattern}"),
+        })
+        .collect();
+    if hooks.is_empty() {
+        return Err(Error::Input(format!("{}: --hook '{pattern}' matches no tensor name (the whole name must match)", model.path.display())));
+    }
+    Ok(hooks)
+}

@@ -8,7 +8,7 @@ use crate::onnx::OnnxModel;
 use std::collections::{BTreeMap, HashSet};
 use std::fmt::Write;
 
-pub fn inspect(model: &OnnxModel) -> Result<String> {
+pub fn inspect(model: &OnnxModel, extra: Option<&crate::hooks::HookKind>) -> Result<String> {
     let facts = analyse(&model.proto, &model.path)?;
     let g = model.graph();
     let mut s = String::new();
@@ -39,6 +39,13 @@ pub fn inspect(model: &OnnxModel) -> Result<String> {
             "  layer {}: {} {}  <- {} '{}' (matched by {})",
             h.layer, h.tensor, fact(&h.tensor), h.op_type, h.node, h.matched_by
         );
+    }
+    if let Some(kind) = extra {
+        let found = crate::hooks::find_hooks(model, kind)?;
+        let _ = writeln!(s, "--hook {kind:?} matches {} tensors:", found.len());
+        for h in &found {
+            let _ = writeln!(s, "  layer {}: {} {}  <- {} '{}' ({})", h.layer, h.tensor, fact(&h.tensor), h.op_type, h.node, h.matched_by);
+        }
     }
     // Op types on float paths from the hooks to the logits.
     let mut reach: HashSet<&str> = hooks.iter().map(|h| h.tensor.as_str()).collect();

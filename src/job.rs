@@ -38,6 +38,7 @@ pub struct JobOptions {
     /// Where batch results are written and resumed from.
     pub work_dir: Option<PathBuf>,
     pub metric: crate::augment::Metric,
+    pub hooks: crate::hooks::HookKind,
     /// Token ids given directly (no tokenizer is read); `pairs` names them in the results.
     pub tokens: Option<(Vec<PromptPair>, TokenizedPrompts)>,
     pub progress: bool,
@@ -58,6 +59,7 @@ impl JobOptions {
             work_dir: None,
             tokens: None,
             metric: Default::default(),
+            hooks: crate::hooks::HookKind::AttnOut,
             progress: false,
         }
     }
@@ -96,6 +98,8 @@ pub struct Manifest {
     pub model: String,
     #[serde(default)]
     pub metric: crate::augment::Metric,
+    #[serde(default = "default_hooks")]
+    pub hooks_kind: crate::hooks::HookKind,
     pub runtime: String,
     pub n_heads: usize,
     pub hooks: Vec<Hook>,
@@ -128,6 +132,10 @@ pub struct Timings {
     pub run: f64,
 }
 
+fn default_hooks() -> crate::hooks::HookKind {
+    crate::hooks::HookKind::AttnOut
+}
+
 pub fn default_tokenizer(model: &Path) -> PathBuf {
     model.parent().unwrap_or(Path::new(".")).join("tokenizer.json")
 }
@@ -152,7 +160,10 @@ pub fn run_job(opts: &JobOptions) -> Result<Option<JobResult>> {
 
     let clock = Instant::now();
     let model_path = model.path.clone();
-    let aug = augment_with(model, AugmentOptions { raw_outputs: false, grid_outputs: true, heads: opts.heads, metric: opts.metric })?;
+    let aug = augment_with(
+        model,
+        AugmentOptions { raw_outputs: false, grid_outputs: true, heads: opts.heads, metric: opts.metric, hooks: opts.hooks.clone() },
+    )?;
     let tokens = match (&opts.tokens, &tok) {
         (Some((_, t)), _) => {
             check_token_ids(t, aug.vocab)?;
@@ -161,7 +172,12 @@ pub fn run_job(opts: &JobOptions) -> Result<Option<JobResult>> {
         (None, Some(tok)) => prompts::tokenize(tok, &pairs, opts.bos, aug.vocab)?,
         (None, None) => unreachable!("a tokenizer is read when no tokens are given"),
     };
-    let n_heads = aug.heads.ok_or_else(|| Error::Model(format!("{}: no head count", model_path.display())))?;
+    // Hooks that do not split into heads (resid, mlp, patterns) have a positions grid only.
+    let n_heads = match (opts.hooks.has_heads(), aug.heads) {
+        (true, Some(h)) => h,
+        (true, None) => return Err(Error::Model(format!("{}: no head count", model_path.display()))),
+        (false, _) => 0,
+    };
     let mut aug = aug;
     let for_runtime = runtime::prepare(&mut aug.proto, &opts.runtime);
     t.rewrite = clock.elapsed().as_secs_f64();
@@ -212,6 +228,7 @@ pub fn run_job(opts: &JobOptions) -> Result<Option<JobResult>> {
     let manifest = Manifest {
         model: opts.model.display().to_string(),
         metric: opts.metric,
+        hooks_kind: opts.hooks.clone(),
         runtime: rt.as_ref().map_or_else(|| "none (all batches resumed)".into(), |r| r.describe()),
         n_heads,
         hooks: aug.hooks.clone(),
@@ -331,7 +348,12 @@ fn run_batch(
     let scale = clean.len() as f64 * (mc - mk);
     let mut grids = vec![PairGrid::default(); clean.len()];
     for h in &aug.hooks {
-        for (name, is_heads) in [(names::heads(h.layer), true), (names::positions(h.layer), false)] {
+        let wanted = if aug.heads.is_some() {
+            vec![(names::heads(h.layer), true), (names::positions(h.layer), false)]
+        } else {
+            vec![(names::positions(h.layer), false)]
+        };
+        for (name, is_heads) in wanted {
             let a = out.remove(&name).ok_or_else(|| Error::Runtime(format!("the runtime returned no '{name}'")))?;
             if let Some((i, v)) = first_non_finite(&a) {
                 return Err(Error::Numeric(format!(

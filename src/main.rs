@@ -21,6 +21,9 @@ enum Cmd {
     Inspect {
         /// ONNX model file.
         model: PathBuf,
+        /// Also list what this hook choice (attn, resid, mlp or a tensor-name regex) matches.
+        #[arg(long)]
+        hook: Option<attrpatch::hooks::HookKind>,
     },
     /// Combine the output folders of `run --shard K/N` into the results of one run.
     Merge {
@@ -85,6 +88,10 @@ struct RunArgs {
     /// Reuse the batch files an interrupted run left in --out instead of recomputing them.
     #[arg(long)]
     resume: bool,
+    /// What to attribute: attn (input of each attention out-projection, per head), resid (each
+    /// block's output), mlp (each MLP's output), or a regex over tensor names.
+    #[arg(long, default_value = "attn")]
+    hook: attrpatch::hooks::HookKind,
     /// The quantity to attribute: logit-diff (the tutorial's), logprob-diff, prob (of the correct answer), kl.
     #[arg(long, value_enum, default_value_t = attrpatch::augment::Metric::LogitDiff)]
     metric: attrpatch::augment::Metric,
@@ -113,6 +120,7 @@ fn run(args: RunArgs) -> Result<(), Error> {
     opts.per_prompt = args.per_prompt;
     opts.shard = args.shard;
     opts.metric = args.metric;
+    opts.hooks = args.hook;
     opts.progress = true;
     // Fail on an unwritable output folder before spending time on the model.
     std::fs::create_dir_all(&args.out).map_err(|e| Error::io(&args.out, e))?;
@@ -195,7 +203,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.cmd {
         Cmd::Run(a) => run(a),
-        Cmd::Inspect { model } => OnnxModel::load(&model).and_then(|m| inspect::inspect(&m)).map(|s| print!("{s}")),
+        Cmd::Inspect { model, hook } => OnnxModel::load(&model).and_then(|m| inspect::inspect(&m, hook.as_ref())).map(|s| print!("{s}")),
         Cmd::Rewrite { model, output } => rewrite(&model, &output),
         Cmd::Merge { shards, out } => merge_cmd(&shards, &out),
     };

@@ -51,7 +51,9 @@ pub fn write_results(r: &JobResult, out_dir: &Path) -> Result<Vec<PathBuf>> {
     let mut written = vec![];
     let heads = heads_grid(r);
     let positions = positions_grid(r);
-    for g in [&heads, &positions] {
+    // Hooks that do not split into heads have no heads grid.
+    let grids: Vec<&Grid> = if r.manifest.n_heads > 0 { vec![&heads, &positions] } else { vec![&positions] };
+    for g in grids {
         let png = out_dir.join(format!("{}.png", g.name));
         write_heatmap_png(g, &png)?;
         let csv = out_dir.join(format!("{}.csv", g.name));
@@ -76,7 +78,8 @@ pub fn write_results(r: &JobResult, out_dir: &Path) -> Result<Vec<PathBuf>> {
         "n_heads": m.n_heads,
         "hooks": m.hooks,
         "prompts": m.prompts,
-        "heads": grid_json(&heads),
+        "hooks_kind": m.hooks_kind,
+        "heads": if m.n_heads > 0 { grid_json(&heads) } else { serde_json::Value::Null },
         "positions": grid_json(&positions),
         "seconds": r.seconds,
     });

@@ -31,7 +31,7 @@ fn iterations(default: usize) -> usize {
 fn exercise(bytes: &[u8], what: &str) {
     let result = std::panic::catch_unwind(|| {
         if let Ok(m) = OnnxModel::from_bytes(bytes, Path::new("fuzz.onnx")) {
-            let _ = attrpatch::inspect::inspect(&m);
+            let _ = attrpatch::inspect::inspect(&m, None);
             let _ = attrpatch::augment::augment(m);
         }
     });
@@ -143,7 +143,7 @@ fn regression_reduce_axis_beyond_rank_panicked_in_tract() {
     n.attribute.iter_mut().find(|a| a.name == "axes").unwrap().ints = vec![7];
     let bytes = m.encode_to_vec();
     let model = OnnxModel::from_bytes(&bytes, Path::new("bad-axis.onnx")).unwrap();
-    let e = attrpatch::inspect::inspect(&model).err().expect("an error, not a panic");
+    let e = attrpatch::inspect::inspect(&model, None).err().expect("an error, not a panic");
     assert!(e.to_string().contains("bad-axis.onnx"), "{e}");
     eprintln!("{e}");
 }

@@ -9,7 +9,8 @@ use super::names;
 use crate::onnx::builder::GraphBuilder;
 
 /// Emits layer `layer`'s grid outputs; `shape_bs` is Shape(token input) = [B, S].
-pub fn emit(b: &mut GraphBuilder, layer: usize, clean: &str, corrupted: &str, grad: &str, shape_bs: &str, heads: usize) {
+/// `heads`: None for hooks that do not split into heads (positions only).
+pub fn emit(b: &mut GraphBuilder, layer: usize, clean: &str, corrupted: &str, grad: &str, shape_bs: &str, heads: Option<usize>) {
     let diff = b.sub(clean, corrupted);
     let p = b.mul(grad, &diff);
     let minus_one = b.const_i64s(&[-1]);
@@ -17,6 +18,7 @@ pub fn emit(b: &mut GraphBuilder, layer: usize, clean: &str, corrupted: &str, gr
     let p3 = b.reshape(&p, &bsd);
     let positions = b.reduce_sum(&p3, &[2], false);
     b.node_named("Identity", &[&positions], &names::positions(layer), vec![]);
+    let Some(heads) = heads else { return };
     let last = b.matmul(names::POSITION_ONEHOT, &p3);
     let bhd = b.const_i64s(&[0, heads as i64, -1]);
     let per_head = b.reshape(&last, &bhd);

@@ -18,7 +18,7 @@ pub use metric::Metric;
 
 use crate::autodiff::Backward;
 use crate::error::{Error, Result};
-use crate::hooks::{constant_tensors, find_attention_out_hooks, find_logits, Hook};
+use crate::hooks::{constant_tensors, find_logits, Hook};
 use crate::onnx::builder::GraphBuilder;
 use crate::onnx::facts::{analyse, analyse_with_probe, Dim, Facts};
 use crate::onnx::normalize::all_names;
@@ -95,7 +95,7 @@ pub struct Augmented {
 }
 
 /// What the augmented graph outputs besides the baselines.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct AugmentOptions {
     /// The hook activations (clean, corrupted) and gradients themselves.
     pub raw_outputs: bool,
@@ -104,11 +104,18 @@ pub struct AugmentOptions {
     /// Overrides the head count read from the graph.
     pub heads: Option<usize>,
     pub metric: Metric,
+    pub hooks: crate::hooks::HookKind,
 }
 
 impl Default for AugmentOptions {
     fn default() -> Self {
-        AugmentOptions { raw_outputs: true, grid_outputs: true, heads: None, metric: Metric::LogitDiff }
+        AugmentOptions {
+            raw_outputs: true,
+            grid_outputs: true,
+            heads: None,
+            metric: Metric::LogitDiff,
+            hooks: crate::hooks::HookKind::AttnOut,
+        }
     }
 }
 
@@ -120,7 +127,7 @@ pub fn augment(model: OnnxModel) -> Result<Augmented> {
 
 pub fn augment_with(model: OnnxModel, opts: AugmentOptions) -> Result<Augmented> {
     check_inputs(&model)?;
-    let hooks = find_attention_out_hooks(&model)?;
+    let hooks = crate::hooks::find_hooks(&model, &opts.hooks)?;
     let facts0 = analyse(&model.proto, &model.path)?;
     let logits = find_logits(&model, &facts0)?;
     let g0 = model.graph();
@@ -233,14 +240,14 @@ pub fn augment_with(model: OnnxModel, opts: AugmentOptions) -> Result<Augmented>
     }
     let facts = analyse_with_probe(&proto, &path, &probe)?;
     let g = proto.graph.as_mut().unwrap();
-    let heads = opts.heads.or_else(|| crate::hooks::infer_heads(g, &facts, &hooks[0].tensor));
+    let heads = if opts.hooks.has_heads() { opts.heads.or_else(|| crate::hooks::infer_heads(g, &facts, &hooks[0].tensor)) } else { None };
     let seed = b.const_tensor(dtype, &[1, 1], &[1.0]);
     let wrt: Vec<String> = hooks.iter().map(|h| h.tensor.clone()).collect();
     let grads = Backward { graph: g, facts: &facts, stop: &stop }.build(&mut b, &wrt, names::METRIC, &seed)?;
 
     let grid_heads = match (opts.grid_outputs, heads) {
         (true, Some(h)) => Some(h),
-        (true, None) if !opts.raw_outputs => {
+        (true, None) if !opts.raw_outputs && opts.hooks.has_heads() => {
             return Err(Error::Model(format!(
                 "{}: could not read the number of attention heads from the graph around '{}'; pass --heads N",
                 path.display(),
@@ -265,9 +272,11 @@ pub fn augment_with(model: OnnxModel, opts: AugmentOptions) -> Result<Augmented>
                 g.output.push(value_info(&out, dtype, &shape));
             }
         }
-        if let Some(n_heads) = grid_heads {
-            grid_nodes::emit(&mut b, h.layer, &clean_act, &h.tensor, gr, &shape_bs, n_heads);
-            g.output.push(value_info(&names::heads(h.layer), dtype, &[batch.clone(), Dim::Known(n_heads as i64)]));
+        if opts.grid_outputs {
+            grid_nodes::emit(&mut b, h.layer, &clean_act, &h.tensor, gr, &shape_bs, grid_heads);
+            if let Some(n_heads) = grid_heads {
+                g.output.push(value_info(&names::heads(h.layer), dtype, &[batch.clone(), Dim::Known(n_heads as i64)]));
+            }
             g.output.push(value_info(&names::positions(h.layer), dtype, &[batch.clone(), seq.clone()]));
         }
     }

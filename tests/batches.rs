@@ -20,7 +20,7 @@ fn dir(name: &str) -> PathBuf {
 }
 
 fn run(out: &Path, extra: &[&str]) -> String {
-    let mut args = vec!["run", "--device", "cpu", "--prompts", "models/ioi-prompts.jsonl", "--per-prompt", "--out", out.to_str().unwrap()];
+    let mut args = vec!["run", "--model", "models/gpt2-tiny-random.onnx", "--device", "cpu", "--prompts", "models/ioi-prompts.jsonl", "--per-prompt", "--out", out.to_str().unwrap()];
     args.extend_from_slice(extra);
     String::from_utf8_lossy(&attrpatch(&args).stdout).to_string()
 }

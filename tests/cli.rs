@@ -23,7 +23,7 @@ fn tmp_dir(name: &str) -> PathBuf {
 #[test]
 fn run_with_defaults_writes_every_output() {
     let out = tmp_dir("run");
-    let o = attrpatch(&["run", "--device", "cpu", "--out", out.to_str().unwrap()]);
+    let o = attrpatch(&["run", "--model", "models/gpt2-tiny-random.onnx", "--device", "cpu", "--out", out.to_str().unwrap()]);
     let t = text(&o);
     assert!(o.status.success(), "{t}");
     for line in ["Clean logit diff:", "Corrupted logit diff:", "Clean Baseline is 1: 1.0000", "Corrupted Baseline is 0: 0.0000", "(CPU)"] {
@@ -46,7 +46,7 @@ fn run_with_defaults_writes_every_output() {
 #[test]
 fn prompts_from_jsonl() {
     let out = tmp_dir("jsonl");
-    let o = attrpatch(&["run", "--device", "cpu", "--prompts", "models/ioi-prompts.jsonl", "--out", out.to_str().unwrap()]);
+    let o = attrpatch(&["run", "--model", "models/gpt2-tiny-random.onnx", "--device", "cpu", "--prompts", "models/ioi-prompts.jsonl", "--out", out.to_str().unwrap()]);
     assert!(o.status.success(), "{}", text(&o));
     let v: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("results.json")).unwrap()).unwrap();
     let heads: Vec<Vec<f64>> = serde_json::from_value(v["heads"]["values"].clone()).unwrap();

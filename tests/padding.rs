@@ -16,7 +16,7 @@ fn run(name: &str, jsonl: &str) -> (PathBuf, serde_json::Value) {
     std::fs::write(&p, jsonl).unwrap();
     let out = d.join("out");
     let o = Command::new(env!("CARGO_BIN_EXE_attrpatch"))
-        .args(["run", "--device", "cpu", "--per-prompt", "--prompts", p.to_str().unwrap(), "--out", out.to_str().unwrap()])
+        .args(["run", "--model", "models/gpt2-tiny-random.onnx", "--device", "cpu", "--per-prompt", "--prompts", p.to_str().unwrap(), "--out", out.to_str().unwrap()])
         .current_dir(root())
         .output()
         .unwrap();

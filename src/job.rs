@@ -146,6 +146,7 @@ pub fn run_job(opts: &JobOptions) -> Result<Option<JobResult>> {
     std::fs::metadata(&opts.model).map_err(|e| Error::io(&opts.model, e))?;
     let mut t = Timings::default();
     let clock = Instant::now();
+    // Read before the model: a wrong tokenizer path fails before the slow part.
     let tok = match &opts.tokens {
         Some(_) => None,
         None => Some(PromptTokenizer::from_file(&opts.tokenizer.clone().unwrap_or_else(|| default_tokenizer(&opts.model)))?),
@@ -165,12 +166,12 @@ pub fn run_job(opts: &JobOptions) -> Result<Option<JobResult>> {
         AugmentOptions { raw_outputs: false, grid_outputs: true, heads: opts.heads, metric: opts.metric, hooks: opts.hooks.clone() },
     )?;
     let tokens = match (&opts.tokens, &tok) {
-        (Some((_, t)), _) => {
+        (_, Some(tok)) => prompts::tokenize(tok, &pairs, opts.bos, aug.vocab)?,
+        (Some((_, t)), None) => {
             check_token_ids(t, aug.vocab)?;
             t.clone()
         }
-        (None, Some(tok)) => prompts::tokenize(tok, &pairs, opts.bos, aug.vocab)?,
-        (None, None) => unreachable!("a tokenizer is read when no tokens are given"),
+        (None, None) => return Err(Error::Input("no tokenizer and no token ids".into())),
     };
     // Hooks that do not split into heads (resid, mlp, patterns) have a positions grid only.
     let n_heads = match (opts.hooks.has_heads(), aug.heads) {

@@ -46,7 +46,7 @@ enum Cmd {
 
 #[derive(Args)]
 struct RunArgs {
-    /// ONNX model file [default: models/gpt2-tiny-random.onnx].
+    /// ONNX model file [default: models/ioi-gpt2/model.onnx, the bundled IOI model].
     #[arg(long)]
     model: Option<PathBuf>,
     /// tokenizer.json [default: the one beside the model].
@@ -97,12 +97,13 @@ struct RunArgs {
     metric: attrpatch::augment::Metric,
 }
 
+/// The bundled model trained on IOI (models/ioi-gpt2/MODEL_CARD.md).
 fn default_model() -> PathBuf {
-    let local = Path::new("models/gpt2-tiny-random.onnx");
+    let local = Path::new("models/ioi-gpt2/model.onnx");
     if local.is_file() {
         return local.to_path_buf();
     }
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("models/gpt2-tiny-random.onnx")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("models/ioi-gpt2/model.onnx")
 }
 
 fn run(args: RunArgs) -> Result<(), Error> {

@@ -124,6 +124,41 @@ fn measure(aug_bytes: &[u8], plain_bytes: &[u8], aug: &attrpatch::augment::Augme
     (median(ta), median(tb))
 }
 
+/// Runs the whole job on the PyTorch benchmark's own prompts and compares
+/// the grids with the ones PyTorch autograd computed there.
+fn compare_with_pytorch(a: &Args, v: &serde_json::Value) -> Option<f64> {
+    let ids = |k: &str| -> Option<Vec<Vec<i64>>> { serde_json::from_value(v["inputs"][k].clone()).ok() };
+    let (clean, corrupted) = (ids("clean")?, ids("corrupted")?);
+    let answers: Vec<Vec<i64>> = serde_json::from_value(v["inputs"]["answers"].clone()).ok()?;
+    let want_heads: Vec<Vec<f64>> = serde_json::from_value(v["grids"]["heads"].clone()).ok()?;
+    let want_pos: Vec<Vec<f64>> = serde_json::from_value(v["grids"]["positions"].clone()).ok()?;
+    let seq = clean[0].len();
+    let n = clean.len();
+    let tokens = TokenizedPrompts {
+        correct_ids: answers.iter().map(|a| a[0]).collect(),
+        incorrect_ids: answers.iter().map(|a| a[1]).collect(),
+        clean_ids: clean,
+        corrupted_ids: corrupted,
+        seq_len: seq,
+        lengths: vec![seq; n],
+        clean_tokens: vec![vec![]; n],
+    };
+    let pairs = vec![attrpatch::prompts::PromptPair { clean: String::new(), corrupted: String::new(), correct: String::new(), incorrect: String::new() }; n];
+    let mut o = attrpatch::job::JobOptions::new(a.model.clone());
+    o.tokens = Some((pairs, tokens));
+    o.runtime = opts(a);
+    let r = attrpatch::job::run_job(&o).ok()??;
+    let mut worst = 0f64;
+    // Relative to each grid's largest entry: PyTorch's reference here is float32.
+    for (got, want) in [(&r.grids.heads, &want_heads), (&r.grids.positions, &want_pos)] {
+        let scale = want.iter().flatten().fold(0f64, |m, x| m.max(x.abs()));
+        for (g, w) in got.iter().flatten().zip(want.iter().flatten()) {
+            worst = worst.max((g - w).abs() / scale);
+        }
+    }
+    Some(worst)
+}
+
 fn main() {
     let a = args();
     let file_mb = std::fs::metadata(&a.model).unwrap().len() as f64 / 1e6;
@@ -161,6 +196,10 @@ fn main() {
         println!("    c/a = {:.1}  (target >= 5)", tc / ta);
         report["pytorch_attribution_s"] = tc.into();
         report["c_over_a"] = (tc / ta).into();
+        if let Some(err) = compare_with_pytorch(&a, &v) {
+            println!("    grids vs PyTorch's on the same prompts: max relative error {err:.2e} (PyTorch float32)");
+            report["max_rel_error_vs_pytorch"] = err.into();
+        }
     }
     println!("(d) rewrite of the model: load {load_s:.2} s + augment {augment_s:.2} s = {:.2} s (target < 3 s)", load_s + augment_s);
     println!("    peak RSS after rewrite {rewrite_peak:.0} MB = {:.2}x the model file (target < 2x)", rewrite_peak / file_mb);

@@ -18,7 +18,7 @@ fn job(model: PathBuf, bos: bool, kind: RuntimeKind) -> attrpatch::job::JobResul
 fn check(model: PathBuf, reference_file: &str, bos: bool, kind: RuntimeKind) {
     let want = reference(reference_file);
     let r = job(model.clone(), bos, kind);
-    let tag = format!("{} / {kind:?}", model.file_name().unwrap().to_string_lossy());
+    let tag = format!("{} / {reference_file} / {kind:?}", model.file_name().unwrap().to_string_lossy());
     assert!(close(r.clean_logit_diff, want.clean_logit_diff), "{tag}: clean ld {} vs {}", r.clean_logit_diff, want.clean_logit_diff);
     assert!(
         close(r.corrupted_logit_diff, want.corrupted_logit_diff),

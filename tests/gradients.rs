@@ -1667,3 +1667,22 @@ fn slice_with_step_two_is_a_clear_error() {
         .backward_error(&[&[2]]);
     assert!(e.contains("Slice") && e.contains("step"), "{e}");
 }
+
+#[test]
+fn slice_with_bounds_computed_from_the_shape() {
+    // Rotary embeddings' x[..., : x.shape[-1] // 2]: the bounds are not constants.
+    case("slice_with_bounds_computed_from_the_shape", 17)
+        .var("x", &[2, 3, 4])
+        .ints("m1", &[-1])
+        .ints("big", &[i64::MAX])
+        .ints("two", &[2])
+        .ints("zero", &[0])
+        .node("Shape", &["x"], &["sh"], vec![])
+        .node("Slice", &["sh", "m1", "big"], &["last"], vec![])
+        .node("Div", &["last", "two"], &["half"], vec![])
+        .node("Slice", &["x", "zero", "half", "m1"], &["lo"], vec![])
+        .node("Slice", &["x", "half", "big", "m1"], &["hi"], vec![])
+        .node("Mul", &["lo", "hi"], &["y"], vec![])
+        .loss(&["y"])
+        .check();
+}

@@ -74,32 +74,44 @@ pub fn expand(cx: &mut RuleCtx, g: &[Option<String>], _need: &[bool]) -> Result<
 }
 
 /// y = x[starts:ends] along `axes` (step 1): the gradient is `g` padded
-/// with zeros back to x's extent. The pads are computed from Shape(x) at run
-/// time, so slices along dynamic axes stay right for every sequence length.
+/// with zeros back to x's extent. Bounds and pads are computed at run time
+/// from the starts/ends tensors and Shape(x), so computed bounds (rotary
+/// halves `x[..., : d // 2]`) and dynamic axes work for every sequence length.
 pub fn slice(cx: &mut RuleCtx, g: &[Option<String>], _need: &[bool]) -> Result<Grads> {
     let g = one(cx, g)?;
     let x = cx.input(0).to_string();
     let rank = cx.rank(&x)?;
-    let starts = cx.const_ints(1)?;
-    let ends = cx.const_ints(2)?;
-    let axes = if cx.input(3).is_empty() { (0..starts.len() as i64).collect() } else { cx.const_ints(3)? };
-    let steps = if cx.input(4).is_empty() { vec![1; starts.len()] } else { cx.const_ints(4)? };
-    if steps.iter().any(|&s| s != 1) {
-        return Err(cx.err(format!("steps {steps:?}: only step 1 is supported")));
+    let n_bounds = cx.facts.shape(cx.input(1)).and_then(|s| match s {
+        [crate::onnx::facts::Dim::Known(n)] => Some(*n as usize),
+        _ => None,
+    });
+    let axes = if cx.input(3).is_empty() {
+        let n = n_bounds.ok_or_else(|| cx.err("the number of sliced axes is unknown"))?;
+        (0..n as i64).collect()
+    } else {
+        cx.const_ints(3)?
+    };
+    if !cx.input(4).is_empty() {
+        let steps = cx.const_ints(4)?;
+        if steps.iter().any(|&s| s != 1) {
+            return Err(cx.err(format!("steps {steps:?}: only step 1 is supported")));
+        }
     }
-    if starts.len() != ends.len() || starts.len() != axes.len() {
-        return Err(cx.err("starts, ends and axes differ in length"));
-    }
+    let to_i64 = |cx: &mut RuleCtx, t: &str| if cx.dtype(t) == crate::onnx::consts::INT64 { t.to_string() } else { cx.b.cast(t, crate::onnx::consts::INT64) };
+    let (starts_in, ends_in) = (cx.input(1).to_string(), cx.input(2).to_string());
+    let starts = to_i64(cx, &starts_in);
+    let ends = to_i64(cx, &ends_in);
     let shape = cx.b.shape(&x);
     let zero = cx.b.const_i64s(&[0]);
     let mut before = vec![zero.clone(); rank];
     let mut after = vec![zero.clone(); rank];
-    for ((&s, &e), &a) in starts.iter().zip(&ends).zip(&axes) {
+    for (k, &a) in axes.iter().enumerate() {
         let a = cx.axis(a, rank)?;
-        let (a0, a1) = (cx.b.const_i64s(&[a as i64]), cx.b.const_i64s(&[a as i64 + 1]));
-        let dim = cx.b.node("Slice", &[&shape, &a0, &a1], vec![]);
-        let begin = clamp_index(cx, s, &dim, &zero);
-        let end = clamp_index(cx, e, &dim, &zero);
+        let dim = pick(cx, &shape, a as i64);
+        let s = pick(cx, &starts, k as i64);
+        let e = pick(cx, &ends, k as i64);
+        let begin = clamp_index(cx, &s, &dim, &zero);
+        let end = clamp_index(cx, &e, &dim, &zero);
         let end = cx.b.node("Max", &[&end, &begin], vec![]);
         after[a] = cx.b.sub(&dim, &end);
         before[a] = begin;
@@ -109,13 +121,17 @@ pub fn slice(cx: &mut RuleCtx, g: &[Option<String>], _need: &[bool]) -> Result<G
     Ok(vec![Some(cx.b.node("Pad", &[&g, &pads], vec![]))])
 }
 
+/// Element `k` of a 1-D int64 tensor, as a 1-element tensor.
+fn pick(cx: &mut RuleCtx, t: &str, k: i64) -> String {
+    let (a, b) = (cx.b.const_i64s(&[k]), cx.b.const_i64s(&[k + 1]));
+    cx.b.node("Slice", &[t, &a, &b], vec![])
+}
+
 /// A Slice bound as ONNX reads it: negative counts from the end, clamped to [0, dim].
-fn clamp_index(cx: &mut RuleCtx, v: i64, dim: &str, zero: &str) -> String {
-    let c = cx.b.const_i64s(&[v]);
-    if v >= 0 {
-        cx.b.node("Min", &[&c, dim], vec![])
-    } else {
-        let from_end = cx.b.add(dim, &c);
-        cx.b.node("Max", &[&from_end, zero], vec![])
-    }
+fn clamp_index(cx: &mut RuleCtx, v: &str, dim: &str, zero: &str) -> String {
+    let negative = cx.b.node("Less", &[v, zero], vec![]);
+    let from_end = cx.b.add(v, dim);
+    let adjusted = cx.b.node("Where", &[&negative, &from_end, v], vec![]);
+    let low = cx.b.node("Max", &[&adjusted, zero], vec![]);
+    cx.b.node("Min", &[&low, dim], vec![])
 }

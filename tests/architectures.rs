@@ -39,6 +39,11 @@ fn check(name: &str) {
 }
 
 #[test]
+fn gpt2_dynamo_op18() {
+    check("gpt2-dynamo-op18");
+}
+
+#[test]
 fn gpt2_legacy_op14() {
     check("gpt2-legacy-op14");
 }
@@ -49,8 +54,23 @@ fn gpt2_legacy_op17() {
 }
 
 #[test]
+fn gpt2_optimum() {
+    check("gpt2-optimum");
+}
+
+#[test]
+fn gptneox_dynamo_op18() {
+    check("gptneox-dynamo-op18");
+}
+
+#[test]
 fn gptneox_legacy_op14() {
     check("gptneox-legacy-op14");
+}
+
+#[test]
+fn llama_dynamo_op18() {
+    check("llama-dynamo-op18");
 }
 
 #[test]

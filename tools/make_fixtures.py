@@ -65,6 +65,18 @@ def torch_logits32(model, ids):
                      return_dict=False)[0]
 
 
+def hook_inputs32(model, arch, ids):
+    acts = {}
+    handles = [mod.register_forward_pre_hook(lambda _m, inp, i=i: acts.__setitem__(i, inp[0].detach()))
+               for i, _name, mod in M.hook_modules(model, arch)]
+    try:
+        torch_logits32(model, ids)
+    finally:
+        for h in handles:
+            h.remove()
+    return acts
+
+
 def make_one(name, refs):
     import onnx
     arch, exporter, opset = FIXTURES[name]
@@ -97,6 +109,12 @@ def make_one(name, refs):
     diff_other = float(abs(F.ort_logits(onnx_path, other.numpy())
                            - torch_logits32(model, other).numpy()).max())
 
+    # the hook tensors hold the hook modules' inputs: compare with PyTorch's (float32, clean batch)
+    hook_vals = F.run_tensors(onnx_path, starts, clean.numpy())
+    torch_acts = hook_inputs32(model, arch, clean)
+    hook_diff = max(float(abs(v.reshape(-1) - torch_acts[i].numpy().reshape(-1)).max())
+                    for i, v in enumerate(hook_vals))
+
     cfg = model.config
     out = {
         "arch": arch,
@@ -117,6 +135,8 @@ def make_one(name, refs):
         "hook_nodes": [hooks[i][0].name for i in range(n_layer)],
         "hook_node_ops": [hooks[i][0].op_type for i in range(n_layer)],
         "hook_tensors": starts,
+        "hook_tensor_shapes_4x10": [list(t.shape) for t in hook_vals],
+        "hook_max_abs_diff": hook_diff,
         "path_ops": float_ops,
         "path_ops_with_shape_paths": all_ops,
         "ort_max_abs_diff": diff,
@@ -124,13 +144,13 @@ def make_one(name, refs):
         "onnx_bytes": size,
     }
     out.update({k: v for k, v in ref.items()})
-    ok = diff < ORT_TOL and diff_other < ORT_TOL
+    ok = diff < ORT_TOL and diff_other < ORT_TOL and hook_diff < ORT_TOL
     out["ort_check"] = "pass" if ok else "FAIL"
     with open(os.path.join(OUT_DIR, name + ".json"), "w") as f:
         json.dump(out, f, indent=1)
         f.write("\n")
     print(f"{name}: {size} bytes, export {t_export:.1f}s, inputs {out['inputs']}, "
-          f"ort diff {diff:.2e} / {diff_other:.2e} {'ok' if ok else 'FAIL'}, "
+          f"ort diff {diff:.2e} / {diff_other:.2e}, hooks {hook_diff:.2e} {'ok' if ok else 'FAIL'}, "
           f"CLEAN {ref['clean_logit_diff']:.3e} CORR {ref['corrupted_logit_diff']:.3e}, "
           f"f32 vs f64 {ref['f32_vs_f64_max_rel']}")
     print(f"  path ops: {' '.join(float_ops)}")

@@ -132,20 +132,8 @@ fn compare_with_pytorch(a: &Args, v: &serde_json::Value) -> Option<f64> {
     let answers: Vec<Vec<i64>> = serde_json::from_value(v["inputs"]["answers"].clone()).ok()?;
     let want_heads: Vec<Vec<f64>> = serde_json::from_value(v["grids"]["heads"].clone()).ok()?;
     let want_pos: Vec<Vec<f64>> = serde_json::from_value(v["grids"]["positions"].clone()).ok()?;
-    let seq = clean[0].len();
-    let n = clean.len();
-    let tokens = TokenizedPrompts {
-        correct_ids: answers.iter().map(|a| a[0]).collect(),
-        incorrect_ids: answers.iter().map(|a| a[1]).collect(),
-        clean_ids: clean,
-        corrupted_ids: corrupted,
-        seq_len: seq,
-        lengths: vec![seq; n],
-        clean_tokens: vec![vec![]; n],
-    };
-    let pairs = vec![attrpatch::prompts::PromptPair { clean: String::new(), corrupted: String::new(), correct: String::new(), incorrect: String::new() }; n];
     let mut o = attrpatch::job::JobOptions::new(a.model.clone());
-    o.tokens = Some((pairs, tokens));
+    o.with_token_ids(clean, corrupted, &answers);
     o.runtime = opts(a);
     let r = attrpatch::job::run_job(&o).ok()??;
     let mut worst = 0f64;

@@ -45,6 +45,23 @@ pub struct JobOptions {
 }
 
 impl JobOptions {
+    /// Feeds these token ids (equal-length prompts; answers as [correct, incorrect])
+    /// instead of tokenizing text: for fixtures and callers with their own tokenizer.
+    pub fn with_token_ids(&mut self, clean: Vec<Vec<i64>>, corrupted: Vec<Vec<i64>>, answers: &[Vec<i64>]) {
+        let (n, seq) = (clean.len(), clean.first().map_or(0, |r| r.len()));
+        let tokens = TokenizedPrompts {
+            correct_ids: answers.iter().map(|a| a.first().copied().unwrap_or(-1)).collect(),
+            incorrect_ids: answers.iter().map(|a| a.get(1).copied().unwrap_or(-1)).collect(),
+            clean_ids: clean,
+            corrupted_ids: corrupted,
+            seq_len: seq,
+            lengths: vec![seq; n],
+            clean_tokens: vec![vec![]; n],
+        };
+        let unnamed = PromptPair { clean: String::new(), corrupted: String::new(), correct: String::new(), incorrect: String::new() };
+        self.tokens = Some((vec![unnamed; n], tokens));
+    }
+
     pub fn new(model: PathBuf) -> Self {
         JobOptions {
             model,

@@ -4,7 +4,6 @@
 
 mod common;
 use attrpatch::job::{run_job, JobOptions};
-use attrpatch::prompts::{PromptPair, TokenizedPrompts};
 use attrpatch::runtime::{Device, RuntimeKind, RuntimeOptions};
 use common::*;
 
@@ -13,20 +12,8 @@ fn check(name: &str) {
     let v: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join(format!("{name}.json"))).unwrap()).unwrap();
     let ids = |k: &str| -> Vec<Vec<i64>> { serde_json::from_value(v[k].clone()).unwrap() };
     let (clean, corrupted, answers) = (ids("input_ids"), ids("corrupted_ids"), ids("answer_ids"));
-    let n = clean.len();
-    let seq = clean[0].len();
-    let tokens = TokenizedPrompts {
-        correct_ids: answers.iter().map(|a| a[0]).collect(),
-        incorrect_ids: answers.iter().map(|a| a[1]).collect(),
-        clean_ids: clean,
-        corrupted_ids: corrupted,
-        seq_len: seq,
-        lengths: vec![seq; n],
-        clean_tokens: vec![vec![]; n],
-    };
-    let pairs = vec![PromptPair { clean: String::new(), corrupted: String::new(), correct: String::new(), incorrect: String::new() }; n];
     let mut o = JobOptions::new(dir.join(format!("{name}.onnx")));
-    o.tokens = Some((pairs, tokens));
+    o.with_token_ids(clean, corrupted, &answers);
     o.heads = v["n_heads"].as_u64().map(|h| h as usize);
     o.runtime = RuntimeOptions { kind: RuntimeKind::Ort, device: Device::Cpu, ort_lib: None, threads: 1 };
     let r = run_job(&o).unwrap_or_else(|e| panic!("{name}: {e}")).unwrap();

@@ -24,9 +24,6 @@ pub fn attr_f(name: &str, f: f32) -> AttributeProto {
 pub fn attr_ints(name: &str, ints: &[i64]) -> AttributeProto {
     AttributeProto { name: name.into(), r#type: AttributeType::Ints as i32, ints: ints.to_vec(), ..Default::default() }
 }
-pub fn attr_s(name: &str, s: &str) -> AttributeProto {
-    AttributeProto { name: name.into(), r#type: AttributeType::String as i32, s: s.as_bytes().to_vec(), ..Default::default() }
-}
 pub fn attr_t(name: &str, t: TensorProto) -> AttributeProto {
     AttributeProto { name: name.into(), r#type: AttributeType::Tensor as i32, t: Some(t), ..Default::default() }
 }
@@ -82,12 +79,6 @@ impl GraphBuilder {
     pub fn const_i64s(&mut self, values: &[i64]) -> String {
         let name = self.fresh("const_i64");
         self.initializers.push(i64_tensor(&name, &[values.len() as i64], values));
-        name
-    }
-
-    pub fn const_i64_scalar(&mut self, v: i64) -> String {
-        let name = self.fresh("const_i64");
-        self.initializers.push(i64_tensor(&name, &[], &[v]));
         name
     }
 

@@ -9,8 +9,10 @@ use super::names;
 use crate::onnx::builder::GraphBuilder;
 
 /// Emits layer `layer`'s grid outputs; `shape_bs` is Shape(token input) = [B, S].
+/// `position_onehot` [B,1,S] picks each row's last position.
 /// `heads`: None for hooks that do not split into heads (positions only).
-pub fn emit(b: &mut GraphBuilder, layer: usize, clean: &str, corrupted: &str, grad: &str, shape_bs: &str, heads: Option<usize>) {
+#[allow(clippy::too_many_arguments)]
+pub fn emit(b: &mut GraphBuilder, layer: usize, clean: &str, corrupted: &str, grad: &str, shape_bs: &str, position_onehot: &str, heads: Option<usize>) {
     let diff = b.sub(clean, corrupted);
     let p = b.mul(grad, &diff);
     let minus_one = b.const_i64s(&[-1]);
@@ -19,7 +21,7 @@ pub fn emit(b: &mut GraphBuilder, layer: usize, clean: &str, corrupted: &str, gr
     let positions = b.reduce_sum(&p3, &[2], false);
     b.node_named("Identity", &[&positions], &names::positions(layer), vec![]);
     let Some(heads) = heads else { return };
-    let last = b.matmul(names::POSITION_ONEHOT, &p3);
+    let last = b.matmul(position_onehot, &p3);
     let bhd = b.const_i64s(&[0, heads as i64, -1]);
     let per_head = b.reshape(&last, &bhd);
     let h = b.reduce_sum(&per_head, &[2], false);

@@ -77,31 +77,45 @@ impl Metric {
     }
 }
 
-/// The logits at each pair's last position, [B,1,V], for one copy; `name`
+/// The tensors that select what the metric reads, one row per prompt run:
+/// the last-position one-hot [B,1,S], the answer one-hot [B,V,1] and the
+/// weights of the mean [B,1].
+#[derive(Clone, Copy)]
+pub struct Selectors<'a> {
+    pub position: &'a str,
+    pub answer: &'a str,
+    pub weights: &'a str,
+}
+
+/// The attribution graph's selectors: graph inputs, one row per pair.
+pub const PAIR_SELECTORS: Selectors<'static> =
+    Selectors { position: names::POSITION_ONEHOT, answer: names::ANSWER_ONEHOT, weights: names::PAIR_WEIGHTS };
+
+/// The logits at each row's last position, [B,1,V], for one copy; `name`
 /// maps original tensor names to the copy's.
-pub fn last_logits(b: &mut GraphBuilder, src: &LogitsSource, logits: &str, name: &dyn Fn(&str) -> String) -> String {
+pub fn last_logits(b: &mut GraphBuilder, src: &LogitsSource, logits: &str, name: &dyn Fn(&str) -> String, sel: Selectors) -> String {
     match src {
         LogitsSource::LmHead { hidden, weight } => {
-            let h_last = b.matmul(names::POSITION_ONEHOT, &name(hidden));
+            let h_last = b.matmul(sel.position, &name(hidden));
             b.matmul(&h_last, &name(weight))
         }
-        LogitsSource::Opaque => b.matmul(names::POSITION_ONEHOT, &name(logits)),
+        LogitsSource::Opaque => b.matmul(sel.position, &name(logits)),
     }
 }
 
 /// Emits each pair's metric value (`rows_out`, [1,B]) and their mean (`out`,
 /// [1,1]) from `sel`; `clean_sel` is the clean copy's, for KL.
-pub fn metric_values(b: &mut GraphBuilder, metric: Metric, sel: &str, clean_sel: &str, rows_out: &str, out: &str) {
+pub fn metric_values(b: &mut GraphBuilder, metric: Metric, sel: &str, clean_sel: &str, s: Selectors, rows_out: &str, out: &str) {
     let axis = vec![crate::onnx::builder::attr_i("axis", -1)];
     let v = match metric {
-        Metric::LogitDiff => b.matmul(sel, names::ANSWER_ONEHOT),
+        Metric::LogitDiff => b.matmul(sel, s.answer),
         Metric::LogprobDiff => {
             let ls = b.node("LogSoftmax", &[sel], axis);
-            b.matmul(&ls, names::ANSWER_ONEHOT)
+            b.matmul(&ls, s.answer)
         }
         Metric::Prob => {
             let p = b.node("Softmax", &[sel], axis);
-            b.matmul(&p, names::ANSWER_ONEHOT)
+            b.matmul(&p, s.answer)
         }
         Metric::Kl => {
             let lc = b.node("LogSoftmax", &[clean_sel], axis.clone());
@@ -114,5 +128,5 @@ pub fn metric_values(b: &mut GraphBuilder, metric: Metric, sel: &str, clean_sel:
     };
     let flat_shape = b.const_i64s(&[1, -1]);
     b.node_named("Reshape", &[&v, &flat_shape], rows_out, vec![]);
-    b.node_named("MatMul", &[rows_out, names::PAIR_WEIGHTS], out, vec![]);
+    b.node_named("MatMul", &[rows_out, s.weights], out, vec![]);
 }

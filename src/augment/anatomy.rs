@@ -1,0 +1,152 @@
+//! What the rewrites need to know about a model before they touch it: its
+//! hooks, logits, vocabulary, token inputs and how the logits are made.
+
+use super::metric::{self, LogitsSource};
+use super::{names, TokenInput};
+use crate::error::{Error, Result};
+use crate::hooks::{constant_tensors, find_logits, Hook, HookKind};
+use crate::onnx::facts::{analyse, Dim, Facts};
+use crate::onnx::pb::{tensor_shape_proto::dimension, type_proto, TypeProto, ValueInfoProto};
+use crate::onnx::OnnxModel;
+use std::collections::HashSet;
+
+pub struct Anatomy {
+    pub hooks: Vec<Hook>,
+    /// Facts of the model as it is, with its symbolic sizes.
+    pub facts0: Facts,
+    pub logits: String,
+    pub dtype: i32,
+    pub vocab: usize,
+    /// The batch and sequence dims of the token input, as declared.
+    pub batch: Dim,
+    pub seq: Dim,
+    pub ids_in: TokenInput,
+    pub mask_in: Option<TokenInput>,
+    pub pos_in: Option<TokenInput>,
+    pub constants: HashSet<String>,
+    pub src: LogitsSource,
+}
+
+impl Anatomy {
+    pub fn read(model: &OnnxModel, hook_kind: &HookKind) -> Result<Anatomy> {
+        check_inputs(model)?;
+        let hooks = crate::hooks::find_hooks(model, hook_kind)?;
+        let facts0 = analyse(&model.proto, &model.path)?;
+        let logits = find_logits(model, &facts0)?;
+        let g0 = model.graph();
+        let input_ids = g0
+            .input
+            .iter()
+            .find(|i| i.name == "input_ids")
+            .or_else(|| g0.input.first())
+            .map(|i| i.name.clone())
+            .ok_or_else(|| Error::Model(format!("{}: the graph has no inputs", model.path.display())))?;
+        let attention_mask = g0.input.iter().find(|i| i.name == "attention_mask").map(|i| i.name.clone());
+        let position_ids = g0.input.iter().find(|i| i.name == "position_ids").map(|i| i.name.clone());
+        let dtype = facts0.dtype(&logits).unwrap_or(crate::onnx::consts::FLOAT);
+        if dtype != crate::onnx::consts::FLOAT {
+            return Err(Error::Unsupported(format!(
+                "{}: logits '{logits}' are {}; attrpatch supports float32 models",
+                model.path.display(),
+                crate::onnx::consts::type_name(dtype)
+            )));
+        }
+        let declared = g0.output.iter().find(|o| o.name == logits).map(declared_dims).unwrap_or_default();
+        let vocab_dim = match declared.last() {
+            Some(Dim::Known(v)) => Some(Dim::Known(*v)),
+            _ => facts0.shape(&logits).and_then(|s| s.last().cloned()),
+        };
+        let vocab = match vocab_dim {
+            Some(Dim::Known(v)) if v > 0 => v as usize,
+            other => {
+                return Err(Error::Model(format!(
+                    "{}: the vocabulary size (last dim of '{logits}') must be fixed, found {other:?}",
+                    model.path.display()
+                )))
+            }
+        };
+        let (batch, seq) = token_dims(model, &input_ids)?;
+        let token_input = |n: &str| TokenInput { model_name: n.into(), clean: names::clean_input(n), corrupted: names::corrupted_input(n) };
+        let ids_in = token_input(&input_ids);
+        let mask_in = attention_mask.as_deref().map(token_input);
+        let pos_in = position_ids.as_deref().map(token_input);
+
+        let constants = constant_tensors(model);
+        let logits_rank = if declared.is_empty() { facts0.rank(&logits) } else { Some(declared.len()) };
+        let init_rank = |t: &str| model.graph().initializer.iter().find(|i| i.name == t).map(|i| i.dims.len());
+        let src = metric::logits_source(&model.graph().node, &logits, logits_rank, &constants, |t| facts0.rank(t).or_else(|| init_rank(t)));
+        Ok(Anatomy { hooks, facts0, logits, dtype, vocab, batch, seq, ids_in, mask_in, pos_in, constants, src })
+    }
+
+    /// The token inputs present, input_ids first.
+    pub fn token_inputs(&self) -> Vec<&TokenInput> {
+        std::iter::once(&self.ids_in).chain(self.mask_in.as_ref()).chain(self.pos_in.as_ref()).collect()
+    }
+}
+
+/// Models with a KV cache (optimum's decoder_with_past / merged decoders)
+/// take inputs attrpatch cannot feed: say which file to use instead.
+pub fn check_inputs(model: &OnnxModel) -> Result<()> {
+    let g = model.graph();
+    let known = ["input_ids", "attention_mask", "position_ids"];
+    let cache = g.input.iter().any(|i| i.name.starts_with("past_key_values") || i.name == "use_cache_branch")
+        || g.node.iter().any(|n| n.op_type == "If");
+    if cache {
+        return Err(Error::Unsupported(format!(
+            "{}: this export takes past key values (a KV cache{}); attrpatch needs the plain decoder. \
+             Export without the cache: optimum-cli export onnx --task text-generation (not text-generation-with-past) \
+             and use its model.onnx, or torch.onnx.export with use_cache=False; not decoder_with_past_model.onnx or \
+             decoder_model_merged.onnx",
+            model.path.display(),
+            if g.node.iter().any(|n| n.op_type == "If") { ", merged with an If node" } else { "" }
+        )));
+    }
+    let first = g.input.first().map(|i| i.name.as_str());
+    for i in &g.input {
+        let is_initializer = g.initializer.iter().any(|t| t.name == i.name);
+        if !known.contains(&i.name.as_str()) && Some(i.name.as_str()) != first && !is_initializer {
+            return Err(Error::Unsupported(format!(
+                "{}: input '{}' is not supported: attrpatch feeds input_ids, attention_mask and position_ids",
+                model.path.display(),
+                i.name
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The batch and sequence dims of the token input, as the model declares them.
+fn token_dims(model: &OnnxModel, input: &str) -> Result<(Dim, Dim)> {
+    let vi = model.graph().input.iter().find(|i| i.name == input).unwrap();
+    let dims = declared_dims(vi);
+    match dims.as_slice() {
+        [b, s] => Ok((b.clone(), s.clone())),
+        _ => Err(Error::Model(format!(
+            "{}: input '{input}' should be [batch, sequence], found rank {}",
+            model.path.display(),
+            dims.len()
+        ))),
+    }
+}
+
+/// The dims a graph input or output declares (empty when it declares none).
+pub(crate) fn declared_dims(vi: &ValueInfoProto) -> Vec<Dim> {
+    match &vi.r#type {
+        Some(TypeProto { value: Some(type_proto::Value::TensorType(t)), .. }) => t
+            .shape
+            .as_ref()
+            .map(|s| {
+                s.dim
+                    .iter()
+                    .map(|d| match &d.value {
+                        Some(dimension::Value::DimValue(v)) => Dim::Known(*v),
+                        Some(dimension::Value::DimParam(p)) => Dim::Sym(p.clone()),
+                        None => Dim::Unknown,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+        _ => vec![],
+    }
+}
+

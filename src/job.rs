@@ -109,9 +109,35 @@ impl Shard {
     }
 }
 
+/// How a result's grids were computed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "kind")]
+pub enum Method {
+    /// The linear estimate: gradient at the corrupted run times (clean - corrupted).
+    #[default]
+    Attribution,
+    /// Exact activation patching: one patched forward pass per grid cell.
+    ExactPatching,
+    /// Integrated gradients along the straight line from the corrupted to the
+    /// clean activation of each layer, midpoint rule with `steps` points.
+    IntegratedGradients { steps: usize },
+}
+
+impl Method {
+    pub fn label(&self) -> String {
+        match self {
+            Method::Attribution => "Attribution patching".into(),
+            Method::ExactPatching => "Activation patching (exact)".into(),
+            Method::IntegratedGradients { steps } => format!("Integrated gradients ({steps} steps)"),
+        }
+    }
+}
+
 /// What a merge needs besides the batch files; written as job.json.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Manifest {
+    #[serde(default)]
+    pub method: Method,
     pub model: String,
     #[serde(default)]
     pub metric: crate::augment::Metric,
@@ -157,6 +183,40 @@ pub fn default_tokenizer(model: &Path) -> PathBuf {
     model.parent().unwrap_or(Path::new(".")).join("tokenizer.json")
 }
 
+/// The prompt pairs of a job and what turns them into token ids.
+pub struct PromptSource {
+    pub pairs: Vec<PromptPair>,
+    tokenizer: Option<PromptTokenizer>,
+}
+
+impl PromptSource {
+    /// Reads the tokenizer and the prompt file (or takes the token ids given).
+    pub fn read(opts: &JobOptions) -> Result<Self> {
+        let tokenizer = match &opts.tokens {
+            Some(_) => None,
+            None => Some(PromptTokenizer::from_file(&opts.tokenizer.clone().unwrap_or_else(|| default_tokenizer(&opts.model)))?),
+        };
+        let pairs = match (&opts.tokens, &opts.prompts) {
+            (Some((pairs, _)), _) => pairs.clone(),
+            (None, Some(p)) => prompts::read_jsonl(p)?,
+            (None, None) => prompts::ioi_default(),
+        };
+        Ok(PromptSource { pairs, tokenizer })
+    }
+
+    /// Token ids checked against the model's vocabulary.
+    pub fn tokenize(&self, opts: &JobOptions, vocab: usize) -> Result<TokenizedPrompts> {
+        match (&opts.tokens, &self.tokenizer) {
+            (_, Some(tok)) => prompts::tokenize(tok, &self.pairs, opts.bos, vocab),
+            (Some((_, t)), None) => {
+                check_token_ids(t, vocab)?;
+                Ok(t.clone())
+            }
+            (None, None) => Err(Error::Input("no tokenizer and no token ids".into())),
+        }
+    }
+}
+
 /// Runs the job; for a shard, returns None after writing its batches.
 pub fn run_job(opts: &JobOptions) -> Result<Option<JobResult>> {
     // The model is named first in messages: its tokenizer is looked up beside it.
@@ -164,15 +224,8 @@ pub fn run_job(opts: &JobOptions) -> Result<Option<JobResult>> {
     let mut t = Timings::default();
     let clock = Instant::now();
     // Read before the model: a wrong tokenizer path fails before the slow part.
-    let tok = match &opts.tokens {
-        Some(_) => None,
-        None => Some(PromptTokenizer::from_file(&opts.tokenizer.clone().unwrap_or_else(|| default_tokenizer(&opts.model)))?),
-    };
-    let pairs = match (&opts.tokens, &opts.prompts) {
-        (Some((pairs, _)), _) => pairs.clone(),
-        (None, Some(p)) => prompts::read_jsonl(p)?,
-        (None, None) => prompts::ioi_default(),
-    };
+    let prompt_source = PromptSource::read(opts)?;
+    let pairs = prompt_source.pairs.clone();
     let model = OnnxModel::load(&opts.model)?;
     t.load = clock.elapsed().as_secs_f64();
 
@@ -182,14 +235,7 @@ pub fn run_job(opts: &JobOptions) -> Result<Option<JobResult>> {
         model,
         AugmentOptions { raw_outputs: false, grid_outputs: true, heads: opts.heads, metric: opts.metric, hooks: opts.hooks.clone() },
     )?;
-    let tokens = match (&opts.tokens, &tok) {
-        (_, Some(tok)) => prompts::tokenize(tok, &pairs, opts.bos, aug.vocab)?,
-        (Some((_, t)), None) => {
-            check_token_ids(t, aug.vocab)?;
-            t.clone()
-        }
-        (None, None) => return Err(Error::Input("no tokenizer and no token ids".into())),
-    };
+    let tokens = prompt_source.tokenize(opts, aug.vocab)?;
     // Hooks that do not split into heads (resid, mlp, patterns) have a positions grid only.
     let n_heads = match (opts.hooks.has_heads(), aug.heads) {
         (true, Some(h)) => h,
@@ -219,7 +265,7 @@ pub fn run_job(opts: &JobOptions) -> Result<Option<JobResult>> {
     let mut rt = if done.len() < mine.len() { Some(runtime::create_from(for_runtime, &opts.runtime)?) } else { None };
     t.session = clock.elapsed().as_secs_f64();
 
-    let bar = progress_bar(opts.progress && mine.len() > 1, mine.len() as u64);
+    let bar = progress_bar(opts.progress && mine.len() > 1, mine.len() as u64, "batches");
     let clock = Instant::now();
     let mut calls = 0;
     let mut batches = vec![];
@@ -244,6 +290,7 @@ pub fn run_job(opts: &JobOptions) -> Result<Option<JobResult>> {
     t.run = clock.elapsed().as_secs_f64();
 
     let manifest = Manifest {
+        method: Method::Attribution,
         model: opts.model.display().to_string(),
         metric: opts.metric,
         hooks_kind: opts.hooks.clone(),
@@ -303,12 +350,12 @@ pub fn save_manifest(dir: &Path, m: &Manifest) -> Result<()> {
     crate::fsutil::write_atomic(&dir.join("job.json"), &text)
 }
 
-fn progress_bar(show: bool, len: u64) -> indicatif::ProgressBar {
+pub(crate) fn progress_bar(show: bool, len: u64, unit: &str) -> indicatif::ProgressBar {
     if !show {
         return indicatif::ProgressBar::hidden();
     }
     let bar = indicatif::ProgressBar::new(len);
-    if let Ok(style) = indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} batches, {elapsed} elapsed, eta {eta}") {
+    if let Ok(style) = indicatif::ProgressStyle::with_template(&format!("{{bar:40}} {{pos}}/{{len}} {unit}, {{elapsed}} elapsed, eta {{eta}}")) {
         bar.set_style(style);
     }
     bar
@@ -421,12 +468,27 @@ pub fn build_inputs(aug: &Augmented, t: &TokenizedPrompts) -> Vec<(String, Value
 
 /// The token inputs of both copies and the metric's one-hot selectors.
 pub fn build_inputs_for(aug: &Augmented, t: &TokenizedPrompts, metric: crate::augment::Metric) -> Vec<(String, Value)> {
+    let inputs = TokenInputs { ids: &aug.input_ids, mask: aug.attention_mask.as_ref(), positions: aug.position_ids.as_ref(), vocab: aug.vocab };
+    pair_inputs(&inputs, t, metric)
+}
+
+/// A graph's token inputs (clean and corrupted names of each model input).
+pub struct TokenInputs<'a> {
+    pub ids: &'a crate::augment::TokenInput,
+    pub mask: Option<&'a crate::augment::TokenInput>,
+    pub positions: Option<&'a crate::augment::TokenInput>,
+    pub vocab: usize,
+}
+
+/// One row per pair: clean and corrupted token inputs, the last-position and
+/// answer one-hots, and equal weights.
+pub fn pair_inputs(inputs: &TokenInputs, t: &TokenizedPrompts, metric: crate::augment::Metric) -> Vec<(String, Value)> {
     let (w_correct, w_incorrect) = metric.answer_weights();
     let b = t.clean_ids.len();
     let s = t.seq_len;
     let ids = |rows: &Vec<Vec<i64>>| Array2::from_shape_fn((b, s), |(r, c)| rows[r][c]).into_dyn();
     let mut pos = Array3::<f32>::zeros((b, 1, s));
-    let mut ans = Array3::<f32>::zeros((b, aug.vocab, 1));
+    let mut ans = Array3::<f32>::zeros((b, inputs.vocab, 1));
     for p in 0..b {
         pos[[p, 0, t.lengths[p] - 1]] = 1.0;
         ans[[p, t.correct_ids[p] as usize, 0]] += w_correct;
@@ -434,15 +496,15 @@ pub fn build_inputs_for(aug: &Augmented, t: &TokenizedPrompts, metric: crate::au
     }
     let weights = Array2::<f32>::from_elem((b, 1), 1.0 / b as f32);
     let mut v = vec![
-        (aug.input_ids.clean.clone(), Value::I64(ids(&t.clean_ids))),
-        (aug.input_ids.corrupted.clone(), Value::I64(ids(&t.corrupted_ids))),
+        (inputs.ids.clean.clone(), Value::I64(ids(&t.clean_ids))),
+        (inputs.ids.corrupted.clone(), Value::I64(ids(&t.corrupted_ids))),
     ];
-    if let Some(m) = &aug.attention_mask {
+    if let Some(m) = inputs.mask {
         let mask = Array2::from_shape_fn((b, s), |(r, c)| (c < t.lengths[r]) as i64).into_dyn();
         v.push((m.clean.clone(), Value::I64(mask.clone())));
         v.push((m.corrupted.clone(), Value::I64(mask)));
     }
-    if let Some(p) = &aug.position_ids {
+    if let Some(p) = inputs.positions {
         let positions = Array2::from_shape_fn((b, s), |(_, c)| c as i64).into_dyn();
         v.push((p.clean.clone(), Value::I64(positions.clone())));
         v.push((p.corrupted.clone(), Value::I64(positions)));

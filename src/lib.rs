@@ -22,3 +22,4 @@ pub mod runtime;
 pub mod report;
 pub mod inspect;
 pub mod merge;
+pub mod patch;

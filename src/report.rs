@@ -16,7 +16,7 @@ fn value_label(r: &JobResult) -> String {
 pub fn heads_grid(r: &JobResult) -> Grid {
     Grid {
         name: "heads".into(),
-        title: "Attribution patching over attention heads (last position)".into(),
+        title: format!("{} over attention heads (last position)", r.manifest.method.label()),
         row_label: "Layer".into(),
         col_label: "Head".into(),
         row_names: (0..r.grids.heads.len()).map(|l| l.to_string()).collect(),
@@ -29,7 +29,7 @@ pub fn heads_grid(r: &JobResult) -> Grid {
 pub fn positions_grid(r: &JobResult) -> Grid {
     Grid {
         name: "positions".into(),
-        title: "Attribution patching over token positions".into(),
+        title: format!("{} over token positions", r.manifest.method.label()),
         row_label: "Layer".into(),
         col_label: "Token position (first prompt's tokens)".into(),
         row_names: (0..r.grids.positions.len()).map(|l| l.to_string()).collect(),
@@ -51,8 +51,11 @@ pub fn write_results(r: &JobResult, out_dir: &Path) -> Result<Vec<PathBuf>> {
     let mut written = vec![];
     let heads = heads_grid(r);
     let positions = positions_grid(r);
-    // Hooks that do not split into heads have no heads grid.
-    let grids: Vec<&Grid> = if r.manifest.n_heads > 0 { vec![&heads, &positions] } else { vec![&positions] };
+    // Hooks that do not split into heads have no heads grid; exact patching
+    // computes the positions grid only when asked.
+    let has_heads = r.manifest.n_heads > 0 && !r.grids.heads.is_empty();
+    let has_positions = !r.grids.positions.is_empty();
+    let grids: Vec<&Grid> = [(has_heads, &heads), (has_positions, &positions)].into_iter().filter(|(on, _)| *on).map(|(_, g)| g).collect();
     for g in grids {
         let png = out_dir.join(format!("{}.png", g.name));
         write_heatmap_png(g, &png)?;
@@ -63,6 +66,7 @@ pub fn write_results(r: &JobResult, out_dir: &Path) -> Result<Vec<PathBuf>> {
     let m = &r.manifest;
     let (clean, corr) = (r.clean_logit_diff, r.corrupted_logit_diff);
     let json = serde_json::json!({
+        "method": m.method,
         "model": m.model,
         "runtime": m.runtime,
         "runtime_calls": r.runtime_calls,
@@ -79,8 +83,8 @@ pub fn write_results(r: &JobResult, out_dir: &Path) -> Result<Vec<PathBuf>> {
         "hooks": m.hooks,
         "prompts": m.prompts,
         "hooks_kind": m.hooks_kind,
-        "heads": if m.n_heads > 0 { grid_json(&heads) } else { serde_json::Value::Null },
-        "positions": grid_json(&positions),
+        "heads": if has_heads { grid_json(&heads) } else { serde_json::Value::Null },
+        "positions": if has_positions { grid_json(&positions) } else { serde_json::Value::Null },
         "seconds": r.seconds,
     });
     let path = out_dir.join("results.json");

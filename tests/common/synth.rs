@@ -16,7 +16,7 @@ pub struct Synth {
     /// Names of the out-projection MatMul nodes, one per layer normally.
     pub c_proj_names: Vec<String>,
     pub output_name: String,
-    /// An extra unary op inserted on the path (e.g. "Cos").
+    /// An extra unary op inserted on the path (e.g. "Cos"; "Square" for y * y).
     pub extra_op: Option<String>,
     pub logits_type: i32,
     /// Store the lm_head weight in this external file (relative or absolute);
@@ -74,7 +74,9 @@ impl Synth {
             nodes.push(node("MatMul", n, &[&x, &w], &[&y]));
             if let (Some(op), 0) = (&self.extra_op, i) {
                 // After the hook, so it is on the path to the logits.
-                nodes.push(node(op, "/transformer/h.0/attn/extra", &[&y], &["extra"]));
+                // "Square" is y * y: a graph quadratic in the hook.
+                let (op, ins): (&str, Vec<&str>) = if op == "Square" { ("Mul", vec![&y, &y]) } else { (op, vec![&y]) };
+                nodes.push(node(op, "/transformer/h.0/attn/extra", &ins, &["extra"]));
                 y = "extra".into();
             }
             nodes.push(node("Add", &format!("add_{i}"), &[&sum, &y], &[&r]));

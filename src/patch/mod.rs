@@ -1,0 +1,242 @@
+//! Ground truth beside the estimate: exact activation patching, and
+//! integrated gradients along the corrupted-to-clean line, both run as rows
+//! of one patching graph (graph.rs), many patches per runtime call.
+//!
+//! Both give grids in the attribution job's units: per pair, the change of
+//! the metric, summed over pairs and divided by N * (CLEAN - CORR) at the end
+//! (job::finish), so the three grids are directly comparable.
+
+pub mod graph;
+pub mod plan;
+
+use crate::augment::names as aug_names;
+use crate::batches::{BatchResult, PairResult};
+use crate::error::{Error, Result};
+use crate::grids::{first_non_finite, PairGrid};
+use crate::job::{self, JobOptions, JobResult, Manifest, Method, PromptSource, Timings, TokenInputs};
+use crate::onnx::OnnxModel;
+use crate::prompts::TokenizedPrompts;
+use crate::runtime::{self, Runtime, Value};
+use graph::{names, PatchGraph, PatchGraphOptions};
+use ndarray::{Array1, Array2, ArrayD};
+use plan::{Patch, Plan, Row};
+use std::collections::HashMap;
+use std::time::Instant;
+
+/// Rows per runtime call unless told otherwise: memory grows with it.
+pub const DEFAULT_ROWS_PER_CALL: usize = 256;
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Estimator {
+    /// Exact activation patching of every head at the last position, and of
+    /// every position when `positions` (always, for hooks without heads).
+    Exact { positions: bool },
+    IntegratedGradients { steps: usize },
+}
+
+pub fn run(opts: &JobOptions, estimator: Estimator, rows_per_call: usize) -> Result<JobResult> {
+    if rows_per_call == 0 {
+        return Err(Error::Input("--rows-per-call must be at least 1".into()));
+    }
+    if let Estimator::IntegratedGradients { steps: 0 } = estimator {
+        return Err(Error::Input("--ig-steps must be at least 1".into()));
+    }
+    std::fs::metadata(&opts.model).map_err(|e| Error::io(&opts.model, e))?;
+    let mut t = Timings::default();
+    let clock = Instant::now();
+    let source = PromptSource::read(opts)?;
+    let model = OnnxModel::load(&opts.model)?;
+    t.load = clock.elapsed().as_secs_f64();
+
+    let clock = Instant::now();
+    let gradients = matches!(estimator, Estimator::IntegratedGradients { .. });
+    let mut pg = graph::build(model, &PatchGraphOptions { metric: opts.metric, hooks: opts.hooks.clone(), heads: opts.heads, gradients })?;
+    let tokens = source.tokenize(opts, pg.vocab)?;
+    let for_runtime = runtime::prepare(&mut pg.proto, &opts.runtime);
+    t.rewrite = clock.elapsed().as_secs_f64();
+
+    let clock = Instant::now();
+    let mut rt = runtime::create_from(for_runtime, &opts.runtime)?;
+    t.session = clock.elapsed().as_secs_f64();
+
+    let has_heads = pg.heads.is_some();
+    let (plan, method) = match estimator {
+        Estimator::Exact { positions } => (Plan::Exact { heads: has_heads, positions: positions || !has_heads }, Method::ExactPatching),
+        Estimator::IntegratedGradients { steps } => (Plan::IntegratedGradients { steps }, Method::IntegratedGradients { steps }),
+    };
+    let layers: Vec<usize> = pg.hooks.iter().map(|h| h.layer).collect();
+    let rows = plan.rows(&layers, pg.units(), &tokens.lengths);
+    let mut acc = Accumulator::new(&pg, plan, tokens.clean_ids.len(), tokens.seq_len);
+    // A call feeds the clean prompts of the pairs its rows use; rows are in pair order.
+    let chunks: Vec<&[Row]> = rows.chunks(rows_per_call).collect();
+    let bar = job::progress_bar(opts.progress && chunks.len() > 1, chunks.len() as u64, "calls");
+    let clock = Instant::now();
+    for chunk in &chunks {
+        run_chunk(rt.as_mut(), &pg, &tokens, chunk, opts.metric, &mut acc)?;
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    t.run = clock.elapsed().as_secs_f64();
+
+    let pairs = acc.finish()?;
+    let batch = BatchResult::new(0, String::new(), pairs, opts.per_prompt);
+    let manifest = Manifest {
+        method,
+        model: opts.model.display().to_string(),
+        metric: opts.metric,
+        hooks_kind: opts.hooks.clone(),
+        runtime: rt.describe(),
+        n_heads: pg.heads.unwrap_or(0),
+        hooks: pg.hooks.clone(),
+        seq_len: tokens.seq_len,
+        token_labels: tokens.clean_tokens.first().cloned().unwrap_or_default(),
+        prompts: source.pairs,
+        batch_size: rows_per_call,
+        n_batches: 1,
+        shard: None,
+    };
+    let mut r = job::finish(manifest, &[batch])?;
+    r.runtime_calls = chunks.len();
+    r.seconds = t;
+    Ok(r)
+}
+
+fn run_chunk(rt: &mut dyn Runtime, pg: &PatchGraph, all: &TokenizedPrompts, rows: &[Row], metric: crate::augment::Metric, acc: &mut Accumulator) -> Result<()> {
+    let first = rows[0].pair;
+    let last = rows[rows.len() - 1].pair;
+    let t = all.slice(first..last + 1);
+    let local: Vec<Row> = rows.iter().map(|r| Row { pair: r.pair - first, ..*r }).collect();
+    let token_inputs = TokenInputs { ids: &pg.input_ids, mask: pg.attention_mask.as_ref(), positions: pg.position_ids.as_ref(), vocab: pg.vocab };
+    let mut inputs = job::pair_inputs(&token_inputs, &t, metric);
+    let row_pair = Array1::from_iter(local.iter().map(|r| r.pair as i64)).into_dyn();
+    inputs.push((names::ROW_PAIR.into(), Value::I64(row_pair)));
+    inputs.push((names::ROW_WEIGHTS.into(), Value::F32(Array2::<f32>::ones((rows.len(), 1)).into_dyn())));
+    for h in &pg.hooks {
+        let m = plan::mask(&local, h.layer, t.seq_len, pg.units(), &t.lengths);
+        inputs.push((names::mask(h.layer), Value::F32(m.into_dyn())));
+    }
+    let mut out = rt.run(inputs)?;
+    let what = |r: &Row| format!("pair {}, {:?}", r.pair, r.patch);
+    let clean = take(&mut out, aug_names::CLEAN_LDS)?;
+    for (i, &v) in clean.iter().enumerate() {
+        check_finite(v, || format!("the clean run's metric of pair {}", first + i))?;
+        acc.clean[first + i] = v as f64;
+    }
+    let row_metric = take(&mut out, names::ROW_METRIC)?;
+    for (r, &v) in rows.iter().zip(row_metric.iter()) {
+        check_finite(v, || format!("the metric of row ({})", what(r)))?;
+        acc.add_metric(r, v as f64);
+    }
+    if pg.gradients {
+        for h in &pg.hooks {
+            let mut grids = vec![(false, aug_names::positions(h.layer))];
+            if pg.heads.is_some() {
+                grids.push((true, aug_names::heads(h.layer)));
+            }
+            for (is_heads, name) in grids {
+                let a = take(&mut out, &name)?;
+                if let Some((i, v)) = first_non_finite(&a) {
+                    return Err(Error::Numeric(format!("'{name}' (layer {}, hook '{}') holds {v} at flat index {i}", h.layer, h.tensor)));
+                }
+                let width = a.len() / rows.len();
+                let flat: Vec<f32> = a.iter().copied().collect();
+                for (k, r) in rows.iter().enumerate() {
+                    if let Patch::Interpolate { layer, .. } = r.patch {
+                        if layer == h.layer {
+                            acc.add_gradient_row(r, is_heads, &flat[k * width..(k + 1) * width]);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn take(out: &mut HashMap<String, ArrayD<f32>>, name: &str) -> Result<ArrayD<f32>> {
+    out.remove(name).ok_or_else(|| Error::Runtime(format!("the runtime returned no '{name}'")))
+}
+
+fn check_finite(v: f32, what: impl Fn() -> String) -> Result<()> {
+    if v.is_finite() {
+        Ok(())
+    } else {
+        Err(Error::Numeric(format!("{} is {v}", what())))
+    }
+}
+
+/// Per pair: the clean and baseline metrics, and the grid cells as they come in.
+struct Accumulator {
+    plan: Plan,
+    layer_index: HashMap<usize, usize>,
+    clean: Vec<f64>,
+    baseline: Vec<Option<f64>>,
+    /// Exact: the patched metric of each cell. IG: the sum of the steps' grid rows.
+    heads: Vec<Vec<Vec<f64>>>,
+    positions: Vec<Vec<Vec<f64>>>,
+}
+
+impl Accumulator {
+    fn new(pg: &PatchGraph, plan: Plan, pairs: usize, seq: usize) -> Self {
+        let layers = pg.hooks.len();
+        let heads_on = pg.heads.is_some() && !matches!(plan, Plan::Exact { heads: false, .. });
+        let positions_on = !matches!(plan, Plan::Exact { positions: false, .. });
+        let grid = |on: bool, width: usize| if on { vec![vec![vec![f64::NAN; width]; layers]; pairs] } else { vec![vec![]; pairs] };
+        let mut acc = Accumulator {
+            plan,
+            layer_index: pg.hooks.iter().enumerate().map(|(i, h)| (h.layer, i)).collect(),
+            clean: vec![f64::NAN; pairs],
+            baseline: vec![None; pairs],
+            heads: grid(heads_on, pg.units()),
+            positions: grid(positions_on, seq),
+        };
+        if let Plan::IntegratedGradients { .. } = plan {
+            // Gradient rows are summed into these.
+            for g in acc.heads.iter_mut().chain(acc.positions.iter_mut()) {
+                g.iter_mut().flatten().for_each(|v| *v = 0.0);
+            }
+        }
+        acc
+    }
+
+    fn add_metric(&mut self, r: &Row, v: f64) {
+        match r.patch {
+            Patch::Baseline => self.baseline[r.pair] = Some(v),
+            Patch::Head { layer, unit } => self.heads[r.pair][self.layer_index[&layer]][unit] = v,
+            Patch::Position { layer, position } => self.positions[r.pair][self.layer_index[&layer]][position] = v,
+            Patch::Interpolate { .. } => {}
+        }
+    }
+
+    fn add_gradient_row(&mut self, r: &Row, is_heads: bool, row: &[f32]) {
+        let Patch::Interpolate { layer, .. } = r.patch else { return };
+        let l = self.layer_index[&layer];
+        let target = if is_heads { &mut self.heads[r.pair][l] } else { &mut self.positions[r.pair][l] };
+        for (t, &v) in target.iter_mut().zip(row) {
+            *t += v as f64;
+        }
+    }
+
+    /// Each pair's grid in the attribution job's units (change of its metric, not normalised).
+    fn finish(self) -> Result<Vec<PairResult>> {
+        let mut out = vec![];
+        for (pair, (mut heads, mut positions)) in self.heads.into_iter().zip(self.positions).enumerate() {
+            let base = self.baseline[pair].ok_or_else(|| Error::Runtime(format!("pair {pair}: its baseline row did not run")))?;
+            match self.plan {
+                Plan::Exact { .. } => {
+                    // Positions past the pair's end were not run: patching them changes nothing.
+                    for row in heads.iter_mut().chain(positions.iter_mut()) {
+                        row.iter_mut().for_each(|v| *v = if v.is_nan() { 0.0 } else { *v - base });
+                    }
+                }
+                Plan::IntegratedGradients { steps } => {
+                    for row in heads.iter_mut().chain(positions.iter_mut()) {
+                        row.iter_mut().for_each(|v| *v /= steps as f64);
+                    }
+                }
+            }
+            out.push(PairResult { index: pair, clean_logit_diff: self.clean[pair], corrupted_logit_diff: base, grid: PairGrid { heads, positions } });
+        }
+        Ok(out)
+    }
+}

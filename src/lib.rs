@@ -23,3 +23,4 @@ pub mod report;
 pub mod inspect;
 pub mod merge;
 pub mod patch;
+pub mod compare;

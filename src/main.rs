@@ -1,7 +1,7 @@
 //! The `attrpatch` command line: a thin layer over the library.
 
 use attrpatch::runtime::{Device, RuntimeKind, RuntimeOptions};
-use attrpatch::{augment, inspect, job, merge, onnx::OnnxModel, report, Error};
+use attrpatch::{augment, compare, inspect, job, merge, onnx::OnnxModel, patch, report, Error};
 use clap::{Args, Parser, Subcommand};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -17,6 +17,10 @@ struct Cli {
 enum Cmd {
     /// Run the attribution job and write the grids (defaults: the bundled model and the tutorial's IOI prompts).
     Run(RunArgs),
+    /// Exact activation patching: one patched run per head (and per position with --positions), many per call.
+    Patch(PatchArgs),
+    /// Attribution (and integrated gradients with --ig-steps) beside exact patching: grids, scatter plots, correlations.
+    Compare(CompareArgs),
     /// List the layers, hook tensors, inputs, outputs and the ops between hooks and logits.
     Inspect {
         /// ONNX model file.
@@ -44,8 +48,9 @@ enum Cmd {
     },
 }
 
+/// What every job takes: the model, the prompts, the runtime, what to patch and measure.
 #[derive(Args)]
-struct RunArgs {
+struct CommonArgs {
     /// ONNX model file [default: models/ioi-gpt2/model.onnx, the bundled IOI model].
     #[arg(long)]
     model: Option<PathBuf>,
@@ -76,18 +81,9 @@ struct RunArgs {
     /// Number of attention heads, when it cannot be read from the graph.
     #[arg(long)]
     heads: Option<usize>,
-    /// Prompt pairs per runtime call; memory grows with it, not with the prompt set.
-    #[arg(long, default_value_t = job::DEFAULT_BATCH_SIZE)]
-    batch_size: usize,
     /// Also write each pair's grids to per_prompt.jsonl.
     #[arg(long)]
     per_prompt: bool,
-    /// Run part K of N (0-based) of the batches; combine the parts with `attrpatch merge`.
-    #[arg(long)]
-    shard: Option<job::Shard>,
-    /// Reuse the batch files an interrupted run left in --out instead of recomputing them.
-    #[arg(long)]
-    resume: bool,
     /// What to attribute: attn (input of each attention out-projection, per head), resid (each
     /// block's output), mlp (each MLP's output), or a regex over tensor names.
     #[arg(long, default_value = "attn")]
@@ -95,6 +91,74 @@ struct RunArgs {
     /// The quantity to attribute: logit-diff (the tutorial's), logprob-diff, prob (of the correct answer), kl.
     #[arg(long, value_enum, default_value_t = attrpatch::augment::Metric::LogitDiff)]
     metric: attrpatch::augment::Metric,
+}
+
+impl CommonArgs {
+    /// The job options, and the output folder created (an unwritable one fails before the slow part).
+    fn job_options(&self) -> Result<job::JobOptions, Error> {
+        let device: Device = self.device.parse()?;
+        let mut opts = job::JobOptions::new(self.model.clone().unwrap_or_else(default_model));
+        opts.tokenizer = self.tokenizer.clone();
+        opts.prompts = self.prompts.clone();
+        opts.bos = self.bos;
+        opts.heads = self.heads;
+        opts.runtime = RuntimeOptions { kind: self.runtime, device, ort_lib: self.ort_lib.clone(), threads: self.threads };
+        opts.per_prompt = self.per_prompt;
+        opts.metric = self.metric;
+        opts.hooks = self.hook.clone();
+        opts.progress = true;
+        std::fs::create_dir_all(&self.out).map_err(|e| Error::io(&self.out, e))?;
+        Ok(opts)
+    }
+}
+
+#[derive(Args)]
+struct RunArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// Prompt pairs per runtime call; memory grows with it, not with the prompt set.
+    #[arg(long, default_value_t = job::DEFAULT_BATCH_SIZE)]
+    batch_size: usize,
+    /// Run part K of N (0-based) of the batches; combine the parts with `attrpatch merge`.
+    #[arg(long)]
+    shard: Option<job::Shard>,
+    /// Reuse the batch files an interrupted run left in --out instead of recomputing them.
+    #[arg(long)]
+    resume: bool,
+    /// Integrated gradients with N steps instead of plain attribution (N forward+backward
+    /// passes of each layer's path from the corrupted to the clean activation).
+    #[arg(long, value_name = "N")]
+    ig_steps: Option<usize>,
+    /// Patching rows per runtime call, with --ig-steps; memory grows with it.
+    #[arg(long, default_value_t = patch::DEFAULT_ROWS_PER_CALL)]
+    rows_per_call: usize,
+}
+
+#[derive(Args)]
+struct PatchArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// Also patch every position of every layer (the layer x position grid).
+    #[arg(long)]
+    positions: bool,
+    /// Patched prompt runs per runtime call; memory grows with it.
+    #[arg(long, default_value_t = patch::DEFAULT_ROWS_PER_CALL)]
+    rows_per_call: usize,
+}
+
+#[derive(Args)]
+struct CompareArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// Also compare the layer x position grid (patches every position of every layer).
+    #[arg(long)]
+    positions: bool,
+    /// Also compare integrated gradients with N steps.
+    #[arg(long, value_name = "N")]
+    ig_steps: Option<usize>,
+    /// Patched prompt runs per runtime call; memory grows with it.
+    #[arg(long, default_value_t = patch::DEFAULT_ROWS_PER_CALL)]
+    rows_per_call: usize,
 }
 
 /// The bundled model trained on IOI (models/ioi-gpt2/MODEL_CARD.md).
@@ -107,46 +171,94 @@ fn default_model() -> PathBuf {
 }
 
 fn run(args: RunArgs) -> Result<(), Error> {
-    let device: Device = args.device.parse()?;
     if args.batch_size == 0 {
         return Err(Error::Input("--batch-size must be at least 1".into()));
     }
-    let mut opts = job::JobOptions::new(args.model.unwrap_or_else(default_model));
-    opts.tokenizer = args.tokenizer;
-    opts.prompts = args.prompts;
-    opts.bos = args.bos;
-    opts.heads = args.heads;
-    opts.runtime = RuntimeOptions { kind: args.runtime, device, ort_lib: args.ort_lib, threads: args.threads };
+    let mut opts = args.common.job_options()?;
+    let out = &args.common.out;
+    if let Some(steps) = args.ig_steps {
+        if args.shard.is_some() || args.resume {
+            return Err(Error::Input("--ig-steps runs in one process: --shard and --resume are for plain attribution".into()));
+        }
+        let r = patch::run(&opts, patch::Estimator::IntegratedGradients { steps }, args.rows_per_call)?;
+        return report_job(&opts, &r, out);
+    }
     opts.batch_size = args.batch_size;
-    opts.per_prompt = args.per_prompt;
     opts.shard = args.shard;
-    opts.metric = args.metric;
-    opts.hooks = args.hook;
-    opts.progress = true;
-    // Fail on an unwritable output folder before spending time on the model.
-    std::fs::create_dir_all(&args.out).map_err(|e| Error::io(&args.out, e))?;
-    let batches_dir = args.out.join("batches");
+    let batches_dir = out.join("batches");
     if !args.resume && batches_dir.exists() {
         std::fs::remove_dir_all(&batches_dir).map_err(|e| Error::io(&batches_dir, e))?;
     }
-    opts.work_dir = Some(args.out.clone());
+    opts.work_dir = Some(out.clone());
     let Some(r) = job::run_job(&opts)? else {
         let s = opts.shard.unwrap();
         println!("shard {}/{} done: batch files in {}", s.index, s.count, batches_dir.display());
         println!("combine the shards with: attrpatch merge SHARD_DIRS... --out DIR");
         return Ok(());
     };
-    println!("model: {}", opts.model.display());
-    println!("runtime: {} ({} call{})", r.manifest.runtime, r.runtime_calls, if r.runtime_calls == 1 { "" } else { "s" });
     if r.batches_resumed > 0 {
         println!("resumed {} finished batch(es) from {}", r.batches_resumed, batches_dir.display());
     }
-    print_summary(&r);
+    report_job(&opts, &r, out)
+}
+
+/// Prints a finished job's summary and timings, and writes its files.
+fn report_job(opts: &job::JobOptions, r: &job::JobResult, out: &Path) -> Result<(), Error> {
+    println!("model: {}", opts.model.display());
+    println!("method: {}", r.manifest.method.label());
+    println!("runtime: {} ({} call{})", r.manifest.runtime, r.runtime_calls, if r.runtime_calls == 1 { "" } else { "s" });
+    print_summary(r);
     println!(
         "time: load {:.2}s, rewrite {:.2}s, session {:.2}s, run {:.3}s",
         r.seconds.load, r.seconds.rewrite, r.seconds.session, r.seconds.run
     );
-    for w in report::write_results(&r, &args.out)? {
+    for w in report::write_results(r, out)? {
+        println!("wrote {}", w.display());
+    }
+    Ok(())
+}
+
+fn patch_cmd(args: PatchArgs) -> Result<(), Error> {
+    let opts = args.common.job_options()?;
+    let r = patch::run(&opts, patch::Estimator::Exact { positions: args.positions }, args.rows_per_call)?;
+    report_job(&opts, &r, &args.common.out)
+}
+
+fn compare_cmd(args: CompareArgs) -> Result<(), Error> {
+    let opts = args.common.job_options()?;
+    let c = compare::compare(&opts, &compare::CompareOptions { positions: args.positions, ig_steps: args.ig_steps, rows_per_call: args.rows_per_call })?;
+    println!("model: {}", opts.model.display());
+    print_summary(&c.exact);
+    let secs = |r: &job::JobResult| r.seconds.load + r.seconds.rewrite + r.seconds.session + r.seconds.run;
+    println!("exact activation patching: {} runtime calls, {:.2}s", c.exact.runtime_calls, secs(&c.exact));
+    println!("{:<10} {:<31} {:>8} {:>9} {:>11} {:>10} {:>8}", "grid", "estimate", "Pearson", "Spearman", "mean |err|", "max |err|", "time");
+    for e in &c.estimates {
+        for (grid, a) in [("heads", &e.heads), ("positions", &e.positions)] {
+            let Some(a) = a else { continue };
+            println!(
+                "{:<10} {:<31} {:>8} {:>9} {:>11.3e} {:>10.3e} {:>7.2}s",
+                grid,
+                e.result.manifest.method.label(),
+                compare::fmt_corr(a.pearson),
+                compare::fmt_corr(a.spearman),
+                a.mean_abs_error,
+                a.max_abs_error,
+                secs(&e.result)
+            );
+        }
+    }
+    for e in &c.estimates {
+        for (grid, a) in [("heads", &e.heads), ("positions", &e.positions)] {
+            let Some(a) = a else { continue };
+            let misses: Vec<String> = a
+                .largest_misses
+                .iter()
+                .map(|m| format!("L{} {}{}: {:.3} vs {:.3}", m.layer, if grid == "heads" { "H" } else { "P" }, m.index, m.estimate, m.exact))
+                .collect();
+            println!("largest misses, {grid}, {}: {}", e.result.manifest.method.label(), misses.join("; "));
+        }
+    }
+    for w in compare::write(&c, &args.common.out)? {
         println!("wrote {}", w.display());
     }
     Ok(())
@@ -204,6 +316,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.cmd {
         Cmd::Run(a) => run(a),
+        Cmd::Patch(a) => patch_cmd(a),
+        Cmd::Compare(a) => compare_cmd(a),
         Cmd::Inspect { model, hook } => OnnxModel::load(&model).and_then(|m| inspect::inspect(&m, hook.as_ref())).map(|s| print!("{s}")),
         Cmd::Rewrite { model, output } => rewrite(&model, &output),
         Cmd::Merge { shards, out } => merge_cmd(&shards, &out),

@@ -3,12 +3,11 @@
 //! labels, tick labels and a colour bar, drawn with the 8x8 bitmap font.
 
 use super::data::Grid;
-use crate::error::{Error, Result};
-use font8x8::UnicodeFonts;
+use crate::error::Result;
+use super::draw::{draw_text, fill_rect, fmt_tick, frame, text_w, write_png, Colour, CH, GAP, MARGIN, WHITE};
 use image::{Rgb, RgbImage};
 use std::path::Path;
 
-type Colour = [u8; 3];
 
 /// plotly.colors.sequential.RdBu, lowest value (red) to highest (blue).
 const RDBU: [Colour; 11] = [
@@ -24,19 +23,12 @@ const RDBU: [Colour; 11] = [
     [33, 102, 172],
     [5, 48, 97],
 ];
-const WHITE: Colour = [255, 255, 255];
-const TEXT: Colour = [42, 63, 95]; // plotly's default font colour
 const NAN_GREY: Colour = [150, 150, 150];
-const FRAME: Colour = [200, 200, 200];
 
-const SCALE: i64 = 2; // screen pixels per font pixel
-const CH: u32 = 8 * SCALE as u32; // glyph size on screen
 const MAX_CELL: u32 = 48;
 const MIN_CELL: u32 = 4;
 const MAX_PLOT: u32 = 2000; // cells shrink so the plot stays under this, either way
 const MAX_LABEL_CHARS: usize = 24;
-const MARGIN: u32 = 16;
-const GAP: u32 = 8;
 const BAR_W: u32 = 20;
 const BAR_MIN_H: u32 = 200; // room for the ticks even when the grid is one row
 const N_TICKS: usize = 5;
@@ -44,11 +36,26 @@ const N_TICKS: usize = 5;
 /// Draw `grid` as a heatmap PNG at `path`.
 pub fn write_heatmap_png(grid: &Grid, path: &Path) -> Result<()> {
     grid.validate()?;
-    let img = render(grid);
-    let mut bytes = Vec::new();
-    img.write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png)
-        .map_err(|e| Error::io(path, std::io::Error::other(e)))?;
-    crate::fsutil::write_atomic(path, &bytes)
+    write_png(&render(grid, grid.abs_max()), path)
+}
+
+/// Draw several grids side by side on one colour scale (the largest |value|
+/// of all), so equal colours mean equal values across the panels.
+pub fn write_heatmaps_png(grids: &[&Grid], path: &Path) -> Result<()> {
+    for g in grids {
+        g.validate()?;
+    }
+    let m = grids.iter().map(|g| g.abs_max()).fold(f64::MIN_POSITIVE, f64::max);
+    let panels: Vec<RgbImage> = grids.iter().map(|g| render(g, m)).collect();
+    let width = panels.iter().map(|p| p.width()).sum::<u32>().max(1);
+    let height = panels.iter().map(|p| p.height()).max().unwrap_or(1);
+    let mut img = RgbImage::from_pixel(width, height, Rgb(WHITE));
+    let mut x = 0;
+    for p in &panels {
+        image::imageops::replace(&mut img, p, x as i64, 0);
+        x += p.width();
+    }
+    write_png(&img, path)
 }
 
 /// Where everything goes, in pixels. The plot's top-left cell starts at (plot_x, plot_y).
@@ -126,8 +133,8 @@ fn layout(grid: &Grid, m: f64) -> Layout {
     }
 }
 
-fn render(grid: &Grid) -> RgbImage {
-    let m = grid.abs_max();
+/// The heatmap with its colour scale over [-m, m].
+fn render(grid: &Grid, m: f64) -> RgbImage {
     let l = layout(grid, m);
     let mut img = RgbImage::from_pixel(l.width, l.height, Rgb(WHITE));
     let (px, py, cell) = (l.plot_x as i64, l.plot_y as i64, l.cell as i64);
@@ -202,24 +209,6 @@ fn colour(v: f64, m: f64) -> Colour {
     std::array::from_fn(|k| (a[k] as f64 + (b[k] as f64 - a[k] as f64) * f).round() as u8)
 }
 
-/// Compact tick text: about 3 significant digits, exponent form when tiny or huge.
-fn fmt_tick(v: f64) -> String {
-    let a = v.abs();
-    if a == 0.0 {
-        return "0".into();
-    }
-    if !(0.01..1e4).contains(&a) {
-        return format!("{v:.2e}");
-    }
-    let decimals = (2 - a.log10().floor() as i64).clamp(0, 4) as usize;
-    let s = format!("{v:.decimals$}");
-    if s.contains('.') {
-        s.trim_end_matches('0').trim_end_matches('.').to_string()
-    } else {
-        s
-    }
-}
-
 /// Draw every n-th tick label so labels of height CH never overlap.
 fn label_stride(cell: u32) -> usize {
     CH.div_ceil(cell.max(1)) as usize
@@ -231,57 +220,6 @@ fn clip(s: &str) -> String {
         return s.to_string();
     }
     s.chars().take(MAX_LABEL_CHARS - 2).chain("..".chars()).collect()
-}
-
-fn text_w(s: &str) -> u32 {
-    s.chars().count() as u32 * CH
-}
-
-/// The 8x8 bitmap of `c` (row per byte, bit 0 leftmost); '?' for what the font lacks.
-fn glyph(c: char) -> [u8; 8] {
-    let c = if c.is_control() { '?' } else { c };
-    font8x8::BASIC_FONTS
-        .get(c)
-        .or_else(|| font8x8::LATIN_FONTS.get(c))
-        .or_else(|| font8x8::BASIC_FONTS.get('?'))
-        .unwrap_or([0; 8])
-}
-
-/// Draw `s` with its box's top-left at (x, y). `upwards` turns it 90 degrees
-/// anticlockwise (reads bottom to top, like plotly's rotated labels).
-fn draw_text(img: &mut RgbImage, x: i64, y: i64, s: &str, upwards: bool) {
-    let len = text_w(s) as i64;
-    for (i, c) in s.chars().enumerate() {
-        for (gy, bits) in glyph(c).iter().enumerate() {
-            for gx in 0..8 {
-                if bits >> gx & 1 == 0 {
-                    continue;
-                }
-                // Top-left of this font pixel in unrotated text coordinates.
-                let (u, v) = ((i as i64 * 8 + gx) * SCALE, gy as i64 * SCALE);
-                let (px, py) = if upwards { (x + v, y + len - u - SCALE) } else { (x + u, y + v) };
-                fill_rect(img, px, py, SCALE, SCALE, TEXT);
-            }
-        }
-    }
-}
-
-/// A one-pixel outline of the given box.
-fn frame(img: &mut RgbImage, x: i64, y: i64, w: i64, h: i64) {
-    fill_rect(img, x - 1, y - 1, w + 2, 1, FRAME);
-    fill_rect(img, x - 1, y + h, w + 2, 1, FRAME);
-    fill_rect(img, x - 1, y, 1, h, FRAME);
-    fill_rect(img, x + w, y, 1, h, FRAME);
-}
-
-/// Fill a box, clipped to the image.
-fn fill_rect(img: &mut RgbImage, x: i64, y: i64, w: i64, h: i64, c: Colour) {
-    let (iw, ih) = (img.width() as i64, img.height() as i64);
-    for py in y.max(0)..(y + h).min(ih) {
-        for px in x.max(0)..(x + w).min(iw) {
-            img.put_pixel(px as u32, py as u32, Rgb(c));
-        }
-    }
 }
 
 #[cfg(test)]

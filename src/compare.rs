@@ -1,0 +1,240 @@
+//! The estimate beside the truth: attribution patching (and integrated
+//! gradients, when asked) against exact activation patching, cell by cell.
+//! Writes each method's grids in its own folder, the grids side by side on
+//! one colour scale, a scatter plot per grid, and the agreement figures
+//! (Pearson, Spearman, errors, largest misses) in compare.json.
+
+use crate::error::{Error, Result};
+use crate::fsutil::write_atomic;
+use crate::job::{run_job, JobOptions, JobResult};
+use crate::patch::{self, Estimator};
+use crate::render::{write_heatmaps_png, write_scatter_png, Grid, Scatter, Series, COLOURS};
+use crate::report::{heads_grid, positions_grid, write_results};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+
+/// How many of the largest misses are listed.
+pub const MISSES: usize = 5;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Miss {
+    pub layer: usize,
+    /// Head, or position, within the layer.
+    pub index: usize,
+    pub estimate: f64,
+    pub exact: f64,
+}
+
+/// How well one estimated grid matches the exact one.
+#[derive(Debug, Clone, Serialize)]
+pub struct Agreement {
+    /// None when either grid is constant (no correlation is defined).
+    pub pearson: Option<f64>,
+    pub spearman: Option<f64>,
+    pub mean_abs_error: f64,
+    pub max_abs_error: f64,
+    /// The cells with the largest |estimate - exact|, largest first.
+    pub largest_misses: Vec<Miss>,
+}
+
+pub fn agreement(estimate: &[Vec<f64>], exact: &[Vec<f64>]) -> Agreement {
+    let mut cells = vec![];
+    for (l, (er, xr)) in estimate.iter().zip(exact).enumerate() {
+        for (i, (&e, &x)) in er.iter().zip(xr).enumerate() {
+            cells.push(Miss { layer: l, index: i, estimate: e, exact: x });
+        }
+    }
+    let (xs, ys): (Vec<f64>, Vec<f64>) = cells.iter().map(|c| (c.estimate, c.exact)).unzip();
+    let errors: Vec<f64> = cells.iter().map(|c| (c.estimate - c.exact).abs()).collect();
+    let mut order: Vec<usize> = (0..cells.len()).collect();
+    order.sort_by(|&a, &b| errors[b].total_cmp(&errors[a]));
+    Agreement {
+        pearson: pearson(&xs, &ys),
+        spearman: pearson(&ranks(&xs), &ranks(&ys)),
+        mean_abs_error: errors.iter().sum::<f64>() / errors.len().max(1) as f64,
+        max_abs_error: errors.iter().copied().fold(0.0, f64::max),
+        largest_misses: order.iter().take(MISSES).map(|&i| cells[i].clone()).collect(),
+    }
+}
+
+pub fn pearson(x: &[f64], y: &[f64]) -> Option<f64> {
+    let n = x.len() as f64;
+    if x.len() < 2 || x.len() != y.len() {
+        return None;
+    }
+    let (mx, my) = (x.iter().sum::<f64>() / n, y.iter().sum::<f64>() / n);
+    let (mut sxy, mut sxx, mut syy) = (0.0, 0.0, 0.0);
+    for (a, b) in x.iter().zip(y) {
+        sxy += (a - mx) * (b - my);
+        sxx += (a - mx) * (a - mx);
+        syy += (b - my) * (b - my);
+    }
+    let r = sxy / (sxx * syy).sqrt();
+    r.is_finite().then_some(r)
+}
+
+/// Ranks from 1, ties sharing their average rank (as Spearman's rho needs).
+pub fn ranks(v: &[f64]) -> Vec<f64> {
+    let mut order: Vec<usize> = (0..v.len()).collect();
+    order.sort_by(|&a, &b| v[a].total_cmp(&v[b]));
+    let mut r = vec![0.0; v.len()];
+    let mut i = 0;
+    while i < order.len() {
+        let mut j = i;
+        while j + 1 < order.len() && v[order[j + 1]] == v[order[i]] {
+            j += 1;
+        }
+        let avg = (i + j) as f64 / 2.0 + 1.0;
+        for &k in &order[i..=j] {
+            r[k] = avg;
+        }
+        i = j + 1;
+    }
+    r
+}
+
+pub struct CompareOptions {
+    /// Also patch every position (layer x position grid).
+    pub positions: bool,
+    /// Integrated gradients with this many steps, when set.
+    pub ig_steps: Option<usize>,
+    pub rows_per_call: usize,
+}
+
+/// One estimator's grids and their agreement with the exact ones.
+pub struct Estimate {
+    /// "attribution" or "ig": the output folder and the JSON key.
+    pub key: &'static str,
+    pub result: JobResult,
+    pub heads: Option<Agreement>,
+    pub positions: Option<Agreement>,
+}
+
+pub struct Comparison {
+    pub exact: JobResult,
+    pub estimates: Vec<Estimate>,
+}
+
+pub fn compare(opts: &JobOptions, c: &CompareOptions) -> Result<Comparison> {
+    let exact = patch::run(opts, Estimator::Exact { positions: c.positions }, c.rows_per_call)?;
+    let mut results = vec![("attribution", run_job(opts)?.ok_or_else(|| Error::Input("compare does not run shards".into()))?)];
+    if let Some(steps) = c.ig_steps {
+        results.push(("ig", patch::run(opts, Estimator::IntegratedGradients { steps }, c.rows_per_call)?));
+    }
+    let has = |g: &[Vec<f64>]| !g.is_empty();
+    let estimates = results
+        .into_iter()
+        .map(|(key, result)| {
+            let heads = (has(&exact.grids.heads) && has(&result.grids.heads)).then(|| agreement(&result.grids.heads, &exact.grids.heads));
+            let positions = has(&exact.grids.positions).then(|| agreement(&result.grids.positions, &exact.grids.positions));
+            Estimate { key, result, heads, positions }
+        })
+        .collect();
+    Ok(Comparison { exact, estimates })
+}
+
+/// Writes every method's results in its own folder, then the comparison files.
+pub fn write(c: &Comparison, out: &Path) -> Result<Vec<PathBuf>> {
+    let mut written = write_results(&c.exact, &out.join("exact"))?;
+    for e in &c.estimates {
+        written.extend(write_results(&e.result, &out.join(e.key))?);
+    }
+    let value = format!("Norm. {}", c.exact.manifest.metric.label());
+    type GridOf = fn(&JobResult) -> Grid;
+    let kinds: [(&str, GridOf, fn(&Estimate) -> &Option<Agreement>); 2] =
+        [("heads", heads_grid, |e| &e.heads), ("positions", positions_grid, |e| &e.positions)];
+    for (name, grid_of, agreement_of) in kinds {
+        let compared: Vec<&Estimate> = c.estimates.iter().filter(|e| agreement_of(e).is_some()).collect();
+        if compared.is_empty() {
+            continue;
+        }
+        // Panels titled by method only: the file name says which grid.
+        let panel = |r: &JobResult| Grid { title: r.manifest.method.label(), ..grid_of(r) };
+        let mut grids: Vec<Grid> = compared.iter().map(|e| panel(&e.result)).collect();
+        grids.push(panel(&c.exact));
+        let path = out.join(format!("compare-{name}.png"));
+        write_heatmaps_png(&grids.iter().collect::<Vec<_>>(), &path)?;
+        written.push(path);
+        let exact_grid = grid_of(&c.exact);
+        let series = compared
+            .iter()
+            .zip(COLOURS)
+            .map(|(e, colour)| {
+                let a = agreement_of(e).as_ref().unwrap();
+                let points = grid_of(&e.result).values.iter().flatten().zip(exact_grid.values.iter().flatten()).map(|(&x, &y)| (x, y)).collect();
+                Series { name: format!("{} (r = {})", e.result.manifest.method.label(), fmt_corr(a.pearson)), colour, points }
+            })
+            .collect();
+        let plot = Scatter {
+            title: format!("{name}: estimate vs exact activation patching"),
+            x_label: format!("Estimate ({value})"),
+            y_label: format!("Exact ({value})"),
+            series,
+        };
+        let path = out.join(format!("scatter-{name}.png"));
+        write_scatter_png(&plot, &path)?;
+        written.push(path);
+    }
+    let path = out.join("compare.json");
+    let text = serde_json::to_vec_pretty(&summary_json(c)).map_err(|e| Error::Runtime(format!("serialising compare.json: {e}")))?;
+    write_atomic(&path, &text)?;
+    written.push(path);
+    Ok(written)
+}
+
+pub fn summary_json(c: &Comparison) -> serde_json::Value {
+    let mut estimates = serde_json::Map::new();
+    for e in &c.estimates {
+        estimates.insert(
+            e.key.into(),
+            serde_json::json!({
+                "method": e.result.manifest.method,
+                "heads": e.heads,
+                "positions": e.positions,
+                "seconds": e.result.seconds,
+                "runtime_calls": e.result.runtime_calls,
+            }),
+        );
+    }
+    serde_json::json!({
+        "model": c.exact.manifest.model,
+        "metric": c.exact.manifest.metric,
+        "n_pairs": c.exact.manifest.prompts.len(),
+        "exact": { "seconds": c.exact.seconds, "runtime_calls": c.exact.runtime_calls },
+        "estimates": estimates,
+    })
+}
+
+pub fn fmt_corr(r: Option<f64>) -> String {
+    r.map_or_else(|| "n/a".into(), |r| format!("{r:.3}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn correlations_of_known_series() {
+        let x = [1.0, 2.0, 3.0, 4.0];
+        assert!((pearson(&x, &[2.0, 4.0, 6.0, 8.0]).unwrap() - 1.0).abs() < 1e-12);
+        assert!((pearson(&x, &[4.0, 3.0, 2.0, 1.0]).unwrap() + 1.0).abs() < 1e-12);
+        assert_eq!(pearson(&x, &[1.0; 4]), None);
+        // Monotone but not linear: Spearman 1, Pearson below 1.
+        let y = [1.0, 10.0, 100.0, 1000.0];
+        assert!(pearson(&x, &y).unwrap() < 0.9);
+        assert_eq!(pearson(&ranks(&x), &ranks(&y)), Some(1.0));
+    }
+
+    #[test]
+    fn ties_share_their_average_rank() {
+        assert_eq!(ranks(&[3.0, 1.0, 3.0, 2.0]), vec![3.5, 1.0, 3.5, 2.0]);
+    }
+
+    #[test]
+    fn largest_misses_come_first() {
+        let a = agreement(&[vec![0.0, 1.0], vec![0.5, 0.2]], &[vec![0.0, 0.2], vec![0.5, 0.25]]);
+        assert_eq!((a.largest_misses[0].layer, a.largest_misses[0].index), (0, 1));
+        assert!((a.max_abs_error - 0.8).abs() < 1e-12);
+        assert!((a.mean_abs_error - 0.85 / 4.0).abs() < 1e-12);
+    }
+}

@@ -98,7 +98,8 @@ pub struct CompareOptions {
     pub positions: bool,
     /// Integrated gradients with this many steps, when set.
     pub ig_steps: Option<usize>,
-    pub rows_per_call: usize,
+    /// None: each estimator's default.
+    pub rows_per_call: Option<usize>,
 }
 
 /// One estimator's grids and their agreement with the exact ones.
@@ -116,10 +117,13 @@ pub struct Comparison {
 }
 
 pub fn compare(opts: &JobOptions, c: &CompareOptions) -> Result<Comparison> {
-    let exact = patch::run(opts, Estimator::Exact { positions: c.positions }, c.rows_per_call)?;
+    let rows = |e: Estimator| c.rows_per_call.unwrap_or(patch::default_rows_per_call(e));
+    let exact_est = Estimator::Exact { positions: c.positions };
+    let exact = patch::run(opts, exact_est, rows(exact_est))?;
     let mut results = vec![("attribution", run_job(opts)?.ok_or_else(|| Error::Input("compare does not run shards".into()))?)];
     if let Some(steps) = c.ig_steps {
-        results.push(("ig", patch::run(opts, Estimator::IntegratedGradients { steps }, c.rows_per_call)?));
+        let ig = Estimator::IntegratedGradients { steps };
+        results.push(("ig", patch::run(opts, ig, rows(ig))?));
     }
     let has = |g: &[Vec<f64>]| !g.is_empty();
     let estimates = results
@@ -182,6 +186,18 @@ pub fn write(c: &Comparison, out: &Path) -> Result<Vec<PathBuf>> {
     Ok(written)
 }
 
+/// How much closer integrated gradients get to the exact grid than plain
+/// attribution: (grid, attribution's mean |error| / IG's, Pearson before, after).
+pub fn ig_gain(c: &Comparison) -> Vec<(&'static str, f64, Option<f64>, Option<f64>)> {
+    let find = |k: &str| c.estimates.iter().find(|e| e.key == k);
+    let (Some(plain), Some(ig)) = (find("attribution"), find("ig")) else { return vec![] };
+    [("heads", &plain.heads, &ig.heads), ("positions", &plain.positions, &ig.positions)]
+        .into_iter()
+        .filter_map(|(grid, a, b)| Some((grid, a.as_ref()?, b.as_ref()?)))
+        .map(|(grid, a, b)| (grid, a.mean_abs_error / b.mean_abs_error, a.pearson, b.pearson))
+        .collect()
+}
+
 pub fn summary_json(c: &Comparison) -> serde_json::Value {
     let mut estimates = serde_json::Map::new();
     for e in &c.estimates {
@@ -202,6 +218,12 @@ pub fn summary_json(c: &Comparison) -> serde_json::Value {
         "n_pairs": c.exact.manifest.prompts.len(),
         "exact": { "seconds": c.exact.seconds, "runtime_calls": c.exact.runtime_calls },
         "estimates": estimates,
+        "ig_vs_attribution": ig_gain(c)
+            .iter()
+            .map(|(grid, ratio, before, after)| (grid.to_string(), serde_json::json!({
+                "mean_abs_error_ratio": ratio, "pearson_attribution": before, "pearson_ig": after,
+            })))
+            .collect::<serde_json::Map<_, _>>(),
     })
 }
 

@@ -129,9 +129,9 @@ struct RunArgs {
     /// passes of each layer's path from the corrupted to the clean activation).
     #[arg(long, value_name = "N")]
     ig_steps: Option<usize>,
-    /// Patching rows per runtime call, with --ig-steps; memory grows with it.
-    #[arg(long, default_value_t = patch::DEFAULT_ROWS_PER_CALL)]
-    rows_per_call: usize,
+    /// Patching rows per runtime call, with --ig-steps; memory grows with it [default: 64].
+    #[arg(long)]
+    rows_per_call: Option<usize>,
 }
 
 #[derive(Args)]
@@ -141,9 +141,9 @@ struct PatchArgs {
     /// Also patch every position of every layer (the layer x position grid).
     #[arg(long)]
     positions: bool,
-    /// Patched prompt runs per runtime call; memory grows with it.
-    #[arg(long, default_value_t = patch::DEFAULT_ROWS_PER_CALL)]
-    rows_per_call: usize,
+    /// Patched prompt runs per runtime call; memory grows with it [default: 256].
+    #[arg(long)]
+    rows_per_call: Option<usize>,
 }
 
 #[derive(Args)]
@@ -156,9 +156,10 @@ struct CompareArgs {
     /// Also compare integrated gradients with N steps.
     #[arg(long, value_name = "N")]
     ig_steps: Option<usize>,
-    /// Patched prompt runs per runtime call; memory grows with it.
-    #[arg(long, default_value_t = patch::DEFAULT_ROWS_PER_CALL)]
-    rows_per_call: usize,
+    /// Patched prompt runs per runtime call; memory grows with it [default: 256 for exact
+    /// patching, 64 for integrated gradients, whose rows also hold the backward pass].
+    #[arg(long)]
+    rows_per_call: Option<usize>,
 }
 
 /// The bundled model trained on IOI (models/ioi-gpt2/MODEL_CARD.md).
@@ -180,7 +181,8 @@ fn run(args: RunArgs) -> Result<(), Error> {
         if args.shard.is_some() || args.resume {
             return Err(Error::Input("--ig-steps runs in one process: --shard and --resume are for plain attribution".into()));
         }
-        let r = patch::run(&opts, patch::Estimator::IntegratedGradients { steps }, args.rows_per_call)?;
+        let e = patch::Estimator::IntegratedGradients { steps };
+        let r = patch::run(&opts, e, args.rows_per_call.unwrap_or(patch::default_rows_per_call(e)))?;
         return report_job(&opts, &r, out);
     }
     opts.batch_size = args.batch_size;
@@ -220,7 +222,8 @@ fn report_job(opts: &job::JobOptions, r: &job::JobResult, out: &Path) -> Result<
 
 fn patch_cmd(args: PatchArgs) -> Result<(), Error> {
     let opts = args.common.job_options()?;
-    let r = patch::run(&opts, patch::Estimator::Exact { positions: args.positions }, args.rows_per_call)?;
+    let e = patch::Estimator::Exact { positions: args.positions };
+    let r = patch::run(&opts, e, args.rows_per_call.unwrap_or(patch::default_rows_per_call(e)))?;
     report_job(&opts, &r, &args.common.out)
 }
 
@@ -257,6 +260,14 @@ fn compare_cmd(args: CompareArgs) -> Result<(), Error> {
                 .collect();
             println!("largest misses, {grid}, {}: {}", e.result.manifest.method.label(), misses.join("; "));
         }
+    }
+    for (grid, ratio, before, after) in compare::ig_gain(&c) {
+        println!(
+            "integrated gradients vs attribution, {grid}: mean |err| {}, Pearson {} -> {}",
+            if ratio >= 1.0 { format!("{ratio:.2}x smaller") } else { format!("{:.2}x larger", 1.0 / ratio) },
+            compare::fmt_corr(before),
+            compare::fmt_corr(after)
+        );
     }
     for w in compare::write(&c, &args.common.out)? {
         println!("wrote {}", w.display());

@@ -139,3 +139,59 @@ fn tract_runtime_from_the_command_line() {
     assert!(o.status.success(), "{t}");
     assert!(t.contains("runtime: tract (CPU)"), "{t}");
 }
+
+#[test]
+fn compare_writes_grids_scatter_plots_and_correlations() {
+    let out = tmp_dir("compare");
+    let o = attrpatch(&["compare", "--device", "cpu", "--positions", "--ig-steps", "2", "--out", out.to_str().unwrap()]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    for line in ["Pearson", "Spearman", "Attribution patching", "Integrated gradients (2 steps)", "largest misses, positions"] {
+        assert!(t.contains(line), "missing '{line}' in:\n{t}");
+    }
+    for f in [
+        "compare-heads.png", "scatter-heads.png", "compare-positions.png", "scatter-positions.png", "compare.json",
+        "exact/heads.png", "exact/positions.csv", "attribution/heads.csv", "ig/results.json",
+    ] {
+        assert!(out.join(f).is_file(), "{f} not written");
+    }
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("compare.json")).unwrap()).unwrap();
+    for est in ["attribution", "ig"] {
+        for grid in ["heads", "positions"] {
+            let r = v["estimates"][est][grid]["pearson"].as_f64().unwrap_or_else(|| panic!("{est} {grid} pearson in {v}"));
+            assert!((-1.0..=1.0).contains(&r));
+            assert_eq!(v["estimates"][est][grid]["largest_misses"].as_array().unwrap().len(), 5);
+        }
+    }
+    let exact: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("exact/results.json")).unwrap()).unwrap();
+    assert_eq!(exact["method"]["kind"], "exact-patching");
+}
+
+#[test]
+fn patch_writes_exact_grids_in_the_attribution_formats() {
+    let out = tmp_dir("patch");
+    let o = attrpatch(&["patch", "--model", "models/gpt2-tiny-random.onnx", "--device", "cpu", "--out", out.to_str().unwrap()]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(t.contains("method: Activation patching (exact)"), "{t}");
+    assert!(out.join("heads.png").is_file() && out.join("heads.csv").is_file());
+    assert!(!out.join("positions.csv").exists(), "positions are patched only with --positions");
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("results.json")).unwrap()).unwrap();
+    assert_eq!(v["heads"]["values"].as_array().unwrap().len(), 2);
+    assert!(v["positions"].is_null());
+}
+
+#[test]
+fn zero_ig_steps_or_rows_are_refused() {
+    for (args, msg) in [
+        (vec!["run", "--ig-steps", "0"], "--ig-steps must be at least 1"),
+        (vec!["patch", "--rows-per-call", "0"], "--rows-per-call must be at least 1"),
+        (vec!["run", "--ig-steps", "2", "--shard", "0/2"], "--ig-steps runs in one process"),
+    ] {
+        let out = tmp_dir("zero");
+        let mut a = args.clone();
+        a.extend(["--device", "cpu", "--out", out.to_str().unwrap()]);
+        let o = attrpatch(&a);
+        assert!(!o.status.success() && text(&o).contains(msg), "{args:?}: {}", text(&o));
+    }
+}

@@ -241,3 +241,27 @@ fn tempfile_dir(name: &str) -> PathBuf {
     std::fs::create_dir_all(&d).unwrap();
     d
 }
+
+/// Patching the last block's output at the last position restores the clean
+/// logits exactly (normalised metric 1); at any earlier position it changes
+/// nothing the metric reads (0). Hooks without heads get the positions grid.
+#[test]
+fn patching_the_last_residual_at_the_last_position_restores_the_clean_run() {
+    let mut opts = ioi_job();
+    opts.hooks = HookKind::Resid;
+    let r = patch::run(&opts, Estimator::Exact { positions: false }, 256).unwrap();
+    assert!(r.grids.heads.is_empty());
+    let last = r.grids.positions.last().unwrap();
+    assert!((last[13] - 1.0).abs() < 1e-5, "{last:?}");
+    assert!(last[..13].iter().all(|v| v.abs() < 1e-5), "{last:?}");
+}
+
+#[test]
+fn head_counts_that_do_not_split_the_width_are_refused() {
+    let mut opts = ioi_job();
+    opts.heads = Some(5);
+    let e = patch::run(&opts, Estimator::Exact { positions: false }, 256).err().expect("5 heads of a 64-wide hook").to_string();
+    assert!(e.contains("5 heads do not split the width 64"), "{e}");
+    let e = run_job(&opts).err().expect("the attribution job checks too").to_string();
+    assert!(e.contains("5 heads do not split the width 64"), "{e}");
+}

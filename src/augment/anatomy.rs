@@ -87,6 +87,23 @@ impl Anatomy {
         Ok(self.hooks.first().and_then(|h| crate::hooks::infer_heads(model.graph(), &facts, &h.tensor)))
     }
 
+    /// A head count must split every hook's width evenly.
+    pub fn check_heads(&self, model: &OnnxModel, heads: usize) -> Result<()> {
+        for h in &self.hooks {
+            if let Some(Dim::Known(w)) = self.facts0.shape(&h.tensor).and_then(|s| s.last()) {
+                if heads == 0 || *w % heads as i64 != 0 {
+                    return Err(Error::Input(format!(
+                        "{}: {heads} heads do not split the width {w} of hook '{}' (layer {}) evenly",
+                        model.path.display(),
+                        h.tensor,
+                        h.layer
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The token inputs present, input_ids first.
     pub fn token_inputs(&self) -> Vec<&TokenInput> {
         std::iter::once(&self.ids_in).chain(self.mask_in.as_ref()).chain(self.pos_in.as_ref()).collect()

@@ -128,7 +128,11 @@ pub fn augment(model: OnnxModel) -> Result<Augmented> {
 }
 
 pub fn augment_with(model: OnnxModel, opts: AugmentOptions) -> Result<Augmented> {
-    let Anatomy { hooks, facts0, logits, dtype, vocab, batch, seq, ids_in, mask_in, pos_in, constants, src } = Anatomy::read(&model, &opts.hooks)?;
+    let anatomy = Anatomy::read(&model, &opts.hooks)?;
+    if let Some(h) = opts.heads {
+        anatomy.check_heads(&model, h)?;
+    }
+    let Anatomy { hooks, facts0, logits, dtype, vocab, batch, seq, ids_in, mask_in, pos_in, constants, src } = anatomy;
     let token_inputs: Vec<&TokenInput> = std::iter::once(&ids_in).chain(mask_in.as_ref()).chain(pos_in.as_ref()).collect();
     let lm_head_last_position_only = matches!(src, metric::LogitsSource::LmHead { .. });
     let (path, opset) = (model.path.clone(), model.opset);

@@ -98,6 +98,7 @@ pub fn build(model: OnnxModel, opts: &PatchGraphOptions) -> Result<PatchGraph> {
         None
     };
     let units = heads.unwrap_or(1);
+    anat.check_heads(&model, units)?;
     let (path, opset) = (model.path.clone(), model.opset);
     let token_inputs: Vec<TokenInput> = anat.token_inputs().into_iter().cloned().collect();
     let mut proto = model.proto;

@@ -195,3 +195,25 @@ fn zero_ig_steps_or_rows_are_refused() {
         assert!(!o.status.success() && text(&o).contains(msg), "{args:?}: {}", text(&o));
     }
 }
+
+/// `--runtime tract --device cuda`: without the tract-cuda feature the error says how to build it;
+/// with it, a machine without CUDA gets the missing library named, and one with CUDA must match
+/// the PyTorch reference like every other runtime.
+#[test]
+fn tract_on_cuda_runs_or_says_what_is_missing() {
+    let out = tmp_dir("tract-cuda");
+    let o = attrpatch(&["run", "--model", "models/gpt2-tiny-random.onnx", "--runtime", "tract", "--device", "cuda", "--out", out.to_str().unwrap()]);
+    let t = text(&o);
+    if !cfg!(feature = "tract-cuda") {
+        assert!(!o.status.success() && t.contains("--features tract-cuda"), "{t}");
+    } else if o.status.success() {
+        assert!(t.contains("tract (CUDA)"), "{t}");
+        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("results.json")).unwrap()).unwrap();
+        let heads: Vec<Vec<f64>> = serde_json::from_value(v["heads"]["values"].clone()).unwrap();
+        assert_grid_close("tract CUDA heads", &heads, &reference("ioi-reference.json").heads);
+    } else {
+        assert!(t.contains("tract CUDA runtime unavailable"), "{t}");
+    }
+    let o = attrpatch(&["run", "--runtime", "tract", "--device", "cuda:1", "--out", out.to_str().unwrap()]);
+    assert!(!o.status.success() && text(&o).contains("device 0 only"), "{}", text(&o));
+}

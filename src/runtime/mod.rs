@@ -84,13 +84,19 @@ pub fn create_from(model: ModelForRuntime, opts: &RuntimeOptions) -> Result<Box<
     match opts.kind {
         RuntimeKind::Ort => Ok(Box::new(ort_rt::OrtRuntime::new(model, opts)?)),
         RuntimeKind::Tract => {
-            if matches!(opts.device, Device::Cuda(_)) {
-                return Err(Error::Input("--runtime tract runs on the CPU only; use --device cpu or auto".into()));
-            }
             if !model.weights.is_empty() {
                 return Err(Error::Runtime("tract needs the weights inside the model".into()));
             }
-            Ok(Box::new(tract_rt::TractRuntime::new(&model.bytes)?))
+            // tract's CUDA runtime picks its own device; auto stays on the CPU, as tract's
+            // CUDA path is unverified against the CPU grids on a given machine until gpu-check ran.
+            let cuda = match opts.device {
+                Device::Cuda(0) => true,
+                Device::Cuda(n) => {
+                    return Err(Error::Input(format!("--runtime tract --device cuda:{n}: tract's CUDA runtime uses device 0 only")))
+                }
+                Device::Cpu | Device::Auto => false,
+            };
+            Ok(Box::new(tract_rt::TractRuntime::new(&model.bytes, cuda)?))
         }
     }
 }

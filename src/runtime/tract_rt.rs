@@ -1,6 +1,7 @@
-//! tract as the runtime: pure Rust, CPU. The graph is optimised for the
+//! tract as the runtime: pure Rust, on the CPU or (with the `tract-cuda`
+//! feature) through tract's CUDA runtime. The graph is optimised for the
 //! concrete input shapes of each call (tract cannot declutter symbolic dims
-//! of these exports), and the optimised plan is kept while shapes repeat.
+//! of these exports), and the prepared plan is kept while shapes repeat.
 
 use super::{Runtime, Value};
 use crate::error::{Error, Result};
@@ -8,12 +9,14 @@ use ndarray::ArrayD;
 use std::collections::HashMap;
 use tract_onnx::prelude::*;
 
-type Plan = std::sync::Arc<TypedSimplePlan>;
+type Plan = Box<dyn tract_onnx::tract_core::runtime::Runnable>;
 
 pub struct TractRuntime {
     model: InferenceModel,
-    /// Graph output names, in tract's output order.
+    /// Graph input and output names, in tract's order.
+    input_names: Vec<String>,
     output_names: Vec<String>,
+    cuda: bool,
     cached: Option<(Vec<Vec<usize>>, Plan)>,
 }
 
@@ -22,8 +25,14 @@ fn t_err(what: &str, e: TractError) -> Error {
 }
 
 impl TractRuntime {
-    pub fn new(model_bytes: &[u8]) -> Result<Self> {
-        crate::onnx::guard::guard("loading the augmented model", || Self::load(model_bytes))
+    /// `cuda`: run through tract's CUDA runtime (only with the `tract-cuda` feature).
+    pub fn new(model_bytes: &[u8], cuda: bool) -> Result<Self> {
+        if cuda {
+            check_cuda()?;
+        }
+        let mut rt = crate::onnx::guard::guard("loading the augmented model", || Self::load(model_bytes))?;
+        rt.cuda = cuda;
+        Ok(rt)
     }
 
     fn load(model_bytes: &[u8]) -> Result<Self> {
@@ -32,7 +41,13 @@ impl TractRuntime {
             .map_err(|e| Error::Model(format!("tract: decoding the augmented model: {e}")))?;
         let model = tract_onnx::onnx().model_for_proto_model(&proto).map_err(|e| t_err("loading the model", e))?;
         let output_names = proto.graph.map(|g| g.output.into_iter().map(|o| o.name).collect()).unwrap_or_default();
-        Ok(TractRuntime { model, output_names, cached: None })
+        let input_names = model
+            .input_outlets()
+            .map_err(|e| t_err("inputs", e))?
+            .iter()
+            .map(|o| model.node(o.node).name.clone())
+            .collect();
+        Ok(TractRuntime { model, input_names, output_names, cuda: false, cached: None })
     }
 
     fn plan(&mut self, inputs: &[(String, Value)]) -> Result<&Plan> {
@@ -51,10 +66,12 @@ impl TractRuntime {
                 };
                 m.set_input_fact(i, fact).map_err(|e| t_err("input shape", e))?;
             }
-            let plan = m
-                .into_optimized()
-                .and_then(|m| m.into_runnable())
-                .map_err(|e| t_err("optimising the model", e))?;
+            let typed = m.into_typed().and_then(|m| m.into_decluttered()).map_err(|e| t_err("typing the model", e))?;
+            let plan: Plan = if self.cuda {
+                cuda_runtime()?.prepare(typed).map_err(|e| t_err("preparing the model for CUDA", e))?
+            } else {
+                Box::new(typed.into_optimized().and_then(|m| m.into_runnable()).map_err(|e| t_err("optimising the model", e))?)
+            };
             self.cached = Some((shapes, plan));
         }
         Ok(&self.cached.as_ref().unwrap().1)
@@ -70,7 +87,7 @@ fn shape_of(v: &Value) -> Vec<usize> {
 
 impl Runtime for TractRuntime {
     fn describe(&self) -> String {
-        "tract (CPU)".into()
+        if self.cuda { "tract (CUDA)".into() } else { "tract (CPU)".into() }
     }
 
     fn run(&mut self, inputs: Vec<(String, Value)>) -> Result<HashMap<String, ArrayD<f32>>> {
@@ -80,11 +97,9 @@ impl Runtime for TractRuntime {
 
 impl TractRuntime {
     fn run_unguarded(&mut self, inputs: Vec<(String, Value)>) -> Result<HashMap<String, ArrayD<f32>>> {
-        let plan = self.plan(&inputs)?;
-        let model = plan.model();
+        self.plan(&inputs)?;
         let mut ordered = TVec::new();
-        for outlet in model.input_outlets().map_err(|e| t_err("inputs", e))? {
-            let name = &model.node(outlet.node).name;
+        for name in &self.input_names {
             let (_, v) = inputs.iter().find(|(n, _)| n == name).unwrap();
             let t: Tensor = match v {
                 Value::F32(a) => a.clone().into(),
@@ -92,6 +107,7 @@ impl TractRuntime {
             };
             ordered.push(t.into_tvalue());
         }
+        let plan = &self.cached.as_ref().expect("planned above").1;
         let outs = plan.run(ordered).map_err(|e| t_err("run", e))?;
         let mut res = HashMap::new();
         for (i, name) in self.output_names.iter().enumerate() {
@@ -106,4 +122,31 @@ impl TractRuntime {
         }
         Ok(res)
     }
+}
+
+/// tract's CUDA runtime, registered by the tract-cuda crate when it is linked.
+#[cfg(feature = "tract-cuda")]
+fn cuda_runtime() -> Result<&'static dyn tract_onnx::tract_core::runtime::Runtime> {
+    use tract_cuda as _; // links the crate, whose registration makes "cuda" known
+    tract_onnx::tract_core::runtime::runtime_for_name("cuda")
+        .map_err(|e| Error::Runtime(format!("tract CUDA runtime unavailable: {e:#}")))?
+        .ok_or_else(|| Error::Runtime("tract: the CUDA runtime is not registered in this build".into()))
+}
+
+#[cfg(not(feature = "tract-cuda"))]
+fn cuda_runtime() -> Result<&'static dyn tract_onnx::tract_core::runtime::Runtime> {
+    Err(Error::Input(
+        "--runtime tract --device cuda needs attrpatch built with `--features tract-cuda`; \
+         or use --runtime ort (ONNX Runtime's CUDA provider)"
+            .into(),
+    ))
+}
+
+/// Fails early, naming the missing library, when tract cannot use CUDA here.
+fn check_cuda() -> Result<()> {
+    let rt = cuda_runtime()?;
+    // The probe dlopens libcuda and friends; guard it like every other tract call.
+    crate::onnx::guard::guard("checking CUDA for tract", || {
+        rt.check().map_err(|e| Error::Runtime(format!("tract CUDA runtime unavailable: {e:#}")))
+    })
 }

@@ -5,16 +5,8 @@
 # (needs the PyTorch virtualenv, tools/train_ioi/setup-venv.sh).
 # Usage: tools/bench/compare.sh [THREADS] [OUT_DIR] [IG_STEPS]
 set -euo pipefail
-root="$(cd "$(dirname "$0")/../.." && pwd)"
-threads="${1:-2}"
-out="${2:-$root/target/bench}"
 steps="${3:-8}"
-py="${VENV_PY:-/work/venv-torch/bin/python}"
-model="$out/gpt2-small-random.onnx"
-mkdir -p "$out"
-cd "$root"
-tools/fetch-ort.sh >/dev/null
-[ -f "$model" ] || "$py" tools/bench/make_gpt2_small.py "$model"
+source "$(dirname "$0")/common.sh" "$@"
 cargo build --quiet
 for m in "$model" models/ioi-gpt2/model.onnx; do
   name="$(basename "$(dirname "$m")")-$(basename "$m" .onnx)"

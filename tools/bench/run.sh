@@ -6,15 +6,7 @@
 # Needs the PyTorch virtualenv (tools/train_ioi/setup-venv.sh) to build the model
 # the first time and for (c). Usage: tools/bench/run.sh [THREADS] [OUT_DIR]
 set -euo pipefail
-root="$(cd "$(dirname "$0")/../.." && pwd)"
-threads="${1:-2}"
-out="${2:-$root/target/bench}"
-py="${VENV_PY:-/work/venv-torch/bin/python}"
-model="$out/gpt2-small-random.onnx"
-mkdir -p "$out"
-cd "$root"
-tools/fetch-ort.sh >/dev/null
-[ -f "$model" ] || "$py" tools/bench/make_gpt2_small.py "$model"
+source "$(dirname "$0")/common.sh" "$@"
 cargo build --quiet --example bench
 "$py" tools/bench/pytorch_bench.py --weights "${model%.onnx}.pt" --pairs 8 --seq 14 --threads "$threads" \
   --repeats 5 --json "$out/pytorch-8x14.json" >/dev/null

@@ -20,7 +20,9 @@ as nnsight leaves them, model in eval mode):
   4. the grids: heads [layer, head] = sum over batch and head_dim of grad * (clean - corrupted) at the
      last position; positions [layer, position] = sum over batch and hidden of the same product.
 --mode batched runs steps 1 and 2 as one forward of the concatenated [2*pairs, seq] batch, the way
-nnsight batches the tutorial's two tracer.invoke calls.
+nnsight batches the tutorial's two tracer.invoke calls. --mode nnsight runs the tutorial's own code
+through nnsight (0.8's API: one trace, two invokes, `with metric.backward():` serving the
+gradients); its baselines come from untimed forwards beforehand, as in the tutorial.
 "forward only": forwards of the clean and corrupted batches under torch.no_grad (reference).
 
 Prompts: --prompts random (default) draws clean ids uniformly from the vocabulary (seeded); the
@@ -178,6 +180,35 @@ def attribution(model, clean, corrupted, answers, mode, clean_grad):
     return heads, positions, clean_ld, corr_ld
 
 
+def attribution_nnsight(nn_model, model, clean, corrupted, answers, baselines):
+    """The tutorial's own code, ported to nnsight 0.8: one trace, a clean and a corrupted invoke
+    batched into one forward (parameters requiring grad), metric.backward() serving the c_proj
+    inputs' gradients in reverse layer order. `baselines` = (CLEAN, CORR) from earlier untimed
+    forwards, as the tutorial computes them before the attribution trace."""
+    import nnsight
+
+    n_head = model.config.n_head
+    clean_base, corr_base = baselines
+    mask = torch.ones_like(clean)
+    with nn_model.trace() as tracer:
+        with tracer.invoke({"input_ids": clean, "attention_mask": mask}):
+            clean_out = nnsight.save([layer.attn.c_proj.input for layer in nn_model.transformer.h])
+        with tracer.invoke({"input_ids": corrupted, "attention_mask": mask}):
+            acts = [layer.attn.c_proj.input for layer in nn_model.transformer.h]
+            corr_out = nnsight.save(acts)
+            logits = nn_model.lm_head.output
+            value = (logit_diff(logits, answers) - corr_base) / (clean_base - corr_base)
+            with value.backward():
+                grads = nnsight.save([a.grad for a in reversed(acts)])
+    grads = grads[::-1]
+    with torch.no_grad():
+        heads = torch.stack([(g[:, -1] * (c[:, -1] - k[:, -1])).reshape(g.shape[0], n_head, -1).sum(dim=(0, 2))
+                             for g, c, k in zip(grads, clean_out, corr_out)])
+        positions = torch.stack([(g * (c - k)).sum(dim=(0, 2)) for g, c, k in zip(grads, clean_out, corr_out)])
+    model.zero_grad(set_to_none=True)
+    return heads, positions, clean_base, corr_base
+
+
 def forward_only(model, clean, corrupted):
     mask = torch.ones_like(clean)
     with torch.no_grad():
@@ -217,8 +248,9 @@ def main():
     ap.add_argument("--prompts", choices=["random", "tutorial"], default="random")
     ap.add_argument("--corrupt", choices=["position", "swap"], default="position",
                     help="random prompts: change the token at position 3, or swap neighbours")
-    ap.add_argument("--mode", choices=["separate", "batched"], default="separate",
-                    help="clean and corrupted as two forwards (default) or one concatenated one")
+    ap.add_argument("--mode", choices=["separate", "batched", "nnsight"], default="separate",
+                    help="clean and corrupted as two forwards (default), one concatenated one, or "
+                         "the tutorial's nnsight code (needs pip install nnsight; 0.8 API)")
     ap.add_argument("--clean-grad", action=argparse.BooleanOptionalAction, default=True,
                     help="grad mode during the clean forward (default on, as in the tutorial)")
     ap.add_argument("--n-head", type=int, default=12)
@@ -233,7 +265,17 @@ def main():
     clean, corrupted, answers = make_inputs(args, model.config.vocab_size)
     pairs, seq = clean.shape
 
-    run_attr = lambda: attribution(model, clean, corrupted, answers, args.mode, args.clean_grad)
+    if args.mode == "nnsight":
+        import nnsight
+        from transformers import GPT2TokenizerFast
+
+        tok = GPT2TokenizerFast(tokenizer_file=os.path.join(REPO, "models", "tokenizer.json"))
+        nn_model = nnsight.TransformersModel(model, tokenizer=tok, task="text-generation")
+        c_logits, k_logits = forward_only(model, clean, corrupted)  # the tutorial's baselines, untimed
+        baselines = (logit_diff(c_logits, answers).item(), logit_diff(k_logits, answers).item())
+        run_attr = lambda: attribution_nnsight(nn_model, model, clean, corrupted, answers, baselines)
+    else:
+        run_attr = lambda: attribution(model, clean, corrupted, answers, args.mode, args.clean_grad)
     run_fwd = lambda: forward_only(model, clean, corrupted)
     heads, positions, clean_ld, corr_ld = run_attr()  # warm-up; its grids go to the JSON
     run_fwd()
@@ -245,7 +287,7 @@ def main():
     machine = cpu_model_name()
     load_after = os.getloadavg()
     result = {
-        "tool": "pytorch-eager",
+        "tool": "nnsight " + __import__("nnsight").__version__ if args.mode == "nnsight" else "pytorch-eager",
         "torch": torch.__version__,
         "transformers": __import__("transformers").__version__,
         "python": platform.python_version(),
@@ -276,7 +318,7 @@ def main():
                    "answers": answers.tolist()},
         "grids": {"heads": heads.tolist(), "positions": positions.tolist()},
     }
-    print(f"pytorch eager attribution {pairs}x{seq} ({args.mode}): median {attr_med:.3f} s "
+    print(f"{result['tool']} attribution {pairs}x{seq} ({args.mode}): median {attr_med:.3f} s "
           f"[{', '.join(f'{t:.3f}' for t in attr_times)}]; forward only: median {fwd_med:.3f} s "
           f"[{', '.join(f'{t:.3f}' for t in fwd_times)}]; torch {torch.__version__}, "
           f"{args.threads} threads, {machine}, load {load_after[0]:.2f}")

@@ -34,6 +34,8 @@ PIP="$VENV/bin/pip"
 # Hugging Face model code, tokenizer, ONNX export and checking.
 # transformers 5.x: the scripts pass return_dict=False as a call argument.
 "$PIP" install transformers==5.24.0 tokenizers==0.23.3 onnx==1.23.2 onnxruntime==1.32.0 onnxscript==0.7.2
+# The tutorial's own library, for the benchmark's (c) as the tutorial does it.
+"$PIP" install nnsight==0.8.1
 
 "$VENV/bin/python" - <<'PY'
 import torch, transformers, tokenizers, onnx, onnxruntime, numpy

@@ -4,18 +4,14 @@
 //! answer is known in closed form.
 
 mod common;
-use attrpatch::hooks::{find_hooks, HookKind};
+use attrpatch::hooks::HookKind;
 use attrpatch::job::{run_job, JobOptions, JobResult};
-use attrpatch::onnx::consts::FLOAT;
-use attrpatch::onnx::facts::Dim;
-use attrpatch::onnx::OnnxModel;
 use attrpatch::patch::{self, Estimator};
 use attrpatch::prompts::{self, PromptTokenizer};
-use attrpatch::runtime::{self, Device, Runtime, RuntimeKind, RuntimeOptions, Value};
+use attrpatch::runtime::{Device, RuntimeKind, RuntimeOptions};
+use common::by_hand::{self, assert_abs_close, Pairs};
 use common::synth::Synth;
 use common::*;
-use ndarray::{Array2, ArrayD, Axis, IxDyn};
-use prost::Message;
 use std::path::PathBuf;
 
 fn cpu() -> RuntimeOptions {
@@ -32,128 +28,12 @@ fn ioi_job() -> JobOptions {
     opts
 }
 
-/// The model with some tensors' producers cut and the tensors fed as inputs instead.
-fn plain_runtime(model: &OnnxModel, fed: &[String], exposed: &[String]) -> Box<dyn Runtime> {
-    let mut proto = model.proto.clone();
-    let g = proto.graph.as_mut().unwrap();
-    for n in g.node.iter_mut() {
-        for o in n.output.iter_mut() {
-            if fed.contains(o) {
-                *o = format!("{o}.cut");
-            }
-        }
-    }
-    for t in fed {
-        g.input.push(attrpatch::augment::value_info(t, FLOAT, &[Dim::Unknown, Dim::Unknown]));
-    }
-    for t in exposed {
-        g.output.push(attrpatch::augment::value_info(t, FLOAT, &[]));
-    }
-    runtime::create(&proto.encode_to_vec(), &cpu()).unwrap()
-}
-
-struct Prompts {
-    clean: Array2<i64>,
-    corrupted: Array2<i64>,
-    correct: Vec<usize>,
-    incorrect: Vec<usize>,
-    last: Vec<usize>,
-}
-
-fn ioi_prompts() -> Prompts {
+/// The tutorial's IOI pairs, tokenized for the bundled model.
+fn ioi_pairs() -> Pairs {
     let tok = PromptTokenizer::from_file(&root().join("models/ioi-gpt2/tokenizer.json")).unwrap();
     let t = prompts::tokenize(&tok, &prompts::ioi_default(), false, usize::MAX).unwrap();
-    let (b, s) = (t.clean_ids.len(), t.seq_len);
-    Prompts {
-        clean: Array2::from_shape_fn((b, s), |(r, c)| t.clean_ids[r][c]),
-        corrupted: Array2::from_shape_fn((b, s), |(r, c)| t.corrupted_ids[r][c]),
-        correct: t.correct_ids.iter().map(|&i| i as usize).collect(),
-        incorrect: t.incorrect_ids.iter().map(|&i| i as usize).collect(),
-        last: t.lengths.iter().map(|l| l - 1).collect(),
-    }
-}
-
-fn run_plain(rt: &mut dyn Runtime, ids: &Array2<i64>, fed: Vec<(String, ArrayD<f32>)>) -> std::collections::HashMap<String, ArrayD<f32>> {
-    let mut inputs = vec![
-        ("input_ids".to_string(), Value::I64(ids.clone().into_dyn())),
-        ("attention_mask".to_string(), Value::I64(Array2::<i64>::ones(ids.dim()).into_dyn())),
-    ];
-    inputs.extend(fed.into_iter().map(|(n, v)| (n, Value::F32(v))));
-    rt.run(inputs).unwrap()
-}
-
-/// Mean logit difference over the pairs, read from full logits [B, S, V].
-fn mean_ld(logits: &ArrayD<f32>, p: &Prompts) -> f64 {
-    let b = p.correct.len();
-    (0..b).map(|i| (logits[[i, p.last[i], p.correct[i]]] - logits[[i, p.last[i], p.incorrect[i]]]) as f64).sum::<f64>() / b as f64
-}
-
-/// Patching by hand: the plain model with layer l's c_proj input fed from
-/// outside, one run per head and per position.
-fn exact_by_hand() -> (Vec<Vec<f64>>, Vec<Vec<f64>>) {
-    let model = OnnxModel::load(&ioi_model()).unwrap();
-    let hooks = find_hooks(&model, &HookKind::AttnOut).unwrap();
-    let tensors: Vec<String> = hooks.iter().map(|h| h.tensor.clone()).collect();
-    let p = ioi_prompts();
-    let (b, s) = p.clean.dim();
-    let mut rt = plain_runtime(&model, &[], &tensors);
-    let clean = run_plain(rt.as_mut(), &p.clean, vec![]);
-    let corrupted = run_plain(rt.as_mut(), &p.corrupted, vec![]);
-    let (clean_ld, corr_ld) = (mean_ld(&clean["logits"], &p), mean_ld(&corrupted["logits"], &p));
-    let heads = 4;
-    let (mut grid_heads, mut grid_positions) = (vec![], vec![]);
-    for t in &tensors {
-        let shape = corrupted[t].shape().to_vec();
-        let d = corrupted[t].len() / (b * s);
-        let view = |a: &ArrayD<f32>| a.clone().into_shape_with_order(IxDyn(&[b, s, d])).unwrap();
-        let (c, x) = (view(&clean[t]), view(&corrupted[t]));
-        let mut rt = plain_runtime(&model, std::slice::from_ref(t), &[]);
-        let mut effect = |patch: &dyn Fn(&mut ArrayD<f32>)| {
-            let mut a = x.clone();
-            patch(&mut a);
-            let fed = a.into_shape_with_order(IxDyn(&shape)).unwrap();
-            let out = run_plain(rt.as_mut(), &p.corrupted, vec![(t.clone(), fed)]);
-            (mean_ld(&out["logits"], &p) - corr_ld) / (clean_ld - corr_ld)
-        };
-        let dh = d / heads;
-        grid_heads.push(
-            (0..heads)
-                .map(|h| {
-                    effect(&|a| {
-                        for i in 0..b {
-                            for k in h * dh..(h + 1) * dh {
-                                a[[i, p.last[i], k]] = c[[i, p.last[i], k]];
-                            }
-                        }
-                    })
-                })
-                .collect(),
-        );
-        grid_positions.push(
-            (0..s)
-                .map(|pos| {
-                    effect(&|a| {
-                        let src = c.index_axis(Axis(1), pos).to_owned();
-                        a.index_axis_mut(Axis(1), pos).assign(&src);
-                    })
-                })
-                .collect(),
-        );
-    }
-    (grid_heads, grid_positions)
-}
-
-fn assert_abs_close(what: &str, got: &[Vec<f64>], want: &[Vec<f64>], tol: f64) -> f64 {
-    assert_eq!(got.len(), want.len(), "{what}: rows");
-    let mut worst = 0f64;
-    for (l, (g, w)) in got.iter().zip(want).enumerate() {
-        assert_eq!(g.len(), w.len(), "{what}: width of row {l}");
-        for (i, (a, b)) in g.iter().zip(w).enumerate() {
-            assert!((a - b).abs() <= tol, "{what}[{l}][{i}]: got {a}, want {b} (tolerance {tol})");
-            worst = worst.max((a - b).abs());
-        }
-    }
-    worst
+    let answers: Vec<Vec<i64>> = t.correct_ids.iter().zip(&t.incorrect_ids).map(|(&c, &w)| vec![c, w]).collect();
+    Pairs::new(&t.clean_ids, &t.corrupted_ids, &answers)
 }
 
 /// Normalised metric: the bundled model's clean - corrupted difference is
@@ -162,7 +42,7 @@ const EXACT_TOL: f64 = 1e-4;
 
 #[test]
 fn exact_patching_matches_patching_by_hand() {
-    let (want_heads, want_positions) = exact_by_hand();
+    let (want_heads, want_positions) = by_hand::exact_grids(&ioi_model(), &ioi_pairs(), 4);
     // Few rows per call: the rows of one pair are split across calls.
     let r = patch::run(&ioi_job(), Estimator::Exact { positions: true }, 7).unwrap();
     let eh = assert_abs_close("exact heads", &r.grids.heads, &want_heads, EXACT_TOL);

@@ -2,6 +2,7 @@
 //! and the tolerance the grids are held to.
 #![allow(dead_code)]
 
+pub mod by_hand;
 pub mod synth;
 
 use std::path::{Path, PathBuf};

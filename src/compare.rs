@@ -145,8 +145,8 @@ pub fn write(c: &Comparison, out: &Path) -> Result<Vec<PathBuf>> {
     }
     let value = format!("Norm. {}", c.exact.manifest.metric.label());
     type GridOf = fn(&JobResult) -> Grid;
-    let kinds: [(&str, GridOf, fn(&Estimate) -> &Option<Agreement>); 2] =
-        [("heads", heads_grid, |e| &e.heads), ("positions", positions_grid, |e| &e.positions)];
+    type AgreementOf = fn(&Estimate) -> &Option<Agreement>;
+    let kinds: [(&str, GridOf, AgreementOf); 2] = [("heads", heads_grid, |e| &e.heads), ("positions", positions_grid, |e| &e.positions)];
     for (name, grid_of, agreement_of) in kinds {
         let compared: Vec<&Estimate> = c.estimates.iter().filter(|e| agreement_of(e).is_some()).collect();
         if compared.is_empty() {

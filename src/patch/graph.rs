@@ -35,10 +35,8 @@ pub mod names {
     pub const ROW_WEIGHTS: &str = "attrpatch.row_weights";
     /// [1, R]: each row's metric value.
     pub const ROW_METRIC: &str = "attrpatch.row_metric";
-    const ROW_METRIC_SUM: &str = "attrpatch.row_metric_sum";
-    pub fn row_metric_sum() -> &'static str {
-        ROW_METRIC_SUM
-    }
+    /// [1, 1]: the sum the backward differentiates.
+    pub const ROW_METRIC_SUM: &str = "attrpatch.row_metric_sum";
     /// [R, S, U, 1]: how far each row moves layer `layer`'s activation to the clean one.
     pub fn mask(layer: usize) -> String {
         format!("attrpatch.patch_mask.{layer}")
@@ -159,7 +157,7 @@ pub fn build(model: OnnxModel, opts: &PatchGraphOptions) -> Result<PatchGraph> {
     let patched_sel = metric::last_logits(&mut b, &anat.src, &anat.logits, &same, rows_sel);
     metric::metric_values(&mut b, opts.metric, &clean_sel, &clean_sel, metric::PAIR_SELECTORS, aug_names::CLEAN_LDS, aug_names::CLEAN_LD);
     let clean_sel_rows = b.node("Gather", &[&clean_sel, names::ROW_PAIR], vec![attr_i("axis", 0)]);
-    metric::metric_values(&mut b, opts.metric, &patched_sel, &clean_sel_rows, rows_sel, names::ROW_METRIC, names::row_metric_sum());
+    metric::metric_values(&mut b, opts.metric, &patched_sel, &clean_sel_rows, rows_sel, names::ROW_METRIC, names::ROW_METRIC_SUM);
 
     // Nodes in topological order: row inputs, the nodes computing constants
     // (shared by both copies), clean copy, patched copy with each patch right
@@ -196,7 +194,7 @@ pub fn build(model: OnnxModel, opts: &PatchGraphOptions) -> Result<PatchGraph> {
     g.input.push(value_info(aug_names::POSITION_ONEHOT, dtype, &[batch.clone(), Dim::Known(1), seq.clone()]));
     g.input.push(value_info(aug_names::ANSWER_ONEHOT, dtype, &[batch.clone(), Dim::Known(vocab), Dim::Known(1)]));
     g.input.push(value_info(aug_names::PAIR_WEIGHTS, dtype, &[batch.clone(), Dim::Known(1)]));
-    g.input.push(value_info(names::ROW_PAIR, INT64, &[rows.clone()]));
+    g.input.push(value_info(names::ROW_PAIR, INT64, std::slice::from_ref(&rows)));
     g.input.push(value_info(names::ROW_WEIGHTS, dtype, &[rows.clone(), Dim::Known(1)]));
     for h in &anat.hooks {
         g.input.push(value_info(&names::mask(h.layer), dtype, &[rows.clone(), seq.clone(), Dim::Known(units as i64), Dim::Known(1)]));
@@ -222,14 +220,14 @@ pub fn build(model: OnnxModel, opts: &PatchGraphOptions) -> Result<PatchGraph> {
         probe.extend(anat.hooks.iter().map(|h| (names::mask(h.layer), vec![pr, ps, units, 1])));
         let probe: Vec<(&str, Vec<usize>)> = probe.iter().map(|(n, s)| (n.as_str(), s.clone())).collect();
         // The sum is what the backward differentiates; it has to be an output to be analysed.
-        g.output.push(value_info(names::row_metric_sum(), dtype, &[Dim::Known(1), Dim::Known(1)]));
+        g.output.push(value_info(names::ROW_METRIC_SUM, dtype, &[Dim::Known(1), Dim::Known(1)]));
         let facts = analyse_with_probe(&proto, &path, &probe)?;
         let g = proto.graph.as_mut().unwrap();
         g.output.pop();
         let seed = b.const_tensor(dtype, &[1, 1], &[1.0]);
         let wrt: Vec<String> = anat.hooks.iter().map(|h| patched_name[&h.tensor].clone()).collect();
         let stop = HashSet::new();
-        let grads = Backward { graph: g, facts: &facts, stop: &stop }.build(&mut b, &wrt, names::row_metric_sum(), &seed)?;
+        let grads = Backward { graph: g, facts: &facts, stop: &stop }.build(&mut b, &wrt, names::ROW_METRIC_SUM, &seed)?;
         for ((h, p), gr) in anat.hooks.iter().zip(&patched).zip(&grads) {
             let gr3 = b.reshape(gr, &rows_rsd);
             grid_nodes::emit(&mut b, h.layer, &p.clean_rows, &p.corrupted_rows, &gr3, &shape_rs, &position_rows, heads);

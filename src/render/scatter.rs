@@ -24,6 +24,7 @@ pub struct Scatter {
 
 const PLOT: u32 = 480;
 const DOT: i64 = 5;
+/// About this many ticks per axis, at round values.
 const N_TICKS: usize = 5;
 const GUIDE: Colour = [170, 170, 170];
 const ZERO: Colour = [225, 225, 225];
@@ -46,9 +47,21 @@ fn range(s: &Scatter) -> (f64, f64) {
     (lo - 0.05 * span, hi + 0.05 * span)
 }
 
+/// Multiples of a round step (1, 2 or 5 times a power of ten) inside [lo, hi]:
+/// the largest such step that still gives at least four ticks.
+fn nice_ticks(lo: f64, hi: f64) -> Vec<f64> {
+    let ticks = |step: f64| -> Vec<f64> {
+        // + 0.0 turns -0 into 0.
+        ((lo / step).ceil() as i64..=(hi / step).floor() as i64).map(|k| k as f64 * step + 0.0).collect()
+    };
+    let magnitude = 10f64.powf(((hi - lo) / (N_TICKS - 1) as f64).log10().floor());
+    let candidates = [10.0, 5.0, 2.0, 1.0, 0.5, 0.2, 0.1].map(|m| m * magnitude);
+    candidates.iter().map(|&st| ticks(st)).find(|t| t.len() >= 4).unwrap_or_else(|| ticks(candidates[6]))
+}
+
 fn render(s: &Scatter) -> RgbImage {
     let (lo, hi) = range(s);
-    let ticks: Vec<f64> = (0..N_TICKS).map(|i| lo + (hi - lo) * i as f64 / (N_TICKS - 1) as f64).collect();
+    let ticks = nice_ticks(lo, hi);
     let labels: Vec<String> = ticks.iter().map(|&v| fmt_tick(v)).collect();
     let tick_w = labels.iter().map(|l| text_w(l)).max().unwrap_or(0);
     let plot_x = MARGIN + CH + GAP + tick_w + GAP;
@@ -120,6 +133,15 @@ mod tests {
         let coloured: Vec<(u32, u32)> = img.enumerate_pixels().filter(|(_, _, p)| p.0 == COLOURS[0]).map(|(x, y, _)| (x, y)).collect();
         // Two points of 25 pixels plus the legend box; the NaN point is not drawn.
         assert_eq!(coloured.len(), 2 * 25 + ((CH - 6) * (CH - 6)) as usize);
+    }
+
+    #[test]
+    fn ticks_are_round_and_inside_the_range() {
+        let labels: Vec<String> = nice_ticks(-0.0561, 1.06).iter().map(|&v| fmt_tick(v)).collect();
+        assert_eq!(labels, ["0", "0.2", "0.4", "0.6", "0.8", "1"]);
+        let t = nice_ticks(-2.3e-3, 7.1e-3);
+        assert_eq!(t.len(), 5, "{t:?}");
+        assert!(t.iter().all(|&v| (-2.3e-3..=7.1e-3).contains(&v)));
     }
 
     #[test]

@@ -9,6 +9,11 @@ use std::process::Command;
 const SHORT: &str = r#"{"clean": "When Ann and Bob left, Bob gave it to", "corrupted": "When Ann and Bob left, Ann gave it to", "correct": " Ann", "incorrect": " Bob"}"#;
 
 fn run(name: &str, jsonl: &str) -> (PathBuf, serde_json::Value) {
+    run_cmd(&["run"], name, jsonl)
+}
+
+/// `attrpatch CMD...` on these prompts with --per-prompt; the output folder and results.json.
+fn run_cmd(cmd: &[&str], name: &str, jsonl: &str) -> (PathBuf, serde_json::Value) {
     let d = std::env::temp_dir().join(format!("attrpatch-pad-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
@@ -16,7 +21,8 @@ fn run(name: &str, jsonl: &str) -> (PathBuf, serde_json::Value) {
     std::fs::write(&p, jsonl).unwrap();
     let out = d.join("out");
     let o = Command::new(env!("CARGO_BIN_EXE_attrpatch"))
-        .args(["run", "--model", "models/gpt2-tiny-random.onnx", "--device", "cpu", "--per-prompt", "--prompts", p.to_str().unwrap(), "--out", out.to_str().unwrap()])
+        .args(cmd)
+        .args(["--model", "models/gpt2-tiny-random.onnx", "--device", "cpu", "--per-prompt", "--prompts", p.to_str().unwrap(), "--out", out.to_str().unwrap()])
         .current_dir(root())
         .output()
         .unwrap();
@@ -91,4 +97,21 @@ fn a_model_without_attention_mask_takes_prompts_of_different_lengths() {
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+/// Exact patching with pairs of different lengths: each pair's patches read
+/// its own last position, and positions past its end are not patched (zero).
+#[test]
+fn exact_patching_of_a_short_pair_padded_in_a_batch_equals_the_pair_alone() {
+    let long = std::fs::read_to_string(root().join("models/ioi-prompts.jsonl")).unwrap();
+    let first = long.lines().next().unwrap();
+    let (mixed_out, mixed) = run_cmd(&["patch", "--positions"], "patch-mixed", &format!("{first}\n{SHORT}\n"));
+    let (alone_out, alone) = run_cmd(&["patch", "--positions"], "patch-alone", &format!("{SHORT}\n"));
+    let m = &per_prompt(&mixed_out)[1];
+    let a = &per_prompt(&alone_out)[0];
+    assert_grid_close("short pair exact heads, padded vs alone", &raw(m, &mixed, "heads"), &raw(a, &alone, "heads"));
+    let pos_m = raw(m, &mixed, "positions");
+    let real: Vec<Vec<f64>> = pos_m.iter().map(|r| r[..10].to_vec()).collect();
+    assert_grid_close("short pair exact positions, padded vs alone", &real, &raw(a, &alone, "positions"));
+    assert!(pos_m.iter().all(|r| r[10..].iter().all(|&v| v == 0.0)), "pads are not patched: {pos_m:?}");
 }

@@ -130,6 +130,17 @@ pub fn find_logits(model: &OnnxModel, facts: &crate::onnx::facts::Facts) -> Resu
 /// The number of attention heads feeding a hook: walking back from the hook
 /// through reshapes and transposes, the first rank-4 tensor whose last two
 /// dims are fixed and multiply to the hook's width is [.., heads, head_dim].
+/// The head count with every size known: the model's token inputs probed at
+/// 3 prompts of 7 tokens (symbolic facts often leave the [.., heads,
+/// head_dim] reshape unresolved).
+pub fn infer_heads_probed(model: &OnnxModel, hook: &str) -> Result<Option<usize>> {
+    let g = model.graph();
+    let inits: HashSet<&str> = g.initializer.iter().map(|t| t.name.as_str()).collect();
+    let probe: Vec<(&str, Vec<usize>)> = g.input.iter().filter(|i| !inits.contains(i.name.as_str())).map(|i| (i.name.as_str(), vec![3, 7])).collect();
+    let facts = crate::onnx::facts::analyse_with_probe(&model.proto, &model.path, &probe)?;
+    Ok(infer_heads(g, &facts, hook))
+}
+
 pub fn infer_heads(g: &crate::onnx::pb::GraphProto, facts: &crate::onnx::facts::Facts, hook: &str) -> Option<usize> {
     use crate::onnx::facts::Dim;
     let width = match facts.shape(hook)?.last()? {

@@ -25,7 +25,10 @@ pub fn inspect(model: &OnnxModel, extra: Option<&crate::hooks::HookKind>) -> Res
     crate::augment::check_inputs(model)?;
     let hooks = find_attention_out_hooks(model)?;
     let logits = find_logits(model, &facts)?;
-    let heads = infer_heads(g, &facts, &hooks[0].tensor);
+    let heads = match infer_heads(g, &facts, &hooks[0].tensor) {
+        Some(h) => Some(h),
+        None => crate::hooks::infer_heads_probed(model, &hooks[0].tensor)?,
+    };
     let _ = writeln!(
         s,
         "layers: {} (attention heads: {})",

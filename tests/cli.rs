@@ -217,3 +217,12 @@ fn tract_on_cuda_runs_or_says_what_is_missing() {
     let o = attrpatch(&["run", "--runtime", "tract", "--device", "cuda:1", "--out", out.to_str().unwrap()]);
     assert!(!o.status.success() && text(&o).contains("device 0 only"), "{}", text(&o));
 }
+
+/// Legacy exports reshape through symbolic batch*sequence sizes; inspect used
+/// to say "attention heads: unknown" there while run found 4 with a probe.
+#[test]
+fn regression_inspect_reported_unknown_heads_for_legacy_exports() {
+    let o = attrpatch(&["inspect", "models/ioi-gpt2/model.onnx"]);
+    let t = text(&o);
+    assert!(o.status.success() && t.contains("layers: 3 (attention heads: 4)"), "{t}");
+}

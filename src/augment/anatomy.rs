@@ -78,13 +78,12 @@ impl Anatomy {
         Ok(Anatomy { hooks, facts0, logits, dtype, vocab, batch, seq, ids_in, mask_in, pos_in, constants, src })
     }
 
-    /// The head count read from the graph around the first hook, with every
-    /// size known (a probe of 3 prompts of 7 tokens): symbolic facts often
-    /// leave the [.., heads, head_dim] reshape unresolved.
+    /// The head count read from the graph around the first hook.
     pub fn infer_heads(&self, model: &OnnxModel) -> Result<Option<usize>> {
-        let probe: Vec<(&str, Vec<usize>)> = self.token_inputs().iter().map(|t| (t.model_name.as_str(), vec![3, 7])).collect();
-        let facts = crate::onnx::facts::analyse_with_probe(&model.proto, &model.path, &probe)?;
-        Ok(self.hooks.first().and_then(|h| crate::hooks::infer_heads(model.graph(), &facts, &h.tensor)))
+        match self.hooks.first() {
+            Some(h) => crate::hooks::infer_heads_probed(model, &h.tensor),
+            None => Ok(None),
+        }
     }
 
     /// A head count must split every hook's width evenly.

@@ -127,9 +127,6 @@ pub fn find_logits(model: &OnnxModel, facts: &crate::onnx::facts::Facts) -> Resu
     }
 }
 
-/// The number of attention heads feeding a hook: walking back from the hook
-/// through reshapes and transposes, the first rank-4 tensor whose last two
-/// dims are fixed and multiply to the hook's width is [.., heads, head_dim].
 /// The head count with every size known: the model's token inputs probed at
 /// 3 prompts of 7 tokens (symbolic facts often leave the [.., heads,
 /// head_dim] reshape unresolved).
@@ -141,6 +138,9 @@ pub fn infer_heads_probed(model: &OnnxModel, hook: &str) -> Result<Option<usize>
     Ok(infer_heads(g, &facts, hook))
 }
 
+/// The number of attention heads feeding a hook: walking back from the hook
+/// through reshapes and transposes, the first rank-4 tensor whose last two
+/// dims are fixed and multiply to the hook's width is [.., heads, head_dim].
 pub fn infer_heads(g: &crate::onnx::pb::GraphProto, facts: &crate::onnx::facts::Facts, hook: &str) -> Option<usize> {
     use crate::onnx::facts::Dim;
     let width = match facts.shape(hook)?.last()? {

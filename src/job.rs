@@ -225,7 +225,6 @@ pub fn run_job(opts: &JobOptions) -> Result<Option<JobResult>> {
     let clock = Instant::now();
     // Read before the model: a wrong tokenizer path fails before the slow part.
     let prompt_source = PromptSource::read(opts)?;
-    let pairs = prompt_source.pairs.clone();
     let model = OnnxModel::load(&opts.model)?;
     t.load = clock.elapsed().as_secs_f64();
 
@@ -236,6 +235,7 @@ pub fn run_job(opts: &JobOptions) -> Result<Option<JobResult>> {
         AugmentOptions { raw_outputs: false, grid_outputs: true, heads: opts.heads, metric: opts.metric, hooks: opts.hooks.clone() },
     )?;
     let tokens = prompt_source.tokenize(opts, aug.vocab)?;
+    let pairs = prompt_source.pairs;
     // Hooks that do not split into heads (resid, mlp, patterns) have a positions grid only.
     let n_heads = match (opts.hooks.has_heads(), aug.heads) {
         (true, Some(h)) => h,
@@ -385,20 +385,15 @@ fn run_batch(
 ) -> Result<BatchResult> {
     let t = all.slice(range.clone());
     let mut out = rt.run(build_inputs_for(aug, &t, metric))?;
-    let row = |out: &HashMap<String, ArrayD<f32>>, n: &str| -> Result<Vec<f64>> {
-        let v: Vec<f64> = out
-            .get(n)
-            .ok_or_else(|| Error::Runtime(format!("the runtime returned no '{n}'")))?
-            .iter()
-            .map(|&v| v as f64)
-            .collect();
+    let row = |out: &mut HashMap<String, ArrayD<f32>>, n: &str| -> Result<Vec<f64>> {
+        let v: Vec<f64> = runtime::take_output(out, n)?.iter().map(|&v| v as f64).collect();
         if let Some(i) = v.iter().position(|x| !x.is_finite()) {
             return Err(Error::Numeric(format!("'{n}' is {} for pair {}", v[i], range.start + i)));
         }
         Ok(v)
     };
-    let clean = row(&out, names::CLEAN_LDS)?;
-    let corrupted = row(&out, names::CORRUPTED_LDS)?;
+    let clean = row(&mut out, names::CLEAN_LDS)?;
+    let corrupted = row(&mut out, names::CORRUPTED_LDS)?;
     let (mc, mk) = (mean(&clean), mean(&corrupted));
     if crate::batches::indistinguishable(mc, mk) {
         return Err(Error::Numeric(format!(
@@ -419,7 +414,7 @@ fn run_batch(
             vec![(names::positions(h.layer), false)]
         };
         for (name, is_heads) in wanted {
-            let a = out.remove(&name).ok_or_else(|| Error::Runtime(format!("the runtime returned no '{name}'")))?;
+            let a = runtime::take_output(&mut out, &name)?;
             if let Some((i, v)) = first_non_finite(&a) {
                 return Err(Error::Numeric(format!(
                     "'{name}' (layer {}, hook '{}') holds {v} at flat index {i} in batch {index}: the activations or \

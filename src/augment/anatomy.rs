@@ -109,6 +109,14 @@ impl Anatomy {
     }
 }
 
+/// The graph did not say how many heads feed `hook`, and no --heads was given.
+pub fn heads_unknown(path: &std::path::Path, hook: &str) -> Error {
+    Error::Model(format!(
+        "{}: could not read the number of attention heads from the graph around '{hook}'; pass --heads N",
+        path.display()
+    ))
+}
+
 /// Models with a KV cache (optimum's decoder_with_past / merged decoders)
 /// take inputs attrpatch cannot feed: say which file to use instead.
 pub fn check_inputs(model: &OnnxModel) -> Result<()> {

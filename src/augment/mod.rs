@@ -15,11 +15,11 @@ pub(crate) mod copy;
 pub(crate) mod grid_nodes;
 pub(crate) mod metric;
 
-pub use anatomy::{check_inputs, Anatomy};
+pub use anatomy::{check_inputs, heads_unknown, Anatomy};
 pub use metric::Metric;
 
 use crate::autodiff::Backward;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::hooks::Hook;
 use crate::onnx::builder::GraphBuilder;
 use crate::onnx::facts::{analyse_with_probe, Dim, Facts};
@@ -209,13 +209,7 @@ pub fn augment_with(model: OnnxModel, opts: AugmentOptions) -> Result<Augmented>
 
     let grid_heads = match (opts.grid_outputs, heads) {
         (true, Some(h)) => Some(h),
-        (true, None) if !opts.raw_outputs && opts.hooks.has_heads() => {
-            return Err(Error::Model(format!(
-                "{}: could not read the number of attention heads from the graph around '{}'; pass --heads N",
-                path.display(),
-                hooks[0].tensor
-            )))
-        }
+        (true, None) if !opts.raw_outputs && opts.hooks.has_heads() => return Err(anatomy::heads_unknown(&path, &hooks[0].tensor)),
         _ => None,
     };
     let shape_bs = b.shape(&ids_in.clean);

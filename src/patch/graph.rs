@@ -85,13 +85,7 @@ pub fn build(model: OnnxModel, opts: &PatchGraphOptions) -> Result<PatchGraph> {
             Some(h) => Some(h),
             None => anat.infer_heads(&model)?,
         };
-        Some(h.ok_or_else(|| {
-            Error::Model(format!(
-                "{}: could not read the number of attention heads from the graph around '{}'; pass --heads N",
-                model.path.display(),
-                anat.hooks[0].tensor
-            ))
-        })?)
+        Some(h.ok_or_else(|| crate::augment::heads_unknown(&model.path, &anat.hooks[0].tensor))?)
     } else {
         None
     };

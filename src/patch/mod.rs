@@ -18,7 +18,7 @@ use crate::onnx::OnnxModel;
 use crate::prompts::TokenizedPrompts;
 use crate::runtime::{self, Runtime, Value};
 use graph::{names, PatchGraph, PatchGraphOptions};
-use ndarray::{Array1, Array2, ArrayD};
+use ndarray::{Array1, Array2};
 use plan::{Patch, Plan, Row};
 use std::collections::HashMap;
 use std::time::Instant;
@@ -125,12 +125,12 @@ fn run_chunk(rt: &mut dyn Runtime, pg: &PatchGraph, all: &TokenizedPrompts, rows
     }
     let mut out = rt.run(inputs)?;
     let what = |r: &Row| format!("pair {}, {:?}", r.pair, r.patch);
-    let clean = take(&mut out, aug_names::CLEAN_LDS)?;
+    let clean = runtime::take_output(&mut out, aug_names::CLEAN_LDS)?;
     for (i, &v) in clean.iter().enumerate() {
         check_finite(v, || format!("the clean run's metric of pair {}", first + i))?;
         acc.clean[first + i] = v as f64;
     }
-    let row_metric = take(&mut out, names::ROW_METRIC)?;
+    let row_metric = runtime::take_output(&mut out, names::ROW_METRIC)?;
     for (r, &v) in rows.iter().zip(row_metric.iter()) {
         check_finite(v, || format!("the metric of row ({})", what(r)))?;
         acc.add_metric(r, v as f64);
@@ -142,7 +142,7 @@ fn run_chunk(rt: &mut dyn Runtime, pg: &PatchGraph, all: &TokenizedPrompts, rows
                 grids.push((true, aug_names::heads(h.layer)));
             }
             for (is_heads, name) in grids {
-                let a = take(&mut out, &name)?;
+                let a = runtime::take_output(&mut out, &name)?;
                 if let Some((i, v)) = first_non_finite(&a) {
                     return Err(Error::Numeric(format!("'{name}' (layer {}, hook '{}') holds {v} at flat index {i}", h.layer, h.tensor)));
                 }
@@ -159,10 +159,6 @@ fn run_chunk(rt: &mut dyn Runtime, pg: &PatchGraph, all: &TokenizedPrompts, rows
         }
     }
     Ok(())
-}
-
-fn take(out: &mut HashMap<String, ArrayD<f32>>, name: &str) -> Result<ArrayD<f32>> {
-    out.remove(name).ok_or_else(|| Error::Runtime(format!("the runtime returned no '{name}'")))
 }
 
 fn check_finite(v: f32, what: impl Fn() -> String) -> Result<()> {
@@ -189,22 +185,17 @@ impl Accumulator {
         let layers = pg.hooks.len();
         let heads_on = pg.heads.is_some() && !matches!(plan, Plan::Exact { heads: false, .. });
         let positions_on = !matches!(plan, Plan::Exact { positions: false, .. });
-        let grid = |on: bool, width: usize| if on { vec![vec![vec![f64::NAN; width]; layers]; pairs] } else { vec![vec![]; pairs] };
-        let mut acc = Accumulator {
+        // Exact: NaN marks a cell not run (a position past the pair's end). IG: rows are summed in.
+        let start = if matches!(plan, Plan::IntegratedGradients { .. }) { 0.0 } else { f64::NAN };
+        let grid = |on: bool, width: usize| if on { vec![vec![vec![start; width]; layers]; pairs] } else { vec![vec![]; pairs] };
+        Accumulator {
             plan,
             layer_index: pg.hooks.iter().enumerate().map(|(i, h)| (h.layer, i)).collect(),
             clean: vec![f64::NAN; pairs],
             baseline: vec![None; pairs],
             heads: grid(heads_on, pg.units()),
             positions: grid(positions_on, seq),
-        };
-        if let Plan::IntegratedGradients { .. } = plan {
-            // Gradient rows are summed into these.
-            for g in acc.heads.iter_mut().chain(acc.positions.iter_mut()) {
-                g.iter_mut().flatten().for_each(|v| *v = 0.0);
-            }
         }
-        acc
     }
 
     fn add_metric(&mut self, r: &Row, v: f64) {

@@ -24,6 +24,11 @@ pub trait Runtime {
     fn run(&mut self, inputs: Vec<(String, Value)>) -> Result<HashMap<String, ArrayD<f32>>>;
 }
 
+/// Removes a named output from what `Runtime::run` returned, or says it is missing.
+pub fn take_output(out: &mut HashMap<String, ArrayD<f32>>, name: &str) -> Result<ArrayD<f32>> {
+    out.remove(name).ok_or_else(|| Error::Runtime(format!("the runtime returned no '{name}'")))
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Device {
     Cpu,

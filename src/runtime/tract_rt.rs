@@ -16,7 +16,8 @@ pub struct TractRuntime {
     /// Graph input and output names, in tract's order.
     input_names: Vec<String>,
     output_names: Vec<String>,
-    cuda: bool,
+    /// tract's CUDA runtime, found (and its libraries checked) once at creation.
+    cuda: Option<&'static dyn tract_onnx::tract_core::runtime::Runtime>,
     cached: Option<(Vec<Vec<usize>>, Plan)>,
 }
 
@@ -27,9 +28,7 @@ fn t_err(what: &str, e: TractError) -> Error {
 impl TractRuntime {
     /// `cuda`: run through tract's CUDA runtime (only with the `tract-cuda` feature).
     pub fn new(model_bytes: &[u8], cuda: bool) -> Result<Self> {
-        if cuda {
-            check_cuda()?;
-        }
+        let cuda = if cuda { Some(cuda_runtime()?) } else { None };
         let mut rt = crate::onnx::guard::guard("loading the augmented model", || Self::load(model_bytes))?;
         rt.cuda = cuda;
         Ok(rt)
@@ -47,7 +46,7 @@ impl TractRuntime {
             .iter()
             .map(|o| model.node(o.node).name.clone())
             .collect();
-        Ok(TractRuntime { model, input_names, output_names, cuda: false, cached: None })
+        Ok(TractRuntime { model, input_names, output_names, cuda: None, cached: None })
     }
 
     fn plan(&mut self, inputs: &[(String, Value)]) -> Result<&Plan> {
@@ -67,8 +66,8 @@ impl TractRuntime {
                 m.set_input_fact(i, fact).map_err(|e| t_err("input shape", e))?;
             }
             let typed = m.into_typed().and_then(|m| m.into_decluttered()).map_err(|e| t_err("typing the model", e))?;
-            let plan: Plan = if self.cuda {
-                cuda_runtime()?.prepare(typed).map_err(|e| t_err("preparing the model for CUDA", e))?
+            let plan: Plan = if let Some(cuda) = self.cuda {
+                cuda.prepare(typed).map_err(|e| t_err("preparing the model for CUDA", e))?
             } else {
                 Box::new(typed.into_optimized().and_then(|m| m.into_runnable()).map_err(|e| t_err("optimising the model", e))?)
             };
@@ -87,7 +86,7 @@ fn shape_of(v: &Value) -> Vec<usize> {
 
 impl Runtime for TractRuntime {
     fn describe(&self) -> String {
-        if self.cuda { "tract (CUDA)".into() } else { "tract (CPU)".into() }
+        if self.cuda.is_some() { "tract (CUDA)".into() } else { "tract (CPU)".into() }
     }
 
     fn run(&mut self, inputs: Vec<(String, Value)>) -> Result<HashMap<String, ArrayD<f32>>> {
@@ -125,12 +124,16 @@ impl TractRuntime {
 }
 
 /// tract's CUDA runtime, registered by the tract-cuda crate when it is linked.
+/// Finding it by name also checks that the CUDA libraries load; that probe
+/// dlopens libcuda and friends, so it is guarded like every other tract call.
 #[cfg(feature = "tract-cuda")]
 fn cuda_runtime() -> Result<&'static dyn tract_onnx::tract_core::runtime::Runtime> {
     use tract_cuda as _; // links the crate, whose registration makes "cuda" known
-    tract_onnx::tract_core::runtime::runtime_for_name("cuda")
-        .map_err(|e| Error::Runtime(format!("tract CUDA runtime unavailable: {e:#}")))?
-        .ok_or_else(|| Error::Runtime("tract: the CUDA runtime is not registered in this build".into()))
+    crate::onnx::guard::guard("checking CUDA for tract", || {
+        tract_onnx::tract_core::runtime::runtime_for_name("cuda")
+            .map_err(|e| Error::Runtime(format!("tract CUDA runtime unavailable: {e:#}")))?
+            .ok_or_else(|| Error::Runtime("tract: the CUDA runtime is not registered in this build".into()))
+    })
 }
 
 #[cfg(not(feature = "tract-cuda"))]
@@ -140,13 +143,4 @@ fn cuda_runtime() -> Result<&'static dyn tract_onnx::tract_core::runtime::Runtim
          or use --runtime ort (ONNX Runtime's CUDA provider)"
             .into(),
     ))
-}
-
-/// Fails early, naming the missing library, when tract cannot use CUDA here.
-fn check_cuda() -> Result<()> {
-    let rt = cuda_runtime()?;
-    // The probe dlopens libcuda and friends; guard it like every other tract call.
-    crate::onnx::guard::guard("checking CUDA for tract", || {
-        rt.check().map_err(|e| Error::Runtime(format!("tract CUDA runtime unavailable: {e:#}")))
-    })
 }

@@ -7,13 +7,6 @@ use common::*;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-fn dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("attrpatch-bad-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
 /// Runs attrpatch; asserts it fails with exit status 1, without a panic, and
 /// that stderr contains every `expected` piece. Returns stderr.
 fn fails(args: &[&str], expected: &[&str]) -> String {
@@ -40,7 +33,7 @@ fn synth_args(model: &Path, out: &Path) -> Vec<String> {
 }
 
 fn run_model(model: &Path, extra: &[&str], expected: &[&str]) -> String {
-    let out = dir("out");
+    let out = fresh_dir("out");
     let owned = synth_args(model, &out);
     let mut args: Vec<&str> = owned.iter().map(|s| s.as_str()).collect();
     args.extend_from_slice(extra);
@@ -50,7 +43,7 @@ fn run_model(model: &Path, extra: &[&str], expected: &[&str]) -> String {
 #[test]
 fn synthetic_model_runs() {
     // The baseline the other cases break: this one must work.
-    let d = dir("ok");
+    let d = fresh_dir("ok");
     let m = Synth::default().write(&d, "ok.onnx");
     let o = Command::new(env!("CARGO_BIN_EXE_attrpatch")).args(synth_args(&m, &d.join("out"))).current_dir(root()).output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -58,7 +51,7 @@ fn synthetic_model_runs() {
 
 #[test]
 fn not_an_onnx_file() {
-    let d = dir("text");
+    let d = fresh_dir("text");
     let p = d.join("notes.onnx");
     std::fs::write(&p, "this is a text file, not a model\n").unwrap();
     fails(&["inspect", p.to_str().unwrap()], &["notes.onnx", "not a valid ONNX model"]);
@@ -72,7 +65,7 @@ fn missing_model_file() {
 
 #[test]
 fn truncated_protobuf() {
-    let d = dir("trunc");
+    let d = fresh_dir("trunc");
     let bytes = std::fs::read(dynamo_op18()).unwrap();
     let p = d.join("cut.onnx");
     std::fs::write(&p, &bytes[..bytes.len() * 2 / 3]).unwrap();
@@ -81,7 +74,7 @@ fn truncated_protobuf() {
 
 #[test]
 fn corrupted_protobuf() {
-    let d = dir("corrupt");
+    let d = fresh_dir("corrupt");
     let mut bytes = std::fs::read(dynamo_op18()).unwrap();
     for i in (0..4000).step_by(7) {
         bytes[i] ^= 0xa5;
@@ -93,7 +86,7 @@ fn corrupted_protobuf() {
 
 #[test]
 fn no_logits_like_output() {
-    let d = dir("nologits");
+    let d = fresh_dir("nologits");
     let m = Synth { output_name: "hidden".into(), c_proj_names: vec!["/transformer/h.0/attn/c_proj/MatMul".into()], ..Default::default() };
     // One rank-3 float output is taken as the logits even when named otherwise...
     let p = m.write(&d, "renamed.onnx");
@@ -117,14 +110,14 @@ fn no_logits_like_output() {
 
 #[test]
 fn no_hook_point() {
-    let d = dir("nohook");
+    let d = fresh_dir("nohook");
     let p = Synth { c_proj_names: vec!["/transformer/h.0/mlp/c_proj/MatMul".into()], ..Default::default() }.write(&d, "nohook.onnx");
     fails(&["inspect", p.to_str().unwrap()], &["nohook.onnx", "no attention out-projection found", "h.N.attn.c_proj"]);
 }
 
 #[test]
 fn two_hook_points_in_one_layer() {
-    let d = dir("twohooks");
+    let d = fresh_dir("twohooks");
     let names = vec!["/transformer/h.0/attn/c_proj/MatMul".to_string(), "/transformer/h.0/attn/c_proj/MatMul_1".to_string()];
     let p = Synth { c_proj_names: names, ..Default::default() }.write(&d, "two.onnx");
     fails(&["inspect", p.to_str().unwrap()], &["layer 0 has 2 candidate attention out-projection nodes", "MatMul_1", "expected exactly one"]);
@@ -132,7 +125,7 @@ fn two_hook_points_in_one_layer() {
 
 #[test]
 fn op_without_gradient_rule_on_the_path() {
-    let d = dir("norule");
+    let d = fresh_dir("norule");
     let p = Synth { extra_op: Some("Cos".into()), ..Default::default() }.write(&d, "cos.onnx");
     run_model(&p, &[], &["no gradient rule for op 'Cos'", "/transformer/h.0/attn/extra"]);
     fails(&["rewrite", p.to_str().unwrap(), "-o", d.join("x.onnx").to_str().unwrap()], &["'Cos'"]);
@@ -140,21 +133,21 @@ fn op_without_gradient_rule_on_the_path() {
 
 #[test]
 fn unsupported_element_type() {
-    let d = dir("fp16");
+    let d = fresh_dir("fp16");
     let p = Synth { logits_type: attrpatch::onnx::consts::FLOAT16, ..Default::default() }.write(&d, "fp16.onnx");
     run_model(&p, &[], &["float16", "float32"]);
 }
 
 #[test]
 fn old_opset() {
-    let d = dir("opset");
+    let d = fresh_dir("opset");
     let p = Synth { opset: 11, ..Default::default() }.write(&d, "op11.onnx");
     fails(&["inspect", p.to_str().unwrap()], &["opset 11 is not supported", "opset 13 or newer"]);
 }
 
 #[test]
 fn external_data_outside_the_model_folder() {
-    let d = dir("ext");
+    let d = fresh_dir("ext");
     for loc in ["/etc/passwd", "../secret.bin", "sub/../../secret.bin"] {
         let p = Synth { external: Some((loc.into(), None)), ..Default::default() }.write(&d, "ext.onnx");
         fails(&["inspect", p.to_str().unwrap()], &["w_unembed", "outside the model's folder"]);
@@ -163,7 +156,7 @@ fn external_data_outside_the_model_folder() {
 
 #[test]
 fn external_data_missing_or_too_short() {
-    let d = dir("extmissing");
+    let d = fresh_dir("extmissing");
     let m = Synth { external: Some(("weights.bin".into(), None)), ..Default::default() };
     let p = m.write(&d, "ext.onnx");
     std::fs::remove_file(d.join("weights.bin")).unwrap();
@@ -174,7 +167,7 @@ fn external_data_missing_or_too_short() {
 
 #[test]
 fn external_data_inside_the_folder_works() {
-    let d = dir("extok");
+    let d = fresh_dir("extok");
     let p = Synth { external: Some(("weights.bin".into(), None)), ..Default::default() }.write(&d, "ext.onnx");
     let o = Command::new(env!("CARGO_BIN_EXE_attrpatch")).args(["inspect", p.to_str().unwrap()]).current_dir(root()).output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -182,19 +175,19 @@ fn external_data_inside_the_folder_works() {
 
 #[test]
 fn tokenizer_does_not_match_the_vocabulary() {
-    let d = dir("vocab");
+    let d = fresh_dir("vocab");
     let p = Synth { vocab: 1000, ..Default::default() }.write(&d, "small.onnx");
     run_model(&p, &[], &["outside the model's vocabulary of 1000", "does not match the model's vocabulary size"]);
 }
 
 fn jsonl(name: &str, text: &str) -> PathBuf {
-    let p = dir(name).join("prompts.jsonl");
+    let p = fresh_dir(name).join("prompts.jsonl");
     std::fs::write(&p, text).unwrap();
     p
 }
 
 fn run_prompts(p: &Path, expected: &[&str]) {
-    let out = dir("pout");
+    let out = fresh_dir("pout");
     fails(&["run", "--device", "cpu", "--prompts", p.to_str().unwrap(), "--out", out.to_str().unwrap()], expected);
 }
 
@@ -225,7 +218,7 @@ fn malformed_jsonl_line() {
 
 #[test]
 fn output_folder_cannot_be_written() {
-    let d = dir("ro");
+    let d = fresh_dir("ro");
     let file = d.join("a-file");
     std::fs::write(&file, "x").unwrap();
     let out = file.join("out");
@@ -241,7 +234,7 @@ fn equal_baselines_are_explained() {
 
 #[test]
 fn absurd_declared_sizes_are_refused_before_allocating() {
-    let d = dir("absurd");
+    let d = fresh_dir("absurd");
     let mut proto = Synth::default().build();
     let t = proto.graph.as_mut().unwrap().initializer.iter_mut().find(|t| t.name == "w_unembed").unwrap();
     t.dims = vec![1 << 30, 1 << 20];
@@ -252,7 +245,7 @@ fn absurd_declared_sizes_are_refused_before_allocating() {
 
 #[test]
 fn kv_cache_exports_name_the_file_to_use_instead() {
-    let d = dir("pastkv");
+    let d = fresh_dir("pastkv");
     let mut proto = Synth::default().build();
     let g = proto.graph.as_mut().unwrap();
     g.input.push(attrpatch::augment::value_info("past_key_values.0.key", 1, &[]));

@@ -2,7 +2,7 @@
 
 mod common;
 use common::*;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
 fn attrpatch(args: &[&str]) -> Output {
@@ -13,16 +13,9 @@ fn text(o: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
 }
 
-fn tmp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("attrpatch-test-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
 #[test]
 fn run_with_defaults_writes_every_output() {
-    let out = tmp_dir("run");
+    let out = fresh_dir("run");
     let o = attrpatch(&["run", "--model", "models/gpt2-tiny-random.onnx", "--device", "cpu", "--out", out.to_str().unwrap()]);
     let t = text(&o);
     assert!(o.status.success(), "{t}");
@@ -45,7 +38,7 @@ fn run_with_defaults_writes_every_output() {
 
 #[test]
 fn prompts_from_jsonl() {
-    let out = tmp_dir("jsonl");
+    let out = fresh_dir("jsonl");
     let o = attrpatch(&["run", "--model", "models/gpt2-tiny-random.onnx", "--device", "cpu", "--prompts", "models/ioi-prompts.jsonl", "--out", out.to_str().unwrap()]);
     assert!(o.status.success(), "{}", text(&o));
     let v: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("results.json")).unwrap()).unwrap();
@@ -84,7 +77,7 @@ fn rewritten_model_runs_in_python_onnxruntime() {
         eprintln!("skipped: python3 with onnxruntime not available");
         return;
     }
-    let dir = tmp_dir("rewrite");
+    let dir = fresh_dir("rewrite");
     for model in [legacy_op14(), dynamo_op18()] {
         let aug = dir.join("augmented.onnx");
         let o = attrpatch(&["rewrite", model.to_str().unwrap(), "-o", aug.to_str().unwrap()]);
@@ -101,7 +94,7 @@ fn rewritten_model_runs_in_python_onnxruntime() {
 
 #[test]
 fn missing_ort_library_says_what_to_do() {
-    let o = attrpatch(&["run", "--device", "cpu", "--ort-lib", "/nonexistent/libonnxruntime.so", "--out", tmp_dir("noort").to_str().unwrap()]);
+    let o = attrpatch(&["run", "--device", "cpu", "--ort-lib", "/nonexistent/libonnxruntime.so", "--out", fresh_dir("noort").to_str().unwrap()]);
     assert!(!o.status.success());
     let t = text(&o);
     assert!(t.contains("--ort-lib points to /nonexistent/libonnxruntime.so"), "{t}");
@@ -114,7 +107,7 @@ fn cuda_requested_without_cuda_is_a_clear_error() {
         eprintln!("skipped: this ONNX Runtime has a CUDA provider");
         return;
     }
-    let o = attrpatch(&["run", "--device", "cuda", "--out", tmp_dir("cuda").to_str().unwrap()]);
+    let o = attrpatch(&["run", "--device", "cuda", "--out", fresh_dir("cuda").to_str().unwrap()]);
     assert!(!o.status.success());
     let t = text(&o);
     assert!(t.contains("--device cuda"), "{t}");
@@ -124,7 +117,7 @@ fn cuda_requested_without_cuda_is_a_clear_error() {
 
 #[test]
 fn auto_device_falls_back_to_cpu_and_says_so() {
-    let out = tmp_dir("auto");
+    let out = fresh_dir("auto");
     let o = attrpatch(&["run", "--device", "auto", "--out", out.to_str().unwrap()]);
     let t = text(&o);
     assert!(o.status.success(), "{t}");
@@ -133,7 +126,7 @@ fn auto_device_falls_back_to_cpu_and_says_so() {
 
 #[test]
 fn tract_runtime_from_the_command_line() {
-    let out = tmp_dir("tract");
+    let out = fresh_dir("tract");
     let o = attrpatch(&["run", "--runtime", "tract", "--out", out.to_str().unwrap()]);
     let t = text(&o);
     assert!(o.status.success(), "{t}");
@@ -142,7 +135,7 @@ fn tract_runtime_from_the_command_line() {
 
 #[test]
 fn compare_writes_grids_scatter_plots_and_correlations() {
-    let out = tmp_dir("compare");
+    let out = fresh_dir("compare");
     let o = attrpatch(&["compare", "--device", "cpu", "--positions", "--ig-steps", "2", "--out", out.to_str().unwrap()]);
     let t = text(&o);
     assert!(o.status.success(), "{t}");
@@ -169,7 +162,7 @@ fn compare_writes_grids_scatter_plots_and_correlations() {
 
 #[test]
 fn patch_writes_exact_grids_in_the_attribution_formats() {
-    let out = tmp_dir("patch");
+    let out = fresh_dir("patch");
     let o = attrpatch(&["patch", "--model", "models/gpt2-tiny-random.onnx", "--device", "cpu", "--out", out.to_str().unwrap()]);
     let t = text(&o);
     assert!(o.status.success(), "{t}");
@@ -188,7 +181,7 @@ fn zero_ig_steps_or_rows_are_refused() {
         (vec!["patch", "--rows-per-call", "0"], "--rows-per-call must be at least 1"),
         (vec!["run", "--ig-steps", "2", "--shard", "0/2"], "--ig-steps runs in one process"),
     ] {
-        let out = tmp_dir("zero");
+        let out = fresh_dir("zero");
         let mut a = args.clone();
         a.extend(["--device", "cpu", "--out", out.to_str().unwrap()]);
         let o = attrpatch(&a);
@@ -201,7 +194,7 @@ fn zero_ig_steps_or_rows_are_refused() {
 /// the PyTorch reference like every other runtime.
 #[test]
 fn tract_on_cuda_runs_or_says_what_is_missing() {
-    let out = tmp_dir("tract-cuda");
+    let out = fresh_dir("tract-cuda");
     let o = attrpatch(&["run", "--model", "models/gpt2-tiny-random.onnx", "--runtime", "tract", "--device", "cuda", "--out", out.to_str().unwrap()]);
     let t = text(&o);
     if !cfg!(feature = "tract-cuda") {

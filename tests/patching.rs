@@ -81,7 +81,7 @@ fn attribution(opts: &JobOptions) -> JobResult {
 /// estimator is exact, per head and per position.
 #[test]
 fn integrated_gradients_on_a_linear_graph_equal_the_exact_effect() {
-    let dir = tempfile_dir("ig-linear");
+    let dir = fresh_dir("ig-linear");
     let model = Synth { vocab: 40, ..Default::default() }.write(&dir, "linear.onnx");
     let opts = synth_job(model, 2);
     let exact = patch::run(&opts, Estimator::Exact { positions: true }, 256).unwrap();
@@ -102,7 +102,7 @@ fn integrated_gradients_on_a_linear_graph_equal_the_exact_effect() {
 /// whole hook at the last position (one "head") is what IG's path does there.
 #[test]
 fn integrated_gradients_are_exact_on_a_quadratic_graph_and_attribution_is_not() {
-    let dir = tempfile_dir("ig-quadratic");
+    let dir = fresh_dir("ig-quadratic");
     let model = Synth { vocab: 40, extra_op: Some("Square".into()), ..Default::default() }.write(&dir, "quadratic.onnx");
     let opts = synth_job(model, 1);
     let exact = patch::run(&opts, Estimator::Exact { positions: true }, 256).unwrap();
@@ -114,12 +114,6 @@ fn integrated_gradients_are_exact_on_a_quadratic_graph_and_attribution_is_not() 
     let plain = attribution(&opts);
     let miss = plain.grids.heads[0][0] - exact.grids.heads[0][0];
     assert!(miss.abs() > 0.05, "attribution {} vs exact {}", plain.grids.heads[0][0], exact.grids.heads[0][0]);
-}
-
-fn tempfile_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("attrpatch-test-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d
 }
 
 /// Patching the last block's output at the last position restores the clean

@@ -10,6 +10,14 @@ use std::path::{Path, PathBuf};
 pub fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
+/// An empty folder of the system temp dir for one test, removed first if an earlier run left it.
+pub fn fresh_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("attrpatch-test-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
 pub fn bundled_model() -> PathBuf {
     root().join("models/gpt2-tiny-random.onnx")
 }

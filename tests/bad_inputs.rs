@@ -254,3 +254,38 @@ fn kv_cache_exports_name_the_file_to_use_instead() {
     fails(&["inspect", p.to_str().unwrap()], &["past key values", "text-generation (not text-generation-with-past)", "model.onnx"]);
     fails(&["rewrite", p.to_str().unwrap(), "-o", d.join("x.onnx").to_str().unwrap()], &["past key values"]);
 }
+
+/// A --hook pattern matching a constant: the patching graph said the tensor was
+/// "not produced by any node", which was wrong; both jobs now name the real problem.
+#[test]
+fn regression_constant_hook_was_reported_as_not_produced() {
+    for cmd in ["run", "patch"] {
+        let out = fresh_dir("constant-hook");
+        let o = Command::new(env!("CARGO_BIN_EXE_attrpatch"))
+            .args([cmd, "--hook", "/transformer/Constant_output_0", "--device", "cpu", "--out", out.to_str().unwrap()])
+            .current_dir(root())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{cmd}: {err}");
+        assert!(err.contains("hook tensor '/transformer/Constant_output_0' (layer 0, from Constant") && err.contains("is a constant"), "{cmd}: {err}");
+    }
+}
+
+/// A model whose logits are NaN (log of negative projections): every job stops
+/// and names the value that went wrong instead of writing NaN grids.
+#[test]
+fn non_finite_metric_is_named() {
+    let d = fresh_dir("nan");
+    let m = Synth { extra_op: Some("Log".into()), ..Default::default() }.write(&d, "nan.onnx");
+    let out = d.join("out");
+    let owned = synth_args(&m, &out);
+    let args: Vec<&str> = owned.iter().map(|s| s.as_str()).collect();
+    fails(&args, &["'attrpatch.clean_logit_diffs' is NaN for pair 0"]);
+    let mut patch = args.clone();
+    patch[0] = "patch";
+    fails(&patch, &["the clean run's metric of pair 0 is NaN"]);
+    let mut ig = args.clone();
+    ig.extend(["--ig-steps", "2"]);
+    fails(&ig, &["the clean run's metric of pair 0 is NaN"]);
+}

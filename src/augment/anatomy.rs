@@ -72,6 +72,18 @@ impl Anatomy {
         let pos_in = position_ids.as_deref().map(token_input);
 
         let constants = constant_tensors(model);
+        // A constant is the same in the clean and corrupted runs: there is nothing to patch or attribute.
+        if let Some(h) = hooks.iter().find(|h| constants.contains(&h.tensor)) {
+            return Err(Error::Input(format!(
+                "{}: hook tensor '{}' (layer {}, from {} '{}') is a constant: it does not depend on the prompts, \
+                 so patching it changes nothing; choose a hook computed from the input",
+                model.path.display(),
+                h.tensor,
+                h.layer,
+                h.op_type,
+                h.node
+            )));
+        }
         let logits_rank = if declared.is_empty() { facts0.rank(&logits) } else { Some(declared.len()) };
         let init_rank = |t: &str| model.graph().initializer.iter().find(|i| i.name == t).map(|i| i.dims.len());
         let src = metric::logits_source(&model.graph().node, &logits, logits_rank, &constants, |t| facts0.rank(t).or_else(|| init_rank(t)));

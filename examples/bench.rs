@@ -29,7 +29,16 @@ struct Args {
 }
 
 fn args() -> Args {
-    let mut a = Args { model: PathBuf::new(), threads: 2, repeats: 5, pytorch: vec![], scaling: false, json: None, rewrite_only: false, device: Device::Cpu };
+    let mut a = Args {
+        model: PathBuf::new(),
+        threads: 2,
+        repeats: 5,
+        pytorch: vec![],
+        scaling: false,
+        json: None,
+        rewrite_only: false,
+        device: Device::Cpu,
+    };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
         match k.as_str() {
@@ -98,12 +107,26 @@ fn opts(a: &Args) -> RuntimeOptions {
 }
 
 /// Median seconds of (attribution run, plain forward run) for one size.
-fn measure(aug_bytes: &[u8], plain_bytes: &[u8], aug: &attrpatch::augment::Augmented, pairs: usize, seq: usize, a: &Args, repeats: usize) -> (f64, f64) {
+fn measure(
+    aug_bytes: &[u8],
+    plain_bytes: &[u8],
+    aug: &attrpatch::augment::Augmented,
+    pairs: usize,
+    seq: usize,
+    a: &Args,
+    repeats: usize,
+) -> (f64, f64) {
     let t = prompts(pairs, seq, aug.vocab, 7);
     let mut attr = create(aug_bytes, &opts(a)).unwrap();
     let mut plain = create(plain_bytes, &opts(a)).unwrap();
     let plain_inputs = || {
-        let ids = Array2::from_shape_fn((2 * pairs, seq), |(r, c)| if r < pairs { t.clean_ids[r][c] } else { t.corrupted_ids[r - pairs][c] });
+        let ids = Array2::from_shape_fn((2 * pairs, seq), |(r, c)| {
+            if r < pairs {
+                t.clean_ids[r][c]
+            } else {
+                t.corrupted_ids[r - pairs][c]
+            }
+        });
         let mut v = vec![("input_ids".to_string(), Value::I64(ids.into_dyn()))];
         if aug.attention_mask.is_some() {
             v.push(("attention_mask".to_string(), Value::I64(ndarray::ArrayD::from_elem(vec![2 * pairs, seq], 1i64))));
@@ -169,7 +192,13 @@ fn main() {
 
     let (pairs, seq) = (8, 14);
     let (ta, tb) = measure(&aug_bytes, &plain_bytes, &aug, pairs, seq, &a, a.repeats);
-    println!("model {} ({file_mb:.0} MB), {:?}, {} threads, median of {}", a.model.display(), a.device, a.threads, a.repeats);
+    println!(
+        "model {} ({file_mb:.0} MB), {:?}, {} threads, median of {}",
+        a.model.display(),
+        a.device,
+        a.threads,
+        a.repeats
+    );
     println!("(a) attrpatch attribution run, {pairs} clean + {pairs} corrupted x {seq} tokens: {ta:.3} s");
     println!("(b) onnxruntime plain forward of the original model, same 16 sequences:     {tb:.3} s");
     println!("    a/b = {:.2}  (target <= 1.3)", ta / tb);
@@ -193,8 +222,14 @@ fn main() {
         peers.push(peer);
     }
     report["pytorch"] = peers.into();
-    println!("(d) rewrite of the model: load {load_s:.2} s + augment {augment_s:.2} s = {:.2} s (target < 3 s)", load_s + augment_s);
-    println!("    peak RSS after rewrite {rewrite_peak:.0} MB = {:.2}x the model file (target < 2x)", rewrite_peak / file_mb);
+    println!(
+        "(d) rewrite of the model: load {load_s:.2} s + augment {augment_s:.2} s = {:.2} s (target < 3 s)",
+        load_s + augment_s
+    );
+    println!(
+        "    peak RSS after rewrite {rewrite_peak:.0} MB = {:.2}x the model file (target < 2x)",
+        rewrite_peak / file_mb
+    );
     if a.scaling {
         let mut rows = vec![];
         println!("scaling (median of 3):   pairs  tokens   attrpatch s   plain fwd s   ratio");

@@ -69,7 +69,8 @@ impl BatchResult {
     pub fn save(&self, dir: &Path) -> Result<()> {
         let d = dir.join("batches");
         std::fs::create_dir_all(&d).map_err(|e| Error::io(&d, e))?;
-        let text = serde_json::to_vec(self).map_err(|e| Error::Runtime(format!("serialising batch {}: {e}", self.index)))?;
+        let text =
+            serde_json::to_vec(self).map_err(|e| Error::Runtime(format!("serialising batch {}: {e}", self.index)))?;
         write_atomic(&path(dir, self.index), &text)
     }
 
@@ -133,7 +134,9 @@ impl Totals {
     pub fn normaliser(&self) -> Result<f64> {
         let (clean, corr) = (self.clean(), self.corrupted());
         if !clean.is_finite() || !corr.is_finite() {
-            return Err(Error::Numeric(format!("the baselines are not finite (clean logit diff {clean}, corrupted {corr})")));
+            return Err(Error::Numeric(format!(
+                "the baselines are not finite (clean logit diff {clean}, corrupted {corr})"
+            )));
         }
         if indistinguishable(clean, corr) {
             return Err(Error::Numeric(format!(

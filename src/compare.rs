@@ -120,7 +120,8 @@ pub fn compare(opts: &JobOptions, c: &CompareOptions) -> Result<Comparison> {
     let rows = |e: Estimator| c.rows_per_call.unwrap_or(patch::default_rows_per_call(e));
     let exact_est = Estimator::Exact { positions: c.positions };
     let exact = patch::run(opts, exact_est, rows(exact_est))?;
-    let mut results = vec![("attribution", run_job(opts)?.ok_or_else(|| Error::Input("compare does not run shards".into()))?)];
+    let mut results =
+        vec![("attribution", run_job(opts)?.ok_or_else(|| Error::Input("compare does not run shards".into()))?)];
     if let Some(steps) = c.ig_steps {
         let ig = Estimator::IntegratedGradients { steps };
         results.push(("ig", patch::run(opts, ig, rows(ig))?));
@@ -129,8 +130,10 @@ pub fn compare(opts: &JobOptions, c: &CompareOptions) -> Result<Comparison> {
     let estimates = results
         .into_iter()
         .map(|(key, result)| {
-            let heads = (has(&exact.grids.heads) && has(&result.grids.heads)).then(|| agreement(&result.grids.heads, &exact.grids.heads));
-            let positions = has(&exact.grids.positions).then(|| agreement(&result.grids.positions, &exact.grids.positions));
+            let heads = (has(&exact.grids.heads) && has(&result.grids.heads))
+                .then(|| agreement(&result.grids.heads, &exact.grids.heads));
+            let positions =
+                has(&exact.grids.positions).then(|| agreement(&result.grids.positions, &exact.grids.positions));
             Estimate { key, result, heads, positions }
         })
         .collect();
@@ -146,7 +149,8 @@ pub fn write(c: &Comparison, out: &Path) -> Result<Vec<PathBuf>> {
     let value = format!("Norm. {}", c.exact.manifest.metric.label());
     type GridOf = fn(&JobResult) -> Grid;
     type AgreementOf = fn(&Estimate) -> &Option<Agreement>;
-    let kinds: [(&str, GridOf, AgreementOf); 2] = [("heads", heads_grid, |e| &e.heads), ("positions", positions_grid, |e| &e.positions)];
+    let kinds: [(&str, GridOf, AgreementOf); 2] =
+        [("heads", heads_grid, |e| &e.heads), ("positions", positions_grid, |e| &e.positions)];
     for (name, grid_of, agreement_of) in kinds {
         let compared: Vec<&Estimate> = c.estimates.iter().filter(|e| agreement_of(e).is_some()).collect();
         if compared.is_empty() {
@@ -165,8 +169,18 @@ pub fn write(c: &Comparison, out: &Path) -> Result<Vec<PathBuf>> {
             .zip(COLOURS)
             .map(|(e, colour)| {
                 let a = agreement_of(e).as_ref().unwrap();
-                let points = grid_of(&e.result).values.iter().flatten().zip(exact_grid.values.iter().flatten()).map(|(&x, &y)| (x, y)).collect();
-                Series { name: format!("{} (r = {})", e.result.manifest.method.label(), fmt_corr(a.pearson)), colour, points }
+                let points = grid_of(&e.result)
+                    .values
+                    .iter()
+                    .flatten()
+                    .zip(exact_grid.values.iter().flatten())
+                    .map(|(&x, &y)| (x, y))
+                    .collect();
+                Series {
+                    name: format!("{} (r = {})", e.result.manifest.method.label(), fmt_corr(a.pearson)),
+                    colour,
+                    points,
+                }
             })
             .collect();
         let plot = Scatter {
@@ -180,7 +194,8 @@ pub fn write(c: &Comparison, out: &Path) -> Result<Vec<PathBuf>> {
         written.push(path);
     }
     let path = out.join("compare.json");
-    let text = serde_json::to_vec_pretty(&summary_json(c)).map_err(|e| Error::Runtime(format!("serialising compare.json: {e}")))?;
+    let text = serde_json::to_vec_pretty(&summary_json(c))
+        .map_err(|e| Error::Runtime(format!("serialising compare.json: {e}")))?;
     write_atomic(&path, &text)?;
     written.push(path);
     Ok(written)

@@ -22,8 +22,7 @@ pub struct Hook {
     pub matched_by: String,
 }
 
-const ATTN_OUT: &str =
-    r"(?:^|[./])(?:h|layers|layer)[./](\d+)[./](?:attn[./]c_proj|attention[./]dense|self_attn[./]o_proj|attn[./]out_proj|self_attn[./]out_proj)(?:$|[./])";
+const ATTN_OUT: &str = r"(?:^|[./])(?:h|layers|layer)[./](\d+)[./](?:attn[./]c_proj|attention[./]dense|self_attn[./]o_proj|attn[./]out_proj|self_attn[./]out_proj)(?:$|[./])";
 
 /// Tensors whose value does not depend on any graph input: initializers,
 /// Constant outputs, and whatever is computed from those alone.
@@ -133,7 +132,8 @@ pub fn find_logits(model: &OnnxModel, facts: &crate::onnx::facts::Facts) -> Resu
 pub fn infer_heads_probed(model: &OnnxModel, hook: &str) -> Result<Option<usize>> {
     let g = model.graph();
     let inits: HashSet<&str> = g.initializer.iter().map(|t| t.name.as_str()).collect();
-    let probe: Vec<(&str, Vec<usize>)> = g.input.iter().filter(|i| !inits.contains(i.name.as_str())).map(|i| (i.name.as_str(), vec![3, 7])).collect();
+    let probe: Vec<(&str, Vec<usize>)> =
+        g.input.iter().filter(|i| !inits.contains(i.name.as_str())).map(|i| (i.name.as_str(), vec![3, 7])).collect();
     let facts = crate::onnx::facts::analyse_with_probe(&model.proto, &model.path, &probe)?;
     Ok(infer_heads(g, &facts, hook))
 }
@@ -184,7 +184,9 @@ impl std::str::FromStr for HookKind {
             "resid" | "residual" => HookKind::Resid,
             "mlp" | "mlp-out" => HookKind::Mlp,
             pattern => {
-                Regex::new(pattern).map_err(|e| Error::Input(format!("--hook '{pattern}': not a preset (attn, resid, mlp) nor a valid regex: {e}")))?;
+                Regex::new(pattern).map_err(|e| {
+                    Error::Input(format!("--hook '{pattern}': not a preset (attn, resid, mlp) nor a valid regex: {e}"))
+                })?;
                 HookKind::Tensors(pattern.to_string())
             }
         })
@@ -271,7 +273,10 @@ fn matching_tensors(model: &OnnxModel, pattern: &str) -> Result<Vec<Hook>> {
         })
         .collect();
     if hooks.is_empty() {
-        return Err(Error::Input(format!("{}: --hook '{pattern}' matches no tensor name (the whole name must match)", model.path.display())));
+        return Err(Error::Input(format!(
+            "{}: --hook '{pattern}' matches no tensor name (the whole name must match)",
+            model.path.display()
+        )));
     }
     Ok(hooks)
 }

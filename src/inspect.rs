@@ -40,14 +40,28 @@ pub fn inspect(model: &OnnxModel, extra: Option<&crate::hooks::HookKind>) -> Res
         let _ = writeln!(
             s,
             "  layer {}: {} {}  <- {} '{}' (matched by {})",
-            h.layer, h.tensor, fact(&h.tensor), h.op_type, h.node, h.matched_by
+            h.layer,
+            h.tensor,
+            fact(&h.tensor),
+            h.op_type,
+            h.node,
+            h.matched_by
         );
     }
     if let Some(kind) = extra {
         let found = crate::hooks::find_hooks(model, kind)?;
         let _ = writeln!(s, "--hook {kind:?} matches {} tensors:", found.len());
         for h in &found {
-            let _ = writeln!(s, "  layer {}: {} {}  <- {} '{}' ({})", h.layer, h.tensor, fact(&h.tensor), h.op_type, h.node, h.matched_by);
+            let _ = writeln!(
+                s,
+                "  layer {}: {} {}  <- {} '{}' ({})",
+                h.layer,
+                h.tensor,
+                fact(&h.tensor),
+                h.op_type,
+                h.node,
+                h.matched_by
+            );
         }
     }
     // Op types on float paths from the hooks to the logits.

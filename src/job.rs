@@ -58,7 +58,12 @@ impl JobOptions {
             lengths: vec![seq; n],
             clean_tokens: vec![vec![]; n],
         };
-        let unnamed = PromptPair { clean: String::new(), corrupted: String::new(), correct: String::new(), incorrect: String::new() };
+        let unnamed = PromptPair {
+            clean: String::new(),
+            corrupted: String::new(),
+            correct: String::new(),
+            incorrect: String::new(),
+        };
         self.tokens = Some((vec![unnamed; n], tokens));
     }
 
@@ -194,7 +199,9 @@ impl PromptSource {
     pub fn read(opts: &JobOptions) -> Result<Self> {
         let tokenizer = match &opts.tokens {
             Some(_) => None,
-            None => Some(PromptTokenizer::from_file(&opts.tokenizer.clone().unwrap_or_else(|| default_tokenizer(&opts.model)))?),
+            None => Some(PromptTokenizer::from_file(
+                &opts.tokenizer.clone().unwrap_or_else(|| default_tokenizer(&opts.model)),
+            )?),
         };
         let pairs = match (&opts.tokens, &opts.prompts) {
             (Some((pairs, _)), _) => pairs.clone(),
@@ -232,7 +239,13 @@ pub fn run_job(opts: &JobOptions) -> Result<Option<JobResult>> {
     let model_path = model.path.clone();
     let aug = augment_with(
         model,
-        AugmentOptions { raw_outputs: false, grid_outputs: true, heads: opts.heads, metric: opts.metric, hooks: opts.hooks.clone() },
+        AugmentOptions {
+            raw_outputs: false,
+            grid_outputs: true,
+            heads: opts.heads,
+            metric: opts.metric,
+            hooks: opts.hooks.clone(),
+        },
     )?;
     let tokens = prompt_source.tokenize(opts, aug.vocab)?;
     let pairs = prompt_source.pairs;
@@ -355,7 +368,9 @@ pub(crate) fn progress_bar(show: bool, len: u64, unit: &str) -> indicatif::Progr
         return indicatif::ProgressBar::hidden();
     }
     let bar = indicatif::ProgressBar::new(len);
-    if let Ok(style) = indicatif::ProgressStyle::with_template(&format!("{{bar:40}} {{pos}}/{{len}} {unit}, {{elapsed}} elapsed, eta {{eta}}")) {
+    if let Ok(style) = indicatif::ProgressStyle::with_template(&format!(
+        "{{bar:40}} {{pos}}/{{len}} {unit}, {{elapsed}} elapsed, eta {{eta}}"
+    )) {
         bar.set_style(style);
     }
     bar
@@ -426,14 +441,23 @@ fn run_batch(
             let rows = a.as_slice().map(|s| s.to_vec()).unwrap_or_else(|| a.iter().copied().collect());
             for (pair, grid) in grids.iter_mut().enumerate() {
                 let row: Vec<f64> = rows[pair * width..(pair + 1) * width].iter().map(|&v| scale * v as f64).collect();
-                if is_heads { grid.heads.push(row) } else { grid.positions.push(row) }
+                if is_heads {
+                    grid.heads.push(row)
+                } else {
+                    grid.positions.push(row)
+                }
             }
         }
     }
     let pairs = grids
         .into_iter()
         .enumerate()
-        .map(|(i, grid)| PairResult { index: range.start + i, clean_logit_diff: clean[i], corrupted_logit_diff: corrupted[i], grid })
+        .map(|(i, grid)| PairResult {
+            index: range.start + i,
+            clean_logit_diff: clean[i],
+            corrupted_logit_diff: corrupted[i],
+            grid,
+        })
         .collect();
     Ok(BatchResult::new(index, key, pairs, keep_pairs))
 }
@@ -447,7 +471,10 @@ fn check_token_ids(t: &TokenizedPrompts, vocab: usize) -> Result<()> {
     let mut rows = t.clean_ids.iter().chain(&t.corrupted_ids);
     let lengths_ok = t.lengths.len() == t.clean_ids.len() && t.lengths.iter().all(|&l| l >= 1 && l <= t.seq_len);
     if t.clean_ids.is_empty() || !lengths_ok || rows.any(|r| r.len() != t.seq_len) {
-        return Err(Error::Input(format!("every prompt must have {} (padded) tokens and a length in 1..={}", t.seq_len, t.seq_len)));
+        return Err(Error::Input(format!(
+            "every prompt must have {} (padded) tokens and a length in 1..={}",
+            t.seq_len, t.seq_len
+        )));
     }
     Ok(())
 }
@@ -463,7 +490,12 @@ pub fn build_inputs(aug: &Augmented, t: &TokenizedPrompts) -> Vec<(String, Value
 
 /// The token inputs of both copies and the metric's one-hot selectors.
 pub fn build_inputs_for(aug: &Augmented, t: &TokenizedPrompts, metric: crate::augment::Metric) -> Vec<(String, Value)> {
-    let inputs = TokenInputs { ids: &aug.input_ids, mask: aug.attention_mask.as_ref(), positions: aug.position_ids.as_ref(), vocab: aug.vocab };
+    let inputs = TokenInputs {
+        ids: &aug.input_ids,
+        mask: aug.attention_mask.as_ref(),
+        positions: aug.position_ids.as_ref(),
+        vocab: aug.vocab,
+    };
     pair_inputs(&inputs, t, metric)
 }
 

@@ -102,7 +102,8 @@ impl CommonArgs {
         opts.prompts = self.prompts.clone();
         opts.bos = self.bos;
         opts.heads = self.heads;
-        opts.runtime = RuntimeOptions { kind: self.runtime, device, ort_lib: self.ort_lib.clone(), threads: self.threads };
+        opts.runtime =
+            RuntimeOptions { kind: self.runtime, device, ort_lib: self.ort_lib.clone(), threads: self.threads };
         opts.per_prompt = self.per_prompt;
         opts.metric = self.metric;
         opts.hooks = self.hook.clone();
@@ -179,7 +180,9 @@ fn run(args: RunArgs) -> Result<(), Error> {
     let out = &args.common.out;
     if let Some(steps) = args.ig_steps {
         if args.shard.is_some() || args.resume {
-            return Err(Error::Input("--ig-steps runs in one process: --shard and --resume are for plain attribution".into()));
+            return Err(Error::Input(
+                "--ig-steps runs in one process: --shard and --resume are for plain attribution".into(),
+            ));
         }
         let e = patch::Estimator::IntegratedGradients { steps };
         let r = patch::run(&opts, e, args.rows_per_call.unwrap_or(patch::default_rows_per_call(e)))?;
@@ -208,7 +211,12 @@ fn run(args: RunArgs) -> Result<(), Error> {
 fn report_job(opts: &job::JobOptions, r: &job::JobResult, out: &Path) -> Result<(), Error> {
     println!("model: {}", opts.model.display());
     println!("method: {}", r.manifest.method.label());
-    println!("runtime: {} ({} call{})", r.manifest.runtime, r.runtime_calls, if r.runtime_calls == 1 { "" } else { "s" });
+    println!(
+        "runtime: {} ({} call{})",
+        r.manifest.runtime,
+        r.runtime_calls,
+        if r.runtime_calls == 1 { "" } else { "s" }
+    );
     print_summary(r);
     println!(
         "time: load {:.2}s, rewrite {:.2}s, session {:.2}s, run {:.3}s",
@@ -229,12 +237,22 @@ fn patch_cmd(args: PatchArgs) -> Result<(), Error> {
 
 fn compare_cmd(args: CompareArgs) -> Result<(), Error> {
     let opts = args.common.job_options()?;
-    let c = compare::compare(&opts, &compare::CompareOptions { positions: args.positions, ig_steps: args.ig_steps, rows_per_call: args.rows_per_call })?;
+    let c = compare::compare(
+        &opts,
+        &compare::CompareOptions {
+            positions: args.positions,
+            ig_steps: args.ig_steps,
+            rows_per_call: args.rows_per_call,
+        },
+    )?;
     println!("model: {}", opts.model.display());
     print_summary(&c.exact);
     let secs = |r: &job::JobResult| r.seconds.load + r.seconds.rewrite + r.seconds.session + r.seconds.run;
     println!("exact activation patching: {} runtime calls, {:.2}s", c.exact.runtime_calls, secs(&c.exact));
-    println!("{:<10} {:<31} {:>8} {:>9} {:>11} {:>10} {:>8}", "grid", "estimate", "Pearson", "Spearman", "mean |err|", "max |err|", "time");
+    println!(
+        "{:<10} {:<31} {:>8} {:>9} {:>11} {:>10} {:>8}",
+        "grid", "estimate", "Pearson", "Spearman", "mean |err|", "max |err|", "time"
+    );
     for e in &c.estimates {
         for (grid, a) in [("heads", &e.heads), ("positions", &e.positions)] {
             let Some(a) = a else { continue };
@@ -256,7 +274,16 @@ fn compare_cmd(args: CompareArgs) -> Result<(), Error> {
             let misses: Vec<String> = a
                 .largest_misses
                 .iter()
-                .map(|m| format!("L{} {}{}: {:.3} vs {:.3}", m.layer, if grid == "heads" { "H" } else { "P" }, m.index, m.estimate, m.exact))
+                .map(|m| {
+                    format!(
+                        "L{} {}{}: {:.3} vs {:.3}",
+                        m.layer,
+                        if grid == "heads" { "H" } else { "P" },
+                        m.index,
+                        m.estimate,
+                        m.exact
+                    )
+                })
                 .collect();
             println!("largest misses, {grid}, {}: {}", e.result.manifest.method.label(), misses.join("; "));
         }
@@ -280,7 +307,13 @@ fn compare_cmd(args: CompareArgs) -> Result<(), Error> {
 fn print_summary(r: &job::JobResult) {
     let (clean, corr) = (r.clean_logit_diff, r.corrupted_logit_diff);
     let m = &r.manifest;
-    println!("{} prompt pairs of {} tokens, {} layers x {} heads", m.prompts.len(), m.seq_len, m.hooks.len(), m.n_heads);
+    println!(
+        "{} prompt pairs of {} tokens, {} layers x {} heads",
+        m.prompts.len(),
+        m.seq_len,
+        m.hooks.len(),
+        m.n_heads
+    );
     let label = m.metric.label();
     println!("Clean {label}: {}", num(clean));
     println!("Corrupted {label}: {}", num(corr));
@@ -331,7 +364,9 @@ fn main() -> ExitCode {
         Cmd::Run(a) => run(a),
         Cmd::Patch(a) => patch_cmd(a),
         Cmd::Compare(a) => compare_cmd(a),
-        Cmd::Inspect { model, hook } => OnnxModel::load(&model).and_then(|m| inspect::inspect(&m, hook.as_ref())).map(|s| print!("{s}")),
+        Cmd::Inspect { model, hook } => {
+            OnnxModel::load(&model).and_then(|m| inspect::inspect(&m, hook.as_ref())).map(|s| print!("{s}"))
+        }
         Cmd::Rewrite { model, output } => rewrite(&model, &output),
         Cmd::Merge { shards, out } => merge_cmd(&shards, &out),
     };

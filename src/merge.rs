@@ -39,7 +39,10 @@ pub fn merge(dirs: &[PathBuf]) -> Result<JobResult> {
     for i in 0..manifest.n_batches {
         let found: Vec<PathBuf> = dirs.iter().map(|d| batches::path(d, i)).filter(|p| p.is_file()).collect();
         let file = found.first().ok_or_else(|| {
-            Error::Input(format!("batch {i} of {} is in none of the shard folders; did every shard finish?", manifest.n_batches))
+            Error::Input(format!(
+                "batch {i} of {} is in none of the shard folders; did every shard finish?",
+                manifest.n_batches
+            ))
         })?;
         let b = BatchResult::load(file)?;
         if b.index != i {

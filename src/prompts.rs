@@ -67,10 +67,7 @@ pub fn read_jsonl(path: &Path) -> Result<Vec<PromptPair>> {
         pairs.push(pair);
     }
     if pairs.is_empty() {
-        return Err(Error::Input(format!(
-            "{} contains no prompt pairs",
-            path.display()
-        )));
+        return Err(Error::Input(format!("{} contains no prompt pairs", path.display())));
     }
     Ok(pairs)
 }
@@ -103,10 +100,7 @@ impl PromptTokenizer {
 
     /// Token ids of `text`, without special tokens (BOS is added by `tokenize` on request).
     pub fn encode(&self, text: &str) -> Result<Vec<i64>> {
-        let enc = self
-            .inner
-            .encode(text, false)
-            .map_err(|e| Error::Input(format!("cannot tokenize {text:?}: {e}")))?;
+        let enc = self.inner.encode(text, false).map_err(|e| Error::Input(format!("cannot tokenize {text:?}: {e}")))?;
         Ok(enc.get_ids().iter().map(|&id| i64::from(id)).collect())
     }
 
@@ -217,10 +211,7 @@ pub fn tokenize(
         out.seq_len = out.seq_len.max(clean.len());
         // An id past the embedding table means the tokenizer belongs to another model.
         let all = clean.iter().chain(&corrupted).chain([&correct, &incorrect]);
-        if let Some(&bad) = all
-            .into_iter()
-            .find(|&&id| id < 0 || id as u64 >= model_vocab as u64)
-        {
+        if let Some(&bad) = all.into_iter().find(|&&id| id < 0 || id as u64 >= model_vocab as u64) {
             return Err(Error::Input(format!(
                 "pair {i}: token id {bad} is outside the model's vocabulary of {model_vocab}; \
                  the tokenizer (vocabulary {}) does not match the model's vocabulary size",
@@ -273,8 +264,7 @@ mod tests {
 
     /// A file in the temp dir unique to this test process.
     fn temp_file(name: &str, contents: &str) -> PathBuf {
-        let path =
-            std::env::temp_dir().join(format!("attrpatch-prompts-{}-{name}", std::process::id()));
+        let path = std::env::temp_dir().join(format!("attrpatch-prompts-{}-{name}", std::process::id()));
         std::fs::write(&path, contents).unwrap();
         path
     }
@@ -282,21 +272,14 @@ mod tests {
     fn check_reference(fixture: &str, add_bos: bool) {
         let text = std::fs::read_to_string(root().join("tests/fixtures").join(fixture)).unwrap();
         let reference: serde_json::Value = serde_json::from_str(&text).unwrap();
-        let input_ids: Vec<Vec<i64>> =
-            serde_json::from_value(reference["input_ids"].clone()).unwrap();
-        let answer_ids: Vec<[i64; 2]> =
-            serde_json::from_value(reference["answer_ids"].clone()).unwrap();
+        let input_ids: Vec<Vec<i64>> = serde_json::from_value(reference["input_ids"].clone()).unwrap();
+        let answer_ids: Vec<[i64; 2]> = serde_json::from_value(reference["answer_ids"].clone()).unwrap();
 
         let tok = gpt2();
         let t = tokenize(&tok, &ioi_default(), add_bos, tok.vocab_size()).unwrap();
         assert_eq!(t.clean_ids, input_ids);
         assert_eq!(t.seq_len, reference["seq_len"].as_u64().unwrap() as usize);
-        let answers: Vec<[i64; 2]> = t
-            .correct_ids
-            .iter()
-            .zip(&t.incorrect_ids)
-            .map(|(&c, &i)| [c, i])
-            .collect();
+        let answers: Vec<[i64; 2]> = t.correct_ids.iter().zip(&t.incorrect_ids).map(|(&c, &i)| [c, i]).collect();
         assert_eq!(answers, answer_ids);
         // Corrupted prompt i is the clean prompt of its partner.
         for i in 0..8 {
@@ -344,10 +327,7 @@ mod tests {
         assert_eq!(t.clean_tokens.len(), 8);
         assert_eq!(t.clean_tokens[0][0], "<|endoftext|>");
         assert_eq!(t.clean_tokens[0][1..4], ["When", " John", " and"]);
-        assert_eq!(
-            t.clean_tokens[0].concat(),
-            format!("<|endoftext|>{}", ioi_default()[0].clean)
-        );
+        assert_eq!(t.clean_tokens[0].concat(), format!("<|endoftext|>{}", ioi_default()[0].clean));
     }
 
     #[test]
@@ -368,18 +348,12 @@ mod tests {
     #[test]
     fn prompts_jsonl_malformed_line_names_line() {
         let good = serde_json::to_string(&ioi_default()[0]).unwrap();
-        let path = temp_file(
-            "bad.jsonl",
-            &format!("{good}\n\n{{\"clean\": \"x\", \"corrupted\": \"y\"\n"),
-        );
+        let path = temp_file("bad.jsonl", &format!("{good}\n\n{{\"clean\": \"x\", \"corrupted\": \"y\"\n"));
         let msg = input_err(read_jsonl(&path));
         assert!(msg.contains(&format!("{}:3:", path.display())), "{msg}");
         assert!(msg.contains("EOF while parsing"), "{msg}");
 
-        let path2 = temp_file(
-            "missing-field.jsonl",
-            "{\"clean\": \"x\", \"corrupted\": \"y\", \"correct\": \" a\"}\n",
-        );
+        let path2 = temp_file("missing-field.jsonl", "{\"clean\": \"x\", \"corrupted\": \"y\", \"correct\": \" a\"}\n");
         let msg = input_err(read_jsonl(&path2));
         assert!(msg.contains(&format!("{}:1:", path2.display())), "{msg}");
         assert!(msg.contains("missing field `incorrect`"), "{msg}");
@@ -416,44 +390,32 @@ mod tests {
         let mut pairs = ioi_default();
         pairs[2].correct = " Maryland-ish".into();
         let msg = input_err(tokenize(&tok, &pairs, false, usize::MAX));
-        assert!(
-            msg.starts_with("pair 2: correct answer \" Maryland-ish\" must be exactly one token"),
-            "{msg}"
-        );
+        assert!(msg.starts_with("pair 2: correct answer \" Maryland-ish\" must be exactly one token"), "{msg}");
         assert!(msg.contains("[\" Maryland\", \"-\", \"ish\"]"), "{msg}");
 
         pairs[2] = ioi_default()[2].clone();
         pairs[5].incorrect = "Mary Jane".into();
         let msg = input_err(tokenize(&tok, &pairs, false, usize::MAX));
-        assert!(
-            msg.contains("pair 5: incorrect answer \"Mary Jane\""),
-            "{msg}"
-        );
+        assert!(msg.contains("pair 5: incorrect answer \"Mary Jane\""), "{msg}");
         assert!(msg.contains("[\"Mary\", \" Jane\"]"), "{msg}");
     }
 
     #[test]
     fn prompts_same_answers() {
-        let p = pair(
-            "When John and Mary went",
-            "When John and Mary went",
-            " Mary",
-            " Mary",
-        );
+        let p = pair("When John and Mary went", "When John and Mary went", " Mary", " Mary");
         let msg = input_err(tokenize(&gpt2(), &[p], false, usize::MAX));
-        assert!(msg.contains("pair 0: correct answer \" Mary\" and incorrect answer \" Mary\" are the same token 5335"), "{msg}");
+        assert!(
+            msg.contains("pair 0: correct answer \" Mary\" and incorrect answer \" Mary\" are the same token 5335"),
+            "{msg}"
+        );
     }
 
     #[test]
     fn prompts_unequal_pair_lengths() {
         let mut pairs = ioi_default();
-        pairs[1].corrupted =
-            "When John and Mary went to the shops, Mary Jane gave the bag to".into();
+        pairs[1].corrupted = "When John and Mary went to the shops, Mary Jane gave the bag to".into();
         let msg = input_err(tokenize(&gpt2(), &pairs, false, usize::MAX));
-        assert!(
-            msg.contains("pair 1: clean prompt has 14 tokens but corrupted prompt has 15"),
-            "{msg}"
-        );
+        assert!(msg.contains("pair 1: clean prompt has 14 tokens but corrupted prompt has 15"), "{msg}");
         assert!(msg.contains("positions correspond"), "{msg}");
     }
 
@@ -487,14 +449,8 @@ mod tests {
         // BOS 50256 is the largest GPT-2 id: fine for 50257, out of range for 50256.
         tokenize(&tok, &ioi_default(), true, 50257).unwrap();
         let msg = input_err(tokenize(&tok, &ioi_default(), true, 50256));
-        assert!(
-            msg.starts_with("pair 0: token id 50256 is outside the model's vocabulary of 50256"),
-            "{msg}"
-        );
-        assert!(
-            msg.contains("does not match the model's vocabulary size"),
-            "{msg}"
-        );
+        assert!(msg.starts_with("pair 0: token id 50256 is outside the model's vocabulary of 50256"), "{msg}");
+        assert!(msg.contains("does not match the model's vocabulary size"), "{msg}");
         // A tiny random model's vocabulary catches the first large id (" Mary" = 5335).
         let msg = input_err(tokenize(&tok, &ioi_default(), false, 1000));
         assert!(msg.starts_with("pair 0: token id 2215 is outside"), "{msg}");

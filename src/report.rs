@@ -55,7 +55,8 @@ pub fn write_results(r: &JobResult, out_dir: &Path) -> Result<Vec<PathBuf>> {
     // computes the positions grid only when asked.
     let has_heads = r.manifest.n_heads > 0 && !r.grids.heads.is_empty();
     let has_positions = !r.grids.positions.is_empty();
-    let grids: Vec<&Grid> = [(has_heads, &heads), (has_positions, &positions)].into_iter().filter(|(on, _)| *on).map(|(_, g)| g).collect();
+    let grids: Vec<&Grid> =
+        [(has_heads, &heads), (has_positions, &positions)].into_iter().filter(|(on, _)| *on).map(|(_, g)| g).collect();
     for g in grids {
         let png = out_dir.join(format!("{}.png", g.name));
         write_heatmap_png(g, &png)?;

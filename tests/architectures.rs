@@ -9,7 +9,8 @@ use common::*;
 
 fn options(name: &str) -> (JobOptions, serde_json::Value) {
     let dir = root().join("tests/fixtures/arch");
-    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join(format!("{name}.json"))).unwrap()).unwrap();
+    let v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join(format!("{name}.json"))).unwrap()).unwrap();
     let ids = |k: &str| -> Vec<Vec<i64>> { serde_json::from_value(v[k].clone()).unwrap() };
     let (clean, corrupted, answers) = (ids("input_ids"), ids("corrupted_ids"), ids("answer_ids"));
     let mut o = JobOptions::new(dir.join(format!("{name}.onnx")));
@@ -76,8 +77,14 @@ fn llama_legacy_op14() {
 #[test]
 fn exact_patching_matches_patching_by_hand_on_every_architecture() {
     for name in [
-        "gpt2-dynamo-op18", "gpt2-legacy-op14", "gpt2-legacy-op17", "gpt2-optimum",
-        "gptneox-dynamo-op18", "gptneox-legacy-op14", "llama-dynamo-op18", "llama-legacy-op14",
+        "gpt2-dynamo-op18",
+        "gpt2-legacy-op14",
+        "gpt2-legacy-op17",
+        "gpt2-optimum",
+        "gptneox-dynamo-op18",
+        "gptneox-legacy-op14",
+        "llama-dynamo-op18",
+        "llama-legacy-op14",
     ] {
         let (o, v) = options(name);
         let ids = |k: &str| -> Vec<Vec<i64>> { serde_json::from_value(v[k].clone()).unwrap() };
@@ -88,7 +95,12 @@ fn exact_patching_matches_patching_by_hand_on_every_architecture() {
         // Float32 noise in a logit difference, amplified by 1 / (CLEAN - CORR) (up to ~30 here).
         let scale = want_positions.iter().flatten().fold(1f64, |m, v| m.max(v.abs()));
         let eh = by_hand::assert_abs_close(&format!("{name} heads"), &exact.grids.heads, &want_heads, 1e-4 * scale);
-        let ep = by_hand::assert_abs_close(&format!("{name} positions"), &exact.grids.positions, &want_positions, 1e-4 * scale);
+        let ep = by_hand::assert_abs_close(
+            &format!("{name} positions"),
+            &exact.grids.positions,
+            &want_positions,
+            1e-4 * scale,
+        );
         eprintln!("{name}: exact vs by hand, max abs error heads {eh:.2e}, positions {ep:.2e}");
     }
 }

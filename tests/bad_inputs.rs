@@ -26,10 +26,24 @@ const SYNTH_PROMPTS: &str = r#"{"clean": "When John and Mary went to the shops, 
 fn synth_args(model: &Path, out: &Path) -> Vec<String> {
     let prompts = out.with_extension("jsonl");
     std::fs::write(&prompts, SYNTH_PROMPTS).unwrap();
-    ["run", "--device", "cpu", "--heads", "2", "--tokenizer", "models/tokenizer.json", "--prompts", prompts.to_str().unwrap(), "--model", model.to_str().unwrap(), "--out", out.to_str().unwrap()]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
+    [
+        "run",
+        "--device",
+        "cpu",
+        "--heads",
+        "2",
+        "--tokenizer",
+        "models/tokenizer.json",
+        "--prompts",
+        prompts.to_str().unwrap(),
+        "--model",
+        model.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
 }
 
 fn run_model(model: &Path, extra: &[&str], expected: &[&str]) -> String {
@@ -45,7 +59,11 @@ fn synthetic_model_runs() {
     // The baseline the other cases break: this one must work.
     let d = fresh_dir("ok");
     let m = Synth::default().write(&d, "ok.onnx");
-    let o = Command::new(env!("CARGO_BIN_EXE_attrpatch")).args(synth_args(&m, &d.join("out"))).current_dir(root()).output().unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_attrpatch"))
+        .args(synth_args(&m, &d.join("out")))
+        .current_dir(root())
+        .output()
+        .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }
 
@@ -87,10 +105,18 @@ fn corrupted_protobuf() {
 #[test]
 fn no_logits_like_output() {
     let d = fresh_dir("nologits");
-    let m = Synth { output_name: "hidden".into(), c_proj_names: vec!["/transformer/h.0/attn/c_proj/MatMul".into()], ..Default::default() };
+    let m = Synth {
+        output_name: "hidden".into(),
+        c_proj_names: vec!["/transformer/h.0/attn/c_proj/MatMul".into()],
+        ..Default::default()
+    };
     // One rank-3 float output is taken as the logits even when named otherwise...
     let p = m.write(&d, "renamed.onnx");
-    let o = Command::new(env!("CARGO_BIN_EXE_attrpatch")).args(["inspect", p.to_str().unwrap()]).current_dir(root()).output().unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_attrpatch"))
+        .args(["inspect", p.to_str().unwrap()])
+        .current_dir(root())
+        .output()
+        .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     // ...but a graph whose only output is not [batch, sequence, vocab] has none.
     let mut proto = m.build();
@@ -111,16 +137,21 @@ fn no_logits_like_output() {
 #[test]
 fn no_hook_point() {
     let d = fresh_dir("nohook");
-    let p = Synth { c_proj_names: vec!["/transformer/h.0/mlp/c_proj/MatMul".into()], ..Default::default() }.write(&d, "nohook.onnx");
+    let p = Synth { c_proj_names: vec!["/transformer/h.0/mlp/c_proj/MatMul".into()], ..Default::default() }
+        .write(&d, "nohook.onnx");
     fails(&["inspect", p.to_str().unwrap()], &["nohook.onnx", "no attention out-projection found", "h.N.attn.c_proj"]);
 }
 
 #[test]
 fn two_hook_points_in_one_layer() {
     let d = fresh_dir("twohooks");
-    let names = vec!["/transformer/h.0/attn/c_proj/MatMul".to_string(), "/transformer/h.0/attn/c_proj/MatMul_1".to_string()];
+    let names =
+        vec!["/transformer/h.0/attn/c_proj/MatMul".to_string(), "/transformer/h.0/attn/c_proj/MatMul_1".to_string()];
     let p = Synth { c_proj_names: names, ..Default::default() }.write(&d, "two.onnx");
-    fails(&["inspect", p.to_str().unwrap()], &["layer 0 has 2 candidate attention out-projection nodes", "MatMul_1", "expected exactly one"]);
+    fails(
+        &["inspect", p.to_str().unwrap()],
+        &["layer 0 has 2 candidate attention out-projection nodes", "MatMul_1", "expected exactly one"],
+    );
 }
 
 #[test]
@@ -169,7 +200,11 @@ fn external_data_missing_or_too_short() {
 fn external_data_inside_the_folder_works() {
     let d = fresh_dir("extok");
     let p = Synth { external: Some(("weights.bin".into(), None)), ..Default::default() }.write(&d, "ext.onnx");
-    let o = Command::new(env!("CARGO_BIN_EXE_attrpatch")).args(["inspect", p.to_str().unwrap()]).current_dir(root()).output().unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_attrpatch"))
+        .args(["inspect", p.to_str().unwrap()])
+        .current_dir(root())
+        .output()
+        .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }
 
@@ -193,13 +228,19 @@ fn run_prompts(p: &Path, expected: &[&str]) {
 
 #[test]
 fn answer_that_is_not_one_token() {
-    let p = jsonl("answer", r#"{"clean": "When John and Mary went to the shops, John gave the bag to", "corrupted": "When John and Mary went to the shops, Mary gave the bag to", "correct": " Maryland-ish", "incorrect": " John"}"#);
+    let p = jsonl(
+        "answer",
+        r#"{"clean": "When John and Mary went to the shops, John gave the bag to", "corrupted": "When John and Mary went to the shops, Mary gave the bag to", "correct": " Maryland-ish", "incorrect": " John"}"#,
+    );
     run_prompts(&p, &["pair 0", "\" Maryland-ish\"", "exactly one token"]);
 }
 
 #[test]
 fn pair_lengths_differ() {
-    let p = jsonl("lengths", r#"{"clean": "When John and Mary went to the shops, John gave the bag to", "corrupted": "When John and Mary went to the big shops, Mary gave the bag to", "correct": " Mary", "incorrect": " John"}"#);
+    let p = jsonl(
+        "lengths",
+        r#"{"clean": "When John and Mary went to the shops, John gave the bag to", "corrupted": "When John and Mary went to the big shops, Mary gave the bag to", "correct": " Mary", "incorrect": " John"}"#,
+    );
     run_prompts(&p, &["pair 0", "14 tokens", "15", "positions correspond"]);
 }
 
@@ -251,7 +292,10 @@ fn kv_cache_exports_name_the_file_to_use_instead() {
     g.input.push(attrpatch::augment::value_info("past_key_values.0.key", 1, &[]));
     let p = d.join("decoder_with_past_model.onnx");
     std::fs::write(&p, prost::Message::encode_to_vec(&proto)).unwrap();
-    fails(&["inspect", p.to_str().unwrap()], &["past key values", "text-generation (not text-generation-with-past)", "model.onnx"]);
+    fails(
+        &["inspect", p.to_str().unwrap()],
+        &["past key values", "text-generation (not text-generation-with-past)", "model.onnx"],
+    );
     fails(&["rewrite", p.to_str().unwrap(), "-o", d.join("x.onnx").to_str().unwrap()], &["past key values"]);
 }
 
@@ -268,7 +312,11 @@ fn regression_constant_hook_was_reported_as_not_produced() {
             .unwrap();
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(!o.status.success(), "{cmd}: {err}");
-        assert!(err.contains("hook tensor '/transformer/Constant_output_0' (layer 0, from Constant") && err.contains("is a constant"), "{cmd}: {err}");
+        assert!(
+            err.contains("hook tensor '/transformer/Constant_output_0' (layer 0, from Constant")
+                && err.contains("is a constant"),
+            "{cmd}: {err}"
+        );
     }
 }
 

@@ -9,7 +9,12 @@ use std::process::{Command, Output};
 
 fn attrpatch(args: &[&str]) -> Output {
     let o = Command::new(env!("CARGO_BIN_EXE_attrpatch")).args(args).current_dir(root()).output().unwrap();
-    assert!(o.status.success(), "attrpatch {args:?}:\n{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "attrpatch {args:?}:\n{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
     o
 }
 
@@ -20,7 +25,18 @@ fn dir(name: &str) -> PathBuf {
 }
 
 fn run(out: &Path, extra: &[&str]) -> String {
-    let mut args = vec!["run", "--model", "models/gpt2-tiny-random.onnx", "--device", "cpu", "--prompts", "models/ioi-prompts.jsonl", "--per-prompt", "--out", out.to_str().unwrap()];
+    let mut args = vec![
+        "run",
+        "--model",
+        "models/gpt2-tiny-random.onnx",
+        "--device",
+        "cpu",
+        "--prompts",
+        "models/ioi-prompts.jsonl",
+        "--per-prompt",
+        "--out",
+        out.to_str().unwrap(),
+    ];
     args.extend_from_slice(extra);
     String::from_utf8_lossy(&attrpatch(&args).stdout).to_string()
 }

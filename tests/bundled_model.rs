@@ -25,7 +25,11 @@ fn bundled_model_does_ioi_and_matches_pytorch() {
     o.runtime = RuntimeOptions { kind: RuntimeKind::Ort, device: Device::Cpu, ort_lib: None, threads: 1 };
     let r = run_job(&o).unwrap().unwrap();
     assert!(r.clean_logit_diff > 1.0, "clean logit diff {} should be clearly positive", r.clean_logit_diff);
-    assert!(r.corrupted_logit_diff < -1.0, "corrupted logit diff {} should be clearly negative", r.corrupted_logit_diff);
+    assert!(
+        r.corrupted_logit_diff < -1.0,
+        "corrupted logit diff {} should be clearly negative",
+        r.corrupted_logit_diff
+    );
     let (v, heads, positions) = reference();
     assert!(close(r.clean_logit_diff, v["clean_logit_diff"].as_f64().unwrap()));
     assert!(close(r.corrupted_logit_diff, v["corrupted_logit_diff"].as_f64().unwrap()));

@@ -16,10 +16,24 @@ fn text(o: &Output) -> String {
 #[test]
 fn run_with_defaults_writes_every_output() {
     let out = fresh_dir("run");
-    let o = attrpatch(&["run", "--model", "models/gpt2-tiny-random.onnx", "--device", "cpu", "--out", out.to_str().unwrap()]);
+    let o = attrpatch(&[
+        "run",
+        "--model",
+        "models/gpt2-tiny-random.onnx",
+        "--device",
+        "cpu",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
     let t = text(&o);
     assert!(o.status.success(), "{t}");
-    for line in ["Clean logit diff:", "Corrupted logit diff:", "Clean Baseline is 1: 1.0000", "Corrupted Baseline is 0: 0.0000", "(CPU)"] {
+    for line in [
+        "Clean logit diff:",
+        "Corrupted logit diff:",
+        "Clean Baseline is 1: 1.0000",
+        "Corrupted Baseline is 0: 0.0000",
+        "(CPU)",
+    ] {
         assert!(t.contains(line), "missing '{line}' in:\n{t}");
     }
     for f in ["heads.png", "positions.png", "heads.csv", "positions.csv", "results.json"] {
@@ -39,7 +53,17 @@ fn run_with_defaults_writes_every_output() {
 #[test]
 fn prompts_from_jsonl() {
     let out = fresh_dir("jsonl");
-    let o = attrpatch(&["run", "--model", "models/gpt2-tiny-random.onnx", "--device", "cpu", "--prompts", "models/ioi-prompts.jsonl", "--out", out.to_str().unwrap()]);
+    let o = attrpatch(&[
+        "run",
+        "--model",
+        "models/gpt2-tiny-random.onnx",
+        "--device",
+        "cpu",
+        "--prompts",
+        "models/ioi-prompts.jsonl",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "{}", text(&o));
     let v: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("results.json")).unwrap()).unwrap();
     let heads: Vec<Vec<f64>> = serde_json::from_value(v["heads"]["values"].clone()).unwrap();
@@ -67,10 +91,8 @@ fn inspect_lists_layers_hooks_and_path_ops() {
 /// it, and the grids rebuilt from its outputs match the reference.
 #[test]
 fn rewritten_model_runs_in_python_onnxruntime() {
-    let have_python_ort = Command::new("python3")
-        .args(["-c", "import onnxruntime, numpy"])
-        .output()
-        .is_ok_and(|o| o.status.success());
+    let have_python_ort =
+        Command::new("python3").args(["-c", "import onnxruntime, numpy"]).output().is_ok_and(|o| o.status.success());
     if !have_python_ort {
         // CI installs it (.ci/run), so there this check always runs.
         assert!(std::env::var_os("CI").is_none(), "CI must have Python onnxruntime installed");
@@ -94,7 +116,15 @@ fn rewritten_model_runs_in_python_onnxruntime() {
 
 #[test]
 fn missing_ort_library_says_what_to_do() {
-    let o = attrpatch(&["run", "--device", "cpu", "--ort-lib", "/nonexistent/libonnxruntime.so", "--out", fresh_dir("noort").to_str().unwrap()]);
+    let o = attrpatch(&[
+        "run",
+        "--device",
+        "cpu",
+        "--ort-lib",
+        "/nonexistent/libonnxruntime.so",
+        "--out",
+        fresh_dir("noort").to_str().unwrap(),
+    ]);
     assert!(!o.status.success());
     let t = text(&o);
     assert!(t.contains("--ort-lib points to /nonexistent/libonnxruntime.so"), "{t}");
@@ -136,34 +166,54 @@ fn tract_runtime_from_the_command_line() {
 #[test]
 fn compare_writes_grids_scatter_plots_and_correlations() {
     let out = fresh_dir("compare");
-    let o = attrpatch(&["compare", "--device", "cpu", "--positions", "--ig-steps", "2", "--out", out.to_str().unwrap()]);
+    let o =
+        attrpatch(&["compare", "--device", "cpu", "--positions", "--ig-steps", "2", "--out", out.to_str().unwrap()]);
     let t = text(&o);
     assert!(o.status.success(), "{t}");
-    for line in ["Pearson", "Spearman", "Attribution patching", "Integrated gradients (2 steps)", "largest misses, positions"] {
+    for line in
+        ["Pearson", "Spearman", "Attribution patching", "Integrated gradients (2 steps)", "largest misses, positions"]
+    {
         assert!(t.contains(line), "missing '{line}' in:\n{t}");
     }
     for f in [
-        "compare-heads.png", "scatter-heads.png", "compare-positions.png", "scatter-positions.png", "compare.json",
-        "exact/heads.png", "exact/positions.csv", "attribution/heads.csv", "ig/results.json",
+        "compare-heads.png",
+        "scatter-heads.png",
+        "compare-positions.png",
+        "scatter-positions.png",
+        "compare.json",
+        "exact/heads.png",
+        "exact/positions.csv",
+        "attribution/heads.csv",
+        "ig/results.json",
     ] {
         assert!(out.join(f).is_file(), "{f} not written");
     }
     let v: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("compare.json")).unwrap()).unwrap();
     for est in ["attribution", "ig"] {
         for grid in ["heads", "positions"] {
-            let r = v["estimates"][est][grid]["pearson"].as_f64().unwrap_or_else(|| panic!("{est} {grid} pearson in {v}"));
+            let r =
+                v["estimates"][est][grid]["pearson"].as_f64().unwrap_or_else(|| panic!("{est} {grid} pearson in {v}"));
             assert!((-1.0..=1.0).contains(&r));
             assert_eq!(v["estimates"][est][grid]["largest_misses"].as_array().unwrap().len(), 5);
         }
     }
-    let exact: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("exact/results.json")).unwrap()).unwrap();
+    let exact: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("exact/results.json")).unwrap()).unwrap();
     assert_eq!(exact["method"]["kind"], "exact-patching");
 }
 
 #[test]
 fn patch_writes_exact_grids_in_the_attribution_formats() {
     let out = fresh_dir("patch");
-    let o = attrpatch(&["patch", "--model", "models/gpt2-tiny-random.onnx", "--device", "cpu", "--out", out.to_str().unwrap()]);
+    let o = attrpatch(&[
+        "patch",
+        "--model",
+        "models/gpt2-tiny-random.onnx",
+        "--device",
+        "cpu",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
     let t = text(&o);
     assert!(o.status.success(), "{t}");
     assert!(t.contains("method: Activation patching (exact)"), "{t}");
@@ -195,7 +245,17 @@ fn zero_ig_steps_or_rows_are_refused() {
 #[test]
 fn tract_on_cuda_runs_or_says_what_is_missing() {
     let out = fresh_dir("tract-cuda");
-    let o = attrpatch(&["run", "--model", "models/gpt2-tiny-random.onnx", "--runtime", "tract", "--device", "cuda", "--out", out.to_str().unwrap()]);
+    let o = attrpatch(&[
+        "run",
+        "--model",
+        "models/gpt2-tiny-random.onnx",
+        "--runtime",
+        "tract",
+        "--device",
+        "cuda",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
     let t = text(&o);
     if !cfg!(feature = "tract-cuda") {
         assert!(!o.status.success() && t.contains("--features tract-cuda"), "{t}");

@@ -19,7 +19,12 @@ fn check(model: PathBuf, reference_file: &str, bos: bool, kind: RuntimeKind) {
     let want = reference(reference_file);
     let r = job(model.clone(), bos, kind);
     let tag = format!("{} / {reference_file} / {kind:?}", model.file_name().unwrap().to_string_lossy());
-    assert!(close(r.clean_logit_diff, want.clean_logit_diff), "{tag}: clean ld {} vs {}", r.clean_logit_diff, want.clean_logit_diff);
+    assert!(
+        close(r.clean_logit_diff, want.clean_logit_diff),
+        "{tag}: clean ld {} vs {}",
+        r.clean_logit_diff,
+        want.clean_logit_diff
+    );
     assert!(
         close(r.corrupted_logit_diff, want.corrupted_logit_diff),
         "{tag}: corrupted ld {} vs {}",
@@ -77,7 +82,10 @@ fn augmented_graph_has_no_needless_work() {
         let g = aug.proto.graph.as_ref().unwrap();
         assert!(!g.node.iter().any(|n| n.input.iter().any(|i| i == "logits")), "full logits are still consumed");
         // ONNX Runtime runs unused nodes too: the full-sequence lm_head must be gone.
-        assert!(!g.node.iter().any(|n| n.output.iter().any(|o| o == "logits" || o == "clean/logits")), "full lm_head kept");
+        assert!(
+            !g.node.iter().any(|n| n.output.iter().any(|o| o == "logits" || o == "clean/logits")),
+            "full lm_head kept"
+        );
         assert!(g.output.iter().all(|o| o.name.starts_with("attrpatch.")), "original outputs kept");
         // Backward nodes are the builder's ("attrpatch/..."); none reads a clean tensor
         // other than through the clean activation output.

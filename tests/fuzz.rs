@@ -38,7 +38,23 @@ fn exercise(bytes: &[u8], what: &str) {
     assert!(result.is_ok(), "panic on {what}");
 }
 
-const OPS: &[&str] = &["Add", "Mul", "MatMul", "Gemm", "Reshape", "Transpose", "Softmax", "Split", "Concat", "Cos", "Where", "LayerNormalization", "ReduceMean", "Gather", "Identity"];
+const OPS: &[&str] = &[
+    "Add",
+    "Mul",
+    "MatMul",
+    "Gemm",
+    "Reshape",
+    "Transpose",
+    "Softmax",
+    "Split",
+    "Concat",
+    "Cos",
+    "Where",
+    "LayerNormalization",
+    "ReduceMean",
+    "Gather",
+    "Identity",
+];
 
 /// One structural mutation of the graph.
 fn mutate(m: &mut ModelProto, r: &mut Rng) {
@@ -78,7 +94,12 @@ fn mutate(m: &mut ModelProto, r: &mut Rng) {
             let k = r.below(n);
             g.node.swap(i, k);
         }
-        _ => g.node.push(NodeProto { op_type: OPS[r.below(OPS.len())].into(), input: vec!["logits".into()], output: vec!["logits".into()], ..Default::default() }),
+        _ => g.node.push(NodeProto {
+            op_type: OPS[r.below(OPS.len())].into(),
+            input: vec!["logits".into()],
+            output: vec!["logits".into()],
+            ..Default::default()
+        }),
     }
 }
 

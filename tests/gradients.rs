@@ -211,7 +211,11 @@ impl Case {
         let values = (0..numel(shape))
             .map(|_| {
                 let m = self.rng.uniform(0.2, 1.0);
-                if self.rng.next_u64() & 1 == 0 { m } else { -m }
+                if self.rng.next_u64() & 1 == 0 {
+                    m
+                } else {
+                    -m
+                }
             })
             .collect();
         self.vars.push(Var { name: name.into(), shape: shape.to_vec(), values });
@@ -437,7 +441,8 @@ impl Case {
         let mut ls = session(&lm.encode_to_vec()).unwrap_or_else(|e| panic!("{}: loss model: {e}", self.label));
         let loss_out = vec!["loss".to_string()];
         let mut loss_at = |feeds: &[(String, Vec<usize>, Vec<f64>)]| -> f64 {
-            run(&mut ls, self.dtype, feeds, &loss_out).unwrap_or_else(|e| panic!("{}: loss run: {e}", self.label))[0].1[0]
+            run(&mut ls, self.dtype, feeds, &loss_out).unwrap_or_else(|e| panic!("{}: loss run: {e}", self.label))[0].1
+                [0]
         };
         let mut grads = vec![];
         for (vi, ((shape, a), v)) in analytic.into_iter().zip(&self.vars).enumerate() {
@@ -494,12 +499,22 @@ fn ai(name: &str, v: i64) -> AttributeProto {
 
 #[test]
 fn add_same_shape() {
-    case("add_same_shape", 17).var("a", &[2, 3]).var("b", &[2, 3]).node("Add", &["a", "b"], &["y"], vec![]).loss(&["y"]).check();
+    case("add_same_shape", 17)
+        .var("a", &[2, 3])
+        .var("b", &[2, 3])
+        .node("Add", &["a", "b"], &["y"], vec![])
+        .loss(&["y"])
+        .check();
 }
 
 #[test]
 fn add_broadcast_row_vector() {
-    case("add_broadcast_row_vector", 17).var("a", &[2, 3]).var("b", &[3]).node("Add", &["a", "b"], &["y"], vec![]).loss(&["y"]).check();
+    case("add_broadcast_row_vector", 17)
+        .var("a", &[2, 3])
+        .var("b", &[3])
+        .node("Add", &["a", "b"], &["y"], vec![])
+        .loss(&["y"])
+        .check();
 }
 
 #[test]
@@ -515,23 +530,43 @@ fn add_broadcast_both_operands() {
 
 #[test]
 fn add_scalar_variable() {
-    case("add_scalar_variable", 17).var("a", &[2, 3]).var("s", &[]).node("Add", &["a", "s"], &["y"], vec![]).loss(&["y"]).check();
+    case("add_scalar_variable", 17)
+        .var("a", &[2, 3])
+        .var("s", &[])
+        .node("Add", &["a", "s"], &["y"], vec![])
+        .loss(&["y"])
+        .check();
 }
 
 #[test]
 fn add_constant_operand() {
-    case("add_constant_operand", 17).var("a", &[3]).constant("c", &[2, 3]).node("Add", &["c", "a"], &["y"], vec![]).loss(&["y"]).check();
+    case("add_constant_operand", 17)
+        .var("a", &[3])
+        .constant("c", &[2, 3])
+        .node("Add", &["c", "a"], &["y"], vec![])
+        .loss(&["y"])
+        .check();
 }
 
 #[test]
 fn sub_broadcast_column() {
-    case("sub_broadcast_column", 17).var("a", &[2, 3]).var("b", &[2, 1]).node("Sub", &["a", "b"], &["y"], vec![]).loss(&["y"]).check();
+    case("sub_broadcast_column", 17)
+        .var("a", &[2, 3])
+        .var("b", &[2, 1])
+        .node("Sub", &["a", "b"], &["y"], vec![])
+        .loss(&["y"])
+        .check();
 }
 
 #[test]
 fn sub_constant_minuend() {
     // Only the subtrahend needs a gradient.
-    case("sub_constant_minuend", 17).constant("c", &[2, 3]).var("b", &[3]).node("Sub", &["c", "b"], &["y"], vec![]).loss(&["y"]).check();
+    case("sub_constant_minuend", 17)
+        .constant("c", &[2, 3])
+        .var("b", &[3])
+        .node("Sub", &["c", "b"], &["y"], vec![])
+        .loss(&["y"])
+        .check();
 }
 
 #[test]
@@ -546,7 +581,12 @@ fn mul_broadcast_2x1x3_by_4x1() {
 
 #[test]
 fn mul_constant_operand() {
-    case("mul_constant_operand", 17).var("a", &[2, 3]).constant("c", &[3]).node("Mul", &["a", "c"], &["y"], vec![]).loss(&["y"]).check();
+    case("mul_constant_operand", 17)
+        .var("a", &[2, 3])
+        .constant("c", &[3])
+        .node("Mul", &["a", "c"], &["y"], vec![])
+        .loss(&["y"])
+        .check();
 }
 
 #[test]
@@ -755,7 +795,11 @@ fn identity() {
 
 #[test]
 fn cast_same_type() {
-    case("cast_same_type", 17).var("x", &[2, 3]).node("Cast", &["x"], &["y"], vec![ai("to", DOUBLE as i64)]).loss(&["y"]).check();
+    case("cast_same_type", 17)
+        .var("x", &[2, 3])
+        .node("Cast", &["x"], &["y"], vec![ai("to", DOUBLE as i64)])
+        .loss(&["y"])
+        .check();
 }
 
 #[test]
@@ -777,7 +821,12 @@ fn cast_round_trip_through_float32() {
 
 #[test]
 fn matmul_2d() {
-    case("matmul_2d", 17).var("a", &[3, 4]).var("b", &[4, 2]).node("MatMul", &["a", "b"], &["y"], vec![]).loss(&["y"]).check();
+    case("matmul_2d", 17)
+        .var("a", &[3, 4])
+        .var("b", &[4, 2])
+        .node("MatMul", &["a", "b"], &["y"], vec![])
+        .loss(&["y"])
+        .check();
 }
 
 #[test]
@@ -849,7 +898,12 @@ fn matmul_rank1_operand_is_a_clear_error() {
 
 #[test]
 fn gemm_no_c() {
-    case("gemm_no_c", 17).var("a", &[3, 2]).var("b", &[2, 4]).node("Gemm", &["a", "b"], &["y"], vec![]).loss(&["y"]).check();
+    case("gemm_no_c", 17)
+        .var("a", &[3, 2])
+        .var("b", &[2, 4])
+        .node("Gemm", &["a", "b"], &["y"], vec![])
+        .loss(&["y"])
+        .check();
 }
 
 #[test]
@@ -946,7 +1000,11 @@ fn reshape_with_minus_one_and_zero() {
 
 #[test]
 fn flatten_axis2() {
-    case("flatten_axis2", 17).var("x", &[2, 3, 2, 2]).node("Flatten", &["x"], &["y"], vec![ai("axis", 2)]).loss(&["y"]).check();
+    case("flatten_axis2", 17)
+        .var("x", &[2, 3, 2, 2])
+        .node("Flatten", &["x"], &["y"], vec![ai("axis", 2)])
+        .loss(&["y"])
+        .check();
 }
 
 #[test]
@@ -1003,7 +1061,11 @@ fn transpose_perm() {
 
 #[test]
 fn transpose_default_perm_reverses() {
-    case("transpose_default_perm_reverses", 17).var("x", &[2, 3, 4]).node("Transpose", &["x"], &["y"], vec![]).loss(&["y"]).check();
+    case("transpose_default_perm_reverses", 17)
+        .var("x", &[2, 3, 4])
+        .node("Transpose", &["x"], &["y"], vec![])
+        .loss(&["y"])
+        .check();
 }
 
 #[test]
@@ -1398,7 +1460,11 @@ fn layer_norm_mean_output_in_loss_is_a_clear_error() {
 
 #[test]
 fn accumulate_mul_of_a_tensor_with_itself() {
-    case("accumulate_mul_of_a_tensor_with_itself", 17).var("x", &[2, 3]).node("Mul", &["x", "x"], &["y"], vec![]).loss(&["y"]).check();
+    case("accumulate_mul_of_a_tensor_with_itself", 17)
+        .var("x", &[2, 3])
+        .node("Mul", &["x", "x"], &["y"], vec![])
+        .loss(&["y"])
+        .check();
 }
 
 #[test]
@@ -1548,7 +1614,6 @@ fn chain_attention_like_block_float32() {
 
 // ------------------------------------------------------------------ errors --
 
-
 #[test]
 fn every_supported_op_has_a_rule_and_unsupported_ops_have_none() {
     for op in SUPPORTED {
@@ -1609,7 +1674,11 @@ fn loss_independent_of_the_variables_is_an_error() {
 
 #[test]
 fn reciprocal() {
-    case("reciprocal", 17).var_in("x", &[2, 3], 0.5, 2.0).node("Reciprocal", &["x"], &["y"], vec![]).loss(&["y"]).check();
+    case("reciprocal", 17)
+        .var_in("x", &[2, 3], 0.5, 2.0)
+        .node("Reciprocal", &["x"], &["y"], vec![])
+        .loss(&["y"])
+        .check();
 }
 
 #[test]

@@ -15,7 +15,10 @@ fn tensors(model: &std::path::Path, kind: &str) -> Vec<String> {
 
 #[test]
 fn resid_and_mlp_presets_find_block_and_mlp_outputs_in_both_exporters() {
-    assert_eq!(tensors(&legacy_op14(), "resid"), ["/transformer/h.0/Add_1_output_0", "/transformer/h.1/Add_1_output_0"]);
+    assert_eq!(
+        tensors(&legacy_op14(), "resid"),
+        ["/transformer/h.0/Add_1_output_0", "/transformer/h.1/Add_1_output_0"]
+    );
     assert_eq!(
         tensors(&legacy_op14(), "mlp"),
         ["/transformer/h.0/mlp/c_proj/Reshape_1_output_0", "/transformer/h.1/mlp/c_proj/Reshape_1_output_0"]

@@ -19,10 +19,17 @@ fn job(metric: Metric) -> attrpatch::job::JobResult {
 /// Last-position log-softmax of the plain model, per prompt, in f64.
 fn plain_last_logprobs(ids: &[Vec<i64>]) -> Vec<Vec<f64>> {
     let bytes = std::fs::read(legacy_op14()).unwrap();
-    let mut rt = create(&bytes, &RuntimeOptions { kind: RuntimeKind::Ort, device: Device::Cpu, ort_lib: None, threads: 1 }).unwrap();
+    let mut rt =
+        create(&bytes, &RuntimeOptions { kind: RuntimeKind::Ort, device: Device::Cpu, ort_lib: None, threads: 1 })
+            .unwrap();
     let (b, s) = (ids.len(), ids[0].len());
     let x = Array2::from_shape_fn((b, s), |(r, c)| ids[r][c]).into_dyn();
-    let out = rt.run(vec![("input_ids".into(), Value::I64(x)), ("attention_mask".into(), Value::I64(ArrayD::from_elem(vec![b, s], 1)))]).unwrap();
+    let out = rt
+        .run(vec![
+            ("input_ids".into(), Value::I64(x)),
+            ("attention_mask".into(), Value::I64(ArrayD::from_elem(vec![b, s], 1))),
+        ])
+        .unwrap();
     let logits = &out["logits"];
     let v = logits.shape()[2];
     (0..b)

@@ -22,7 +22,17 @@ fn run_cmd(cmd: &[&str], name: &str, jsonl: &str) -> (PathBuf, serde_json::Value
     let out = d.join("out");
     let o = Command::new(env!("CARGO_BIN_EXE_attrpatch"))
         .args(cmd)
-        .args(["--model", "models/gpt2-tiny-random.onnx", "--device", "cpu", "--per-prompt", "--prompts", p.to_str().unwrap(), "--out", out.to_str().unwrap()])
+        .args([
+            "--model",
+            "models/gpt2-tiny-random.onnx",
+            "--device",
+            "cpu",
+            "--per-prompt",
+            "--prompts",
+            p.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ])
         .current_dir(root())
         .output()
         .unwrap();
@@ -32,7 +42,11 @@ fn run_cmd(cmd: &[&str], name: &str, jsonl: &str) -> (PathBuf, serde_json::Value
 }
 
 fn per_prompt(out: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(out.join("per_prompt.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    std::fs::read_to_string(out.join("per_prompt.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
 }
 
 /// A pair's attribution of its own logit difference (undoing the set's normalisation).
@@ -91,7 +105,17 @@ fn a_model_without_attention_mask_takes_prompts_of_different_lengths() {
     )
     .unwrap();
     let o = Command::new(env!("CARGO_BIN_EXE_attrpatch"))
-        .args(["run", "--device", "cpu", "--heads", "2", "--tokenizer", "models/tokenizer.json", "--model", model.to_str().unwrap()])
+        .args([
+            "run",
+            "--device",
+            "cpu",
+            "--heads",
+            "2",
+            "--tokenizer",
+            "models/tokenizer.json",
+            "--model",
+            model.to_str().unwrap(),
+        ])
         .args(["--prompts", prompts.to_str().unwrap(), "--out", d.join("out").to_str().unwrap()])
         .current_dir(root())
         .output()

@@ -103,7 +103,8 @@ fn integrated_gradients_on_a_linear_graph_equal_the_exact_effect() {
 #[test]
 fn integrated_gradients_are_exact_on_a_quadratic_graph_and_attribution_is_not() {
     let dir = fresh_dir("ig-quadratic");
-    let model = Synth { vocab: 40, extra_op: Some("Square".into()), ..Default::default() }.write(&dir, "quadratic.onnx");
+    let model =
+        Synth { vocab: 40, extra_op: Some("Square".into()), ..Default::default() }.write(&dir, "quadratic.onnx");
     let opts = synth_job(model, 1);
     let exact = patch::run(&opts, Estimator::Exact { positions: true }, 256).unwrap();
     for steps in [1, 2, 5] {
@@ -134,7 +135,10 @@ fn patching_the_last_residual_at_the_last_position_restores_the_clean_run() {
 fn head_counts_that_do_not_split_the_width_are_refused() {
     let mut opts = ioi_job();
     opts.heads = Some(5);
-    let e = patch::run(&opts, Estimator::Exact { positions: false }, 256).err().expect("5 heads of a 64-wide hook").to_string();
+    let e = patch::run(&opts, Estimator::Exact { positions: false }, 256)
+        .err()
+        .expect("5 heads of a 64-wide hook")
+        .to_string();
     assert!(e.contains("5 heads do not split the width 64"), "{e}");
     let e = run_job(&opts).err().expect("the attribution job checks too").to_string();
     assert!(e.contains("5 heads do not split the width 64"), "{e}");

@@ -66,7 +66,11 @@ impl Anatomy {
             }
         };
         let (batch, seq) = token_dims(model, &input_ids)?;
-        let token_input = |n: &str| TokenInput { model_name: n.into(), clean: names::clean_input(n), corrupted: names::corrupted_input(n) };
+        let token_input = |n: &str| TokenInput {
+            model_name: n.into(),
+            clean: names::clean_input(n),
+            corrupted: names::corrupted_input(n),
+        };
         let ids_in = token_input(&input_ids);
         let mask_in = attention_mask.as_deref().map(token_input);
         let pos_in = position_ids.as_deref().map(token_input);
@@ -86,7 +90,9 @@ impl Anatomy {
         }
         let logits_rank = if declared.is_empty() { facts0.rank(&logits) } else { Some(declared.len()) };
         let init_rank = |t: &str| model.graph().initializer.iter().find(|i| i.name == t).map(|i| i.dims.len());
-        let src = metric::logits_source(&model.graph().node, &logits, logits_rank, &constants, |t| facts0.rank(t).or_else(|| init_rank(t)));
+        let src = metric::logits_source(&model.graph().node, &logits, logits_rank, &constants, |t| {
+            facts0.rank(t).or_else(|| init_rank(t))
+        });
         Ok(Anatomy { hooks, facts0, logits, dtype, vocab, batch, seq, ids_in, mask_in, pos_in, constants, src })
     }
 
@@ -194,4 +200,3 @@ pub(crate) fn declared_dims(vi: &ValueInfoProto) -> Vec<Dim> {
         _ => vec![],
     }
 }
-

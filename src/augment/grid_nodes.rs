@@ -12,7 +12,16 @@ use crate::onnx::builder::GraphBuilder;
 /// `position_onehot` [B,1,S] picks each row's last position.
 /// `heads`: None for hooks that do not split into heads (positions only).
 #[allow(clippy::too_many_arguments)]
-pub fn emit(b: &mut GraphBuilder, layer: usize, clean: &str, corrupted: &str, grad: &str, shape_bs: &str, position_onehot: &str, heads: Option<usize>) {
+pub fn emit(
+    b: &mut GraphBuilder,
+    layer: usize,
+    clean: &str,
+    corrupted: &str,
+    grad: &str,
+    shape_bs: &str,
+    position_onehot: &str,
+    heads: Option<usize>,
+) {
     let diff = b.sub(clean, corrupted);
     let p = b.mul(grad, &diff);
     let minus_one = b.const_i64s(&[-1]);

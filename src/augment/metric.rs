@@ -37,7 +37,12 @@ pub fn logits_source(
     let Some(n) = nodes.iter().find(|n| n.output.iter().any(|o| o == logits)) else {
         return LogitsSource::Opaque;
     };
-    if n.op_type == "MatMul" && n.input.len() == 2 && constants.contains(&n.input[1]) && rank(&n.input[1]) == Some(2) && logits_rank == Some(3) {
+    if n.op_type == "MatMul"
+        && n.input.len() == 2
+        && constants.contains(&n.input[1])
+        && rank(&n.input[1]) == Some(2)
+        && logits_rank == Some(3)
+    {
         return LogitsSource::LmHead { hidden: n.input[0].clone(), weight: n.input[1].clone() };
     }
     LogitsSource::Opaque
@@ -93,7 +98,13 @@ pub const PAIR_SELECTORS: Selectors<'static> =
 
 /// The logits at each row's last position, [B,1,V], for one copy; `name`
 /// maps original tensor names to the copy's.
-pub fn last_logits(b: &mut GraphBuilder, src: &LogitsSource, logits: &str, name: &dyn Fn(&str) -> String, sel: Selectors) -> String {
+pub fn last_logits(
+    b: &mut GraphBuilder,
+    src: &LogitsSource,
+    logits: &str,
+    name: &dyn Fn(&str) -> String,
+    sel: Selectors,
+) -> String {
     match src {
         LogitsSource::LmHead { hidden, weight } => {
             let h_last = b.matmul(sel.position, &name(hidden));
@@ -105,7 +116,15 @@ pub fn last_logits(b: &mut GraphBuilder, src: &LogitsSource, logits: &str, name:
 
 /// Emits each pair's metric value (`rows_out`, [1,B]) and their mean (`out`,
 /// [1,1]) from `sel`; `clean_sel` is the clean copy's, for KL.
-pub fn metric_values(b: &mut GraphBuilder, metric: Metric, sel: &str, clean_sel: &str, s: Selectors, rows_out: &str, out: &str) {
+pub fn metric_values(
+    b: &mut GraphBuilder,
+    metric: Metric,
+    sel: &str,
+    clean_sel: &str,
+    s: Selectors,
+    rows_out: &str,
+    out: &str,
+) {
     let axis = vec![crate::onnx::builder::attr_i("axis", -1)];
     let v = match metric {
         Metric::LogitDiff => b.matmul(sel, s.answer),

@@ -133,7 +133,8 @@ pub fn augment_with(model: OnnxModel, opts: AugmentOptions) -> Result<Augmented>
         anatomy.check_heads(&model, h)?;
     }
     let Anatomy { hooks, facts0, logits, dtype, vocab, batch, seq, ids_in, mask_in, pos_in, constants, src } = anatomy;
-    let token_inputs: Vec<&TokenInput> = std::iter::once(&ids_in).chain(mask_in.as_ref()).chain(pos_in.as_ref()).collect();
+    let token_inputs: Vec<&TokenInput> =
+        std::iter::once(&ids_in).chain(mask_in.as_ref()).chain(pos_in.as_ref()).collect();
     let lm_head_last_position_only = matches!(src, metric::LogitsSource::LmHead { .. });
     let (path, opset) = (model.path.clone(), model.opset);
     let mut proto = model.proto;
@@ -141,8 +142,10 @@ pub fn augment_with(model: OnnxModel, opts: AugmentOptions) -> Result<Augmented>
 
     // The corrupted copy is the original graph with its inputs renamed; the
     // clean copy renames everything that is not constant.
-    let corrupted_map: HashMap<String, String> = token_inputs.iter().map(|t| (t.model_name.clone(), t.corrupted.clone())).collect();
-    let clean_map: HashMap<String, String> = token_inputs.iter().map(|t| (t.model_name.clone(), t.clean.clone())).collect();
+    let corrupted_map: HashMap<String, String> =
+        token_inputs.iter().map(|t| (t.model_name.clone(), t.corrupted.clone())).collect();
+    let clean_map: HashMap<String, String> =
+        token_inputs.iter().map(|t| (t.model_name.clone(), t.clean.clone())).collect();
     let clean = copy::Renamer { prefix: names::CLEAN_PREFIX, inputs: &clean_map, constants: &constants };
     let clean_nodes = clean.copy(&g.node);
     copy::rename_inputs(&mut g.node, &corrupted_map);
@@ -168,7 +171,15 @@ pub fn augment_with(model: OnnxModel, opts: AugmentOptions) -> Result<Augmented>
     let clean_sel = metric::last_logits(&mut b, &src, &logits, &clean_name, pairs);
     let corrupted_sel = metric::last_logits(&mut b, &src, &logits, &corrupted_name, pairs);
     metric::metric_values(&mut b, opts.metric, &clean_sel, &clean_sel, pairs, names::CLEAN_LDS, names::CLEAN_LD);
-    metric::metric_values(&mut b, opts.metric, &corrupted_sel, &clean_sel, pairs, names::CORRUPTED_LDS, names::CORRUPTED_LD);
+    metric::metric_values(
+        &mut b,
+        opts.metric,
+        &corrupted_sel,
+        &clean_sel,
+        pairs,
+        names::CORRUPTED_LDS,
+        names::CORRUPTED_LD,
+    );
     let clean_const = b.node("Identity", &[names::CLEAN_LD], vec![]);
     let corr_const = b.node("Identity", &[names::CORRUPTED_LD], vec![]);
     let num = b.sub(names::CORRUPTED_LD, &corr_const);
@@ -202,14 +213,20 @@ pub fn augment_with(model: OnnxModel, opts: AugmentOptions) -> Result<Augmented>
     }
     let facts = analyse_with_probe(&proto, &path, &probe)?;
     let g = proto.graph.as_mut().unwrap();
-    let heads = if opts.hooks.has_heads() { opts.heads.or_else(|| crate::hooks::infer_heads(g, &facts, &hooks[0].tensor)) } else { None };
+    let heads = if opts.hooks.has_heads() {
+        opts.heads.or_else(|| crate::hooks::infer_heads(g, &facts, &hooks[0].tensor))
+    } else {
+        None
+    };
     let seed = b.const_tensor(dtype, &[1, 1], &[1.0]);
     let wrt: Vec<String> = hooks.iter().map(|h| h.tensor.clone()).collect();
     let grads = Backward { graph: g, facts: &facts, stop: &stop }.build(&mut b, &wrt, names::METRIC, &seed)?;
 
     let grid_heads = match (opts.grid_outputs, heads) {
         (true, Some(h)) => Some(h),
-        (true, None) if !opts.raw_outputs && opts.hooks.has_heads() => return Err(anatomy::heads_unknown(&path, &hooks[0].tensor)),
+        (true, None) if !opts.raw_outputs && opts.hooks.has_heads() => {
+            return Err(anatomy::heads_unknown(&path, &hooks[0].tensor))
+        }
         _ => None,
     };
     let shape_bs = b.shape(&ids_in.clean);
@@ -243,7 +260,17 @@ pub fn augment_with(model: OnnxModel, opts: AugmentOptions) -> Result<Augmented>
     crate::onnx::prune::prune_dead(g);
     proto.producer_name = "attrpatch".into();
     proto.producer_version = env!("CARGO_PKG_VERSION").into();
-    Ok(Augmented { proto, hooks, facts, input_ids: ids_in, attention_mask: mask_in, position_ids: pos_in, vocab, heads, lm_head_last_position_only })
+    Ok(Augmented {
+        proto,
+        hooks,
+        facts,
+        input_ids: ids_in,
+        attention_mask: mask_in,
+        position_ids: pos_in,
+        vocab,
+        heads,
+        lm_head_last_position_only,
+    })
 }
 
 pub fn value_info(name: &str, elem_type: i32, dims: &[Dim]) -> ValueInfoProto {

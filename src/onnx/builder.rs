@@ -129,14 +129,30 @@ impl GraphBuilder {
 
     // ---- plain ops ----
 
-    pub fn add(&mut self, a: &str, b: &str) -> String { self.node("Add", &[a, b], vec![]) }
-    pub fn sub(&mut self, a: &str, b: &str) -> String { self.node("Sub", &[a, b], vec![]) }
-    pub fn mul(&mut self, a: &str, b: &str) -> String { self.node("Mul", &[a, b], vec![]) }
-    pub fn div(&mut self, a: &str, b: &str) -> String { self.node("Div", &[a, b], vec![]) }
-    pub fn neg(&mut self, a: &str) -> String { self.node("Neg", &[a], vec![]) }
-    pub fn matmul(&mut self, a: &str, b: &str) -> String { self.node("MatMul", &[a, b], vec![]) }
-    pub fn shape(&mut self, x: &str) -> String { self.node("Shape", &[x], vec![]) }
-    pub fn reshape(&mut self, x: &str, shape: &str) -> String { self.node("Reshape", &[x, shape], vec![]) }
+    pub fn add(&mut self, a: &str, b: &str) -> String {
+        self.node("Add", &[a, b], vec![])
+    }
+    pub fn sub(&mut self, a: &str, b: &str) -> String {
+        self.node("Sub", &[a, b], vec![])
+    }
+    pub fn mul(&mut self, a: &str, b: &str) -> String {
+        self.node("Mul", &[a, b], vec![])
+    }
+    pub fn div(&mut self, a: &str, b: &str) -> String {
+        self.node("Div", &[a, b], vec![])
+    }
+    pub fn neg(&mut self, a: &str) -> String {
+        self.node("Neg", &[a], vec![])
+    }
+    pub fn matmul(&mut self, a: &str, b: &str) -> String {
+        self.node("MatMul", &[a, b], vec![])
+    }
+    pub fn shape(&mut self, x: &str) -> String {
+        self.node("Shape", &[x], vec![])
+    }
+    pub fn reshape(&mut self, x: &str, shape: &str) -> String {
+        self.node("Reshape", &[x, shape], vec![])
+    }
     pub fn reshape_like(&mut self, x: &str, like: &str) -> String {
         let s = self.shape(like);
         self.reshape(x, &s)
@@ -144,8 +160,12 @@ impl GraphBuilder {
     pub fn transpose(&mut self, x: &str, perm: &[i64]) -> String {
         self.node("Transpose", &[x], vec![attr_ints("perm", perm)])
     }
-    pub fn cast(&mut self, x: &str, to: i32) -> String { self.node("Cast", &[x], vec![attr_i("to", to as i64)]) }
-    pub fn concat(&mut self, xs: &[&str], axis: i64) -> String { self.node("Concat", xs, vec![attr_i("axis", axis)]) }
+    pub fn cast(&mut self, x: &str, to: i32) -> String {
+        self.node("Cast", &[x], vec![attr_i("to", to as i64)])
+    }
+    pub fn concat(&mut self, xs: &[&str], axis: i64) -> String {
+        self.node("Concat", xs, vec![attr_i("axis", axis)])
+    }
     /// Zeros with the shape of `like`, in element type `data_type`.
     pub fn zeros_like(&mut self, like: &str, data_type: i32) -> String {
         let s = self.shape(like);

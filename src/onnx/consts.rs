@@ -13,10 +13,10 @@ pub const BFLOAT16: i32 = 16;
 
 pub fn elem_size(data_type: i32) -> Option<u64> {
     Some(match data_type {
-        2 | 3 | 9 => 1,               // uint8, int8, bool
-        4 | 5 | 10 | 16 => 2,         // uint16, int16, float16, bfloat16
-        1 | 6 | 12 => 4,              // float, int32, uint32
-        7 | 11 | 13 => 8,             // int64, double, uint64
+        2 | 3 | 9 => 1,       // uint8, int8, bool
+        4 | 5 | 10 | 16 => 2, // uint16, int16, float16, bfloat16
+        1 | 6 | 12 => 4,      // float, int32, uint32
+        7 | 11 | 13 => 8,     // int64, double, uint64
         _ => return None,
     })
 }
@@ -78,13 +78,11 @@ pub fn constant_node_tensor(n: &NodeProto) -> Option<&TensorProto> {
 
 /// Finds the constant tensor behind a name: an initializer or a Constant node's output.
 pub fn find_constant<'g>(graph: &'g GraphProto, name: &str) -> Option<&'g TensorProto> {
-    graph.initializer.iter().find(|t| t.name == name).or_else(|| {
-        graph
-            .node
-            .iter()
-            .find(|n| n.output.iter().any(|o| o == name))
-            .and_then(constant_node_tensor)
-    })
+    graph
+        .initializer
+        .iter()
+        .find(|t| t.name == name)
+        .or_else(|| graph.node.iter().find(|n| n.output.iter().any(|o| o == name)).and_then(constant_node_tensor))
 }
 
 pub fn i64_tensor(name: &str, dims: &[i64], values: &[i64]) -> TensorProto {

@@ -34,7 +34,9 @@ fn inline_one(t: &mut TensorProto, dir: &Path, model: &Path) -> Result<()> {
     let location = entry(t, "location").ok_or_else(|| bad("external data without a location".into()))?;
     let rel = Path::new(location);
     if rel.is_absolute() || rel.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
-        return Err(bad(format!("external data path '{location}' points outside the model's folder; only relative paths inside it are read")));
+        return Err(bad(format!(
+            "external data path '{location}' points outside the model's folder; only relative paths inside it are read"
+        )));
     }
     let file = dir.join(rel);
     let canon_dir = dir.canonicalize().map_err(|e| Error::io(dir, e))?;

@@ -43,7 +43,10 @@ fn copy_field(r: &mut impl BufRead, key: u64, out: &mut Vec<u8>, limit: u64) -> 
         2 => {
             let len = need_varint(r)?;
             if len > limit {
-                return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("field of {len} bytes in a file of {limit}")));
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("field of {len} bytes in a file of {limit}"),
+                ));
             }
             encode_varint(len, out);
             copy_exact(r, len, out)?;
@@ -102,7 +105,10 @@ fn read_graph(r: &mut impl BufRead, size: u64) -> std::io::Result<(GraphProto, N
         if key >> 3 == GRAPH_INITIALIZER && key & 7 == 2 {
             let len = need_varint(r)?;
             if len > size {
-                return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("initializer of {len} bytes in a file of {size}")));
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("initializer of {len} bytes in a file of {size}"),
+                ));
             }
             buf.clear();
             copy_exact(r, len, &mut buf)?;

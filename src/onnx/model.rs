@@ -64,11 +64,7 @@ impl OnnxModel {
 }
 
 pub fn default_opset(proto: &ModelProto) -> Option<i64> {
-    proto
-        .opset_import
-        .iter()
-        .find(|o| o.domain.is_empty() || o.domain == "ai.onnx")
-        .map(|o| o.version)
+    proto.opset_import.iter().find(|o| o.domain.is_empty() || o.domain == "ai.onnx").map(|o| o.version)
 }
 
 /// Every inline tensor's bytes must match its declared shape and type: a
@@ -77,7 +73,12 @@ pub fn default_opset(proto: &ModelProto) -> Option<i64> {
 fn check_declared_sizes(g: &super::pb::GraphProto, path: &Path) -> Result<()> {
     for t in &g.initializer {
         if t.dims.iter().any(|&d| d < 0) {
-            return Err(Error::Model(format!("{}: tensor '{}' has a negative dimension {:?}", path.display(), t.name, t.dims)));
+            return Err(Error::Model(format!(
+                "{}: tensor '{}' has a negative dimension {:?}",
+                path.display(),
+                t.name,
+                t.dims
+            )));
         }
         if t.raw_data.is_empty() {
             continue;
@@ -96,7 +97,12 @@ fn check_declared_sizes(g: &super::pb::GraphProto, path: &Path) -> Result<()> {
                 )));
             }
         } else if elems.is_none() {
-            return Err(Error::Model(format!("{}: tensor '{}' declares an absurd shape {:?}", path.display(), t.name, t.dims)));
+            return Err(Error::Model(format!(
+                "{}: tensor '{}' declares an absurd shape {:?}",
+                path.display(),
+                t.name,
+                t.dims
+            )));
         }
     }
     Ok(())

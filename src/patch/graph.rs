@@ -98,17 +98,24 @@ pub fn build(model: OnnxModel, opts: &PatchGraphOptions) -> Result<PatchGraph> {
     let dtype = anat.dtype;
 
     // The clean copy reads clean.X; the patched copy reads the rows gathered from corrupted.X.
-    let clean_map: HashMap<String, String> = token_inputs.iter().map(|t| (t.model_name.clone(), t.clean.clone())).collect();
-    let rows_map: HashMap<String, String> = token_inputs.iter().map(|t| (t.model_name.clone(), names::rows_input(&t.model_name))).collect();
+    let clean_map: HashMap<String, String> =
+        token_inputs.iter().map(|t| (t.model_name.clone(), t.clean.clone())).collect();
+    let rows_map: HashMap<String, String> =
+        token_inputs.iter().map(|t| (t.model_name.clone(), names::rows_input(&t.model_name))).collect();
     let clean = copy::Renamer { prefix: aug_names::CLEAN_PREFIX, inputs: &clean_map, constants: &anat.constants };
     let clean_nodes = clean.copy(&g.node);
     let mut patched_nodes = std::mem::take(&mut g.node);
     copy::rename_inputs(&mut patched_nodes, &rows_map);
     // Every reader of a hook activation reads the patched value instead.
-    let patched_name: HashMap<String, String> = anat.hooks.iter().map(|h| (h.tensor.clone(), format!("attrpatch.patched.{}", h.tensor))).collect();
+    let patched_name: HashMap<String, String> =
+        anat.hooks.iter().map(|h| (h.tensor.clone(), format!("attrpatch.patched.{}", h.tensor))).collect();
     copy::rename_inputs(&mut patched_nodes, &patched_name);
 
-    let mut b = GraphBuilder::new(opset, "attrpatch/", all_names(g).into_iter().chain(patched_name.values().cloned()).collect());
+    let mut b = GraphBuilder::new(
+        opset,
+        "attrpatch/",
+        all_names(g).into_iter().chain(patched_name.values().cloned()).collect(),
+    );
     for t in &token_inputs {
         b.node_named("Gather", &[&t.corrupted, names::ROW_PAIR], &rows_map[&t.model_name], vec![attr_i("axis", 0)]);
     }
@@ -149,15 +156,32 @@ pub fn build(model: OnnxModel, opts: &PatchGraphOptions) -> Result<PatchGraph> {
     let same = |t: &str| t.to_string();
     let clean_sel = metric::last_logits(&mut b, &anat.src, &anat.logits, &clean_name, metric::PAIR_SELECTORS);
     let patched_sel = metric::last_logits(&mut b, &anat.src, &anat.logits, &same, rows_sel);
-    metric::metric_values(&mut b, opts.metric, &clean_sel, &clean_sel, metric::PAIR_SELECTORS, aug_names::CLEAN_LDS, aug_names::CLEAN_LD);
+    metric::metric_values(
+        &mut b,
+        opts.metric,
+        &clean_sel,
+        &clean_sel,
+        metric::PAIR_SELECTORS,
+        aug_names::CLEAN_LDS,
+        aug_names::CLEAN_LD,
+    );
     let clean_sel_rows = b.node("Gather", &[&clean_sel, names::ROW_PAIR], vec![attr_i("axis", 0)]);
-    metric::metric_values(&mut b, opts.metric, &patched_sel, &clean_sel_rows, rows_sel, names::ROW_METRIC, names::ROW_METRIC_SUM);
+    metric::metric_values(
+        &mut b,
+        opts.metric,
+        &patched_sel,
+        &clean_sel_rows,
+        rows_sel,
+        names::ROW_METRIC,
+        names::ROW_METRIC_SUM,
+    );
 
     // Nodes in topological order: row inputs, the nodes computing constants
     // (shared by both copies), clean copy, patched copy with each patch right
     // after its hook's producer, metric.
     let is_constant = |n: &NodeProto| n.output.iter().all(|o| o.is_empty() || anat.constants.contains(o));
-    let (constant_nodes, patched_nodes): (Vec<NodeProto>, Vec<NodeProto>) = patched_nodes.into_iter().partition(|n| is_constant(n));
+    let (constant_nodes, patched_nodes): (Vec<NodeProto>, Vec<NodeProto>) =
+        patched_nodes.into_iter().partition(|n| is_constant(n));
     g.node = prefix_nodes;
     g.node.extend(constant_nodes);
     g.node.extend(clean_nodes);
@@ -191,7 +215,11 @@ pub fn build(model: OnnxModel, opts: &PatchGraphOptions) -> Result<PatchGraph> {
     g.input.push(value_info(names::ROW_PAIR, INT64, std::slice::from_ref(&rows)));
     g.input.push(value_info(names::ROW_WEIGHTS, dtype, &[rows.clone(), Dim::Known(1)]));
     for h in &anat.hooks {
-        g.input.push(value_info(&names::mask(h.layer), dtype, &[rows.clone(), seq.clone(), Dim::Known(units as i64), Dim::Known(1)]));
+        g.input.push(value_info(
+            &names::mask(h.layer),
+            dtype,
+            &[rows.clone(), seq.clone(), Dim::Known(units as i64), Dim::Known(1)],
+        ));
     }
     g.output.clear();
     g.output.push(value_info(aug_names::CLEAN_LDS, dtype, &[Dim::Known(1), batch.clone()]));
@@ -221,7 +249,8 @@ pub fn build(model: OnnxModel, opts: &PatchGraphOptions) -> Result<PatchGraph> {
         let seed = b.const_tensor(dtype, &[1, 1], &[1.0]);
         let wrt: Vec<String> = anat.hooks.iter().map(|h| patched_name[&h.tensor].clone()).collect();
         let stop = HashSet::new();
-        let grads = Backward { graph: g, facts: &facts, stop: &stop }.build(&mut b, &wrt, names::ROW_METRIC_SUM, &seed)?;
+        let grads =
+            Backward { graph: g, facts: &facts, stop: &stop }.build(&mut b, &wrt, names::ROW_METRIC_SUM, &seed)?;
         for ((h, p), gr) in anat.hooks.iter().zip(&patched).zip(&grads) {
             let gr3 = b.reshape(gr, &rows_rsd);
             grid_nodes::emit(&mut b, h.layer, &p.clean_rows, &p.corrupted_rows, &gr3, &shape_rs, &position_rows, heads);

@@ -38,8 +38,12 @@ pub fn default_rows_per_call(e: Estimator) -> usize {
 pub enum Estimator {
     /// Exact activation patching of every head at the last position, and of
     /// every position when `positions` (always, for hooks without heads).
-    Exact { positions: bool },
-    IntegratedGradients { steps: usize },
+    Exact {
+        positions: bool,
+    },
+    IntegratedGradients {
+        steps: usize,
+    },
 }
 
 pub fn run(opts: &JobOptions, estimator: Estimator, rows_per_call: usize) -> Result<JobResult> {
@@ -58,7 +62,10 @@ pub fn run(opts: &JobOptions, estimator: Estimator, rows_per_call: usize) -> Res
 
     let clock = Instant::now();
     let gradients = matches!(estimator, Estimator::IntegratedGradients { .. });
-    let mut pg = graph::build(model, &PatchGraphOptions { metric: opts.metric, hooks: opts.hooks.clone(), heads: opts.heads, gradients })?;
+    let mut pg = graph::build(
+        model,
+        &PatchGraphOptions { metric: opts.metric, hooks: opts.hooks.clone(), heads: opts.heads, gradients },
+    )?;
     let tokens = source.tokenize(opts, pg.vocab)?;
     let for_runtime = runtime::prepare(&mut pg.proto, &opts.runtime);
     t.rewrite = clock.elapsed().as_secs_f64();
@@ -69,8 +76,12 @@ pub fn run(opts: &JobOptions, estimator: Estimator, rows_per_call: usize) -> Res
 
     let has_heads = pg.heads.is_some();
     let (plan, method) = match estimator {
-        Estimator::Exact { positions } => (Plan::Exact { heads: has_heads, positions: positions || !has_heads }, Method::ExactPatching),
-        Estimator::IntegratedGradients { steps } => (Plan::IntegratedGradients { steps }, Method::IntegratedGradients { steps }),
+        Estimator::Exact { positions } => {
+            (Plan::Exact { heads: has_heads, positions: positions || !has_heads }, Method::ExactPatching)
+        }
+        Estimator::IntegratedGradients { steps } => {
+            (Plan::IntegratedGradients { steps }, Method::IntegratedGradients { steps })
+        }
     };
     let layers: Vec<usize> = pg.hooks.iter().map(|h| h.layer).collect();
     let rows = plan.rows(&layers, pg.units(), &tokens.lengths);
@@ -109,12 +120,24 @@ pub fn run(opts: &JobOptions, estimator: Estimator, rows_per_call: usize) -> Res
     Ok(r)
 }
 
-fn run_chunk(rt: &mut dyn Runtime, pg: &PatchGraph, all: &TokenizedPrompts, rows: &[Row], metric: crate::augment::Metric, acc: &mut Accumulator) -> Result<()> {
+fn run_chunk(
+    rt: &mut dyn Runtime,
+    pg: &PatchGraph,
+    all: &TokenizedPrompts,
+    rows: &[Row],
+    metric: crate::augment::Metric,
+    acc: &mut Accumulator,
+) -> Result<()> {
     let first = rows[0].pair;
     let last = rows[rows.len() - 1].pair;
     let t = all.slice(first..last + 1);
     let local: Vec<Row> = rows.iter().map(|r| Row { pair: r.pair - first, ..*r }).collect();
-    let token_inputs = TokenInputs { ids: &pg.input_ids, mask: pg.attention_mask.as_ref(), positions: pg.position_ids.as_ref(), vocab: pg.vocab };
+    let token_inputs = TokenInputs {
+        ids: &pg.input_ids,
+        mask: pg.attention_mask.as_ref(),
+        positions: pg.position_ids.as_ref(),
+        vocab: pg.vocab,
+    };
     let mut inputs = job::pair_inputs(&token_inputs, &t, metric);
     let row_pair = Array1::from_iter(local.iter().map(|r| r.pair as i64)).into_dyn();
     inputs.push((names::ROW_PAIR.into(), Value::I64(row_pair)));
@@ -144,7 +167,10 @@ fn run_chunk(rt: &mut dyn Runtime, pg: &PatchGraph, all: &TokenizedPrompts, rows
             for (is_heads, name) in grids {
                 let a = runtime::take_output(&mut out, &name)?;
                 if let Some((i, v)) = first_non_finite(&a) {
-                    return Err(Error::Numeric(format!("'{name}' (layer {}, hook '{}') holds {v} at flat index {i}", h.layer, h.tensor)));
+                    return Err(Error::Numeric(format!(
+                        "'{name}' (layer {}, hook '{}') holds {v} at flat index {i}",
+                        h.layer, h.tensor
+                    )));
                 }
                 let width = a.len() / rows.len();
                 let flat: Vec<f32> = a.iter().copied().collect();
@@ -187,7 +213,13 @@ impl Accumulator {
         let positions_on = !matches!(plan, Plan::Exact { positions: false, .. });
         // Exact: NaN marks a cell not run (a position past the pair's end). IG: rows are summed in.
         let start = if matches!(plan, Plan::IntegratedGradients { .. }) { 0.0 } else { f64::NAN };
-        let grid = |on: bool, width: usize| if on { vec![vec![vec![start; width]; layers]; pairs] } else { vec![vec![]; pairs] };
+        let grid = |on: bool, width: usize| {
+            if on {
+                vec![vec![vec![start; width]; layers]; pairs]
+            } else {
+                vec![vec![]; pairs]
+            }
+        };
         Accumulator {
             plan,
             layer_index: pg.hooks.iter().enumerate().map(|(i, h)| (h.layer, i)).collect(),
@@ -220,7 +252,8 @@ impl Accumulator {
     fn finish(self) -> Result<Vec<PairResult>> {
         let mut out = vec![];
         for (pair, (mut heads, mut positions)) in self.heads.into_iter().zip(self.positions).enumerate() {
-            let base = self.baseline[pair].ok_or_else(|| Error::Runtime(format!("pair {pair}: its baseline row did not run")))?;
+            let base = self.baseline[pair]
+                .ok_or_else(|| Error::Runtime(format!("pair {pair}: its baseline row did not run")))?;
             match self.plan {
                 Plan::Exact { .. } => {
                     // Positions past the pair's end were not run: patching them changes nothing.
@@ -234,7 +267,12 @@ impl Accumulator {
                     }
                 }
             }
-            out.push(PairResult { index: pair, clean_logit_diff: self.clean[pair], corrupted_logit_diff: base, grid: PairGrid { heads, positions } });
+            out.push(PairResult {
+                index: pair,
+                clean_logit_diff: self.clean[pair],
+                corrupted_logit_diff: base,
+                grid: PairGrid { heads, positions },
+            });
         }
         Ok(out)
     }

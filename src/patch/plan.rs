@@ -52,7 +52,8 @@ impl Plan {
                 Plan::IntegratedGradients { steps } => {
                     for &layer in layers {
                         // Midpoints: exact for a metric quadratic in the activation.
-                        (0..steps).for_each(|k| add(Patch::Interpolate { layer, alpha: (k as f32 + 0.5) / steps as f32 }));
+                        (0..steps)
+                            .for_each(|k| add(Patch::Interpolate { layer, alpha: (k as f32 + 0.5) / steps as f32 }));
                     }
                 }
             }
@@ -90,7 +91,9 @@ mod tests {
         // Per pair: baseline + 2 layers x (3 heads + len positions).
         assert_eq!(rows.len(), (1 + 2 * (3 + 2)) + (1 + 2 * (3 + 4)));
         assert_eq!(rows[0], Row { pair: 0, patch: Patch::Baseline });
-        assert!(rows.iter().all(|r| !matches!(r.patch, Patch::Position { position, .. } if position >= [2, 4][r.pair])));
+        assert!(rows
+            .iter()
+            .all(|r| !matches!(r.patch, Patch::Position { position, .. } if position >= [2, 4][r.pair])));
         let heads_of_pair1 = rows.iter().filter(|r| r.pair == 1 && matches!(r.patch, Patch::Head { .. })).count();
         assert_eq!(heads_of_pair1, 6);
     }
@@ -119,7 +122,10 @@ mod tests {
     #[test]
     fn ig_steps_are_midpoints() {
         let rows = Plan::IntegratedGradients { steps: 4 }.rows(&[5], 1, &[3]);
-        let alphas: Vec<f32> = rows.iter().filter_map(|r| if let Patch::Interpolate { alpha, .. } = r.patch { Some(alpha) } else { None }).collect();
+        let alphas: Vec<f32> = rows
+            .iter()
+            .filter_map(|r| if let Patch::Interpolate { alpha, .. } = r.patch { Some(alpha) } else { None })
+            .collect();
         assert_eq!(alphas, vec![0.125, 0.375, 0.625, 0.875]);
     }
 }

@@ -97,8 +97,7 @@ fn fmt_value(v: f64) -> String {
 /// (call `Grid::validate` first if the grid may be malformed).
 pub fn grid_json(grid: &Grid) -> Value {
     let number = |v: f64| serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number);
-    let values: Vec<Vec<Value>> =
-        grid.values.iter().map(|row| row.iter().map(|&v| number(v)).collect()).collect();
+    let values: Vec<Vec<Value>> = grid.values.iter().map(|row| row.iter().map(|&v| number(v)).collect()).collect();
     json!({
         "name": grid.name,
         "title": grid.title,

@@ -83,7 +83,6 @@ pub fn fill_rect(img: &mut RgbImage, x: i64, y: i64, w: i64, h: i64, c: Colour) 
     }
 }
 
-
 /// Encodes `img` as PNG and writes it atomically.
 pub fn write_png(img: &RgbImage, path: &std::path::Path) -> crate::error::Result<()> {
     let mut bytes = Vec::new();

@@ -3,11 +3,10 @@
 //! labels, tick labels and a colour bar, drawn with the 8x8 bitmap font.
 
 use super::data::Grid;
-use crate::error::Result;
 use super::draw::{draw_text, fill_rect, fmt_tick, frame, text_w, write_png, Colour, CH, GAP, MARGIN, WHITE};
+use crate::error::Result;
 use image::{Rgb, RgbImage};
 use std::path::Path;
-
 
 /// plotly.colors.sequential.RdBu, lowest value (red) to highest (blue).
 const RDBU: [Colour; 11] = [
@@ -102,10 +101,8 @@ fn layout(grid: &Grid, m: f64) -> Layout {
     let row_label_y = (plot_y + plot_h / 2).saturating_sub(row_label_len / 2).max(plot_y - GAP);
     let col_label_y = (plot_y + plot_h + GAP + col_tick_h).max(row_label_y + row_label_len) + GAP;
 
-    let ticks: Vec<(f64, String)> = (0..N_TICKS)
-        .map(|i| m * (1.0 - 2.0 * i as f64 / (N_TICKS - 1) as f64))
-        .map(|v| (v, fmt_tick(v)))
-        .collect();
+    let ticks: Vec<(f64, String)> =
+        (0..N_TICKS).map(|i| m * (1.0 - 2.0 * i as f64 / (N_TICKS - 1) as f64)).map(|v| (v, fmt_tick(v))).collect();
     let tick_w = ticks.iter().map(|(_, s)| text_w(s)).max().unwrap_or(0);
     let bar_x = (plot_x + plot_w).max(col_label_x + col_label_w) + 3 * GAP;
     let bar_h = plot_h.max(BAR_MIN_H).max(text_w(&grid.value_label));
@@ -228,8 +225,20 @@ mod tests {
     use crate::render::data::tests::{grid, temp_dir};
 
     const TOKENS: [&str; 14] = [
-        "0 When", "1  Mary", "2  and", "3  John", "4  went", "5  to", "6  the", "7  store", "8 ,",
-        "9  John", "10  gave", "11  a", "12  drink", "13  to",
+        "0 When",
+        "1  Mary",
+        "2  and",
+        "3  John",
+        "4  went",
+        "5  to",
+        "6  the",
+        "7  store",
+        "8 ,",
+        "9  John",
+        "10  gave",
+        "11  a",
+        "12  drink",
+        "13  to",
     ];
 
     fn heads_grid() -> Grid {

@@ -41,7 +41,12 @@ pub fn write_scatter_png(s: &Scatter, path: &Path) -> Result<()> {
 
 /// The shared axis range: every finite coordinate and 0, padded by 5%.
 fn range(s: &Scatter) -> (f64, f64) {
-    let coords = s.series.iter().flat_map(|se| se.points.iter()).filter(|(x, y)| x.is_finite() && y.is_finite()).flat_map(|&(x, y)| [x, y]);
+    let coords = s
+        .series
+        .iter()
+        .flat_map(|se| se.points.iter())
+        .filter(|(x, y)| x.is_finite() && y.is_finite())
+        .flat_map(|&(x, y)| [x, y]);
     let (lo, hi) = coords.fold((0f64, 0f64), |(lo, hi), v| (lo.min(v), hi.max(v)));
     let span = if hi > lo { hi - lo } else { 1.0 };
     (lo - 0.05 * span, hi + 0.05 * span)
@@ -69,7 +74,8 @@ fn render(s: &Scatter) -> RgbImage {
     let x_label_y = plot_y + PLOT + GAP + CH + GAP;
     let legend_y = x_label_y + CH + 2 * GAP;
     let legend_w = s.series.iter().map(|se| text_w(&se.name)).max().unwrap_or(0);
-    let width = (plot_x + PLOT + 2 * MARGIN).max(text_w(&s.title) + 2 * MARGIN).max(plot_x + CH + GAP + legend_w + MARGIN);
+    let width =
+        (plot_x + PLOT + 2 * MARGIN).max(text_w(&s.title) + 2 * MARGIN).max(plot_x + CH + GAP + legend_w + MARGIN);
     let height = legend_y + s.series.len() as u32 * (CH + GAP) + MARGIN;
     let mut img = RgbImage::from_pixel(width, height, Rgb(WHITE));
     let (px, py, side) = (plot_x as i64, plot_y as i64, PLOT as i64);
@@ -117,7 +123,11 @@ mod tests {
             x_label: "estimate".into(),
             y_label: "exact".into(),
             series: vec![
-                Series { name: "attribution".into(), colour: COLOURS[0], points: vec![(0.5, 0.4), (-0.2, -0.1), (f64::NAN, 1.0)] },
+                Series {
+                    name: "attribution".into(),
+                    colour: COLOURS[0],
+                    points: vec![(0.5, 0.4), (-0.2, -0.1), (f64::NAN, 1.0)],
+                },
                 Series { name: "IG".into(), colour: COLOURS[1], points: vec![(0.41, 0.4)] },
             ],
         }
@@ -130,7 +140,8 @@ mod tests {
         let (lo, hi) = range(&s);
         assert!(lo < -0.2 && hi > 0.5 && lo > -0.3 && hi < 0.6, "{lo} {hi}");
         // The attribution point (0.5, 0.4): find a pixel of its colour right of and above the centre.
-        let coloured: Vec<(u32, u32)> = img.enumerate_pixels().filter(|(_, _, p)| p.0 == COLOURS[0]).map(|(x, y, _)| (x, y)).collect();
+        let coloured: Vec<(u32, u32)> =
+            img.enumerate_pixels().filter(|(_, _, p)| p.0 == COLOURS[0]).map(|(x, y, _)| (x, y)).collect();
         // Two points of 25 pixels plus the legend box; the NaN point is not drawn.
         assert_eq!(coloured.len(), 2 * 25 + ((CH - 6) * (CH - 6)) as usize);
     }

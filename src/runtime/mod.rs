@@ -97,7 +97,9 @@ pub fn create_from(model: ModelForRuntime, opts: &RuntimeOptions) -> Result<Box<
             let cuda = match opts.device {
                 Device::Cuda(0) => true,
                 Device::Cuda(n) => {
-                    return Err(Error::Input(format!("--runtime tract --device cuda:{n}: tract's CUDA runtime uses device 0 only")))
+                    return Err(Error::Input(format!(
+                        "--runtime tract --device cuda:{n}: tract's CUDA runtime uses device 0 only"
+                    )))
                 }
                 Device::Cpu | Device::Auto => false,
             };

@@ -71,7 +71,10 @@ pub fn locate(explicit: Option<&Path>) -> Result<PathBuf> {
     // An explicit choice that does not exist is an error, not a fallback.
     if let Some((label, p)) = cands.first().filter(|(l, _)| l == "--ort-lib" || l == "ORT_DYLIB_PATH") {
         return resolve(p).ok_or_else(|| {
-            Error::Runtime(format!("{label} points to {}, which is not an ONNX Runtime library or a folder holding one", p.display()))
+            Error::Runtime(format!(
+                "{label} points to {}, which is not an ONNX Runtime library or a folder holding one",
+                p.display()
+            ))
         });
     }
     for (_, p) in &cands {

@@ -48,10 +48,10 @@ impl OrtRuntime {
         };
         if let Some(id) = cuda_id {
             let ep = ort::ep::CUDA::default().with_device_id(id).build().error_on_failure();
-            let attempt = builder()?
-                .with_execution_providers([ep])
-                .map_err(|e| rt_err("CUDA execution provider", e))
-                .and_then(|mut b| b.commit_from_memory(model_bytes).map_err(|e| rt_err("loading the model on CUDA", e)));
+            let attempt =
+                builder()?.with_execution_providers([ep]).map_err(|e| rt_err("CUDA execution provider", e)).and_then(
+                    |mut b| b.commit_from_memory(model_bytes).map_err(|e| rt_err("loading the model on CUDA", e)),
+                );
             match attempt {
                 Ok(session) => {
                     return Ok(OrtRuntime { session, provider: format!("CUDA (device {id})"), lib: lib.into() })
@@ -98,10 +98,7 @@ impl Runtime for OrtRuntime {
         let outputs = self.session.run(feed).map_err(|e| rt_err("run", e))?;
         let mut res = HashMap::new();
         for (name, value) in outputs.iter() {
-            let arr = value
-                .try_extract_array::<f32>()
-                .map_err(|e| rt_err(&format!("output '{name}'"), e))?
-                .to_owned();
+            let arr = value.try_extract_array::<f32>().map_err(|e| rt_err(&format!("output '{name}'"), e))?.to_owned();
             res.insert(name.to_string(), arr);
         }
         Ok(res)

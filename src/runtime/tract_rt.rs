@@ -56,9 +56,10 @@ impl TractRuntime {
             let outlets = m.input_outlets().map_err(|e| t_err("inputs", e))?.to_vec();
             for (i, outlet) in outlets.iter().enumerate() {
                 let name = &m.node(outlet.node).name;
-                let (_, v) = inputs.iter().find(|(n, _)| n == name).ok_or_else(|| {
-                    Error::Runtime(format!("tract: no value given for model input '{name}'"))
-                })?;
+                let (_, v) = inputs
+                    .iter()
+                    .find(|(n, _)| n == name)
+                    .ok_or_else(|| Error::Runtime(format!("tract: no value given for model input '{name}'")))?;
                 let fact = match v {
                     Value::F32(a) => InferenceFact::dt_shape(f32::datum_type(), a.shape()),
                     Value::I64(a) => InferenceFact::dt_shape(i64::datum_type(), a.shape()),
@@ -69,7 +70,12 @@ impl TractRuntime {
             let plan: Plan = if let Some(cuda) = self.cuda {
                 cuda.prepare(typed).map_err(|e| t_err("preparing the model for CUDA", e))?
             } else {
-                Box::new(typed.into_optimized().and_then(|m| m.into_runnable()).map_err(|e| t_err("optimising the model", e))?)
+                Box::new(
+                    typed
+                        .into_optimized()
+                        .and_then(|m| m.into_runnable())
+                        .map_err(|e| t_err("optimising the model", e))?,
+                )
             };
             self.cached = Some((shapes, plan));
         }
@@ -86,7 +92,11 @@ fn shape_of(v: &Value) -> Vec<usize> {
 
 impl Runtime for TractRuntime {
     fn describe(&self) -> String {
-        if self.cuda.is_some() { "tract (CUDA)".into() } else { "tract (CPU)".into() }
+        if self.cuda.is_some() {
+            "tract (CUDA)".into()
+        } else {
+            "tract (CPU)".into()
+        }
     }
 
     fn run(&mut self, inputs: Vec<(String, Value)>) -> Result<HashMap<String, ArrayD<f32>>> {

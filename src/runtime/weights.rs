@@ -37,7 +37,8 @@ impl ModelForRuntime {
                     continue; // inconsistent: let the runtime report it
                 }
                 let raw = std::mem::take(&mut t.raw_data);
-                let values: Vec<f32> = raw.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+                let values: Vec<f32> =
+                    raw.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
                 drop(raw);
                 let Ok(arr) = ArrayD::from_shape_vec(dims, values) else { continue };
                 t.data_location = Some(DataLocation::External as i32);

@@ -33,7 +33,12 @@ impl Pairs {
     /// Mean logit difference at the last position, from full logits [B, S, V].
     fn mean_ld(&self, logits: &ArrayD<f32>) -> f64 {
         let last = self.clean.ncols() - 1;
-        let sum: f64 = self.answers.iter().enumerate().map(|(i, &(c, w))| (logits[[i, last, c]] - logits[[i, last, w]]) as f64).sum();
+        let sum: f64 = self
+            .answers
+            .iter()
+            .enumerate()
+            .map(|(i, &(c, w))| (logits[[i, last, c]] - logits[[i, last, w]]) as f64)
+            .sum();
         sum / self.answers.len() as f64
     }
 }
@@ -55,7 +60,8 @@ impl Plain {
             }
         }
         let inputs = g.input.iter().map(|i| i.name.clone()).collect();
-        g.input.extend(fed.iter().map(|(t, rank)| attrpatch::augment::value_info(t, FLOAT, &vec![Dim::Unknown; *rank])));
+        g.input
+            .extend(fed.iter().map(|(t, rank)| attrpatch::augment::value_info(t, FLOAT, &vec![Dim::Unknown; *rank])));
         g.output.extend(exposed.iter().map(|t| attrpatch::augment::value_info(t, FLOAT, &[])));
         let opts = RuntimeOptions { kind: RuntimeKind::Ort, device: Device::Cpu, ort_lib: None, threads: 1 };
         Plain { rt: runtime::create(&proto.encode_to_vec(), &opts).unwrap(), inputs }
@@ -81,7 +87,8 @@ impl Plain {
 pub fn exact_grids(model_path: &Path, p: &Pairs, heads: usize) -> (Vec<Vec<f64>>, Vec<Vec<f64>>) {
     let model = OnnxModel::load(model_path).unwrap();
     let logits = model.graph().output[0].name.clone();
-    let tensors: Vec<String> = find_hooks(&model, &HookKind::AttnOut).unwrap().iter().map(|h| h.tensor.clone()).collect();
+    let tensors: Vec<String> =
+        find_hooks(&model, &HookKind::AttnOut).unwrap().iter().map(|h| h.tensor.clone()).collect();
     let (b, s) = p.clean.dim();
     let last = s - 1;
     let mut plain = Plain::new(&model, &[], &tensors);

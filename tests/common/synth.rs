@@ -2,10 +2,13 @@
 //! input_ids -> Gather(wte) -> Tanh (the hook) -> c_proj MatMul -> + residual
 //! -> lm_head MatMul -> logits. Width 8; run with --heads 2.
 
+use attrpatch::augment::value_info;
 use attrpatch::onnx::consts::{float_tensor, FLOAT, INT64};
 use attrpatch::onnx::facts::Dim;
-use attrpatch::onnx::pb::{attribute_proto::AttributeType, tensor_proto::DataLocation, AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, StringStringEntryProto, TensorProto};
-use attrpatch::augment::value_info;
+use attrpatch::onnx::pb::{
+    attribute_proto::AttributeType, tensor_proto::DataLocation, AttributeProto, GraphProto, ModelProto, NodeProto,
+    OperatorSetIdProto, StringStringEntryProto, TensorProto,
+};
 use prost::Message;
 use std::path::Path;
 
@@ -87,7 +90,12 @@ impl Synth {
         nodes.push(node("MatMul", "/lm_head/MatMul", &[&sum, "w_unembed"], &[&logits_f32]));
         if self.logits_type != FLOAT {
             let mut c = node("Cast", "to_out_type", &[&logits_f32], &[out]);
-            c.attribute.push(AttributeProto { name: "to".into(), r#type: AttributeType::Int as i32, i: self.logits_type as i64, ..Default::default() });
+            c.attribute.push(AttributeProto {
+                name: "to".into(),
+                r#type: AttributeType::Int as i32,
+                i: self.logits_type as i64,
+                ..Default::default()
+            });
             nodes.push(c);
         }
         let mut inits = vec![weights("wte", self.vocab, d, 1), weights("w_unembed", d, self.vocab, 2)];
@@ -111,7 +119,11 @@ impl Synth {
             node: nodes,
             initializer: inits,
             input: vec![value_info("input_ids", INT64, &bs()), value_info("attention_mask", INT64, &bs())],
-            output: vec![value_info(out, self.logits_type, &[Dim::Sym("batch".into()), Dim::Sym("sequence".into()), Dim::Known(self.vocab)])],
+            output: vec![value_info(
+                out,
+                self.logits_type,
+                &[Dim::Sym("batch".into()), Dim::Sym("sequence".into()), Dim::Known(self.vocab)],
+            )],
             ..Default::default()
         };
         ModelProto {

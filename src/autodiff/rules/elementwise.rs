@@ -61,7 +61,8 @@ pub fn pow(cx: &mut RuleCtx, g: G, need: &[bool]) -> Result<Grads> {
     let (a, p, y) = (cx.input(0).to_string(), cx.input(1).to_string(), cx.output(0).to_string());
     let ga = if need[0] {
         // Squares and cubes (GELU's x^3) are common: a product is much cheaper than Pow.
-        let const_p = cx.const_floats(1).or_else(|| cx.const_ints(1).ok().map(|v| v.iter().map(|&x| x as f64).collect()));
+        let const_p =
+            cx.const_floats(1).or_else(|| cx.const_ints(1).ok().map(|v| v.iter().map(|&x| x as f64).collect()));
         let small = match const_p.as_deref() {
             Some([p]) if *p == 2.0 || *p == 3.0 => Some(*p),
             _ => None,
@@ -72,14 +73,14 @@ pub fn pow(cx: &mut RuleCtx, g: G, need: &[bool]) -> Result<Grads> {
             let t = cx.b.mul(&base, &k);
             Some(cx.b.mul(&g, &t))
         } else {
-        // The exponent may be an integer tensor: compute in a's type.
-        let dt = cx.dtype(&a);
-        let pf = if cx.dtype(&p) == dt { p.clone() } else { cx.b.cast(&p, dt) };
-        let one_ = cx.scalar(&a, 1.0);
-        let pm1 = cx.b.sub(&pf, &one_);
-        let apm1 = cx.b.node("Pow", &[&a, &pm1], vec![]);
-        let t = cx.b.mul(&pf, &apm1);
-        Some(cx.b.mul(&g, &t))
+            // The exponent may be an integer tensor: compute in a's type.
+            let dt = cx.dtype(&a);
+            let pf = if cx.dtype(&p) == dt { p.clone() } else { cx.b.cast(&p, dt) };
+            let one_ = cx.scalar(&a, 1.0);
+            let pm1 = cx.b.sub(&pf, &one_);
+            let apm1 = cx.b.node("Pow", &[&a, &pm1], vec![]);
+            let t = cx.b.mul(&pf, &apm1);
+            Some(cx.b.mul(&g, &t))
         }
     } else {
         None

@@ -7,7 +7,11 @@ use crate::error::Result;
 /// The reduced axes, normalised and sorted; all axes when none are given.
 fn reduced_axes(cx: &RuleCtx, rank: usize, axes_input_from: i64) -> Result<Option<Vec<i64>>> {
     let raw = if cx.b.opset >= axes_input_from {
-        if cx.input(1).is_empty() { None } else { Some(cx.const_ints(1)?) }
+        if cx.input(1).is_empty() {
+            None
+        } else {
+            Some(cx.const_ints(1)?)
+        }
     } else {
         cx.attr_ints("axes")
     };

@@ -48,7 +48,9 @@ pub fn split(cx: &mut RuleCtx, g: &[Option<String>], _need: &[bool]) -> Result<G
 pub fn concat(cx: &mut RuleCtx, g: &[Option<String>], need: &[bool]) -> Result<Grads> {
     if cx.b.opset < 13 {
         // The split sizes are computed at run time: an input of Split from opset 13 on.
-        return Err(cx.err(format!("needs opset 13 or newer (Split with sizes as an input), the model has {}", cx.b.opset)));
+        return Err(
+            cx.err(format!("needs opset 13 or newer (Split with sizes as an input), the model has {}", cx.b.opset))
+        );
     }
     let g = one(cx, g)?;
     let rank = cx.rank(cx.output(0))?;
@@ -97,7 +99,13 @@ pub fn slice(cx: &mut RuleCtx, g: &[Option<String>], _need: &[bool]) -> Result<G
             return Err(cx.err(format!("steps {steps:?}: only step 1 is supported")));
         }
     }
-    let to_i64 = |cx: &mut RuleCtx, t: &str| if cx.dtype(t) == crate::onnx::consts::INT64 { t.to_string() } else { cx.b.cast(t, crate::onnx::consts::INT64) };
+    let to_i64 = |cx: &mut RuleCtx, t: &str| {
+        if cx.dtype(t) == crate::onnx::consts::INT64 {
+            t.to_string()
+        } else {
+            cx.b.cast(t, crate::onnx::consts::INT64)
+        }
+    };
     let (starts_in, ends_in) = (cx.input(1).to_string(), cx.input(2).to_string());
     let starts = to_i64(cx, &starts_in);
     let ends = to_i64(cx, &ends_in);

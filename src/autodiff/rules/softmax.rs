@@ -8,7 +8,10 @@ fn axis(cx: &RuleCtx) -> Result<i64> {
     // Before opset 13 (Log)Softmax normalised jointly over every axis from
     // `axis` on; this rule is for the single-axis form.
     if cx.b.opset < 13 {
-        return Err(cx.err(format!("opset {} semantics (normalising over all axes from `axis` on) are not supported; opset 13 or newer is", cx.b.opset)));
+        return Err(cx.err(format!(
+            "opset {} semantics (normalising over all axes from `axis` on) are not supported; opset 13 or newer is",
+            cx.b.opset
+        )));
     }
     let rank = cx.rank(cx.input(0))?;
     Ok(cx.axis(cx.attr_i("axis").unwrap_or(-1), rank)? as i64)

@@ -2,10 +2,9 @@
 //! (tests/fixtures/arch/NAME.onnx + NAME.json) against its PyTorch autograd
 //! reference, through ONNX Runtime, at the core tolerance.
 
-mod common;
+use crate::common::*;
 use attrpatch::job::{run_job, JobOptions};
 use attrpatch::runtime::{Device, RuntimeKind, RuntimeOptions};
-use common::*;
 
 fn options(name: &str) -> (JobOptions, serde_json::Value) {
     let dir = root().join("tests/fixtures/arch");

@@ -1,9 +1,8 @@
 //! Bad input, each with the exit status and the message a user sees
 //! (README "Bad input"). None may panic.
 
-mod common;
-use common::synth::Synth;
-use common::*;
+use crate::common::synth::Synth;
+use crate::common::*;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 

@@ -2,8 +2,7 @@
 //! shards merged give exactly a single run's files, interrupted jobs resume,
 //! per-prompt grids add up to the summed ones.
 
-mod common;
-use common::*;
+use crate::common::*;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 

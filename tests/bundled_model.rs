@@ -2,10 +2,9 @@
 //! still loads, still does IOI on the tutorial's prompts, and its grids match
 //! the PyTorch reference saved beside it.
 
-mod common;
+use crate::common::*;
 use attrpatch::job::{run_job, JobOptions};
 use attrpatch::runtime::{Device, RuntimeKind, RuntimeOptions};
-use common::*;
 
 fn ioi_model() -> std::path::PathBuf {
     root().join("models/ioi-gpt2/model.onnx")

@@ -1,7 +1,6 @@
 //! The `attrpatch` binary as a user runs it.
 
-mod common;
-use common::*;
+use crate::common::*;
 use std::path::Path;
 use std::process::{Command, Output};
 

@@ -1,10 +1,9 @@
 //! The grids of the whole job against PyTorch autograd references, for both
 //! exporters and both runtimes.
 
-mod common;
+use crate::common::*;
 use attrpatch::job::{run_job, JobOptions};
 use attrpatch::runtime::{Device, RuntimeKind, RuntimeOptions};
-use common::*;
 use std::path::PathBuf;
 
 fn job(model: PathBuf, bos: bool, kind: RuntimeKind) -> attrpatch::job::JobResult {

@@ -1,12 +1,11 @@
 //! Fuzzing the loader, the analysis and the rewriter with mutated models and
 //! arbitrary bytes: every input must give Ok or an Err, never a panic.
-//! `ATTRPATCH_FUZZ_ITERS=N cargo test --test fuzz -- --nocapture` runs longer
+//! `ATTRPATCH_FUZZ_ITERS=N cargo test --test main fuzz:: -- --nocapture` runs longer
 //! (README: "Fuzzing" gives the documented run).
 
-mod common;
+use crate::common::*;
 use attrpatch::onnx::pb::{ModelProto, NodeProto};
 use attrpatch::onnx::OnnxModel;
-use common::*;
 use prost::Message;
 use std::path::Path;
 

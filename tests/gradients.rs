@@ -24,7 +24,7 @@ use attrpatch::autodiff::Backward;
 use attrpatch::onnx::builder::{attr_f, attr_i, attr_ints, GraphBuilder};
 use attrpatch::onnx::consts::{float_tensor, i64_tensor, BOOL, DOUBLE, FLOAT};
 use attrpatch::onnx::facts::{analyse_with_probe, Dim};
-use attrpatch::onnx::normalize::all_names;
+use attrpatch::onnx::graph::all_names;
 use attrpatch::onnx::pb::{
     type_proto, AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto, TypeProto,
     ValueInfoProto,

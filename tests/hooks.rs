@@ -1,12 +1,11 @@
 //! Hook choices: presets for the residual stream and MLP outputs, and
 //! user patterns over tensor names.
 
-mod common;
+use crate::common::*;
 use attrpatch::hooks::{find_hooks, HookKind};
 use attrpatch::job::{run_job, JobOptions};
 use attrpatch::onnx::OnnxModel;
 use attrpatch::runtime::{Device, RuntimeKind, RuntimeOptions};
-use common::*;
 
 fn tensors(model: &std::path::Path, kind: &str) -> Vec<String> {
     let m = OnnxModel::load(model).unwrap();

@@ -2,11 +2,10 @@
 //! plain model's logits, and log-prob difference against logit difference
 //! (equal in exact arithmetic, since the log-softmax shift cancels).
 
-mod common;
+use crate::common::*;
 use attrpatch::augment::Metric;
 use attrpatch::job::{run_job, JobOptions};
 use attrpatch::runtime::{create, Device, RuntimeKind, RuntimeOptions, Value};
-use common::*;
 use ndarray::{Array2, ArrayD};
 
 fn job(metric: Metric) -> attrpatch::job::JobResult {

@@ -1,9 +1,8 @@
 //! The streaming reader and writer agree with plain protobuf decoding.
 
-mod common;
+use crate::common::*;
 use attrpatch::onnx::io::{read_model, write_model};
 use attrpatch::onnx::pb::ModelProto;
-use common::*;
 use prost::Message;
 
 #[test]

@@ -1,8 +1,7 @@
 //! Prompt pairs of different lengths in one batch: right padding, each
 //! pair's metric read at its own last token, pads attributed exactly zero.
 
-mod common;
-use common::*;
+use crate::common::*;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -89,7 +88,7 @@ fn a_model_without_attention_mask_takes_prompts_of_different_lengths() {
     let d = std::env::temp_dir().join(format!("attrpatch-pad-{}-nomask", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
-    let mut proto = common::synth::Synth::default().build();
+    let mut proto = crate::common::synth::Synth::default().build();
     proto.graph.as_mut().unwrap().input.retain(|i| i.name != "attention_mask");
     let model = d.join("nomask.onnx");
     std::fs::write(&model, prost::Message::encode_to_vec(&proto)).unwrap();

@@ -3,15 +3,14 @@
 //! graph: patching by hand through the plain model, and toy graphs where the
 //! answer is known in closed form.
 
-mod common;
+use crate::common::by_hand::{self, assert_abs_close, Pairs};
+use crate::common::synth::Synth;
+use crate::common::*;
 use attrpatch::hooks::HookKind;
 use attrpatch::job::{run_job, JobOptions, JobResult};
 use attrpatch::patch::{self, Estimator};
 use attrpatch::prompts::{self, PromptTokenizer};
 use attrpatch::runtime::{Device, RuntimeKind, RuntimeOptions};
-use common::by_hand::{self, assert_abs_close, Pairs};
-use common::synth::Synth;
-use common::*;
 use std::path::PathBuf;
 
 fn cpu() -> RuntimeOptions {

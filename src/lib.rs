@@ -20,6 +20,7 @@ pub mod hooks;
 pub mod inspect;
 pub mod job;
 pub mod merge;
+pub mod normalize;
 pub mod onnx;
 pub mod patch;
 pub mod report;

@@ -23,7 +23,7 @@ use crate::error::Result;
 use crate::hooks::Hook;
 use crate::onnx::builder::GraphBuilder;
 use crate::onnx::facts::{analyse_with_probe, Dim, Facts};
-use crate::onnx::normalize::all_names;
+use crate::onnx::graph::all_names;
 use crate::onnx::pb::{
     tensor_shape_proto::{dimension, Dimension},
     type_proto, ModelProto, TensorShapeProto, TypeProto, ValueInfoProto,

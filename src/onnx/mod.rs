@@ -6,10 +6,10 @@ pub mod consts;
 pub mod dtypes;
 pub mod external;
 pub mod facts;
+pub mod graph;
 pub mod guard;
 pub mod io;
 pub mod model;
-pub mod normalize;
 pub mod prune;
 pub mod scopes;
 

@@ -1,7 +1,7 @@
 //! Loading a model file into memory as one self-contained `ModelProto`.
 
 use super::pb::ModelProto;
-use super::{external, normalize, scopes};
+use super::{external, scopes};
 use crate::error::{Error, Result};
 use prost::Message;
 use std::path::{Path, PathBuf};
@@ -50,7 +50,7 @@ impl OnnxModel {
                 path.display()
             )));
         }
-        normalize::normalize(&mut proto, opset)?;
+        crate::normalize::normalize(&mut proto, opset)?;
         Ok(OnnxModel { path: path.to_path_buf(), proto, opset, scopes })
     }
 

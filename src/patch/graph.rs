@@ -23,7 +23,7 @@ use crate::hooks::{Hook, HookKind};
 use crate::onnx::builder::{attr_i, GraphBuilder};
 use crate::onnx::consts::INT64;
 use crate::onnx::facts::{analyse_with_probe, Dim};
-use crate::onnx::normalize::all_names;
+use crate::onnx::graph::all_names;
 use crate::onnx::pb::{ModelProto, NodeProto};
 use crate::onnx::OnnxModel;
 use std::collections::{HashMap, HashSet};

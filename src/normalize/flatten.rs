@@ -1,27 +1,15 @@
-//! Rewrites applied to every loaded model before analysis. tract fails on
-//! `Flatten` with more than one symbolic dim (every legacy PyTorch export has
-//! one), so Flatten becomes Shape/Slice/ReduceProd/Concat/Reshape, which means
-//! the same thing to every runtime.
+//! `Flatten` as `Reshape`. tract fails on Flatten with more than one symbolic
+//! dim (every legacy PyTorch export has one), so Flatten becomes
+//! Shape/Slice/ReduceProd/Concat/Reshape, which means the same thing to every
+//! runtime.
 
-use super::builder::GraphBuilder;
-use super::pb::{GraphProto, ModelProto, NodeProto};
 use crate::error::Result;
-use std::collections::HashSet;
+use crate::onnx::builder::GraphBuilder;
+use crate::onnx::graph::all_names;
+use crate::onnx::pb::{ModelProto, NodeProto};
 
-pub fn all_names(g: &GraphProto) -> HashSet<String> {
-    let mut s = HashSet::new();
-    for n in &g.node {
-        s.insert(n.name.clone());
-        s.extend(n.input.iter().cloned());
-        s.extend(n.output.iter().cloned());
-    }
-    s.extend(g.initializer.iter().map(|t| t.name.clone()));
-    s.extend(g.input.iter().map(|v| v.name.clone()));
-    s.extend(g.output.iter().map(|v| v.name.clone()));
-    s
-}
-
-pub fn normalize(proto: &mut ModelProto, opset: i64) -> Result<()> {
+/// Rewrites every default-domain Flatten of the graph.
+pub fn flatten_as_reshape_all(proto: &mut ModelProto, opset: i64) -> Result<()> {
     let g = proto.graph.as_mut().expect("checked by caller");
     if !g.node.iter().any(|n| n.op_type == "Flatten") {
         return Ok(());

@@ -314,7 +314,8 @@ fn dequantize_linear_weights_match_onnx_runtime_kernel() {
     let mut rng = Rng(5);
     let x: Vec<f32> = rng.floats(m_rows * k, -1.0, 1.0).into_iter().map(|v| v as f32).collect();
     // (label, opset, weight type, scale dims, axis, block)
-    let cases: Vec<(&str, i64, i32, Vec<i64>, Option<i64>, Option<i64>)> = vec![
+    type DqCase = (&'static str, i64, i32, Vec<i64>, Option<i64>, Option<i64>);
+    let cases: Vec<DqCase> = vec![
         ("uint8 per tensor", 13, 2, vec![], None, None),
         ("int8 per axis 1", 13, 3, vec![n as i64], Some(1), None),
         ("int8 per axis 0", 13, 3, vec![k as i64], Some(0), None),

@@ -47,6 +47,7 @@ impl Rng {
 enum Feed {
     F32(Vec<usize>, Vec<f32>),
     I64(Vec<usize>, Vec<i64>),
+    I32(Vec<usize>, Vec<i32>),
     Bool(Vec<usize>, Vec<bool>),
 }
 
@@ -68,6 +69,9 @@ fn run(bytes: &[u8], feeds: &[(&str, Feed)], outputs: &[&str]) -> Result<Vec<Vec
                 Tensor::from_array(ArrayD::from_shape_vec(IxDyn(s), v.clone()).unwrap()).map(|t| t.into_dyn())
             }
             Feed::I64(s, v) => {
+                Tensor::from_array(ArrayD::from_shape_vec(IxDyn(s), v.clone()).unwrap()).map(|t| t.into_dyn())
+            }
+            Feed::I32(s, v) => {
                 Tensor::from_array(ArrayD::from_shape_vec(IxDyn(s), v.clone()).unwrap()).map(|t| t.into_dyn())
             }
             Feed::Bool(s, v) => {
@@ -721,4 +725,100 @@ fn grids_llama_int4_matmulnbits() {
 #[test]
 fn grids_llama_int4_qdq() {
     check_grids("llama-int4-qdq");
+}
+
+/// The onnxruntime-genai builder's cache inputs: `[batch, kv_heads, past_sequence_length, head_size]`
+/// with a symbolic head size, read from the graph. Fed to a Concat (optimum's way) and to
+/// GroupQueryAttention (GenAI's), the in-graph empty cache gives what ONNX Runtime gives with an
+/// empty cache fed from outside. (The GQA op itself is decomposed by normalize::contrib.)
+#[test]
+fn empty_cache_with_a_symbolic_head_size_matches_onnx_runtime() {
+    use attrpatch::onnx::pb::{tensor_shape_proto, TensorShapeProto, TypeProto};
+    let past_vi = |name: &str| attrpatch::onnx::pb::ValueInfoProto {
+        name: name.into(),
+        r#type: Some(TypeProto {
+            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
+                elem_type: FLOAT,
+                shape: Some(TensorShapeProto {
+                    dim: ["batch_size", "1", "past_sequence_length", "head_size"]
+                        .iter()
+                        .map(|d| tensor_shape_proto::Dimension {
+                            value: Some(match d.parse::<i64>() {
+                                Ok(v) => tensor_shape_proto::dimension::Value::DimValue(v),
+                                Err(_) => tensor_shape_proto::dimension::Value::DimParam(d.to_string()),
+                            }),
+                            ..Default::default()
+                        })
+                        .collect(),
+                }),
+            })),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let (b, s, hs, heads) = (2usize, 5usize, 16usize, 2usize);
+    let mut rng = Rng(11);
+    let mut f = |n: usize| -> Vec<f32> { rng.floats(n, -1.0, 1.0).into_iter().map(|v| v as f32).collect() };
+    let (q, k, v) = (f(b * s * heads * hs), f(b * s * hs), f(b * s * hs));
+    let k4 = f(b * s * hs);
+    let mut gqa = node(
+        "GroupQueryAttention",
+        "/model/layers.0/attn/GroupQueryAttention",
+        &["q", "k", "v", "past_key_values.0.key", "past_key_values.0.value", "seqlens_k", "total_sequence_length"],
+        &["attn", "present.0.key", "present.0.value"],
+        vec![attr_i("num_heads", heads as i64), attr_i("kv_num_heads", 1)],
+    );
+    gqa.domain = "com.microsoft".into();
+    let nodes = vec![
+        gqa,
+        // optimum's way: the new keys appended to the past on the sequence axis
+        node("Concat", "cat", &["past_key_values.1.key", "k4"], &["present.1.key"], vec![attr_i("axis", 2)]),
+        node("ReduceSum", "rs", &["present.1.key"], &["k_sum"], vec![attr_i("keepdims", 0)]),
+    ];
+    let mut m = model(
+        nodes,
+        vec![],
+        &[
+            ("input_ids", 7, &[b as i64, s as i64]),
+            ("q", FLOAT, &[b as i64, s as i64, (heads * hs) as i64]),
+            ("k", FLOAT, &[b as i64, s as i64, hs as i64]),
+            ("v", FLOAT, &[b as i64, s as i64, hs as i64]),
+            ("k4", FLOAT, &[b as i64, 1, s as i64, hs as i64]),
+            ("seqlens_k", 6, &[b as i64]),
+            ("total_sequence_length", 6, &[]),
+        ],
+        &[("attn", FLOAT), ("k_sum", FLOAT), ("present.0.key", FLOAT), ("present.1.key", FLOAT)],
+        &[("", 21), ("com.microsoft", 1)],
+    );
+    let g = m.graph.as_mut().unwrap();
+    for name in ["past_key_values.0.key", "past_key_values.0.value", "past_key_values.1.key"] {
+        g.input.push(past_vi(name));
+    }
+    let feeds = |past: bool| -> Vec<(&'static str, Feed)> {
+        let mut v = vec![
+            ("input_ids", Feed::I64(vec![b, s], vec![3; b * s])),
+            ("q", Feed::F32(vec![b, s, heads * hs], q.clone())),
+            ("k", Feed::F32(vec![b, s, hs], k.clone())),
+            ("v", Feed::F32(vec![b, s, hs], v.clone())),
+            ("k4", Feed::F32(vec![b, 1, s, hs], k4.clone())),
+            ("seqlens_k", Feed::I32(vec![b], vec![s as i32 - 1; b])),
+            ("total_sequence_length", Feed::I32(vec![], vec![s as i32])),
+        ];
+        if past {
+            for name in ["past_key_values.0.key", "past_key_values.0.value", "past_key_values.1.key"] {
+                v.push((name, Feed::F32(vec![b, 1, 0, hs], vec![])));
+            }
+        }
+        v
+    };
+    let want = run(&m.encode_to_vec(), &feeds(true), &["attn", "k_sum"]).unwrap();
+    let (bytes, om) = normalized(&m);
+    let g = om.graph();
+    assert!(
+        g.input.iter().all(|i| !i.name.starts_with("past")) && g.output.iter().all(|o| !o.name.starts_with("present"))
+    );
+    let got = run(&bytes, &feeds(false), &["attn", "k_sum"]).unwrap();
+    for (i, (a, w)) in got.iter().zip(&want).enumerate() {
+        assert!(max_rel(a, w, 1e-3) < 1e-6, "output {i} differs with the in-graph empty cache");
+    }
 }

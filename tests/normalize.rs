@@ -343,10 +343,16 @@ fn dequantize_linear_weights_match_onnx_runtime_kernel() {
         if let Some(b) = block {
             attrs.push(attr_i("block_size", b));
         }
-        let nodes = vec![
+        let mut nodes = vec![
             node("DequantizeLinear", "dq", &["Wq", "s", "z"], &["W"], attrs),
             node("MatMul", "mm", &["A", "W"], &["Y"], vec![]),
         ];
+        let mut inits = inits;
+        if label == "uint8 per tensor" {
+            // the scale as a Constant node, as some exporters write it
+            let s = inits.remove(1);
+            nodes.insert(0, node("Constant", "scale", &[], &["s"], vec![attr_t("value", s)]));
+        }
         let m = model(nodes, inits, &[("A", FLOAT, &[m_rows as i64, k as i64])], &[("Y", FLOAT)], &[("", opset)]);
         let feeds = [("A", Feed::F32(vec![m_rows, k], x.clone()))];
         let want = run(&m.encode_to_vec(), &feeds, &["Y"]).unwrap_or_else(|e| panic!("{label}: original: {e}"));
@@ -367,12 +373,19 @@ fn activation_quantization_is_refused_naming_the_nodes() {
         Err(e) => e.to_string(),
         Ok(_) => panic!("{}: a dynamically quantised model loaded", p.display()),
     };
-    for want in
-        ["quantises activations", "DynamicQuantizeLinear", "/transformer/h.0/", "float model", "MatMulNBitsQuantizer"]
-    {
+    for want in [
+        "quantise activations",
+        "DynamicQuantizeLinear",
+        "MatMulInteger",
+        "/transformer/h.0/",
+        "float model",
+        "MatMulNBitsQuantizer",
+    ] {
         assert!(e.contains(want), "message lacks '{want}': {e}");
     }
     assert!(!e.contains("no attention out-projection"), "{e}");
+    // The embedding's gathered rows are dequantised weights, not quantised activations.
+    assert!(!e.contains("wte/Gather_output_0_DequantizeLinear"), "{e}");
 }
 
 // ------------------------------------------------------ half precision --

@@ -170,9 +170,10 @@ fn dim_from_consumers(b: &mut GraphBuilder, g: &GraphProto, past: &str, k: usize
                 }
                 if k == 3 {
                     let key = n.input.get(1).filter(|s| !s.is_empty());
-                    let (width_of, parts) = match key {
-                        Some(key) => (key.clone(), kv),
-                        None => (n.input[0].clone(), h + 2 * kv),
+                    let (width_of, parts) = match (key, n.input.first()) {
+                        (Some(key), _) => (key.clone(), kv),
+                        (None, Some(q)) => (q.clone(), h + 2 * kv),
+                        (None, None) => continue,
                     };
                     let w = first_dim(b, &width_of, 2);
                     let d = b.const_i64s(&[parts]);

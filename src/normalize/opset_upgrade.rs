@@ -94,6 +94,14 @@ fn upgrade_graph(g: &mut GraphProto, path: &Path) -> Result<()> {
                     n.input.push(s);
                 }
             }
+            "Softmax" | "LogSoftmax" | "Hardmax" if n.input.is_empty() || n.output.is_empty() => {
+                return Err(Error::Model(format!(
+                    "{}: {} node '{}' has no input or output",
+                    path.display(),
+                    n.op_type,
+                    n.name
+                )));
+            }
             "Softmax" | "LogSoftmax" | "Hardmax" => {
                 let axis = take_attr(&mut n, "axis").map(|a| a.i).unwrap_or(1);
                 let last = axis == -1 || ranks.get(&n.input[0]).is_some_and(|&r| axis == r as i64 - 1);

@@ -25,24 +25,30 @@ const INT32: i32 = 6;
 const UINT4: i32 = 21;
 const INT4: i32 = 22;
 
-/// Ops that quantise or compute on quantised activations.
-fn quantises_activations(n: &NodeProto, constants: &HashSet<String>) -> bool {
+/// Ops that quantise or compute on quantised activations. A DequantizeLinear
+/// counts when what it reads was quantised at run time (`quantize_dynamic`
+/// also dequantises rows gathered from a quantised embedding table: those are
+/// weights).
+fn quantises_activations(n: &NodeProto, constants: &HashSet<String>, quantised: &HashSet<String>) -> bool {
     let op = n.op_type.as_str();
-    let non_const_input = n.input.first().is_some_and(|i| !constants.contains(i));
-    matches!(
-        op,
-        "DynamicQuantizeLinear"
-            | "MatMulInteger"
-            | "ConvInteger"
-            | "DynamicQuantizeMatMul"
-            | "MatMulIntegerToFloat"
-            | "QAttention"
-            | "QGemm"
-            | "DynamicQuantizeLSTM"
-            | "QEmbedLayerNormalization"
-    ) || op.starts_with("QLinear")
+    let first = n.input.first();
+    let non_const_input = first.is_some_and(|i| !constants.contains(i));
+    (op == "DequantizeLinear" && first.is_some_and(|i| quantised.contains(i)))
+        || matches!(
+            op,
+            "DynamicQuantizeLinear"
+                | "MatMulInteger"
+                | "ConvInteger"
+                | "DynamicQuantizeMatMul"
+                | "MatMulIntegerToFloat"
+                | "QAttention"
+                | "QGemm"
+                | "DynamicQuantizeLSTM"
+                | "QEmbedLayerNormalization"
+        )
+        || op.starts_with("QLinear")
         || op.starts_with("QOrdered")
-        || (matches!(op, "QuantizeLinear" | "DequantizeLinear") && non_const_input)
+        || (op == "QuantizeLinear" && non_const_input)
 }
 
 fn constant_names(g: &GraphProto) -> HashSet<String> {
@@ -59,10 +65,18 @@ fn constant_names(g: &GraphProto) -> HashSet<String> {
 pub fn refuse_activation_quantization(proto: &ModelProto, path: &Path) -> Result<()> {
     let g = proto.graph.as_ref().expect("checked by caller");
     let constants = constant_names(g);
+    let none = HashSet::new();
+    // Tensors quantised at run time: outputs of the quantising ops.
+    let quantised: HashSet<String> = g
+        .node
+        .iter()
+        .filter(|n| quantises_activations(n, &constants, &none))
+        .flat_map(|n| n.output.iter().cloned())
+        .collect();
     let found: Vec<String> = g
         .node
         .iter()
-        .filter(|n| quantises_activations(n, &constants))
+        .filter(|n| quantises_activations(n, &constants, &quantised))
         .map(|n| format!("'{}' ({})", n.name, n.op_type))
         .collect();
     if found.is_empty() {
@@ -70,8 +84,9 @@ pub fn refuse_activation_quantization(proto: &ModelProto, path: &Path) -> Result
     }
     let shown = found.iter().take(5).cloned().collect::<Vec<_>>().join(", ");
     let more = if found.len() > 5 { format!(" and {} more", found.len() - 5) } else { String::new() };
+    let (noun, verb) = if found.len() == 1 { ("node", "quantises") } else { ("nodes", "quantise") };
     Err(Error::Unsupported(format!(
-        "{}: node {shown}{more} quantises activations at run time (activation quantisation, as \
+        "{}: {noun} {shown}{more} {verb} activations at run time (activation quantisation, as \
          onnxruntime.quantization's quantize_dynamic/quantize_static write); attrpatch differentiates float \
          computations and dequantises weights only. Use the float model this file was quantised from, or quantise \
          weights only (onnxruntime.quantization.matmul_nbits_quantizer.MatMulNBitsQuantizer, QOperator or QDQ), \
@@ -87,59 +102,72 @@ pub fn dequantize_weights(proto: &mut ModelProto, path: &Path) -> Result<()> {
         return Ok(());
     }
     let mut taken = all_names(g);
-    let mut nodes = Vec::with_capacity(g.node.len());
+    // Decided on the graph as it is (Constant nodes included), applied afterwards.
+    let mut replace: Vec<Option<Vec<NodeProto>>> = vec![None; g.node.len()];
     let mut new_inits = vec![];
     let mut consumed: HashSet<String> = HashSet::new();
-    for n in std::mem::take(&mut g.node) {
-        if n.op_type == "DequantizeLinear" || n.op_type == "MatMulNBits" {
-            consumed.extend(n.input.iter().skip(1).cloned());
-            if n.op_type == "DequantizeLinear" {
-                consumed.insert(n.input[0].clone());
-            }
+    for (i, n) in g.node.iter().enumerate() {
+        let is_quant = n.op_type == "DequantizeLinear" || (n.op_type == "MatMulNBits" && n.domain == "com.microsoft");
+        if !is_quant {
+            continue;
         }
         let here =
             |msg: String| Error::Unsupported(format!("{}: {} node '{}': {msg}", path.display(), n.op_type, n.name));
-        match n.op_type.as_str() {
-            "DequantizeLinear" => {
-                let t = dequantize_linear(g, &n).map_err(here)?;
-                new_inits.push(t);
+        let arity = if n.op_type == "MatMulNBits" { 3 } else { 2 };
+        if n.input.len() < arity || n.output.is_empty() {
+            return Err(here(format!("needs at least {arity} inputs and an output")));
+        }
+        if n.op_type == "DequantizeLinear" {
+            // Only weights: a DequantizeLinear of gathered rows (a quantised embedding) stays.
+            if find_constant(g, &n.input[0]).is_none() {
+                continue;
             }
-            "MatMulNBits" if n.domain == "com.microsoft" => {
-                let w = matmul_nbits_weight(g, &n).map_err(here)?;
-                let mut wname = format!("{}.dequantized", n.input[1]);
-                while !taken.insert(wname.clone()) {
-                    wname.push('_');
+            new_inits.push(dequantize_linear(g, n).map_err(here)?);
+            consumed.extend(n.input.iter().cloned());
+            replace[i] = Some(vec![]);
+            continue;
+        }
+        let w = matmul_nbits_weight(g, n).map_err(here)?;
+        consumed.extend(n.input.iter().skip(1).cloned());
+        let mut wname = format!("{}.dequantized", n.input[1]);
+        while !taken.insert(wname.clone()) {
+            wname.push('_');
+        }
+        let bias = n.input.get(5).filter(|s| !s.is_empty()).cloned();
+        let mm_out = match &bias {
+            Some(_) => {
+                let mut o = format!("{}.no_bias", n.output[0]);
+                while !taken.insert(o.clone()) {
+                    o.push('_');
                 }
-                let bias = n.input.get(5).filter(|s| !s.is_empty()).cloned();
-                let mm_out = match &bias {
-                    Some(_) => {
-                        let mut o = format!("{}.no_bias", n.output[0]);
-                        while !taken.insert(o.clone()) {
-                            o.push('_');
-                        }
-                        o
-                    }
-                    None => n.output[0].clone(),
-                };
-                nodes.push(NodeProto {
-                    name: n.name.clone(),
-                    op_type: "MatMul".into(),
-                    input: vec![n.input[0].clone(), wname.clone()],
-                    output: vec![mm_out.clone()],
-                    ..Default::default()
-                });
-                if let Some(bias) = bias {
-                    nodes.push(NodeProto {
-                        name: format!("{}/bias", n.name),
-                        op_type: "Add".into(),
-                        input: vec![mm_out, bias],
-                        output: vec![n.output[0].clone()],
-                        ..Default::default()
-                    });
-                }
-                new_inits.push(TensorProto { name: wname, ..w });
+                o
             }
-            _ => nodes.push(n),
+            None => n.output[0].clone(),
+        };
+        let mut with = vec![NodeProto {
+            name: n.name.clone(),
+            op_type: "MatMul".into(),
+            input: vec![n.input[0].clone(), wname.clone()],
+            output: vec![mm_out.clone()],
+            ..Default::default()
+        }];
+        if let Some(bias) = bias {
+            with.push(NodeProto {
+                name: format!("{}/bias", n.name),
+                op_type: "Add".into(),
+                input: vec![mm_out, bias],
+                output: vec![n.output[0].clone()],
+                ..Default::default()
+            });
+        }
+        new_inits.push(TensorProto { name: wname, ..w });
+        replace[i] = Some(with);
+    }
+    let mut nodes = Vec::with_capacity(g.node.len());
+    for (n, r) in std::mem::take(&mut g.node).into_iter().zip(replace) {
+        match r {
+            Some(mut with) => nodes.append(&mut with),
+            None => nodes.push(n),
         }
     }
     g.node = nodes;

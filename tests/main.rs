@@ -13,6 +13,7 @@ mod fuzz;
 mod gradients;
 mod hooks;
 mod metrics;
+mod normalize;
 mod onnx_io;
 mod padding;
 mod patching;

@@ -135,21 +135,20 @@ pub fn heads_unknown(path: &std::path::Path, hook: &str) -> Error {
     ))
 }
 
-/// Models with a KV cache (optimum's decoder_with_past / merged decoders)
-/// take inputs attrpatch cannot feed: say which file to use instead.
+/// KV caches and merged decoders' fixed `If`s are normalised at load
+/// (`normalize::kv_cache`, `normalize::if_inline`); an `If` whose condition is
+/// computed at run time is left, and no gradient flows through it.
 pub fn check_inputs(model: &OnnxModel) -> Result<()> {
     let g = model.graph();
     let known = ["input_ids", "attention_mask", "position_ids"];
-    let cache = g.input.iter().any(|i| i.name.starts_with("past_key_values") || i.name == "use_cache_branch")
-        || g.node.iter().any(|n| n.op_type == "If");
-    if cache {
+    if let Some(n) = g.node.iter().find(|n| n.op_type == "If") {
         return Err(Error::Unsupported(format!(
-            "{}: this export takes past key values (a KV cache{}); attrpatch needs the plain decoder. \
-             Export without the cache: optimum-cli export onnx --task text-generation (not text-generation-with-past) \
-             and use its model.onnx, or torch.onnx.export with use_cache=False; not decoder_with_past_model.onnx or \
-             decoder_model_merged.onnx",
+            "{}: If node '{}' branches on '{}', which is computed at run time; attrpatch inlines If nodes whose \
+             condition is a constant (such as a merged decoder's use_cache_branch) and cannot differentiate \
+             through a branch chosen at run time",
             model.path.display(),
-            if g.node.iter().any(|n| n.op_type == "If") { ", merged with an If node" } else { "" }
+            n.name,
+            n.input.first().map(String::as_str).unwrap_or("")
         )));
     }
     let first = g.input.first().map(|i| i.name.as_str());

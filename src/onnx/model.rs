@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 pub struct OnnxModel {
     pub path: PathBuf,
     pub proto: ModelProto,
-    /// Default-domain opset version.
+    /// Default-domain opset version (after normalisation: 11 and 12 become 13).
     pub opset: i64,
     /// `node name -> module scopes` recorded by the dynamo exporter.
     pub scopes: scopes::NodeScopes,
@@ -44,13 +44,8 @@ impl OnnxModel {
         external::inline_external_data(graph, dir, path)?;
         let opset = default_opset(&proto)
             .ok_or_else(|| Error::Model(format!("{}: the model imports no default-domain opset", path.display())))?;
-        if opset < 13 {
-            return Err(Error::Unsupported(format!(
-                "{}: opset {opset} is not supported; attrpatch needs opset 13 or newer (re-export with opset_version>=14)",
-                path.display()
-            )));
-        }
-        crate::normalize::normalize(&mut proto, opset)?;
+        // Opsets 11 and 12 are upgraded there; older ones are refused there.
+        let opset = crate::normalize::normalize(&mut proto, opset, path)?;
         Ok(OnnxModel { path: path.to_path_buf(), proto, opset, scopes })
     }
 

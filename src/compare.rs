@@ -208,6 +208,7 @@ pub fn write(c: &Comparison, out: &Path) -> Result<Vec<PathBuf>> {
         .map_err(|e| Error::Runtime(format!("serialising compare.json: {e}")))?;
     write_atomic(&path, &text)?;
     written.push(path);
+    written.push(crate::render::write_compare_report_html(c, out)?);
     Ok(written)
 }
 

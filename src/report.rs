@@ -91,6 +91,7 @@ pub fn write_results(r: &JobResult, out_dir: &Path) -> Result<Vec<PathBuf>> {
         "positions": if has_positions { grid_json(&positions) } else { serde_json::Value::Null },
         "seconds": r.seconds,
     });
+    written.push(crate::render::write_report_html(r, out_dir)?);
     let path = out_dir.join("results.json");
     let text = serde_json::to_vec_pretty(&json).map_err(|e| Error::Runtime(format!("serialising results: {e}")))?;
     write_atomic(&path, &text)?;

@@ -8,6 +8,7 @@ mod font;
 mod heatmap;
 mod labels;
 mod pen;
+mod report_html;
 mod scatter;
 mod ticks;
 
@@ -15,4 +16,5 @@ pub use colour::Colour;
 pub use data::{grid_json, write_csv, Grid};
 pub use heatmap::{write_heatmap, write_heatmaps};
 pub use labels::subtitle;
+pub use report_html::{write_compare_report_html, write_report_html};
 pub use scatter::{write_scatter, Scatter, Series, COLOURS};

@@ -19,11 +19,11 @@ use std::path::{Path, PathBuf};
 
 const MARGIN: i32 = 14;
 const GAP: i32 = 6;
-const TITLE: f64 = 19.0;
-const SUBTITLE: f64 = 14.0;
-const PANEL_TITLE: f64 = 16.0;
-const LABEL: f64 = 15.0;
-const TICK: f64 = 14.0;
+const TITLE: f64 = 21.0;
+const SUBTITLE: f64 = 15.0;
+const PANEL_TITLE: f64 = 18.0;
+const LABEL: f64 = 16.0;
+const TICK: f64 = 15.0;
 const MAX_CELL: i32 = 72;
 const MIN_CELL: i32 = 4;
 /// Cells shrink so that all panels together stay about this wide (one panel, or

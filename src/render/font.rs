@@ -9,9 +9,9 @@ use std::sync::OnceLock;
 
 static DEJAVU_SANS: &[u8] = include_bytes!("../../assets/fonts/DejaVuSans.ttf");
 
-/// The family every figure uses. Registered as "sans-serif" so the SVG files
-/// name a family every viewer has when it lacks DejaVu Sans.
-pub const FAMILY: &str = "sans-serif";
+/// The family every figure uses, registered under this CSS font list, which
+/// SVG files name as is: DejaVu Sans where the viewer has it, else its sans-serif.
+pub const FAMILY: &str = "DejaVu Sans, sans-serif";
 
 /// Registers the font (first call only); every drawing function calls this first.
 pub fn ensure_registered() {
@@ -95,7 +95,7 @@ mod tests {
     fn font_measures_proportionally() {
         let (w_i, h) = measure("iiii", 20.0);
         let (w_m, _) = measure("MMMM", 20.0);
-        assert!(h >= 12 && h <= 24, "{h}");
+        assert!((12..=24).contains(&h), "{h}");
         assert!(w_m > 2 * w_i, "proportional font: {w_i} vs {w_m}");
         assert!(measure("MMMM", 40.0).0 > w_m * 3 / 2);
     }

@@ -292,6 +292,8 @@ impl<'a> Heatmaps<'a> {
         Ok(())
     }
 
+    /// The colour bar beside the first panel, as tall as its plot, with value labels
+    /// and no tick marks (as plotly: a mark before "0" would read as a minus sign).
     fn draw_colour_bar<DB: DrawingBackend>(&self, area: &DrawingArea<DB, Shift>, pen: Pen) -> DrawResult<DB> {
         let Some(p) = self.panels.first() else { return Ok(()) };
         let (x, y, h) = (self.bar_x, p.plot_y, p.plot_h.max(2));
@@ -303,7 +305,6 @@ impl<'a> Heatmaps<'a> {
         area.draw(&Rectangle::new([(x - 1, y - 1), (x + BAR_W, y + h)], FRAME.stroke_width(1)))?;
         for &v in &self.ticks {
             let ty = y + ((self.m - v) / (2.0 * self.m) * (h - 1) as f64).round() as i32;
-            area.draw(&PathElement::new(vec![(x + BAR_W, ty), (x + BAR_W + 4, ty)], FRAME))?;
             pen.text(area, &fmt_tick(v), Place::new((x + BAR_W + GAP, ty), TICK, HPos::Left, VPos::Center))?;
         }
         let tick_w = self.ticks.iter().map(|&v| text_w(&fmt_tick(v), TICK)).max().unwrap_or(0);

@@ -202,12 +202,14 @@ impl Figure for Layout<'_> {
                 area.draw(&Circle::new(at, RADIUS, c.stroke_width(1)))?;
             }
         }
-        // The largest misses, named beside their point (on the side away from the diagonal).
+        // The largest misses, named beside their point: to its right where the label
+        // fits inside the plot, else to its left.
         for (k, i) in largest_misses(s) {
             let (x, y) = s.series[k].points[i];
             let (cx, cy) = (self.px(x), self.py(y));
-            let (dx, h) = if y > x { (-(RADIUS + 3), HPos::Right) } else { (RADIUS + 3, HPos::Left) };
             let label = s.series[k].point_names[i].clone();
+            let fits_right = cx + RADIUS + 3 + text_w(&label, NOTE) < x1;
+            let (dx, h) = if fits_right { (RADIUS + 3, HPos::Left) } else { (-(RADIUS + 3), HPos::Right) };
             pen.text(area, &label, Place::new((cx + dx, cy), NOTE, h, VPos::Center))?;
         }
         // Legend under the x label.

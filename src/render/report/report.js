@@ -138,7 +138,6 @@
     const want = barH >= 160 ? 5 : 3;
     for (const v of niceTicks(-m, m, want)) {
       const ty = top + (m - v) / (2 * m) * barH;
-      s.append(sv("line", { x1: bx + 14, x2: bx + 18, y1: ty, y2: ty, stroke: "#b4b4b4" }));
       s.append(sv("text", { x: bx + 21, y: ty + 4, "class": "bar-tick" }, tick(v)));
     }
     const vl = grids[0].value_label, vx = bx + 70, vy = top + barH / 2;

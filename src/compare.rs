@@ -161,7 +161,7 @@ pub fn write(c: &Comparison, out: &Path) -> Result<Vec<PathBuf>> {
         let mut grids: Vec<Grid> = compared.iter().map(|e| panel(&e.result)).collect();
         grids.push(panel(&c.exact));
         let exact_grid = grid_of(&c.exact);
-        let title = format!("{name}: estimates beside exact activation patching (one colour scale)");
+        let title = format!("{name}: estimates and exact activation patching on one colour scale");
         let path = out.join(format!("compare-{name}.png"));
         written.extend(write_heatmaps(&grids.iter().collect::<Vec<_>>(), &title, &exact_grid.subtitle, &path)?);
         // Each cell's name for labelling the largest misses: "L2 H3" or "L0 9 ' John'".

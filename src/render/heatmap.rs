@@ -31,6 +31,8 @@ const MIN_CELL: i32 = 4;
 const MAX_PLOT_W: i32 = 760;
 const MAX_PANELS_W: i32 = 1000;
 const MAX_PLOT_H: i32 = 560;
+/// Side by side, panels whose cells would be narrower than this are stacked instead.
+const MIN_SIDE_BY_SIDE_CELL: i32 = 32;
 /// Narrowest header: below this the title wraps less and the figure is padded.
 const MIN_HEADER_W: i32 = 400;
 const BAR_W: i32 = 16;
@@ -94,6 +96,8 @@ struct Heatmaps<'a> {
     cell: i32,
     panels: Vec<Panel>,
     bar_x: i32,
+    bar_y: i32,
+    bar_h: i32,
     ticks: Vec<f64>,
     width: i32,
     height: i32,
@@ -130,23 +134,31 @@ fn widest<'s>(names: impl Iterator<Item = &'s String>, size: f64) -> i32 {
 impl<'a> Heatmaps<'a> {
     fn new(grids: Vec<&'a Grid>, m: f64, title: &str, subtitle: &str, panel_titles: bool) -> Self {
         let n = grids.len().max(1) as i32;
-        let cell = grids
-            .iter()
-            .map(|g| {
-                let (rows, cols) = (g.row_names.len().max(1) as i32, g.col_names.len().max(1) as i32);
-                (if n > 1 { MAX_PANELS_W } else { MAX_PLOT_W } / (n * cols))
-                    .min(MAX_PLOT_H / rows)
-                    .clamp(MIN_CELL, MAX_CELL)
-            })
-            .min()
-            .unwrap_or(MAX_CELL);
+        let cell_for = |width: i32, across: i32| {
+            grids
+                .iter()
+                .map(|g| {
+                    let (rows, cols) = (g.row_names.len().max(1) as i32, g.col_names.len().max(1) as i32);
+                    (width / (across * cols)).min(MAX_PLOT_H / rows).clamp(MIN_CELL, MAX_CELL)
+                })
+                .min()
+                .unwrap_or(MAX_CELL)
+        };
+        // Several wide grids (positions) side by side would shrink to unreadable
+        // cells: they go one under the other instead.
+        let stacked = n > 1 && cell_for(MAX_PANELS_W, n) < MIN_SIDE_BY_SIDE_CELL;
+        let cell = match (n, stacked) {
+            (1, _) => cell_for(MAX_PLOT_W, 1),
+            (_, true) => cell_for(MAX_PLOT_W, 1),
+            (_, false) => cell_for(MAX_PANELS_W, n),
+        };
         let (th, lh) = (text_h(TICK), text_h(TICK) + 3);
         let (label_h, panel_title_h) = (text_h(LABEL), text_h(PANEL_TITLE));
 
         // Panels first at y = 0 (the header's height depends on the total width),
         // shifted down once the header is known.
         let mut panels = vec![];
-        let mut x = MARGIN;
+        let (mut x, mut y) = (MARGIN, 0);
         for g in &grids {
             let (rows, cols) = (g.row_names.len() as i32, g.col_names.len() as i32);
             let (plot_w, plot_h) = (cols * cell, rows * cell);
@@ -157,7 +169,7 @@ impl<'a> Heatmaps<'a> {
             let axis_w = text_w(&g.col_label, LABEL);
             left = left.max(centre_room(head_w.max(axis_w)));
             let plot_x = x + left;
-            let plot_y = if panel_titles { panel_title_h + GAP * 2 } else { 0 };
+            let plot_y = y + if panel_titles { panel_title_h + GAP * 2 } else { 0 };
 
             let has_tokens = !g.tokens.is_empty();
             let names_w = widest(g.col_names.iter(), TICK);
@@ -185,24 +197,29 @@ impl<'a> Heatmaps<'a> {
                 right,
                 bottom,
             });
-            x = right + GAP * 4;
+            if stacked {
+                y = bottom + GAP * 4;
+            } else {
+                x = right + GAP * 4;
+            }
         }
 
-        // The colour bar: as tall as the (first) plot, ticks at round values
-        // spaced at least 1.6 text heights apart.
-        let plot_h = panels.first().map_or(cell, |p| p.plot_h);
+        // The colour bar: as tall as the plot (from the first plot's top to the
+        // last one's bottom when stacked), ticks at round values spaced at least
+        // 1.6 text heights apart.
+        let bar_y = panels.first().map_or(0, |p| p.plot_y);
+        let bar_h = panels.last().map_or(cell, |p| p.plot_y + p.plot_h) - bar_y;
+        let plot_h = bar_h;
         let most = (plot_h / (th * 8 / 5)).max(1) as usize + 1;
         let ticks = [5, 4, 3, 2]
             .iter()
             .map(|&want| nice_ticks(-m, m, want))
             .find(|t| t.len() <= most)
             .unwrap_or_else(|| vec![0.0]);
-        let last_right = panels.last().map_or(MARGIN, |p| p.plot_x + p.plot_w);
+        let last_right = panels.iter().map(|p| p.plot_x + p.plot_w).max().unwrap_or(MARGIN);
         let bar_x = last_right + GAP * 3;
         let tick_w = ticks.iter().map(|&v| text_w(&fmt_tick(v), TICK)).max().unwrap_or(0);
-        let value_label = grids.first().map_or("", |g| g.value_label.as_str());
         let bar_right = bar_x + BAR_W + GAP + tick_w + GAP + text_h(LABEL);
-        let _ = value_label;
         let content_right = panels.iter().map(|p| p.right).max().unwrap_or(MARGIN).max(bar_right);
 
         // Header wrapped to the content's width.
@@ -226,7 +243,21 @@ impl<'a> Heatmaps<'a> {
         let width = content_right.max(MARGIN + widest_header).max(MARGIN + MIN_HEADER_W) + MARGIN;
         let plots_bottom = panels.iter().map(|p| p.bottom).max().unwrap_or(header_h);
         let height = plots_bottom.max(header_h + plot_h + th) + MARGIN;
-        Heatmaps { grids, m, panel_titles, title, subtitle, cell, panels, bar_x, ticks, width, height }
+        Heatmaps {
+            grids,
+            m,
+            panel_titles,
+            title,
+            subtitle,
+            cell,
+            panels,
+            bar_x,
+            bar_y: bar_y + header_h,
+            bar_h,
+            ticks,
+            width,
+            height,
+        }
     }
 
     fn draw_panel<DB: DrawingBackend>(
@@ -292,15 +323,18 @@ impl<'a> Heatmaps<'a> {
         Ok(())
     }
 
-    /// The colour bar beside the first panel, as tall as its plot, with value labels
+    /// The colour bar beside the plots, as tall as they are, with value labels
     /// and no tick marks (as plotly: a mark before "0" would read as a minus sign).
     fn draw_colour_bar<DB: DrawingBackend>(&self, area: &DrawingArea<DB, Shift>, pen: Pen) -> DrawResult<DB> {
-        let Some(p) = self.panels.first() else { return Ok(()) };
-        let (x, y, h) = (self.bar_x, p.plot_y, p.plot_h.max(2));
+        let (x, y, h) = (self.bar_x, self.bar_y, self.bar_h.max(2));
         // Top row = +m, bottom row = -m.
         let value_at = |i: i32| self.m * (1.0 - 2.0 * i as f64 / (h - 1) as f64);
-        for i in 0..h {
-            area.draw(&Rectangle::new([(x, y + i), (x + BAR_W, y + i + 1)], rgb(rdbu(value_at(i), self.m)).filled()))?;
+        // At most 256 bands (finer than the scale's 8-bit steps; keeps tall SVG bars small).
+        let band = (h / 256 + 1) as usize;
+        for i in (0..h).step_by(band) {
+            let bottom = (i + band as i32).min(h);
+            let colour = rgb(rdbu(value_at((i + bottom - 1) / 2), self.m));
+            area.draw(&Rectangle::new([(x, y + i), (x + BAR_W, y + bottom)], colour.filled()))?;
         }
         area.draw(&Rectangle::new([(x - 1, y - 1), (x + BAR_W, y + h)], FRAME.stroke_width(1)))?;
         for &v in &self.ticks {
@@ -382,6 +416,28 @@ mod tests {
         assert!(f.width <= f.bar_x + 120 + MARGIN, "{} vs bar at {}", f.width, f.bar_x);
         assert!(f.height <= p.bottom + MARGIN + 1, "{} vs {}", f.height, p.bottom);
         assert!(f.ticks.len() >= 3 && f.ticks.contains(&0.0), "{:?}", f.ticks);
+    }
+
+    #[test]
+    fn wide_panels_stack_and_narrow_ones_sit_side_by_side() {
+        let tokens: Vec<String> = (0..14).map(|i| format!("{i} tok")).collect();
+        let cols: Vec<&str> = tokens.iter().map(|s| s.as_str()).collect();
+        let wide = grid("positions", &cols, vec![vec![0.5; 14]; 3]);
+        let f = Heatmaps::new(vec![&wide, &wide, &wide], 1.0, "t", "s", true);
+        let (a, b) = (&f.panels[0], &f.panels[1]);
+        assert_eq!(a.plot_x, b.plot_x, "stacked: {a:?} {b:?}");
+        assert!(b.plot_y > a.plot_y + a.plot_h, "{a:?} {b:?}");
+        // One colour bar from the first plot's top to the last one's bottom.
+        let last = &f.panels[2];
+        assert_eq!((f.bar_y, f.bar_h), (a.plot_y, last.plot_y + last.plot_h - a.plot_y));
+        assert!(f.cell >= MIN_SIDE_BY_SIDE_CELL);
+
+        let narrow = heads_grid();
+        let f = Heatmaps::new(vec![&narrow, &narrow, &narrow], 1.0, "t", "s", true);
+        let (a, b) = (&f.panels[0], &f.panels[1]);
+        assert_eq!(a.plot_y, b.plot_y, "side by side: {a:?} {b:?}");
+        assert!(b.plot_x > a.plot_x + a.plot_w);
+        assert_eq!((f.bar_y, f.bar_h), (a.plot_y, a.plot_h));
     }
 
     #[test]

@@ -395,9 +395,18 @@ fn report_html_works_in_a_browser() {
             "pair {i}'s clean logit diff {ld} missing"
         );
     }
-    // --per-prompt: a selector with every pair.
+    // --per-prompt: a selector with every pair, which shows that pair's grids.
     let options = loaded.dom.matches("<option").count();
     assert_eq!(options, 1 + per_prompt.len(), "pair selector options");
+    let check = loaded.pre("selfcheck");
+    let line = check.lines().find(|l| l.starts_with("pair ")).unwrap_or_else(|| panic!("no pair line in:\n{check}"));
+    let (index, cells) = line["pair ".len()..].split_once(" heads ").unwrap();
+    let pair = &per_prompt[index.parse::<usize>().unwrap()];
+    let want: Vec<f64> =
+        values(&serde_json::json!({ "values": pair["grid"]["heads"] })).into_iter().flatten().collect();
+    let shown: Vec<f64> = cells.split(',').map(|v| v.parse().unwrap()).collect();
+    assert_eq!(shown, want, "pair {index}'s heads grid in the page");
+    assert_ne!(shown, values(&results["heads"]).concat(), "the selector changed nothing");
     screenshot(&browser, &page, 1500);
 }
 

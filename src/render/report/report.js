@@ -306,6 +306,16 @@
       point.dispatchEvent(new MouseEvent("mouseout", { bubbles: true }));
     }
     out.push(`tip hidden after mouseout: ${tip.hidden}`);
+    // The pair selector: the second pair's heads grid, then back to all pairs.
+    const sel = document.getElementById("pair-select");
+    if (sel && data.per_pair.length > 1) {
+      sel.value = "1";
+      sel.dispatchEvent(new Event("change"));
+      const cells = [...document.querySelectorAll('rect.cell[data-grid="heads"]')].map(c => c.dataset.value);
+      out.push(`pair ${data.per_pair[1].index} heads ${cells.join(",")}`);
+      sel.value = "all";
+      sel.dispatchEvent(new Event("change"));
+    }
     document.getElementById("selfcheck").textContent = out.join("\n");
   }
 

@@ -440,6 +440,27 @@ mod tests {
         assert_eq!((f.bar_y, f.bar_h), (a.plot_y, a.plot_h));
     }
 
+    /// Writes GPT-2-small-sized sample figures for a person to look at:
+    /// `cargo test --lib render::heatmap -- --ignored`, files in $TMPDIR/render_samples/.
+    #[test]
+    #[ignore]
+    fn write_samples() {
+        let dir = std::env::temp_dir().join("render_samples");
+        std::fs::create_dir_all(&dir).unwrap();
+        let wave = |r: usize, c: usize| ((r * 7 + c * 3) as f64 * 0.37).sin() * (r as f64 + 1.0) / 12.0;
+        let heads: Vec<Vec<f64>> = (0..12).map(|r| (0..12).map(|c| wave(r, c)).collect()).collect();
+        let names: Vec<String> = (0..12).map(|h| h.to_string()).collect();
+        let g = grid("heads", &names.iter().map(|s| s.as_str()).collect::<Vec<_>>(), heads);
+        write_heatmap(&g, &dir.join("heads12.png")).unwrap();
+        let tokens: Vec<String> = (0..40).map(|i| format!(" token{i}")).collect();
+        let cols: Vec<String> = tokens.iter().enumerate().map(|(i, t)| format!("{i} {t}")).collect();
+        let positions: Vec<Vec<f64>> = (0..12).map(|r| (0..40).map(|c| wave(r, c) * 1e-3).collect()).collect();
+        let mut g = grid("positions", &cols.iter().map(|s| s.as_str()).collect::<Vec<_>>(), positions);
+        g.tokens = tokens;
+        write_heatmap(&g, &dir.join("positions40.png")).unwrap();
+        write_heatmaps(&[&g, &g], "two panels", "subtitle", &dir.join("compare40.png")).unwrap();
+    }
+
     #[test]
     fn big_grids_stay_readable_size() {
         let g = grid("heads", &[""; 200], vec![vec![1.0; 200]; 48]);

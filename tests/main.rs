@@ -18,3 +18,4 @@ mod onnx_io;
 mod padding;
 mod patching;
 mod prompt_files;
+mod render;

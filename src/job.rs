@@ -8,9 +8,11 @@ use crate::batches::{fingerprint, resumable, BatchResult, PairResult, Totals};
 use crate::error::{Error, Result};
 use crate::grids::{first_non_finite, scaled, Grids, PairGrid};
 use crate::hooks::Hook;
+use crate::onnx::graph::{model_hash, ContentHash};
+use crate::onnx::pb::ModelProto;
 use crate::onnx::OnnxModel;
 use crate::prompts::{self, PromptPair, PromptTokenizer, TokenizedPrompts};
-use crate::runtime::{self, Runtime, RuntimeOptions, Value};
+use crate::runtime::{self, ModelForRuntime, Runtime, RuntimeOptions, Value};
 use ndarray::{Array2, Array3, ArrayD};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -138,12 +140,26 @@ impl Method {
     }
 }
 
-/// What a merge needs besides the batch files; written as job.json.
+/// What a merge needs besides the batch files; written as job.json. Its
+/// identity fields (`Manifest::identity`) are everything that decides a
+/// batch's numbers: `--resume` reuses a batch file and `merge` combines
+/// shards only when they agree.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Manifest {
     #[serde(default)]
     pub method: Method,
     pub model: String,
+    /// `onnx::graph::model_hash` of the loaded model (graph and weights).
+    #[serde(default)]
+    pub model_hash: String,
+    /// Hash of the tokenizer file's bytes, or "token ids given".
+    #[serde(default)]
+    pub tokenizer_hash: String,
+    /// Hash of every pair's token ids, lengths and answers.
+    #[serde(default)]
+    pub tokens_hash: String,
+    #[serde(default)]
+    pub bos: bool,
     #[serde(default)]
     pub metric: crate::augment::Metric,
     #[serde(default = "default_hooks")]
@@ -157,6 +173,86 @@ pub struct Manifest {
     pub batch_size: usize,
     pub n_batches: usize,
     pub shard: Option<Shard>,
+}
+
+impl Manifest {
+    /// The manifest of a prepared job (its runtime is named once a session exists).
+    pub fn new<G: JobGraph>(opts: &JobOptions, p: &Prepared<G>, method: Method, batch_size: usize) -> Self {
+        Manifest {
+            method,
+            model: opts.model.display().to_string(),
+            model_hash: p.model_hash.clone(),
+            tokenizer_hash: p.tokenizer_hash.clone(),
+            tokens_hash: tokens_hash(&p.tokens),
+            bos: opts.bos,
+            metric: opts.metric,
+            hooks_kind: opts.hooks.clone(),
+            runtime: String::new(),
+            n_heads: p.graph.heads().unwrap_or(0),
+            hooks: p.graph.hooks().to_vec(),
+            seq_len: p.tokens.seq_len,
+            token_labels: p.tokens.clean_tokens.first().cloned().unwrap_or_default(),
+            prompts: p.pairs.clone(),
+            batch_size,
+            n_batches: p.pairs.len().div_ceil(batch_size.max(1)),
+            shard: opts.shard,
+        }
+    }
+
+    /// The fields that decide a batch's numbers, by name: the model's content,
+    /// the tokenizer, the token ids, BOS, metric, hook set, head count, method
+    /// (with IG's steps) and the batch layout. Not the model's path, the
+    /// runtime or the shard.
+    pub fn identity(&self) -> Vec<(&'static str, serde_json::Value)> {
+        use serde_json::json;
+        vec![
+            ("model_hash", json!(self.model_hash)),
+            ("tokenizer_hash", json!(self.tokenizer_hash)),
+            ("tokens_hash", json!(self.tokens_hash)),
+            ("bos", json!(self.bos)),
+            ("metric", json!(self.metric)),
+            ("hooks_kind", json!(self.hooks_kind)),
+            ("hooks", json!(self.hooks)),
+            ("n_heads", json!(self.n_heads)),
+            ("method", json!(self.method)),
+            ("seq_len", json!(self.seq_len)),
+            ("prompts", json!(self.prompts)),
+            ("batch_size", json!(self.batch_size)),
+            ("n_batches", json!(self.n_batches)),
+        ]
+    }
+
+    /// A hash of `identity`, the job's part of every batch key.
+    pub fn job_hash(&self) -> String {
+        let mut h = ContentHash::default();
+        for (name, value) in self.identity() {
+            h.write_str(name);
+            h.write_str(&value.to_string());
+        }
+        h.finish()
+    }
+
+    /// The key a batch file of this job must carry.
+    pub fn batch_key(&self, index: usize) -> String {
+        fingerprint(&[self.job_hash().as_bytes(), &(index as u64).to_le_bytes()])
+    }
+
+    /// The first identity field in which `other` differs: its name and both values.
+    pub fn first_difference(&self, other: &Manifest) -> Option<(&'static str, String, String)> {
+        let short = |v: &serde_json::Value| {
+            let s = v.to_string();
+            if s.chars().count() > 80 {
+                format!("{}...", s.chars().take(77).collect::<String>())
+            } else {
+                s
+            }
+        };
+        self.identity()
+            .into_iter()
+            .zip(other.identity())
+            .find(|((_, a), (_, b))| a != b)
+            .map(|((n, a), (_, b))| (n, short(&a), short(&b)))
+    }
 }
 
 pub struct JobResult {
@@ -192,23 +288,29 @@ pub fn default_tokenizer(model: &Path) -> PathBuf {
 pub struct PromptSource {
     pub pairs: Vec<PromptPair>,
     tokenizer: Option<PromptTokenizer>,
+    /// Hash of the tokenizer file's bytes, or "token ids given".
+    tokenizer_hash: String,
 }
 
 impl PromptSource {
     /// Reads the tokenizer and the prompt file (or takes the token ids given).
     pub fn read(opts: &JobOptions) -> Result<Self> {
-        let tokenizer = match &opts.tokens {
-            Some(_) => None,
-            None => Some(PromptTokenizer::from_file(
-                &opts.tokenizer.clone().unwrap_or_else(|| default_tokenizer(&opts.model)),
-            )?),
+        let (tokenizer, tokenizer_hash) = match &opts.tokens {
+            Some(_) => (None, "token ids given".to_string()),
+            None => {
+                let path = opts.tokenizer.clone().unwrap_or_else(|| default_tokenizer(&opts.model));
+                let tok = PromptTokenizer::from_file(&path)?;
+                let mut h = ContentHash::default();
+                h.write(&std::fs::read(&path).map_err(|e| Error::io(&path, e))?);
+                (Some(tok), h.finish())
+            }
         };
         let pairs = match (&opts.tokens, &opts.prompts) {
             (Some((pairs, _)), _) => pairs.clone(),
             (None, Some(p)) => prompts::read_jsonl(p)?,
             (None, None) => prompts::ioi_default(),
         };
-        Ok(PromptSource { pairs, tokenizer })
+        Ok(PromptSource { pairs, tokenizer, tokenizer_hash })
     }
 
     /// Token ids checked against the model's vocabulary.
@@ -224,99 +326,146 @@ impl PromptSource {
     }
 }
 
-/// Runs the job; for a shard, returns None after writing its batches.
-pub fn run_job(opts: &JobOptions) -> Result<Option<JobResult>> {
+/// What the attribution job and the patching jobs need of their rewritten graph.
+pub trait JobGraph {
+    fn proto_mut(&mut self) -> &mut ModelProto;
+    fn vocab(&self) -> usize;
+    fn hooks(&self) -> &[Hook];
+    /// Heads per hook; None for hooks that do not split into heads.
+    fn heads(&self) -> Option<usize>;
+    fn token_inputs(&self) -> TokenInputs<'_>;
+}
+
+impl JobGraph for Augmented {
+    fn proto_mut(&mut self) -> &mut ModelProto {
+        &mut self.proto
+    }
+    fn vocab(&self) -> usize {
+        self.vocab
+    }
+    fn hooks(&self) -> &[Hook] {
+        &self.hooks
+    }
+    fn heads(&self) -> Option<usize> {
+        self.heads
+    }
+    fn token_inputs(&self) -> TokenInputs<'_> {
+        TokenInputs {
+            ids: &self.input_ids,
+            mask: self.attention_mask.as_ref(),
+            positions: self.position_ids.as_ref(),
+            vocab: self.vocab,
+        }
+    }
+}
+
+/// A job ready to run: the model loaded, hashed and rewritten, the prompts
+/// tokenized, the graph handed over for a runtime session.
+pub struct Prepared<G> {
+    pub graph: G,
+    pub pairs: Vec<PromptPair>,
+    pub tokens: TokenizedPrompts,
+    pub model_hash: String,
+    pub tokenizer_hash: String,
+    for_runtime: Option<ModelForRuntime>,
+    pub seconds: Timings,
+}
+
+/// Loads the model, rewrites it with `build` and tokenizes the prompts: the
+/// steps every job shares, timed.
+pub fn prepare<G: JobGraph>(opts: &JobOptions, build: impl FnOnce(OnnxModel) -> Result<G>) -> Result<Prepared<G>> {
     // The model is named first in messages: its tokenizer is looked up beside it.
     std::fs::metadata(&opts.model).map_err(|e| Error::io(&opts.model, e))?;
-    let mut t = Timings::default();
+    let mut seconds = Timings::default();
     let clock = Instant::now();
     // Read before the model: a wrong tokenizer path fails before the slow part.
-    let prompt_source = PromptSource::read(opts)?;
+    let source = PromptSource::read(opts)?;
     let model = OnnxModel::load(&opts.model)?;
-    t.load = clock.elapsed().as_secs_f64();
+    let model_hash = model_hash(&model.proto);
+    seconds.load = clock.elapsed().as_secs_f64();
 
     let clock = Instant::now();
-    let model_path = model.path.clone();
-    let aug = augment_with(
-        model,
-        AugmentOptions {
-            raw_outputs: false,
-            grid_outputs: true,
-            heads: opts.heads,
-            metric: opts.metric,
-            hooks: opts.hooks.clone(),
-        },
-    )?;
-    let tokens = prompt_source.tokenize(opts, aug.vocab)?;
-    let pairs = prompt_source.pairs;
-    // Hooks that do not split into heads (resid, mlp, patterns) have a positions grid only.
-    let n_heads = match (opts.hooks.has_heads(), aug.heads) {
-        (true, Some(h)) => h,
-        (true, None) => return Err(Error::Model(format!("{}: no head count", model_path.display()))),
-        (false, _) => 0,
-    };
-    let mut aug = aug;
-    let for_runtime = runtime::prepare(&mut aug.proto, &opts.runtime);
-    t.rewrite = clock.elapsed().as_secs_f64();
+    let mut graph = build(model)?;
+    let tokens = source.tokenize(opts, graph.vocab())?;
+    let for_runtime = Some(runtime::prepare(graph.proto_mut(), &opts.runtime));
+    seconds.rewrite = clock.elapsed().as_secs_f64();
+    Ok(Prepared {
+        graph,
+        pairs: source.pairs,
+        tokens,
+        model_hash,
+        tokenizer_hash: source.tokenizer_hash,
+        for_runtime,
+        seconds,
+    })
+}
 
-    let batch_size = if opts.batch_size == 0 { pairs.len() } else { opts.batch_size };
-    let n_batches = pairs.len().div_ceil(batch_size);
-    let mine = opts.shard.map_or(0..n_batches, |s| s.batches(n_batches));
-    let keys: Vec<String> = (0..n_batches).map(|i| batch_key(&opts.model, opts.bos, &tokens, i, batch_size)).collect();
+impl<G> Prepared<G> {
+    /// Starts the runtime session on the rewritten graph (once), timed.
+    pub fn session(&mut self, opts: &RuntimeOptions) -> Result<Box<dyn Runtime>> {
+        let clock = Instant::now();
+        let model = self
+            .for_runtime
+            .take()
+            .ok_or_else(|| Error::Runtime("the job's runtime session was already made".into()))?;
+        let rt = runtime::create_from(model, opts)?;
+        self.seconds.session = clock.elapsed().as_secs_f64();
+        Ok(rt)
+    }
+}
+
+/// Runs the job; for a shard, returns None after writing its batches.
+pub fn run_job(opts: &JobOptions) -> Result<Option<JobResult>> {
+    let mut p = prepare(opts, |model| {
+        augment_with(
+            model,
+            AugmentOptions {
+                raw_outputs: false,
+                grid_outputs: true,
+                heads: opts.heads,
+                metric: opts.metric,
+                hooks: opts.hooks.clone(),
+            },
+        )
+    })?;
+    let batch_size = if opts.batch_size == 0 { p.pairs.len() } else { opts.batch_size };
+    let mut manifest = Manifest::new(opts, &p, Method::Attribution, batch_size);
+    let mine = opts.shard.map_or(0..manifest.n_batches, |s| s.batches(manifest.n_batches));
+    let keys: Vec<String> = (0..manifest.n_batches).map(|i| manifest.batch_key(i)).collect();
 
     // Batches finished by an earlier run of the same job are not recomputed.
     let mut done: HashMap<usize, BatchResult> = HashMap::new();
     if let Some(dir) = &opts.work_dir {
-        for i in mine.clone() {
-            if let Some(b) = resumable(dir, i, &keys[i]) {
-                done.insert(i, b);
-            }
-        }
+        done.extend(mine.clone().filter_map(|i| resumable(dir, i, &keys[i]).map(|b| (i, b))));
     }
     let resumed = done.len();
-    let clock = Instant::now();
-    let mut rt = if done.len() < mine.len() { Some(runtime::create_from(for_runtime, &opts.runtime)?) } else { None };
-    t.session = clock.elapsed().as_secs_f64();
+    let mut rt = if done.len() < mine.len() { Some(p.session(&opts.runtime)?) } else { None };
 
     let bar = progress_bar(opts.progress && mine.len() > 1, mine.len() as u64, "batches");
     let clock = Instant::now();
     let mut calls = 0;
     let mut batches = vec![];
     for i in mine.clone() {
-        let b = match done.remove(&i) {
-            Some(b) => b,
-            None => {
-                let rt = rt.as_mut().expect("created when a batch is left to run");
-                let range = i * batch_size..((i + 1) * batch_size).min(pairs.len());
+        let b = match (done.remove(&i), rt.as_mut()) {
+            (Some(b), _) => b,
+            (None, Some(rt)) => {
+                let range = i * batch_size..((i + 1) * batch_size).min(p.pairs.len());
                 calls += 1;
-                let b = run_batch(rt.as_mut(), &aug, &tokens, range, i, keys[i].clone(), opts.per_prompt, opts.metric)?;
+                let b = run_batch(rt.as_mut(), &p, opts, range, i, keys[i].clone())?;
                 if let Some(dir) = &opts.work_dir {
                     b.save(dir)?;
                 }
                 b
             }
+            (None, None) => return Err(Error::Runtime(format!("batch {i}: no runtime session to run it"))),
         };
         bar.inc(1);
         batches.push(b);
     }
     bar.finish_and_clear();
-    t.run = clock.elapsed().as_secs_f64();
+    p.seconds.run = clock.elapsed().as_secs_f64();
 
-    let manifest = Manifest {
-        method: Method::Attribution,
-        model: opts.model.display().to_string(),
-        metric: opts.metric,
-        hooks_kind: opts.hooks.clone(),
-        runtime: rt.as_ref().map_or_else(|| "none (all batches resumed)".into(), |r| r.describe()),
-        n_heads,
-        hooks: aug.hooks.clone(),
-        seq_len: tokens.seq_len,
-        token_labels: tokens.clean_tokens.first().cloned().unwrap_or_default(),
-        prompts: pairs,
-        batch_size,
-        n_batches,
-        shard: opts.shard,
-    };
+    manifest.runtime = rt.as_ref().map_or_else(|| "none (all batches resumed)".into(), |r| r.describe());
     if let Some(dir) = &opts.work_dir {
         save_manifest(dir, &manifest)?;
     }
@@ -326,7 +475,7 @@ pub fn run_job(opts: &JobOptions) -> Result<Option<JobResult>> {
     let mut r = finish(manifest, &batches)?;
     r.runtime_calls = calls;
     r.batches_resumed = resumed;
-    r.seconds = t;
+    r.seconds = p.seconds;
     Ok(Some(r))
 }
 
@@ -334,7 +483,7 @@ pub fn run_job(opts: &JobOptions) -> Result<Option<JobResult>> {
 pub fn finish(manifest: Manifest, batches: &[BatchResult]) -> Result<JobResult> {
     let mut totals = Totals::default();
     for b in batches {
-        totals.add(b);
+        totals.add(b)?;
     }
     let k = totals.normaliser()?;
     let per_pair = batches
@@ -376,30 +525,78 @@ pub(crate) fn progress_bar(show: bool, len: u64, unit: &str) -> indicatif::Progr
     bar
 }
 
-fn batch_key(model: &Path, bos: bool, t: &TokenizedPrompts, i: usize, batch_size: usize) -> String {
-    let range = i * batch_size..((i + 1) * batch_size).min(t.clean_ids.len());
-    let model_id = std::fs::metadata(model).map(|m| format!("{}:{}", model.display(), m.len())).unwrap_or_default();
-    let ids: Vec<i64> = range
-        .clone()
-        .flat_map(|p| t.clean_ids[p].iter().chain(&t.corrupted_ids[p]).chain([&t.correct_ids[p], &t.incorrect_ids[p]]))
-        .copied()
-        .collect();
-    let id_bytes: Vec<u8> = ids.iter().flat_map(|v| v.to_le_bytes()).collect();
-    fingerprint(&[model_id.as_bytes(), &[bos as u8], &(i as u64).to_le_bytes(), &id_bytes])
+/// Every pair's token ids, length and answers, hashed.
+fn tokens_hash(t: &TokenizedPrompts) -> String {
+    let mut h = ContentHash::default();
+    let ints = |v: &[i64]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    for p in 0..t.clean_ids.len() {
+        h.write(&ints(&t.clean_ids[p]));
+        h.write(&ints(&t.corrupted_ids[p]));
+        h.write(&ints(&[t.correct_ids[p], t.incorrect_ids[p], t.lengths[p] as i64]));
+    }
+    h.write(&(t.seq_len as u64).to_le_bytes());
+    h.finish()
+}
+
+/// One layer's grid output of a run: `rows` rows of `width` values.
+pub(crate) struct GridRows {
+    /// Index into the hooks.
+    pub hook: usize,
+    pub is_heads: bool,
+    pub width: usize,
+    pub values: Vec<f32>,
+}
+
+impl GridRows {
+    pub fn row(&self, r: usize) -> &[f32] {
+        &self.values[r * self.width..(r + 1) * self.width]
+    }
+}
+
+/// Takes every hook's per-row grid outputs (heads when `heads`, and
+/// positions) from a run's outputs, refusing non-finite values; `context`
+/// ends the message (e.g. " in batch 3").
+pub(crate) fn read_grid_rows(
+    out: &mut HashMap<String, ArrayD<f32>>,
+    hooks: &[Hook],
+    heads: bool,
+    rows: usize,
+    context: &str,
+) -> Result<Vec<GridRows>> {
+    let mut grids = vec![];
+    for (k, h) in hooks.iter().enumerate() {
+        let mut wanted = vec![];
+        if heads {
+            wanted.push((names::heads(h.layer), true));
+        }
+        wanted.push((names::positions(h.layer), false));
+        for (name, is_heads) in wanted {
+            let a = runtime::take_output(out, &name)?;
+            if let Some((i, v)) = first_non_finite(&a) {
+                return Err(Error::Numeric(format!(
+                    "'{name}' (layer {}, hook '{}') holds {v} at flat index {i}{context}: the activations or \
+                     gradients of that layer are not finite",
+                    h.layer, h.tensor
+                )));
+            }
+            let values: Vec<f32> = a.iter().copied().collect();
+            let width = if rows == 0 { 0 } else { values.len() / rows };
+            grids.push(GridRows { hook: k, is_heads, width, values });
+        }
+    }
+    Ok(grids)
 }
 
 fn run_batch(
     rt: &mut dyn Runtime,
-    aug: &Augmented,
-    all: &TokenizedPrompts,
+    p: &Prepared<Augmented>,
+    opts: &JobOptions,
     range: std::ops::Range<usize>,
     index: usize,
     key: String,
-    keep_pairs: bool,
-    metric: crate::augment::Metric,
 ) -> Result<BatchResult> {
-    let t = all.slice(range.clone());
-    let mut out = rt.run(build_inputs_for(aug, &t, metric))?;
+    let t = p.tokens.slice(range.clone());
+    let mut out = rt.run(pair_inputs(&p.graph.token_inputs(), &t, opts.metric))?;
     let row = |out: &mut HashMap<String, ArrayD<f32>>, n: &str| -> Result<Vec<f64>> {
         let v: Vec<f64> = runtime::take_output(out, n)?.iter().map(|&v| v as f64).collect();
         if let Some(i) = v.iter().position(|x| !x.is_finite()) {
@@ -422,30 +619,15 @@ fn run_batch(
     // this batch; undo that to get the attribution of each pair's ld_corr.
     let scale = clean.len() as f64 * (mc - mk);
     let mut grids = vec![PairGrid::default(); clean.len()];
-    for h in &aug.hooks {
-        let wanted = if aug.heads.is_some() {
-            vec![(names::heads(h.layer), true), (names::positions(h.layer), false)]
-        } else {
-            vec![(names::positions(h.layer), false)]
-        };
-        for (name, is_heads) in wanted {
-            let a = runtime::take_output(&mut out, &name)?;
-            if let Some((i, v)) = first_non_finite(&a) {
-                return Err(Error::Numeric(format!(
-                    "'{name}' (layer {}, hook '{}') holds {v} at flat index {i} in batch {index}: the activations or \
-                     gradients of that layer are not finite",
-                    h.layer, h.tensor
-                )));
-            }
-            let width = a.len() / grids.len();
-            let rows = a.as_slice().map(|s| s.to_vec()).unwrap_or_else(|| a.iter().copied().collect());
-            for (pair, grid) in grids.iter_mut().enumerate() {
-                let row: Vec<f64> = rows[pair * width..(pair + 1) * width].iter().map(|&v| scale * v as f64).collect();
-                if is_heads {
-                    grid.heads.push(row)
-                } else {
-                    grid.positions.push(row)
-                }
+    let outputs =
+        read_grid_rows(&mut out, &p.graph.hooks, p.graph.heads.is_some(), clean.len(), &format!(" in batch {index}"))?;
+    for g in &outputs {
+        for (pair, grid) in grids.iter_mut().enumerate() {
+            let row: Vec<f64> = g.row(pair).iter().map(|&v| scale * v as f64).collect();
+            if g.is_heads {
+                grid.heads.push(row)
+            } else {
+                grid.positions.push(row)
             }
         }
     }
@@ -459,7 +641,7 @@ fn run_batch(
             grid,
         })
         .collect();
-    Ok(BatchResult::new(index, key, pairs, keep_pairs))
+    BatchResult::new(index, key, pairs, opts.per_prompt)
 }
 
 /// Token ids given directly must fit the model and form equal-length pairs.
@@ -481,22 +663,6 @@ fn check_token_ids(t: &TokenizedPrompts, vocab: usize) -> Result<()> {
 
 fn mean(v: &[f64]) -> f64 {
     v.iter().sum::<f64>() / v.len() as f64
-}
-
-/// The token inputs of both copies and the logit-difference metric's selectors.
-pub fn build_inputs(aug: &Augmented, t: &TokenizedPrompts) -> Vec<(String, Value)> {
-    build_inputs_for(aug, t, crate::augment::Metric::LogitDiff)
-}
-
-/// The token inputs of both copies and the metric's one-hot selectors.
-pub fn build_inputs_for(aug: &Augmented, t: &TokenizedPrompts, metric: crate::augment::Metric) -> Vec<(String, Value)> {
-    let inputs = TokenInputs {
-        ids: &aug.input_ids,
-        mask: aug.attention_mask.as_ref(),
-        positions: aug.position_ids.as_ref(),
-        vocab: aug.vocab,
-    };
-    pair_inputs(&inputs, t, metric)
 }
 
 /// A graph's token inputs (clean and corrupted names of each model input).
@@ -540,4 +706,78 @@ pub fn pair_inputs(inputs: &TokenInputs, t: &TokenizedPrompts, metric: crate::au
     v.push((names::ANSWER_ONEHOT.into(), Value::F32(ans.into_dyn())));
     v.push((names::PAIR_WEIGHTS.into(), Value::F32(weights.into_dyn())));
     v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest() -> Manifest {
+        Manifest {
+            method: Method::Attribution,
+            model: "m.onnx".into(),
+            model_hash: "aa".into(),
+            tokenizer_hash: "bb".into(),
+            tokens_hash: "cc".into(),
+            bos: false,
+            metric: crate::augment::Metric::LogitDiff,
+            hooks_kind: crate::hooks::HookKind::AttnOut,
+            runtime: "onnxruntime (CPU)".into(),
+            n_heads: 4,
+            hooks: vec![],
+            seq_len: 14,
+            token_labels: vec![],
+            prompts: vec![],
+            batch_size: 64,
+            n_batches: 1,
+            shard: None,
+        }
+    }
+
+    /// Each thing that decides a batch's numbers changes its key and is named
+    /// as the difference; the model's path, the runtime and the shard do not.
+    #[test]
+    fn batch_key_covers_everything_that_decides_the_numbers() {
+        let base = manifest();
+        let changes: Vec<(&str, fn(&mut Manifest))> = vec![
+            ("model_hash", |m| m.model_hash = "ab".into()),
+            ("tokenizer_hash", |m| m.tokenizer_hash = "bc".into()),
+            ("tokens_hash", |m| m.tokens_hash = "cd".into()),
+            ("bos", |m| m.bos = true),
+            ("metric", |m| m.metric = crate::augment::Metric::Kl),
+            ("hooks_kind", |m| m.hooks_kind = crate::hooks::HookKind::Resid),
+            ("hooks", |m| {
+                m.hooks = vec![Hook {
+                    layer: 0,
+                    node: "n".into(),
+                    op_type: "MatMul".into(),
+                    tensor: "t".into(),
+                    matched_by: String::new(),
+                }]
+            }),
+            ("n_heads", |m| m.n_heads = 2),
+            ("method", |m| m.method = Method::IntegratedGradients { steps: 4 }),
+            ("seq_len", |m| m.seq_len = 15),
+            ("batch_size", |m| m.batch_size = 2),
+            ("n_batches", |m| m.n_batches = 2),
+        ];
+        for (field, change) in changes {
+            let mut m = base.clone();
+            change(&mut m);
+            assert_ne!(m.batch_key(0), base.batch_key(0), "{field} is not in the key");
+            assert_eq!(base.first_difference(&m).map(|d| d.0), Some(field));
+        }
+        let mut steps = base.clone();
+        steps.method = Method::IntegratedGradients { steps: 4 };
+        let mut other_steps = base.clone();
+        other_steps.method = Method::IntegratedGradients { steps: 8 };
+        assert_ne!(steps.batch_key(0), other_steps.batch_key(0), "IG steps are in the key");
+        let mut same = base.clone();
+        same.model = "elsewhere/m.onnx".into();
+        same.runtime = "tract (CPU)".into();
+        same.shard = Some(Shard { index: 1, count: 2 });
+        assert_eq!(same.batch_key(0), base.batch_key(0));
+        assert_ne!(base.batch_key(0), base.batch_key(1));
+        assert!(base.first_difference(&same).is_none());
+    }
 }

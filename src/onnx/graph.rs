@@ -1,7 +1,12 @@
-//! Whole-graph helpers: the set of names in use (for rewrites), and a hash
-//! of a model's content (for resuming and merging jobs).
+//! Whole-graph helpers: the set of names in use (for rewrites), declared
+//! shapes of inputs and outputs (read and written), and a hash of a model's
+//! content (for resuming and merging jobs).
 
-use super::pb::GraphProto;
+use super::facts::Dim;
+use super::pb::{
+    tensor_shape_proto::{dimension, Dimension},
+    type_proto, GraphProto, TensorShapeProto, TypeProto, ValueInfoProto,
+};
 use std::collections::HashSet;
 
 /// Every node, tensor, initializer, input and output name of `g`, so that a
@@ -17,6 +22,59 @@ pub fn all_names(g: &GraphProto) -> HashSet<String> {
     s.extend(g.input.iter().map(|v| v.name.clone()));
     s.extend(g.output.iter().map(|v| v.name.clone()));
     s
+}
+
+/// A tensor declaration (graph input or output) of `elem_type` and `dims`;
+/// symbolic dims that are not identifiers (`batch*sequence`) are left unnamed.
+pub fn value_info(name: &str, elem_type: i32, dims: &[Dim]) -> ValueInfoProto {
+    let dim = dims
+        .iter()
+        .map(|d| Dimension {
+            value: match d {
+                Dim::Known(v) => Some(dimension::Value::DimValue(*v)),
+                Dim::Sym(s) if is_identifier(s) => Some(dimension::Value::DimParam(s.clone())),
+                _ => None,
+            },
+            ..Default::default()
+        })
+        .collect();
+    ValueInfoProto {
+        name: name.into(),
+        r#type: Some(TypeProto {
+            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
+                elem_type,
+                shape: Some(TensorShapeProto { dim }),
+            })),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Expressions like `batch*sequence` are left unnamed in declared shapes.
+fn is_identifier(s: &str) -> bool {
+    !s.is_empty() && s.chars().all(|c| c.is_alphanumeric() || c == '_')
+}
+
+/// The dims a graph input or output declares (empty when it declares none).
+pub fn declared_dims(vi: &ValueInfoProto) -> Vec<Dim> {
+    match &vi.r#type {
+        Some(TypeProto { value: Some(type_proto::Value::TensorType(t)), .. }) => t
+            .shape
+            .as_ref()
+            .map(|s| {
+                s.dim
+                    .iter()
+                    .map(|d| match &d.value {
+                        Some(dimension::Value::DimValue(v)) => Dim::Known(*v),
+                        Some(dimension::Value::DimParam(p)) => Dim::Sym(p.clone()),
+                        None => Dim::Unknown,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+        _ => vec![],
+    }
 }
 
 /// A fast non-cryptographic hash of bytes: four independent lanes of
@@ -84,7 +142,7 @@ impl ContentHash {
 /// opsets, every node (op, attributes, inputs, outputs), the graph's inputs and
 /// outputs, and every initializer's name, type, shape and bytes (external data
 /// is inlined at load, so the weights are hashed wherever they were stored).
-/// Value-info annotations and doc strings are left out. A resumed job and a
+/// Value-info annotations are left out. A resumed job and a
 /// merge compare this, not the file's path, size or time: a re-export with new
 /// weights differs, a copy of the same model elsewhere does not.
 pub fn model_hash(proto: &super::pb::ModelProto) -> String {

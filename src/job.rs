@@ -99,7 +99,7 @@ pub struct Shard {
 impl std::str::FromStr for Shard {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
-        let bad = || Error::Input(format!("--shard '{s}': expected K/N with 0 <= K < N, e.g. 0/4"));
+        let bad = || Error::Input(format!("shard '{s}': expected K/N with 0 <= K < N, e.g. 0/4"));
         let (k, n) = s.split_once('/').ok_or_else(bad)?;
         let (index, count) = (k.trim().parse().map_err(|_| bad())?, n.trim().parse().map_err(|_| bad())?);
         if count == 0 || index >= count {

@@ -147,7 +147,7 @@ fn per_prompt_grids_add_up_to_the_summed_grids() {
 #[test]
 fn bad_shard_and_batch_size_are_rejected() {
     for (args, msg) in [
-        (vec!["run", "--shard", "3/3"], "--shard '3/3': expected K/N with 0 <= K < N"),
+        (vec!["run", "--shard", "3/3"], "for '--shard <SHARD>': shard '3/3': expected K/N with 0 <= K < N"),
         (vec!["run", "--shard", "x"], "expected K/N"),
         (vec!["run", "--batch-size", "0"], "--batch-size must be at least 1"),
     ] {

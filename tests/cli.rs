@@ -311,6 +311,8 @@ fn zero_ig_steps_or_rows_are_refused() {
     for (args, msg) in [
         (vec!["run", "--ig-steps", "0"], "--ig-steps must be at least 1"),
         (vec!["patch", "--rows-per-call", "0"], "--rows-per-call must be at least 1"),
+        (vec!["compare", "--ig-steps", "0"], "--ig-steps must be at least 1"),
+        (vec!["run", "--ig-steps", "2", "--rows-per-call", "0"], "--rows-per-call must be at least 1"),
         (vec!["run", "--ig-steps", "2", "--shard", "0/2"], "--ig-steps runs in one process"),
     ] {
         let out = fresh_dir("zero");

@@ -49,10 +49,10 @@ pub enum Estimator {
 
 pub fn run(opts: &JobOptions, estimator: Estimator, rows_per_call: usize) -> Result<JobResult> {
     if rows_per_call == 0 {
-        return Err(Error::Input("--rows-per-call must be at least 1".into()));
+        return Err(Error::Input("rows per call must be at least 1".into()));
     }
     if let Estimator::IntegratedGradients { steps: 0 } = estimator {
-        return Err(Error::Input("--ig-steps must be at least 1".into()));
+        return Err(Error::Input("integrated gradients need at least 1 step".into()));
     }
     let gradients = matches!(estimator, Estimator::IntegratedGradients { .. });
     let graph_opts = PatchGraphOptions { metric: opts.metric, hooks: opts.hooks.clone(), heads: opts.heads, gradients };

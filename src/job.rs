@@ -580,7 +580,7 @@ pub(crate) fn read_grid_rows(
                 )));
             }
             let values: Vec<f32> = a.iter().copied().collect();
-            let width = if rows == 0 { 0 } else { values.len() / rows };
+            let width = values.len().checked_div(rows).unwrap_or(0);
             grids.push(GridRows { hook: k, is_heads, width, values });
         }
     }
@@ -739,7 +739,8 @@ mod tests {
     #[test]
     fn batch_key_covers_everything_that_decides_the_numbers() {
         let base = manifest();
-        let changes: Vec<(&str, fn(&mut Manifest))> = vec![
+        type Change = (&'static str, fn(&mut Manifest));
+        let changes: Vec<Change> = vec![
             ("model_hash", |m| m.model_hash = "ab".into()),
             ("tokenizer_hash", |m| m.tokenizer_hash = "bc".into()),
             ("tokens_hash", |m| m.tokens_hash = "cd".into()),

@@ -71,6 +71,7 @@ impl JobOptions {
             corrupted: String::new(),
             correct: String::new(),
             incorrect: String::new(),
+            origin: None,
         };
         self.tokens = Some((vec![unnamed; n], tokens));
     }

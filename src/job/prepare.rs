@@ -50,7 +50,14 @@ impl PromptSource {
     /// Token ids checked against the model's vocabulary.
     pub fn tokenize(&self, opts: &JobOptions, vocab: usize) -> Result<TokenizedPrompts> {
         match (&opts.tokens, &self.tokenizer) {
-            (_, Some(tok)) => prompts::tokenize(tok, &self.pairs, opts.bos, vocab),
+            (_, Some(tok)) => {
+                let answers = if opts.metric == crate::augment::Metric::Kl {
+                    prompts::Answers::Unused
+                } else {
+                    prompts::Answers::Required
+                };
+                prompts::tokenize_for(tok, &self.pairs, opts.bos, vocab, answers)
+            }
             (Some((_, t)), None) => {
                 check_token_ids(t, vocab)?;
                 Ok(t.clone())

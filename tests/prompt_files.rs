@@ -1,0 +1,39 @@
+//! Prompt files as users write them, through the whole job: `--metric kl`
+//! needs no answers (its help says so), every other metric does.
+
+use crate::common::*;
+use attrpatch::augment::Metric;
+use attrpatch::job::{run_job, JobOptions};
+
+fn no_answer_file(name: &str) -> std::path::PathBuf {
+    let dir = fresh_dir(name);
+    let path = dir.join("pairs.jsonl");
+    let lines = [
+        r#"{"clean": "When John and Mary went to the shops, John gave the bag to", "corrupted": "When John and Mary went to the shops, Mary gave the bag to"}"#,
+        r#"{"clean": "When Tom and James went to the park, James gave the ball to", "corrupted": "When Tom and James went to the park, Tom gave the ball to"}"#,
+    ];
+    std::fs::write(&path, lines.join("\n")).unwrap();
+    path
+}
+
+#[test]
+fn kl_runs_on_a_prompt_file_without_answers() {
+    let mut o = JobOptions::new(root().join("models/ioi-gpt2/model.onnx"));
+    o.prompts = Some(no_answer_file("kl-no-answers"));
+    o.metric = Metric::Kl;
+    let r = run_job(&o).unwrap().unwrap();
+    assert!(r.corrupted_logit_diff > 1.0, "KL(clean||corrupted) of the IOI model: {}", r.corrupted_logit_diff);
+    assert!(r.grids.heads.iter().flatten().any(|v| v.abs() > 1e-3), "{:?}", r.grids.heads);
+}
+
+#[test]
+fn logit_diff_on_a_prompt_file_without_answers_names_the_line() {
+    let mut o = JobOptions::new(root().join("models/ioi-gpt2/model.onnx"));
+    let path = no_answer_file("ld-no-answers");
+    o.prompts = Some(path.clone());
+    let msg = match run_job(&o) {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("a logit-difference job without answers ran"),
+    };
+    assert!(msg.contains(&format!("{}:1: pair 0: the correct answer is missing", path.display())), "{msg}");
+}

@@ -253,6 +253,56 @@ pub fn summary_json(c: &Comparison) -> serde_json::Value {
     })
 }
 
+/// The terminal's table: exact patching's cost, each estimate's agreement
+/// with it per grid, the largest misses, and IG's gain over attribution.
+pub fn report(c: &Comparison) -> String {
+    let secs = |r: &JobResult| r.seconds.load + r.seconds.rewrite + r.seconds.session + r.seconds.run;
+    let mut lines = vec![
+        format!("exact activation patching: {} runtime calls, {:.2}s", c.exact.runtime_calls, secs(&c.exact)),
+        format!(
+            "{:<10} {:<31} {:>8} {:>9} {:>11} {:>10} {:>8}",
+            "grid", "estimate", "Pearson", "Spearman", "mean |err|", "max |err|", "time"
+        ),
+    ];
+    let per_grid = |e: &'_ Estimate| {
+        [("heads", e.heads.clone()), ("positions", e.positions.clone())].into_iter().filter_map(|(g, a)| Some((g, a?)))
+    };
+    for e in &c.estimates {
+        for (grid, a) in per_grid(e) {
+            lines.push(format!(
+                "{:<10} {:<31} {:>8} {:>9} {:>11.3e} {:>10.3e} {:>7.2}s",
+                grid,
+                e.result.manifest.method.label(),
+                fmt_corr(a.pearson),
+                fmt_corr(a.spearman),
+                a.mean_abs_error,
+                a.max_abs_error,
+                secs(&e.result)
+            ));
+        }
+    }
+    for e in &c.estimates {
+        for (grid, a) in per_grid(e) {
+            let unit = if grid == "heads" { "H" } else { "P" };
+            let misses: Vec<String> = a
+                .largest_misses
+                .iter()
+                .map(|m| format!("L{} {unit}{}: {:.3} vs {:.3}", m.layer, m.index, m.estimate, m.exact))
+                .collect();
+            lines.push(format!("largest misses, {grid}, {}: {}", e.result.manifest.method.label(), misses.join("; ")));
+        }
+    }
+    for (grid, ratio, before, after) in ig_gain(c) {
+        lines.push(format!(
+            "integrated gradients vs attribution, {grid}: mean |err| {}, Pearson {} -> {}",
+            if ratio >= 1.0 { format!("{ratio:.2}x smaller") } else { format!("{:.2}x larger", 1.0 / ratio) },
+            fmt_corr(before),
+            fmt_corr(after)
+        ));
+    }
+    lines.iter().map(|l| format!("{l}\n")).collect()
+}
+
 pub fn fmt_corr(r: Option<f64>) -> String {
     r.map_or_else(|| "n/a".into(), |r| format!("{r:.3}"))
 }

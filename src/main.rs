@@ -172,10 +172,21 @@ fn default_model() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("models/ioi-gpt2/model.onnx")
 }
 
-fn run(args: RunArgs) -> Result<(), Error> {
-    if args.batch_size == 0 {
-        return Err(Error::Input("--batch-size must be at least 1".into()));
+/// The counts a user gives that must be at least 1, checked here so that
+/// the message names the flag.
+fn at_least_one(flags: &[(&str, Option<usize>)]) -> Result<(), Error> {
+    match flags.iter().find(|(_, v)| *v == Some(0)) {
+        Some((flag, _)) => Err(Error::Input(format!("{flag} must be at least 1"))),
+        None => Ok(()),
     }
+}
+
+fn run(args: RunArgs) -> Result<(), Error> {
+    at_least_one(&[
+        ("--batch-size", Some(args.batch_size)),
+        ("--ig-steps", args.ig_steps),
+        ("--rows-per-call", args.rows_per_call),
+    ])?;
     let mut opts = args.common.job_options()?;
     let out = &args.common.out;
     if let Some(steps) = args.ig_steps {
@@ -229,6 +240,7 @@ fn report_job(opts: &job::JobOptions, r: &job::JobResult, out: &Path) -> Result<
 }
 
 fn patch_cmd(args: PatchArgs) -> Result<(), Error> {
+    at_least_one(&[("--rows-per-call", args.rows_per_call)])?;
     let opts = args.common.job_options()?;
     let e = patch::Estimator::Exact { positions: args.positions };
     let r = patch::run(&opts, e, args.rows_per_call.unwrap_or(patch::default_rows_per_call(e)))?;
@@ -236,6 +248,7 @@ fn patch_cmd(args: PatchArgs) -> Result<(), Error> {
 }
 
 fn compare_cmd(args: CompareArgs) -> Result<(), Error> {
+    at_least_one(&[("--ig-steps", args.ig_steps), ("--rows-per-call", args.rows_per_call)])?;
     let opts = args.common.job_options()?;
     let c = compare::compare(
         &opts,
@@ -247,55 +260,7 @@ fn compare_cmd(args: CompareArgs) -> Result<(), Error> {
     )?;
     println!("model: {}", opts.model.display());
     print_summary(&c.exact);
-    let secs = |r: &job::JobResult| r.seconds.load + r.seconds.rewrite + r.seconds.session + r.seconds.run;
-    println!("exact activation patching: {} runtime calls, {:.2}s", c.exact.runtime_calls, secs(&c.exact));
-    println!(
-        "{:<10} {:<31} {:>8} {:>9} {:>11} {:>10} {:>8}",
-        "grid", "estimate", "Pearson", "Spearman", "mean |err|", "max |err|", "time"
-    );
-    for e in &c.estimates {
-        for (grid, a) in [("heads", &e.heads), ("positions", &e.positions)] {
-            let Some(a) = a else { continue };
-            println!(
-                "{:<10} {:<31} {:>8} {:>9} {:>11.3e} {:>10.3e} {:>7.2}s",
-                grid,
-                e.result.manifest.method.label(),
-                compare::fmt_corr(a.pearson),
-                compare::fmt_corr(a.spearman),
-                a.mean_abs_error,
-                a.max_abs_error,
-                secs(&e.result)
-            );
-        }
-    }
-    for e in &c.estimates {
-        for (grid, a) in [("heads", &e.heads), ("positions", &e.positions)] {
-            let Some(a) = a else { continue };
-            let misses: Vec<String> = a
-                .largest_misses
-                .iter()
-                .map(|m| {
-                    format!(
-                        "L{} {}{}: {:.3} vs {:.3}",
-                        m.layer,
-                        if grid == "heads" { "H" } else { "P" },
-                        m.index,
-                        m.estimate,
-                        m.exact
-                    )
-                })
-                .collect();
-            println!("largest misses, {grid}, {}: {}", e.result.manifest.method.label(), misses.join("; "));
-        }
-    }
-    for (grid, ratio, before, after) in compare::ig_gain(&c) {
-        println!(
-            "integrated gradients vs attribution, {grid}: mean |err| {}, Pearson {} -> {}",
-            if ratio >= 1.0 { format!("{ratio:.2}x smaller") } else { format!("{:.2}x larger", 1.0 / ratio) },
-            compare::fmt_corr(before),
-            compare::fmt_corr(after)
-        );
-    }
+    print!("{}", compare::report(&c));
     for w in compare::write(&c, &args.common.out)? {
         println!("wrote {}", w.display());
     }

@@ -313,6 +313,21 @@ pub fn tokenize_for(
     Ok(out)
 }
 
+impl TokenizedPrompts {
+    /// The pairs in `range`, as a prompt set of their own.
+    pub fn slice(&self, range: std::ops::Range<usize>) -> TokenizedPrompts {
+        TokenizedPrompts {
+            clean_ids: self.clean_ids[range.clone()].to_vec(),
+            corrupted_ids: self.corrupted_ids[range.clone()].to_vec(),
+            correct_ids: self.correct_ids[range.clone()].to_vec(),
+            incorrect_ids: self.incorrect_ids[range.clone()].to_vec(),
+            seq_len: self.seq_len,
+            lengths: self.lengths[range.clone()].to_vec(),
+            clean_tokens: self.clean_tokens[range].to_vec(),
+        }
+    }
+}
+
 /// When `text` has no leading space but " text" is one token (GPT-2-style
 /// tokenizers fold the space into the word), says so.
 fn leading_space_hint(tok: &PromptTokenizer, text: &str) -> String {
@@ -616,20 +631,5 @@ mod tests {
         // A tiny random model's vocabulary catches the first large id (" Mary" = 5335).
         let msg = input_err(tokenize(&tok, &ioi_default(), false, 1000));
         assert!(msg.starts_with("pair 0: token id 2215 is outside"), "{msg}");
-    }
-}
-
-impl TokenizedPrompts {
-    /// The pairs in `range`, as a prompt set of their own.
-    pub fn slice(&self, range: std::ops::Range<usize>) -> TokenizedPrompts {
-        TokenizedPrompts {
-            clean_ids: self.clean_ids[range.clone()].to_vec(),
-            corrupted_ids: self.corrupted_ids[range.clone()].to_vec(),
-            correct_ids: self.correct_ids[range.clone()].to_vec(),
-            incorrect_ids: self.incorrect_ids[range.clone()].to_vec(),
-            seq_len: self.seq_len,
-            lengths: self.lengths[range.clone()].to_vec(),
-            clean_tokens: self.clean_tokens[range].to_vec(),
-        }
     }
 }

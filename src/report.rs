@@ -72,6 +72,7 @@ pub fn write_results(r: &JobResult, out_dir: &Path) -> Result<Vec<PathBuf>> {
     let json = serde_json::json!({
         "method": m.method,
         "model": m.model,
+        "model_hash": m.model_hash,
         "runtime": m.runtime,
         "runtime_calls": r.runtime_calls,
         "batches_resumed": r.batches_resumed,

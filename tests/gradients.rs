@@ -146,13 +146,16 @@ fn session(bytes: &[u8]) -> Result<Session, String> {
     b.commit_from_memory(bytes).map_err(|e| e.to_string())
 }
 
+/// Output tensors as (shape, values).
+type Outputs = Vec<(Vec<usize>, Vec<f64>)>;
+
 /// Runs a session; returns (shape, values) of each requested output.
 fn run(
     sess: &mut Session,
     dtype: i32,
     feeds: &[(String, Vec<usize>, Vec<f64>)],
     outputs: &[String],
-) -> Result<Vec<(Vec<usize>, Vec<f64>)>, String> {
+) -> Result<Outputs, String> {
     let mut feed: Vec<(String, DynValue)> = vec![];
     for (name, shape, vals) in feeds {
         let v = if dtype == DOUBLE {
@@ -472,7 +475,7 @@ impl Case {
                 let err = (a - n).abs();
                 worst = worst.max(err / (case.atol + case.rtol * n.abs()));
                 any_nonzero |= n.abs() > 1e-3;
-                if !(err <= case.atol + case.rtol * n.abs()) {
+                if err.is_nan() || err > case.atol + case.rtol * n.abs() {
                     bad.push(format!("  d loss / d {name}[{i}]: analytic {a:.10e}, numeric {n:.10e}, diff {err:.3e}"));
                 }
             }

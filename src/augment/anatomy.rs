@@ -6,7 +6,7 @@ use super::{names, TokenInput};
 use crate::error::{Error, Result};
 use crate::hooks::{constant_tensors, find_logits, Hook, HookKind};
 use crate::onnx::facts::{analyse, Dim, Facts};
-use crate::onnx::pb::{tensor_shape_proto::dimension, type_proto, TypeProto, ValueInfoProto};
+use crate::onnx::graph::declared_dims;
 use crate::onnx::OnnxModel;
 use std::collections::HashSet;
 
@@ -176,26 +176,5 @@ fn token_dims(model: &OnnxModel, input: &str) -> Result<(Dim, Dim)> {
             model.path.display(),
             dims.len()
         ))),
-    }
-}
-
-/// The dims a graph input or output declares (empty when it declares none).
-pub(crate) fn declared_dims(vi: &ValueInfoProto) -> Vec<Dim> {
-    match &vi.r#type {
-        Some(TypeProto { value: Some(type_proto::Value::TensorType(t)), .. }) => t
-            .shape
-            .as_ref()
-            .map(|s| {
-                s.dim
-                    .iter()
-                    .map(|d| match &d.value {
-                        Some(dimension::Value::DimValue(v)) => Dim::Known(*v),
-                        Some(dimension::Value::DimParam(p)) => Dim::Sym(p.clone()),
-                        None => Dim::Unknown,
-                    })
-                    .collect()
-            })
-            .unwrap_or_default(),
-        _ => vec![],
     }
 }

@@ -32,7 +32,7 @@ impl Backward<'_> {
         let dtypes = crate::onnx::dtypes::infer_dtypes(g, self.facts);
         let differentiable = |t: &str| -> bool {
             // Unknown types are treated as float so a rule gets the chance to fail loudly.
-            dtypes.get(t).copied().map_or(true, is_float) && !consts.contains(t)
+            dtypes.get(t).copied().is_none_or(is_float) && !consts.contains(t)
         };
 
         // Forward: tensors that depend on a wrt tensor through float values.

@@ -52,10 +52,6 @@ impl OnnxModel {
     pub fn graph(&self) -> &super::pb::GraphProto {
         self.proto.graph.as_ref().expect("checked at load")
     }
-
-    pub fn to_bytes(&self) -> Vec<u8> {
-        self.proto.encode_to_vec()
-    }
 }
 
 pub fn default_opset(proto: &ModelProto) -> Option<i64> {

@@ -156,7 +156,7 @@ fn model(
 /// The normalised bytes of a model, as attrpatch loads it.
 fn normalized(m: &ModelProto) -> (Vec<u8>, OnnxModel) {
     let om = OnnxModel::from_bytes(&m.encode_to_vec(), Path::new("test.onnx")).unwrap_or_else(|e| panic!("{e}"));
-    (om.to_bytes(), om)
+    (om.proto.encode_to_vec(), om)
 }
 
 fn ops(m: &OnnxModel) -> Vec<String> {
@@ -660,7 +660,7 @@ fn kv_cache_decoders_fed_an_empty_cache_match_onnx_runtime() {
         assert!(!ops(&om).contains(&"If".to_string()), "{name}: an If is left");
         let mine: Vec<(&str, Feed)> =
             token_feeds().into_iter().filter(|(n, _)| g.input.iter().any(|i| i.name == *n)).collect();
-        let got = run(&om.to_bytes(), &mine, &["logits"]).unwrap_or_else(|e| panic!("{name}: normalised: {e}"));
+        let got = run(&om.proto.encode_to_vec(), &mine, &["logits"]).unwrap_or_else(|e| panic!("{name}: normalised: {e}"));
         let err = max_rel(&got[0], &want[0], 1e-3);
         assert!(err < 1e-5, "{name}: logits differ by {err:.2e}");
     }
@@ -677,7 +677,7 @@ fn float16_files_match_onnx_runtime_within_half_precision() {
         [("input_ids", Feed::I64(vec![b, s], ids.clone())), ("attention_mask", Feed::I64(vec![b, s], vec![1; b * s]))];
     let want = run(&std::fs::read(&p).unwrap(), &feeds, &["logits"]).unwrap();
     let om = OnnxModel::load(&p).unwrap();
-    let got = run(&om.to_bytes(), &feeds, &["logits"]).unwrap();
+    let got = run(&om.proto.encode_to_vec(), &feeds, &["logits"]).unwrap();
     let scale = want[0].iter().fold(0f32, |m, v| m.max(v.abs()));
     let err = got[0].iter().zip(&want[0]).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max) / scale;
     assert!(err < 2e-2, "float32 vs float16 logits: {err:.2e} of the largest");

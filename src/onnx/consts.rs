@@ -1,7 +1,7 @@
 //! Element types and constant tensors: reading the integer constants that
 //! gradient rules need (axes, perms, split sizes) and making new ones.
 
-use super::pb::{NodeProto, TensorProto};
+use super::pb::{GraphProto, NodeProto, TensorProto};
 
 pub const FLOAT: i32 = 1;
 pub const INT32: i32 = 6;
@@ -74,6 +74,15 @@ pub fn constant_node_tensor(n: &NodeProto) -> Option<&TensorProto> {
         return None;
     }
     n.attribute.iter().find(|a| a.name == "value").and_then(|a| a.t.as_ref())
+}
+
+/// Finds the constant tensor behind a name: an initializer or a Constant node's output.
+pub fn find_constant<'g>(graph: &'g GraphProto, name: &str) -> Option<&'g TensorProto> {
+    graph
+        .initializer
+        .iter()
+        .find(|t| t.name == name)
+        .or_else(|| graph.node.iter().find(|n| n.output.iter().any(|o| o == name)).and_then(constant_node_tensor))
 }
 
 pub fn i64_tensor(name: &str, dims: &[i64], values: &[i64]) -> TensorProto {

@@ -1,7 +1,8 @@
 //! GroupQueryAttention as the GenAI builder emits it, for a whole prompt (no
 //! past): optional packed QKV, rotary inside (do_rotary, interleaved or not,
 //! positions 0..S-1 as ONNX Runtime uses for a first prompt), kv heads shared
-//! by groups of query heads, causal mask, local window, softcap, attention bias.
+//! by groups of query heads, causal mask, local window (the last
+//! `local_window_size` keys), softcap, attention bias.
 //!
 //! attrpatch runs whole prompts, so the KV cache is empty: a `past_key` /
 //! `past_value` graph input contributes nothing and is removed, and
@@ -140,7 +141,8 @@ pub(crate) fn group_query_attention(b: &mut GraphBuilder, n: &NodeProto, cx: &mu
     m.masked.push(causal);
     let window = attr_int(n, "local_window_size", -1);
     if window > 0 {
-        let w = b.const_i64_scalar(window);
+        // Keys i - window < j <= i (ONNX Runtime 1.31; Mistral's sliding window).
+        let w = b.const_i64_scalar(window - 1);
         let start = b.sub(&rows, &w);
         m.masked.push(b.node("Less", &[&cols, &start], vec![]));
     }

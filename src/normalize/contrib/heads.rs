@@ -31,8 +31,12 @@ pub(crate) fn repeat_kv(b: &mut GraphBuilder, x: &str, kv_heads: i64, group: i64
     let u = b.unsqueeze(x, &[2]);
     let reps = b.const_i64s(&[1, 1, group, 1, 1]);
     let e = b.node("Expand", &[&u, &reps], vec![]);
-    let s = b.const_i64s(&[0, kv_heads * group, -1, 0]);
-    b.reshape(&e, &s)
+    let shape = b.shape(&e);
+    let batch = b.slice_axis(&shape, 0, 0, 1);
+    let tail = b.slice_axis(&shape, 0, 3, 5);
+    let n = b.const_i64s(&[kv_heads * group]);
+    let target = b.concat(&[&batch, &n, &tail], 0);
+    b.reshape(&e, &target)
 }
 
 /// 0, 1, .., len-1 (int64) for a run-time int64 scalar `len`.

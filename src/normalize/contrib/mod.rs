@@ -29,6 +29,9 @@ pub const DECOMPOSED: &[(&str, &str)] = &[
     ("", "SimplifiedLayerNormalization"),
     (MS_DOMAIN, "SimplifiedLayerNormalization"),
     (MS_DOMAIN, "LayerNormalization"),
+    // ONNX Runtime runs default-domain LayerNormalization below opset 17 (its
+    // own kernel, before ONNX had the op); tract and the ONNX checker do not.
+    ("", "LayerNormalization"),
     (MS_DOMAIN, "EmbedLayerNormalization"),
     (MS_DOMAIN, "FastGelu"),
     (MS_DOMAIN, "BiasGelu"),
@@ -76,9 +79,7 @@ impl Ctx<'_> {
         for _ in 0..8 {
             if let Some(v) = self.graph_input(&cur) {
                 return v.r#type.as_ref().and_then(|t| match &t.value {
-                    Some(crate::onnx::pb::type_proto::Value::TensorType(tt)) => {
-                        tt.shape.as_ref().map(|s| s.dim.len())
-                    }
+                    Some(crate::onnx::pb::type_proto::Value::TensorType(tt)) => tt.shape.as_ref().map(|s| s.dim.len()),
                     _ => None,
                 });
             }
@@ -137,10 +138,12 @@ pub(crate) fn refuse_used_output(cx: &Ctx, n: &NodeProto, i: usize, what: &str) 
     Ok(())
 }
 
-/// Whether this module decomposes `n`.
-pub fn is_decomposed(n: &NodeProto) -> bool {
+/// Whether this module decomposes `n` in a model of default-domain `opset`
+/// (LayerNormalization is standard from opset 17, has its gradient rule, and stays).
+pub fn is_decomposed(n: &NodeProto, opset: i64) -> bool {
     let domain = if n.domain == "ai.onnx" { "" } else { n.domain.as_str() };
-    DECOMPOSED.iter().any(|(d, op)| *d == domain && *op == n.op_type)
+    let standard = n.op_type == "LayerNormalization" && domain.is_empty() && opset >= 17;
+    !standard && DECOMPOSED.iter().any(|(d, op)| *d == domain && *op == n.op_type)
 }
 
 fn decompose_node(b: &mut GraphBuilder, n: &NodeProto, cx: &mut Ctx) -> Result<()> {
@@ -163,7 +166,7 @@ fn decompose_node(b: &mut GraphBuilder, n: &NodeProto, cx: &mut Ctx) -> Result<(
 /// (the new nodes take the fused node's position, so the graph stays sorted).
 pub fn decompose(proto: &mut ModelProto, opset: i64) -> Result<()> {
     let Some(g) = proto.graph.as_mut() else { return Ok(()) };
-    if !g.node.iter().any(is_decomposed) {
+    if !g.node.iter().any(|n| is_decomposed(n, opset)) {
         return Ok(());
     }
     let (nodes, inits, dropped) = decompose_graph(g, opset)?;
@@ -183,7 +186,7 @@ fn decompose_graph(g: &GraphProto, opset: i64) -> Result<Decomposed> {
     let mut b = GraphBuilder::new(opset, "attrpatch/contrib/", all_names(g));
     let mut nodes = Vec::with_capacity(g.node.len());
     for n in &g.node {
-        if is_decomposed(n) {
+        if is_decomposed(n, opset) {
             decompose_node(&mut b, n, &mut cx)?;
             nodes.append(&mut b.nodes);
         } else {

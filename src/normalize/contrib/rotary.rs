@@ -122,11 +122,8 @@ pub(crate) fn rotary_embedding_op(b: &mut GraphBuilder, n: &NodeProto, cx: &Ctx)
     let y = match x_rank {
         Some(4) => {
             // [B, N, S, H]; cos [B, S, d/2] or [S, d/2] -> one axis for the heads.
-            let (c, s) = if pos_rank == Some(2) {
-                (b.unsqueeze(&cos, &[1]), b.unsqueeze(&sin, &[1]))
-            } else {
-                (cos, sin)
-            };
+            let (c, s) =
+                if pos_rank == Some(2) { (b.unsqueeze(&cos, &[1]), b.unsqueeze(&sin, &[1])) } else { (cos, sin) };
             rotate(b, x, &c, &s, half, None, interleaved)
         }
         Some(3) => {

@@ -524,6 +524,32 @@ fn attention_2d_mask_with_holes_bidirectional() {
         .check();
 }
 
+/// A small mask_filter_value leaves masked keys some weight, so the value
+/// shows, and how the key mask and the causal mask combine (future keys get
+/// float32's lowest score whatever the filter value).
+#[test]
+fn attention_small_mask_filter_value_with_holes_and_causal() {
+    attention("attn_mask_small_filter")
+        .weight("b", &[3 * HID])
+        .int32("mask", &[B, S], &[0, 1, 1, 0, 1, 1, 1, 1, 0, 0])
+        .attr(attr_i("num_heads", NH))
+        .attr(attr_i("unidirectional", 1))
+        .attr(attr_f("mask_filter_value", -3.0))
+        .out("y")
+        .check();
+}
+
+#[test]
+fn attention_small_mask_filter_value_key_mask_only() {
+    attention("attn_mask_small_filter_bidir")
+        .weight("b", &[3 * HID])
+        .int32("mask", &[B, S], &[0, 1, 1, 0, 1, 1, 1, 1, 0, 0])
+        .attr(attr_i("num_heads", NH))
+        .attr(attr_f("mask_filter_value", -3.0))
+        .out("y")
+        .check();
+}
+
 #[test]
 fn attention_1d_lengths_mask_and_scale() {
     attention("attn_mask1d")
@@ -587,6 +613,18 @@ fn mha_cross_key_padding_mask() {
         .absent()
         .int32("kpm", &[B, 7], &[1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0])
         .attr(attr_i("num_heads", NH))
+        .out("y")
+        .check();
+}
+
+#[test]
+fn mha_small_mask_filter_value_unidirectional() {
+    mha("mha_small_filter", S)
+        .absent()
+        .int32("kpm", &[B, S], &[0, 1, 1, 0, 1, 1, 1, 1, 0, 0])
+        .attr(attr_i("num_heads", NH))
+        .attr(attr_i("unidirectional", 1))
+        .attr(attr_f("mask_filter_value", -3.0))
         .out("y")
         .check();
 }

@@ -1,7 +1,8 @@
 //! Attention (input projection, heads, masks, past) and MultiHeadAttention
-//! (projected Q, K, V) as MatMul, Reshape, Transpose, Softmax and Where. Masks
-//! are additive with `mask_filter_value` (default -10000), as in ONNX Runtime's
-//! CPU kernel, so even rows whose keys are all masked come out the same.
+//! (projected Q, K, V) as MatMul, Reshape, Transpose, Softmax and Where. As in
+//! ONNX Runtime's CPU kernel, key masks add `mask_filter_value` (default
+//! -10000) and the causal mask gives future keys float32's lowest score, so
+//! even rows whose keys are all masked come out the same.
 
 use super::heads::{self, Masks};
 use super::{attr_float, attr_int, attr_ints_of, bind, input, refuse_used_output, required, Ctx};
@@ -77,8 +78,9 @@ fn masks(
         m.additive.push(key_mask(b, n, cx, mask, kh, filter)?);
     }
     if attr_int(n, "unidirectional", 0) == 1 {
+        // The kernel gives future keys float32's lowest score, whatever mask_filter_value says.
         let (causal, _, _) = heads::causal_masked(b, qh, kh);
-        m.additive.push(heads::where_value(b, &causal, filter));
+        m.masked.push(causal);
     }
     if let Some(ab) = attn_bias {
         m.additive.push(ab.to_string());

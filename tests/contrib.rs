@@ -790,3 +790,66 @@ fn rotary_partial_dim() {
         .out("y")
         .check();
 }
+
+// ------------------------------------------------------------ end to end --
+
+/// Models fused by ONNX Runtime's own tools (tools/fixtures/contrib_fixtures.py):
+/// their grids, through the decompositions and the autodiff, against the
+/// PyTorch float64 reference of the same weights, at the core tolerance
+/// (1e-3 relative or 1e-6 absolute).
+mod fixtures {
+    use crate::common::*;
+    use attrpatch::hooks::HookKind;
+    use attrpatch::job::{run_job, JobOptions};
+    use attrpatch::runtime::{Device, RuntimeKind, RuntimeOptions};
+
+    fn options(name: &str, model: &str, hooks: HookKind) -> (JobOptions, serde_json::Value) {
+        let dir = root().join("tests/fixtures/contrib");
+        let v: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join(format!("{name}.json"))).unwrap()).unwrap();
+        let ids = |k: &str| -> Vec<Vec<i64>> { serde_json::from_value(v[k].clone()).unwrap() };
+        let mut o = JobOptions::new(dir.join(model));
+        o.with_token_ids(ids("input_ids"), ids("corrupted_ids"), &ids("answer_ids"));
+        o.heads = v["n_heads"].as_u64().map(|h| h as usize);
+        o.hooks = hooks;
+        o.runtime = RuntimeOptions { kind: RuntimeKind::Ort, device: Device::Cpu, ort_lib: None, threads: 1 };
+        (o, v)
+    }
+
+    /// Runs the job; checks the logit differences, the positions grid and (for
+    /// attention hooks) the heads grid against the reference.
+    fn check(name: &str, model: &str, hooks: HookKind) {
+        let heads = hooks.has_heads();
+        let (o, v) = options(name, model, hooks);
+        let r = run_job(&o).unwrap_or_else(|e| panic!("{name}: {e}")).unwrap();
+        let grid = |k: &str| -> Vec<Vec<f64>> { serde_json::from_value(v[k].clone()).unwrap() };
+        assert!(close(r.clean_logit_diff, v["clean_logit_diff"].as_f64().unwrap()), "{name}: clean ld");
+        assert!(close(r.corrupted_logit_diff, v["corrupted_logit_diff"].as_f64().unwrap()), "{name}: corrupted ld");
+        let ep = assert_grid_close(&format!("{name} positions"), &r.grids.positions, &grid("positions"));
+        if heads {
+            let eh = assert_grid_close(&format!("{name} heads"), &r.grids.heads, &grid("heads"));
+            eprintln!("{name}: max relative error heads {eh:.2e}, positions {ep:.2e}");
+        } else {
+            eprintln!("{name}: max relative error positions {ep:.2e}");
+        }
+    }
+
+    #[test]
+    fn gpt2_fused_by_the_ort_optimizer() {
+        check("gpt2-ortopt", "gpt2-ortopt.onnx", HookKind::AttnOut);
+    }
+
+    #[test]
+    fn gptneox_fused_by_the_ort_optimizer() {
+        check("gptneox-ortopt", "gptneox-ortopt.onnx", HookKind::AttnOut);
+    }
+
+    /// The GenAI builder's Llama: GroupQueryAttention with rotary and an
+    /// empty KV cache, RMSNorms. Hooked on the attention output by tensor
+    /// name (the o_proj MatMul's input): the positions grid.
+    #[test]
+    fn llama_built_by_genai_positions() {
+        let hook = HookKind::Tensors(r"/model/layers\.\d+/attn/GroupQueryAttention/output_0".into());
+        check("llama-genai", "llama-genai/model.onnx", hook);
+    }
+}

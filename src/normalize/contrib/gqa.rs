@@ -6,10 +6,13 @@
 //!
 //! attrpatch runs whole prompts, so the KV cache is empty: a `past_key` /
 //! `past_value` graph input contributes nothing and is removed, and
-//! `present_*` are the prompt's own keys and values. `seqlens_k` (valid length
-//! - 1 per row) masks keys past each row's length; when it is a graph input
-//! it is derived from the `attention_mask` input instead, and a
-//! `total_sequence_length` graph input is dropped (it equals the prompt length).
+//! `present_*` are the prompt's own keys and values. `seqlens_k` (each row's
+//! valid length - 1) and `total_sequence_length` (the prompt length) are not
+//! read: for a first prompt ONNX Runtime's kernel uses seqlens_k only to stop
+//! at a row's padding (right padding; padded rows come out undefined), and the
+//! causal mask alone gives every valid row the same keys. Where they are
+//! graph inputs they are removed; where the graph derives them from
+//! `attention_mask` (the GenAI builder does), those nodes go dead.
 
 use super::heads::{self, Masks};
 use super::rotary::{half_width, rotate};
@@ -17,7 +20,6 @@ use super::{attr_float, attr_int, bind, input, refuse_used_output, required, Ctx
 use crate::bail;
 use crate::error::Result;
 use crate::onnx::builder::{attr_i, GraphBuilder};
-use crate::onnx::consts::INT64;
 use crate::onnx::pb::NodeProto;
 
 /// A past input that attrpatch leaves empty: only graph inputs qualify.
@@ -50,20 +52,6 @@ fn head_size(cx: &Ctx, q: &str, num_heads: i64, packed_heads: i64) -> Option<i64
     let total = *d.last()?;
     let _ = num_heads;
     (total % packed_heads == 0).then_some(total / packed_heads)
-}
-
-/// seqlens_k [B] as int64: the input, or sum(attention_mask) - 1 when it is a graph input.
-fn seqlens(b: &mut GraphBuilder, cx: &mut Ctx, sk: &str) -> String {
-    if cx.graph_input(sk).is_some() {
-        if let Some(mask) = cx.graph_input("attention_mask").map(|v| v.name.clone()) {
-            cx.dropped_inputs.push(sk.to_string());
-            let m = b.cast(&mask, INT64);
-            let s = b.reduce_sum(&m, &[1], false);
-            let one = b.const_i64s(&[1]);
-            return b.sub(&s, &one);
-        }
-    }
-    b.cast(sk, INT64)
 }
 
 pub(crate) fn group_query_attention(b: &mut GraphBuilder, n: &NodeProto, cx: &mut Ctx) -> Result<()> {
@@ -102,7 +90,8 @@ pub(crate) fn group_query_attention(b: &mut GraphBuilder, n: &NodeProto, cx: &mu
     };
     drop_past(n, cx, 3, "past_key")?;
     drop_past(n, cx, 4, "past_value")?;
-    if let Some(t) = input(n, 6) {
+    // seqlens_k and total_sequence_length are not read (see the module comment).
+    for t in [input(n, 5), input(n, 6)].into_iter().flatten() {
         if cx.graph_input(t).is_some() {
             cx.dropped_inputs.push(t.to_string());
         }
@@ -146,10 +135,6 @@ pub(crate) fn group_query_attention(b: &mut GraphBuilder, n: &NodeProto, cx: &mu
         let start = b.sub(&rows, &w);
         m.masked.push(b.node("Less", &[&cols, &start], vec![]));
     }
-    let sk = required(n, 5, "seqlens_k")?;
-    let sk = seqlens(b, cx, sk);
-    let last = b.unsqueeze(&sk, &[1, 2, 3]);
-    m.masked.push(b.node("Greater", &[&cols, &last], vec![]));
     if let Some(ab) = input(n, 10) {
         m.additive.push(ab.to_string());
     }

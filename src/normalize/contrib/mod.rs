@@ -174,6 +174,8 @@ pub fn decompose(proto: &mut ModelProto, opset: i64) -> Result<()> {
     g.initializer.extend(inits);
     let still_read: HashSet<&str> = g.node.iter().flat_map(|n| n.input.iter().map(|s| s.as_str())).collect();
     g.input.retain(|i| !dropped.contains(&i.name) || still_read.contains(i.name.as_str()));
+    // What fed only the fused ops' unread inputs (GenAI's seqlens_k subgraph) goes.
+    crate::onnx::prune::prune_dead(g);
     Ok(())
 }
 

@@ -233,8 +233,11 @@ fn session(bytes: &[u8]) -> Result<Session, String> {
     b.commit_from_memory(bytes).map_err(|e| e.to_string())
 }
 
-/// Runs `m` on the case's feeds (those `m` still takes); (shape, values) per compared output.
-fn run(c: &Case, m: &ModelProto) -> Result<Vec<(Vec<usize>, Vec<f64>)>, String> {
+/// An output's shape and values.
+type Out = (Vec<usize>, Vec<f64>);
+
+/// Runs `m` on the case's feeds (those `m` still takes); one `Out` per compared output.
+fn run(c: &Case, m: &ModelProto) -> Result<Vec<Out>, String> {
     let mut s = session(&m.encode_to_vec())?;
     let takes: Vec<&str> = m.graph.as_ref().unwrap().input.iter().map(|i| i.name.as_str()).collect();
     let mut feed: Vec<(String, DynValue)> = vec![];

@@ -176,6 +176,9 @@ pub fn decompose(proto: &mut ModelProto, opset: i64) -> Result<()> {
     g.input.retain(|i| !dropped.contains(&i.name) || still_read.contains(i.name.as_str()));
     // What fed only the fused ops' unread inputs (GenAI's seqlens_k subgraph) goes.
     crate::onnx::prune::prune_dead(g);
+    if !g.node.iter().any(|n| n.domain == MS_DOMAIN) {
+        proto.opset_import.retain(|o| o.domain != MS_DOMAIN);
+    }
     Ok(())
 }
 

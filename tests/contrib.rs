@@ -847,6 +847,23 @@ mod fixtures {
         check("gptneox-ortopt", "gptneox-ortopt.onnx", HookKind::AttnOut);
     }
 
+    /// The optimizer's BERT fusion: EmbedLayerNormalization (whose mask_index
+    /// feeds the attention), Attention, SkipLayerNormalization, BiasGelu.
+    /// Hooked on the attention output by tensor name (the input of
+    /// `attention.output.dense`, which the presets do not name): positions.
+    #[test]
+    fn bert_attention_fused_by_the_ort_optimizer_positions() {
+        let hook = HookKind::Tensors(r"/bert/encoder/layer\.\d+/attention/self/Reshape_3_output_0".into());
+        check("bert-ortopt", "bert-ortopt.onnx", hook);
+    }
+
+    /// The same with `--use_multi_head_attention`: MultiHeadAttention.
+    #[test]
+    fn bert_multi_head_attention_fused_by_the_ort_optimizer_positions() {
+        let hook = HookKind::Tensors(r"/bert/encoder/layer\.\d+/attention/self/Reshape_3_output_0".into());
+        check("bert-ortopt-mha", "bert-ortopt-mha.onnx", hook);
+    }
+
     /// The GenAI builder's Llama: GroupQueryAttention with rotary and an
     /// empty KV cache, RMSNorms. Hooked on the attention output by tensor
     /// name (the o_proj MatMul's input): the positions grid.

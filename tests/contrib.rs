@@ -873,3 +873,60 @@ mod fixtures {
         check("llama-genai", "llama-genai/model.onnx", hook);
     }
 }
+
+// ------------------------------------------------------------ refusals --
+
+/// `m` with a node in front computing `to` from `from` (so `to` is no graph input).
+fn computed_input(mut m: ModelProto, op: &str, from: &str, to: &str) -> ModelProto {
+    let g = m.graph.as_mut().unwrap();
+    for n in &mut g.node {
+        for i in &mut n.input {
+            if i == from {
+                *i = to.to_string();
+            }
+        }
+    }
+    let pre = NodeProto {
+        name: "pre".into(),
+        op_type: op.into(),
+        input: vec![from.into()],
+        output: vec![to.into()],
+        ..Default::default()
+    };
+    g.node.insert(0, pre);
+    m
+}
+
+#[test]
+fn attention_mask_of_undeclared_rank_is_refused_by_name() {
+    let c = attention("attn_mask_undeclared")
+        .weight("b", &[3 * HID])
+        .int32("mask", &[B, S], &[1; B * S])
+        .attr(attr_i("num_heads", NH))
+        .out("y");
+    let mut m = computed_input(c.model(), "Abs", "mask", "mask_abs");
+    let e = decompose(&mut m, 17).unwrap_err().to_string();
+    assert!(
+        e.contains("Attention node 'Attention_0'") && e.contains("mask 'mask_abs'") && e.contains("undeclared rank"),
+        "{e}"
+    );
+}
+
+#[test]
+fn gqa_with_a_computed_past_is_refused_by_name() {
+    let c = gqa("gqa_computed_past", false, &[S, S], None);
+    let mut m = computed_input(c.model(), "Identity", "past_key", "past_key_copy");
+    let e = decompose(&mut m, 17).unwrap_err().to_string();
+    assert!(e.contains("GroupQueryAttention node 'GroupQueryAttention_0'") && e.contains("'past_key_copy'"), "{e}");
+}
+
+#[test]
+fn packed_multi_head_attention_is_refused_by_name() {
+    let c = ms("mha_packed", "MultiHeadAttention")
+        .float("qkv", &[B, S, NH as usize, 3, HS])
+        .attr(attr_i("num_heads", NH))
+        .out("y");
+    let mut m = c.model();
+    let e = decompose(&mut m, 17).unwrap_err().to_string();
+    assert!(e.contains("MultiHeadAttention node 'MultiHeadAttention_0'") && e.contains("packs Q, K and V"), "{e}");
+}

@@ -443,6 +443,22 @@ fn embed_layer_norm_no_segment_no_mask_position_ids() {
         .check();
 }
 
+/// Opset 21: ReduceMean takes its axes as an input.
+#[test]
+fn skip_layer_norm_opset_21() {
+    ms("skip_ln_op21", "SkipLayerNormalization")
+        .opset(21)
+        .float("x", &[B, S, H])
+        .float("skip", &[B, S, H])
+        .weight("gamma", &[H])
+        .weight("beta", &[H])
+        .out("y")
+        .no_out()
+        .no_out()
+        .out("sum")
+        .check();
+}
+
 // ------------------------------------------------------------ activations --
 
 #[test]
@@ -601,6 +617,21 @@ fn attention_qkv_hidden_sizes() {
         .check();
 }
 
+/// Opset 21: Split takes num_outputs; opset 13: the oldest attrpatch loads.
+#[test]
+fn attention_opsets_13_and_21() {
+    for v in [13, 21] {
+        attention(&format!("attn_op{v}"))
+            .opset(v)
+            .weight("b", &[3 * HID])
+            .int32("mask", &[B, S], &[1, 1, 1, 1, 1, 1, 1, 1, 0, 0])
+            .attr(attr_i("num_heads", NH))
+            .attr(attr_i("unidirectional", 1))
+            .out("y")
+            .check();
+    }
+}
+
 fn mha(label: &str, kv_len: usize) -> Case {
     ms(label, "MultiHeadAttention").float("q", &[B, S, HID]).float("k", &[B, kv_len, HID]).float("v", &[B, kv_len, HID])
 }
@@ -711,6 +742,12 @@ fn gqa_packed_qkv_rotary_as_genai() {
 #[test]
 fn gqa_rotary_interleaved() {
     gqa("gqa_rotary_interleaved", false, &[S, S], Some(HS / 2)).attr(attr_i("rotary_interleaved", 1)).check();
+}
+
+/// Opset 22 (the GenAI builder's), with the interleaved rotation's Split.
+#[test]
+fn gqa_packed_rotary_interleaved_opset_22() {
+    gqa("gqa_op22", true, &[S, S], Some(HS / 2)).opset(22).attr(attr_i("rotary_interleaved", 1)).check();
 }
 
 #[test]
@@ -845,6 +882,29 @@ mod fixtures {
     #[test]
     fn gptneox_fused_by_the_ort_optimizer() {
         check("gptneox-ortopt", "gptneox-ortopt.onnx", HookKind::AttnOut);
+    }
+
+    /// The patching graph on the decomposed graphs against patching by hand
+    /// through the plain (normalised) model, as tests/architectures.rs does.
+    #[test]
+    fn exact_patching_matches_patching_by_hand_on_the_fused_gpt2_and_gptneox() {
+        for (name, model) in [("gpt2-ortopt", "gpt2-ortopt.onnx"), ("gptneox-ortopt", "gptneox-ortopt.onnx")] {
+            let (o, v) = options(name, model, HookKind::AttnOut);
+            let ids = |k: &str| -> Vec<Vec<i64>> { serde_json::from_value(v[k].clone()).unwrap() };
+            let pairs = by_hand::Pairs::new(&ids("input_ids"), &ids("corrupted_ids"), &ids("answer_ids"));
+            let (want_heads, want_positions) = by_hand::exact_grids(&o.model, &pairs, o.heads.unwrap());
+            let exact = attrpatch::patch::run(&o, attrpatch::patch::Estimator::Exact { positions: true }, 64)
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            let scale = want_positions.iter().flatten().fold(1f64, |m, v| m.max(v.abs()));
+            let eh = by_hand::assert_abs_close(&format!("{name} heads"), &exact.grids.heads, &want_heads, 1e-4 * scale);
+            let ep = by_hand::assert_abs_close(
+                &format!("{name} positions"),
+                &exact.grids.positions,
+                &want_positions,
+                1e-4 * scale,
+            );
+            eprintln!("{name}: exact vs by hand, max abs error heads {eh:.2e}, positions {ep:.2e}");
+        }
     }
 
     /// The optimizer's BERT fusion: EmbedLayerNormalization (whose mask_index

@@ -593,6 +593,20 @@ fn attention_empty_past_present() {
         .check();
 }
 
+/// A non-empty past: keys and values concatenated, the causal mask offset by its length.
+#[test]
+fn attention_nonempty_past_unidirectional() {
+    attention("attn_past3")
+        .weight("b", &[3 * HID])
+        .int32("mask", &[B, S + 3], &[1; B * (S + 3)])
+        .float("past", &[2, B, NH as usize, 3, 16])
+        .attr(attr_i("num_heads", NH))
+        .attr(attr_i("unidirectional", 1))
+        .out("y")
+        .out("present")
+        .check();
+}
+
 #[test]
 fn attention_bias_input() {
     attention("attn_bias")
@@ -660,6 +674,22 @@ fn mha_small_mask_filter_value_unidirectional() {
         .attr(attr_i("unidirectional", 1))
         .attr(attr_f("mask_filter_value", -3.0))
         .out("y")
+        .check();
+}
+
+#[test]
+fn mha_nonempty_past_unidirectional() {
+    mha("mha_past3", S)
+        .weight("b", &[3 * HID])
+        .absent()
+        .absent()
+        .float("past_k", &[B, NH as usize, 3, 16])
+        .float("past_v", &[B, NH as usize, 3, 16])
+        .attr(attr_i("num_heads", NH))
+        .attr(attr_i("unidirectional", 1))
+        .out("y")
+        .out("present_k")
+        .out("present_v")
         .check();
 }
 
@@ -748,6 +778,15 @@ fn gqa_rotary_interleaved() {
 #[test]
 fn gqa_packed_rotary_interleaved_opset_22() {
     gqa("gqa_op22", true, &[S, S], Some(HS / 2)).opset(22).attr(attr_i("rotary_interleaved", 1)).check();
+}
+
+#[test]
+fn gqa_position_ids_and_attention_bias() {
+    let pos: Vec<i64> = (0..B * S).map(|i| (i % S + 2 * (i / S)) as i64).collect();
+    gqa("gqa_pos_bias", false, &[S, S], Some(HS / 2))
+        .int64("position_ids", &[B, S], &pos)
+        .float("attn_bias", &[B, 1, S, S])
+        .check();
 }
 
 #[test]

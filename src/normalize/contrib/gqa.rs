@@ -1,8 +1,8 @@
 //! GroupQueryAttention as the GenAI builder emits it, for a whole prompt (no
 //! past): optional packed QKV, rotary inside (do_rotary, interleaved or not,
-//! positions 0..S-1 as ONNX Runtime uses for a first prompt), kv heads shared
-//! by groups of query heads, causal mask, local window (the last
-//! `local_window_size` keys), softcap, attention bias.
+//! positions 0..S-1 as ONNX Runtime uses for a first prompt, whatever
+//! position_ids says), kv heads shared by groups of query heads, causal mask,
+//! local window (the last `local_window_size` keys), softcap, attention bias.
 //!
 //! attrpatch runs whole prompts, so the KV cache is empty: a `past_key` /
 //! `past_value` graph input contributes nothing and is removed, and
@@ -101,20 +101,11 @@ pub(crate) fn group_query_attention(b: &mut GraphBuilder, n: &NodeProto, cx: &mu
         let cos_cache = required(n, 7, "cos_cache")?;
         let sin_cache = required(n, 8, "sin_cache")?;
         let half = half_width(cx, n, cos_cache)?;
-        let (cos, sin) = match input(n, 9) {
-            Some(pos) => {
-                let c = b.node("Gather", &[cos_cache, pos], vec![attr_i("axis", 0)]);
-                let s = b.node("Gather", &[sin_cache, pos], vec![attr_i("axis", 0)]);
-                (b.unsqueeze(&c, &[1]), b.unsqueeze(&s, &[1]))
-            }
-            None => {
-                let s = b.dim(&qh, 2);
-                let r = heads::arange(b, &s);
-                let c = b.node("Gather", &[cos_cache, &r], vec![attr_i("axis", 0)]);
-                let sn = b.node("Gather", &[sin_cache, &r], vec![attr_i("axis", 0)]);
-                (c, sn)
-            }
-        };
+        // Positions 0..S-1: ONNX Runtime's CPU kernel does not read position_ids for a first prompt.
+        let s = b.dim(&qh, 2);
+        let r = heads::arange(b, &s);
+        let cos = b.node("Gather", &[cos_cache, &r], vec![attr_i("axis", 0)]);
+        let sin = b.node("Gather", &[sin_cache, &r], vec![attr_i("axis", 0)]);
         let inter = attr_int(n, "rotary_interleaved", 0) == 1;
         qh = rotate(b, &qh, &cos, &sin, half, hs, inter);
         kh = rotate(b, &kh, &cos, &sin, half, hs, inter);

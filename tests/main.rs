@@ -8,6 +8,7 @@ mod bad_inputs;
 mod batches;
 mod bundled_model;
 mod cli;
+mod contrib;
 mod end_to_end;
 mod fuzz;
 mod gradients;

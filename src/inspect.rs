@@ -3,7 +3,7 @@
 use crate::autodiff::Backward;
 use crate::error::{Result, UnsupportedOp};
 use crate::hooks::{find_attention_out_hooks, find_logits, infer_heads};
-use crate::onnx::facts::analyse;
+use crate::onnx::facts::{analyse, analyse_with_probe};
 use crate::onnx::OnnxModel;
 use std::collections::{BTreeMap, HashSet};
 use std::fmt::Write;
@@ -85,9 +85,15 @@ pub fn inspect(model: &OnnxModel, extra: Option<&crate::hooks::HookKind>) -> Res
     for (op, c) in &ops {
         let _ = writeln!(s, "  {op} {c}");
     }
+    // The rules read shapes as the rewrite does: at a probe size (3 prompts of
+    // 7 tokens), since legacy exports' shape chains leave symbolic dims unknown.
+    let inits: HashSet<&str> = g.initializer.iter().map(|t| t.name.as_str()).collect();
+    let probe: Vec<(&str, Vec<usize>)> =
+        g.input.iter().filter(|i| !inits.contains(i.name.as_str())).map(|i| (i.name.as_str(), vec![3, 7])).collect();
+    let probed = analyse_with_probe(&model.proto, &model.path, &probe)?;
     let wrt: Vec<String> = hooks.iter().map(|h| h.tensor.clone()).collect();
     let stop = HashSet::new();
-    let problems = Backward { graph: g, facts: &facts, stop: &stop }.problems(model.opset, &wrt, &logits)?;
+    let problems = Backward { graph: g, facts: &probed, stop: &stop }.problems(model.opset, &wrt, &logits)?;
     s.push_str(&describe_problems(&problems));
     Ok(s)
 }

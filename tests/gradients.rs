@@ -2005,3 +2005,14 @@ fn inspect_says_when_every_op_has_a_rule() {
     let s = attrpatch::inspect::inspect(&attrpatch::onnx::OnnxModel::load(&p).unwrap(), None).unwrap();
     assert!(s.contains("every op on the path from the hooks to the logits has a rule"), "{s}");
 }
+
+#[test]
+fn inspect_finds_no_problem_in_the_exports_that_run() {
+    // Legacy exports leave symbolic dims unknown: inspect must read shapes at
+    // a probe size, as the rewrite does, or it would list every rule as failing.
+    for name in ["gpt2-legacy-op14", "llama-legacy-op14", "gptneox-dynamo-op18"] {
+        let p = crate::common::root().join(format!("tests/fixtures/arch/{name}.onnx"));
+        let s = attrpatch::inspect::inspect(&attrpatch::onnx::OnnxModel::load(&p).unwrap(), None).unwrap();
+        assert!(s.contains("every op on the path from the hooks to the logits has a rule"), "{name}:\n{s}");
+    }
+}

@@ -68,12 +68,11 @@ impl std::fmt::Display for UnsupportedOp {
 
 fn describe_ops(ops: &[UnsupportedOp]) -> String {
     const PATH: &str = "on the path from the hooks to the metric";
-    const ADVICE: &str = "(a rule goes in src/autodiff/rules/; `attrpatch inspect MODEL` lists them all)";
     match ops {
-        [one] if one.reason.is_none() => format!("{one}, which is {PATH} {ADVICE}"),
+        [one] if one.reason.is_none() => format!("{one}, which is {PATH}"),
         [one] => one.to_string(),
         _ => {
-            let mut s = format!("{} nodes {PATH} cannot be differentiated {ADVICE}:", ops.len());
+            let mut s = format!("{} nodes {PATH} cannot be differentiated:", ops.len());
             for o in ops {
                 s.push_str(&format!("\n  {o}"));
             }

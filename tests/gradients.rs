@@ -1693,6 +1693,55 @@ grad_case!(gemm_c_float32, 17, |c| c
     .node("Gemm", &["a", "b", "c"], &["y"], vec![attr_f("alpha", 0.5), attr_f("beta", 2.0), ai("transB", 1)])
     .loss(&["y"]));
 
+// ScatterElements (reduction none): the overwritten data gets no gradient.
+grad_case!(scatter_elements_none_axis1, 13, |c| c
+    .var("data", &[2, 4])
+    .var("upd", &[2, 2])
+    .ints("i", &[1, 3, 2, 0])
+    .ints("ishape", &[2, 2])
+    .node("Reshape", &["i", "ishape"], &["idx"], vec![])
+    .node("ScatterElements", &["data", "idx", "upd"], &["y"], vec![ai("axis", 1)])
+    .loss(&["y"]));
+
+// reduction add with a repeated index: every update reaches the output.
+grad_case!(scatter_elements_add_repeated_index, 16, |c| c
+    .var("data", &[3, 2])
+    .var("upd", &[2, 2])
+    .ints("i", &[2, 0, 2, 1])
+    .ints("ishape", &[2, 2])
+    .node("Reshape", &["i", "ishape"], &["idx"], vec![])
+    .node("ScatterElements", &["data", "idx", "upd"], &["y"], vec![ai("axis", 0), attr_s("reduction", "add")])
+    .loss(&["y"]));
+
+grad_case!(scatter_nd_none_rows, 13, |c| c
+    .var("data", &[3, 4])
+    .var("upd", &[2, 4])
+    .ints("i", &[2, 0])
+    .ints("ishape", &[2, 1])
+    .node("Reshape", &["i", "ishape"], &["idx"], vec![])
+    .node("ScatterND", &["data", "idx", "upd"], &["y"], vec![])
+    .loss(&["y"]));
+
+// MoE's index_add_: rows added into the output, row 1 twice.
+grad_case!(scatter_nd_add_repeated_rows, 16, |c| c
+    .var("data", &[3, 4])
+    .var("upd", &[3, 4])
+    .ints("i", &[1, 1, 0])
+    .ints("ishape", &[3, 1])
+    .node("Reshape", &["i", "ishape"], &["idx"], vec![])
+    .node("ScatterND", &["data", "idx", "upd"], &["y"], vec![attr_s("reduction", "add")])
+    .loss(&["y"]));
+
+// MoE routing weights: the top 2 of 5 per row, then normalised.
+grad_case!(top_k_values_then_normalised, 13, |c| c
+    .var_in("x", &[3, 5], 0.5, 2.0)
+    .ints("k", &[2])
+    .node("TopK", &["x", "k"], &["v", "i"], vec![ai("axis", -1)])
+    .ints("ax", &[-1])
+    .node("ReduceSum", &["v", "ax"], &["s"], vec![ai("keepdims", 1)])
+    .node("Div", &["v", "s"], &["y"], vec![])
+    .loss(&["y"]));
+
 // ------------------------------------------------------------ Tile, Pad --
 
 grad_case!(tile_two_axes, 13, |c| c

@@ -8,6 +8,8 @@
 //! floats, small for the gathers on a hook-to-metric path (a position, a
 //! few rows). `GatherElements` and `GatherND` scatter-add into zeros
 //! (`ScatterElements` / `ScatterND` with `reduction = "add"`, opset 16 on).
+//! The scatters themselves (MoE's `index_add_`) and TopK (routing weights)
+//! read their gradients back with the matching gather.
 
 use super::Grads;
 use crate::autodiff::ctx::RuleCtx;
@@ -102,4 +104,68 @@ pub fn gather_nd(cx: &mut RuleCtx) -> Result<Grads> {
     let (x, idx) = (cx.input(0), cx.input(1));
     let zeros = cx.b.zeros_like(x, cx.dtype(x));
     Ok(vec![Some(cx.b.node("ScatterND", &[&zeros, idx, &g], vec![attr_s("reduction", "add")]))])
+}
+
+/// The scatters' reduction attribute ("none" when absent).
+fn reduction(cx: &RuleCtx) -> Result<String> {
+    let r = cx.attr_s("reduction").unwrap_or_else(|| "none".into());
+    match r.as_str() {
+        "none" | "add" => Ok(r),
+        other => Err(cx.err(format!("reduction '{other}' is not supported; 'none' and 'add' are"))),
+    }
+}
+
+/// y = ScatterElements(data, idx, updates): d data = g, with the overwritten
+/// positions zeroed when reduction is "none"; d updates = g read at idx.
+pub fn scatter_elements(cx: &mut RuleCtx) -> Result<Grads> {
+    let red = reduction(cx)?;
+    let g = cx.grad()?;
+    let (idx, upd) = (cx.input(1), cx.input(2));
+    let rank = cx.rank(cx.input(0))?;
+    let axis = attr_i("axis", cx.axis(cx.attr_i("axis").unwrap_or(0), rank)? as i64);
+    let mut res = vec![None, None, None];
+    if cx.needs(0) {
+        res[0] = Some(if red == "add" {
+            g.clone()
+        } else {
+            let zeros = cx.b.zeros_like(upd, cx.dtype(upd));
+            cx.b.node("ScatterElements", &[&g, idx, &zeros], vec![axis.clone()])
+        });
+    }
+    if cx.needs(2) {
+        res[2] = Some(cx.b.node("GatherElements", &[&g, idx], vec![axis]));
+    }
+    Ok(res)
+}
+
+/// y = ScatterND(data, idx, updates): as ScatterElements, with index tuples.
+pub fn scatter_nd(cx: &mut RuleCtx) -> Result<Grads> {
+    let red = reduction(cx)?;
+    let g = cx.grad()?;
+    let (idx, upd) = (cx.input(1), cx.input(2));
+    let mut res = vec![None, None, None];
+    if cx.needs(0) {
+        res[0] = Some(if red == "add" {
+            g.clone()
+        } else {
+            let zeros = cx.b.zeros_like(upd, cx.dtype(upd));
+            cx.b.node("ScatterND", &[&g, idx, &zeros], vec![])
+        });
+    }
+    if cx.needs(2) {
+        res[2] = Some(cx.b.node("GatherND", &[&g, idx], vec![]));
+    }
+    Ok(res)
+}
+
+/// (values, indices) = TopK(x): the values' gradient goes back to the positions
+/// they were taken from (distinct within a row, so no reduction is needed).
+pub fn top_k(cx: &mut RuleCtx) -> Result<Grads> {
+    let g = cx.grad()?;
+    let x = cx.input(0);
+    let rank = cx.rank(x)?;
+    let axis = cx.axis(cx.attr_i("axis").unwrap_or(-1), rank)? as i64;
+    let zeros = cx.b.zeros_like(x, cx.dtype(x));
+    let idx = cx.output(1);
+    Ok(vec![Some(cx.b.node("ScatterElements", &[&zeros, idx, &g], vec![attr_i("axis", axis)]))])
 }

@@ -1249,6 +1249,19 @@ fn layer_norm_mean_output_in_loss_is_a_clear_error() {
     assert!(e.contains("LayerNormalization") && e.contains("LayerNormalization_0") && e.contains("Mean"), "{e}");
 }
 
+grad_case!(rms_norm_opset23_last_axis, 23, |c| c
+    .var("x", &[2, 3, 4])
+    .var_in("scale", &[4], 0.5, 1.5)
+    .node("RMSNormalization", &["x", "scale"], &["y"], vec![ai("axis", -1), attr_f("epsilon", 1e-5)])
+    .loss(&["y"]));
+
+// axis 1 on rank 3 normalises two axes; a large epsilon makes a wrong one visible.
+grad_case!(rms_norm_opset23_two_axes_large_epsilon_constant_scale, 23, |c| c
+    .var("x", &[2, 3, 4])
+    .constant_in("scale", &[3, 4], 0.5, 1.5)
+    .node("RMSNormalization", &["x", "scale"], &["y"], vec![ai("axis", 1), attr_f("epsilon", 0.25)])
+    .loss(&["y"]));
+
 // ----------------------------------------------------------- accumulation --
 
 grad_case!(accumulate_mul_of_a_tensor_with_itself, 17, |c| c

@@ -97,6 +97,7 @@ pub static RULES: &[RuleEntry] = &[
     onnx("Softmax", softmax::softmax),
     onnx("LogSoftmax", softmax::log_softmax),
     onnx("LayerNormalization", norm::layer_norm),
+    onnx("RMSNormalization", norm::rms_norm),
 ];
 
 /// The rule for `op` in `domain`, if there is one.

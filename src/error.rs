@@ -85,3 +85,11 @@ impl Error {
         Error::Io { path: path.into(), source }
     }
 }
+
+/// `bail!(Kind, "fmt", args..)` returns early with `Error::Kind(format!(..))`.
+#[macro_export]
+macro_rules! bail {
+    ($kind:ident, $($arg:tt)*) => {
+        return Err($crate::error::Error::$kind(format!($($arg)*)))
+    };
+}

@@ -173,8 +173,6 @@ fn session(bytes: &[u8]) -> Result<Session, String> {
     b.commit_from_memory(bytes).map_err(|e| e.to_string())
 }
 
-/// Output tensors as (shape, values).
-type Outputs = Vec<(Vec<usize>, Vec<f64>)>;
 
 /// Runs a session; returns (shape, values) of each requested output.
 fn run(

@@ -39,6 +39,12 @@ pub struct BatchResult {
     pub positions: Vec<Vec<f64>>,
     /// Per pair, when asked for.
     pub per_pair: Vec<PairResult>,
+    /// Each pair's raw clean and corrupted metric, always (two numbers a pair):
+    /// the baseline checks (`sanity`) need their spread, not only their sums.
+    #[serde(default)]
+    pub clean_values: Vec<f64>,
+    #[serde(default)]
+    pub corrupted_values: Vec<f64>,
 }
 
 impl BatchResult {
@@ -54,6 +60,8 @@ impl BatchResult {
             heads: vec![],
             positions: vec![],
             per_pair: vec![],
+            clean_values: pairs.iter().map(|p| p.clean_logit_diff).collect(),
+            corrupted_values: pairs.iter().map(|p| p.corrupted_logit_diff).collect(),
         };
         for p in &pairs {
             b.sum_clean_logit_diff += p.clean_logit_diff;

@@ -272,19 +272,21 @@ fn compare_cmd(args: CompareArgs) -> Result<(), Error> {
 fn print_summary(r: &job::JobResult) {
     let (clean, corr) = (r.clean_logit_diff, r.corrupted_logit_diff);
     let m = &r.manifest;
-    println!(
-        "{} prompt pairs of {} tokens, {} layers x {} heads",
-        m.prompts.len(),
-        m.seq_len,
-        m.hooks.len(),
-        m.n_heads
-    );
+    let units = if m.n_heads > 0 { format!(" x {} heads", m.n_heads) } else { String::new() };
+    let layers = format!("{} layer{}", m.hooks.len(), if m.hooks.len() == 1 { "" } else { "s" });
+    println!("{} prompt pairs of up to {} tokens, {layers}{units}", m.prompts.len(), m.seq_len);
     let label = m.metric.label();
     println!("Clean {label}: {}", num(clean));
     println!("Corrupted {label}: {}", num(corr));
     println!("Clean Baseline is 1: {:.4}", (clean - corr) / (clean - corr));
     // (corr - corr) / (clean - corr) is exactly zero; + 0.0 drops the sign of -0.
     println!("Corrupted Baseline is 0: {:.4}", (corr - corr) / (clean - corr) + 0.0);
+    if let Some(acc) = r.baselines.clean_accuracy {
+        println!("Clean prompts answered correctly: {:.0}%", 100.0 * acc);
+    }
+    for w in &r.baselines.warnings {
+        eprintln!("warning: {w}");
+    }
 }
 
 fn merge_cmd(shards: &[PathBuf], out: &Path) -> Result<(), Error> {

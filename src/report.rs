@@ -81,6 +81,8 @@ pub fn write_results(r: &JobResult, out_dir: &Path) -> Result<Vec<PathBuf>> {
         "corrupted_logit_diff": corr,
         "clean_metric": 1.0,
         "corrupted_metric": 0.0,
+        "clean_accuracy": r.baselines.clean_accuracy,
+        "warnings": r.baselines.warnings,
         "n_pairs": m.prompts.len(),
         "batch_size": m.batch_size,
         "seq_len": m.seq_len,

@@ -43,16 +43,18 @@ pub fn check_baselines(metric: Metric, clean: &[f64], corrupted: &[f64]) -> Base
     let sign = if metric == Metric::Kl { -1.0 } else { 1.0 };
     let gap = sign * (c - k);
     let what = metric.label();
+    if gap.abs() < min_gap(metric) {
+        warnings.push(format!(
+            "the clean and corrupted {what} differ by only {:.4} ({c:.4} vs {k:.4}); the grids divide by this \
+             gap, so every cell is mostly noise. Check that the model does the task on these prompts",
+            gap.abs()
+        ));
+    }
     if gap <= 0.0 {
         let (above, below) = if metric == Metric::Kl { ("corrupted", "clean") } else { ("clean", "corrupted") };
         warnings.push(format!(
             "the {above} {what} is not above the {below} one ({c:.4} clean, {k:.4} corrupted): the normalised \
              metric runs backwards, so positive cells mean the patch moves the model away from the clean behaviour"
-        ));
-    } else if gap < min_gap(metric) {
-        warnings.push(format!(
-            "the clean and corrupted {what} differ by only {gap:.4} ({c:.4} vs {k:.4}); the grids divide by this \
-             gap, so every cell is mostly noise. Check that the model does the task on these prompts"
         ));
     }
     // The gap against its own spread over pairs: mean difference within two
@@ -105,6 +107,7 @@ mod tests {
     #[test]
     fn sanity_clean_not_above_corrupted_is_flagged() {
         let r = check_baselines(Metric::Prob, &[0.2, 0.3], &[0.4, 0.5]);
+        assert_eq!(r.warnings.len(), 1, "{:?}", r.warnings);
         assert!(r.warnings[0].contains("the clean prob of correct is not above the corrupted one"), "{:?}", r.warnings);
         assert_eq!(r.clean_accuracy, None);
     }
@@ -115,6 +118,15 @@ mod tests {
         assert_eq!(r.warnings, Vec::<String>::new());
         let r = check_baselines(Metric::Kl, &[0.0, 0.0, 0.0], &[0.001, 0.002, 0.0015]);
         assert!(r.warnings[0].contains("differ by only 0.0015"), "{:?}", r.warnings);
+    }
+
+    #[test]
+    fn sanity_a_tiny_gap_the_wrong_way_gets_both_warnings() {
+        let r = check_baselines(Metric::LogitDiff, &[-0.0003, -0.0002], &[0.0003, 0.0002]);
+        assert_eq!(r.warnings.len(), 3, "{:?}", r.warnings);
+        assert!(r.warnings[0].contains("differ by only 0.0005"), "{:?}", r.warnings);
+        assert!(r.warnings[1].contains("is not above the corrupted one"), "{:?}", r.warnings);
+        assert!(r.warnings[2].contains("incorrect answer on 100%"), "{:?}", r.warnings);
     }
 
     #[test]

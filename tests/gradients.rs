@@ -173,7 +173,6 @@ fn session(bytes: &[u8]) -> Result<Session, String> {
     b.commit_from_memory(bytes).map_err(|e| e.to_string())
 }
 
-
 /// Runs a session; returns (shape, values) of each requested output.
 fn run(
     sess: &mut Session,

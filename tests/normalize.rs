@@ -660,7 +660,8 @@ fn kv_cache_decoders_fed_an_empty_cache_match_onnx_runtime() {
         assert!(!ops(&om).contains(&"If".to_string()), "{name}: an If is left");
         let mine: Vec<(&str, Feed)> =
             token_feeds().into_iter().filter(|(n, _)| g.input.iter().any(|i| i.name == *n)).collect();
-        let got = run(&om.proto.encode_to_vec(), &mine, &["logits"]).unwrap_or_else(|e| panic!("{name}: normalised: {e}"));
+        let got =
+            run(&om.proto.encode_to_vec(), &mine, &["logits"]).unwrap_or_else(|e| panic!("{name}: normalised: {e}"));
         let err = max_rel(&got[0], &want[0], 1e-3);
         assert!(err < 1e-5, "{name}: logits differ by {err:.2e}");
     }
@@ -834,9 +835,19 @@ fn empty_cache_with_a_symbolic_head_size_matches_onnx_runtime() {
     assert!(
         g.input.iter().all(|i| !i.name.starts_with("past")) && g.output.iter().all(|o| !o.name.starts_with("present"))
     );
-    let got = run(&bytes, &feeds(false), &["attn", "k_sum"]).unwrap();
+    // GroupQueryAttention's decomposition (normalize::contrib) no longer reads
+    // seqlens_k / total_sequence_length: feed only what the graph still takes.
+    let takes: Vec<&str> = g.input.iter().map(|i| i.name.as_str()).collect();
+    let feeds: Vec<_> = feeds(false).into_iter().filter(|(n, _)| takes.contains(n)).collect();
+    let got = run(&bytes, &feeds, &["attn", "k_sum"]).unwrap();
     for (i, (a, w)) in got.iter().zip(&want).enumerate() {
-        assert!(max_rel(a, w, 1e-3) < 1e-6, "output {i} differs with the in-graph empty cache");
+        // The normalised graph computes GroupQueryAttention by its decomposition,
+        // so float32 rounding differs from the kernel's: tests/contrib.rs's 1e-5.
+        assert!(
+            max_rel(a, w, 1e-3) < 1e-5,
+            "output {i} differs with the in-graph empty cache: {}",
+            max_rel(a, w, 1e-3)
+        );
     }
 }
 

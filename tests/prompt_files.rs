@@ -37,3 +37,39 @@ fn logit_diff_on_a_prompt_file_without_answers_names_the_line() {
     };
     assert!(msg.contains(&format!("{}:1: pair 0: the correct answer is missing", path.display())), "{msg}");
 }
+
+/// The random-weight fixture's logit differences are ~3e-4: normalising by
+/// them makes every cell noise, and the run must say so (issue 12, item 3).
+#[test]
+fn a_run_whose_baselines_are_noise_warns_on_the_terminal_and_in_results() {
+    let out = fresh_dir("noise-warning");
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_attrpatch"))
+        .args(["run", "--device", "cpu", "--model"])
+        .arg(bundled_model())
+        .arg("--tokenizer")
+        .arg(tokenizer())
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    assert!(stderr.contains("warning: the clean and corrupted logit diff differ by only"), "{stderr}");
+    let results: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("results.json")).unwrap()).unwrap();
+    let warnings = results["warnings"].as_array().unwrap();
+    assert!(warnings.iter().any(|w| w.as_str().unwrap().contains("differ by only")), "{warnings:?}");
+
+    // The bundled IOI model on the tutorial's prompts: no warning, every clean prompt right.
+    let ioi = fresh_dir("no-warning");
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_attrpatch"))
+        .args(["run", "--device", "cpu", "--out"])
+        .arg(&ioi)
+        .current_dir(root())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success() && !stderr.contains("warning:"), "{stderr}");
+    let results: serde_json::Value = serde_json::from_slice(&std::fs::read(ioi.join("results.json")).unwrap()).unwrap();
+    assert_eq!(results["warnings"], serde_json::json!([]));
+    assert_eq!(results["clean_accuracy"], serde_json::json!(1.0));
+}

@@ -135,6 +135,8 @@ pub struct JobResult {
     pub runtime_calls: usize,
     pub batches_resumed: usize,
     pub seconds: Timings,
+    /// Whether the baselines make the normalised grids meaningful, and the clean accuracy.
+    pub baselines: crate::sanity::BaselineCheck,
 }
 
 #[derive(Default, Debug, Clone, Serialize)]
@@ -225,8 +227,12 @@ pub fn finish(manifest: Manifest, batches: &[BatchResult]) -> Result<JobResult> 
             ..p.clone()
         })
         .collect();
+    let clean: Vec<f64> = batches.iter().flat_map(|b| b.clean_values.iter().copied()).collect();
+    let corrupted: Vec<f64> = batches.iter().flat_map(|b| b.corrupted_values.iter().copied()).collect();
+    let baselines = crate::sanity::check_baselines(manifest.metric, &clean, &corrupted);
     Ok(JobResult {
         manifest,
+        baselines,
         clean_logit_diff: totals.clean(),
         corrupted_logit_diff: totals.corrupted(),
         grids: Grids { heads: scaled(&totals.heads, k), positions: scaled(&totals.positions, k) },

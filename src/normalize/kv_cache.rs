@@ -13,6 +13,10 @@ use crate::onnx::graph::all_names;
 use crate::onnx::pb::{tensor_shape_proto::dimension, type_proto, GraphProto, ModelProto, TensorProto, ValueInfoProto};
 use std::path::Path;
 
+/// Prefix of every node this pass adds: the empty caches it builds are
+/// recognisable to later passes (GroupQueryAttention's decomposition drops them).
+pub const NAME_PREFIX: &str = "attrpatch/kv_cache/";
+
 /// Whether a graph input is a cache of earlier tokens.
 pub fn is_past_input(name: &str) -> bool {
     name.starts_with("past_key_values") || name.starts_with("past_key.") || name.starts_with("past_value.")
@@ -70,7 +74,7 @@ pub fn feed_empty_cache(proto: &mut ModelProto, opset: i64, path: &Path) -> Resu
         .ok_or_else(|| {
             Error::Model(format!("{}: the graph takes only KV-cache inputs, no token input", path.display()))
         })?;
-    let mut b = GraphBuilder::new(opset, "attrpatch/kv_cache/", all_names(g));
+    let mut b = GraphBuilder::new(opset, NAME_PREFIX, all_names(g));
     let mut batch: Option<String> = None;
     for vi in &pasts {
         let (elem, dims) = declared(vi);

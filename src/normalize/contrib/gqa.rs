@@ -22,10 +22,14 @@ use crate::error::Result;
 use crate::onnx::builder::{attr_i, GraphBuilder};
 use crate::onnx::pb::NodeProto;
 
-/// A past input that attrpatch leaves empty: only graph inputs qualify.
+/// A past input that attrpatch leaves empty: a graph input, or the empty
+/// cache the KV-cache pass (which runs first) built in its place.
 fn drop_past(n: &NodeProto, cx: &mut Ctx, i: usize, what: &str) -> Result<()> {
     let Some(past) = input(n, i) else { return Ok(()) };
-    if cx.graph_input(past).is_none() {
+    let empty_cache = cx
+        .producer(past)
+        .is_some_and(|p| p.op_type == "ConstantOfShape" && p.name.starts_with(crate::normalize::kv_cache::NAME_PREFIX));
+    if cx.graph_input(past).is_none() && !empty_cache {
         bail!(
             Unsupported,
             "GroupQueryAttention node '{}': its {what} '{past}' is computed inside the graph; attrpatch decomposes \

@@ -50,7 +50,7 @@ pub fn inspect(model: &OnnxModel, extra: Option<&crate::hooks::HookKind>) -> Res
     }
     if let Some(kind) = extra {
         let found = crate::hooks::find_hooks(model, kind)?;
-        let _ = writeln!(s, "--hook {kind:?} matches {} tensors:", found.len());
+        let _ = writeln!(s, "--hook {} matches {} tensors:", cli_spelling(kind), found.len());
         for h in &found {
             let _ = writeln!(
                 s,
@@ -140,4 +140,15 @@ pub fn describe_problems(problems: &[UnsupportedOp]) -> String {
         }
     }
     s
+}
+
+/// A hook choice as the user typed it (`--hook resid`), not Rust's debug text.
+fn cli_spelling(kind: &crate::hooks::HookKind) -> String {
+    use crate::hooks::HookKind;
+    match kind {
+        HookKind::AttnOut => "attn".into(),
+        HookKind::Resid => "resid".into(),
+        HookKind::Mlp => "mlp".into(),
+        HookKind::Tensors(pattern) => format!("'{pattern}'"),
+    }
 }

@@ -42,9 +42,18 @@ enum Cmd {
     Rewrite {
         /// ONNX model file.
         model: PathBuf,
-        /// Where to write the augmented model.
-        #[arg(short, long)]
-        output: PathBuf,
+        /// Where to write the augmented model (a .onnx file).
+        #[arg(short, long, alias = "output")]
+        out: PathBuf,
+        /// What to attribute (as for run).
+        #[arg(long, default_value = "attn")]
+        hook: attrpatch::hooks::HookKind,
+        /// The quantity to attribute (as for run).
+        #[arg(long, value_enum, default_value_t = attrpatch::augment::Metric::LogitDiff)]
+        metric: attrpatch::augment::Metric,
+        /// Number of attention heads, when it cannot be read from the graph.
+        #[arg(long)]
+        heads: Option<usize>,
     },
 }
 
@@ -63,9 +72,10 @@ struct CommonArgs {
     /// Prepend the tokenizer's BOS token to every prompt.
     #[arg(long)]
     bos: bool,
-    /// Output folder.
-    #[arg(short, long, default_value = "attrpatch-out")]
-    out: PathBuf,
+    /// Output folder [default: attrpatch-out for run, attrpatch-patch for patch,
+    /// attrpatch-compare for compare, so one command never overwrites another's files].
+    #[arg(short, long)]
+    out: Option<PathBuf>,
     /// Which runtime executes the augmented graph.
     #[arg(long, value_enum, default_value_t = RuntimeKind::Ort)]
     runtime: RuntimeKind,
@@ -91,10 +101,18 @@ struct CommonArgs {
     /// The quantity to attribute: logit-diff (the tutorial's), logprob-diff, prob (of the correct answer), kl.
     #[arg(long, value_enum, default_value_t = attrpatch::augment::Metric::LogitDiff)]
     metric: attrpatch::augment::Metric,
+    /// The subcommand's default output folder (set after parsing).
+    #[arg(skip = "attrpatch-out")]
+    default_out: &'static str,
 }
 
 impl CommonArgs {
     /// The job options, and the output folder created (an unwritable one fails before the slow part).
+    /// The output folder: --out, or the subcommand's own default.
+    fn out_dir(&self) -> PathBuf {
+        self.out.clone().unwrap_or_else(|| PathBuf::from(self.default_out))
+    }
+
     fn job_options(&self) -> Result<job::JobOptions, Error> {
         let device: Device = self.device.parse()?;
         let mut opts = job::JobOptions::new(self.model.clone().unwrap_or_else(default_model));
@@ -108,7 +126,14 @@ impl CommonArgs {
         opts.metric = self.metric;
         opts.hooks = self.hook.clone();
         opts.progress = true;
-        std::fs::create_dir_all(&self.out).map_err(|e| Error::io(&self.out, e))?;
+        let out = self.out_dir();
+        if out.is_file() {
+            return Err(Error::Input(format!(
+                "--out {}: this is a file; attrpatch writes several files, so give it a folder (it is created if missing)",
+                out.display()
+            )));
+        }
+        std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
         Ok(opts)
     }
 }
@@ -187,8 +212,14 @@ fn run(args: RunArgs) -> Result<(), Error> {
         ("--ig-steps", args.ig_steps),
         ("--rows-per-call", args.rows_per_call),
     ])?;
+    if args.rows_per_call.is_some() && args.ig_steps.is_none() {
+        return Err(Error::Input(
+            "--rows-per-call sets the patching rows of --ig-steps; plain attribution runs --batch-size pairs per call"
+                .into(),
+        ));
+    }
     let mut opts = args.common.job_options()?;
-    let out = &args.common.out;
+    let out = &args.common.out_dir();
     if let Some(steps) = args.ig_steps {
         if args.shard.is_some() || args.resume {
             return Err(Error::Input(
@@ -244,7 +275,7 @@ fn patch_cmd(args: PatchArgs) -> Result<(), Error> {
     let opts = args.common.job_options()?;
     let e = patch::Estimator::Exact { positions: args.positions };
     let r = patch::run(&opts, e, args.rows_per_call.unwrap_or(patch::default_rows_per_call(e)))?;
-    report_job(&opts, &r, &args.common.out)
+    report_job(&opts, &r, &args.common.out_dir())
 }
 
 fn compare_cmd(args: CompareArgs) -> Result<(), Error> {
@@ -261,7 +292,7 @@ fn compare_cmd(args: CompareArgs) -> Result<(), Error> {
     println!("model: {}", opts.model.display());
     print_summary(&c.exact);
     print!("{}", compare::report(&c));
-    for w in compare::write(&c, &args.common.out)? {
+    for w in compare::write(&c, &args.common.out_dir())? {
         println!("wrote {}", w.display());
     }
     Ok(())
@@ -298,11 +329,17 @@ fn merge_cmd(shards: &[PathBuf], out: &Path) -> Result<(), Error> {
     Ok(())
 }
 
-fn rewrite(model: &Path, output: &Path) -> Result<(), Error> {
+fn rewrite(
+    model: &Path,
+    output: &Path,
+    hooks: attrpatch::hooks::HookKind,
+    metric: attrpatch::augment::Metric,
+    heads: Option<usize>,
+) -> Result<(), Error> {
     let t0 = std::time::Instant::now();
     let m = OnnxModel::load(model)?;
     let t1 = std::time::Instant::now();
-    let mut a = augment::augment(m)?;
+    let mut a = augment::augment_with(m, augment::AugmentOptions { metric, hooks, heads, ..Default::default() })?;
     let t2 = std::time::Instant::now();
     attrpatch::fsutil::write_atomic_with(output, |w| attrpatch::onnx::io::write_model(&mut a.proto, w))?;
     let t3 = std::time::Instant::now();
@@ -329,12 +366,18 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.cmd {
         Cmd::Run(a) => run(a),
-        Cmd::Patch(a) => patch_cmd(a),
-        Cmd::Compare(a) => compare_cmd(a),
+        Cmd::Patch(mut a) => {
+            a.common.default_out = "attrpatch-patch";
+            patch_cmd(a)
+        }
+        Cmd::Compare(mut a) => {
+            a.common.default_out = "attrpatch-compare";
+            compare_cmd(a)
+        }
         Cmd::Inspect { model, hook } => {
             OnnxModel::load(&model).and_then(|m| inspect::inspect(&m, hook.as_ref())).map(|s| print!("{s}"))
         }
-        Cmd::Rewrite { model, output } => rewrite(&model, &output),
+        Cmd::Rewrite { model, out, hook, metric, heads } => rewrite(&model, &out, hook, metric, heads),
         Cmd::Merge { shards, out } => merge_cmd(&shards, &out),
     };
     match result {

@@ -8,6 +8,7 @@ mod bad_inputs;
 mod batches;
 mod bundled_model;
 mod cli;
+mod cli_usage;
 mod contrib;
 mod end_to_end;
 mod fuzz;

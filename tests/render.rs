@@ -433,3 +433,30 @@ fn compare_report_html_works_in_a_browser() {
     assert!(check.lines().any(|l| l.starts_with("point ") && l.contains("estimate") && l.contains("exact")), "{check}");
     screenshot(&browser, &page, 2200);
 }
+
+/// A run whose baselines are noise (the random fixture's logit differences are
+/// ~3e-4) shows its warnings at the top of the page; the IOI run shows none.
+#[test]
+fn report_html_shows_the_baseline_warnings() {
+    let Some(browser) = chromium() else { return };
+    let dir = artifact_dir("noise-run");
+    let o = attrpatch(&[
+        "run",
+        "--device",
+        "cpu",
+        "--model",
+        root().join("models/gpt2-tiny-random.onnx").to_str().unwrap(),
+        "--tokenizer",
+        root().join("models/tokenizer.json").to_str().unwrap(),
+        "--out",
+        dir.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let loaded = load(&browser, &dir.join("report.html"));
+    loaded.assert_clean();
+    let warnings = Regex::new(r#"(?s)<div class="warnings" id="warnings">(.*?)</div>"#).unwrap();
+    let block = warnings.captures(&loaded.dom).map(|c| unescape(&c[1])).unwrap_or_default();
+    assert!(block.contains("differ by only"), "no baseline warning in the page: {block:?}");
+    let ioi = load(&browser, &run_out().join("report.html"));
+    assert!(!ioi.dom.contains(r#"id="warnings""#), "the IOI run's page shows warnings");
+}

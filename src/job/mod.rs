@@ -137,6 +137,8 @@ pub struct JobResult {
     pub seconds: Timings,
     /// Whether the baselines make the normalised grids meaningful, and the clean accuracy.
     pub baselines: crate::sanity::BaselineCheck,
+    /// Each pair's raw (clean, corrupted) metric, in prompt order, always kept.
+    pub pair_metrics: Vec<(f64, f64)>,
 }
 
 #[derive(Default, Debug, Clone, Serialize)]
@@ -233,6 +235,7 @@ pub fn finish(manifest: Manifest, batches: &[BatchResult]) -> Result<JobResult> 
     Ok(JobResult {
         manifest,
         baselines,
+        pair_metrics: clean.iter().copied().zip(corrupted.iter().copied()).collect(),
         clean_logit_diff: totals.clean(),
         corrupted_logit_diff: totals.corrupted(),
         grids: Grids { heads: scaled(&totals.heads, k), positions: scaled(&totals.positions, k) },

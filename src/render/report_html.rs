@@ -132,6 +132,9 @@ fn job_data(r: &JobResult) -> Value {
         "corrupted_logit_diff": r.corrupted_logit_diff,
         "prompts": m.prompts,
         "per_pair": per_pair,
+        "pair_metrics": r.pair_metrics,
+        "warnings": r.baselines.warnings,
+        "clean_accuracy": r.baselines.clean_accuracy,
         "grids": grids(r),
         "seconds": r.seconds,
     })

@@ -208,10 +208,15 @@
 
   function renderJob() {
     root.append(el("h1", {}, data.title), el("p", { "class": "subtitle" }, data.subtitle));
+    if (data.warnings.length) {
+      root.append(el("div", { "class": "warnings", id: "warnings" }, el("h2", {}, "Warnings"),
+        el("ul", {}, ...data.warnings.map(w => el("li", {}, w)))));
+    }
     section("Baselines", table(["", "logit diff", "normalised metric"], [
       ["clean", fmt(data.clean_logit_diff), "1"],
       ["corrupted", fmt(data.corrupted_logit_diff), "0"],
-    ], [0, 1, 1]), el("p", { "class": "note" },
+    ], [0, 1, 1]), ...(data.clean_accuracy === null ? [] : [el("p", {},
+      `Clean prompts answered correctly: ${Math.round(100 * data.clean_accuracy)}%`)]), el("p", { "class": "note" },
       `metric: (${data.metric} - corrupted) / (clean - corrupted); a cell is the first-order change of that metric when its activation is patched from the corrupted to the clean run.`));
 
     const figures = el("div", { "class": "figures", id: "grids" });
@@ -240,13 +245,11 @@
     root.append(figures);
     draw(data.grids);
 
-    const pairs = new Map(data.per_pair.map(p => [p.index, p]));
     const rows = data.prompts.map((p, i) => {
-      const pp = pairs.get(i);
-      return [i, p.clean, p.corrupted, p.correct, p.incorrect, pp ? fmt(pp.clean_logit_diff) : "", pp ? fmt(pp.corrupted_logit_diff) : ""];
+      const pm = data.pair_metrics[i];
+      return [i, p.clean, p.corrupted, p.correct, p.incorrect, pm ? fmt(pm[0]) : "", pm ? fmt(pm[1]) : ""];
     });
     section("Prompts", table(["#", "clean", "corrupted", "correct", "incorrect", "clean logit diff", "corrupted logit diff"], rows, [1, 0, 0, 0, 0, 1, 1]));
-    if (!data.per_pair.length) root.append(el("p", { "class": "note" }, "Per-pair logit differences are kept with --per-prompt."));
 
     section("Model and options", table(["", ""], [
       ["model", data.model], ["method", data.method], ["metric", data.metric], ["hook", data.hook],

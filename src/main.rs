@@ -246,7 +246,19 @@ fn run(args: RunArgs) -> Result<(), Error> {
     if r.batches_resumed > 0 {
         println!("resumed {} finished batch(es) from {}", r.batches_resumed, batches_dir.display());
     }
-    report_job(&opts, &r, out)
+    report_job(&opts, &r, out)?;
+    // What --resume and merge read, written as the batches finished.
+    println!("wrote {}", out.join("job.json").display());
+    println!("wrote {}/ ({} batch file{})", batches_dir.display(), r.manifest.n_batches, plural(r.manifest.n_batches));
+    Ok(())
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 {
+        ""
+    } else {
+        "s"
+    }
 }
 
 /// Prints a finished job's summary and timings, and writes its files.

@@ -317,7 +317,12 @@ fn print_summary(r: &job::JobResult) {
     let m = &r.manifest;
     let units = if m.n_heads > 0 { format!(" x {} heads", m.n_heads) } else { String::new() };
     let layers = format!("{} layer{}", m.hooks.len(), if m.hooks.len() == 1 { "" } else { "s" });
-    println!("{} prompt pairs of up to {} tokens, {layers}{units}", m.prompts.len(), m.seq_len);
+    let tokens = match m.min_len {
+        0 => format!("up to {}", m.seq_len),
+        n if n < m.seq_len => format!("{n}-{}", m.seq_len),
+        _ => m.seq_len.to_string(),
+    };
+    println!("{} prompt pairs of {tokens} tokens, {layers}{units}", m.prompts.len());
     let label = m.metric.label();
     println!("Clean {label}: {}", num(clean));
     println!("Corrupted {label}: {}", num(corr));

@@ -107,3 +107,26 @@ fn patch_writes_into_its_own_default_folder_not_runs() {
     assert!(d.join("attrpatch-patch/heads.csv").is_file());
     assert!(!d.join("attrpatch-out").exists());
 }
+
+#[test]
+fn the_summary_gives_the_range_of_prompt_lengths_and_no_zero_heads() {
+    let d = fresh_dir("length-range");
+    let prompts = d.join("pairs.jsonl");
+    std::fs::write(
+        &prompts,
+        [
+            r#"{"clean": "When John and Mary went to the shops, John gave the bag to", "corrupted": "When John and Mary went to the shops, Mary gave the bag to", "correct": " Mary", "incorrect": " John"}"#,
+            r#"{"clean": "John and Mary: John gave it to", "corrupted": "John and Mary: Mary gave it to", "correct": " Mary", "incorrect": " John"}"#,
+        ]
+        .join("\n"),
+    )
+    .unwrap();
+    let args = ["run", "--device", "cpu", "--prompts", prompts.to_str().unwrap(), "--out", d.to_str().unwrap()];
+    let o = attrpatch_in(&root(), &args);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(out.contains("2 prompt pairs of 8-14 tokens, 3 layers x 4 heads"), "{out}");
+    let o = attrpatch_in(&root(), &[&args[..], &["--hook", "resid"]].concat());
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("2 prompt pairs of 8-14 tokens, 3 layers\n"), "{out}");
+}

@@ -62,6 +62,9 @@ pub struct Manifest {
     pub n_heads: usize,
     pub hooks: Vec<Hook>,
     pub seq_len: usize,
+    /// The shortest pair's length (pairs are right-padded to `seq_len`).
+    #[serde(default)]
+    pub min_len: usize,
     pub token_labels: Vec<String>,
     pub prompts: Vec<PromptPair>,
     pub batch_size: usize,
@@ -85,6 +88,7 @@ impl Manifest {
             n_heads: p.graph.heads().unwrap_or(0),
             hooks: p.graph.hooks().to_vec(),
             seq_len: p.tokens.seq_len,
+            min_len: p.tokens.lengths.iter().copied().min().unwrap_or(p.tokens.seq_len),
             token_labels: p.tokens.clean_tokens.first().cloned().unwrap_or_default(),
             prompts: p.pairs.clone(),
             batch_size,
@@ -184,6 +188,7 @@ mod tests {
             n_heads: 4,
             hooks: vec![],
             seq_len: 14,
+            min_len: 14,
             token_labels: vec![],
             prompts: vec![],
             batch_size: 64,

@@ -36,8 +36,9 @@ impl TractRuntime {
 
     fn load(model_bytes: &[u8]) -> Result<Self> {
         use prost::Message;
-        let proto = tract_onnx::pb::ModelProto::decode(model_bytes)
+        let mut proto = tract_onnx::pb::ModelProto::decode(model_bytes)
             .map_err(|e| Error::Model(format!("tract: decoding the augmented model: {e}")))?;
+        clamp_slice_bounds(&mut proto);
         let model = tract_onnx::onnx().model_for_proto_model(&proto).map_err(|e| t_err("loading the model", e))?;
         let output_names = proto.graph.map(|g| g.output.into_iter().map(|o| o.name).collect()).unwrap_or_default();
         let input_names = model
@@ -80,6 +81,32 @@ impl TractRuntime {
             self.cached = Some((shapes, plan));
         }
         Ok(&self.cached.as_ref().unwrap().1)
+    }
+}
+
+/// Exporters write "to the end" as a Slice bound of `i64::MAX`. tract's
+/// symbolic comparison `x < 0` computes `x + 1` (an overflow panic in debug
+/// builds, a wrong sign in release) when the Slice gradient's bound arithmetic
+/// compares it. Constant Slice starts/ends beyond +-2^40 mean the same as
+/// +-2^40 to every tensor that fits in memory, so they are clamped there.
+fn clamp_slice_bounds(proto: &mut tract_onnx::pb::ModelProto) {
+    const FAR: i64 = 1 << 40;
+    let Some(g) = proto.graph.as_mut() else { return };
+    let bounds: std::collections::HashSet<String> =
+        g.node.iter().filter(|n| n.op_type == "Slice").flat_map(|n| n.input.iter().skip(1).take(2).cloned()).collect();
+    let clamp = |t: &mut tract_onnx::pb::TensorProto| {
+        if t.data_type != tract_onnx::pb::tensor_proto::DataType::Int64 as i32 {
+            return;
+        }
+        t.int64_data.iter_mut().for_each(|v| *v = (*v).clamp(-FAR, FAR));
+        for c in t.raw_data.chunks_exact_mut(8) {
+            let v = i64::from_le_bytes(c.try_into().expect("8 bytes")).clamp(-FAR, FAR);
+            c.copy_from_slice(&v.to_le_bytes());
+        }
+    };
+    g.initializer.iter_mut().filter(|t| bounds.contains(&t.name)).for_each(clamp);
+    for n in g.node.iter_mut().filter(|n| n.op_type == "Constant" && n.output.iter().any(|o| bounds.contains(o))) {
+        n.attribute.iter_mut().filter_map(|a| a.t.as_mut()).for_each(clamp);
     }
 }
 

@@ -84,13 +84,15 @@ impl TractRuntime {
     }
 }
 
-/// Exporters write "to the end" as a Slice bound of `i64::MAX`. tract's
-/// symbolic comparison `x < 0` computes `x + 1` (an overflow panic in debug
-/// builds, a wrong sign in release) when the Slice gradient's bound arithmetic
-/// compares it. Constant Slice starts/ends beyond +-2^40 mean the same as
-/// +-2^40 to every tensor that fits in memory, so they are clamped there.
+/// Exporters write "to the end" as a Slice bound of `i64::MAX`. When the Slice
+/// gradient's bound arithmetic (Less, Max, Min on int64 shape values) reads it,
+/// tract's symbolic-dim evaluation goes wrong: `x < 0` computes `x + 1` (an
+/// overflow panic in debug builds) and Max/Min keep only the low 32 bits
+/// (`Min(2^40, 16)` gives 0, so the gradient's Pad comes out too wide).
+/// Constant Slice starts/ends beyond +-2^30 mean the same as +-2^30 for any
+/// axis shorter than that, so they are clamped there before tract sees them.
 fn clamp_slice_bounds(proto: &mut tract_onnx::pb::ModelProto) {
-    const FAR: i64 = 1 << 40;
+    const FAR: i64 = 1 << 30;
     let Some(g) = proto.graph.as_mut() else { return };
     let bounds: std::collections::HashSet<String> =
         g.node.iter().filter(|n| n.op_type == "Slice").flat_map(|n| n.input.iter().skip(1).take(2).cloned()).collect();

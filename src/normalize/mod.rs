@@ -5,12 +5,14 @@
 
 pub mod contrib;
 mod flatten;
+pub mod opset23;
 
 use crate::error::Result;
 use crate::onnx::pb::ModelProto;
 
 /// Applies every normalisation to a loaded model, in order.
 pub fn normalize(proto: &mut ModelProto, opset: i64) -> Result<()> {
+    opset23::decompose(proto, opset)?;
     contrib::decompose(proto, opset)?;
     flatten::flatten_as_reshape_all(proto, opset)?;
     Ok(())

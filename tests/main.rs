@@ -14,5 +14,6 @@ mod gradients;
 mod hooks;
 mod metrics;
 mod onnx_io;
+mod opset23;
 mod padding;
 mod patching;

@@ -133,6 +133,12 @@ fn exact_patching_matches_patching_by_hand_on_every_architecture() {
         "gptneox-legacy-op14",
         "llama-dynamo-op18",
         "llama-legacy-op14",
+        "llama-sdpa-dynamo-op23",
+        "gptbigcode-legacy-op14",
+        "opt-sdpa-dynamo-op18",
+        "qwen3-sdpa-dynamo-op18",
+        "gemma2-legacy-op14",
+        "phi-sdpa-dynamo-op18",
     ] {
         let (o, v) = options(name);
         let ids = |k: &str| -> Vec<Vec<i64>> { serde_json::from_value(v[k].clone()).unwrap() };
@@ -151,4 +157,37 @@ fn exact_patching_matches_patching_by_hand_on_every_architecture() {
         );
         eprintln!("{name}: exact vs by hand, max abs error heads {eh:.2e}, positions {ep:.2e}");
     }
+}
+
+#[test]
+fn tract_names_every_op_it_cannot_run_before_running_anything() {
+    use attrpatch::onnx::pb::{GraphProto, ModelProto, NodeProto, OperatorSetIdProto};
+    let node = |op: &str, name: &str, i: &str, o: &str| NodeProto {
+        op_type: op.into(),
+        name: name.into(),
+        input: vec![i.into()],
+        output: vec![o.into()],
+        ..Default::default()
+    };
+    let m = ModelProto {
+        ir_version: 8,
+        opset_import: vec![OperatorSetIdProto { domain: String::new(), version: 20 }],
+        graph: Some(GraphProto {
+            node: vec![
+                node("Col2Im", "fold_a", "x", "a"),
+                node("Relu", "relu", "a", "b"),
+                node("Col2Im", "fold_b", "b", "c"),
+                node("AffineGrid", "grid", "c", "y"),
+            ],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let e = attrpatch::runtime::tract_rt::TractRuntime::new(&prost::Message::encode_to_vec(&m), false)
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(e.contains("AffineGrid (1 node(s), first 'grid')"), "{e}");
+    assert!(e.contains("Col2Im (2 node(s), first 'fold_a')"), "{e}");
+    assert!(!e.contains("Relu"), "{e}");
 }

@@ -172,3 +172,13 @@ fn a_stripped_model_gives_the_reference_grids_end_to_end() {
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
+
+#[test]
+fn inspect_says_how_each_hook_was_found() {
+    let named = OnnxModel::load(&arch_model("falcon-legacy-op14")).unwrap();
+    let s = attrpatch::inspect::inspect(&named, None).unwrap();
+    assert!(s.contains("matched by node name, preset 'N.self_attention.dense' (BLOOM, Falcon)"), "{s}");
+    let (m, _) = stripped(&arch_model("falcon-legacy-op14"));
+    let s = attrpatch::inspect::inspect(&m, None).unwrap();
+    assert_eq!(s.matches(attrpatch::hooks::BY_STRUCTURE).count(), 2, "{s}");
+}

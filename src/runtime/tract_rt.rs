@@ -39,7 +39,9 @@ impl TractRuntime {
         let mut proto = tract_onnx::pb::ModelProto::decode(model_bytes)
             .map_err(|e| Error::Model(format!("tract: decoding the augmented model: {e}")))?;
         clamp_slice_bounds(&mut proto);
-        let model = tract_onnx::onnx().model_for_proto_model(&proto).map_err(|e| t_err("loading the model", e))?;
+        let onnx = tract_onnx::onnx();
+        refuse_unimplemented(&onnx, &proto)?;
+        let model = onnx.model_for_proto_model(&proto).map_err(|e| t_err("loading the model", e))?;
         let output_names = proto.graph.map(|g| g.output.into_iter().map(|o| o.name).collect()).unwrap_or_default();
         let input_names = model
             .input_outlets()
@@ -82,6 +84,27 @@ impl TractRuntime {
         }
         Ok(&self.cached.as_ref().unwrap().1)
     }
+}
+
+/// tract loads an op it does not implement as a placeholder that fails only
+/// when the first batch is typed; naming every such op up front says what
+/// cannot run before any work is done.
+fn refuse_unimplemented(onnx: &tract_onnx::Onnx, proto: &tract_onnx::pb::ModelProto) -> Result<()> {
+    let mut missing: std::collections::BTreeMap<&str, (usize, &str)> = Default::default();
+    for n in proto.graph.iter().flat_map(|g| &g.node) {
+        if !onnx.op_register.0.contains_key(&n.op_type) {
+            missing.entry(n.op_type.as_str()).or_insert((0, n.name.as_str())).0 += 1;
+        }
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let list: Vec<String> =
+        missing.iter().map(|(op, (count, node))| format!("{op} ({count} node(s), first '{node}')")).collect();
+    Err(Error::Unsupported(format!(
+        "tract cannot run these ops of the model: {}; use --runtime ort (ONNX Runtime)",
+        list.join(", ")
+    )))
 }
 
 /// Exporters write "to the end" as a Slice bound of `i64::MAX`. When the Slice

@@ -146,7 +146,7 @@ fn a_graph_with_neither_names_nor_attention_says_what_was_looked_for() {
     }
     let e = find_hooks(&m, &HookKind::AttnOut).unwrap_err().to_string();
     assert!(e.contains("no attention out-projection found"), "{e}");
-    assert!(e.contains("'N.self_attention.dense' (BLOOM, Falcon)"), "{e}");
+    assert!(e.contains("'h.N.self_attention.dense' (BLOOM, Falcon)"), "{e}");
     assert!(e.contains("softmax(Q K^T) V"), "{e}");
     assert!(e.contains("--hook REGEX"), "{e}");
 }
@@ -177,7 +177,7 @@ fn a_stripped_model_gives_the_reference_grids_end_to_end() {
 fn inspect_says_how_each_hook_was_found() {
     let named = OnnxModel::load(&arch_model("falcon-legacy-op14")).unwrap();
     let s = attrpatch::inspect::inspect(&named, None).unwrap();
-    assert!(s.contains("matched by node name, preset 'N.self_attention.dense' (BLOOM, Falcon)"), "{s}");
+    assert!(s.contains("matched by node name, preset 'h.N.self_attention.dense' (BLOOM, Falcon)"), "{s}");
     let (m, _) = stripped(&arch_model("falcon-legacy-op14"));
     let s = attrpatch::inspect::inspect(&m, None).unwrap();
     assert_eq!(s.matches(attrpatch::hooks::BY_STRUCTURE).count(), 2, "{s}");

@@ -97,7 +97,7 @@ fn by_names<'a>(model: &'a OnnxModel, consts: &HashSet<String>) -> BTreeMap<usiz
             .chain(n.input.iter().filter(|i| consts.contains(*i)).map(|i| (i.as_str(), "weight name")));
         for (text, how) in sources {
             if let Some((layer, p)) = presets::match_text(text) {
-                let how = format!("{how}, preset 'N.{}' ({})", p.tail, p.families);
+                let how = format!("{how}, preset '{}' ({})", p.shown(), p.families);
                 by_layer.entry(layer).or_default().push((n, how));
                 break;
             }

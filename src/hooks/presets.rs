@@ -11,6 +11,9 @@ use std::sync::OnceLock;
 pub struct Preset {
     /// The families (transformers model types) that name it so, for messages.
     pub families: &'static str,
+    /// The layer container the family uses (`h` or `layers`), for messages; any of
+    /// `h`, `layers`, `layer`, `blocks` matches.
+    pub container: &'static str,
     /// Module path after `h.N` / `layers.N`, dot-separated.
     pub tail: &'static str,
 }
@@ -18,18 +21,19 @@ pub struct Preset {
 /// Every family transformers exports, and the GenAI builder's naming. Order
 /// matters only for messages: tails are disjoint.
 pub const PRESETS: &[Preset] = &[
-    Preset { families: "GPT-2, GPTBigCode", tail: "attn.c_proj" },
-    Preset { families: "GPT-J", tail: "attn.out_proj" },
-    Preset { families: "GPT-Neo", tail: "attn.attention.out_proj" },
-    Preset { families: "GPT-NeoX", tail: "attention.dense" },
-    Preset { families: "OPT, BART-style decoders", tail: "self_attn.out_proj" },
-    Preset { families: "BLOOM, Falcon", tail: "self_attention.dense" },
+    Preset { families: "GPT-2, GPTBigCode", container: "h", tail: "attn.c_proj" },
+    Preset { families: "GPT-J", container: "h", tail: "attn.out_proj" },
+    Preset { families: "GPT-Neo", container: "h", tail: "attn.attention.out_proj" },
+    Preset { families: "GPT-NeoX", container: "layers", tail: "attention.dense" },
+    Preset { families: "OPT, BART-style decoders", container: "layers", tail: "self_attn.out_proj" },
+    Preset { families: "BLOOM, Falcon", container: "h", tail: "self_attention.dense" },
     Preset {
         families: "Llama, Mistral, Mixtral, Qwen2, Qwen3, Phi-3, Gemma 1-3, StableLM, OLMo",
+        container: "layers",
         tail: "self_attn.o_proj",
     },
-    Preset { families: "Phi", tail: "self_attn.dense" },
-    Preset { families: "onnxruntime-genai builder", tail: "attn.o_proj" },
+    Preset { families: "Phi", container: "layers", tail: "self_attn.dense" },
+    Preset { families: "onnxruntime-genai builder", container: "layers", tail: "attn.o_proj" },
 ];
 
 fn regexes() -> &'static [Regex] {
@@ -57,7 +61,14 @@ pub fn match_text(text: &str) -> Option<(usize, &'static Preset)> {
 
 /// The presets as one line for error messages.
 pub fn describe() -> String {
-    PRESETS.iter().map(|p| format!("'N.{}' ({})", p.tail, p.families)).collect::<Vec<_>>().join(", ")
+    PRESETS.iter().map(|p| format!("'{}' ({})", p.shown(), p.families)).collect::<Vec<_>>().join(", ")
+}
+
+impl Preset {
+    /// The module path as the family names it, N for the layer: `h.N.attn.c_proj`.
+    pub fn shown(&self) -> String {
+        format!("{}.N.{}", self.container, self.tail)
+    }
 }
 
 #[cfg(test)]

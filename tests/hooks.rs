@@ -154,7 +154,7 @@ fn a_graph_with_neither_names_nor_attention_says_what_was_looked_for() {
 #[test]
 fn a_stripped_model_gives_the_reference_grids_end_to_end() {
     for name in ["gpt2-legacy-op14", "llama-dynamo-op18"] {
-        let (m, _) = stripped(&arch_model(&name));
+        let (m, _) = stripped(&arch_model(name));
         let dir = fresh_dir(&format!("stripped-{name}"));
         let path = dir.join("model.onnx");
         std::fs::write(&path, m.to_bytes()).unwrap();

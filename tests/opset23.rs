@@ -172,7 +172,10 @@ impl Case {
     }
 }
 
-fn run(c: &Case, m: &ModelProto) -> Result<Vec<(Vec<usize>, Vec<f64>)>, String> {
+/// (shape, values) of each compared output.
+type Outputs = Vec<(Vec<usize>, Vec<f64>)>;
+
+fn run(c: &Case, m: &ModelProto) -> Result<Outputs, String> {
     let (_, env) = attrpatch::runtime::ort_lib::init(None).map_err(|e| e.to_string())?;
     let b = Session::builder(&env).map_err(|e| e.to_string())?;
     let b = b.with_optimization_level(GraphOptimizationLevel::Disable).map_err(|e| e.to_string())?;

@@ -197,7 +197,7 @@ pub fn infer_heads(g: &crate::onnx::pb::GraphProto, facts: &crate::onnx::facts::
                 return Some(*h as usize);
             }
         }
-        let producer = g.node.iter().find(|n| n.output.iter().any(|o| *o == t))?;
+        let producer = g.node.iter().find(|n| n.output.contains(&t))?;
         if !matches!(producer.op_type.as_str(), "Reshape" | "Transpose" | "Identity" | "Flatten") {
             return None;
         }

@@ -191,3 +191,44 @@ fn tract_names_every_op_it_cannot_run_before_running_anything() {
     assert!(e.contains("Col2Im (2 node(s), first 'fold_a')"), "{e}");
     assert!(!e.contains("Relu"), "{e}");
 }
+
+/// BLOOM's alibi positions: the cumulative sum of the int64 attention mask.
+/// tract evaluated it as symbolic dims ("TDim is not a number") until the
+/// runtime moved integer CumSum to float64.
+#[test]
+fn tract_runs_a_cumsum_of_the_attention_mask() {
+    use attrpatch::onnx::builder::attr_i;
+    use attrpatch::onnx::consts::{i64_tensor, FLOAT, INT64};
+    use attrpatch::onnx::facts::Dim;
+    use attrpatch::onnx::pb::{GraphProto, ModelProto, NodeProto, OperatorSetIdProto};
+    use attrpatch::runtime::{Runtime, Value};
+    let node = |op: &str, i: &[&str], o: &str, attrs| NodeProto {
+        op_type: op.into(),
+        name: o.into(),
+        input: i.iter().map(|s| s.to_string()).collect(),
+        output: vec![o.into()],
+        attribute: attrs,
+        ..Default::default()
+    };
+    let dims = [Dim::Sym("batch".into()), Dim::Sym("sequence".into())];
+    let m = ModelProto {
+        ir_version: 8,
+        opset_import: vec![OperatorSetIdProto { domain: String::new(), version: 14 }],
+        graph: Some(GraphProto {
+            node: vec![
+                node("Cast", &["attention_mask"], "mask", vec![attr_i("to", INT64 as i64)]),
+                node("CumSum", &["mask", "axis"], "positions", vec![]),
+                node("Cast", &["positions"], "out", vec![attr_i("to", FLOAT as i64)]),
+            ],
+            initializer: vec![i64_tensor("axis", &[], &[1])],
+            input: vec![attrpatch::augment::value_info("attention_mask", INT64, &dims)],
+            output: vec![attrpatch::augment::value_info("out", FLOAT, &dims)],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let mut rt = attrpatch::runtime::tract_rt::TractRuntime::new(&prost::Message::encode_to_vec(&m), false).unwrap();
+    let mask = ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&[2, 4]), vec![1i64, 1, 1, 1, 0, 1, 1, 1]).unwrap();
+    let out = rt.run(vec![("attention_mask".into(), Value::I64(mask))]).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(out["out"].iter().copied().collect::<Vec<f32>>(), [1., 2., 3., 4., 0., 1., 2., 3.]);
+}

@@ -39,6 +39,7 @@ impl TractRuntime {
         let mut proto = tract_onnx::pb::ModelProto::decode(model_bytes)
             .map_err(|e| Error::Model(format!("tract: decoding the augmented model: {e}")))?;
         clamp_slice_bounds(&mut proto);
+        integer_cumsum_in_f64(&mut proto);
         let onnx = tract_onnx::onnx();
         refuse_unimplemented(&onnx, &proto)?;
         let model = onnx.model_for_proto_model(&proto).map_err(|e| t_err("loading the model", e))?;
@@ -105,6 +106,50 @@ fn refuse_unimplemented(onnx: &tract_onnx::Onnx, proto: &tract_onnx::pb::ModelPr
         "tract cannot run these ops of the model: {}; use --runtime ort (ONNX Runtime)",
         list.join(", ")
     )))
+}
+
+/// tract 0.23.9 evaluates CumSum over int64 values that came from a graph
+/// input (BLOOM's alibi positions, a cumsum of the attention mask) as symbolic
+/// dims and fails ("TDim is not a number"). Summing in float64 is exact below
+/// 2^53, so an int64 CumSum becomes Cast(f64) -> CumSum -> Cast(int64).
+fn integer_cumsum_in_f64(proto: &mut tract_onnx::pb::ModelProto) {
+    use tract_onnx::pb::{attribute_proto::AttributeType, tensor_proto::DataType, AttributeProto, NodeProto};
+    let Some(g) = proto.graph.as_mut() else { return };
+    let int64_casts: std::collections::HashSet<String> = g
+        .node
+        .iter()
+        .filter(|n| n.op_type == "Cast" && n.attribute.iter().any(|a| a.name == "to" && a.i == DataType::Int64 as i64))
+        .map(|n| n.output[0].clone())
+        .collect();
+    let cast = |name: String, input: &str, output: &str, to: DataType| NodeProto {
+        name,
+        op_type: "Cast".into(),
+        input: vec![input.into()],
+        output: vec![output.into()],
+        attribute: vec![AttributeProto {
+            name: "to".into(),
+            r#type: AttributeType::Int as i32,
+            i: to as i64,
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let mut nodes = Vec::with_capacity(g.node.len());
+    for mut n in std::mem::take(&mut g.node) {
+        if n.op_type == "CumSum" && int64_casts.contains(&n.input[0]) {
+            let (x, y) = (n.input[0].clone(), n.output[0].clone());
+            let (xf, yf) = (format!("{}/f64_in", n.name), format!("{}/f64_out", n.name));
+            nodes.push(cast(format!("{}/to_f64", n.name), &x, &xf, DataType::Double));
+            n.input[0] = xf;
+            n.output[0] = yf.clone();
+            let back = cast(format!("{}/to_i64", n.name), &yf, &y, DataType::Int64);
+            nodes.push(n);
+            nodes.push(back);
+        } else {
+            nodes.push(n);
+        }
+    }
+    g.node = nodes;
 }
 
 /// Exporters write "to the end" as a Slice bound of `i64::MAX`. When the Slice

@@ -182,3 +182,15 @@ fn inspect_says_how_each_hook_was_found() {
     let s = attrpatch::inspect::inspect(&m, None).unwrap();
     assert_eq!(s.matches(attrpatch::hooks::BY_STRUCTURE).count(), 2, "{s}");
 }
+
+#[test]
+fn every_family_fixture_gives_its_query_head_count_with_no_heads_option() {
+    for (name, want) in arch_fixtures() {
+        let m = OnnxModel::load(&arch_model(&name)).unwrap();
+        let v: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(root().join(format!("tests/fixtures/arch/{name}.json"))).unwrap())
+                .unwrap();
+        let heads = attrpatch::hooks::infer_heads_probed(&m, &want[0]).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(heads, v["n_heads"].as_u64().map(|h| h as usize), "{name}");
+    }
+}

@@ -233,3 +233,35 @@ fn tract_runs_a_cumsum_of_the_attention_mask() {
     let out = rt.run(vec![("attention_mask".into(), Value::I64(mask))]).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(out["out"].iter().copied().collect::<Vec<f32>>(), [1., 2., 3., 4., 0., 1., 2., 3.]);
 }
+
+/// Falcon's fused QKV split: GatherND with negative constant indices, which
+/// tract read as huge unsigned ones until the runtime made them non-negative.
+#[test]
+fn tract_runs_gather_nd_with_negative_indices() {
+    use attrpatch::onnx::consts::{i64_tensor, FLOAT};
+    use attrpatch::onnx::facts::Dim;
+    use attrpatch::onnx::pb::{GraphProto, ModelProto, NodeProto, OperatorSetIdProto};
+    use attrpatch::runtime::{Runtime, Value};
+    let m = ModelProto {
+        ir_version: 8,
+        opset_import: vec![OperatorSetIdProto { domain: String::new(), version: 14 }],
+        graph: Some(GraphProto {
+            node: vec![NodeProto {
+                op_type: "GatherND".into(),
+                name: "pick".into(),
+                input: vec!["x".into(), "idx".into()],
+                output: vec!["y".into()],
+                ..Default::default()
+            }],
+            initializer: vec![i64_tensor("idx", &[2, 1], &[-1, -3])],
+            input: vec![attrpatch::augment::value_info("x", FLOAT, &[Dim::Known(3), Dim::Sym("s".into())])],
+            output: vec![attrpatch::augment::value_info("y", FLOAT, &[Dim::Known(2), Dim::Sym("s".into())])],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let mut rt = attrpatch::runtime::tract_rt::TractRuntime::new(&prost::Message::encode_to_vec(&m), false).unwrap();
+    let x = ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&[3, 2]), vec![0f32, 1., 2., 3., 4., 5.]).unwrap();
+    let out = rt.run(vec![("x".into(), Value::F32(x))]).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(out["y"].iter().copied().collect::<Vec<f32>>(), [4., 5., 0., 1.]);
+}

@@ -40,6 +40,7 @@ impl TractRuntime {
             .map_err(|e| Error::Model(format!("tract: decoding the augmented model: {e}")))?;
         clamp_slice_bounds(&mut proto);
         integer_cumsum_in_f64(&mut proto);
+        nonnegative_nd_indices(&mut proto);
         let onnx = tract_onnx::onnx();
         refuse_unimplemented(&onnx, &proto)?;
         let model = onnx.model_for_proto_model(&proto).map_err(|e| t_err("loading the model", e))?;
@@ -150,6 +151,80 @@ fn integer_cumsum_in_f64(proto: &mut tract_onnx::pb::ModelProto) {
         }
     }
     g.node = nodes;
+}
+
+/// tract 0.23.9 reads a negative GatherND/ScatterND index as a huge unsigned
+/// one (Falcon's fused QKV is split by GatherND with `[[-2]]`, `[[-1]]`; the
+/// Gather rules' ScatterND reuses them). For constant indices holding a
+/// negative value, each such node gets `idx + dims * (idx < 0)` computed from
+/// its own data's shape (the first `k` dims for index tuples of length `k`).
+fn nonnegative_nd_indices(proto: &mut tract_onnx::pb::ModelProto) {
+    use tract_onnx::pb::{AttributeProto, NodeProto, TensorProto};
+    let Some(g) = proto.graph.as_mut() else { return };
+    let mut negative: HashMap<String, usize> = HashMap::new(); // index tensor -> tuple length k
+    let has_negative = |t: &TensorProto| {
+        t.int64_data.iter().any(|&v| v < 0)
+            || t.raw_data.chunks_exact(8).any(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")) < 0)
+    };
+    let int64 = tract_onnx::pb::tensor_proto::DataType::Int64 as i32;
+    for t in g.initializer.iter().filter(|t| t.data_type == int64 && !t.dims.is_empty() && has_negative(t)) {
+        negative.insert(t.name.clone(), *t.dims.last().expect("non-empty") as usize);
+    }
+    for n in g.node.iter().filter(|n| n.op_type == "Constant") {
+        if let Some(t) = n.attribute.iter().find(|a| a.name == "value").and_then(|a| a.t.as_ref()) {
+            if t.data_type == int64 && !t.dims.is_empty() && has_negative(t) {
+                negative.insert(n.output[0].clone(), *t.dims.last().expect("non-empty") as usize);
+            }
+        }
+    }
+    if negative.is_empty() {
+        return;
+    }
+    let node = |name: String, op: &str, inputs: Vec<String>, attrs: Vec<AttributeProto>| NodeProto {
+        output: vec![format!("{name}/out")],
+        name,
+        op_type: op.into(),
+        input: inputs,
+        attribute: attrs,
+        ..Default::default()
+    };
+    let mut extra_inits = vec![];
+    let mut nodes = Vec::with_capacity(g.node.len());
+    for mut n in std::mem::take(&mut g.node) {
+        let batch_dims = n.attribute.iter().find(|a| a.name == "batch_dims").map(|a| a.i).unwrap_or(0);
+        let k = n.input.get(1).and_then(|i| negative.get(i)).copied();
+        if let (true, 0, Some(k)) = (matches!(n.op_type.as_str(), "GatherND" | "ScatterND"), batch_dims, k) {
+            let p = format!("{}/nonneg", n.name);
+            let (zero, kk) = (format!("{p}/zero"), format!("{p}/k"));
+            extra_inits.push(i64_init(&zero, &[0]));
+            extra_inits.push(i64_init(&kk, &[k as i64]));
+            let shape = node(format!("{p}/shape"), "Shape", vec![n.input[0].clone()], vec![]);
+            let dims = node(format!("{p}/dims"), "Slice", vec![shape.output[0].clone(), zero.clone(), kk], vec![]);
+            let less = node(format!("{p}/less"), "Less", vec![n.input[1].clone(), zero], vec![]);
+            let add = node(format!("{p}/add"), "Add", vec![n.input[1].clone(), dims.output[0].clone()], vec![]);
+            let fixed = node(
+                format!("{p}/where"),
+                "Where",
+                vec![less.output[0].clone(), add.output[0].clone(), n.input[1].clone()],
+                vec![],
+            );
+            n.input[1] = fixed.output[0].clone();
+            nodes.extend([shape, dims, less, add, fixed]);
+        }
+        nodes.push(n);
+    }
+    g.node = nodes;
+    g.initializer.extend(extra_inits);
+}
+
+fn i64_init(name: &str, values: &[i64]) -> tract_onnx::pb::TensorProto {
+    tract_onnx::pb::TensorProto {
+        name: name.into(),
+        dims: vec![values.len() as i64],
+        data_type: tract_onnx::pb::tensor_proto::DataType::Int64 as i32,
+        int64_data: values.to_vec(),
+        ..Default::default()
+    }
 }
 
 /// Exporters write "to the end" as a Slice bound of `i64::MAX`. When the Slice

@@ -7,7 +7,7 @@
 //! tools/bench/run.sh builds the GPT-2-small-sized model and the PyTorch figures first.
 
 use attrpatch::augment::{augment_with, AugmentOptions};
-use attrpatch::job::build_inputs;
+use attrpatch::job::{pair_inputs, JobGraph};
 use attrpatch::onnx::OnnxModel;
 use attrpatch::prompts::TokenizedPrompts;
 use attrpatch::runtime::{create, Device, RuntimeKind, RuntimeOptions, Value};
@@ -134,12 +134,12 @@ fn measure(
         v
     };
     // Warm-up, then alternate the two so drift on a noisy machine hits both.
-    attr.run(build_inputs(aug, &t)).unwrap();
+    attr.run(pair_inputs(&aug.token_inputs(), &t, attrpatch::augment::Metric::LogitDiff)).unwrap();
     plain.run(plain_inputs()).unwrap();
     let (mut ta, mut tb) = (vec![], vec![]);
     for _ in 0..repeats {
         let c = Instant::now();
-        attr.run(build_inputs(aug, &t)).unwrap();
+        attr.run(pair_inputs(&aug.token_inputs(), &t, attrpatch::augment::Metric::LogitDiff)).unwrap();
         ta.push(c.elapsed().as_secs_f64());
         let c = Instant::now();
         plain.run(plain_inputs()).unwrap();

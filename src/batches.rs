@@ -39,10 +39,17 @@ pub struct BatchResult {
     pub positions: Vec<Vec<f64>>,
     /// Per pair, when asked for.
     pub per_pair: Vec<PairResult>,
+    /// Each pair's raw clean and corrupted metric, always (two numbers a pair):
+    /// the baseline checks (`sanity`) need their spread, not only their sums.
+    #[serde(default)]
+    pub clean_values: Vec<f64>,
+    #[serde(default)]
+    pub corrupted_values: Vec<f64>,
 }
 
 impl BatchResult {
-    pub fn new(index: usize, key: String, pairs: Vec<PairResult>, keep_pairs: bool) -> Self {
+    /// Sums `pairs` (which must all have grids of one shape).
+    pub fn new(index: usize, key: String, pairs: Vec<PairResult>, keep_pairs: bool) -> Result<Self> {
         let mut b = BatchResult {
             index,
             key,
@@ -53,17 +60,19 @@ impl BatchResult {
             heads: vec![],
             positions: vec![],
             per_pair: vec![],
+            clean_values: pairs.iter().map(|p| p.clean_logit_diff).collect(),
+            corrupted_values: pairs.iter().map(|p| p.corrupted_logit_diff).collect(),
         };
         for p in &pairs {
             b.sum_clean_logit_diff += p.clean_logit_diff;
             b.sum_corrupted_logit_diff += p.corrupted_logit_diff;
-            add_into(&mut b.heads, &p.grid.heads);
-            add_into(&mut b.positions, &p.grid.positions);
+            add_into(&mut b.heads, &p.grid.heads, &format!("pair {} heads", p.index))?;
+            add_into(&mut b.positions, &p.grid.positions, &format!("pair {} positions", p.index))?;
         }
         if keep_pairs {
             b.per_pair = pairs;
         }
-        b
+        Ok(b)
     }
 
     pub fn save(&self, dir: &Path) -> Result<()> {
@@ -84,7 +93,8 @@ pub fn path(dir: &Path, index: usize) -> PathBuf {
     dir.join("batches").join(format!("batch-{index:06}.json"))
 }
 
-/// A finished batch from an earlier, interrupted run with the same inputs.
+/// A finished batch from an earlier, interrupted run of the same job: its
+/// key (`job::Manifest::batch_key`) covers everything that decides its numbers.
 pub fn resumable(dir: &Path, index: usize, key: &str) -> Option<BatchResult> {
     let p = path(dir, index);
     let b = BatchResult::load(&p).ok()?;
@@ -114,12 +124,14 @@ pub struct Totals {
 }
 
 impl Totals {
-    pub fn add(&mut self, b: &BatchResult) {
+    /// Adds a batch's sums; a batch whose grids have another shape is refused.
+    pub fn add(&mut self, b: &BatchResult) -> Result<()> {
+        add_into(&mut self.heads, &b.heads, &format!("batch {} heads", b.index))?;
+        add_into(&mut self.positions, &b.positions, &format!("batch {} positions", b.index))?;
         self.pairs += b.pairs;
         self.sum_clean += b.sum_clean_logit_diff;
         self.sum_corrupted += b.sum_corrupted_logit_diff;
-        add_into(&mut self.heads, &b.heads);
-        add_into(&mut self.positions, &b.positions);
+        Ok(())
     }
 
     pub fn clean(&self) -> f64 {

@@ -8,7 +8,7 @@ use crate::error::{Error, Result};
 use crate::fsutil::write_atomic;
 use crate::job::{run_job, JobOptions, JobResult};
 use crate::patch::{self, Estimator};
-use crate::render::{write_heatmaps_png, write_scatter_png, Grid, Scatter, Series, COLOURS};
+use crate::render::{write_heatmaps, write_scatter, Grid, Scatter, Series, COLOURS};
 use crate::report::{heads_grid, positions_grid, write_results};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -160,10 +160,20 @@ pub fn write(c: &Comparison, out: &Path) -> Result<Vec<PathBuf>> {
         let panel = |r: &JobResult| Grid { title: r.manifest.method.label(), ..grid_of(r) };
         let mut grids: Vec<Grid> = compared.iter().map(|e| panel(&e.result)).collect();
         grids.push(panel(&c.exact));
-        let path = out.join(format!("compare-{name}.png"));
-        write_heatmaps_png(&grids.iter().collect::<Vec<_>>(), &path)?;
-        written.push(path);
         let exact_grid = grid_of(&c.exact);
+        let title = format!("{name}: estimates and exact activation patching on one colour scale");
+        let path = out.join(format!("compare-{name}.png"));
+        written.extend(write_heatmaps(&grids.iter().collect::<Vec<_>>(), &title, &exact_grid.subtitle, &path)?);
+        // Each cell's name for labelling the largest misses: "L2 H3" or "L0 9 ' John'".
+        let cell_names: Vec<String> = (0..exact_grid.values.len())
+            .flat_map(|l| {
+                let g = &exact_grid;
+                (0..g.col_names.len()).map(move |i| match g.tokens.get(i) {
+                    Some(t) => format!("L{l} {i} '{t}'"),
+                    None => format!("L{l} H{i}"),
+                })
+            })
+            .collect();
         let series = compared
             .iter()
             .zip(COLOURS)
@@ -180,24 +190,25 @@ pub fn write(c: &Comparison, out: &Path) -> Result<Vec<PathBuf>> {
                     name: format!("{} (r = {})", e.result.manifest.method.label(), fmt_corr(a.pearson)),
                     colour,
                     points,
+                    point_names: cell_names.clone(),
                 }
             })
             .collect();
         let plot = Scatter {
             title: format!("{name}: estimate vs exact activation patching"),
+            subtitle: exact_grid.subtitle.clone(),
             x_label: format!("Estimate ({value})"),
             y_label: format!("Exact ({value})"),
             series,
         };
-        let path = out.join(format!("scatter-{name}.png"));
-        write_scatter_png(&plot, &path)?;
-        written.push(path);
+        written.extend(write_scatter(&plot, &out.join(format!("scatter-{name}.png")))?);
     }
     let path = out.join("compare.json");
     let text = serde_json::to_vec_pretty(&summary_json(c))
         .map_err(|e| Error::Runtime(format!("serialising compare.json: {e}")))?;
     write_atomic(&path, &text)?;
     written.push(path);
+    written.push(crate::render::write_compare_report_html(c, out)?);
     Ok(written)
 }
 
@@ -240,6 +251,56 @@ pub fn summary_json(c: &Comparison) -> serde_json::Value {
             })))
             .collect::<serde_json::Map<_, _>>(),
     })
+}
+
+/// The terminal's table: exact patching's cost, each estimate's agreement
+/// with it per grid, the largest misses, and IG's gain over attribution.
+pub fn report(c: &Comparison) -> String {
+    let secs = |r: &JobResult| r.seconds.load + r.seconds.rewrite + r.seconds.session + r.seconds.run;
+    let mut lines = vec![
+        format!("exact activation patching: {} runtime calls, {:.2}s", c.exact.runtime_calls, secs(&c.exact)),
+        format!(
+            "{:<10} {:<31} {:>8} {:>9} {:>11} {:>10} {:>8}",
+            "grid", "estimate", "Pearson", "Spearman", "mean |err|", "max |err|", "time"
+        ),
+    ];
+    let per_grid = |e: &'_ Estimate| {
+        [("heads", e.heads.clone()), ("positions", e.positions.clone())].into_iter().filter_map(|(g, a)| Some((g, a?)))
+    };
+    for e in &c.estimates {
+        for (grid, a) in per_grid(e) {
+            lines.push(format!(
+                "{:<10} {:<31} {:>8} {:>9} {:>11.3e} {:>10.3e} {:>7.2}s",
+                grid,
+                e.result.manifest.method.label(),
+                fmt_corr(a.pearson),
+                fmt_corr(a.spearman),
+                a.mean_abs_error,
+                a.max_abs_error,
+                secs(&e.result)
+            ));
+        }
+    }
+    for e in &c.estimates {
+        for (grid, a) in per_grid(e) {
+            let unit = if grid == "heads" { "H" } else { "P" };
+            let misses: Vec<String> = a
+                .largest_misses
+                .iter()
+                .map(|m| format!("L{} {unit}{}: {:.3} vs {:.3}", m.layer, m.index, m.estimate, m.exact))
+                .collect();
+            lines.push(format!("largest misses, {grid}, {}: {}", e.result.manifest.method.label(), misses.join("; ")));
+        }
+    }
+    for (grid, ratio, before, after) in ig_gain(c) {
+        lines.push(format!(
+            "integrated gradients vs attribution, {grid}: mean |err| {}, Pearson {} -> {}",
+            if ratio >= 1.0 { format!("{ratio:.2}x smaller") } else { format!("{:.2}x larger", 1.0 / ratio) },
+            fmt_corr(before),
+            fmt_corr(after)
+        ));
+    }
+    lines.iter().map(|l| format!("{l}\n")).collect()
 }
 
 pub fn fmt_corr(r: Option<f64>) -> String {

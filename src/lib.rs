@@ -25,3 +25,4 @@ pub mod onnx;
 pub mod patch;
 pub mod report;
 pub mod runtime;
+pub mod sanity;

@@ -42,9 +42,18 @@ enum Cmd {
     Rewrite {
         /// ONNX model file.
         model: PathBuf,
-        /// Where to write the augmented model.
-        #[arg(short, long)]
-        output: PathBuf,
+        /// Where to write the augmented model (a .onnx file).
+        #[arg(short, long, alias = "output")]
+        out: PathBuf,
+        /// What to attribute (as for run).
+        #[arg(long, default_value = "attn")]
+        hook: attrpatch::hooks::HookKind,
+        /// The quantity to attribute (as for run).
+        #[arg(long, value_enum, default_value_t = attrpatch::augment::Metric::LogitDiff)]
+        metric: attrpatch::augment::Metric,
+        /// Number of attention heads, when it cannot be read from the graph.
+        #[arg(long)]
+        heads: Option<usize>,
     },
 }
 
@@ -63,9 +72,10 @@ struct CommonArgs {
     /// Prepend the tokenizer's BOS token to every prompt.
     #[arg(long)]
     bos: bool,
-    /// Output folder.
-    #[arg(short, long, default_value = "attrpatch-out")]
-    out: PathBuf,
+    /// Output folder [default: attrpatch-out for run, attrpatch-patch for patch,
+    /// attrpatch-compare for compare, so one command never overwrites another's files].
+    #[arg(short, long)]
+    out: Option<PathBuf>,
     /// Which runtime executes the augmented graph.
     #[arg(long, value_enum, default_value_t = RuntimeKind::Ort)]
     runtime: RuntimeKind,
@@ -91,10 +101,18 @@ struct CommonArgs {
     /// The quantity to attribute: logit-diff (the tutorial's), logprob-diff, prob (of the correct answer), kl.
     #[arg(long, value_enum, default_value_t = attrpatch::augment::Metric::LogitDiff)]
     metric: attrpatch::augment::Metric,
+    /// The subcommand's default output folder (set after parsing).
+    #[arg(skip = "attrpatch-out")]
+    default_out: &'static str,
 }
 
 impl CommonArgs {
     /// The job options, and the output folder created (an unwritable one fails before the slow part).
+    /// The output folder: --out, or the subcommand's own default.
+    fn out_dir(&self) -> PathBuf {
+        self.out.clone().unwrap_or_else(|| PathBuf::from(self.default_out))
+    }
+
     fn job_options(&self) -> Result<job::JobOptions, Error> {
         let device: Device = self.device.parse()?;
         let mut opts = job::JobOptions::new(self.model.clone().unwrap_or_else(default_model));
@@ -108,7 +126,14 @@ impl CommonArgs {
         opts.metric = self.metric;
         opts.hooks = self.hook.clone();
         opts.progress = true;
-        std::fs::create_dir_all(&self.out).map_err(|e| Error::io(&self.out, e))?;
+        let out = self.out_dir();
+        if out.is_file() {
+            return Err(Error::Input(format!(
+                "--out {}: this is a file; attrpatch writes several files, so give it a folder (it is created if missing)",
+                out.display()
+            )));
+        }
+        std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
         Ok(opts)
     }
 }
@@ -172,12 +197,29 @@ fn default_model() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("models/ioi-gpt2/model.onnx")
 }
 
+/// The counts a user gives that must be at least 1, checked here so that
+/// the message names the flag.
+fn at_least_one(flags: &[(&str, Option<usize>)]) -> Result<(), Error> {
+    match flags.iter().find(|(_, v)| *v == Some(0)) {
+        Some((flag, _)) => Err(Error::Input(format!("{flag} must be at least 1"))),
+        None => Ok(()),
+    }
+}
+
 fn run(args: RunArgs) -> Result<(), Error> {
-    if args.batch_size == 0 {
-        return Err(Error::Input("--batch-size must be at least 1".into()));
+    at_least_one(&[
+        ("--batch-size", Some(args.batch_size)),
+        ("--ig-steps", args.ig_steps),
+        ("--rows-per-call", args.rows_per_call),
+    ])?;
+    if args.rows_per_call.is_some() && args.ig_steps.is_none() {
+        return Err(Error::Input(
+            "--rows-per-call sets the patching rows of --ig-steps; plain attribution runs --batch-size pairs per call"
+                .into(),
+        ));
     }
     let mut opts = args.common.job_options()?;
-    let out = &args.common.out;
+    let out = &args.common.out_dir();
     if let Some(steps) = args.ig_steps {
         if args.shard.is_some() || args.resume {
             return Err(Error::Input(
@@ -229,13 +271,15 @@ fn report_job(opts: &job::JobOptions, r: &job::JobResult, out: &Path) -> Result<
 }
 
 fn patch_cmd(args: PatchArgs) -> Result<(), Error> {
+    at_least_one(&[("--rows-per-call", args.rows_per_call)])?;
     let opts = args.common.job_options()?;
     let e = patch::Estimator::Exact { positions: args.positions };
     let r = patch::run(&opts, e, args.rows_per_call.unwrap_or(patch::default_rows_per_call(e)))?;
-    report_job(&opts, &r, &args.common.out)
+    report_job(&opts, &r, &args.common.out_dir())
 }
 
 fn compare_cmd(args: CompareArgs) -> Result<(), Error> {
+    at_least_one(&[("--ig-steps", args.ig_steps), ("--rows-per-call", args.rows_per_call)])?;
     let opts = args.common.job_options()?;
     let c = compare::compare(
         &opts,
@@ -247,56 +291,8 @@ fn compare_cmd(args: CompareArgs) -> Result<(), Error> {
     )?;
     println!("model: {}", opts.model.display());
     print_summary(&c.exact);
-    let secs = |r: &job::JobResult| r.seconds.load + r.seconds.rewrite + r.seconds.session + r.seconds.run;
-    println!("exact activation patching: {} runtime calls, {:.2}s", c.exact.runtime_calls, secs(&c.exact));
-    println!(
-        "{:<10} {:<31} {:>8} {:>9} {:>11} {:>10} {:>8}",
-        "grid", "estimate", "Pearson", "Spearman", "mean |err|", "max |err|", "time"
-    );
-    for e in &c.estimates {
-        for (grid, a) in [("heads", &e.heads), ("positions", &e.positions)] {
-            let Some(a) = a else { continue };
-            println!(
-                "{:<10} {:<31} {:>8} {:>9} {:>11.3e} {:>10.3e} {:>7.2}s",
-                grid,
-                e.result.manifest.method.label(),
-                compare::fmt_corr(a.pearson),
-                compare::fmt_corr(a.spearman),
-                a.mean_abs_error,
-                a.max_abs_error,
-                secs(&e.result)
-            );
-        }
-    }
-    for e in &c.estimates {
-        for (grid, a) in [("heads", &e.heads), ("positions", &e.positions)] {
-            let Some(a) = a else { continue };
-            let misses: Vec<String> = a
-                .largest_misses
-                .iter()
-                .map(|m| {
-                    format!(
-                        "L{} {}{}: {:.3} vs {:.3}",
-                        m.layer,
-                        if grid == "heads" { "H" } else { "P" },
-                        m.index,
-                        m.estimate,
-                        m.exact
-                    )
-                })
-                .collect();
-            println!("largest misses, {grid}, {}: {}", e.result.manifest.method.label(), misses.join("; "));
-        }
-    }
-    for (grid, ratio, before, after) in compare::ig_gain(&c) {
-        println!(
-            "integrated gradients vs attribution, {grid}: mean |err| {}, Pearson {} -> {}",
-            if ratio >= 1.0 { format!("{ratio:.2}x smaller") } else { format!("{:.2}x larger", 1.0 / ratio) },
-            compare::fmt_corr(before),
-            compare::fmt_corr(after)
-        );
-    }
-    for w in compare::write(&c, &args.common.out)? {
+    print!("{}", compare::report(&c));
+    for w in compare::write(&c, &args.common.out_dir())? {
         println!("wrote {}", w.display());
     }
     Ok(())
@@ -307,19 +303,21 @@ fn compare_cmd(args: CompareArgs) -> Result<(), Error> {
 fn print_summary(r: &job::JobResult) {
     let (clean, corr) = (r.clean_logit_diff, r.corrupted_logit_diff);
     let m = &r.manifest;
-    println!(
-        "{} prompt pairs of {} tokens, {} layers x {} heads",
-        m.prompts.len(),
-        m.seq_len,
-        m.hooks.len(),
-        m.n_heads
-    );
+    let units = if m.n_heads > 0 { format!(" x {} heads", m.n_heads) } else { String::new() };
+    let layers = format!("{} layer{}", m.hooks.len(), if m.hooks.len() == 1 { "" } else { "s" });
+    println!("{} prompt pairs of up to {} tokens, {layers}{units}", m.prompts.len(), m.seq_len);
     let label = m.metric.label();
     println!("Clean {label}: {}", num(clean));
     println!("Corrupted {label}: {}", num(corr));
     println!("Clean Baseline is 1: {:.4}", (clean - corr) / (clean - corr));
     // (corr - corr) / (clean - corr) is exactly zero; + 0.0 drops the sign of -0.
     println!("Corrupted Baseline is 0: {:.4}", (corr - corr) / (clean - corr) + 0.0);
+    if let Some(acc) = r.baselines.clean_accuracy {
+        println!("Clean prompts answered correctly: {:.0}%", 100.0 * acc);
+    }
+    for w in &r.baselines.warnings {
+        eprintln!("warning: {w}");
+    }
 }
 
 fn merge_cmd(shards: &[PathBuf], out: &Path) -> Result<(), Error> {
@@ -331,11 +329,17 @@ fn merge_cmd(shards: &[PathBuf], out: &Path) -> Result<(), Error> {
     Ok(())
 }
 
-fn rewrite(model: &Path, output: &Path) -> Result<(), Error> {
+fn rewrite(
+    model: &Path,
+    output: &Path,
+    hooks: attrpatch::hooks::HookKind,
+    metric: attrpatch::augment::Metric,
+    heads: Option<usize>,
+) -> Result<(), Error> {
     let t0 = std::time::Instant::now();
     let m = OnnxModel::load(model)?;
     let t1 = std::time::Instant::now();
-    let mut a = augment::augment(m)?;
+    let mut a = augment::augment_with(m, augment::AugmentOptions { metric, hooks, heads, ..Default::default() })?;
     let t2 = std::time::Instant::now();
     attrpatch::fsutil::write_atomic_with(output, |w| attrpatch::onnx::io::write_model(&mut a.proto, w))?;
     let t3 = std::time::Instant::now();
@@ -362,12 +366,18 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.cmd {
         Cmd::Run(a) => run(a),
-        Cmd::Patch(a) => patch_cmd(a),
-        Cmd::Compare(a) => compare_cmd(a),
+        Cmd::Patch(mut a) => {
+            a.common.default_out = "attrpatch-patch";
+            patch_cmd(a)
+        }
+        Cmd::Compare(mut a) => {
+            a.common.default_out = "attrpatch-compare";
+            compare_cmd(a)
+        }
         Cmd::Inspect { model, hook } => {
             OnnxModel::load(&model).and_then(|m| inspect::inspect(&m, hook.as_ref())).map(|s| print!("{s}"))
         }
-        Cmd::Rewrite { model, output } => rewrite(&model, &output),
+        Cmd::Rewrite { model, out, hook, metric, heads } => rewrite(&model, &out, hook, metric, heads),
         Cmd::Merge { shards, out } => merge_cmd(&shards, &out),
     };
     match result {

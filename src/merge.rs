@@ -12,44 +12,51 @@ fn read_manifest(dir: &Path) -> Result<Manifest> {
     serde_json::from_slice(&bytes).map_err(|e| Error::Input(format!("{}: not an attrpatch job.json: {e}", p.display())))
 }
 
-/// Everything but the shard must agree for results to be combined.
-fn same_job(a: &Manifest, b: &Manifest) -> bool {
-    a.model == b.model
-        && a.n_heads == b.n_heads
-        && a.seq_len == b.seq_len
-        && a.prompts == b.prompts
-        && a.batch_size == b.batch_size
-        && a.n_batches == b.n_batches
-        && a.hooks == b.hooks
+/// The shards must be parts of one job: every identity field of their
+/// job.json agrees (model content, tokenizer, token ids, BOS, metric, hooks,
+/// heads, method, batch layout); the first that does not is named.
+fn check_same_job(first: (&Path, &Manifest), other: (&Path, &Manifest)) -> Result<()> {
+    match first.1.first_difference(other.1) {
+        None => Ok(()),
+        Some((field, a, b)) => Err(Error::Input(format!(
+            "{} and {} are parts of different jobs: their {field} differs ({a} vs {b}); merge only the shards of \
+             one run (same model, tokenizer, prompts, --bos, --metric, --hook, --heads, --batch-size)",
+            first.0.display(),
+            other.0.display()
+        ))),
+    }
+}
+
+/// The file of batch `i`: the one among the shard folders whose key is this
+/// job's (a folder can hold stale batch files of an earlier, different run).
+fn batch_file(dirs: &[PathBuf], manifest: &Manifest, i: usize) -> Result<BatchResult> {
+    let key = manifest.batch_key(i);
+    let found: Vec<PathBuf> = dirs.iter().map(|d| batches::path(d, i)).filter(|p| p.is_file()).collect();
+    if found.is_empty() {
+        return Err(Error::Input(format!(
+            "batch {i} of {} is in none of the shard folders; did every shard finish?",
+            manifest.n_batches
+        )));
+    }
+    for file in &found {
+        let b = BatchResult::load(file)?;
+        if b.index == i && b.key == key {
+            return Ok(b);
+        }
+    }
+    Err(Error::Input(format!(
+        "{}: batch {i} was computed by a different job (its key does not match the shards' job.json); rerun that shard",
+        found[0].display()
+    )))
 }
 
 pub fn merge(dirs: &[PathBuf]) -> Result<JobResult> {
     let first = dirs.first().ok_or_else(|| Error::Input("merge needs at least one shard folder".into()))?;
     let mut manifest = read_manifest(first)?;
     for d in &dirs[1..] {
-        if !same_job(&manifest, &read_manifest(d)?) {
-            return Err(Error::Input(format!(
-                "{} and {} are parts of different jobs (model, prompts, batch size or hooks differ)",
-                first.display(),
-                d.display()
-            )));
-        }
+        check_same_job((first, &manifest), (d, &read_manifest(d)?))?;
     }
-    let mut batches: Vec<BatchResult> = vec![];
-    for i in 0..manifest.n_batches {
-        let found: Vec<PathBuf> = dirs.iter().map(|d| batches::path(d, i)).filter(|p| p.is_file()).collect();
-        let file = found.first().ok_or_else(|| {
-            Error::Input(format!(
-                "batch {i} of {} is in none of the shard folders; did every shard finish?",
-                manifest.n_batches
-            ))
-        })?;
-        let b = BatchResult::load(file)?;
-        if b.index != i {
-            return Err(Error::Input(format!("{}: holds batch {}, expected {i}", file.display(), b.index)));
-        }
-        batches.push(b);
-    }
+    let batches = (0..manifest.n_batches).map(|i| batch_file(dirs, &manifest, i)).collect::<Result<Vec<_>>>()?;
     manifest.shard = None;
     finish(manifest, &batches)
 }

@@ -8,12 +8,46 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 
 /// One clean/corrupted prompt pair and the answers whose logit difference is the metric.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct PromptPair {
     pub clean: String,
     pub corrupted: String,
+    /// Empty when the file gives none (only `--metric kl` runs without answers).
+    #[serde(default)]
     pub correct: String,
+    #[serde(default)]
     pub incorrect: String,
+    /// Where the pair was read ("pairs.jsonl:3"), for messages; not part of the pair.
+    #[serde(skip)]
+    pub origin: Option<String>,
+}
+
+/// Pairs are equal when their texts are, wherever they were read.
+impl PartialEq for PromptPair {
+    fn eq(&self, o: &Self) -> bool {
+        (&self.clean, &self.corrupted, &self.correct, &self.incorrect)
+            == (&o.clean, &o.corrupted, &o.correct, &o.incorrect)
+    }
+}
+
+impl PromptPair {
+    /// "FILE:LINE: pair I" when the pair came from a file, else "pair I".
+    fn label(&self, i: usize) -> String {
+        match &self.origin {
+            Some(o) => format!("{o}: pair {i}"),
+            None => format!("pair {i}"),
+        }
+    }
+}
+
+/// Whether the metric reads the answers (every metric but KL does).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answers {
+    /// Both answers must be single, distinct tokens.
+    Required,
+    /// Answers may be missing; missing ones become id 0, which a metric that
+    /// ignores the answers (weight 0) never reads.
+    Unused,
 }
 
 /// The tutorial's 8 IOI prompts. Prompts come in pairs that differ only in
@@ -45,26 +79,45 @@ pub fn ioi_default() -> Vec<PromptPair> {
             corrupted: PROMPTS[i ^ 1].to_string(), // partner: i+1 for even i, i-1 for odd
             correct: ANSWERS[i].0.to_string(),
             incorrect: ANSWERS[i].1.to_string(),
+            origin: None,
         })
         .collect()
 }
 
-/// Reads prompt pairs from JSONL: one `PromptPair` object per line, blank lines skipped.
+/// Reads prompt pairs from JSONL: one `PromptPair` object per line, blank
+/// lines skipped. A UTF-8 byte-order mark is ignored, and a file holding one
+/// JSON array of pair objects is read as well (editors and `json.dump` write
+/// those), so each pair's messages can name its line.
 pub fn read_jsonl(path: &Path) -> Result<Vec<PromptPair>> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
+    let expected = "{\"clean\", \"corrupted\", \"correct\", \"incorrect\"}";
     let mut pairs = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let pair: PromptPair = serde_json::from_str(line).map_err(|e| {
+    if text.trim_start().starts_with('[') {
+        let values: Vec<serde_json::Value> = serde_json::from_str(text).map_err(|e| {
             Error::Input(format!(
-                "{}:{}: not a prompt pair {{\"clean\", \"corrupted\", \"correct\", \"incorrect\"}}: {e}",
-                path.display(),
-                i + 1
+                "{}: looks like a JSON array but does not parse ({e}); expected JSONL, one {expected} object per line",
+                path.display()
             ))
         })?;
-        pairs.push(pair);
+        for (k, v) in values.into_iter().enumerate() {
+            let mut pair: PromptPair = serde_json::from_value(v).map_err(|e| {
+                Error::Input(format!("{}: array element {k}: not a prompt pair {expected}: {e}", path.display()))
+            })?;
+            pair.origin = Some(format!("{}: array element {k}", path.display()));
+            pairs.push(pair);
+        }
+    } else {
+        for (i, line) in text.lines().enumerate() {
+            if line.trim().is_empty() {
+                continue;
+            }
+            let mut pair: PromptPair = serde_json::from_str(line).map_err(|e| {
+                Error::Input(format!("{}:{}: not a prompt pair {expected}: {e}", path.display(), i + 1))
+            })?;
+            pair.origin = Some(format!("{}:{}", path.display(), i + 1));
+            pairs.push(pair);
+        }
     }
     if pairs.is_empty() {
         return Err(Error::Input(format!("{} contains no prompt pairs", path.display())));
@@ -149,6 +202,17 @@ pub fn tokenize(
     add_bos: bool,
     model_vocab: usize,
 ) -> Result<TokenizedPrompts> {
+    tokenize_for(tok, pairs, add_bos, model_vocab, Answers::Required)
+}
+
+/// `tokenize`, with answers optional when the metric does not read them.
+pub fn tokenize_for(
+    tok: &PromptTokenizer,
+    pairs: &[PromptPair],
+    add_bos: bool,
+    model_vocab: usize,
+    answers: Answers,
+) -> Result<TokenizedPrompts> {
     if pairs.is_empty() {
         return Err(Error::Input("no prompt pairs to tokenize".into()));
     }
@@ -166,13 +230,25 @@ pub fn tokenize(
         ids.extend(tok.encode(text)?);
         Ok(ids)
     };
-    let answer_id = |i: usize, which: &str, text: &str| -> Result<i64> {
+    let answer_id = |p: &PromptPair, i: usize, which: &str, text: &str| -> Result<i64> {
+        if text.is_empty() {
+            return match answers {
+                Answers::Unused => Ok(0),
+                Answers::Required => Err(Error::Input(format!(
+                    "{}: the {which} answer is missing; this metric reads the answers \
+                     (only --metric kl runs without them)",
+                    p.label(i)
+                ))),
+            };
+        }
         match tok.encode(text)?[..] {
             [id] => Ok(id),
             ref ids => Err(Error::Input(format!(
-                "pair {i}: {which} answer {text:?} must be exactly one token, but it tokenized to {} tokens {:?}",
+                "{}: {which} answer {text:?} must be exactly one token, but it tokenized to {} tokens {:?}{}",
+                p.label(i),
                 ids.len(),
-                tok.token_strings(ids)
+                tok.token_strings(ids),
+                leading_space_hint(tok, text)
             ))),
         }
     };
@@ -187,34 +263,38 @@ pub fn tokenize(
         clean_tokens: Vec::with_capacity(pairs.len()),
     };
     for (i, p) in pairs.iter().enumerate() {
-        let correct = answer_id(i, "correct", &p.correct)?;
-        let incorrect = answer_id(i, "incorrect", &p.incorrect)?;
-        if correct == incorrect {
+        let correct = answer_id(p, i, "correct", &p.correct)?;
+        let incorrect = answer_id(p, i, "incorrect", &p.incorrect)?;
+        if correct == incorrect && answers == Answers::Required {
             return Err(Error::Input(format!(
-                "pair {i}: correct answer {:?} and incorrect answer {:?} are the same token {correct}",
-                p.correct, p.incorrect
+                "{}: correct answer {:?} and incorrect answer {:?} are the same token {correct}",
+                p.label(i),
+                p.correct,
+                p.incorrect
             )));
         }
         let clean = prompt_ids(&p.clean)?;
         let corrupted = prompt_ids(&p.corrupted)?;
         if clean.len() != corrupted.len() {
             return Err(Error::Input(format!(
-                "pair {i}: clean prompt has {} tokens but corrupted prompt has {}; \
+                "{}: clean prompt has {} tokens but corrupted prompt has {}; \
                  they must be equal so that positions correspond",
+                p.label(i),
                 clean.len(),
                 corrupted.len()
             )));
         }
         if clean.is_empty() {
-            return Err(Error::Input(format!("pair {i}: prompts are empty")));
+            return Err(Error::Input(format!("{}: prompts are empty", p.label(i))));
         }
         out.seq_len = out.seq_len.max(clean.len());
         // An id past the embedding table means the tokenizer belongs to another model.
         let all = clean.iter().chain(&corrupted).chain([&correct, &incorrect]);
         if let Some(&bad) = all.into_iter().find(|&&id| id < 0 || id as u64 >= model_vocab as u64) {
             return Err(Error::Input(format!(
-                "pair {i}: token id {bad} is outside the model's vocabulary of {model_vocab}; \
+                "{}: token id {bad} is outside the model's vocabulary of {model_vocab}; \
                  the tokenizer (vocabulary {}) does not match the model's vocabulary size",
+                p.label(i),
                 tok.vocab_size()
             )));
         }
@@ -231,6 +311,36 @@ pub fn tokenize(
         row.resize(out.seq_len, pad);
     }
     Ok(out)
+}
+
+impl TokenizedPrompts {
+    /// The pairs in `range`, as a prompt set of their own.
+    pub fn slice(&self, range: std::ops::Range<usize>) -> TokenizedPrompts {
+        TokenizedPrompts {
+            clean_ids: self.clean_ids[range.clone()].to_vec(),
+            corrupted_ids: self.corrupted_ids[range.clone()].to_vec(),
+            correct_ids: self.correct_ids[range.clone()].to_vec(),
+            incorrect_ids: self.incorrect_ids[range.clone()].to_vec(),
+            seq_len: self.seq_len,
+            lengths: self.lengths[range.clone()].to_vec(),
+            clean_tokens: self.clean_tokens[range].to_vec(),
+        }
+    }
+}
+
+/// When `text` has no leading space but " text" is one token (GPT-2-style
+/// tokenizers fold the space into the word), says so.
+fn leading_space_hint(tok: &PromptTokenizer, text: &str) -> String {
+    if text.starts_with(' ') {
+        return String::new();
+    }
+    match tok.encode(&format!(" {text}")).as_deref() {
+        Ok([_]) => format!(
+            "; with a leading space, \" {text}\" is one token: answers follow the prompt's last word, \
+             so they usually start with a space"
+        ),
+        _ => String::new(),
+    }
 }
 
 #[cfg(test)]
@@ -252,6 +362,7 @@ mod tests {
             corrupted: corrupted.into(),
             correct: correct.into(),
             incorrect: incorrect.into(),
+            origin: None,
         }
     }
 
@@ -353,12 +464,78 @@ mod tests {
         assert!(msg.contains(&format!("{}:3:", path.display())), "{msg}");
         assert!(msg.contains("EOF while parsing"), "{msg}");
 
-        let path2 = temp_file("missing-field.jsonl", "{\"clean\": \"x\", \"corrupted\": \"y\", \"correct\": \" a\"}\n");
+        let path2 =
+            temp_file("missing-field.jsonl", "{\"clean\": \"x\", \"correct\": \" a\", \"incorrect\": \" b\"}\n");
         let msg = input_err(read_jsonl(&path2));
         assert!(msg.contains(&format!("{}:1:", path2.display())), "{msg}");
-        assert!(msg.contains("missing field `incorrect`"), "{msg}");
+        assert!(msg.contains("missing field `corrupted`"), "{msg}");
         let _ = std::fs::remove_file(path);
         let _ = std::fs::remove_file(path2);
+    }
+
+    #[test]
+    fn prompts_jsonl_with_a_utf8_bom_reads() {
+        let line = serde_json::to_string(&ioi_default()[0]).unwrap();
+        let path = temp_file("bom.jsonl", &format!("\u{feff}{line}\n{line}\n"));
+        assert_eq!(read_jsonl(&path).unwrap(), vec![ioi_default()[0].clone(); 2]);
+        let _ = std::fs::remove_file(path);
+    }
+
+    #[test]
+    fn prompts_json_array_file_reads_as_pairs() {
+        let text = serde_json::to_string_pretty(&ioi_default()).unwrap();
+        let path = temp_file("array.json", &text);
+        let pairs = read_jsonl(&path).unwrap();
+        assert_eq!(pairs, ioi_default());
+        assert_eq!(pairs[3].origin.as_deref(), Some(format!("{}: array element 3", path.display()).as_str()));
+        let bad = temp_file("bad-array.json", "[{\"clean\": \"x\"}]");
+        let msg = input_err(read_jsonl(&bad));
+        assert!(msg.contains("array element 0: not a prompt pair"), "{msg}");
+        assert!(msg.contains("missing field `corrupted`"), "{msg}");
+        let _ = std::fs::remove_file(path);
+        let _ = std::fs::remove_file(bad);
+    }
+
+    #[test]
+    fn prompts_per_pair_errors_name_the_file_line() {
+        let mut pairs = ioi_default();
+        pairs[1].incorrect = " Maryland-ish".into();
+        let lines: Vec<String> = pairs.iter().map(|p| serde_json::to_string(p).unwrap()).collect();
+        // A blank line first: line numbers are the file's, not the pair index.
+        let path = temp_file("lines.jsonl", &format!("\n{}\n", lines.join("\n")));
+        let read = read_jsonl(&path).unwrap();
+        let msg = input_err(tokenize(&gpt2(), &read, false, usize::MAX));
+        assert!(msg.starts_with(&format!("{}:3: pair 1: incorrect answer", path.display())), "{msg}");
+        let _ = std::fs::remove_file(path);
+    }
+
+    #[test]
+    fn prompts_answer_without_leading_space_gets_a_hint() {
+        let mut pairs = ioi_default();
+        pairs[4].correct = "Sid".into();
+        let msg = input_err(tokenize(&gpt2(), &pairs, false, usize::MAX));
+        assert!(msg.contains("[\"S\", \"id\"]"), "{msg}");
+        assert!(msg.contains("with a leading space, \" Sid\" is one token"), "{msg}");
+        // No hint when the spaced form is not one token either.
+        pairs[4].correct = "Maryland-ish".into();
+        let msg = input_err(tokenize(&gpt2(), &pairs, false, usize::MAX));
+        assert!(!msg.contains("leading space"), "{msg}");
+    }
+
+    #[test]
+    fn prompts_without_answers_only_for_a_metric_that_ignores_them() {
+        let path = temp_file(
+            "no-answers.jsonl",
+            "{\"clean\": \"When John and Mary went\", \"corrupted\": \"When Tom and Mary went\"}\n",
+        );
+        let pairs = read_jsonl(&path).unwrap();
+        let msg = input_err(tokenize(&gpt2(), &pairs, false, usize::MAX));
+        assert!(msg.contains(":1: pair 0: the correct answer is missing"), "{msg}");
+        assert!(msg.contains("only --metric kl runs without them"), "{msg}");
+        let t = tokenize_for(&gpt2(), &pairs, false, usize::MAX, Answers::Unused).unwrap();
+        assert_eq!((t.correct_ids.clone(), t.incorrect_ids.clone()), (vec![0], vec![0]));
+        assert_eq!(t.clean_ids[0].len(), 5);
+        let _ = std::fs::remove_file(path);
     }
 
     #[test]
@@ -454,20 +631,5 @@ mod tests {
         // A tiny random model's vocabulary catches the first large id (" Mary" = 5335).
         let msg = input_err(tokenize(&tok, &ioi_default(), false, 1000));
         assert!(msg.starts_with("pair 0: token id 2215 is outside"), "{msg}");
-    }
-}
-
-impl TokenizedPrompts {
-    /// The pairs in `range`, as a prompt set of their own.
-    pub fn slice(&self, range: std::ops::Range<usize>) -> TokenizedPrompts {
-        TokenizedPrompts {
-            clean_ids: self.clean_ids[range.clone()].to_vec(),
-            corrupted_ids: self.corrupted_ids[range.clone()].to_vec(),
-            correct_ids: self.correct_ids[range.clone()].to_vec(),
-            incorrect_ids: self.incorrect_ids[range.clone()].to_vec(),
-            seq_len: self.seq_len,
-            lengths: self.lengths[range.clone()].to_vec(),
-            clean_tokens: self.clean_tokens[range].to_vec(),
-        }
     }
 }

@@ -5,7 +5,7 @@
 use crate::error::{Error, Result};
 use crate::fsutil::{write_atomic, write_atomic_with};
 use crate::job::JobResult;
-use crate::render::{grid_json, write_csv, write_heatmap_png, Grid};
+use crate::render::{grid_json, write_csv, write_heatmap, Grid};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -17,10 +17,12 @@ pub fn heads_grid(r: &JobResult) -> Grid {
     Grid {
         name: "heads".into(),
         title: format!("{} over attention heads (last position)", r.manifest.method.label()),
+        subtitle: crate::render::subtitle(&r.manifest),
         row_label: "Layer".into(),
         col_label: "Head".into(),
         row_names: (0..r.grids.heads.len()).map(|l| l.to_string()).collect(),
         col_names: (0..r.manifest.n_heads).map(|h| h.to_string()).collect(),
+        tokens: vec![],
         value_label: value_label(r),
         values: r.grids.heads.clone(),
     }
@@ -30,6 +32,7 @@ pub fn positions_grid(r: &JobResult) -> Grid {
     Grid {
         name: "positions".into(),
         title: format!("{} over token positions", r.manifest.method.label()),
+        subtitle: crate::render::subtitle(&r.manifest),
         row_label: "Layer".into(),
         col_label: "Token position (first prompt's tokens)".into(),
         row_names: (0..r.grids.positions.len()).map(|l| l.to_string()).collect(),
@@ -41,6 +44,7 @@ pub fn positions_grid(r: &JobResult) -> Grid {
                 None => i.to_string(),
             })
             .collect(),
+        tokens: (0..r.manifest.seq_len).map(|i| r.manifest.token_labels.get(i).cloned().unwrap_or_default()).collect(),
         value_label: value_label(r),
         values: r.grids.positions.clone(),
     }
@@ -58,17 +62,17 @@ pub fn write_results(r: &JobResult, out_dir: &Path) -> Result<Vec<PathBuf>> {
     let grids: Vec<&Grid> =
         [(has_heads, &heads), (has_positions, &positions)].into_iter().filter(|(on, _)| *on).map(|(_, g)| g).collect();
     for g in grids {
-        let png = out_dir.join(format!("{}.png", g.name));
-        write_heatmap_png(g, &png)?;
+        written.extend(write_heatmap(g, &out_dir.join(format!("{}.png", g.name)))?);
         let csv = out_dir.join(format!("{}.csv", g.name));
         write_csv(g, &csv)?;
-        written.extend([png, csv]);
+        written.push(csv);
     }
     let m = &r.manifest;
     let (clean, corr) = (r.clean_logit_diff, r.corrupted_logit_diff);
     let json = serde_json::json!({
         "method": m.method,
         "model": m.model,
+        "model_hash": m.model_hash,
         "runtime": m.runtime,
         "runtime_calls": r.runtime_calls,
         "batches_resumed": r.batches_resumed,
@@ -77,6 +81,8 @@ pub fn write_results(r: &JobResult, out_dir: &Path) -> Result<Vec<PathBuf>> {
         "corrupted_logit_diff": corr,
         "clean_metric": 1.0,
         "corrupted_metric": 0.0,
+        "clean_accuracy": r.baselines.clean_accuracy,
+        "warnings": r.baselines.warnings,
         "n_pairs": m.prompts.len(),
         "batch_size": m.batch_size,
         "seq_len": m.seq_len,
@@ -88,6 +94,7 @@ pub fn write_results(r: &JobResult, out_dir: &Path) -> Result<Vec<PathBuf>> {
         "positions": if has_positions { grid_json(&positions) } else { serde_json::Value::Null },
         "seconds": r.seconds,
     });
+    written.push(crate::render::write_report_html(r, out_dir)?);
     let path = out_dir.join("results.json");
     let text = serde_json::to_vec_pretty(&json).map_err(|e| Error::Runtime(format!("serialising results: {e}")))?;
     write_atomic(&path, &text)?;

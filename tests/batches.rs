@@ -18,9 +18,7 @@ fn attrpatch(args: &[&str]) -> Output {
 }
 
 fn dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("attrpatch-batches-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    d
+    fresh_dir(&format!("batches-{name}"))
 }
 
 fn run(out: &Path, extra: &[&str]) -> String {
@@ -149,7 +147,7 @@ fn per_prompt_grids_add_up_to_the_summed_grids() {
 #[test]
 fn bad_shard_and_batch_size_are_rejected() {
     for (args, msg) in [
-        (vec!["run", "--shard", "3/3"], "--shard '3/3': expected K/N with 0 <= K < N"),
+        (vec!["run", "--shard", "3/3"], "for '--shard <SHARD>': shard '3/3': expected K/N with 0 <= K < N"),
         (vec!["run", "--shard", "x"], "expected K/N"),
         (vec!["run", "--batch-size", "0"], "--batch-size must be at least 1"),
     ] {
@@ -158,4 +156,145 @@ fn bad_shard_and_batch_size_are_rejected() {
         let e = String::from_utf8_lossy(&o.stderr);
         assert!(e.contains(msg), "{args:?}: {e}");
     }
+}
+
+/// The runtime calls a run made, from its "(N call(s))" line.
+fn calls(out: &str) -> usize {
+    let at = out.find(" call").unwrap_or_else(|| panic!("no call count in:\n{out}"));
+    let open = out[..at].rfind('(').unwrap();
+    out[open + 1..at].parse().unwrap()
+}
+
+fn results(out: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(out.join("results.json")).unwrap()).unwrap()
+}
+
+/// The measured bug: `run --metric kl`, then `run --resume` with the default
+/// metric reused the KL batches (heads of 0.266 where a fresh run gives 0.133,
+/// clean_logit_diff 0.0, and "logit-diff" in results.json). The batch key
+/// covered the model's path and size, BOS and the token ids only.
+#[test]
+fn regression_resume_reused_batches_of_another_metric() {
+    let fresh = dir("metric-fresh");
+    run(&fresh, &["--batch-size", "3"]);
+    let d = dir("metric-resume");
+    run(&d, &["--batch-size", "3", "--metric", "kl"]);
+    let out = run(&d, &["--batch-size", "3", "--resume"]);
+    assert_eq!(calls(&out), 3, "every KL batch must be recomputed:\n{out}");
+    assert!(!out.contains("resumed"), "{out}");
+    let (r, f) = (results(&d), results(&fresh));
+    assert_eq!(r["metric"], "logit-diff");
+    assert_eq!(r["clean_logit_diff"], f["clean_logit_diff"]);
+    assert_eq!(grids(&d), grids(&fresh));
+}
+
+/// Every option that decides a batch's numbers makes `--resume` recompute:
+/// the hook set (and with it the head count), BOS, the metric, the batch layout.
+#[test]
+fn resume_recomputes_when_any_job_option_changes() {
+    let d = dir("options");
+    let base = ["--batch-size", "4"];
+    run(&d, &base);
+    let out = run(&d, &[&base[..], &["--resume"]].concat());
+    assert_eq!((calls(&out), out.contains("resumed 2 finished batch(es)")), (0, true), "same job:\n{out}");
+    for changed in [vec!["--hook", "resid"], vec!["--bos"], vec!["--metric", "logprob-diff"], vec!["--batch-size", "2"]]
+    {
+        // Back to the base job's batch files, then resume with one option changed.
+        run(&d, &base);
+        let mut args = vec!["--resume"];
+        if changed[0] != "--batch-size" {
+            args.extend(base);
+        }
+        args.extend(&changed);
+        let out = run(&d, &args);
+        assert!(!out.contains("resumed"), "{changed:?} reused batches of another job:\n{out}");
+    }
+}
+
+/// A model re-exported with new weights but the same path, size and mtime
+/// must not reuse the old batches: the key hashes the model's content.
+#[test]
+fn regression_resume_reused_batches_of_a_model_with_new_weights() {
+    let d = dir("weights");
+    let model = d.join("model.onnx");
+    std::fs::copy(root().join("models/gpt2-tiny-random.onnx"), &model).unwrap();
+    let out_dir = d.join("out");
+    let job = |extra: &[&str]| {
+        let mut args = vec![
+            "run",
+            "--model",
+            model.to_str().unwrap(),
+            "--tokenizer",
+            "models/tokenizer.json",
+            "--device",
+            "cpu",
+            "--out",
+            out_dir.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        String::from_utf8_lossy(&attrpatch(&args).stdout).to_string()
+    };
+    job(&[]);
+    let resumed = job(&["--resume"]);
+    assert!(resumed.contains("resumed 1 finished batch(es)"), "the same model resumes:\n{resumed}");
+
+    // One float of the largest weight, in the middle of the tensor, nudged in place.
+    let loaded = attrpatch::onnx::OnnxModel::load(&model).unwrap();
+    let w = loaded.graph().initializer.iter().max_by_key(|t| t.raw_data.len()).unwrap();
+    let mut bytes = std::fs::read(&model).unwrap();
+    let head = &w.raw_data[..64];
+    let at = bytes.windows(64).position(|win| win == head).expect("the weight's bytes in the file");
+    let mid = at + (w.raw_data.len() / 2) / 4 * 4;
+    bytes[mid] ^= 0x01;
+    let mtime = std::fs::metadata(&model).unwrap().modified().unwrap();
+    let len = bytes.len();
+    std::fs::write(&model, bytes).unwrap();
+    std::fs::File::options().write(true).open(&model).unwrap().set_modified(mtime).unwrap();
+    let meta = std::fs::metadata(&model).unwrap();
+    assert_eq!((meta.len() as usize, meta.modified().unwrap()), (len, mtime), "same size and mtime");
+
+    let out = job(&["--resume"]);
+    assert_eq!(calls(&out), 1, "new weights, same size and mtime: the batch must be recomputed:\n{out}");
+    assert!(!out.contains("resumed"), "{out}");
+}
+
+/// `merge` combined shards run with different metrics.
+#[test]
+fn regression_merge_accepted_shards_of_different_metrics() {
+    let (a, b) = (dir("metric-shard0"), dir("metric-shard1"));
+    run(&a, &["--batch-size", "2", "--shard", "0/2"]);
+    run(&b, &["--batch-size", "2", "--shard", "1/2", "--metric", "kl"]);
+    let o = Command::new(env!("CARGO_BIN_EXE_attrpatch"))
+        .args(["merge", a.to_str().unwrap(), b.to_str().unwrap(), "--out", dir("metric-merged").to_str().unwrap()])
+        .current_dir(root())
+        .output()
+        .unwrap();
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{e}");
+    assert!(e.contains("parts of different jobs: their metric differs (\"logit-diff\" vs \"kl\")"), "{e}");
+}
+
+/// A shard folder reused with --resume keeps the batch files of its earlier
+/// job outside the shard's range; merge took the first file it found for each
+/// batch, so a stale KL batch entered a logit-diff result.
+#[test]
+fn regression_merge_took_a_stale_batch_of_another_job() {
+    let single = dir("stale-single");
+    run(&single, &["--batch-size", "2"]);
+    let (a, b) = (dir("stale-shard0"), dir("stale-shard1"));
+    run(&a, &["--batch-size", "2", "--metric", "kl"]);
+    run(&a, &["--batch-size", "2", "--shard", "0/2", "--resume"]);
+    assert!(a.join("batches/batch-000003.json").is_file(), "the stale KL batch is still there");
+    run(&b, &["--batch-size", "2", "--shard", "1/2"]);
+    let merged = dir("stale-merged");
+    attrpatch(&["merge", a.to_str().unwrap(), b.to_str().unwrap(), "--out", merged.to_str().unwrap()]);
+    assert_eq!(grids(&merged), grids(&single));
+    // With only the folder holding stale batches, merge names the stale file.
+    let o = Command::new(env!("CARGO_BIN_EXE_attrpatch"))
+        .args(["merge", a.to_str().unwrap(), "--out", dir("stale-alone").to_str().unwrap()])
+        .current_dir(root())
+        .output()
+        .unwrap();
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && e.contains("batch-000002.json: batch 2 was computed by a different job"), "{e}");
 }

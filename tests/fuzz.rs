@@ -163,7 +163,7 @@ fn regression_reduce_axis_beyond_rank_panicked_in_tract() {
     n.attribute.iter_mut().find(|a| a.name == "axes").unwrap().ints = vec![7];
     let bytes = m.encode_to_vec();
     let model = OnnxModel::from_bytes(&bytes, Path::new("bad-axis.onnx")).unwrap();
-    let e = attrpatch::inspect::inspect(&model, None).err().expect("an error, not a panic");
+    let e = attrpatch::inspect::inspect(&model, None).expect_err("an error, not a panic");
     assert!(e.to_string().contains("bad-axis.onnx"), "{e}");
     eprintln!("{e}");
 }

@@ -157,7 +157,7 @@ fn a_stripped_model_gives_the_reference_grids_end_to_end() {
         let (m, _) = stripped(&arch_model(name));
         let dir = fresh_dir(&format!("stripped-{name}"));
         let path = dir.join("model.onnx");
-        std::fs::write(&path, m.to_bytes()).unwrap();
+        std::fs::write(&path, prost::Message::encode_to_vec(&m.proto)).unwrap();
         let v: serde_json::Value =
             serde_json::from_slice(&std::fs::read(root().join(format!("tests/fixtures/arch/{name}.json"))).unwrap())
                 .unwrap();

@@ -34,7 +34,7 @@ fn truncated_file_is_an_error_not_a_panic() {
     std::fs::create_dir_all(&dir).unwrap();
     let p = dir.join("truncated.onnx");
     std::fs::write(&p, &bytes[..bytes.len() / 2]).unwrap();
-    let e = read_model(&p).err().expect("truncated model must fail");
+    let e = read_model(&p).expect_err("truncated model must fail");
     let msg = e.to_string();
     assert!(msg.contains("truncated.onnx") && msg.contains("not a valid ONNX model"), "{msg}");
 }

@@ -142,3 +142,13 @@ fn head_counts_that_do_not_split_the_width_are_refused() {
     let e = run_job(&opts).err().expect("the attribution job checks too").to_string();
     assert!(e.contains("5 heads do not split the width 64"), "{e}");
 }
+
+/// The library refuses zero counts itself (no panic in `chunks(0)`); the
+/// binary names the flags before it gets there (tests/cli.rs).
+#[test]
+fn zero_rows_per_call_or_ig_steps_are_errors_not_panics() {
+    let e = patch::run(&ioi_job(), Estimator::Exact { positions: false }, 0).err().expect("0 rows per call");
+    assert!(e.to_string().contains("rows per call must be at least 1"), "{e}");
+    let e = patch::run(&ioi_job(), Estimator::IntegratedGradients { steps: 0 }, 8).err().expect("0 steps");
+    assert!(e.to_string().contains("integrated gradients need at least 1 step"), "{e}");
+}

@@ -6,7 +6,7 @@ use super::{names, TokenInput};
 use crate::error::{Error, Result};
 use crate::hooks::{constant_tensors, find_logits, Hook, HookKind};
 use crate::onnx::facts::{analyse, Dim, Facts};
-use crate::onnx::pb::{tensor_shape_proto::dimension, type_proto, TypeProto, ValueInfoProto};
+use crate::onnx::graph::declared_dims;
 use crate::onnx::OnnxModel;
 use std::collections::HashSet;
 
@@ -135,21 +135,20 @@ pub fn heads_unknown(path: &std::path::Path, hook: &str) -> Error {
     ))
 }
 
-/// Models with a KV cache (optimum's decoder_with_past / merged decoders)
-/// take inputs attrpatch cannot feed: say which file to use instead.
+/// KV caches and merged decoders' fixed `If`s are normalised at load
+/// (`normalize::kv_cache`, `normalize::if_inline`); an `If` whose condition is
+/// computed at run time is left, and no gradient flows through it.
 pub fn check_inputs(model: &OnnxModel) -> Result<()> {
     let g = model.graph();
     let known = ["input_ids", "attention_mask", "position_ids"];
-    let cache = g.input.iter().any(|i| i.name.starts_with("past_key_values") || i.name == "use_cache_branch")
-        || g.node.iter().any(|n| n.op_type == "If");
-    if cache {
+    if let Some(n) = g.node.iter().find(|n| n.op_type == "If") {
         return Err(Error::Unsupported(format!(
-            "{}: this export takes past key values (a KV cache{}); attrpatch needs the plain decoder. \
-             Export without the cache: optimum-cli export onnx --task text-generation (not text-generation-with-past) \
-             and use its model.onnx, or torch.onnx.export with use_cache=False; not decoder_with_past_model.onnx or \
-             decoder_model_merged.onnx",
+            "{}: If node '{}' branches on '{}', which is computed at run time; attrpatch inlines If nodes whose \
+             condition is a constant (such as a merged decoder's use_cache_branch) and cannot differentiate \
+             through a branch chosen at run time",
             model.path.display(),
-            if g.node.iter().any(|n| n.op_type == "If") { ", merged with an If node" } else { "" }
+            n.name,
+            n.input.first().map(String::as_str).unwrap_or("")
         )));
     }
     let first = g.input.first().map(|i| i.name.as_str());
@@ -177,26 +176,5 @@ fn token_dims(model: &OnnxModel, input: &str) -> Result<(Dim, Dim)> {
             model.path.display(),
             dims.len()
         ))),
-    }
-}
-
-/// The dims a graph input or output declares (empty when it declares none).
-pub(crate) fn declared_dims(vi: &ValueInfoProto) -> Vec<Dim> {
-    match &vi.r#type {
-        Some(TypeProto { value: Some(type_proto::Value::TensorType(t)), .. }) => t
-            .shape
-            .as_ref()
-            .map(|s| {
-                s.dim
-                    .iter()
-                    .map(|d| match &d.value {
-                        Some(dimension::Value::DimValue(v)) => Dim::Known(*v),
-                        Some(dimension::Value::DimParam(p)) => Dim::Sym(p.clone()),
-                        None => Dim::Unknown,
-                    })
-                    .collect()
-            })
-            .unwrap_or_default(),
-        _ => vec![],
     }
 }

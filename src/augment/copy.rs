@@ -33,7 +33,10 @@ impl Renamer<'_> {
             .filter(|n| !n.output.iter().all(|o| o.is_empty() || self.constants.contains(o)))
             .map(|n| {
                 let mut c = n.clone();
-                c.name = format!("{}{}", self.prefix, n.name);
+                // Unnamed nodes stay unnamed (ONNX allows several); "clean/" alone would clash.
+                if !n.name.is_empty() {
+                    c.name = format!("{}{}", self.prefix, n.name);
+                }
                 c.input = n.input.iter().map(|t| self.name(t)).collect();
                 c.output = n.output.iter().map(|t| self.name(t)).collect();
                 c

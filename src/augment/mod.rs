@@ -15,6 +15,8 @@ pub(crate) mod copy;
 pub(crate) mod grid_nodes;
 pub(crate) mod metric;
 
+/// Re-exported from `onnx::graph`, where it lives, for callers of the old path.
+pub use crate::onnx::graph::value_info;
 pub use anatomy::{check_inputs, heads_unknown, Anatomy};
 pub use metric::Metric;
 
@@ -22,12 +24,9 @@ use crate::autodiff::Backward;
 use crate::error::Result;
 use crate::hooks::Hook;
 use crate::onnx::builder::GraphBuilder;
-use crate::onnx::facts::{analyse_with_probe, Dim, Facts};
+use crate::onnx::facts::{analyse_with_probe, Dim};
 use crate::onnx::graph::all_names;
-use crate::onnx::pb::{
-    tensor_shape_proto::{dimension, Dimension},
-    type_proto, ModelProto, TensorShapeProto, TypeProto, ValueInfoProto,
-};
+use crate::onnx::pb::{ModelProto, ValueInfoProto};
 use crate::onnx::OnnxModel;
 use std::collections::{HashMap, HashSet};
 
@@ -83,8 +82,6 @@ pub struct TokenInput {
 pub struct Augmented {
     pub proto: ModelProto,
     pub hooks: Vec<Hook>,
-    /// Facts of the augmented forward graph (both copies + metric), at probe sizes.
-    pub facts: Facts,
     pub input_ids: TokenInput,
     pub attention_mask: Option<TokenInput>,
     /// Fed with 0..S for every row (prompts are right-padded).
@@ -263,7 +260,6 @@ pub fn augment_with(model: OnnxModel, opts: AugmentOptions) -> Result<Augmented>
     Ok(Augmented {
         proto,
         hooks,
-        facts,
         input_ids: ids_in,
         attention_mask: mask_in,
         position_ids: pos_in,
@@ -271,34 +267,4 @@ pub fn augment_with(model: OnnxModel, opts: AugmentOptions) -> Result<Augmented>
         heads,
         lm_head_last_position_only,
     })
-}
-
-pub fn value_info(name: &str, elem_type: i32, dims: &[Dim]) -> ValueInfoProto {
-    let dim = dims
-        .iter()
-        .map(|d| Dimension {
-            value: match d {
-                Dim::Known(v) => Some(dimension::Value::DimValue(*v)),
-                Dim::Sym(s) if is_identifier(s) => Some(dimension::Value::DimParam(s.clone())),
-                _ => None,
-            },
-            ..Default::default()
-        })
-        .collect();
-    ValueInfoProto {
-        name: name.into(),
-        r#type: Some(TypeProto {
-            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
-                elem_type,
-                shape: Some(TensorShapeProto { dim }),
-            })),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
-/// Expressions like `batch*sequence` are left unnamed in declared shapes.
-fn is_identifier(s: &str) -> bool {
-    !s.is_empty() && s.chars().all(|c| c.is_alphanumeric() || c == '_')
 }

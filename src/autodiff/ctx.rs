@@ -1,6 +1,6 @@
 //! What a gradient rule sees: the node, tensor facts, constants, and a builder.
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, UnsupportedOp};
 use crate::onnx::builder::GraphBuilder;
 use crate::onnx::consts::{constant_node_tensor, tensor_f64s, tensor_i64s, FLOAT};
 use crate::onnx::facts::{dim_str, Dim, Facts};
@@ -32,22 +32,47 @@ impl<'g> ConstIndex<'g> {
     }
 }
 
+/// A rule's whole view of one node: the gradients reaching its outputs, which
+/// inputs need one, what shape analysis knows, and the builder for new nodes.
 pub struct RuleCtx<'a, 'g> {
     pub b: &'a mut GraphBuilder,
     pub facts: &'a Facts,
     pub consts: &'a ConstIndex<'g>,
     pub node: &'g NodeProto,
+    /// Per output: its gradient, None where the metric does not depend on it.
+    pub out_grads: &'a [Option<String>],
+    /// Per input: whether the metric's gradient must flow into it.
+    pub need: &'a [bool],
 }
 
-impl RuleCtx<'_, '_> {
+impl<'g> RuleCtx<'_, 'g> {
+    /// This node cannot be differentiated, and why (names op and node).
     pub fn err(&self, msg: impl std::fmt::Display) -> Error {
-        Error::Unsupported(format!("gradient of '{}' (node '{}'): {msg}", self.node.op_type, self.node.name))
+        Error::UnsupportedOps(vec![UnsupportedOp {
+            op: self.node.op_type.clone(),
+            domain: self.node.domain.clone(),
+            node: self.node.name.clone(),
+            reason: Some(msg.to_string()),
+        }])
     }
-    pub fn input(&self, k: usize) -> &str {
+    /// The gradient of the node's first (for most ops, only) output.
+    pub fn grad(&self) -> Result<String> {
+        self.out_grads.first().cloned().flatten().ok_or_else(|| self.err("no gradient for its output"))
+    }
+    /// Whether input `k` needs a gradient (false for absent inputs).
+    pub fn needs(&self, k: usize) -> bool {
+        self.need.get(k).copied().unwrap_or(false)
+    }
+    /// The name of input `k` ("" when absent). Borrowed from the graph, not
+    /// from the context, so it can be held while the builder is used.
+    pub fn input(&self, k: usize) -> &'g str {
         self.node.input.get(k).map(|s| s.as_str()).unwrap_or("")
     }
-    pub fn output(&self, k: usize) -> &str {
+    pub fn output(&self, k: usize) -> &'g str {
         self.node.output.get(k).map(|s| s.as_str()).unwrap_or("")
+    }
+    pub fn attr_s(&self, name: &str) -> Option<String> {
+        self.node.attribute.iter().find(|a| a.name == name).map(|a| String::from_utf8_lossy(&a.s).into_owned())
     }
     pub fn attr_i(&self, name: &str) -> Option<i64> {
         self.node.attribute.iter().find(|a| a.name == name).map(|a| a.i)

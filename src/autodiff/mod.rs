@@ -8,7 +8,7 @@
 pub mod ctx;
 pub mod rules;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, UnsupportedOp};
 use crate::onnx::builder::GraphBuilder;
 use crate::onnx::consts::is_float;
 use crate::onnx::facts::Facts;
@@ -32,7 +32,7 @@ impl Backward<'_> {
         let dtypes = crate::onnx::dtypes::infer_dtypes(g, self.facts);
         let differentiable = |t: &str| -> bool {
             // Unknown types are treated as float so a rule gets the chance to fail loudly.
-            dtypes.get(t).copied().map_or(true, is_float) && !consts.contains(t)
+            dtypes.get(t).copied().is_none_or(is_float) && !consts.contains(t)
         };
 
         // Forward: tensors that depend on a wrt tensor through float values.
@@ -66,12 +66,31 @@ impl Backward<'_> {
             }
         }
 
+        // Every op on the path without a rule, all at once, before any work.
+        let missing: Vec<UnsupportedOp> = g
+            .node
+            .iter()
+            .zip(&on_path)
+            .filter(|(n, &p)| p && rules::lookup(&n.op_type, &n.domain).is_none())
+            .map(|(n, _)| UnsupportedOp {
+                op: n.op_type.clone(),
+                domain: n.domain.clone(),
+                node: n.name.clone(),
+                reason: None,
+            })
+            .collect();
+        if !missing.is_empty() {
+            return Err(Error::UnsupportedOps(missing));
+        }
+
         let mut grads: HashMap<String, Vec<String>> = HashMap::new();
         grads.insert(loss.to_string(), vec![seed.to_string()]);
         // A wrt tensor may itself be produced on the path (a later layer's hook):
         // its complete gradient is the sum taken when its producer is reached.
         let wanted: HashSet<&str> = wrt.iter().map(|s| s.as_str()).collect();
         let mut done: HashMap<String, String> = HashMap::new();
+        // Rules that fail are collected, so that one error names every such node.
+        let mut failed: Vec<UnsupportedOp> = vec![];
         for (i, n) in g.node.iter().enumerate().rev() {
             if !on_path[i] {
                 continue;
@@ -86,27 +105,38 @@ impl Backward<'_> {
                 continue;
             }
             let needs: Vec<bool> = n.input.iter().map(|x| needed.contains(x.as_str())).collect();
-            let rule = rules::lookup(&n.op_type, &n.domain).ok_or_else(|| {
-                Error::Unsupported(format!(
-                    "no gradient rule for op '{}' (node '{}'), which is on the path from the hooks to the metric",
-                    if n.domain.is_empty() { n.op_type.clone() } else { format!("{}:{}", n.domain, n.op_type) },
-                    n.name
-                ))
-            })?;
-            let mut cx = RuleCtx { b, facts: self.facts, consts: &consts, node: n };
-            let in_grads = rule(&mut cx, &out_grads, &needs)?;
+            let rule = rules::lookup(&n.op_type, &n.domain).expect("checked above");
+            let mut cx =
+                RuleCtx { b, facts: self.facts, consts: &consts, node: n, out_grads: &out_grads, need: &needs };
+            let in_grads = match rule(&mut cx) {
+                Ok(v) => v,
+                Err(Error::UnsupportedOps(v)) => {
+                    failed.extend(v);
+                    // Stand-ins, so that the nodes before this one are still
+                    // checked; the graph is discarded with the error.
+                    needs.iter().map(|&n| n.then(|| b.fresh("unavailable"))).collect()
+                }
+                Err(e) => return Err(e),
+            };
             for (k, x) in n.input.iter().enumerate() {
                 if !needs[k] {
                     continue;
                 }
-                let gx = in_grads.get(k).cloned().flatten().ok_or_else(|| {
-                    Error::Unsupported(format!(
-                        "the gradient rule for '{}' (node '{}') does not handle input {k} ('{x}'), which is on the path from the hooks to the metric",
-                        n.op_type, n.name
-                    ))
-                })?;
-                grads.entry(x.clone()).or_default().push(gx);
+                match in_grads.get(k).cloned().flatten() {
+                    Some(gx) => grads.entry(x.clone()).or_default().push(gx),
+                    None => failed.push(UnsupportedOp {
+                        op: n.op_type.clone(),
+                        domain: n.domain.clone(),
+                        node: n.name.clone(),
+                        reason: Some(format!(
+                            "the rule does not handle input {k} ('{x}'), which is on the path from the hooks to the metric"
+                        )),
+                    }),
+                }
             }
+        }
+        if !failed.is_empty() {
+            return Err(Error::UnsupportedOps(failed));
         }
         let mut out = vec![];
         for w in wrt {
@@ -121,6 +151,22 @@ impl Backward<'_> {
             out.push(gw);
         }
         Ok(out)
+    }
+}
+
+impl Backward<'_> {
+    /// Every node on the path from `wrt` to `loss` that cannot be
+    /// differentiated (no rule, or its rule refuses it), found by building
+    /// the backward graph into a scratch builder. Empty when all is well.
+    /// `opset`: the model's default-domain opset, which some rules depend on.
+    pub fn problems(&self, opset: i64, wrt: &[String], loss: &str) -> Result<Vec<UnsupportedOp>> {
+        let taken = crate::onnx::graph::all_names(self.graph);
+        let mut scratch = GraphBuilder::new(opset, "attrpatch.inspect/", taken);
+        match self.build(&mut scratch, wrt, loss, "attrpatch.inspect/seed") {
+            Ok(_) => Ok(vec![]),
+            Err(Error::UnsupportedOps(v)) => Ok(v),
+            Err(e) => Err(e),
+        }
     }
 }
 

@@ -178,3 +178,49 @@ impl GraphBuilder {
         self.node("Expand", &[x, &s], vec![])
     }
 }
+
+/// Additions for the contrib-op decompositions (src/normalize/contrib/).
+impl GraphBuilder {
+    /// An int64 scalar (0-d), as Range and Gather-as-index want.
+    pub fn const_i64_scalar(&mut self, v: i64) -> String {
+        let name = self.fresh("const_i64");
+        self.initializers.push(i64_tensor(&name, &[], &[v]));
+        name
+    }
+    /// Dimension `axis` of `x` at run time, as an int64 scalar.
+    pub fn dim(&mut self, x: &str, axis: i64) -> String {
+        let s = self.shape(x);
+        let i = self.const_i64_scalar(axis);
+        self.node("Gather", &[&s, &i], vec![attr_i("axis", 0)])
+    }
+    /// `n` equal parts of `x` along `axis`, in the form the opset expects.
+    pub fn split_equal(&mut self, x: &str, axis: i64, n: usize) -> Vec<String> {
+        let mut attrs = vec![attr_i("axis", axis)];
+        if self.opset >= 18 {
+            attrs.push(attr_i("num_outputs", n as i64));
+        }
+        self.node_n("Split", &[x], n, attrs)
+    }
+    /// Parts of the given sizes of `x` along `axis`.
+    pub fn split_sizes(&mut self, x: &str, axis: i64, sizes: &[i64]) -> Vec<String> {
+        if self.opset >= 13 {
+            let s = self.const_i64s(sizes);
+            self.node_n("Split", &[x, &s], sizes.len(), vec![attr_i("axis", axis)])
+        } else {
+            self.node_n("Split", &[x], sizes.len(), vec![attr_i("axis", axis), attr_ints("split", sizes)])
+        }
+    }
+    /// `x[.., start..end, ..]` along one axis (constant bounds).
+    pub fn slice_axis(&mut self, x: &str, axis: i64, start: i64, end: i64) -> String {
+        let s = self.const_i64s(&[start]);
+        let e = self.const_i64s(&[end]);
+        let a = self.const_i64s(&[axis]);
+        self.node("Slice", &[x, &s, &e, &a], vec![])
+    }
+    pub fn softmax_last(&mut self, x: &str) -> String {
+        self.node("Softmax", &[x], vec![attr_i("axis", -1)])
+    }
+    pub fn where_(&mut self, cond: &str, a: &str, b: &str) -> String {
+        self.node("Where", &[cond, a, b], vec![])
+    }
+}

@@ -53,7 +53,7 @@ fn inline_one(t: &mut TensorProto, dir: &Path, model: &Path) -> Result<()> {
     let length = parse("length")?;
     let file_len = std::fs::metadata(&canon).map_err(|e| Error::io(&canon, e))?.len();
     let length = length.unwrap_or(file_len.saturating_sub(offset));
-    if offset.checked_add(length).map_or(true, |end| end > file_len) {
+    if offset.checked_add(length).is_none_or(|end| end > file_len) {
         return Err(bad(format!(
             "external data file '{location}' is too short: needs bytes {offset}..{} but has {file_len}",
             offset.saturating_add(length)

@@ -129,7 +129,7 @@ fn skeleton(proto: &ModelProto) -> ModelProto {
         let n: i64 = t.dims.iter().product();
         if is_float(t.data_type) && n >= SKELETON_MIN_ELEMENTS && !g.input.iter().any(|i| i.name == t.name) {
             let dims: Vec<Dim> = t.dims.iter().map(|&d| Dim::Known(d)).collect();
-            typed_inputs.push(crate::augment::value_info(&t.name, t.data_type, &dims));
+            typed_inputs.push(super::graph::value_info(&t.name, t.data_type, &dims));
         } else {
             small.push(t.clone());
         }

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 pub struct OnnxModel {
     pub path: PathBuf,
     pub proto: ModelProto,
-    /// Default-domain opset version.
+    /// Default-domain opset version (after normalisation: 11 and 12 become 13).
     pub opset: i64,
     /// `node name -> module scopes` recorded by the dynamo exporter.
     pub scopes: scopes::NodeScopes,
@@ -20,6 +20,7 @@ pub struct OnnxModel {
 impl OnnxModel {
     /// Reads a model file, streaming its weights (see `io`).
     pub fn load(path: &Path) -> Result<Self> {
+        check_model_path(path)?;
         let (proto, scopes) = super::io::read_model(path)?;
         Self::from_proto(proto, scopes, path)
     }
@@ -44,22 +45,13 @@ impl OnnxModel {
         external::inline_external_data(graph, dir, path)?;
         let opset = default_opset(&proto)
             .ok_or_else(|| Error::Model(format!("{}: the model imports no default-domain opset", path.display())))?;
-        if opset < 13 {
-            return Err(Error::Unsupported(format!(
-                "{}: opset {opset} is not supported; attrpatch needs opset 13 or newer (re-export with opset_version>=14)",
-                path.display()
-            )));
-        }
-        crate::normalize::normalize(&mut proto, opset)?;
+        // Opsets 11 and 12 are upgraded there; older ones are refused there.
+        let opset = crate::normalize::normalize(&mut proto, opset, path)?;
         Ok(OnnxModel { path: path.to_path_buf(), proto, opset, scopes })
     }
 
     pub fn graph(&self) -> &super::pb::GraphProto {
         self.proto.graph.as_ref().expect("checked at load")
-    }
-
-    pub fn to_bytes(&self) -> Vec<u8> {
-        self.proto.encode_to_vec()
     }
 }
 
@@ -104,6 +96,35 @@ fn check_declared_sizes(g: &super::pb::GraphProto, path: &Path) -> Result<()> {
                 t.dims
             )));
         }
+    }
+    Ok(())
+}
+
+/// Common misuse of a model path, said in words before any parsing: a folder
+/// (name the .onnx files inside), or the external-data file beside a model.
+fn check_model_path(path: &Path) -> Result<()> {
+    if path.is_dir() {
+        let mut onnx: Vec<String> = std::fs::read_dir(path)
+            .map_err(|e| Error::io(path, e))?
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".onnx"))
+            .collect();
+        onnx.sort();
+        let found = if onnx.is_empty() { "no .onnx file".to_string() } else { onnx.join(", ") };
+        return Err(Error::Input(format!(
+            "{}: is a folder; pass the .onnx file inside it (found: {found})",
+            path.display()
+        )));
+    }
+    let name = path.file_name().map(|n| n.to_string_lossy().to_lowercase()).unwrap_or_default();
+    if name.ends_with(".onnx.data") || name.ends_with(".onnx_data") || (name.ends_with(".data") && path.is_file()) {
+        let stem = name.trim_end_matches(".data").trim_end_matches("_data");
+        return Err(Error::Input(format!(
+            "{}: this is an external-data file (the weights of a model); pass the .onnx file that refers to it{}",
+            path.display(),
+            if stem.ends_with(".onnx") { format!(" ({stem})") } else { String::new() }
+        )));
     }
     Ok(())
 }

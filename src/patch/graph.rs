@@ -16,14 +16,14 @@
 //! rows' metrics with respect to every patched activation x' and reduces
 //! grad * (clean - x) to per-row grid rows, as the attribution graph does.
 
-use crate::augment::{copy, grid_nodes, metric, names as aug_names, value_info, Anatomy, Metric, TokenInput};
+use crate::augment::{copy, grid_nodes, metric, names as aug_names, Anatomy, Metric, TokenInput};
 use crate::autodiff::Backward;
 use crate::error::{Error, Result};
 use crate::hooks::{Hook, HookKind};
 use crate::onnx::builder::{attr_i, GraphBuilder};
 use crate::onnx::consts::INT64;
 use crate::onnx::facts::{analyse_with_probe, Dim};
-use crate::onnx::graph::all_names;
+use crate::onnx::graph::{all_names, value_info};
 use crate::onnx::pb::{ModelProto, NodeProto};
 use crate::onnx::OnnxModel;
 use std::collections::{HashMap, HashSet};

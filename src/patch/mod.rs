@@ -12,9 +12,10 @@ pub mod plan;
 use crate::augment::names as aug_names;
 use crate::batches::{BatchResult, PairResult};
 use crate::error::{Error, Result};
-use crate::grids::{first_non_finite, PairGrid};
-use crate::job::{self, JobOptions, JobResult, Manifest, Method, PromptSource, Timings, TokenInputs};
-use crate::onnx::OnnxModel;
+use crate::grids::PairGrid;
+use crate::hooks::Hook;
+use crate::job::{self, JobGraph, JobOptions, JobResult, Manifest, Method, TokenInputs};
+use crate::onnx::pb::ModelProto;
 use crate::prompts::TokenizedPrompts;
 use crate::runtime::{self, Runtime, Value};
 use graph::{names, PatchGraph, PatchGraphOptions};
@@ -48,33 +49,17 @@ pub enum Estimator {
 
 pub fn run(opts: &JobOptions, estimator: Estimator, rows_per_call: usize) -> Result<JobResult> {
     if rows_per_call == 0 {
-        return Err(Error::Input("--rows-per-call must be at least 1".into()));
+        return Err(Error::Input("rows per call must be at least 1".into()));
     }
     if let Estimator::IntegratedGradients { steps: 0 } = estimator {
-        return Err(Error::Input("--ig-steps must be at least 1".into()));
+        return Err(Error::Input("integrated gradients need at least 1 step".into()));
     }
-    std::fs::metadata(&opts.model).map_err(|e| Error::io(&opts.model, e))?;
-    let mut t = Timings::default();
-    let clock = Instant::now();
-    let source = PromptSource::read(opts)?;
-    let model = OnnxModel::load(&opts.model)?;
-    t.load = clock.elapsed().as_secs_f64();
-
-    let clock = Instant::now();
     let gradients = matches!(estimator, Estimator::IntegratedGradients { .. });
-    let mut pg = graph::build(
-        model,
-        &PatchGraphOptions { metric: opts.metric, hooks: opts.hooks.clone(), heads: opts.heads, gradients },
-    )?;
-    let tokens = source.tokenize(opts, pg.vocab)?;
-    let for_runtime = runtime::prepare(&mut pg.proto, &opts.runtime);
-    t.rewrite = clock.elapsed().as_secs_f64();
+    let graph_opts = PatchGraphOptions { metric: opts.metric, hooks: opts.hooks.clone(), heads: opts.heads, gradients };
+    let mut p = job::prepare(opts, |model| graph::build(model, &graph_opts))?;
+    let mut rt = p.session(&opts.runtime)?;
 
-    let clock = Instant::now();
-    let mut rt = runtime::create_from(for_runtime, &opts.runtime)?;
-    t.session = clock.elapsed().as_secs_f64();
-
-    let has_heads = pg.heads.is_some();
+    let has_heads = p.graph.heads.is_some();
     let (plan, method) = match estimator {
         Estimator::Exact { positions } => {
             (Plan::Exact { heads: has_heads, positions: positions || !has_heads }, Method::ExactPatching)
@@ -83,41 +68,53 @@ pub fn run(opts: &JobOptions, estimator: Estimator, rows_per_call: usize) -> Res
             (Plan::IntegratedGradients { steps }, Method::IntegratedGradients { steps })
         }
     };
-    let layers: Vec<usize> = pg.hooks.iter().map(|h| h.layer).collect();
-    let rows = plan.rows(&layers, pg.units(), &tokens.lengths);
-    let mut acc = Accumulator::new(&pg, plan, tokens.clean_ids.len(), tokens.seq_len);
+    let layers: Vec<usize> = p.graph.hooks.iter().map(|h| h.layer).collect();
+    let rows = plan.rows(&layers, p.graph.units(), &p.tokens.lengths);
+    let mut acc = Accumulator::new(&p.graph, plan, p.tokens.clean_ids.len(), p.tokens.seq_len);
     // A call feeds the clean prompts of the pairs its rows use; rows are in pair order.
     let chunks: Vec<&[Row]> = rows.chunks(rows_per_call).collect();
     let bar = job::progress_bar(opts.progress && chunks.len() > 1, chunks.len() as u64, "calls");
     let clock = Instant::now();
     for chunk in &chunks {
-        run_chunk(rt.as_mut(), &pg, &tokens, chunk, opts.metric, &mut acc)?;
+        run_chunk(rt.as_mut(), &p.graph, &p.tokens, chunk, opts.metric, &mut acc)?;
         bar.inc(1);
     }
     bar.finish_and_clear();
-    t.run = clock.elapsed().as_secs_f64();
+    p.seconds.run = clock.elapsed().as_secs_f64();
 
     let pairs = acc.finish()?;
-    let batch = BatchResult::new(0, String::new(), pairs, opts.per_prompt);
-    let manifest = Manifest {
-        method,
-        model: opts.model.display().to_string(),
-        metric: opts.metric,
-        hooks_kind: opts.hooks.clone(),
-        runtime: rt.describe(),
-        n_heads: pg.heads.unwrap_or(0),
-        hooks: pg.hooks.clone(),
-        seq_len: tokens.seq_len,
-        token_labels: tokens.clean_tokens.first().cloned().unwrap_or_default(),
-        prompts: source.pairs,
-        batch_size: rows_per_call,
-        n_batches: 1,
-        shard: None,
-    };
+    // All rows form one "batch" of the whole prompt set, in rows_per_call chunks.
+    let mut manifest = Manifest::new(opts, &p, method, rows_per_call);
+    manifest.n_batches = 1;
+    manifest.runtime = rt.describe();
+    let batch = BatchResult::new(0, manifest.batch_key(0), pairs, opts.per_prompt)?;
     let mut r = job::finish(manifest, &[batch])?;
     r.runtime_calls = chunks.len();
-    r.seconds = t;
+    r.seconds = p.seconds;
     Ok(r)
+}
+
+impl JobGraph for PatchGraph {
+    fn proto_mut(&mut self) -> &mut ModelProto {
+        &mut self.proto
+    }
+    fn vocab(&self) -> usize {
+        self.vocab
+    }
+    fn hooks(&self) -> &[Hook] {
+        &self.hooks
+    }
+    fn heads(&self) -> Option<usize> {
+        self.heads
+    }
+    fn token_inputs(&self) -> TokenInputs<'_> {
+        TokenInputs {
+            ids: &self.input_ids,
+            mask: self.attention_mask.as_ref(),
+            positions: self.position_ids.as_ref(),
+            vocab: self.vocab,
+        }
+    }
 }
 
 fn run_chunk(
@@ -132,13 +129,7 @@ fn run_chunk(
     let last = rows[rows.len() - 1].pair;
     let t = all.slice(first..last + 1);
     let local: Vec<Row> = rows.iter().map(|r| Row { pair: r.pair - first, ..*r }).collect();
-    let token_inputs = TokenInputs {
-        ids: &pg.input_ids,
-        mask: pg.attention_mask.as_ref(),
-        positions: pg.position_ids.as_ref(),
-        vocab: pg.vocab,
-    };
-    let mut inputs = job::pair_inputs(&token_inputs, &t, metric);
+    let mut inputs = job::pair_inputs(&pg.token_inputs(), &t, metric);
     let row_pair = Array1::from_iter(local.iter().map(|r| r.pair as i64)).into_dyn();
     inputs.push((names::ROW_PAIR.into(), Value::I64(row_pair)));
     inputs.push((names::ROW_WEIGHTS.into(), Value::F32(Array2::<f32>::ones((rows.len(), 1)).into_dyn())));
@@ -159,27 +150,12 @@ fn run_chunk(
         acc.add_metric(r, v as f64);
     }
     if pg.gradients {
-        for h in &pg.hooks {
-            let mut grids = vec![(false, aug_names::positions(h.layer))];
-            if pg.heads.is_some() {
-                grids.push((true, aug_names::heads(h.layer)));
-            }
-            for (is_heads, name) in grids {
-                let a = runtime::take_output(&mut out, &name)?;
-                if let Some((i, v)) = first_non_finite(&a) {
-                    return Err(Error::Numeric(format!(
-                        "'{name}' (layer {}, hook '{}') holds {v} at flat index {i}",
-                        h.layer, h.tensor
-                    )));
-                }
-                let width = a.len() / rows.len();
-                let flat: Vec<f32> = a.iter().copied().collect();
-                for (k, r) in rows.iter().enumerate() {
-                    if let Patch::Interpolate { layer, .. } = r.patch {
-                        if layer == h.layer {
-                            acc.add_gradient_row(r, is_heads, &flat[k * width..(k + 1) * width]);
-                        }
-                    }
+        let context = format!(" in the rows of pairs {first}..={last}");
+        for g in job::read_grid_rows(&mut out, &pg.hooks, pg.heads.is_some(), rows.len(), &context)? {
+            let layer = pg.hooks[g.hook].layer;
+            for (k, r) in rows.iter().enumerate() {
+                if matches!(r.patch, Patch::Interpolate { layer: l, .. } if l == layer) {
+                    acc.add_gradient_row(r, g.is_heads, g.row(k));
                 }
             }
         }

@@ -11,6 +11,8 @@ pub struct Grid {
     pub name: String,
     /// E.g. "Attribution patching over attention heads".
     pub title: String,
+    /// What the figure needs to be read alone: the hook, the metric and the model.
+    pub subtitle: String,
     /// E.g. "Layer".
     pub row_label: String,
     /// E.g. "Head" or "Token position".
@@ -19,6 +21,9 @@ pub struct Grid {
     pub row_names: Vec<String>,
     /// Head numbers, or "index token" for positions.
     pub col_names: Vec<String>,
+    /// For positions: each column's token alone (figures draw it apart from its
+    /// index); empty for heads.
+    pub tokens: Vec<String>,
     /// E.g. "Norm. logit diff".
     pub value_label: String,
     /// `[rows][cols]`.
@@ -38,6 +43,9 @@ impl Grid {
         }
         if let Some((i, row)) = self.values.iter().enumerate().find(|(_, r)| r.len() != cols) {
             return fail(format!("row {i} has {} values but there are {cols} column names", row.len()));
+        }
+        if !self.tokens.is_empty() && self.tokens.len() != cols {
+            return fail(format!("{} tokens but {cols} columns", self.tokens.len()));
         }
         Ok(())
     }
@@ -101,10 +109,12 @@ pub fn grid_json(grid: &Grid) -> Value {
     json!({
         "name": grid.name,
         "title": grid.title,
+        "subtitle": grid.subtitle,
         "row_label": grid.row_label,
         "col_label": grid.col_label,
         "rows": grid.row_names,
         "cols": grid.col_names,
+        "tokens": grid.tokens,
         "value_label": grid.value_label,
         "values": values,
     })
@@ -119,10 +129,12 @@ pub(crate) mod tests {
         Grid {
             name: name.into(),
             title: format!("Attribution patching over {name}"),
+            subtitle: "hook: attention out-projection input · metric: logit diff · model: test.onnx".into(),
             row_label: "Layer".into(),
             col_label: if name == "heads" { "Head" } else { "Token position" }.into(),
             row_names: (0..values.len()).map(|i| i.to_string()).collect(),
             col_names: cols.iter().map(|s| s.to_string()).collect(),
+            tokens: vec![],
             value_label: "Norm. logit diff".into(),
             values,
         }

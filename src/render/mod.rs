@@ -1,10 +1,20 @@
-//! Writing attribution grids: PNG heatmaps (plotly `px.imshow` look), CSV and JSON.
+//! Writing attribution grids: heatmaps and scatter plots (drawn with plotters,
+//! each as PNG and SVG), CSV, JSON, and the self-contained report.html.
 
+mod colour;
 mod data;
-mod draw;
+mod figure;
+mod font;
 mod heatmap;
+mod labels;
+mod pen;
+mod report_html;
 mod scatter;
+mod ticks;
 
+pub use colour::Colour;
 pub use data::{grid_json, write_csv, Grid};
-pub use heatmap::{write_heatmap_png, write_heatmaps_png};
-pub use scatter::{write_scatter_png, Scatter, Series, COLOURS};
+pub use heatmap::{write_heatmap, write_heatmaps};
+pub use labels::subtitle;
+pub use report_html::{write_compare_report_html, write_report_html};
+pub use scatter::{write_scatter, Scatter, Series, COLOURS};

@@ -1,116 +1,227 @@
-//! Scatter plot PNG: estimate (x) against exact (y), one point per grid
-//! cell, one colour per estimator, the line y = x where a perfect estimate
-//! would put every point. Both axes share one range so the line is the
-//! diagonal.
+//! Scatter plot: estimate (x) against exact (y), one point per grid cell, one
+//! colour per estimator, semi-transparent circles so overlapping points stay
+//! visible, the line y = x where a perfect estimate would put every point, and
+//! the largest misses labelled with their cell. Both axes share one range so
+//! the line is the diagonal.
 
-use super::draw::{draw_text, fill_rect, fmt_tick, frame, text_w, write_png, Colour, CH, GAP, MARGIN, WHITE};
+use super::colour::{rgb, Colour, FRAME};
+use super::figure::{write_figure, DrawResult, Figure};
+use super::font::{measure, wrap};
+use super::pen::{Pen, Place};
+use super::ticks::{fmt_tick, nice_ticks};
 use crate::error::{Error, Result};
-use image::{Rgb, RgbImage};
-use std::path::Path;
+use plotters::coord::Shift;
+use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, VPos};
+use std::path::{Path, PathBuf};
 
 pub struct Series {
     pub name: String,
     pub colour: Colour,
     /// (x, y); non-finite points are left out.
     pub points: Vec<(f64, f64)>,
+    /// Each point's cell, e.g. "L0 9 ' John'" (empty, or one per point): the
+    /// largest misses are labelled with it.
+    pub point_names: Vec<String>,
 }
 
 pub struct Scatter {
     pub title: String,
+    /// The hook, the metric and the model.
+    pub subtitle: String,
     pub x_label: String,
     pub y_label: String,
     pub series: Vec<Series>,
 }
 
-const PLOT: u32 = 480;
-const DOT: i64 = 5;
-/// About this many ticks per axis, at round values.
-const N_TICKS: usize = 5;
-const GUIDE: Colour = [170, 170, 170];
-const ZERO: Colour = [225, 225, 225];
-
 /// Colours for up to three estimators (plotly's first three).
 pub const COLOURS: [Colour; 3] = [[99, 110, 250], [239, 85, 59], [0, 204, 150]];
 
-pub fn write_scatter_png(s: &Scatter, path: &Path) -> Result<()> {
+/// How many of the points furthest from y = x get their cell's name.
+pub const LABELLED_MISSES: usize = 4;
+
+const PLOT: i32 = 440;
+const MARGIN: i32 = 14;
+const GAP: i32 = 6;
+const TITLE: f64 = 21.0;
+const SUBTITLE: f64 = 15.0;
+const LABEL: f64 = 16.0;
+const TICK: f64 = 15.0;
+const NOTE: f64 = 14.0;
+const RADIUS: i32 = 5;
+const GUIDE: RGBColor = RGBColor(150, 150, 150);
+const ZERO: RGBColor = RGBColor(215, 215, 215);
+
+/// Draws the scatter plot as `path` (PNG) and the SVG beside it; returns both paths.
+pub fn write_scatter(s: &Scatter, path: &Path) -> Result<Vec<PathBuf>> {
     if s.series.iter().all(|se| se.points.iter().all(|(x, y)| !x.is_finite() || !y.is_finite())) {
         return Err(Error::Input(format!("scatter plot '{}': no finite points to draw", s.title)));
     }
-    write_png(&render(s), path)
+    if let Some(se) = s.series.iter().find(|se| !se.point_names.is_empty() && se.point_names.len() != se.points.len()) {
+        return Err(Error::Input(format!(
+            "scatter plot '{}': series '{}' has {} points but {} point names",
+            s.title,
+            se.name,
+            se.points.len(),
+            se.point_names.len()
+        )));
+    }
+    write_figure(&Layout::new(s), path)
 }
 
-/// The shared axis range: every finite coordinate and 0, padded by 5%.
+/// The shared axis range: every finite coordinate and 0, padded by 6%.
 fn range(s: &Scatter) -> (f64, f64) {
-    let coords = s
-        .series
-        .iter()
-        .flat_map(|se| se.points.iter())
-        .filter(|(x, y)| x.is_finite() && y.is_finite())
-        .flat_map(|&(x, y)| [x, y]);
+    let coords = s.series.iter().flat_map(|se| finite(&se.points)).flat_map(|(_, (x, y))| [x, y]);
     let (lo, hi) = coords.fold((0f64, 0f64), |(lo, hi), v| (lo.min(v), hi.max(v)));
     let span = if hi > lo { hi - lo } else { 1.0 };
-    (lo - 0.05 * span, hi + 0.05 * span)
+    (lo - 0.06 * span, hi + 0.06 * span)
 }
 
-/// Multiples of a round step (1, 2 or 5 times a power of ten) inside [lo, hi]:
-/// the largest such step that still gives at least four ticks.
-fn nice_ticks(lo: f64, hi: f64) -> Vec<f64> {
-    let ticks = |step: f64| -> Vec<f64> {
-        // + 0.0 turns -0 into 0.
-        ((lo / step).ceil() as i64..=(hi / step).floor() as i64).map(|k| k as f64 * step + 0.0).collect()
-    };
-    let magnitude = 10f64.powf(((hi - lo) / (N_TICKS - 1) as f64).log10().floor());
-    let candidates = [10.0, 5.0, 2.0, 1.0, 0.5, 0.2, 0.1].map(|m| m * magnitude);
-    candidates.iter().map(|&st| ticks(st)).find(|t| t.len() >= 4).unwrap_or_else(|| ticks(candidates[6]))
+fn finite(points: &[(f64, f64)]) -> impl Iterator<Item = (usize, (f64, f64))> + '_ {
+    points.iter().copied().enumerate().filter(|(_, (x, y))| x.is_finite() && y.is_finite())
 }
 
-fn render(s: &Scatter) -> RgbImage {
-    let (lo, hi) = range(s);
-    let ticks = nice_ticks(lo, hi);
-    let labels: Vec<String> = ticks.iter().map(|&v| fmt_tick(v)).collect();
-    let tick_w = labels.iter().map(|l| text_w(l)).max().unwrap_or(0);
-    let plot_x = MARGIN + CH + GAP + tick_w + GAP;
-    let plot_y = MARGIN + CH + 2 * GAP;
-    let x_label_y = plot_y + PLOT + GAP + CH + GAP;
-    let legend_y = x_label_y + CH + 2 * GAP;
-    let legend_w = s.series.iter().map(|se| text_w(&se.name)).max().unwrap_or(0);
-    let width =
-        (plot_x + PLOT + 2 * MARGIN).max(text_w(&s.title) + 2 * MARGIN).max(plot_x + CH + GAP + legend_w + MARGIN);
-    let height = legend_y + s.series.len() as u32 * (CH + GAP) + MARGIN;
-    let mut img = RgbImage::from_pixel(width, height, Rgb(WHITE));
-    let (px, py, side) = (plot_x as i64, plot_y as i64, PLOT as i64);
-    let to_px = |v: f64| ((v - lo) / (hi - lo) * (side - 1) as f64).round() as i64;
-    let (sx, sy) = (|x: f64| px + to_px(x), |y: f64| py + side - 1 - to_px(y));
+/// The named points furthest from y = x, over all series, furthest first:
+/// (series, point index).
+fn largest_misses(s: &Scatter) -> Vec<(usize, usize)> {
+    let mut all: Vec<(f64, usize, usize)> = s
+        .series
+        .iter()
+        .enumerate()
+        .filter(|(_, se)| !se.point_names.is_empty())
+        .flat_map(|(k, se)| finite(&se.points).map(move |(i, (x, y))| ((x - y).abs(), k, i)))
+        .collect();
+    all.sort_by(|a, b| b.0.total_cmp(&a.0));
+    all.into_iter().take(LABELLED_MISSES).map(|(_, k, i)| (k, i)).collect()
+}
 
-    draw_text(&mut img, ((width - text_w(&s.title)) / 2) as i64, MARGIN as i64, &s.title, false);
-    if lo < 0.0 && hi > 0.0 {
-        fill_rect(&mut img, sx(0.0), py, 1, side, ZERO);
-        fill_rect(&mut img, px, sy(0.0), side, 1, ZERO);
-    }
-    // y = x, dotted.
-    for i in (0..side).step_by(3) {
-        fill_rect(&mut img, px + i, py + side - 1 - i, 1, 1, GUIDE);
-    }
-    frame(&mut img, px, py, side, side);
-    for (v, label) in ticks.iter().zip(&labels) {
-        let w = text_w(label) as i64;
-        draw_text(&mut img, (sx(*v) - w / 2).clamp(0, width as i64 - w), py + side + GAP as i64, label, false);
-        draw_text(&mut img, px - GAP as i64 - w, sy(*v) - CH as i64 / 2, label, false);
-    }
-    let xl = text_w(&s.x_label) as i64;
-    draw_text(&mut img, px + side / 2 - xl / 2, x_label_y as i64, &s.x_label, false);
-    let yl = text_w(&s.y_label) as i64;
-    draw_text(&mut img, MARGIN as i64, (py + side / 2 - yl / 2).max(0), &s.y_label, true);
+struct Layout<'a> {
+    s: &'a Scatter,
+    lo: f64,
+    hi: f64,
+    ticks: Vec<f64>,
+    title: Vec<String>,
+    subtitle: Vec<String>,
+    plot_x: i32,
+    plot_y: i32,
+    legend_y: i32,
+    width: i32,
+    height: i32,
+}
 
-    for (k, se) in s.series.iter().enumerate() {
-        for &(x, y) in se.points.iter().filter(|(x, y)| x.is_finite() && y.is_finite()) {
-            fill_rect(&mut img, sx(x) - DOT / 2, sy(y) - DOT / 2, DOT, DOT, se.colour);
+fn text_w(s: &str, size: f64) -> i32 {
+    measure(s, size).0 as i32
+}
+
+fn text_h(size: f64) -> i32 {
+    measure("0Hg", size).1 as i32
+}
+
+impl<'a> Layout<'a> {
+    fn new(s: &'a Scatter) -> Self {
+        let (lo, hi) = range(s);
+        // About 5 ticks: fewer when the labels are wide, so they never crowd.
+        let mut ticks = nice_ticks(lo, hi, 4);
+        let tick_w = |t: &[f64]| t.iter().map(|&v| text_w(&fmt_tick(v), TICK)).max().unwrap_or(0);
+        while ticks.len() > 3 && (tick_w(&ticks) + 3 * GAP) * ticks.len() as i32 > PLOT {
+            ticks = ticks.iter().copied().step_by(2).collect();
         }
-        let ly = legend_y as i64 + k as i64 * (CH + GAP) as i64;
-        fill_rect(&mut img, px, ly + 3, CH as i64 - 6, CH as i64 - 6, se.colour);
-        draw_text(&mut img, px + CH as i64 + GAP as i64, ly, &se.name, false);
+        let header_w = PLOT + 120;
+        let title = wrap(&s.title, TITLE, header_w as u32);
+        let subtitle = if s.subtitle.is_empty() { vec![] } else { wrap(&s.subtitle, SUBTITLE, header_w as u32) };
+        let header_h = MARGIN
+            + title.len() as i32 * (text_h(TITLE) + 4)
+            + subtitle.len() as i32 * (text_h(SUBTITLE) + 3)
+            + GAP * 2;
+        let plot_x = MARGIN + text_h(LABEL) + GAP * 2 + tick_w(&ticks) + GAP;
+        let plot_y = header_h;
+        let legend_y = plot_y + PLOT + GAP + text_h(TICK) + GAP * 2 + text_h(LABEL) + GAP * 2;
+        let legend_w = s.series.iter().map(|se| text_w(&se.name, TICK)).max().unwrap_or(0) + 2 * RADIUS + GAP;
+        let widest_header = title
+            .iter()
+            .map(|l| text_w(l, TITLE))
+            .chain(subtitle.iter().map(|l| text_w(l, SUBTITLE)))
+            .max()
+            .unwrap_or(0);
+        let width = (plot_x + PLOT + 3 * GAP).max(plot_x + legend_w).max(MARGIN + widest_header) + MARGIN;
+        let height = legend_y + s.series.len() as i32 * (text_h(TICK) + GAP) + MARGIN;
+        Layout { s, lo, hi, ticks, title, subtitle, plot_x, plot_y, legend_y, width, height }
     }
-    img
+
+    /// Canvas pixel of a value on either axis.
+    fn px(&self, v: f64) -> i32 {
+        self.plot_x + ((v - self.lo) / (self.hi - self.lo) * PLOT as f64).round() as i32
+    }
+
+    fn py(&self, v: f64) -> i32 {
+        self.plot_y + PLOT - ((v - self.lo) / (self.hi - self.lo) * PLOT as f64).round() as i32
+    }
+}
+
+impl Figure for Layout<'_> {
+    fn size(&self) -> (u32, u32) {
+        (self.width as u32, self.height as u32)
+    }
+
+    fn draw<DB: DrawingBackend>(&self, area: &DrawingArea<DB, Shift>, pen: Pen) -> DrawResult<DB> {
+        let s = self.s;
+        let mut y = MARGIN;
+        let centre = self.width / 2;
+        for line in &self.title {
+            pen.text(area, line, Place::new((centre, y), TITLE, HPos::Center, VPos::Top))?;
+            y += text_h(TITLE) + 4;
+        }
+        for line in &self.subtitle {
+            pen.text(area, line, Place::new((centre, y), SUBTITLE, HPos::Center, VPos::Top))?;
+            y += text_h(SUBTITLE) + 3;
+        }
+        let (x0, y0, x1, y1) = (self.plot_x, self.plot_y, self.plot_x + PLOT, self.plot_y + PLOT);
+        // Grid lines at the ticks, the zero lines darker, then y = x.
+        for &v in &self.ticks {
+            let colour = if v == 0.0 { ZERO } else { RGBColor(238, 238, 238) };
+            area.draw(&PathElement::new(vec![(self.px(v), y0), (self.px(v), y1)], colour))?;
+            area.draw(&PathElement::new(vec![(x0, self.py(v)), (x1, self.py(v))], colour))?;
+        }
+        area.draw(&PathElement::new(vec![(x0, y1), (x1, y0)], GUIDE.stroke_width(1)))?;
+        area.draw(&Rectangle::new([(x0, y0), (x1, y1)], FRAME.stroke_width(1)))?;
+        for &v in &self.ticks {
+            pen.text(area, &fmt_tick(v), Place::new((self.px(v), y1 + GAP), TICK, HPos::Center, VPos::Top))?;
+            pen.text(area, &fmt_tick(v), Place::new((x0 - GAP, self.py(v)), TICK, HPos::Right, VPos::Center))?;
+        }
+        let x_label_y = y1 + GAP + text_h(TICK) + GAP * 2;
+        pen.text(area, &s.x_label, Place::new(((x0 + x1) / 2, x_label_y), LABEL, HPos::Center, VPos::Top))?;
+        let at = (MARGIN + text_h(LABEL) / 2, (y0 + y1) / 2);
+        pen.text(area, &s.y_label, Place::new(at, LABEL, HPos::Center, VPos::Center).upwards())?;
+
+        // Points: a translucent fill and a solid ring, so piles at zero show as darker rings.
+        for se in &s.series {
+            let c = rgb(se.colour);
+            for (_, (x, y)) in finite(&se.points) {
+                let at = (self.px(x), self.py(y));
+                area.draw(&Circle::new(at, RADIUS, c.mix(0.25).filled()))?;
+                area.draw(&Circle::new(at, RADIUS, c.stroke_width(1)))?;
+            }
+        }
+        // The largest misses, named beside their point: to its right where the label
+        // fits inside the plot, else to its left.
+        for (k, i) in largest_misses(s) {
+            let (x, y) = s.series[k].points[i];
+            let (cx, cy) = (self.px(x), self.py(y));
+            let label = s.series[k].point_names[i].clone();
+            let fits_right = cx + RADIUS + 3 + text_w(&label, NOTE) < x1;
+            let (dx, h) = if fits_right { (RADIUS + 3, HPos::Left) } else { (-(RADIUS + 3), HPos::Right) };
+            pen.text(area, &label, Place::new((cx + dx, cy), NOTE, h, VPos::Center))?;
+        }
+        // Legend under the x label.
+        for (k, se) in s.series.iter().enumerate() {
+            let ly = self.legend_y + k as i32 * (text_h(TICK) + GAP) + text_h(TICK) / 2;
+            let c = rgb(se.colour);
+            area.draw(&Circle::new((x0 + RADIUS, ly), RADIUS, c.mix(0.25).filled()))?;
+            area.draw(&Circle::new((x0 + RADIUS, ly), RADIUS, c.stroke_width(1)))?;
+            pen.text(area, &se.name, Place::new((x0 + 2 * RADIUS + GAP, ly), TICK, HPos::Left, VPos::Center))?;
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -120,48 +231,57 @@ mod tests {
     fn plot() -> Scatter {
         Scatter {
             title: "Heads: estimate vs exact".into(),
+            subtitle: "hook: attention out-projection input".into(),
             x_label: "estimate".into(),
             y_label: "exact".into(),
             series: vec![
                 Series {
                     name: "attribution".into(),
                     colour: COLOURS[0],
-                    points: vec![(0.5, 0.4), (-0.2, -0.1), (f64::NAN, 1.0)],
+                    points: vec![(0.5, 0.4), (-0.2, -0.05), (f64::NAN, 1.0), (0.0, 0.9)],
+                    point_names: vec!["L0 H0".into(), "L0 H1".into(), "L0 H2".into(), "L1 H0".into()],
                 },
-                Series { name: "IG".into(), colour: COLOURS[1], points: vec![(0.41, 0.4)] },
+                Series { name: "IG".into(), colour: COLOURS[1], points: vec![(0.41, 0.4)], point_names: vec![] },
             ],
         }
     }
 
     #[test]
-    fn points_land_where_their_values_say() {
+    fn range_holds_every_point_and_misses_are_largest_first() {
         let s = plot();
-        let img = render(&s);
         let (lo, hi) = range(&s);
-        assert!(lo < -0.2 && hi > 0.5 && lo > -0.3 && hi < 0.6, "{lo} {hi}");
-        // The attribution point (0.5, 0.4): find a pixel of its colour right of and above the centre.
-        let coloured: Vec<(u32, u32)> =
-            img.enumerate_pixels().filter(|(_, _, p)| p.0 == COLOURS[0]).map(|(x, y, _)| (x, y)).collect();
-        // Two points of 25 pixels plus the legend box; the NaN point is not drawn.
-        assert_eq!(coloured.len(), 2 * 25 + ((CH - 6) * (CH - 6)) as usize);
+        assert!(lo < -0.2 && hi > 0.9 && lo > -0.4 && hi < 1.1, "{lo} {hi}");
+        // (0, 0.9) is the furthest from y = x, then (-0.2, -0.05), then (0.5, 0.4); NaN is skipped.
+        assert_eq!(largest_misses(&s), [(0, 3), (0, 1), (0, 0)]);
     }
 
     #[test]
-    fn ticks_are_round_and_inside_the_range() {
-        let labels: Vec<String> = nice_ticks(-0.0561, 1.06).iter().map(|&v| fmt_tick(v)).collect();
-        assert_eq!(labels, ["0", "0.2", "0.4", "0.6", "0.8", "1"]);
-        let t = nice_ticks(-2.3e-3, 7.1e-3);
-        assert_eq!(t.len(), 5, "{t:?}");
-        assert!(t.iter().all(|&v| (-2.3e-3..=7.1e-3).contains(&v)));
+    fn points_are_drawn_in_their_colour_where_their_values_say() {
+        let s = plot();
+        let l = Layout::new(&s);
+        let dir = std::env::temp_dir().join(format!("attrpatch-scatter-px-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("s.png");
+        write_scatter(&s, &path).unwrap();
+        let img = image::open(&path).unwrap().to_rgb8();
+        // The ring of the attribution point (0.0, 0.9), one radius to its right.
+        let (cx, cy) = (l.px(0.0), l.py(0.9));
+        let ring = (cx + RADIUS - 1..=cx + RADIUS + 1).map(|x| img.get_pixel(x as u32, cy as u32).0);
+        let blueish = |p: [u8; 3]| p[2] > 180 && p[0] < 200 && p[1] < 200;
+        assert!(ring.clone().any(blueish), "{:?}", ring.collect::<Vec<_>>());
+        std::fs::remove_dir_all(dir).ok();
     }
 
     #[test]
     fn nothing_finite_is_an_error() {
         let mut s = plot();
-        s.series.iter_mut().for_each(|se| se.points = vec![(f64::NAN, 0.0)]);
+        s.series.iter_mut().for_each(|se| {
+            se.points = vec![(f64::NAN, 0.0)];
+            se.point_names = vec![];
+        });
         let dir = std::env::temp_dir().join(format!("attrpatch-scatter-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let e = write_scatter_png(&s, &dir.join("s.png")).unwrap_err().to_string();
+        let e = write_scatter(&s, &dir.join("s.png")).unwrap_err().to_string();
         assert!(e.contains("no finite points"), "{e}");
     }
 }

@@ -60,9 +60,10 @@ impl Plain {
             }
         }
         let inputs = g.input.iter().map(|i| i.name.clone()).collect();
-        g.input
-            .extend(fed.iter().map(|(t, rank)| attrpatch::augment::value_info(t, FLOAT, &vec![Dim::Unknown; *rank])));
-        g.output.extend(exposed.iter().map(|t| attrpatch::augment::value_info(t, FLOAT, &[])));
+        g.input.extend(
+            fed.iter().map(|(t, rank)| attrpatch::onnx::graph::value_info(t, FLOAT, &vec![Dim::Unknown; *rank])),
+        );
+        g.output.extend(exposed.iter().map(|t| attrpatch::onnx::graph::value_info(t, FLOAT, &[])));
         let opts = RuntimeOptions { kind: RuntimeKind::Ort, device: Device::Cpu, ort_lib: None, threads: 1 };
         Plain { rt: runtime::create(&proto.encode_to_vec(), &opts).unwrap(), inputs }
     }

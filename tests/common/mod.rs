@@ -6,16 +6,34 @@ pub mod by_hand;
 pub mod synth;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 pub fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
-/// An empty folder of the system temp dir for one test, removed first if an earlier run left it.
+static NEXT_DIR: AtomicUsize = AtomicUsize::new(0);
+
+/// An empty folder of the system temp dir, new on every call: keyed on the
+/// process, a per-call counter and `name` (which only makes it readable), so
+/// tests running in parallel under the same name never share or delete each
+/// other's folders.
 pub fn fresh_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("attrpatch-test-{}-{name}", std::process::id()));
+    let n = NEXT_DIR.fetch_add(1, Ordering::Relaxed);
+    let d = std::env::temp_dir().join(format!("attrpatch-test-{}-{n}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d
+}
+
+/// The bug: the folder was keyed on process id + name, and "out" (three
+/// tests) or "pout" (five) were removed by one test while another wrote in it.
+#[test]
+fn regression_fresh_dir_was_shared_by_tests_of_the_same_name() {
+    let a = fresh_dir("out");
+    std::fs::write(a.join("results.json"), "{}").unwrap();
+    let b = fresh_dir("out");
+    assert_ne!(a, b);
+    assert!(a.join("results.json").is_file(), "a second fresh_dir(\"out\") removed the first one's files");
 }
 
 pub fn bundled_model() -> PathBuf {

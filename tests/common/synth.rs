@@ -2,9 +2,9 @@
 //! input_ids -> Gather(wte) -> Tanh (the hook) -> c_proj MatMul -> + residual
 //! -> lm_head MatMul -> logits. Width 8; run with --heads 2.
 
-use attrpatch::augment::value_info;
 use attrpatch::onnx::consts::{float_tensor, FLOAT, INT64};
 use attrpatch::onnx::facts::Dim;
+use attrpatch::onnx::graph::value_info;
 use attrpatch::onnx::pb::{
     attribute_proto::AttributeType, tensor_proto::DataLocation, AttributeProto, GraphProto, ModelProto, NodeProto,
     OperatorSetIdProto, StringStringEntryProto, TensorProto,

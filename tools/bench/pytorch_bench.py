@@ -47,6 +47,10 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+sys.path.insert(0, os.path.join(REPO, "tools"))
+# The metric and the grid arithmetic of the tools' one reference (tools/attribution_reference.py);
+# this file times the tutorial's way of getting the gradients.
+from attribution_reference import grids, logit_diff  # noqa: E402
 
 TUTORIAL_PROMPTS = [
     "When John and Mary went to the shops, John gave the bag to",
@@ -118,13 +122,6 @@ def make_inputs(args, vocab):
     return clean, corrupted, answers
 
 
-def logit_diff(logits, answers):
-    last = logits[:, -1, :]
-    correct = last.gather(1, answers[:, 0].unsqueeze(1))
-    incorrect = last.gather(1, answers[:, 1].unsqueeze(1))
-    return (correct - incorrect).mean()
-
-
 def attribution(model, clean, corrupted, answers, mode, clean_grad):
     """Clean fwd + corrupted fwd + backward + grids, the tutorial's way. Returns the grids."""
     layers = model.transformer.h
@@ -166,13 +163,7 @@ def attribution(model, clean, corrupted, answers, mode, clean_grad):
                 corr_grads = [x.grad[n:] for x in saved]
             else:
                 corr_grads = [x.grad for x in corr_out]
-            heads, positions = [], []
-            for g, c, k in zip(corr_grads, clean_out, corr_out):
-                last = g[:, -1, :] * (c[:, -1, :] - k[:, -1, :])  # [batch, n_embd]
-                heads.append(last.reshape(last.shape[0], n_head, -1).sum(dim=(0, 2)))
-                positions.append((g * (c - k)).sum(dim=(0, 2)))
-            heads = torch.stack(heads)  # [layer, head]
-            positions = torch.stack(positions)  # [layer, position]
+            heads, positions = grids(corr_grads, clean_out, corr_out, n_head)  # [layer, head], [layer, position]
     finally:
         for h in handles:
             h.remove()
@@ -202,9 +193,7 @@ def attribution_nnsight(nn_model, model, clean, corrupted, answers, baselines):
                 grads = nnsight.save([a.grad for a in reversed(acts)])
     grads = grads[::-1]
     with torch.no_grad():
-        heads = torch.stack([(g[:, -1] * (c[:, -1] - k[:, -1])).reshape(g.shape[0], n_head, -1).sum(dim=(0, 2))
-                             for g, c, k in zip(grads, clean_out, corr_out)])
-        positions = torch.stack([(g * (c - k)).sum(dim=(0, 2)) for g, c, k in zip(grads, clean_out, corr_out)])
+        heads, positions = grids(grads, clean_out, corr_out, n_head)
     model.zero_grad(set_to_none=True)
     return heads, positions, clean_base, corr_base
 

@@ -1,22 +1,18 @@
 """Reference attribution-patching grids (PyTorch autograd) for a GPT-2 model, in the format of
-shared/fixtures/ioi-reference.json (see shared/fixtures/FIXTURES.md).
-
-  For each layer, a = input of attn.c_proj, [batch, seq, n_embd];
-  metric = (ld - CORR) / (CLEAN - CORR) on the corrupted run;
-  p = d metric / d a_corrupted * (a_clean - a_corrupted)
-  heads[layer][head]      = p at the last position, [batch, head, head_dim], summed over batch, head_dim
-  positions[layer][pos]   = p summed over batch and features
-computed in float64 (heads, positions) and in float32 (heads_f32, positions_f32).
+models/ioi-gpt2/ioi-reference.json and tests/fixtures/ioi-reference.json: the tools' one reference
+implementation (tools/attribution_reference.py, which states the arithmetic) hooking the input of
+each block's attn.c_proj, computed in float64 (heads, positions) and in float32 (heads_f32,
+positions_f32).
 
 Usage (defaults: the bundled models/ioi-gpt2 model, weights from models/ioi-gpt2/pytorch_model.pt,
 or from models/ioi-gpt2/model.onnx's initializers where there is no state dict; --onnx FILE reads
 any GPT-2 ONNX export's initializers, with --n-head):
   /work/venv-torch/bin/python tools/train_ioi/reference.py
   /work/venv-torch/bin/python tools/train_ioi/reference.py --bos --out models/ioi-gpt2/ioi-reference-bos.json
-Check against the shared fixture (same weights, n_head 4):
+Check against the repository's random-weight fixture (same weights, n_head 4):
   /work/venv-torch/bin/python tools/train_ioi/reference.py \
-      --onnx /work/shared/fixtures/tiny-gpt2-rb-legacy-op14.onnx --n-head 4 \
-      --out /tmp/fixture-ref.json --compare /work/shared/fixtures/ioi-reference.json
+      --onnx models/gpt2-tiny-random.onnx --n-head 4 \
+      --out /tmp/fixture-ref.json --compare tests/fixtures/ioi-reference.json
 """
 import argparse
 import json
@@ -25,7 +21,10 @@ import sys
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.dirname(HERE))
+import attribution_reference as A  # noqa: E402
 import ioi_common as C  # noqa: E402
 
 
@@ -49,57 +48,20 @@ def load_model(args):
 
 
 def attribution(model, clean, corrupted, answers, dtype):
+    """(CLEAN, CORR, heads, positions) of the tools' one reference (tools/attribution_reference.py),
+    hooking each block's attn.c_proj; the model is converted to `dtype` in place."""
     model = model.to(dtype)
-    cfg = model.config
-    n_layer, n_head = cfg.n_layer, cfg.n_head
-    head_dim = cfg.n_embd // n_head
     mask = torch.ones_like(clean)
 
-    acts = {}
-
-    def make_hook(layer):
-        def hook(module, inputs):
-            x = inputs[0]
-            if x.requires_grad:
-                x.retain_grad()
-            acts[layer] = x
-        return hook
-
-    handles = [blk.attn.c_proj.register_forward_pre_hook(make_hook(i))
-               for i, blk in enumerate(model.transformer.h)]
-    try:
-        with torch.no_grad():
-            clean_logits = model(input_ids=clean, attention_mask=mask, return_dict=False)[0]
-            clean_acts = {k: v.detach().clone() for k, v in acts.items()}
-            corr_logits_ng = model(input_ids=corrupted, attention_mask=mask, return_dict=False)[0]
-        CLEAN = C.logit_diff(clean_logits, answers).item()
-        CORR = C.logit_diff(corr_logits_ng, answers).item()
-
-        acts.clear()
-        model.zero_grad(set_to_none=True)
-        logits = model(input_ids=corrupted, attention_mask=mask, return_dict=False)[0]
-        metric = (C.logit_diff(logits, answers) - CORR) / (CLEAN - CORR)
-        metric.backward()
-    finally:
-        for h in handles:
-            h.remove()
-
-    heads, positions = [], []
-    for layer in range(n_layer):
-        a_corr = acts[layer]
-        grad = a_corr.grad
-        p = grad * (clean_acts[layer] - a_corr.detach())  # [batch, seq, n_embd]
-        b, s, _ = p.shape
-        heads.append(p[:, -1, :].reshape(b, n_head, head_dim).sum(dim=(0, 2)).tolist())
-        positions.append(p.sum(dim=(0, 2)).tolist())
-    return CLEAN, CORR, heads, positions
+    def run(ids):
+        return model(input_ids=ids, attention_mask=mask, return_dict=False)[0]
+    modules = [blk.attn.c_proj for blk in model.transformer.h]
+    clean_ld, corr_ld, heads, positions, _ = A.attribution(
+        model, modules, model.config.n_head, run, clean, corrupted, answers)
+    return clean_ld, corr_ld, heads, positions
 
 
-def max_rel_err(a, b):
-    """max |a-b| / max|b| over a grid (relative to the grid's scale)."""
-    import numpy as np
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-300))
+max_rel_err = A.max_rel_err
 
 
 def main():

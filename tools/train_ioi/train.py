@@ -127,7 +127,7 @@ def tutorial_eval(model, tok):
 
 
 def export_onnx(model, path, tok):
-    """Legacy TorchScript exporter, opset 14, like shared/fixtures/tiny-gpt2-rb-legacy-op14.onnx."""
+    """Legacy TorchScript exporter, opset 14, like models/gpt2-tiny-random.onnx."""
     import onnx
     import onnxruntime as ort
 

@@ -1,21 +1,19 @@
 //! Elementwise ops. Binary ops broadcast, so each input's gradient is summed
 //! back to that input's shape (`reduce_to`).
 
-use super::{one, Grads};
+use super::Grads;
 use crate::autodiff::ctx::RuleCtx;
 use crate::error::Result;
 
-type G<'a> = &'a [Option<String>];
-
 /// Input gradients `grads[k]` (computed at output shape) reduced to inputs' shapes.
-fn reduce_all(cx: &mut RuleCtx, grads: Vec<Option<String>>, need: &[bool]) -> Result<Grads> {
-    let out = cx.output(0).to_string();
+pub(super) fn reduce_all(cx: &mut RuleCtx, grads: Vec<Option<String>>) -> Result<Grads> {
+    let out = cx.output(0);
     let mut res = vec![];
     for (k, gk) in grads.into_iter().enumerate() {
         res.push(match gk {
-            Some(gk) if need.get(k).copied().unwrap_or(false) => {
-                let x = cx.input(k).to_string();
-                Some(cx.reduce_to(&gk, &out, &x)?)
+            Some(gk) if cx.needs(k) => {
+                let x = cx.input(k);
+                Some(cx.reduce_to(&gk, out, x)?)
             }
             _ => None,
         });
@@ -23,43 +21,43 @@ fn reduce_all(cx: &mut RuleCtx, grads: Vec<Option<String>>, need: &[bool]) -> Re
     Ok(res)
 }
 
-pub fn add(cx: &mut RuleCtx, g: G, need: &[bool]) -> Result<Grads> {
-    let g = one(cx, g)?;
-    reduce_all(cx, vec![Some(g.clone()), Some(g)], need)
+pub fn add(cx: &mut RuleCtx) -> Result<Grads> {
+    let g = cx.grad()?;
+    reduce_all(cx, vec![Some(g.clone()), Some(g)])
 }
 
-pub fn sub(cx: &mut RuleCtx, g: G, need: &[bool]) -> Result<Grads> {
-    let g = one(cx, g)?;
-    let gb = need[1].then(|| cx.b.neg(&g));
-    reduce_all(cx, vec![Some(g), gb], need)
+pub fn sub(cx: &mut RuleCtx) -> Result<Grads> {
+    let g = cx.grad()?;
+    let gb = cx.needs(1).then(|| cx.b.neg(&g));
+    reduce_all(cx, vec![Some(g), gb])
 }
 
-pub fn mul(cx: &mut RuleCtx, g: G, need: &[bool]) -> Result<Grads> {
-    let g = one(cx, g)?;
-    let (a, b) = (cx.input(0).to_string(), cx.input(1).to_string());
-    let ga = need[0].then(|| cx.b.mul(&g, &b));
-    let gb = need[1].then(|| cx.b.mul(&g, &a));
-    reduce_all(cx, vec![ga, gb], need)
+pub fn mul(cx: &mut RuleCtx) -> Result<Grads> {
+    let g = cx.grad()?;
+    let (a, b) = (cx.input(0), cx.input(1));
+    let ga = cx.needs(0).then(|| cx.b.mul(&g, b));
+    let gb = cx.needs(1).then(|| cx.b.mul(&g, a));
+    reduce_all(cx, vec![ga, gb])
 }
 
 /// y = a / b: da = g / b, db = -g * y / b.
-pub fn div(cx: &mut RuleCtx, g: G, need: &[bool]) -> Result<Grads> {
-    let g = one(cx, g)?;
-    let (b, y) = (cx.input(1).to_string(), cx.output(0).to_string());
-    let ga = need[0].then(|| cx.b.div(&g, &b));
-    let gb = need[1].then(|| {
-        let gy = cx.b.mul(&g, &y);
-        let q = cx.b.div(&gy, &b);
+pub fn div(cx: &mut RuleCtx) -> Result<Grads> {
+    let g = cx.grad()?;
+    let (b, y) = (cx.input(1), cx.output(0));
+    let ga = cx.needs(0).then(|| cx.b.div(&g, b));
+    let gb = cx.needs(1).then(|| {
+        let gy = cx.b.mul(&g, y);
+        let q = cx.b.div(&gy, b);
         cx.b.neg(&q)
     });
-    reduce_all(cx, vec![ga, gb], need)
+    reduce_all(cx, vec![ga, gb])
 }
 
 /// y = a ^ p: da = g * p * a^(p-1); dp = g * y * ln(a).
-pub fn pow(cx: &mut RuleCtx, g: G, need: &[bool]) -> Result<Grads> {
-    let g = one(cx, g)?;
-    let (a, p, y) = (cx.input(0).to_string(), cx.input(1).to_string(), cx.output(0).to_string());
-    let ga = if need[0] {
+pub fn pow(cx: &mut RuleCtx) -> Result<Grads> {
+    let g = cx.grad()?;
+    let (a, p, y) = (cx.input(0), cx.input(1), cx.output(0));
+    let ga = if cx.needs(0) {
         // Squares and cubes (GELU's x^3) are common: a product is much cheaper than Pow.
         let const_p =
             cx.const_floats(1).or_else(|| cx.const_ints(1).ok().map(|v| v.iter().map(|&x| x as f64).collect()));
@@ -68,129 +66,151 @@ pub fn pow(cx: &mut RuleCtx, g: G, need: &[bool]) -> Result<Grads> {
             _ => None,
         };
         if let Some(p) = small {
-            let k = cx.scalar(&a, p);
-            let base = if p == 2.0 { a.clone() } else { cx.b.mul(&a, &a) };
+            let k = cx.scalar(a, p);
+            let base = if p == 2.0 { a.to_string() } else { cx.b.mul(a, a) };
             let t = cx.b.mul(&base, &k);
             Some(cx.b.mul(&g, &t))
         } else {
             // The exponent may be an integer tensor: compute in a's type.
-            let dt = cx.dtype(&a);
-            let pf = if cx.dtype(&p) == dt { p.clone() } else { cx.b.cast(&p, dt) };
-            let one_ = cx.scalar(&a, 1.0);
+            let dt = cx.dtype(a);
+            let pf = if cx.dtype(p) == dt { p.to_string() } else { cx.b.cast(p, dt) };
+            let one_ = cx.scalar(a, 1.0);
             let pm1 = cx.b.sub(&pf, &one_);
-            let apm1 = cx.b.node("Pow", &[&a, &pm1], vec![]);
+            let apm1 = cx.b.node("Pow", &[a, &pm1], vec![]);
             let t = cx.b.mul(&pf, &apm1);
             Some(cx.b.mul(&g, &t))
         }
     } else {
         None
     };
-    let gp = if need[1] {
-        let ln = cx.b.node("Log", &[&a], vec![]);
-        let t = cx.b.mul(&y, &ln);
+    let gp = if cx.needs(1) {
+        let ln = cx.b.node("Log", &[a], vec![]);
+        let t = cx.b.mul(y, &ln);
         Some(cx.b.mul(&g, &t))
     } else {
         None
     };
-    reduce_all(cx, vec![ga, gp], need)
+    reduce_all(cx, vec![ga, gp])
 }
 
-pub fn neg(cx: &mut RuleCtx, g: G, _need: &[bool]) -> Result<Grads> {
-    let g = one(cx, g)?;
+pub fn neg(cx: &mut RuleCtx) -> Result<Grads> {
+    let g = cx.grad()?;
     Ok(vec![Some(cx.b.neg(&g))])
 }
 
 /// y = sqrt(x): dx = g * 0.5 / y.
-pub fn sqrt(cx: &mut RuleCtx, g: G, _need: &[bool]) -> Result<Grads> {
-    let g = one(cx, g)?;
-    let y = cx.output(0).to_string();
-    let half = cx.scalar(&y, 0.5);
-    let t = cx.b.div(&half, &y);
+pub fn sqrt(cx: &mut RuleCtx) -> Result<Grads> {
+    let g = cx.grad()?;
+    let y = cx.output(0);
+    let half = cx.scalar(y, 0.5);
+    let t = cx.b.div(&half, y);
     Ok(vec![Some(cx.b.mul(&g, &t))])
 }
 
 /// y = tanh(x): dx = g * (1 - y^2).
-pub fn tanh(cx: &mut RuleCtx, g: G, _need: &[bool]) -> Result<Grads> {
-    let g = one(cx, g)?;
-    let y = cx.output(0).to_string();
-    let one_ = cx.scalar(&y, 1.0);
-    let y2 = cx.b.mul(&y, &y);
+pub fn tanh(cx: &mut RuleCtx) -> Result<Grads> {
+    let g = cx.grad()?;
+    let y = cx.output(0);
+    let one_ = cx.scalar(y, 1.0);
+    let y2 = cx.b.mul(y, y);
     let t = cx.b.sub(&one_, &y2);
     Ok(vec![Some(cx.b.mul(&g, &t))])
 }
 
 /// y = 1/x: dx = -g * y^2.
-pub fn reciprocal(cx: &mut RuleCtx, g: G, _need: &[bool]) -> Result<Grads> {
-    let g = one(cx, g)?;
-    let y = cx.output(0).to_string();
-    let y2 = cx.b.mul(&y, &y);
+pub fn reciprocal(cx: &mut RuleCtx) -> Result<Grads> {
+    let g = cx.grad()?;
+    let y = cx.output(0);
+    let y2 = cx.b.mul(y, y);
     let t = cx.b.mul(&g, &y2);
     Ok(vec![Some(cx.b.neg(&t))])
 }
 
-pub fn exp(cx: &mut RuleCtx, g: G, _need: &[bool]) -> Result<Grads> {
-    let g = one(cx, g)?;
-    let y = cx.output(0).to_string();
-    Ok(vec![Some(cx.b.mul(&g, &y))])
+pub fn exp(cx: &mut RuleCtx) -> Result<Grads> {
+    let g = cx.grad()?;
+    let y = cx.output(0);
+    Ok(vec![Some(cx.b.mul(&g, y))])
 }
 
-pub fn log(cx: &mut RuleCtx, g: G, _need: &[bool]) -> Result<Grads> {
-    let g = one(cx, g)?;
-    let x = cx.input(0).to_string();
-    Ok(vec![Some(cx.b.div(&g, &x))])
+pub fn log(cx: &mut RuleCtx) -> Result<Grads> {
+    let g = cx.grad()?;
+    let x = cx.input(0);
+    Ok(vec![Some(cx.b.div(&g, x))])
 }
 
 /// y = sigmoid(x): dx = g * y * (1 - y).
-pub fn sigmoid(cx: &mut RuleCtx, g: G, _need: &[bool]) -> Result<Grads> {
-    let g = one(cx, g)?;
-    let y = cx.output(0).to_string();
-    let one_ = cx.scalar(&y, 1.0);
-    let omy = cx.b.sub(&one_, &y);
-    let t = cx.b.mul(&y, &omy);
+pub fn sigmoid(cx: &mut RuleCtx) -> Result<Grads> {
+    let g = cx.grad()?;
+    let y = cx.output(0);
+    let one_ = cx.scalar(y, 1.0);
+    let omy = cx.b.sub(&one_, y);
+    let t = cx.b.mul(y, &omy);
     Ok(vec![Some(cx.b.mul(&g, &t))])
 }
 
 /// y = erf(x): dx = g * 2/sqrt(pi) * exp(-x^2).
-pub fn erf(cx: &mut RuleCtx, g: G, _need: &[bool]) -> Result<Grads> {
-    let g = one(cx, g)?;
-    let x = cx.input(0).to_string();
-    let x2 = cx.b.mul(&x, &x);
+pub fn erf(cx: &mut RuleCtx) -> Result<Grads> {
+    let g = cx.grad()?;
+    let x = cx.input(0);
+    let x2 = cx.b.mul(x, x);
     let nx2 = cx.b.neg(&x2);
     let e = cx.b.node("Exp", &[&nx2], vec![]);
-    let c = cx.scalar(&x, 2.0 / std::f64::consts::PI.sqrt());
+    let c = cx.scalar(x, 2.0 / std::f64::consts::PI.sqrt());
     let t = cx.b.mul(&e, &c);
     Ok(vec![Some(cx.b.mul(&g, &t))])
 }
 
 /// y = relu(x): dx = g where x > 0.
-pub fn relu(cx: &mut RuleCtx, g: G, _need: &[bool]) -> Result<Grads> {
-    let g = one(cx, g)?;
-    let x = cx.input(0).to_string();
-    let zero = cx.scalar(&x, 0.0);
-    let pos = cx.b.node("Greater", &[&x, &zero], vec![]);
-    let z = cx.b.zeros_like(&g, cx.dtype(&x));
+pub fn relu(cx: &mut RuleCtx) -> Result<Grads> {
+    let g = cx.grad()?;
+    let x = cx.input(0);
+    let zero = cx.scalar(x, 0.0);
+    let pos = cx.b.node("Greater", &[x, &zero], vec![]);
+    let z = cx.b.zeros_like(&g, cx.dtype(x));
     Ok(vec![Some(cx.b.node("Where", &[&pos, &g, &z], vec![]))])
 }
 
 /// y = where(c, a, b): da = g where c, db = g where not c.
-pub fn where_(cx: &mut RuleCtx, g: G, need: &[bool]) -> Result<Grads> {
-    let g = one(cx, g)?;
-    let c = cx.input(0).to_string();
-    let y = cx.output(0).to_string();
-    let z = cx.b.zeros_like(&g, cx.dtype(&y));
-    let ga = need[1].then(|| cx.b.node("Where", &[&c, &g, &z], vec![]));
-    let gb = need[2].then(|| cx.b.node("Where", &[&c, &z, &g], vec![]));
-    reduce_all(cx, vec![None, ga, gb], need)
+pub fn where_(cx: &mut RuleCtx) -> Result<Grads> {
+    let g = cx.grad()?;
+    let c = cx.input(0);
+    let y = cx.output(0);
+    let z = cx.b.zeros_like(&g, cx.dtype(y));
+    let ga = cx.needs(1).then(|| cx.b.node("Where", &[c, &g, &z], vec![]));
+    let gb = cx.needs(2).then(|| cx.b.node("Where", &[c, &z, &g], vec![]));
+    reduce_all(cx, vec![None, ga, gb])
 }
 
-pub fn identity(cx: &mut RuleCtx, g: G, _need: &[bool]) -> Result<Grads> {
-    Ok(vec![Some(one(cx, g)?)])
+pub fn identity(cx: &mut RuleCtx) -> Result<Grads> {
+    Ok(vec![Some(cx.grad()?)])
 }
 
 /// Float-to-float casts pass the gradient back in the input's type.
-pub fn cast(cx: &mut RuleCtx, g: G, _need: &[bool]) -> Result<Grads> {
-    let g = one(cx, g)?;
-    let x = cx.input(0).to_string();
-    let (dx, dy) = (cx.dtype(&x), cx.dtype(cx.output(0)));
+pub fn cast(cx: &mut RuleCtx) -> Result<Grads> {
+    let g = cx.grad()?;
+    let x = cx.input(0);
+    let (dx, dy) = (cx.dtype(x), cx.dtype(cx.output(0)));
     Ok(vec![Some(if dx == dy { g } else { cx.b.cast(&g, dx) })])
+}
+
+/// y = |x|: dx = g * sign(x) (0 at x = 0, as PyTorch).
+pub fn abs(cx: &mut RuleCtx) -> Result<Grads> {
+    let g = cx.grad()?;
+    let s = cx.b.node("Sign", &[cx.input(0)], vec![]);
+    Ok(vec![Some(cx.b.mul(&g, &s))])
+}
+
+/// y = sin(x): dx = g * cos(x).
+pub fn sin(cx: &mut RuleCtx) -> Result<Grads> {
+    let g = cx.grad()?;
+    let c = cx.b.node("Cos", &[cx.input(0)], vec![]);
+    Ok(vec![Some(cx.b.mul(&g, &c))])
+}
+
+/// y = cos(x): dx = -g * sin(x).
+pub fn cos(cx: &mut RuleCtx) -> Result<Grads> {
+    let g = cx.grad()?;
+    let s = cx.b.node("Sin", &[cx.input(0)], vec![]);
+    let t = cx.b.mul(&g, &s);
+    Ok(vec![Some(cx.b.neg(&t))])
 }

@@ -1,36 +1,36 @@
 //! MatMul and Gemm. Batch dims of MatMul broadcast, so each operand's
 //! gradient is summed back over the batch axes it was broadcast along.
 
-use super::{one, Grads};
+use super::Grads;
 use crate::autodiff::ctx::RuleCtx;
 use crate::error::Result;
 use crate::onnx::builder::{attr_f, attr_i};
 
 /// Y = A @ B (numpy semantics, both operands of rank >= 2):
 /// dA = G @ B^T, dB = A^T @ G, each reduced over broadcast batch axes.
-pub fn matmul(cx: &mut RuleCtx, g: &[Option<String>], need: &[bool]) -> Result<Grads> {
-    let g = one(cx, g)?;
-    let (a, b, y) = (cx.input(0).to_string(), cx.input(1).to_string(), cx.output(0).to_string());
-    let (ra, rb) = (cx.rank(&a)?, cx.rank(&b)?);
+pub fn matmul(cx: &mut RuleCtx) -> Result<Grads> {
+    let g = cx.grad()?;
+    let (a, b, y) = (cx.input(0), cx.input(1), cx.output(0));
+    let (ra, rb) = (cx.rank(a)?, cx.rank(b)?);
     if ra < 2 || rb < 2 {
         return Err(cx.err(format!("operands of rank {ra} and {rb}: only rank >= 2 is supported")));
     }
-    let so = cx.shape(&y)?;
+    let so = cx.shape(y)?;
     let batch = &so[..so.len() - 2];
     let mut res = vec![None, None];
-    if need[0] {
-        let bt = swap_last(cx, &b, rb);
+    if cx.needs(0) {
+        let bt = swap_last(cx, b, rb);
         let full = cx.b.matmul(&g, &bt);
         let mut sfull = batch.to_vec();
-        sfull.extend_from_slice(&cx.shape(&a)?[ra - 2..]);
-        res[0] = Some(cx.reduce_shape_to(&full, &sfull, &a)?);
+        sfull.extend_from_slice(&cx.shape(a)?[ra - 2..]);
+        res[0] = Some(cx.reduce_shape_to(&full, &sfull, a)?);
     }
-    if need[1] {
-        let at = swap_last(cx, &a, ra);
+    if cx.needs(1) {
+        let at = swap_last(cx, a, ra);
         let full = cx.b.matmul(&at, &g);
         let mut sfull = batch.to_vec();
-        sfull.extend_from_slice(&cx.shape(&b)?[rb - 2..]);
-        res[1] = Some(cx.reduce_shape_to(&full, &sfull, &b)?);
+        sfull.extend_from_slice(&cx.shape(b)?[rb - 2..]);
+        res[1] = Some(cx.reduce_shape_to(&full, &sfull, b)?);
     }
     Ok(res)
 }
@@ -44,32 +44,32 @@ fn swap_last(cx: &mut RuleCtx, x: &str, rank: usize) -> String {
 /// Y = alpha * op(A) @ op(B) + beta * C, op = optional transpose.
 /// d op(A) = alpha * G @ op(B)^T, which is one Gemm on B with transB flipped;
 /// likewise d op(B) = alpha * op(A)^T @ G.
-pub fn gemm(cx: &mut RuleCtx, g: &[Option<String>], need: &[bool]) -> Result<Grads> {
-    let g = one(cx, g)?;
-    let (a, b) = (cx.input(0).to_string(), cx.input(1).to_string());
+pub fn gemm(cx: &mut RuleCtx) -> Result<Grads> {
+    let g = cx.grad()?;
+    let (a, b) = (cx.input(0), cx.input(1));
     let alpha = cx.attr_f("alpha").unwrap_or(1.0);
     let beta = cx.attr_f("beta").unwrap_or(1.0);
     let ta = cx.attr_i("transA").unwrap_or(0);
     let tb = cx.attr_i("transB").unwrap_or(0);
     let mut res = vec![None, None, None];
-    if need[0] {
-        let d = cx.b.node("Gemm", &[&g, &b], vec![attr_f("alpha", alpha), attr_i("transB", 1 - tb)]);
+    if cx.needs(0) {
+        let d = cx.b.node("Gemm", &[&g, b], vec![attr_f("alpha", alpha), attr_i("transB", 1 - tb)]);
         res[0] = Some(if ta == 1 { cx.b.transpose(&d, &[1, 0]) } else { d });
     }
-    if need[1] {
-        let d = cx.b.node("Gemm", &[&a, &g], vec![attr_f("alpha", alpha), attr_i("transA", 1 - ta)]);
+    if cx.needs(1) {
+        let d = cx.b.node("Gemm", &[a, &g], vec![attr_f("alpha", alpha), attr_i("transA", 1 - ta)]);
         res[1] = Some(if tb == 1 { cx.b.transpose(&d, &[1, 0]) } else { d });
     }
-    if need.get(2).copied().unwrap_or(false) {
-        let y = cx.output(0).to_string();
-        let c = cx.input(2).to_string();
+    if cx.needs(2) {
+        let y = cx.output(0);
+        let c = cx.input(2);
         let gb = if beta == 1.0 {
             g.clone()
         } else {
-            let s = cx.scalar(&y, beta as f64);
+            let s = cx.scalar(y, beta as f64);
             cx.b.mul(&g, &s)
         };
-        res[2] = Some(cx.reduce_to(&gb, &y, &c)?);
+        res[2] = Some(cx.reduce_to(&gb, y, c)?);
     }
     Ok(res)
 }

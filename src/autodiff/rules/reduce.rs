@@ -1,6 +1,6 @@
 //! Reductions: the gradient is broadcast back over the reduced axes.
 
-use super::{one, Grads};
+use super::Grads;
 use crate::autodiff::ctx::RuleCtx;
 use crate::error::Result;
 
@@ -30,16 +30,16 @@ fn reduced_axes(cx: &RuleCtx, rank: usize, axes_input_from: i64) -> Result<Optio
 
 /// Broadcasts `g` (the reduced output's gradient) back to x's shape.
 fn spread(cx: &mut RuleCtx, g: &str, axes: &[i64]) -> String {
-    let x = cx.input(0).to_string();
+    let x = cx.input(0);
     let keep = cx.attr_i("keepdims").unwrap_or(1) == 1;
     let g = if keep { g.to_string() } else { cx.b.unsqueeze(g, axes) };
-    cx.b.expand_to(&g, &x)
+    cx.b.expand_to(&g, x)
 }
 
-fn reduce_grad(cx: &mut RuleCtx, g: &[Option<String>], axes_input_from: i64, mean: bool) -> Result<Grads> {
-    let g = one(cx, g)?;
-    let x = cx.input(0).to_string();
-    let rank = cx.rank(&x)?;
+fn reduce_grad(cx: &mut RuleCtx, axes_input_from: i64, mean: bool) -> Result<Grads> {
+    let g = cx.grad()?;
+    let x = cx.input(0);
+    let rank = cx.rank(x)?;
     let Some(axes) = reduced_axes(cx, rank, axes_input_from)? else {
         return Ok(vec![Some(g)]);
     };
@@ -48,19 +48,19 @@ fn reduce_grad(cx: &mut RuleCtx, g: &[Option<String>], axes_input_from: i64, mea
         return Ok(vec![Some(spread_g)]);
     }
     // mean = sum / count, count = size(x) / size(y).
-    let dt = cx.dtype(&x);
-    let y = cx.output(0).to_string();
-    let nx = cx.b.node("Size", &[&x], vec![]);
-    let ny = cx.b.node("Size", &[&y], vec![]);
+    let dt = cx.dtype(x);
+    let y = cx.output(0);
+    let nx = cx.b.node("Size", &[x], vec![]);
+    let ny = cx.b.node("Size", &[y], vec![]);
     let (nx, ny) = (cx.b.cast(&nx, dt), cx.b.cast(&ny, dt));
     let inv_count = cx.b.div(&ny, &nx);
     Ok(vec![Some(cx.b.mul(&spread_g, &inv_count))])
 }
 
-pub fn reduce_mean(cx: &mut RuleCtx, g: &[Option<String>], _need: &[bool]) -> Result<Grads> {
-    reduce_grad(cx, g, 18, true)
+pub fn reduce_mean(cx: &mut RuleCtx) -> Result<Grads> {
+    reduce_grad(cx, 18, true)
 }
 
-pub fn reduce_sum(cx: &mut RuleCtx, g: &[Option<String>], _need: &[bool]) -> Result<Grads> {
-    reduce_grad(cx, g, 13, false)
+pub fn reduce_sum(cx: &mut RuleCtx) -> Result<Grads> {
+    reduce_grad(cx, 13, false)
 }

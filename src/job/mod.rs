@@ -1,0 +1,324 @@
+//! The attribution job: prompts in, grids out. A prompt set runs in batches
+//! (one runtime call each; the default is one batch for up to 64 pairs), each
+//! batch's result is kept (and written to the output folder, so an
+//! interrupted job resumes), and the grids are normalised once all are in.
+
+mod inputs;
+mod manifest;
+mod prepare;
+
+pub(crate) use inputs::read_grid_rows;
+pub use inputs::{pair_inputs, TokenInputs};
+pub use manifest::{Manifest, Method};
+pub use prepare::{default_tokenizer, prepare, JobGraph, Prepared, PromptSource};
+
+use crate::augment::{augment_with, names, AugmentOptions, Augmented};
+use crate::batches::{resumable, BatchResult, PairResult, Totals};
+use crate::error::{Error, Result};
+use crate::grids::{scaled, Grids, PairGrid};
+use crate::prompts::{PromptPair, TokenizedPrompts};
+use crate::runtime::{self, Runtime, RuntimeOptions};
+use ndarray::ArrayD;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+pub const DEFAULT_BATCH_SIZE: usize = 64;
+
+/// What a job is asked to do: model, prompts, runtime, what to measure and where.
+pub struct JobOptions {
+    pub model: PathBuf,
+    /// Defaults to tokenizer.json beside the model.
+    pub tokenizer: Option<PathBuf>,
+    /// JSONL prompt pairs; the tutorial's IOI prompts when None.
+    pub prompts: Option<PathBuf>,
+    pub bos: bool,
+    /// Overrides the head count read from the graph.
+    pub heads: Option<usize>,
+    pub runtime: RuntimeOptions,
+    /// Pairs per runtime call.
+    pub batch_size: usize,
+    /// Keep each pair's grids.
+    pub per_prompt: bool,
+    /// Run only this part of the batches.
+    pub shard: Option<Shard>,
+    /// Where batch results are written and resumed from.
+    pub work_dir: Option<PathBuf>,
+    pub metric: crate::augment::Metric,
+    pub hooks: crate::hooks::HookKind,
+    /// Token ids given directly (no tokenizer is read); `pairs` names them in the results.
+    pub tokens: Option<(Vec<PromptPair>, TokenizedPrompts)>,
+    pub progress: bool,
+}
+
+impl JobOptions {
+    /// Feeds these token ids (equal-length prompts; answers as [correct, incorrect])
+    /// instead of tokenizing text: for fixtures and callers with their own tokenizer.
+    pub fn with_token_ids(&mut self, clean: Vec<Vec<i64>>, corrupted: Vec<Vec<i64>>, answers: &[Vec<i64>]) {
+        let (n, seq) = (clean.len(), clean.first().map_or(0, |r| r.len()));
+        let tokens = TokenizedPrompts {
+            correct_ids: answers.iter().map(|a| a.first().copied().unwrap_or(-1)).collect(),
+            incorrect_ids: answers.iter().map(|a| a.get(1).copied().unwrap_or(-1)).collect(),
+            clean_ids: clean,
+            corrupted_ids: corrupted,
+            seq_len: seq,
+            lengths: vec![seq; n],
+            clean_tokens: vec![vec![]; n],
+        };
+        let unnamed = PromptPair {
+            clean: String::new(),
+            corrupted: String::new(),
+            correct: String::new(),
+            incorrect: String::new(),
+            origin: None,
+        };
+        self.tokens = Some((vec![unnamed; n], tokens));
+    }
+
+    pub fn new(model: PathBuf) -> Self {
+        JobOptions {
+            model,
+            tokenizer: None,
+            prompts: None,
+            bos: false,
+            heads: None,
+            runtime: RuntimeOptions::default(),
+            batch_size: DEFAULT_BATCH_SIZE,
+            per_prompt: false,
+            shard: None,
+            work_dir: None,
+            tokens: None,
+            metric: Default::default(),
+            hooks: crate::hooks::HookKind::AttnOut,
+            progress: false,
+        }
+    }
+}
+
+/// Shard `index` of `count` (0-based, as Slurm array and Kubernetes indexed jobs number them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Shard {
+    pub index: usize,
+    pub count: usize,
+}
+
+impl std::str::FromStr for Shard {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        let bad = || Error::Input(format!("shard '{s}': expected K/N with 0 <= K < N, e.g. 0/4"));
+        let (k, n) = s.split_once('/').ok_or_else(bad)?;
+        let (index, count) = (k.trim().parse().map_err(|_| bad())?, n.trim().parse().map_err(|_| bad())?);
+        if count == 0 || index >= count {
+            return Err(bad());
+        }
+        Ok(Shard { index, count })
+    }
+}
+
+impl Shard {
+    /// The contiguous range of batch indices this shard runs.
+    pub fn batches(&self, n_batches: usize) -> std::ops::Range<usize> {
+        (self.index * n_batches / self.count)..((self.index + 1) * n_batches / self.count)
+    }
+}
+
+/// A finished job: its manifest, baselines and normalised grids.
+pub struct JobResult {
+    pub manifest: Manifest,
+    pub clean_logit_diff: f64,
+    pub corrupted_logit_diff: f64,
+    /// Normalised grids over the whole prompt set.
+    pub grids: Grids,
+    /// Each pair's share of `grids` (normalised), when asked for and kept in memory.
+    pub per_pair: Vec<PairResult>,
+    pub runtime_calls: usize,
+    pub batches_resumed: usize,
+    pub seconds: Timings,
+    /// Whether the baselines make the normalised grids meaningful, and the clean accuracy.
+    pub baselines: crate::sanity::BaselineCheck,
+}
+
+#[derive(Default, Debug, Clone, Serialize)]
+pub struct Timings {
+    pub load: f64,
+    pub rewrite: f64,
+    pub session: f64,
+    pub run: f64,
+}
+
+/// Runs the job; for a shard, returns None after writing its batches.
+pub fn run_job(opts: &JobOptions) -> Result<Option<JobResult>> {
+    let mut p = prepare(opts, |model| {
+        augment_with(
+            model,
+            AugmentOptions {
+                raw_outputs: false,
+                grid_outputs: true,
+                heads: opts.heads,
+                metric: opts.metric,
+                hooks: opts.hooks.clone(),
+            },
+        )
+    })?;
+    let batch_size = if opts.batch_size == 0 { p.pairs.len() } else { opts.batch_size };
+    let mut manifest = Manifest::new(opts, &p, Method::Attribution, batch_size);
+    let mine = opts.shard.map_or(0..manifest.n_batches, |s| s.batches(manifest.n_batches));
+    let keys: Vec<String> = (0..manifest.n_batches).map(|i| manifest.batch_key(i)).collect();
+
+    // Batches finished by an earlier run of the same job are not recomputed.
+    let mut done: HashMap<usize, BatchResult> = HashMap::new();
+    if let Some(dir) = &opts.work_dir {
+        done.extend(mine.clone().filter_map(|i| resumable(dir, i, &keys[i]).map(|b| (i, b))));
+    }
+    let resumed = done.len();
+    let mut rt = if done.len() < mine.len() { Some(p.session(&opts.runtime)?) } else { None };
+
+    let bar = progress_bar(opts.progress && mine.len() > 1, mine.len() as u64, "batches");
+    let clock = Instant::now();
+    let mut calls = 0;
+    let mut batches = vec![];
+    for i in mine.clone() {
+        let b = match (done.remove(&i), rt.as_mut()) {
+            (Some(b), _) => b,
+            (None, Some(rt)) => {
+                let range = i * batch_size..((i + 1) * batch_size).min(p.pairs.len());
+                calls += 1;
+                let b = run_batch(rt.as_mut(), &p, opts, range, i, keys[i].clone())?;
+                if let Some(dir) = &opts.work_dir {
+                    b.save(dir)?;
+                }
+                b
+            }
+            (None, None) => return Err(Error::Runtime(format!("batch {i}: no runtime session to run it"))),
+        };
+        bar.inc(1);
+        batches.push(b);
+    }
+    bar.finish_and_clear();
+    p.seconds.run = clock.elapsed().as_secs_f64();
+
+    manifest.runtime = rt.as_ref().map_or_else(|| "none (all batches resumed)".into(), |r| r.describe());
+    if let Some(dir) = &opts.work_dir {
+        save_manifest(dir, &manifest)?;
+    }
+    if opts.shard.is_some() {
+        return Ok(None);
+    }
+    let mut r = finish(manifest, &batches)?;
+    r.runtime_calls = calls;
+    r.batches_resumed = resumed;
+    r.seconds = p.seconds;
+    Ok(Some(r))
+}
+
+/// The normalised result from every batch's sums, added in index order.
+pub fn finish(manifest: Manifest, batches: &[BatchResult]) -> Result<JobResult> {
+    let mut totals = Totals::default();
+    for b in batches {
+        totals.add(b)?;
+    }
+    let k = totals.normaliser()?;
+    let per_pair = batches
+        .iter()
+        .flat_map(|b| &b.per_pair)
+        .map(|p| PairResult {
+            grid: crate::grids::PairGrid { heads: scaled(&p.grid.heads, k), positions: scaled(&p.grid.positions, k) },
+            ..p.clone()
+        })
+        .collect();
+    let clean: Vec<f64> = batches.iter().flat_map(|b| b.clean_values.iter().copied()).collect();
+    let corrupted: Vec<f64> = batches.iter().flat_map(|b| b.corrupted_values.iter().copied()).collect();
+    let baselines = crate::sanity::check_baselines(manifest.metric, &clean, &corrupted);
+    Ok(JobResult {
+        manifest,
+        baselines,
+        clean_logit_diff: totals.clean(),
+        corrupted_logit_diff: totals.corrupted(),
+        grids: Grids { heads: scaled(&totals.heads, k), positions: scaled(&totals.positions, k) },
+        per_pair,
+        runtime_calls: 0,
+        batches_resumed: 0,
+        seconds: Timings::default(),
+    })
+}
+
+pub fn save_manifest(dir: &Path, m: &Manifest) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let text = serde_json::to_vec_pretty(m).map_err(|e| Error::Runtime(format!("serialising job.json: {e}")))?;
+    crate::fsutil::write_atomic(&dir.join("job.json"), &text)
+}
+
+pub(crate) fn progress_bar(show: bool, len: u64, unit: &str) -> indicatif::ProgressBar {
+    if !show {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(len);
+    if let Ok(style) = indicatif::ProgressStyle::with_template(&format!(
+        "{{bar:40}} {{pos}}/{{len}} {unit}, {{elapsed}} elapsed, eta {{eta}}"
+    )) {
+        bar.set_style(style);
+    }
+    bar
+}
+
+fn run_batch(
+    rt: &mut dyn Runtime,
+    p: &Prepared<Augmented>,
+    opts: &JobOptions,
+    range: std::ops::Range<usize>,
+    index: usize,
+    key: String,
+) -> Result<BatchResult> {
+    let t = p.tokens.slice(range.clone());
+    let mut out = rt.run(pair_inputs(&p.graph.token_inputs(), &t, opts.metric))?;
+    let row = |out: &mut HashMap<String, ArrayD<f32>>, n: &str| -> Result<Vec<f64>> {
+        let v: Vec<f64> = runtime::take_output(out, n)?.iter().map(|&v| v as f64).collect();
+        if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+            return Err(Error::Numeric(format!("'{n}' is {} for pair {}", v[i], range.start + i)));
+        }
+        Ok(v)
+    };
+    let clean = row(&mut out, names::CLEAN_LDS)?;
+    let corrupted = row(&mut out, names::CORRUPTED_LDS)?;
+    let (mc, mk) = (mean(&clean), mean(&corrupted));
+    if crate::batches::indistinguishable(mc, mk) {
+        return Err(Error::Numeric(format!(
+            "batch {index} (pairs {}..{}): its clean and corrupted logit differences are equal ({mc} and {mk}, \
+             within float32 precision); the normalised metric (ld - corrupted) / (clean - corrupted) divides by their \
+             difference. Check that the corrupted prompts differ from the clean ones and that the answers are right",
+            range.start, range.end
+        )));
+    }
+    // The graph's gradient is of (mean ld_corr - CORR) / (CLEAN - CORR) over
+    // this batch; undo that to get the attribution of each pair's ld_corr.
+    let scale = clean.len() as f64 * (mc - mk);
+    let mut grids = vec![PairGrid::default(); clean.len()];
+    let outputs =
+        read_grid_rows(&mut out, &p.graph.hooks, p.graph.heads.is_some(), clean.len(), &format!(" in batch {index}"))?;
+    for g in &outputs {
+        for (pair, grid) in grids.iter_mut().enumerate() {
+            let row: Vec<f64> = g.row(pair).iter().map(|&v| scale * v as f64).collect();
+            if g.is_heads {
+                grid.heads.push(row)
+            } else {
+                grid.positions.push(row)
+            }
+        }
+    }
+    let pairs = grids
+        .into_iter()
+        .enumerate()
+        .map(|(i, grid)| PairResult {
+            index: range.start + i,
+            clean_logit_diff: clean[i],
+            corrupted_logit_diff: corrupted[i],
+            grid,
+        })
+        .collect();
+    BatchResult::new(index, key, pairs, opts.per_prompt)
+}
+
+fn mean(v: &[f64]) -> f64 {
+    v.iter().sum::<f64>() / v.len() as f64
+}

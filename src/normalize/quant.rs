@@ -1,0 +1,399 @@
+//! Quantised models. Weight-only quantisation is undone at load: a
+//! `DequantizeLinear` whose inputs are all constants (QDQ weights) becomes the
+//! float32 initializer it computes, and `MatMulNBits` (com.microsoft; the
+//! GenAI builder's and `MatMulNBitsQuantizer`'s int2/4/8 blocks) becomes a
+//! `MatMul` with that float32 weight, keeping the node's name (hooks are found
+//! by it). The values are exactly the kernels' `(q - zero_point) * scale`.
+//!
+//! Activation quantisation (`quantize_dynamic`, `quantize_static`: activations
+//! rounded to 8 bits at run time) is refused, naming the nodes: rounding has
+//! no useful gradient, and the float model the file was made from gives the
+//! attribution the user wants.
+
+use crate::error::{Error, Result};
+use crate::onnx::consts::{find_constant, BFLOAT16, FLOAT, FLOAT16};
+use crate::onnx::graph::all_names;
+use crate::onnx::pb::{GraphProto, ModelProto, NodeProto, TensorProto};
+use std::collections::HashSet;
+use std::path::Path;
+
+const UINT8: i32 = 2;
+const INT8: i32 = 3;
+const UINT16: i32 = 4;
+const INT16: i32 = 5;
+const INT32: i32 = 6;
+const UINT4: i32 = 21;
+const INT4: i32 = 22;
+
+/// Ops that quantise or compute on quantised activations. A DequantizeLinear
+/// counts when what it reads was quantised at run time (`quantize_dynamic`
+/// also dequantises rows gathered from a quantised embedding table: those are
+/// weights).
+fn quantises_activations(n: &NodeProto, constants: &HashSet<String>, quantised: &HashSet<String>) -> bool {
+    let op = n.op_type.as_str();
+    let first = n.input.first();
+    let non_const_input = first.is_some_and(|i| !constants.contains(i));
+    (op == "DequantizeLinear" && first.is_some_and(|i| quantised.contains(i)))
+        || matches!(
+            op,
+            "DynamicQuantizeLinear"
+                | "MatMulInteger"
+                | "ConvInteger"
+                | "DynamicQuantizeMatMul"
+                | "MatMulIntegerToFloat"
+                | "QAttention"
+                | "QGemm"
+                | "DynamicQuantizeLSTM"
+                | "QEmbedLayerNormalization"
+        )
+        || op.starts_with("QLinear")
+        || op.starts_with("QOrdered")
+        || (op == "QuantizeLinear" && non_const_input)
+}
+
+fn constant_names(g: &GraphProto) -> HashSet<String> {
+    let mut s: HashSet<String> = g.initializer.iter().map(|t| t.name.clone()).collect();
+    for n in &g.node {
+        if n.op_type == "Constant" {
+            s.extend(n.output.iter().cloned());
+        }
+    }
+    s
+}
+
+/// Refuses a model that quantises activations, naming every such node.
+pub fn refuse_activation_quantization(proto: &ModelProto, path: &Path) -> Result<()> {
+    let g = proto.graph.as_ref().expect("checked by caller");
+    let constants = constant_names(g);
+    let none = HashSet::new();
+    // Tensors quantised at run time: outputs of the quantising ops.
+    let quantised: HashSet<String> = g
+        .node
+        .iter()
+        .filter(|n| quantises_activations(n, &constants, &none))
+        .flat_map(|n| n.output.iter().cloned())
+        .collect();
+    let found: Vec<String> = g
+        .node
+        .iter()
+        .filter(|n| quantises_activations(n, &constants, &quantised))
+        .map(|n| format!("'{}' ({})", n.name, n.op_type))
+        .collect();
+    if found.is_empty() {
+        return Ok(());
+    }
+    let shown = found.iter().take(5).cloned().collect::<Vec<_>>().join(", ");
+    let more = if found.len() > 5 { format!(" and {} more", found.len() - 5) } else { String::new() };
+    let (noun, verb) = if found.len() == 1 { ("node", "quantises") } else { ("nodes", "quantise") };
+    Err(Error::Unsupported(format!(
+        "{}: {noun} {shown}{more} {verb} activations at run time (activation quantisation, as \
+         onnxruntime.quantization's quantize_dynamic/quantize_static write); attrpatch differentiates float \
+         computations and dequantises weights only. Use the float model this file was quantised from, or quantise \
+         weights only (onnxruntime.quantization.matmul_nbits_quantizer.MatMulNBitsQuantizer, QOperator or QDQ), \
+         which attrpatch dequantises at load",
+        path.display()
+    )))
+}
+
+/// Dequantises every constant `DequantizeLinear` and every `MatMulNBits`.
+pub fn dequantize_weights(proto: &mut ModelProto, path: &Path) -> Result<()> {
+    let g = proto.graph.as_mut().expect("checked by caller");
+    if !g.node.iter().any(|n| n.op_type == "DequantizeLinear" || n.op_type == "MatMulNBits") {
+        return Ok(());
+    }
+    let mut taken = all_names(g);
+    // Decided on the graph as it is (Constant nodes included), applied afterwards.
+    let mut replace: Vec<Option<Vec<NodeProto>>> = vec![None; g.node.len()];
+    let mut new_inits = vec![];
+    let mut consumed: HashSet<String> = HashSet::new();
+    for (i, n) in g.node.iter().enumerate() {
+        let is_quant = n.op_type == "DequantizeLinear" || (n.op_type == "MatMulNBits" && n.domain == "com.microsoft");
+        if !is_quant {
+            continue;
+        }
+        let here =
+            |msg: String| Error::Unsupported(format!("{}: {} node '{}': {msg}", path.display(), n.op_type, n.name));
+        let arity = if n.op_type == "MatMulNBits" { 3 } else { 2 };
+        if n.input.len() < arity || n.output.is_empty() {
+            return Err(here(format!("needs at least {arity} inputs and an output")));
+        }
+        if n.op_type == "DequantizeLinear" {
+            // Only weights: a DequantizeLinear of gathered rows (a quantised embedding) stays.
+            if find_constant(g, &n.input[0]).is_none() {
+                continue;
+            }
+            new_inits.push(dequantize_linear(g, n).map_err(here)?);
+            consumed.extend(n.input.iter().cloned());
+            replace[i] = Some(vec![]);
+            continue;
+        }
+        let w = matmul_nbits_weight(g, n).map_err(here)?;
+        consumed.extend(n.input.iter().skip(1).cloned());
+        let mut wname = format!("{}.dequantized", n.input[1]);
+        while !taken.insert(wname.clone()) {
+            wname.push('_');
+        }
+        let bias = n.input.get(5).filter(|s| !s.is_empty()).cloned();
+        let mm_out = match &bias {
+            Some(_) => {
+                let mut o = format!("{}.no_bias", n.output[0]);
+                while !taken.insert(o.clone()) {
+                    o.push('_');
+                }
+                o
+            }
+            None => n.output[0].clone(),
+        };
+        let mut with = vec![NodeProto {
+            name: n.name.clone(),
+            op_type: "MatMul".into(),
+            input: vec![n.input[0].clone(), wname.clone()],
+            output: vec![mm_out.clone()],
+            ..Default::default()
+        }];
+        if let Some(bias) = bias {
+            with.push(NodeProto {
+                name: format!("{}/bias", n.name),
+                op_type: "Add".into(),
+                input: vec![mm_out, bias],
+                output: vec![n.output[0].clone()],
+                ..Default::default()
+            });
+        }
+        new_inits.push(TensorProto { name: wname, ..w });
+        replace[i] = Some(with);
+    }
+    let mut nodes = Vec::with_capacity(g.node.len());
+    for (n, r) in std::mem::take(&mut g.node).into_iter().zip(replace) {
+        match r {
+            Some(mut with) => nodes.append(&mut with),
+            None => nodes.push(n),
+        }
+    }
+    g.node = nodes;
+    g.initializer.extend(new_inits);
+    // The quantised tensors nothing reads any more (tract cannot even parse 4-bit ones).
+    let mut used: HashSet<String> = g.output.iter().map(|o| o.name.clone()).collect();
+    collect_uses(g, &mut used);
+    g.initializer.retain(|t| used.contains(&t.name) || !consumed.contains(&t.name));
+    Ok(())
+}
+
+fn collect_uses(g: &GraphProto, used: &mut HashSet<String>) {
+    for n in &g.node {
+        used.extend(n.input.iter().cloned());
+        for a in &n.attribute {
+            for sub in a.g.iter().chain(&a.graphs) {
+                collect_uses(sub, used);
+            }
+        }
+    }
+}
+
+/// Integer values of a quantised tensor (any storage, 4-bit packed two per byte, low nibble first).
+fn int_values(t: &TensorProto) -> std::result::Result<Vec<i64>, String> {
+    let raw = &t.raw_data;
+    let numel: usize = t.dims.iter().product::<i64>().max(0) as usize;
+    let v: Vec<i64> = match t.data_type {
+        UINT8 if !raw.is_empty() => raw.iter().map(|&b| b as i64).collect(),
+        INT8 if !raw.is_empty() => raw.iter().map(|&b| b as i8 as i64).collect(),
+        UINT16 if !raw.is_empty() => raw.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]]) as i64).collect(),
+        INT16 if !raw.is_empty() => raw.chunks_exact(2).map(|c| i16::from_le_bytes([c[0], c[1]]) as i64).collect(),
+        INT32 if !raw.is_empty() => {
+            raw.chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().unwrap()) as i64).collect()
+        }
+        UINT4 | INT4 if !raw.is_empty() => (0..numel)
+            .map(|i| {
+                let nib = (raw[i / 2] >> (4 * (i % 2))) & 0xf;
+                if t.data_type == INT4 && nib >= 8 {
+                    nib as i64 - 16
+                } else {
+                    nib as i64
+                }
+            })
+            .collect(),
+        UINT8 | INT8 | UINT16 | INT16 | INT32 => t
+            .int32_data
+            .iter()
+            .map(|&v| match t.data_type {
+                INT8 => v as i8 as i64,
+                UINT8 => v as u8 as i64,
+                INT16 => v as i16 as i64,
+                UINT16 => v as u16 as i64,
+                _ => v as i64,
+            })
+            .collect(),
+        other => return Err(format!("quantised element type {other} of '{}' is not supported", t.name)),
+    };
+    if v.len() < numel {
+        return Err(format!("tensor '{}' holds {} values for shape {:?}", t.name, v.len(), t.dims));
+    }
+    Ok(v)
+}
+
+/// Float values of a scale or float zero point (float32, float16, bfloat16).
+fn float_values(t: &TensorProto) -> std::result::Result<Vec<f32>, String> {
+    let mut t = t.clone();
+    super::precision::upcast_tensor(&mut t);
+    if t.data_type != FLOAT {
+        return Err(format!("tensor '{}' must be float32, float16 or bfloat16", t.name));
+    }
+    Ok(match t.raw_data.is_empty() {
+        false => t.raw_data.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect(),
+        true => t.float_data.clone(),
+    })
+}
+
+fn constant<'g>(g: &'g GraphProto, n: &NodeProto, k: usize) -> std::result::Result<Option<&'g TensorProto>, String> {
+    match n.input.get(k).filter(|s| !s.is_empty()) {
+        None => Ok(None),
+        Some(name) => find_constant(g, name).map(Some).ok_or_else(|| {
+            format!("input {k} '{name}' is not a constant; attrpatch dequantises constant weights only")
+        }),
+    }
+}
+
+fn attr(n: &NodeProto, name: &str) -> Option<i64> {
+    n.attribute.iter().find(|a| a.name == name).map(|a| a.i)
+}
+
+fn f32_tensor(name: &str, dims: &[i64], values: &[f32]) -> TensorProto {
+    TensorProto {
+        name: name.into(),
+        dims: dims.to_vec(),
+        data_type: FLOAT,
+        raw_data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        ..Default::default()
+    }
+}
+
+/// `y = (x - zero_point) * scale`, per tensor, per axis or per block.
+fn dequantize_linear(g: &GraphProto, n: &NodeProto) -> std::result::Result<TensorProto, String> {
+    let x = constant(g, n, 0)?.ok_or("no input")?;
+    let scale_t = constant(g, n, 1)?.ok_or("no scale")?;
+    let q = int_values(x)?;
+    let scale = float_values(scale_t)?;
+    let zp = match constant(g, n, 2)? {
+        Some(z) => int_values(z)?,
+        None => vec![0; scale.len()],
+    };
+    if zp.len() != scale.len() {
+        return Err(format!("zero point has {} values but scale has {}", zp.len(), scale.len()));
+    }
+    let dims = &x.dims;
+    let rank = dims.len() as i64;
+    let numel = q.len().min(dims.iter().product::<i64>().max(0) as usize);
+    let axis = attr(n, "axis").unwrap_or(1);
+    let axis = if axis < 0 { axis + rank } else { axis };
+    let block = attr(n, "block_size").unwrap_or(0);
+    let sdims: Vec<usize> = scale_t.dims.iter().map(|&d| d as usize).collect();
+    let strides: Vec<usize> = (0..dims.len()).map(|k| dims[k + 1..].iter().product::<i64>() as usize).collect();
+    let index = |f: usize| -> std::result::Result<usize, String> {
+        if scale.len() == 1 {
+            return Ok(0);
+        }
+        if !(0..rank).contains(&axis) {
+            return Err(format!("axis {axis} is outside rank {rank}"));
+        }
+        let coord = |k: usize| (f / strides[k]) % dims[k] as usize;
+        if block > 0 {
+            // Blocked: the scale has x's rank, axis `axis` divided into blocks.
+            let mut idx = 0;
+            for (k, &sd) in sdims.iter().enumerate() {
+                let c = if k as i64 == axis { coord(k) / block as usize } else { coord(k) };
+                idx = idx * sd + c;
+            }
+            Ok(idx)
+        } else {
+            Ok(coord(axis as usize))
+        }
+    };
+    let mut out = Vec::with_capacity(numel);
+    for (f, &v) in q.iter().enumerate().take(numel) {
+        let i = index(f)?;
+        let (s, z) = (scale.get(i).ok_or("scale too short for the input")?, zp[i]);
+        out.push((v - z) as f32 * s);
+    }
+    let mut t = f32_tensor(&n.output[0], dims, &out);
+    if scale_t.data_type == FLOAT16 || scale_t.data_type == BFLOAT16 {
+        // The kernel's output type is the scale's; the precision pass makes it float32 anyway.
+        t.data_type = FLOAT;
+    }
+    Ok(t)
+}
+
+/// The `[K, N]` float32 weight a MatMulNBits node multiplies by.
+fn matmul_nbits_weight(g: &GraphProto, n: &NodeProto) -> std::result::Result<TensorProto, String> {
+    let k = attr(n, "K").ok_or("no K attribute")? as usize;
+    let nn = attr(n, "N").ok_or("no N attribute")? as usize;
+    let bits = attr(n, "bits").unwrap_or(4) as usize;
+    let bs = attr(n, "block_size").ok_or("no block_size attribute")? as usize;
+    if !matches!(bits, 2 | 4 | 8) {
+        return Err(format!("bits = {bits}; attrpatch dequantises 2, 4 and 8 bits"));
+    }
+    if bs == 0 {
+        return Err("block_size 0".into());
+    }
+    let blocks = k.div_ceil(bs);
+    let blob = bs * bits / 8;
+    let b = constant(g, n, 1)?.ok_or("no B input")?;
+    if b.data_type != UINT8 || b.raw_data.len() < nn * blocks * blob {
+        return Err(format!(
+            "B '{}' must be uint8 [N={nn}, {blocks} blocks, {blob} bytes], found type {} with {} bytes",
+            b.name,
+            b.data_type,
+            b.raw_data.len()
+        ));
+    }
+    let scale = float_values(constant(g, n, 2)?.ok_or("no scales input")?)?;
+    if scale.len() < nn * blocks {
+        return Err(format!("scales hold {} values, need N x blocks = {}", scale.len(), nn * blocks));
+    }
+    let mask = (1u32 << bits) - 1;
+    let default_zp = (1u32 << (bits - 1)) as f32;
+    let zp_t = constant(g, n, 3)?;
+    let zp_row = (blocks * bits).div_ceil(8);
+    let zp_packed = zp_t.filter(|z| z.data_type == UINT8).map(|z| z.raw_data.clone());
+    let zp_float = match zp_t.filter(|z| z.data_type != UINT8) {
+        Some(z) => Some(float_values(z)?),
+        None => None,
+    };
+    if zp_packed.as_ref().is_some_and(|z| z.len() < nn * zp_row)
+        || zp_float.as_ref().is_some_and(|z| z.len() < nn * blocks)
+    {
+        return Err("zero_points are shorter than N x blocks".into());
+    }
+    // g_idx (act-order: the block of each k) is refused: ONNX Runtime's
+    // kernels do not agree on it (its packed path ignores it; with 4-bit
+    // packed zero points even the plain order k / block_size gives other
+    // numbers), so no dequantisation could be checked against it.
+    if let Some(t) = constant(g, n, 4)? {
+        return Err(format!(
+            "has a g_idx input '{}' (act-order quantisation), which attrpatch does not dequantise; quantise \
+             without act-order (MatMulNBitsQuantizer's default)",
+            t.name
+        ));
+    }
+    let raw = &b.raw_data;
+    let mut w = vec![0f32; k * nn];
+    for col in 0..nn {
+        for kk in 0..k {
+            let (blk, within) = (kk / bs, kk % bs);
+            let group = blk;
+            let bit = within * bits;
+            let byte = raw[(col * blocks + blk) * blob + bit / 8];
+            let qv = ((byte as u32) >> (bit % 8)) & mask;
+            let s = scale[col * blocks + group];
+            let z = if let Some(zp) = &zp_packed {
+                let bit = group * bits;
+                (((zp[col * zp_row + bit / 8] as u32) >> (bit % 8)) & mask) as f32
+            } else if let Some(zp) = &zp_float {
+                zp[col * blocks + group]
+            } else {
+                default_zp
+            };
+            w[kk * nn + col] = (qv as f32 - z) * s;
+        }
+    }
+    Ok(f32_tensor("", &[k as i64, nn as i64], &w))
+}

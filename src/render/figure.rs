@@ -1,0 +1,46 @@
+//! One figure, two files: every figure is drawn by the same code onto plotters'
+//! SVG backend and its bitmap backend, and written as `stem.svg` and `stem.png`.
+
+use super::pen::Pen;
+use crate::error::{Error, Result};
+use crate::fsutil::write_atomic;
+use plotters::coord::Shift;
+use plotters::prelude::*;
+use std::path::{Path, PathBuf};
+
+/// What drawing onto backend `DB` returns.
+pub type DrawResult<DB> = std::result::Result<(), DrawingAreaErrorKind<<DB as DrawingBackend>::ErrorType>>;
+
+/// A figure whose size is known before it is drawn (its layout is computed
+/// from the measured text, so the canvas is cropped to the content).
+pub trait Figure {
+    fn size(&self) -> (u32, u32);
+    /// Draws everything; `pen` writes the text (SVG text elements or PNG pixels).
+    fn draw<DB: DrawingBackend>(&self, area: &DrawingArea<DB, Shift>, pen: Pen) -> DrawResult<DB>;
+}
+
+/// Draws `fig` into `png` and the SVG of the same stem beside it; returns both paths.
+pub fn write_figure(fig: &impl Figure, png: &Path) -> Result<Vec<PathBuf>> {
+    let svg_path = png.with_extension("svg");
+    let (w, h) = fig.size();
+    let failed = |e: String| Error::Runtime(format!("drawing {}: {e}", png.display()));
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (w, h)).into_drawing_area();
+        root.fill(&WHITE)
+            .and_then(|_| fig.draw(&root, Pen { raster: false }))
+            .and_then(|_| root.present())
+            .map_err(|e| failed(e.to_string()))?;
+    }
+    let mut pixels = vec![255u8; w as usize * h as usize * 3];
+    {
+        let root = BitMapBackend::with_buffer(&mut pixels, (w, h)).into_drawing_area();
+        fig.draw(&root, Pen { raster: true }).and_then(|_| root.present()).map_err(|e| failed(e.to_string()))?;
+    }
+    let img = image::RgbImage::from_raw(w, h, pixels).ok_or_else(|| failed("pixel buffer size".into()))?;
+    let mut bytes = Vec::new();
+    img.write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png).map_err(|e| failed(e.to_string()))?;
+    write_atomic(png, &bytes)?;
+    write_atomic(&svg_path, svg.as_bytes())?;
+    Ok(vec![png.to_path_buf(), svg_path])
+}

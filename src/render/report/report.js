@@ -1,0 +1,326 @@
+// report.html: draws the page from the JSON block (#data). No library, no
+// network. Heatmaps follow plotly's px.imshow(color_continuous_scale="RdBu",
+// color_continuous_midpoint=0): blue positive, layer 0 at the top.
+"use strict";
+(function () {
+  const data = JSON.parse(document.getElementById("data").textContent);
+  const root = document.getElementById("report");
+  const tip = document.getElementById("tip");
+  const SVG = "http://www.w3.org/2000/svg";
+  // plotly.colors.sequential.RdBu, lowest value (red) to highest (blue).
+  const RDBU = [[103, 0, 31], [178, 24, 43], [214, 96, 77], [244, 165, 130], [253, 219, 199], [247, 247, 247],
+    [209, 229, 240], [146, 197, 222], [67, 147, 195], [33, 102, 172], [5, 48, 97]];
+  const SERIES = ["#636efa", "#ef553b", "#00cc96"];
+
+  function el(tag, attrs, ...children) {
+    const e = document.createElement(tag);
+    for (const [k, v] of Object.entries(attrs || {})) e.setAttribute(k, v);
+    for (const c of children) e.append(c instanceof Node ? c : String(c));
+    return e;
+  }
+  function sv(tag, attrs, text) {
+    const e = document.createElementNS(SVG, tag);
+    for (const [k, v] of Object.entries(attrs || {})) e.setAttribute(k, v);
+    if (text !== undefined) e.textContent = text;
+    return e;
+  }
+  // About 4 significant digits; exponent form when tiny or huge; NaN for null.
+  function fmt(v) {
+    if (v === null || v === undefined || !isFinite(v)) return "NaN";
+    const a = Math.abs(v);
+    if (a === 0) return "0";
+    if (a < 1e-3 || a >= 1e5) return v.toExponential(3);
+    return String(Number(v.toPrecision(4)));
+  }
+  function tick(v) {
+    const a = Math.abs(v);
+    if (a === 0) return "0";
+    if (a < 1e-3 || a >= 1e5) return String(Number(v.toPrecision(2)).toExponential());
+    return String(Number(v.toPrecision(3)));
+  }
+  function colour(v, m) {
+    if (v === null || !isFinite(v)) return "rgb(150,150,150)";
+    const t = Math.min(1, Math.max(0, (v / m + 1) / 2)) * (RDBU.length - 1);
+    const i = Math.min(Math.floor(t), RDBU.length - 2), f = t - i;
+    const c = RDBU[i].map((a, k) => Math.round(a + (RDBU[i + 1][k] - a) * f));
+    return `rgb(${c[0]},${c[1]},${c[2]})`;
+  }
+  function absMax(grids) {
+    let m = 0;
+    for (const g of grids) for (const row of g.values) for (const v of row) if (v !== null && isFinite(v)) m = Math.max(m, Math.abs(v));
+    return m > 0 ? m : 1;
+  }
+  // Multiples of 1, 2 or 5 times a power of ten inside [lo, hi]: the largest step giving >= want ticks.
+  function niceTicks(lo, hi, want) {
+    const mag = Math.pow(10, Math.floor(Math.log10(hi - lo)));
+    for (const k of [10, 5, 2, 1, 0.5, 0.2, 0.1, 0.05, 0.02, 0.01]) {
+      const step = k * mag, out = [];
+      for (let i = Math.ceil(lo / step - 1e-9); i <= Math.floor(hi / step + 1e-9); i++) out.push(Number((i * step).toPrecision(12)) + 0);
+      if (out.length >= want) return out;
+    }
+    return [lo, hi];
+  }
+  function showTip(text, evt) {
+    tip.textContent = text;
+    tip.hidden = false;
+    const x = (evt && evt.clientX) || 0, y = (evt && evt.clientY) || 0;
+    tip.style.left = Math.min(x + 14, window.innerWidth - tip.offsetWidth - 4) + "px";
+    tip.style.top = (y + 14) + "px";
+  }
+  function hideTip() { tip.hidden = true; }
+
+  // "Layer 2, head 3: 0.1523" or "Layer 0, position 9 ' John': 0.04123".
+  function cellText(g, r, c) {
+    const v = g.values[r][c];
+    const token = g.tokens && g.tokens.length ? g.tokens[c] : null;
+    const col = token !== null ? `position ${c} '${token}'` : `${g.col_label.toLowerCase()} ${g.cols[c]}`;
+    return `${g.row_label} ${g.rows[r]}, ${col}: ${fmt(v)}`;
+  }
+
+  // Grids side by side (same rows) on one colour scale with one colour bar.
+  function heatmaps(grids, titled) {
+    const m = absMax(grids);
+    const rows = Math.max(...grids.map(g => g.rows.length));
+    const cols = grids.map(g => g.cols.length);
+    const total = cols.reduce((a, b) => a + b, 0);
+    const cell = Math.max(6, Math.min(48, Math.floor(920 / total), Math.floor(440 / rows)));
+    const tokenLen = Math.max(0, ...grids.map(g => (g.tokens || []).reduce((a, t) => Math.max(a, t.length), 0)));
+    const hasTokens = grids.some(g => g.tokens && g.tokens.length);
+    const top = titled ? 26 : 8;
+    const below = hasTokens ? 18 + Math.min(tokenLen, 18) * 7 + 8 : 22;
+    const plotH = rows * cell, left = 58;
+    const height = top + plotH + below + 24;
+    const s = sv("svg", { "class": "heatmap" });
+    let x = 0;
+    const stride = Math.max(1, Math.ceil(15 / cell));
+    grids.forEach((g, k) => {
+      const px = x + left, w = g.cols.length * cell;
+      const panel = sv("g", { "class": "panel", "data-grid": g.name, "data-panel": k });
+      if (titled) panel.append(sv("text", { x: px + w / 2, y: 16, "text-anchor": "middle", "class": "title" }, g.title));
+      g.values.forEach((row, r) => row.forEach((v, c) => {
+        const rect = sv("rect", { x: px + c * cell, y: top + r * cell, width: cell, height: cell, fill: colour(v, m),
+          "class": "cell", "data-grid": g.name, "data-panel": k, "data-row": r, "data-col": c,
+          "data-value": v === null ? "NaN" : String(v) });
+        rect.addEventListener("mouseover", e => showTip(cellText(g, r, c), e));
+        rect.addEventListener("mousemove", e => showTip(cellText(g, r, c), e));
+        rect.addEventListener("mouseout", hideTip);
+        panel.append(rect);
+      }));
+      panel.append(sv("rect", { x: px - 0.5, y: top - 0.5, width: w + 1, height: plotH + 1, fill: "none", stroke: "#b4b4b4" }));
+      g.rows.forEach((name, r) => {
+        if (r % stride === 0) panel.append(sv("text", { x: px - 6, y: top + r * cell + cell / 2 + 4, "text-anchor": "end" }, name));
+      });
+      const ly = top + plotH / 2;
+      panel.append(sv("text", { x: x + 14, y: ly, "text-anchor": "middle", transform: `rotate(-90 ${x + 14} ${ly})`, "class": "axis" }, g.row_label));
+      const hasTok = g.tokens && g.tokens.length;
+      g.cols.forEach((name, c) => {
+        if (c % stride !== 0) return;
+        const cx = px + c * cell + cell / 2;
+        panel.append(sv("text", { x: cx, y: top + plotH + 14, "text-anchor": "middle" }, hasTok ? c : name));
+        if (hasTok) {
+          const ty = top + plotH + 22, t = g.tokens[c].length > 18 ? g.tokens[c].slice(0, 17) + "…" : g.tokens[c];
+          panel.append(sv("text", { x: cx + 4, y: ty, "text-anchor": "end", transform: `rotate(-90 ${cx + 4} ${ty})` }, t));
+        }
+      });
+      panel.append(sv("text", { x: px + w / 2, y: height - 6, "text-anchor": "middle", "class": "axis" }, g.col_label));
+      s.append(panel);
+      x = px + w + 24;
+    });
+    // The colour bar: a gradient through RdBu's stops, +m at the top.
+    const id = "bar" + Math.random().toString(36).slice(2);
+    const grad = sv("linearGradient", { id: id, x1: 0, y1: 1, x2: 0, y2: 0 });
+    RDBU.forEach((c, i) => grad.append(sv("stop", { offset: i / (RDBU.length - 1), "stop-color": `rgb(${c})` })));
+    const defs = sv("defs");
+    defs.append(grad);
+    s.append(defs);
+    const bx = x - 8, barH = Math.max(plotH, 60);
+    s.append(sv("rect", { x: bx, y: top, width: 14, height: barH, fill: `url(#${id})`, stroke: "#b4b4b4", "class": "colour-bar" }));
+    const want = barH >= 160 ? 5 : 3;
+    for (const v of niceTicks(-m, m, want)) {
+      const ty = top + (m - v) / (2 * m) * barH;
+      s.append(sv("text", { x: bx + 21, y: ty + 4, "class": "bar-tick" }, tick(v)));
+    }
+    const vl = grids[0].value_label, vx = bx + 70, vy = top + barH / 2;
+    s.append(sv("text", { x: vx, y: vy, "text-anchor": "middle", transform: `rotate(-90 ${vx} ${vy})`, "class": "axis" }, vl));
+    s.setAttribute("width", vx + 10);
+    s.setAttribute("height", Math.max(height, top + barH + 8));
+    return el("div", { "class": "figure" }, s);
+  }
+
+  // Estimate (x) against exact (y), one circle per cell, y = x dotted.
+  function scatter(kind) {
+    const P = 420, L = 56, T = 10, B = 44;
+    const series = kind.estimates.map((e, k) => {
+      const est = kind.panels[k], exact = kind.panels[kind.panels.length - 1];
+      const pts = [];
+      est.values.forEach((row, r) => row.forEach((v, c) => {
+        const y = exact.values[r][c];
+        if (v !== null && y !== null && isFinite(v) && isFinite(y)) pts.push({ x: v, y: y, r: r, c: c });
+      }));
+      return { e: e, pts: pts, grid: exact, colour: SERIES[k % SERIES.length] };
+    });
+    let lo = 0, hi = 0;
+    for (const s of series) for (const p of s.pts) { lo = Math.min(lo, p.x, p.y); hi = Math.max(hi, p.x, p.y); }
+    const span = hi > lo ? hi - lo : 1;
+    lo -= 0.06 * span; hi += 0.06 * span;
+    const sx = v => L + (v - lo) / (hi - lo) * P, sy = v => T + P - (v - lo) / (hi - lo) * P;
+    const s = sv("svg", { width: L + P + 20, height: T + P + B + series.length * 18, "class": "scatter", "data-grid": kind.name });
+    for (const v of niceTicks(lo, hi, 4)) {
+      s.append(sv("line", { x1: sx(v), x2: sx(v), y1: T, y2: T + P, stroke: v === 0 ? "#d7d7d7" : "#eeeeee" }));
+      s.append(sv("line", { x1: L, x2: L + P, y1: sy(v), y2: sy(v), stroke: v === 0 ? "#d7d7d7" : "#eeeeee" }));
+      s.append(sv("text", { x: sx(v), y: T + P + 16, "text-anchor": "middle" }, tick(v)));
+      s.append(sv("text", { x: L - 6, y: sy(v) + 4, "text-anchor": "end" }, tick(v)));
+    }
+    s.append(sv("line", { x1: sx(lo), y1: sy(lo), x2: sx(hi), y2: sy(hi), stroke: "#969696", "stroke-dasharray": "4 3" }));
+    s.append(sv("rect", { x: L, y: T, width: P, height: P, fill: "none", stroke: "#b4b4b4" }));
+    s.append(sv("text", { x: L + P / 2, y: T + P + 34, "text-anchor": "middle", "class": "axis" }, "Estimate"));
+    const ly = T + P / 2;
+    s.append(sv("text", { x: 14, y: ly, "text-anchor": "middle", transform: `rotate(-90 14 ${ly})`, "class": "axis" }, "Exact"));
+    series.forEach((se, k) => {
+      for (const p of se.pts) {
+        const c = sv("circle", { cx: sx(p.x), cy: sy(p.y), r: 5, fill: se.colour, "fill-opacity": 0.25, stroke: se.colour, "class": "point" });
+        const g = se.grid, token = g.tokens && g.tokens.length ? ` '${g.tokens[p.c]}'` : "";
+        const what = `${se.e.label}: ${g.row_label} ${g.rows[p.r]}, ${g.tokens && g.tokens.length ? "position" : g.col_label.toLowerCase()} ${g.cols.length ? p.c : ""}${token}: estimate ${fmt(p.x)}, exact ${fmt(p.y)}`;
+        c.addEventListener("mouseover", e => showTip(what, e));
+        c.addEventListener("mouseout", hideTip);
+        s.append(c);
+      }
+      const y = T + P + B + k * 18 + 6;
+      s.append(sv("circle", { cx: L + 6, cy: y, r: 5, fill: se.colour, "fill-opacity": 0.25, stroke: se.colour }));
+      const a = se.e.agreement;
+      s.append(sv("text", { x: L + 18, y: y + 4 }, `${se.e.label} (Pearson ${a.pearson === null ? "n/a" : a.pearson.toFixed(3)}, Spearman ${a.spearman === null ? "n/a" : a.spearman.toFixed(3)})`));
+    });
+    return el("div", { "class": "figure" }, s);
+  }
+
+  function table(head, rows, numeric) {
+    const t = el("table");
+    t.append(el("tr", {}, ...head.map(h => el("th", {}, h))));
+    for (const r of rows) t.append(el("tr", {}, ...r.map((v, i) => el("td", numeric && numeric[i] ? { "class": "num" } : {}, v))));
+    return t;
+  }
+  function section(title, ...children) {
+    root.append(el("h2", {}, title), ...children);
+  }
+  function seconds(t) {
+    return table(["load", "rewrite", "session", "run"], [[t.load, t.rewrite, t.session, t.run].map(v => v.toFixed(3) + " s")], [1, 1, 1, 1]);
+  }
+
+  function renderJob() {
+    root.append(el("h1", {}, data.title), el("p", { "class": "subtitle" }, data.subtitle));
+    section("Baselines", table(["", "logit diff", "normalised metric"], [
+      ["clean", fmt(data.clean_logit_diff), "1"],
+      ["corrupted", fmt(data.corrupted_logit_diff), "0"],
+    ], [0, 1, 1]), el("p", { "class": "note" },
+      `metric: (${data.metric} - corrupted) / (clean - corrupted); a cell is the first-order change of that metric when its activation is patched from the corrupted to the clean run.`));
+
+    const figures = el("div", { "class": "figures", id: "grids" });
+    const draw = grids => { figures.replaceChildren(...grids.map(g => heatmaps([g], false))); };
+    const gridsTitle = el("h2", {}, "Grids");
+    root.append(gridsTitle);
+    if (data.per_pair.length) {
+      const sel = el("select", { id: "pair-select" }, el("option", { value: "all" }, `All ${data.prompts.length} pairs`));
+      data.per_pair.forEach((p, i) => {
+        const prompt = data.prompts[p.index] ? data.prompts[p.index].clean : "";
+        sel.append(el("option", { value: i }, `Pair ${p.index}: ${prompt}`));
+      });
+      sel.addEventListener("change", () => {
+        if (sel.value === "all") return draw(data.grids);
+        const p = data.per_pair[Number(sel.value)];
+        draw(data.grids.map(g => Object.assign({}, g, {
+          values: p[g.name],
+          // The token labels are the first prompt's; other pairs show positions only.
+          tokens: p.index === 0 ? g.tokens : [],
+          col_label: p.index === 0 || !g.tokens.length ? g.col_label : "Token position",
+        })));
+      });
+      root.append(el("p", {}, el("label", { "for": "pair-select" }, "Show: "), sel,
+        el("span", { "class": "note" }, " (one pair's share of the grids, in the same normalised units)")));
+    }
+    root.append(figures);
+    draw(data.grids);
+
+    const pairs = new Map(data.per_pair.map(p => [p.index, p]));
+    const rows = data.prompts.map((p, i) => {
+      const pp = pairs.get(i);
+      return [i, p.clean, p.corrupted, p.correct, p.incorrect, pp ? fmt(pp.clean_logit_diff) : "", pp ? fmt(pp.corrupted_logit_diff) : ""];
+    });
+    section("Prompts", table(["#", "clean", "corrupted", "correct", "incorrect", "clean logit diff", "corrupted logit diff"], rows, [1, 0, 0, 0, 0, 1, 1]));
+    if (!data.per_pair.length) root.append(el("p", { "class": "note" }, "Per-pair logit differences are kept with --per-prompt."));
+
+    section("Model and options", table(["", ""], [
+      ["model", data.model], ["method", data.method], ["metric", data.metric], ["hook", data.hook],
+      ["runtime", `${data.runtime} (${data.runtime_calls} call${data.runtime_calls === 1 ? "" : "s"}, ${data.batches_resumed} batches resumed)`],
+      ["prompt pairs", `${data.prompts.length} in ${data.n_batches} batch(es) of up to ${data.batch_size}`],
+      ["sequence length", data.seq_len], ["heads", data.n_heads],
+    ]));
+    root.append(el("h3", {}, "Hooks"), table(["layer", "tensor", "node"], data.hooks.map(h => [h.layer, el("code", {}, h.tensor), el("code", {}, h.node)])));
+    section("Timings", seconds(data.seconds));
+  }
+
+  function renderCompare() {
+    root.append(el("h1", {}, data.title), el("p", { "class": "subtitle" }, data.subtitle));
+    section("Baselines", table(["", "logit diff"], [["clean", fmt(data.clean_logit_diff)], ["corrupted", fmt(data.corrupted_logit_diff)]], [0, 1]));
+    for (const kind of data.kinds) {
+      section(kind.name === "heads" ? "Heads" : "Positions");
+      root.append(el("div", { "class": "figures" }, heatmaps(kind.panels, true), scatter(kind)));
+      root.append(table(["estimate", "Pearson", "Spearman", "mean |error|", "max |error|"], kind.estimates.map(e => {
+        const a = e.agreement;
+        return [e.label, a.pearson === null ? "n/a" : a.pearson.toFixed(3), a.spearman === null ? "n/a" : a.spearman.toFixed(3), fmt(a.mean_abs_error), fmt(a.max_abs_error)];
+      }), [0, 1, 1, 1, 1]));
+      const exact = kind.panels[kind.panels.length - 1];
+      for (const e of kind.estimates) {
+        root.append(el("h3", {}, `Largest misses: ${e.label}`), table(["layer", kind.name === "heads" ? "head" : "position", "estimate", "exact", "error"],
+          e.agreement.largest_misses.map(m => [m.layer, m.token === null ? m.index : `${m.index} '${m.token}'`, fmt(m.estimate), fmt(m.exact), fmt(m.estimate - m.exact)]), [1, 0, 1, 1, 1]));
+      }
+      void exact;
+    }
+    section("Methods", table(["method", "time", "runtime calls", "report"], data.methods.map(m => [m.label,
+      (m.seconds.load + m.seconds.rewrite + m.seconds.session + m.seconds.run).toFixed(2) + " s", m.runtime_calls,
+      el("a", { href: `${m.key}/report.html` }, `${m.key}/report.html`)]), [0, 1, 1, 0]));
+    section("Prompts", table(["#", "clean", "corrupted", "correct", "incorrect"], data.prompts.map((p, i) => [i, p.clean, p.corrupted, p.correct, p.incorrect]), [1]));
+  }
+
+  // With #selfcheck in the URL: hover the largest cell of every grid and the
+  // first scatter point, and write what the tooltip said into #selfcheck (the
+  // browser test reads it from the dumped DOM).
+  function selfCheck() {
+    const out = [];
+    const seen = new Set();
+    for (const panel of document.querySelectorAll("g.panel")) {
+      const key = panel.getAttribute("data-grid") + "/" + panel.getAttribute("data-panel");
+      if (seen.has(key)) continue;
+      seen.add(key);
+      const cells = [...panel.querySelectorAll("rect.cell")];
+      out.push(`cells ${key} ${cells.length}`);
+      let best = cells[0];
+      for (const c of cells) if (Math.abs(Number(c.dataset.value)) > Math.abs(Number(best.dataset.value))) best = c;
+      best.dispatchEvent(new MouseEvent("mouseover", { bubbles: true, clientX: 10, clientY: 10 }));
+      out.push(`hover ${key} ${best.dataset.row} ${best.dataset.col} ${tip.hidden ? "(hidden)" : tip.textContent}`);
+      best.dispatchEvent(new MouseEvent("mouseout", { bubbles: true }));
+    }
+    const point = document.querySelector("circle.point");
+    if (point) {
+      point.dispatchEvent(new MouseEvent("mouseover", { bubbles: true }));
+      out.push(`point ${tip.textContent}`);
+      point.dispatchEvent(new MouseEvent("mouseout", { bubbles: true }));
+    }
+    out.push(`tip hidden after mouseout: ${tip.hidden}`);
+    // The pair selector: the second pair's heads grid, then back to all pairs.
+    const sel = document.getElementById("pair-select");
+    if (sel && data.per_pair.length > 1) {
+      sel.value = "1";
+      sel.dispatchEvent(new Event("change"));
+      const cells = [...document.querySelectorAll('rect.cell[data-grid="heads"]')].map(c => c.dataset.value);
+      out.push(`pair ${data.per_pair[1].index} heads ${cells.join(",")}`);
+      sel.value = "all";
+      sel.dispatchEvent(new Event("change"));
+    }
+    document.getElementById("selfcheck").textContent = out.join("\n");
+  }
+
+  document.getElementById("loading").remove();
+  if (data.kind === "compare") renderCompare(); else renderJob();
+  if (location.hash === "#selfcheck") selfCheck();
+  document.body.setAttribute("data-ready", "true");
+})();

@@ -1,0 +1,435 @@
+//! What a user looks at: the figures (PNG and SVG from one drawing) and
+//! report.html, loaded in a real browser (headless Chromium). The outputs are
+//! kept under target/tmp/render/ (the screenshots are CI artifacts).
+
+use crate::common::root;
+use regex::Regex;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+const IOI_MODEL: &str = "models/ioi-gpt2/model.onnx";
+
+/// A folder that outlives the test, so CI can keep what is in it.
+fn artifact_dir(name: &str) -> PathBuf {
+    let d = Path::new(env!("CARGO_TARGET_TMPDIR")).join("render").join(name);
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn attrpatch(args: &[&str]) -> Output {
+    let o = Command::new(env!("CARGO_BIN_EXE_attrpatch")).args(args).current_dir(root()).output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(o.status.success(), "attrpatch {args:?} failed:\n{text}");
+    o
+}
+
+/// `attrpatch run --per-prompt` on the bundled IOI model, once for all tests here.
+fn run_out() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let d = artifact_dir("run");
+        attrpatch(&["run", "--model", IOI_MODEL, "--device", "cpu", "--per-prompt", "--out", d.to_str().unwrap()]);
+        d
+    })
+}
+
+/// `attrpatch compare --positions --ig-steps 2`, once.
+fn compare_out() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let d = artifact_dir("compare");
+        let out = d.to_str().unwrap();
+        attrpatch(&[
+            "compare",
+            "--model",
+            IOI_MODEL,
+            "--device",
+            "cpu",
+            "--positions",
+            "--ig-steps",
+            "2",
+            "--out",
+            out,
+        ]);
+        d
+    })
+}
+
+fn json(path: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn unescape(s: &str) -> String {
+    s.replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&quot;", "\"")
+        .replace("&#39;", "'")
+        .replace("&apos;", "'")
+        .replace("&amp;", "&")
+}
+
+/// The SVG's text elements: (x, text), in document order.
+fn svg_texts(svg: &str) -> Vec<(f64, String)> {
+    let re = Regex::new(r#"(?s)<text x="([-0-9.]+)"[^>]*>(.*?)</text>"#).unwrap();
+    re.captures_iter(svg).map(|c| (c[1].parse().unwrap(), unescape(c[2].trim()))).collect()
+}
+
+/// The SVG's filled rectangles: (x, y, width, height, fill).
+fn svg_rects(svg: &str) -> Vec<(i64, i64, i64, i64, String)> {
+    let re =
+        Regex::new(r#"<rect x="(-?\d+)" y="(-?\d+)" width="(\d+)" height="(\d+)" opacity="1" fill="(#[0-9A-F]{6})""#)
+            .unwrap();
+    re.captures_iter(svg)
+        .map(|c| {
+            (c[1].parse().unwrap(), c[2].parse().unwrap(), c[3].parse().unwrap(), c[4].parse().unwrap(), c[5].into())
+        })
+        .collect()
+}
+
+/// The colour bars' tick values: numeric labels sharing one x, one of them negative
+/// (only a colour bar has negative labels), one list per bar.
+fn colour_bar_ticks(svg: &str) -> Vec<Vec<f64>> {
+    let mut by_x: std::collections::BTreeMap<i64, Vec<f64>> = Default::default();
+    for (x, t) in svg_texts(svg) {
+        if let Ok(v) = t.parse::<f64>() {
+            by_x.entry(x as i64).or_default().push(v);
+        }
+    }
+    by_x.into_values().filter(|vs| vs.len() >= 3 && vs.iter().any(|&v| v < 0.0)).collect()
+}
+
+/// Ticks are round: evenly spaced by 1, 2 or 5 times a power of ten, 0 among them.
+fn assert_round(ticks: &[f64]) {
+    let mut t = ticks.to_vec();
+    t.sort_by(f64::total_cmp);
+    assert!(t.contains(&0.0), "no 0 tick: {t:?}");
+    let step = t[1] - t[0];
+    assert!(t.windows(2).all(|w| ((w[1] - w[0]) - step).abs() < 1e-9 * step.max(1e-300)), "uneven: {t:?}");
+    let mantissa = step / 10f64.powf(step.log10().floor());
+    assert!([1.0, 2.0, 5.0].iter().any(|m| (mantissa - m).abs() < 1e-6), "step {step} is not round: {t:?}");
+}
+
+/// The first rows x cols square rectangles of the SVG: the heatmap cells in row-major order.
+fn cells(svg: &str, rows: usize, cols: usize) -> Vec<(i64, i64, i64, String)> {
+    let (w, _) = svg_size(svg);
+    let found: Vec<_> = svg_rects(svg)
+        .into_iter()
+        .filter(|r| r.2 == r.3 && r.2 >= 8 && r.2 < w)
+        .map(|r| (r.0, r.1, r.2, r.4))
+        .collect();
+    assert!(found.len() >= rows * cols, "{} cells, want {rows} x {cols}", found.len());
+    found[..rows * cols].to_vec()
+}
+
+fn svg_size(svg: &str) -> (i64, i64) {
+    let c = Regex::new(r#"<svg width="(\d+)" height="(\d+)""#).unwrap().captures(svg).expect("an <svg> with a size");
+    (c[1].parse().unwrap(), c[2].parse().unwrap())
+}
+
+fn values(grid: &Value) -> Vec<Vec<f64>> {
+    grid["values"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_array().unwrap().iter().map(|v| v.as_f64().unwrap_or(f64::NAN)).collect())
+        .collect()
+}
+
+/// The PNG and the SVG of one figure agree with each other and with the grid.
+fn check_heatmap(dir: &Path, grid: &Value) {
+    let name = grid["name"].as_str().unwrap();
+    let svg = std::fs::read_to_string(dir.join(format!("{name}.svg"))).unwrap();
+    let img = image::open(dir.join(format!("{name}.png"))).unwrap().to_rgb8();
+    let (w, h) = svg_size(&svg);
+    assert_eq!((img.width() as i64, img.height() as i64), (w, h), "PNG and SVG sizes differ");
+    assert!((300..1600).contains(&w) && (200..1000).contains(&h), "{name}: {w} x {h}");
+
+    // The text is text: title, subtitle (hook, metric, model), tick and token labels.
+    let texts: Vec<String> = svg_texts(&svg).into_iter().map(|(_, t)| t).collect();
+    // Titles wrap: one line of all the text.
+    let all = texts.join(" ");
+    for want in ["hook: attention out-projection input", "metric: normalised logit diff", "ioi-gpt2/model.onnx"] {
+        assert!(all.contains(want), "{name}.svg lacks '{want}':\n{all}");
+    }
+    assert!(all.contains(grid["title"].as_str().unwrap()), "{name}.svg lacks its title:\n{all}");
+    for (i, col) in grid["cols"].as_array().unwrap().iter().enumerate() {
+        let label = match grid["tokens"].get(i) {
+            Some(token) => token.as_str().unwrap().trim().to_string(),
+            None => col.as_str().unwrap().to_string(),
+        };
+        assert!(texts.iter().any(|t| t.trim() == label), "{name}.svg lacks column label '{label}'");
+        assert!(texts.contains(&i.to_string()), "{name}.svg lacks column number {i}");
+    }
+    let bars = colour_bar_ticks(&svg);
+    assert_eq!(bars.len(), 1, "{name}.svg: one colour bar, got {bars:?}");
+    assert_round(&bars[0]);
+
+    // Pixel colours of the cells: blue for the largest positive, red for a clearly
+    // negative one, near white for one near zero.
+    let v = values(grid);
+    let (rows, cols) = (v.len(), v[0].len());
+    let m = v.iter().flatten().fold(0f64, |m, x| m.max(x.abs()));
+    let cells = cells(&svg, rows, cols);
+    let mut seen = [false; 3];
+    for (k, &(x, y, size, _)) in cells.iter().enumerate() {
+        let val = v[k / cols][k % cols];
+        let [r, g, b] = img.get_pixel((x + size / 2) as u32, (y + size / 2) as u32).0.map(i32::from);
+        if val > 0.5 * m {
+            assert!(b > r + 60 && b > g, "{name} cell {k} = {val} (max {m}) is not blue: {r},{g},{b}");
+            seen[0] = true;
+        } else if val < -0.5 * m {
+            assert!(r > b + 60 && r > g, "{name} cell {k} = {val} is not red: {r},{g},{b}");
+            seen[1] = true;
+        } else if val.abs() < 0.01 * m {
+            assert!(r.min(g).min(b) >= 235, "{name} cell {k} = {val} is not near white: {r},{g},{b}");
+            seen[2] = true;
+        }
+    }
+    assert!(seen[0] && seen[2], "{name}: no strongly positive or no near-zero cell to check: {v:?}");
+
+    // Cropped: the content reaches within a margin of every edge.
+    let ink: Vec<(u32, u32)> =
+        img.enumerate_pixels().filter(|(_, _, p)| p.0.iter().any(|&c| c < 200)).map(|(x, y, _)| (x, y)).collect();
+    let (x0, x1) = (ink.iter().map(|p| p.0).min().unwrap(), ink.iter().map(|p| p.0).max().unwrap());
+    let (y0, y1) = (ink.iter().map(|p| p.1).min().unwrap(), ink.iter().map(|p| p.1).max().unwrap());
+    let slack = 30;
+    assert!(
+        x0 < slack && y0 < slack && x1 + slack > img.width() && y1 + slack > img.height(),
+        "{name}.png: content {x0}..{x1} x {y0}..{y1} in a {} x {} canvas",
+        img.width(),
+        img.height()
+    );
+}
+
+#[test]
+fn run_figures_are_png_and_svg_of_the_grids() {
+    let dir = run_out();
+    let results = json(&dir.join("results.json"));
+    check_heatmap(dir, &results["heads"]);
+    check_heatmap(dir, &results["positions"]);
+}
+
+#[test]
+fn compare_figures_share_one_colour_bar_and_label_the_misses() {
+    let dir = compare_out();
+    for name in ["heads", "positions"] {
+        let svg = std::fs::read_to_string(dir.join(format!("compare-{name}.svg"))).unwrap();
+        let img = image::open(dir.join(format!("compare-{name}.png"))).unwrap().to_rgb8();
+        assert_eq!((img.width() as i64, img.height() as i64), svg_size(&svg));
+        let bars = colour_bar_ticks(&svg);
+        assert_eq!(bars.len(), 1, "compare-{name}.svg: one shared colour bar, got {bars:?}");
+        assert_round(&bars[0]);
+        let texts: Vec<String> = svg_texts(&svg).into_iter().map(|(_, t)| t).collect();
+        for panel in ["Attribution patching", "Integrated gradients (2 steps)", "Activation patching (exact)"] {
+            assert!(texts.iter().any(|t| t == panel), "compare-{name}.svg lacks panel '{panel}': {texts:?}");
+        }
+    }
+    // The scatter names the attribution's largest miss beside its point.
+    let summary = json(&dir.join("compare.json"));
+    let miss = &summary["estimates"]["attribution"]["positions"]["largest_misses"][0];
+    let prefix = format!("L{} {} '", miss["layer"], miss["index"]);
+    let svg = std::fs::read_to_string(dir.join("scatter-positions.svg")).unwrap();
+    let texts: Vec<String> = svg_texts(&svg).into_iter().map(|(_, t)| t).collect();
+    assert!(texts.iter().any(|t| t.starts_with(&prefix)), "no label '{prefix}...' in {texts:?}");
+    let circles = svg.matches("<circle").count();
+    let cells = 3 * 14; // the bundled model: 3 layers x 14 positions, two estimates
+    assert!(circles >= 2 * cells, "{circles} circles for {cells} cells x 2 estimates");
+    let img = image::open(dir.join("scatter-positions.png")).unwrap().to_rgb8();
+    assert_eq!((img.width() as i64, img.height() as i64), svg_size(&svg));
+}
+
+/// The browser: $CHROMIUM, else chromium or chromium-browser on the PATH. In CI
+/// (CI set) a missing browser fails the test; elsewhere it is skipped with a note.
+fn chromium() -> Option<PathBuf> {
+    let found = std::env::var_os("CHROMIUM").map(PathBuf::from).or_else(|| {
+        let path = std::env::var_os("PATH")?;
+        std::env::split_paths(&path)
+            .flat_map(|d| ["chromium", "chromium-browser"].map(|n| d.join(n)))
+            .find(|p| p.is_file())
+    });
+    if found.is_none() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "chromium not found (CI is set, so this fails): .ci/run installs Debian's chromium package"
+        );
+        eprintln!("note: chromium not found; report.html browser test skipped (apt-get install chromium)");
+    }
+    found
+}
+
+/// What Chromium saw: the DOM after the page's script ran with #selfcheck, and its log.
+struct Loaded {
+    dom: String,
+    log: String,
+}
+
+fn load(browser: &Path, page: &Path) -> Loaded {
+    let url = format!("file://{}#selfcheck", page.canonicalize().unwrap().display());
+    let o = Command::new(browser)
+        .args(["--headless", "--no-sandbox", "--disable-gpu", "--enable-logging=stderr", "--v=0"])
+        .args(["--virtual-time-budget=5000", "--dump-dom", &url])
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(o.status.success(), "chromium failed on {url}:\n{log}");
+    Loaded { dom: String::from_utf8_lossy(&o.stdout).into_owned(), log }
+}
+
+fn screenshot(browser: &Path, page: &Path, height: u32) -> PathBuf {
+    let shot = page.with_file_name("report-screenshot.png");
+    let url = format!("file://{}", page.canonicalize().unwrap().display());
+    let o = Command::new(browser)
+        .args(["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--virtual-time-budget=5000"])
+        .arg(format!("--window-size=1280,{height}"))
+        .arg(format!("--screenshot={}", shot.display()))
+        .arg(&url)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "chromium --screenshot failed:\n{}", String::from_utf8_lossy(&o.stderr));
+    let img = image::open(&shot).unwrap().to_rgb8();
+    assert_eq!((img.width(), img.height()), (1280, height));
+    // A drawn page has text, tables and RdBu cells; a blank or error page has a few colours.
+    let colours: std::collections::HashSet<[u8; 3]> = img.pixels().map(|p| p.0).collect();
+    assert!(colours.len() > 200, "screenshot {} has {} colours", shot.display(), colours.len());
+    println!("screenshot: {}", shot.display());
+    shot
+}
+
+impl Loaded {
+    fn pre(&self, id: &str) -> String {
+        let re = Regex::new(&format!(r#"(?s)<pre id="{id}"[^>]*>(.*?)</pre>"#)).unwrap();
+        unescape(&re.captures(&self.dom).unwrap_or_else(|| panic!("no #{id} in the DOM"))[1])
+    }
+
+    /// No script error (the page's own catcher) and no console error (Chromium's log).
+    fn assert_clean(&self) {
+        assert_eq!(self.pre("errors").trim(), "", "script errors");
+        let console: Vec<&str> = self.log.lines().filter(|l| l.contains("CONSOLE") || l.contains("Uncaught")).collect();
+        assert!(console.is_empty(), "console messages:\n{}", console.join("\n"));
+        assert!(self.dom.contains(r#"data-ready="true""#), "the page's script did not finish");
+    }
+
+    /// The cells of panel `panel` of grid `grid`: (row, col) -> value, from their data attributes.
+    fn cells(&self, grid: &str, panel: usize) -> Vec<(usize, usize, f64)> {
+        let re = Regex::new(&format!(
+            r#"class="cell" data-grid="{grid}" data-panel="{panel}" data-row="(\d+)" data-col="(\d+)" data-value="([^"]+)""#
+        ))
+        .unwrap();
+        re.captures_iter(&self.dom)
+            .map(|c| (c[1].parse().unwrap(), c[2].parse().unwrap(), c[3].parse().unwrap()))
+            .collect()
+    }
+}
+
+/// The heatmap of `grid` in the page has its cells with its values, and hovering
+/// its largest cell shows the row, the column (with its token) and the value.
+fn check_grid_in_page(page: &Loaded, grid: &Value, panel: usize) {
+    let name = grid["name"].as_str().unwrap();
+    let v = values(grid);
+    let cells = page.cells(name, panel);
+    assert_eq!(cells.len(), v.len() * v[0].len(), "{name}: L x H cells");
+    for &(r, c, x) in &cells {
+        assert_eq!(x, v[r][c], "{name} cell ({r}, {c})");
+    }
+    let check = page.pre("selfcheck");
+    let line = check
+        .lines()
+        .find(|l| l.starts_with(&format!("hover {name}/{panel} ")))
+        .unwrap_or_else(|| panic!("no hover line for {name}/{panel} in:\n{check}"));
+    let parts: Vec<&str> = line.splitn(5, ' ').collect();
+    let (r, c): (usize, usize) = (parts[2].parse().unwrap(), parts[3].parse().unwrap());
+    let tip = parts[4];
+    let col = match grid["tokens"].get(c) {
+        Some(t) => format!("position {c} '{}'", t.as_str().unwrap()),
+        None => format!("head {c}"),
+    };
+    let prefix = format!("Layer {r}, {col}: ");
+    assert!(tip.starts_with(&prefix), "tooltip '{tip}' should start with '{prefix}'");
+    let shown: f64 = tip[prefix.len()..].parse().unwrap();
+    assert!((shown - v[r][c]).abs() <= 1e-3 * v[r][c].abs(), "tooltip {shown} vs {}", v[r][c]);
+    let max = v.iter().flatten().fold(0f64, |m, x| m.max(x.abs()));
+    assert_eq!(v[r][c].abs(), max, "the self-check hovers the largest cell");
+    assert!(check.contains("tip hidden after mouseout: true"), "{check}");
+}
+
+#[test]
+fn report_html_works_in_a_browser() {
+    let Some(browser) = chromium() else { return };
+    let dir = run_out();
+    let page = dir.join("report.html");
+    let html = std::fs::read_to_string(&page).unwrap();
+    // Self-contained: nothing is fetched.
+    for external in ["<script src", "<link", "http://", "https://", "@import"] {
+        let hits: Vec<&str> =
+            html.lines().filter(|l| l.contains(external) && !l.contains("www.w3.org/2000/svg")).collect();
+        assert!(hits.is_empty(), "report.html refers outside itself ({external}): {hits:?}");
+    }
+    let loaded = load(&browser, &page);
+    loaded.assert_clean();
+    let results = json(&dir.join("results.json"));
+    check_grid_in_page(&loaded, &results["heads"], 0);
+    check_grid_in_page(&loaded, &results["positions"], 0);
+    // Baselines, prompts with answers and per-pair logit differences, options, timings.
+    let text = unescape(&Regex::new(r"<[^>]+>").unwrap().replace_all(&loaded.dom, " "));
+    for want in ["Baselines", "Prompts", "Model and options", "Timings", "models/ioi-gpt2/model.onnx", "26.2", "-26.2"]
+    {
+        assert!(text.contains(want), "report lacks '{want}'");
+    }
+    let per_prompt: Vec<Value> = std::fs::read_to_string(dir.join("per_prompt.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    for (i, p) in results["prompts"].as_array().unwrap().iter().enumerate() {
+        assert!(text.contains(p["clean"].as_str().unwrap()), "prompt {i} missing");
+        let ld = per_prompt[i]["clean_logit_diff"].as_f64().unwrap();
+        assert!(
+            text.contains(&format!(
+                "{}",
+                (ld * 10f64.powi(3 - ld.abs().log10().floor() as i32)).round()
+                    / 10f64.powi(3 - ld.abs().log10().floor() as i32)
+            )),
+            "pair {i}'s clean logit diff {ld} missing"
+        );
+    }
+    // --per-prompt: a selector with every pair, which shows that pair's grids.
+    let options = loaded.dom.matches("<option").count();
+    assert_eq!(options, 1 + per_prompt.len(), "pair selector options");
+    let check = loaded.pre("selfcheck");
+    let line = check.lines().find(|l| l.starts_with("pair ")).unwrap_or_else(|| panic!("no pair line in:\n{check}"));
+    let (index, cells) = line["pair ".len()..].split_once(" heads ").unwrap();
+    let pair = &per_prompt[index.parse::<usize>().unwrap()];
+    let want: Vec<f64> =
+        values(&serde_json::json!({ "values": pair["grid"]["heads"] })).into_iter().flatten().collect();
+    let shown: Vec<f64> = cells.split(',').map(|v| v.parse().unwrap()).collect();
+    assert_eq!(shown, want, "pair {index}'s heads grid in the page");
+    assert_ne!(shown, values(&results["heads"]).concat(), "the selector changed nothing");
+    screenshot(&browser, &page, 1500);
+}
+
+#[test]
+fn compare_report_html_works_in_a_browser() {
+    let Some(browser) = chromium() else { return };
+    let dir = compare_out();
+    let page = dir.join("report.html");
+    let loaded = load(&browser, &page);
+    loaded.assert_clean();
+    // The panels side by side: attribution, IG, exact, each with its grid's values.
+    for (panel, method) in ["attribution", "ig", "exact"].iter().enumerate() {
+        let results = json(&dir.join(method).join("results.json"));
+        check_grid_in_page(&loaded, &results["heads"], panel);
+        check_grid_in_page(&loaded, &results["positions"], panel);
+        assert!(dir.join(method).join("report.html").is_file(), "{method}/report.html");
+    }
+    let text = unescape(&Regex::new(r"<[^>]+>").unwrap().replace_all(&loaded.dom, " "));
+    let summary = json(&dir.join("compare.json"));
+    let pearson = summary["estimates"]["attribution"]["positions"]["pearson"].as_f64().unwrap();
+    assert!(text.contains(&format!("Pearson {pearson:.3}")), "scatter legend lacks Pearson {pearson:.3}");
+    assert!(text.contains("Largest misses: Attribution patching"), "no misses table");
+    let check = loaded.pre("selfcheck");
+    assert!(check.lines().any(|l| l.starts_with("point ") && l.contains("estimate") && l.contains("exact")), "{check}");
+    screenshot(&browser, &page, 2200);
+}

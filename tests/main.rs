@@ -17,6 +17,7 @@ mod hooks;
 mod metrics;
 mod normalize;
 mod onnx_io;
+mod opset23;
 mod padding;
 mod patching;
 mod prompt_files;

@@ -32,20 +32,38 @@ REPO = os.path.dirname(HERE)
 OUT_DIR = os.path.join(REPO, "tests", "fixtures", "arch")
 README = os.path.join(HERE, "fixtures", "README.md")
 
-# name: (arch, exporter, opset or None for the exporter's default)
+# name: (arch, exporter, opset or None for the exporter's default, attention implementation)
 FIXTURES = {
-    "gpt2-legacy-op14": ("gpt2", "legacy", 14),
-    "gpt2-legacy-op17": ("gpt2", "legacy", 17),
-    "gpt2-dynamo-op18": ("gpt2", "dynamo", 18),
-    "gpt2-optimum": ("gpt2", "optimum", None),
-    "gptneox-legacy-op14": ("gpt_neox", "legacy", 14),
-    "gptneox-dynamo-op18": ("gpt_neox", "dynamo", 18),
-    "llama-legacy-op14": ("llama", "legacy", 14),
-    "llama-dynamo-op18": ("llama", "dynamo", 18),
+    "gpt2-legacy-op14": ("gpt2", "legacy", 14, "eager"),
+    "gpt2-legacy-op17": ("gpt2", "legacy", 17, "eager"),
+    "gpt2-dynamo-op18": ("gpt2", "dynamo", 18, "eager"),
+    "gpt2-optimum": ("gpt2", "optimum", None, "eager"),
+    "gptneox-legacy-op14": ("gpt_neox", "legacy", 14, "eager"),
+    "gptneox-dynamo-op18": ("gpt_neox", "dynamo", 18, "eager"),
+    "llama-legacy-op14": ("llama", "legacy", 14, "eager"),
+    "llama-dynamo-op18": ("llama", "dynamo", 18, "eager"),
+    # Hugging Face's default attention (sdpa) through both exporters, and dynamo at opset 23, where
+    # Attention, RMSNormalization and RotaryEmbedding are standard ops.
+    "llama-sdpa-legacy-op17": ("llama", "legacy", 17, "sdpa"),
+    "llama-sdpa-dynamo-op18": ("llama", "dynamo", 18, "sdpa"),
+    "llama-sdpa-dynamo-op23": ("llama", "dynamo", 23, "sdpa"),
+    "qwen3-sdpa-dynamo-op23": ("qwen3", "dynamo", 23, "sdpa"),
 }
+# Every other family (models.FAMILIES): the legacy exporter with eager attention, and dynamo with sdpa
+# (eager for the families whose transformers code has no sdpa path).
+NO_SDPA = {"gpt_neo", "bloom", "gemma2"}
+for _arch in M.FAMILIES:
+    _tag = _arch.replace("_", "")
+    FIXTURES[f"{_tag}-legacy-op14"] = (_arch, "legacy", 14, "eager")
+    if _arch in NO_SDPA:
+        FIXTURES[f"{_tag}-dynamo-op18"] = (_arch, "dynamo", 18, "eager")
+    else:
+        FIXTURES[f"{_tag}-sdpa-dynamo-op18"] = (_arch, "dynamo", 18, "sdpa")
 ARCH_LABEL = {"gpt2": "GPT2LMHeadModel", "gpt_neox": "GPTNeoXForCausalLM",
               "llama": "LlamaForCausalLM (GQA 4 q / 2 kv heads)"}
+ARCH_LABEL.update({a: spec[1] for a, spec in M.FAMILIES.items()})
 MAX_BYTES = 2 * 1024 * 1024
+TOKENIZER = os.path.join(OUT_DIR, "tokenizer-128.json")
 ORT_TOL = 1e-4
 
 
@@ -77,10 +95,39 @@ def hook_inputs32(model, arch, ids):
     return acts
 
 
+def family_reference(model, arch):
+    """reference.reference for the small-vocabulary families: the same prompts drawn from their
+    vocabulary (reference.reference draws from the first fixtures' 512)."""
+    clean, corrupted, answers = R.prompts(vocab=M.vocab(arch))
+    with M.exact_float64():
+        c64, r64, h64, p64, _ = R.attribution(model, arch, clean, corrupted, answers, torch.float64)
+    c32, r32, h32, p32, logits32 = R.attribution(model, arch, clean, corrupted, answers, torch.float32)
+    ref = {
+        "clean_logit_diff": c64, "corrupted_logit_diff": r64, "heads": h64, "positions": p64,
+        "heads_f32": h32, "positions_f32": p32,
+        "clean_logit_diff_f32": c32, "corrupted_logit_diff_f32": r32,
+        "n_layers": len(h64), "seq_len": int(clean.shape[1]),
+        "input_ids": clean.tolist(), "corrupted_ids": corrupted.tolist(), "answer_ids": answers.tolist(),
+        "f32_vs_f64_max_rel": {"heads": R.max_rel_err(h32, h64), "positions": R.max_rel_err(p32, p64)},
+    }
+    return ref, clean, logits32
+
+
+def write_tokenizer():
+    """A word-level tokenizer.json for the 128-token fixtures: ids 0-2 are <unk>, <s>, </s>, the
+    others the words w3 ... w127 (`attrpatch run --tokenizer` on a fixture)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    words = {"<unk>": 0, "<s>": M.BOS_ID, "</s>": M.EOS_ID}
+    words.update({f"w{i}": i for i in range(3, M.S_VOCAB)})
+    tok = Tokenizer(models.WordLevel(words, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.save(TOKENIZER)
+
+
 def make_one(name, refs):
     import onnx
-    arch, exporter, opset = FIXTURES[name]
-    model = M.build_model(arch)
+    arch, exporter, opset, attn = FIXTURES[name]
+    model = M.build_model(arch, attn)
     onnx_path = os.path.join(OUT_DIR, name + ".onnx")
     t0 = time.time()
     info = export(exporter, model, onnx_path, opset)
@@ -90,22 +137,23 @@ def make_one(name, refs):
     if size > MAX_BYTES:
         raise RuntimeError(f"{onnx_path} is {size} bytes (> {MAX_BYTES})")
 
-    hooks = F.hook_nodes(proto)
+    hooks = F.hook_nodes(proto, M.ARCHS[arch])
     n_layer = model.config.num_hidden_layers
     if sorted(hooks) != list(range(n_layer)):
         raise RuntimeError(f"hook nodes found for layers {sorted(hooks)}, want 0..{n_layer - 1}")
     starts = [hooks[i][1] for i in range(n_layer)]
     all_ops, float_ops = F.path_ops(proto, starts)
 
-    if arch not in refs:
-        refs[arch] = R.reference(model, arch)
-    ref, clean, logits32 = refs[arch]
+    if (arch, attn) not in refs:
+        refs[(arch, attn)] = R.reference(model, arch) if arch in ("gpt2", "gpt_neox", "llama") \
+            else family_reference(model, arch)
+    ref, clean, logits32 = refs[(arch, attn)]
 
     ort = F.ort_logits(onnx_path, clean.numpy())
     diff = float(abs(ort - logits32.numpy()).max())
     # a second batch/sequence shape: the export must not have baked in the example's shape
     g = torch.Generator().manual_seed(7)
-    other = torch.randint(3, M.VOCAB - 1, (3, 13), generator=g)
+    other = torch.randint(3, M.vocab(arch) - 1, (3, 13), generator=g)
     diff_other = float(abs(F.ort_logits(onnx_path, other.numpy())
                            - torch_logits32(model, other).numpy()).max())
 
@@ -120,14 +168,15 @@ def make_one(name, refs):
         "arch": arch,
         "model_class": type(model).__name__,
         "exporter": exporter,
+        "attn_implementation": attn,
         "exporter_detail": info["exporter_detail"],
         "opset": info["opset"],
         "ir_version": proto.ir_version,
         "n_layers": n_layer,
         "n_heads": cfg.num_attention_heads,
         "n_kv_heads": M.n_kv_heads(model),
-        "hidden": M.HIDDEN,
-        "head_dim": M.HEAD_DIM,
+        "hidden": M.hidden(arch),
+        "head_dim": M.head_dim(arch),
         "vocab": cfg.vocab_size,
         "inputs": F.input_names(proto),
         "outputs": [o.name for o in proto.graph.output],
@@ -195,6 +244,7 @@ def main():
     args = ap.parse_args()
     torch.set_num_threads(2)
     os.makedirs(OUT_DIR, exist_ok=True)
+    write_tokenizer()
     names = args.only or list(FIXTURES)
     unknown = [n for n in names if n not in FIXTURES]
     if unknown:

@@ -7,6 +7,7 @@ pub mod contrib;
 mod flatten;
 pub mod if_inline;
 pub mod kv_cache;
+pub mod opset23;
 pub mod opset_upgrade;
 pub mod precision;
 pub mod quant;
@@ -29,6 +30,7 @@ pub fn normalize(proto: &mut ModelProto, opset: i64, path: &Path) -> Result<i64>
     quant::dequantize_weights(proto, path)?;
     precision::compute_in_float32(proto);
     let opset = opset_upgrade::upgrade(proto, opset, path)?;
+    opset23::decompose(proto, opset)?;
     contrib::decompose(proto, opset)?;
     flatten::flatten_as_reshape_all(proto, opset)?;
     if cache || inlined > 0 {

@@ -80,7 +80,13 @@ fn analyse_unguarded(proto: &ModelProto, file: &std::path::Path, probe: &[(&str,
     let fail = |what: &str, e: TractError| {
         Error::Model(format!("{}: tract could not {what} the model: {e:?}", file.display()))
     };
-    let parsed = tract_onnx::onnx().parse(&skeleton(proto), None).map_err(|e| fail("parse", e))?;
+    let mut skel = skeleton(proto);
+    if !probe.is_empty() {
+        // value_info's symbolic dims ('sequence') contradict the probe's concrete ones: tract
+        // then carries `broadcast(sequence, 7)` and loses shapes downstream (GPT-Neo's dynamo export).
+        skel.graph.as_mut().expect("skeleton has a graph").value_info.clear();
+    }
+    let parsed = tract_onnx::onnx().parse(&skel, None).map_err(|e| fail("parse", e))?;
     let mut model = parsed.model;
     let outlets = model.input_outlets().map_err(|e| fail("read the inputs of", e))?.to_vec();
     for (i, outlet) in outlets.iter().enumerate() {

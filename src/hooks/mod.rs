@@ -1,8 +1,13 @@
 //! Finding the hook tensors: for every layer, the activation input of the
 //! attention out-projection (`attn.c_proj` in GPT-2, `attention.dense` in
-//! GPT-NeoX, `self_attn.o_proj` in Llama). Exporters name things differently,
-//! so three sources are matched: the node's name (legacy exporter scopes), its
-//! dynamo `name_scopes` metadata, and the names of its weight initializers.
+//! GPT-NeoX, `self_attn.o_proj` in Llama; `presets` has every family).
+//! Exporters name things differently, so three sources are matched: the
+//! node's name (legacy exporter scopes), its dynamo `name_scopes` metadata,
+//! and the names of its weight initializers. When no name matches, the graph's
+//! structure is read instead (`structure`).
+
+pub mod presets;
+pub mod structure;
 
 use crate::error::{Error, Result};
 use crate::onnx::pb::NodeProto;
@@ -18,11 +23,13 @@ pub struct Hook {
     pub op_type: String,
     /// The activation entering it: the tensor we read and differentiate.
     pub tensor: String,
-    /// What identified the node: "node name", "module scope" or "weight name".
+    /// How the node was found: "node name", "module scope" or "weight name"
+    /// with the preset, or "structure" (see `structure`).
     pub matched_by: String,
 }
 
-const ATTN_OUT: &str = r"(?:^|[./])(?:h|layers|layer)[./](\d+)[./](?:attn[./]c_proj|attention[./]dense|self_attn[./]o_proj|attn[./]out_proj|self_attn[./]out_proj)(?:$|[./])";
+/// What `matched_by` says of a hook found from the graph's structure.
+pub const BY_STRUCTURE: &str = "structure: MatMul/Gemm after the head merge of softmax(Q K^T) V";
 
 /// Tensors whose value does not depend on any graph input: initializers,
 /// Constant outputs, and whatever is computed from those alone.
@@ -39,33 +46,13 @@ pub fn constant_tensors(model: &OnnxModel) -> HashSet<String> {
     set
 }
 
+/// Per layer, the out-projection's activation input: by name presets, or,
+/// when no name matches at all, by structure.
 pub fn find_attention_out_hooks(model: &OnnxModel) -> Result<Vec<Hook>> {
-    let re = Regex::new(ATTN_OUT).expect("valid regex");
     let consts = constant_tensors(model);
-    let mut by_layer: BTreeMap<usize, Vec<(&NodeProto, &'static str)>> = BTreeMap::new();
-    for n in &model.graph().node {
-        if n.op_type != "MatMul" && n.op_type != "Gemm" {
-            continue;
-        }
-        let scopes = model.scopes.get(&n.name);
-        let sources = std::iter::once((n.name.as_str(), "node name"))
-            .chain(scopes.iter().rev().map(|s| (s.as_str(), "module scope")))
-            .chain(n.input.iter().filter(|i| consts.contains(*i)).map(|i| (i.as_str(), "weight name")));
-        for (text, how) in sources {
-            if let Some(c) = re.captures(text) {
-                let layer: usize = c[1].parse().map_err(|_| Error::Model(format!("layer number in '{text}'")))?;
-                by_layer.entry(layer).or_default().push((n, how));
-                break;
-            }
-        }
-    }
+    let by_layer = by_names(model, &consts);
     if by_layer.is_empty() {
-        return Err(Error::Model(format!(
-            "{}: no attention out-projection found (looked for MatMul/Gemm nodes of modules named like \
-             'h.N.attn.c_proj', 'layers.N.self_attn.o_proj' or 'layers.N.attention.dense' in node names, \
-             dynamo name scopes and weight names)",
-            model.path.display()
-        )));
+        return by_structure(model, &consts);
     }
     let mut hooks = vec![];
     for (expected, (&layer, nodes)) in by_layer.iter().enumerate() {
@@ -85,23 +72,79 @@ pub fn find_attention_out_hooks(model: &OnnxModel) -> Result<Vec<Hook>> {
                 names.join(", ")
             )));
         }
-        let (n, how) = nodes[0];
-        let acts: Vec<&String> = n.input.iter().take(2).filter(|i| !consts.contains(*i)).collect();
-        if acts.len() != 1 {
-            return Err(Error::Model(format!(
-                "{}: node '{}' ({}) of layer {layer} should have exactly one activation input and one weight, found {} activation inputs",
-                model.path.display(), n.name, n.op_type, acts.len()
-            )));
-        }
+        let (n, how) = &nodes[0];
         hooks.push(Hook {
             layer,
             node: n.name.clone(),
             op_type: n.op_type.clone(),
-            tensor: acts[0].clone(),
-            matched_by: how.to_string(),
+            tensor: activation_input(model, n, layer, &consts)?,
+            matched_by: how.clone(),
         });
     }
     Ok(hooks)
+}
+
+/// MatMul/Gemm nodes whose name, scope or weight names match a preset, by layer.
+fn by_names<'a>(model: &'a OnnxModel, consts: &HashSet<String>) -> BTreeMap<usize, Vec<(&'a NodeProto, String)>> {
+    let mut by_layer: BTreeMap<usize, Vec<(&NodeProto, String)>> = BTreeMap::new();
+    for n in &model.graph().node {
+        if n.op_type != "MatMul" && n.op_type != "Gemm" {
+            continue;
+        }
+        let scopes = model.scopes.get(&n.name);
+        let sources = std::iter::once((n.name.as_str(), "node name"))
+            .chain(scopes.iter().rev().map(|s| (s.as_str(), "module scope")))
+            .chain(n.input.iter().filter(|i| consts.contains(*i)).map(|i| (i.as_str(), "weight name")));
+        for (text, how) in sources {
+            if let Some((layer, p)) = presets::match_text(text) {
+                let how = format!("{how}, preset '{}' ({})", p.shown(), p.families);
+                by_layer.entry(layer).or_default().push((n, how));
+                break;
+            }
+        }
+    }
+    by_layer
+}
+
+fn by_structure(model: &OnnxModel, consts: &HashSet<String>) -> Result<Vec<Hook>> {
+    let found = structure::find(model.graph(), consts);
+    if found.is_empty() {
+        return Err(Error::Model(format!(
+            "{}: no attention out-projection found: no MatMul/Gemm is named like a known family's \
+             (in node names, dynamo name scopes or weight names: {}), and none is fed by the head merge \
+             (Reshape/Transpose) of a softmax(Q K^T) V; pass --hook REGEX to name the tensors to attribute",
+            model.path.display(),
+            presets::describe()
+        )));
+    }
+    found
+        .into_iter()
+        .enumerate()
+        .map(|(layer, f)| {
+            Ok(Hook {
+                layer,
+                node: f.node.name.clone(),
+                op_type: f.node.op_type.clone(),
+                tensor: f.tensor,
+                matched_by: BY_STRUCTURE.to_string(),
+            })
+        })
+        .collect()
+}
+
+/// The one non-constant input among a projection's first two.
+fn activation_input(model: &OnnxModel, n: &NodeProto, layer: usize, consts: &HashSet<String>) -> Result<String> {
+    let acts: Vec<&String> = n.input.iter().take(2).filter(|i| !consts.contains(*i)).collect();
+    match acts.as_slice() {
+        [one] => Ok((*one).clone()),
+        _ => Err(Error::Model(format!(
+            "{}: node '{}' ({}) of layer {layer} should have exactly one activation input and one weight, found {} activation inputs",
+            model.path.display(),
+            n.name,
+            n.op_type,
+            acts.len()
+        ))),
+    }
 }
 
 /// The output holding the logits: named `logits`, else the only float output of rank 3.

@@ -130,3 +130,17 @@ fn the_summary_gives_the_range_of_prompt_lengths_and_no_zero_heads() {
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(out.contains("2 prompt pairs of 8-14 tokens, 3 layers\n"), "{out}");
 }
+
+#[test]
+fn a_hook_pattern_that_matches_nothing_suggests_names() {
+    // Matches inside names, not whole names: say how to write it.
+    let o = attrpatch_in(&root(), &["inspect", &ioi_model(), "--hook", "attn/c_proj"]);
+    let e = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{e}");
+    assert!(e.contains("it matches inside '/transformer/h.0/attn/c_proj/"), "{e}");
+    assert!(e.contains("write '.*attn/c_proj.*'"), "{e}");
+    // A misspelt name: the closest ones.
+    let o = attrpatch_in(&root(), &["inspect", &ioi_model(), "--hook", "/transformer/h.0/attn/Ad_output_0"]);
+    let e = stderr(&o);
+    assert!(e.contains("the closest tensor names are '/transformer/h.0/attn/Add_output_0'"), "{e}");
+}

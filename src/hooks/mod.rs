@@ -316,10 +316,39 @@ fn matching_tensors(model: &OnnxModel, pattern: &str) -> Result<Vec<Hook>> {
         })
         .collect();
     if hooks.is_empty() {
+        let names: Vec<&str> = model.graph().node.iter().flat_map(|n| n.output.iter().map(String::as_str)).collect();
         return Err(Error::Input(format!(
-            "{}: --hook '{pattern}' matches no tensor name (the whole name must match)",
-            model.path.display()
+            "{}: --hook '{pattern}' matches no tensor name (the whole name must match); {}",
+            model.path.display(),
+            suggest(&re, pattern, &names)
         )));
     }
     Ok(hooks)
+}
+
+/// What to try instead of a pattern that matched nothing: names it matches
+/// somewhere inside (the usual slip: the whole name must match), else the
+/// names closest to it as text.
+fn suggest(anchored: &Regex, pattern: &str, names: &[&str]) -> String {
+    const SHOWN: usize = 5;
+    let inside = Regex::new(pattern).ok();
+    let partial: Vec<&str> = names
+        .iter()
+        .copied()
+        .filter(|n| inside.as_ref().is_some_and(|r| r.is_match(n)) && !anchored.is_match(n))
+        .collect();
+    if !partial.is_empty() {
+        let more = partial.len().saturating_sub(SHOWN);
+        let list = partial.iter().take(SHOWN).map(|n| format!("'{n}'")).collect::<Vec<_>>().join(", ");
+        let tail = if more > 0 { format!(" and {more} more") } else { String::new() };
+        return format!(
+            "it matches inside {list}{tail}: write '.*{pattern}.*' or the whole name \
+             (`attrpatch inspect MODEL --hook '.*{pattern}.*'` lists them)"
+        );
+    }
+    let mut scored: Vec<(f64, &str)> = names.iter().map(|n| (strsim::normalized_levenshtein(pattern, n), *n)).collect();
+    scored.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(b.1)));
+    scored.dedup_by(|a, b| a.1 == b.1);
+    let closest: Vec<String> = scored.iter().take(SHOWN).map(|(_, n)| format!("'{n}'")).collect();
+    format!("the closest tensor names are {}", closest.join(", "))
 }

@@ -16,3 +16,4 @@ mod metrics;
 mod onnx_io;
 mod padding;
 mod patching;
+mod rewrite_external;

@@ -6,10 +6,14 @@ use super::pb::{tensor_proto::DataLocation, GraphProto, TensorProto};
 use crate::error::{Error, Result};
 use std::path::Path;
 
-pub fn inline_external_data(graph: &mut GraphProto, dir: &Path, model: &Path) -> Result<()> {
+/// Reads every external tensor of `graph` into it; returns whether there was any
+/// (a model that kept its weights beside it is written back the same way).
+pub fn inline_external_data(graph: &mut GraphProto, dir: &Path, model: &Path) -> Result<bool> {
+    let mut any = false;
     for t in graph.initializer.iter_mut() {
         if t.data_location == Some(DataLocation::External as i32) {
             inline_one(t, dir, model)?;
+            any = true;
         }
     }
     // Constant nodes can carry external tensors too.
@@ -18,11 +22,12 @@ pub fn inline_external_data(graph: &mut GraphProto, dir: &Path, model: &Path) ->
             if let Some(t) = a.t.as_mut() {
                 if t.data_location == Some(DataLocation::External as i32) {
                     inline_one(t, dir, model)?;
+                    any = true;
                 }
             }
         }
     }
-    Ok(())
+    Ok(any)
 }
 
 fn entry<'a>(t: &'a TensorProto, key: &str) -> Option<&'a str> {

@@ -15,6 +15,8 @@ pub struct OnnxModel {
     pub opset: i64,
     /// `node name -> module scopes` recorded by the dynamo exporter.
     pub scopes: scopes::NodeScopes,
+    /// Whether the file kept tensors in external data files (`rewrite` then does too).
+    pub had_external_data: bool,
 }
 
 impl OnnxModel {
@@ -41,7 +43,7 @@ impl OnnxModel {
         }
         let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
         check_declared_sizes(graph, path)?;
-        external::inline_external_data(graph, dir, path)?;
+        let had_external_data = external::inline_external_data(graph, dir, path)?;
         let opset = default_opset(&proto)
             .ok_or_else(|| Error::Model(format!("{}: the model imports no default-domain opset", path.display())))?;
         if opset < 13 {
@@ -51,7 +53,7 @@ impl OnnxModel {
             )));
         }
         crate::normalize::normalize(&mut proto, opset)?;
-        Ok(OnnxModel { path: path.to_path_buf(), proto, opset, scopes })
+        Ok(OnnxModel { path: path.to_path_buf(), proto, opset, scopes, had_external_data })
     }
 
     pub fn graph(&self) -> &super::pb::GraphProto {

@@ -70,6 +70,7 @@ fn matmul_by_matrix(cx: &mut RuleCtx, g: &str, a: &str, b: &str, ra: usize, k: i
     }
     res
 }
+
 fn swap_last(cx: &mut RuleCtx, x: &str, rank: usize) -> String {
     let mut perm: Vec<i64> = (0..rank as i64).collect();
     perm.swap(rank - 2, rank - 1);

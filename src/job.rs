@@ -232,7 +232,12 @@ pub fn run_job(opts: &JobOptions) -> Result<Option<JobResult>> {
     let clock = Instant::now();
     // Read before the model: a wrong tokenizer path fails before the slow part.
     let prompt_source = PromptSource::read(opts)?;
-    let model = OnnxModel::load(&opts.model)?;
+    // For ONNX Runtime the weights stay in the file: it reads them itself, once.
+    let model = match opts.runtime.kind {
+        runtime::RuntimeKind::Ort => OnnxModel::load_leaving_weights(&opts.model)?,
+        runtime::RuntimeKind::Tract => OnnxModel::load(&opts.model)?,
+    };
+    let model_dir = model.dir().to_path_buf();
     t.load = clock.elapsed().as_secs_f64();
 
     let clock = Instant::now();
@@ -256,7 +261,8 @@ pub fn run_job(opts: &JobOptions) -> Result<Option<JobResult>> {
         (false, _) => 0,
     };
     let mut aug = aug;
-    let for_runtime = runtime::prepare(&mut aug.proto, &opts.runtime);
+    let mut for_runtime = runtime::prepare(&mut aug.proto, &opts.runtime);
+    for_runtime.external_dir = Some(model_dir).filter(|_| opts.runtime.kind == runtime::RuntimeKind::Ort);
     t.rewrite = clock.elapsed().as_secs_f64();
 
     let batch_size = if opts.batch_size == 0 { pairs.len() } else { opts.batch_size };

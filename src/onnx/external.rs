@@ -1,6 +1,7 @@
 //! External data: tensors whose bytes live in files beside the model. They are
-//! read into the protobuf so the augmented model is one self-contained buffer.
-//! Only files inside the model's folder are read.
+//! read into the protobuf so the augmented model is one self-contained buffer,
+//! or, for ONNX Runtime, checked and left for it to read. Only files inside the
+//! model's folder are read.
 
 use super::pb::{tensor_proto::DataLocation, GraphProto, TensorProto};
 use crate::error::{Error, Result};
@@ -34,7 +35,25 @@ fn entry<'a>(t: &'a TensorProto, key: &str) -> Option<&'a str> {
     t.external_data.iter().find(|e| e.key == key).map(|e| e.value.as_str())
 }
 
-fn inline_one(t: &mut TensorProto, dir: &Path, model: &Path) -> Result<()> {
+/// Checks every external reference of the graph's initializers as `inline_external_data`
+/// would (inside the model's folder, file long enough, length matching the shape) without
+/// reading the bytes: for a runtime that reads them itself. Returns the files referenced.
+pub fn check_external_data(graph: &GraphProto, dir: &Path, model: &Path) -> Result<Vec<String>> {
+    let mut files: Vec<String> = vec![];
+    for t in &graph.initializer {
+        if t.data_location == Some(DataLocation::External as i32) {
+            locate(t, dir, model)?;
+            let location = entry(t, "location").unwrap_or_default().to_string();
+            if !files.contains(&location) {
+                files.push(location);
+            }
+        }
+    }
+    Ok(files)
+}
+
+/// The file, offset and length an external tensor's bytes are at, checked.
+fn locate(t: &TensorProto, dir: &Path, model: &Path) -> Result<(std::path::PathBuf, u64, u64)> {
     let bad = |what: String| Error::Model(format!("{}: tensor '{}': {what}", model.display(), t.name));
     let location = entry(t, "location").ok_or_else(|| bad("external data without a location".into()))?;
     let rel = Path::new(location);
@@ -58,7 +77,7 @@ fn inline_one(t: &mut TensorProto, dir: &Path, model: &Path) -> Result<()> {
     let length = parse("length")?;
     let file_len = std::fs::metadata(&canon).map_err(|e| Error::io(&canon, e))?.len();
     let length = length.unwrap_or(file_len.saturating_sub(offset));
-    if offset.checked_add(length).map_or(true, |end| end > file_len) {
+    if offset.checked_add(length).is_none_or(|end| end > file_len) {
         return Err(bad(format!(
             "external data file '{location}' is too short: needs bytes {offset}..{} but has {file_len}",
             offset.saturating_add(length)
@@ -70,6 +89,11 @@ fn inline_one(t: &mut TensorProto, dir: &Path, model: &Path) -> Result<()> {
             return Err(bad(format!("external data holds {length} bytes, the tensor's shape and type need {exp}")));
         }
     }
+    Ok((canon, offset, length))
+}
+
+fn inline_one(t: &mut TensorProto, dir: &Path, model: &Path) -> Result<()> {
+    let (canon, offset, length) = locate(t, dir, model)?;
     use std::io::{Read, Seek, SeekFrom};
     let mut f = std::fs::File::open(&canon).map_err(|e| Error::io(&canon, e))?;
     f.seek(SeekFrom::Start(offset)).map_err(|e| Error::io(&canon, e))?;

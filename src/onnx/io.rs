@@ -67,12 +67,29 @@ fn copy_exact(r: &mut impl Read, n: u64, out: &mut Vec<u8>) -> std::io::Result<(
 
 /// Reads a model file; returns the model and the node scopes of its graph.
 pub fn read_model(path: &Path) -> Result<(ModelProto, NodeScopes)> {
+    read_model_with(path, None)
+}
+
+/// Float32 weights at least this big stay in the file with `read_model_leaving_weights`.
+pub const LEAVE_MIN_BYTES: usize = 1 << 16;
+
+/// As `read_model`, but the float32 weights of `LEAVE_MIN_BYTES` or more are not
+/// read: each becomes an external-data reference to its own bytes inside the
+/// model file (location = the file's name, offset, length), which ONNX Runtime
+/// reads itself. attrpatch then never holds a copy of the weights.
+pub fn read_model_leaving_weights(path: &Path) -> Result<(ModelProto, NodeScopes)> {
+    read_model_with(path, Some(LEAVE_MIN_BYTES))
+}
+
+fn read_model_with(path: &Path, leave_min: Option<usize>) -> Result<(ModelProto, NodeScopes)> {
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let size = file.metadata().map_err(|e| Error::io(path, e))?.len();
-    let mut r = BufReader::with_capacity(1 << 20, file);
+    let mut r = Counting { inner: BufReader::with_capacity(1 << 20, file), pos: 0 };
     let bad = |e: &dyn std::fmt::Display| {
         Error::Model(format!("{}: not a valid ONNX model (protobuf decoding failed: {e})", path.display()))
     };
+    let location = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let leave = leave_min.map(|min| Leave { location: &location, min });
     let mut rest = vec![];
     let mut graph: Option<(GraphProto, NodeScopes)> = None;
     while let Some(key) = read_varint(&mut r).map_err(|e| bad(&e))? {
@@ -81,7 +98,9 @@ pub fn read_model(path: &Path) -> Result<(ModelProto, NodeScopes)> {
             if len > size {
                 return Err(bad(&format!("graph of {len} bytes in a file of {size}")));
             }
-            graph = Some(read_graph(&mut (&mut r).take(len), size).map_err(|e| bad(&e))?);
+            let pos = r.pos;
+            let mut g = Counting { inner: (&mut r).take(len), pos };
+            graph = Some(read_graph(&mut g, size, leave.as_ref()).map_err(|e| bad(&e))?);
         } else {
             copy_field(&mut r, key, &mut rest, size).map_err(|e| bad(&e))?;
         }
@@ -97,7 +116,41 @@ pub fn read_model(path: &Path) -> Result<(ModelProto, NodeScopes)> {
     Ok((model, scopes))
 }
 
-fn read_graph(r: &mut impl BufRead, size: u64) -> std::io::Result<(GraphProto, NodeScopes)> {
+/// Which weights stay in the file, and the name they are referenced by.
+struct Leave<'a> {
+    location: &'a str,
+    min: usize,
+}
+
+/// A reader that knows its offset in the file.
+struct Counting<R> {
+    inner: R,
+    pos: u64,
+}
+
+impl<R: Read> Read for Counting<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl<R: BufRead> BufRead for Counting<R> {
+    fn fill_buf(&mut self) -> std::io::Result<&[u8]> {
+        self.inner.fill_buf()
+    }
+    fn consume(&mut self, n: usize) {
+        self.inner.consume(n);
+        self.pos += n as u64;
+    }
+}
+
+fn read_graph<R: BufRead>(
+    r: &mut Counting<R>,
+    size: u64,
+    leave: Option<&Leave>,
+) -> std::io::Result<(GraphProto, NodeScopes)> {
     let mut rest = vec![];
     let mut initializers = vec![];
     while let Some(key) = read_varint(r)? {
@@ -109,11 +162,15 @@ fn read_graph(r: &mut impl BufRead, size: u64) -> std::io::Result<(GraphProto, N
                     format!("initializer of {len} bytes in a file of {size}"),
                 ));
             }
+            let start = r.pos;
             // Sized once and dropped after decoding: a buffer grown by doubling and reused
             // would add up to twice the largest weight to the peak, to the end of the load.
             let mut buf = Vec::with_capacity(len as usize);
             copy_exact(r, len, &mut buf)?;
-            initializers.push(TensorProto::decode(buf.as_slice())?);
+            initializers.push(match leave.and_then(|l| leave_in_file(&buf, start, l)) {
+                Some(t) => t?,
+                None => TensorProto::decode(buf.as_slice())?,
+            });
         } else {
             copy_field(r, key, &mut rest, size)?;
         }
@@ -121,6 +178,50 @@ fn read_graph(r: &mut impl BufRead, size: u64) -> std::io::Result<(GraphProto, N
     let mut g = GraphProto::decode(rest.as_slice())?;
     g.initializer = initializers;
     Ok((g, NodeScopes::decode_graph(&rest)))
+}
+
+const TENSOR_DATA_TYPE: u64 = 2;
+const TENSOR_RAW_DATA: u64 = 9;
+
+/// A float32 tensor whose raw bytes (at file offset `start` + their place in
+/// `buf`) are big enough: decoded without them, as a reference to them. None
+/// for any other tensor, or one this scan cannot follow (decoded as usual).
+fn leave_in_file(buf: &[u8], start: u64, leave: &Leave) -> Option<std::io::Result<TensorProto>> {
+    let mut s = buf;
+    let (mut data_type, mut raw) = (None, None);
+    while !s.is_empty() {
+        let field_start = buf.len() - s.len();
+        let key = prost::encoding::decode_varint(&mut s).ok()?;
+        match key & 7 {
+            0 => {
+                let v = prost::encoding::decode_varint(&mut s).ok()?;
+                if key >> 3 == TENSOR_DATA_TYPE {
+                    data_type = Some(v);
+                }
+            }
+            1 => s = s.get(8..)?,
+            5 => s = s.get(4..)?,
+            2 => {
+                let len = usize::try_from(prost::encoding::decode_varint(&mut s).ok()?).ok()?;
+                let payload = buf.len() - s.len();
+                s = s.get(len..)?;
+                if key >> 3 == TENSOR_RAW_DATA {
+                    raw = Some((field_start, payload, len));
+                }
+            }
+            _ => return None,
+        }
+    }
+    let (field_start, payload, len) = raw?;
+    if data_type != Some(crate::onnx::consts::FLOAT as u64) || len < leave.min {
+        return None;
+    }
+    let mut rest = buf[..field_start].to_vec();
+    rest.extend_from_slice(&buf[payload + len..]);
+    Some(TensorProto::decode(rest.as_slice()).map_err(Into::into).map(|mut t| {
+        set_external(&mut t, leave.location, start + payload as u64, len as u64);
+        t
+    }))
 }
 
 fn write_len_delimited(w: &mut impl Write, field: u64, len: usize) -> std::io::Result<()> {
@@ -349,5 +450,41 @@ mod tests {
             .collect();
         assert_eq!(offsets, ["4096", "8192"]);
         assert_eq!(std::fs::metadata(d.join("m.onnx.data")).unwrap().len(), 8192 + 2052);
+    }
+
+    #[test]
+    fn weights_left_in_the_file_point_at_their_own_bytes() {
+        // A 64 KB float weight stays in the file; the small one and the int64 one are read.
+        let mut m = model();
+        let g = m.graph.as_mut().unwrap();
+        let big: Vec<u8> = (0..LEAVE_MIN_BYTES as u32).map(|i| (i * 13 % 241) as u8).collect();
+        g.initializer[0].raw_data = big.clone();
+        g.initializer[0].dims = vec![big.len() as i64 / 4];
+        let mut ints = g.initializer[0].clone();
+        (ints.name, ints.data_type) = ("ints".into(), crate::onnx::consts::INT64);
+        ints.dims = vec![big.len() as i64 / 8];
+        g.initializer.push(ints);
+        let d = temp_dir("leave");
+        let path = d.join("m.onnx");
+        std::fs::write(&path, m.encode_to_vec()).unwrap();
+        let (left, _) = read_model_leaving_weights(&path).unwrap();
+        let (read, _) = read_model(&path).unwrap();
+        assert!(read == m);
+        let (lg, g) = (left.graph.as_ref().unwrap(), m.graph.as_ref().unwrap());
+        let w = &lg.initializer[0];
+        assert!(w.raw_data.is_empty() && w.data_location == Some(DataLocation::External as i32));
+        let get = |k: &str| w.external_data.iter().find(|e| e.key == k).unwrap().value.clone();
+        assert_eq!(get("location"), "m.onnx");
+        let (offset, length): (usize, usize) = (get("offset").parse().unwrap(), get("length").parse().unwrap());
+        let file = std::fs::read(&path).unwrap();
+        assert_eq!(&file[offset..offset + length], big.as_slice());
+        assert!(w.dims == g.initializer[0].dims && w.name == "w");
+        assert!(lg.initializer[1] == g.initializer[1], "the 12-byte weight is read");
+        assert!(lg.initializer[2] == g.initializer[2], "non-float tensors are read");
+        // Inlined again, the model is the one read whole.
+        let mut back = left.clone();
+        crate::onnx::external::inline_external_data(back.graph.as_mut().unwrap(), &d, &path).unwrap();
+        let bg = back.graph.as_ref().unwrap();
+        assert_eq!(bg.initializer[0].raw_data, big);
     }
 }

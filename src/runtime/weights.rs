@@ -2,7 +2,7 @@
 //! never reads them: they stay external-data references into the model's own
 //! files and ONNX Runtime reads them (`external_dir`). Otherwise large float32
 //! initializers leave the protobuf (marked as external data) and go to the
-//! session as tensors (ONNX Runtime 1.31 copies these: measured +630 MB on
+//! session as tensors (ONNX Runtime copies these: +630 MB measured with 1.32 on
 //! GPT-2 small). Either way models over protobuf's 2 GB limit load.
 
 use crate::onnx::consts::FLOAT;

@@ -355,12 +355,19 @@ fn rewrite(
 ) -> Result<(), Error> {
     let t0 = std::time::Instant::now();
     let m = OnnxModel::load(model)?;
+    let had_external_data = m.had_external_data;
     let t1 = std::time::Instant::now();
     let mut a = augment::augment_with(m, augment::AugmentOptions { metric, hooks, heads, ..Default::default() })?;
     let t2 = std::time::Instant::now();
-    attrpatch::fsutil::write_atomic_with(output, |w| attrpatch::onnx::io::write_model(&mut a.proto, w))?;
+    use attrpatch::onnx::io::{needs_external_data, save_model, PROTOBUF_LIMIT};
+    let external = needs_external_data(&a.proto, had_external_data, PROTOBUF_LIMIT);
+    let files = save_model(&mut a.proto, output, external)?;
     let t3 = std::time::Instant::now();
-    println!("wrote {} ({} hooks)", output.display(), a.hooks.len());
+    println!(
+        "wrote {} ({} hooks)",
+        files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(" + "),
+        a.hooks.len()
+    );
     println!(
         "time: read {:.2}s, rewrite {:.2}s, write {:.2}s",
         (t1 - t0).as_secs_f64(),

@@ -22,3 +22,4 @@ mod padding;
 mod patching;
 mod prompt_files;
 mod render;
+mod rewrite_external;

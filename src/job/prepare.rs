@@ -6,7 +6,7 @@ use super::{JobOptions, Timings};
 use crate::augment::Augmented;
 use crate::error::{Error, Result};
 use crate::hooks::Hook;
-use crate::onnx::graph::{model_hash, ContentHash};
+use crate::onnx::graph::{model_hash, model_hash_external, ContentHash};
 use crate::onnx::pb::ModelProto;
 use crate::onnx::OnnxModel;
 use crate::prompts::{self, PromptPair, PromptTokenizer, TokenizedPrompts};
@@ -121,14 +121,31 @@ pub fn prepare<G: JobGraph>(opts: &JobOptions, build: impl FnOnce(OnnxModel) -> 
     let clock = Instant::now();
     // Read before the model: a wrong tokenizer path fails before the slow part.
     let source = PromptSource::read(opts)?;
-    let model = OnnxModel::load(&opts.model)?;
-    let model_hash = model_hash(&model.proto);
+    // For ONNX Runtime the float32 weights stay in the file: it reads them
+    // itself, once, and this process never holds a copy. The hash streams them.
+    let (model, model_hash) = match opts.runtime.kind {
+        runtime::RuntimeKind::Ort => {
+            let m = OnnxModel::load_leaving_weights(&opts.model)?;
+            let h = model_hash_external(&m.proto, m.dir(), &opts.model)?;
+            (m, h)
+        }
+        runtime::RuntimeKind::Tract => {
+            let m = OnnxModel::load(&opts.model)?;
+            let h = model_hash(&m.proto);
+            (m, h)
+        }
+    };
+    let model_dir = model.dir().to_path_buf();
     seconds.load = clock.elapsed().as_secs_f64();
 
     let clock = Instant::now();
     let mut graph = build(model)?;
     let tokens = source.tokenize(opts, graph.vocab())?;
-    let for_runtime = Some(runtime::prepare(graph.proto_mut(), &opts.runtime));
+    let mut for_runtime = runtime::prepare(graph.proto_mut(), &opts.runtime);
+    if opts.runtime.kind == runtime::RuntimeKind::Ort {
+        for_runtime.external_dir = Some(model_dir);
+    }
+    let for_runtime = Some(for_runtime);
     seconds.rewrite = clock.elapsed().as_secs_f64();
     Ok(Prepared {
         graph,

@@ -1,15 +1,20 @@
 //! External data: tensors whose bytes live in files beside the model. They are
-//! read into the protobuf so the augmented model is one self-contained buffer.
-//! Only files inside the model's folder are read.
+//! read into the protobuf so the augmented model is one self-contained buffer,
+//! or, for ONNX Runtime, checked and left for it to read. Only files inside the
+//! model's folder are read.
 
 use super::pb::{tensor_proto::DataLocation, GraphProto, TensorProto};
 use crate::error::{Error, Result};
 use std::path::Path;
 
-pub fn inline_external_data(graph: &mut GraphProto, dir: &Path, model: &Path) -> Result<()> {
+/// Reads every external tensor of `graph` into it; returns whether there was any
+/// (a model that kept its weights beside it is written back the same way).
+pub fn inline_external_data(graph: &mut GraphProto, dir: &Path, model: &Path) -> Result<bool> {
+    let mut any = false;
     for t in graph.initializer.iter_mut() {
         if t.data_location == Some(DataLocation::External as i32) {
             inline_one(t, dir, model)?;
+            any = true;
         }
     }
     // Constant nodes can carry external tensors too.
@@ -18,18 +23,59 @@ pub fn inline_external_data(graph: &mut GraphProto, dir: &Path, model: &Path) ->
             if let Some(t) = a.t.as_mut() {
                 if t.data_location == Some(DataLocation::External as i32) {
                     inline_one(t, dir, model)?;
+                    any = true;
                 }
             }
         }
     }
-    Ok(())
+    Ok(any)
 }
 
 fn entry<'a>(t: &'a TensorProto, key: &str) -> Option<&'a str> {
     t.external_data.iter().find(|e| e.key == key).map(|e| e.value.as_str())
 }
 
-fn inline_one(t: &mut TensorProto, dir: &Path, model: &Path) -> Result<()> {
+/// Checks every external reference of the graph's initializers as `inline_external_data`
+/// would (inside the model's folder, file long enough, length matching the shape) without
+/// reading the bytes: for a runtime that reads them itself. Returns the files referenced.
+pub fn check_external_data(graph: &GraphProto, dir: &Path, model: &Path) -> Result<Vec<String>> {
+    let mut files: Vec<String> = vec![];
+    for t in &graph.initializer {
+        if t.data_location == Some(DataLocation::External as i32) {
+            locate(t, dir, model)?;
+            let location = entry(t, "location").unwrap_or_default().to_string();
+            if !files.contains(&location) {
+                files.push(location);
+            }
+        }
+    }
+    Ok(files)
+}
+
+/// The chunk size of `stream_external` (and of `graph::model_hash` on inline bytes).
+pub const STREAM_CHUNK: usize = 1 << 20;
+
+/// Streams an external tensor's bytes to `sink` in chunks of 1 MiB, checked as
+/// `inline_external_data` checks them: hashing weights left in their file
+/// reads them without ever holding a copy.
+pub fn stream_external(t: &TensorProto, dir: &Path, model: &Path, mut sink: impl FnMut(&[u8])) -> Result<()> {
+    use std::io::{Read, Seek, SeekFrom};
+    let (canon, offset, length) = locate(t, dir, model)?;
+    let mut f = std::fs::File::open(&canon).map_err(|e| Error::io(&canon, e))?;
+    f.seek(SeekFrom::Start(offset)).map_err(|e| Error::io(&canon, e))?;
+    let mut buf = vec![0u8; STREAM_CHUNK];
+    let mut left = length as usize;
+    while left > 0 {
+        let n = left.min(buf.len());
+        f.read_exact(&mut buf[..n]).map_err(|e| Error::io(&canon, e))?;
+        sink(&buf[..n]);
+        left -= n;
+    }
+    Ok(())
+}
+
+/// The file, offset and length an external tensor's bytes are at, checked.
+fn locate(t: &TensorProto, dir: &Path, model: &Path) -> Result<(std::path::PathBuf, u64, u64)> {
     let bad = |what: String| Error::Model(format!("{}: tensor '{}': {what}", model.display(), t.name));
     let location = entry(t, "location").ok_or_else(|| bad("external data without a location".into()))?;
     let rel = Path::new(location);
@@ -65,6 +111,11 @@ fn inline_one(t: &mut TensorProto, dir: &Path, model: &Path) -> Result<()> {
             return Err(bad(format!("external data holds {length} bytes, the tensor's shape and type need {exp}")));
         }
     }
+    Ok((canon, offset, length))
+}
+
+fn inline_one(t: &mut TensorProto, dir: &Path, model: &Path) -> Result<()> {
+    let (canon, offset, length) = locate(t, dir, model)?;
     use std::io::{Read, Seek, SeekFrom};
     let mut f = std::fs::File::open(&canon).map_err(|e| Error::io(&canon, e))?;
     f.seek(SeekFrom::Start(offset)).map_err(|e| Error::io(&canon, e))?;

@@ -146,6 +146,32 @@ impl ContentHash {
 /// merge compare this, not the file's path, size or time: a re-export with new
 /// weights differs, a copy of the same model elsewhere does not.
 pub fn model_hash(proto: &super::pb::ModelProto) -> String {
+    model_hash_reading(proto, |_, _| Ok(false)).expect("reading nothing cannot fail")
+}
+
+/// `model_hash` of a model whose weights may still be external-data
+/// references (`OnnxModel::load_leaving_weights`): their bytes are streamed
+/// from the files in `dir`, so the hash is the same as for the inlined model.
+pub fn model_hash_external(
+    proto: &super::pb::ModelProto,
+    dir: &std::path::Path,
+    model: &std::path::Path,
+) -> crate::error::Result<String> {
+    model_hash_reading(proto, |t, h| {
+        if t.data_location != Some(super::pb::tensor_proto::DataLocation::External as i32) {
+            return Ok(false);
+        }
+        super::external::stream_external(t, dir, model, |bytes| h.write(bytes))?;
+        Ok(true)
+    })
+}
+
+/// The hash, with `external` hashing a tensor's bytes itself where it can
+/// (returns true) instead of its inline bytes.
+fn model_hash_reading(
+    proto: &super::pb::ModelProto,
+    mut external: impl FnMut(&super::pb::TensorProto, &mut ContentHash) -> crate::error::Result<bool>,
+) -> crate::error::Result<String> {
     use prost::Message;
     let mut h = ContentHash::default();
     h.write_str("attrpatch model hash v1");
@@ -153,7 +179,7 @@ pub fn model_hash(proto: &super::pb::ModelProto) -> String {
         h.write_str(&o.domain);
         h.write(&o.version.to_le_bytes());
     }
-    let Some(g) = &proto.graph else { return h.finish() };
+    let Some(g) = &proto.graph else { return Ok(h.finish()) };
     for n in &g.node {
         h.write(&n.encode_to_vec());
     }
@@ -164,16 +190,22 @@ pub fn model_hash(proto: &super::pb::ModelProto) -> String {
         h.write_str(&t.name);
         h.write(&t.data_type.to_le_bytes());
         h.write(&t.dims.iter().flat_map(|d| d.to_le_bytes()).collect::<Vec<u8>>());
+        if external(t, &mut h)? {
+            continue;
+        }
         if t.raw_data.is_empty() {
             h.write(&t.encode_to_vec());
         } else {
-            h.write(&t.raw_data);
+            // In the chunks `stream_external` reads, so a weight hashes the same inline or in its file.
+            for c in t.raw_data.chunks(super::external::STREAM_CHUNK) {
+                h.write(c);
+            }
         }
     }
     for s in &g.sparse_initializer {
         h.write(&s.encode_to_vec());
     }
-    h.finish()
+    Ok(h.finish())
 }
 
 #[cfg(test)]

@@ -15,6 +15,8 @@ pub struct OnnxModel {
     pub opset: i64,
     /// `node name -> module scopes` recorded by the dynamo exporter.
     pub scopes: scopes::NodeScopes,
+    /// Whether the file kept tensors in external data files (`rewrite` then does too).
+    pub had_external_data: bool,
 }
 
 impl OnnxModel {
@@ -25,6 +27,25 @@ impl OnnxModel {
         Self::from_proto(proto, scopes, path)
     }
 
+    /// As `load`, but the float32 weights are not read: they stay external-data
+    /// references into the model file (and its data files), checked, for ONNX
+    /// Runtime to read itself (`ModelForRuntime::external_dir`). The rewrite never
+    /// needs their values, so the process never holds a copy of them.
+    pub fn load_leaving_weights(path: &Path) -> Result<Self> {
+        let (proto, scopes) = super::io::read_model_leaving_weights(path)?;
+        let graph = proto.graph.as_ref().ok_or_else(|| no_graph(path))?;
+        let own = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let files = external::check_external_data(graph, model_dir(path), path)?;
+        let mut m = Self::from_proto_with(proto, scopes, path, false)?;
+        m.had_external_data = files.iter().any(|f| *f != own);
+        Ok(m)
+    }
+
+    /// The folder external data paths are relative to.
+    pub fn dir(&self) -> &Path {
+        model_dir(&self.path)
+    }
+
     /// A model from bytes in memory; `path` names it in messages and locates external data.
     pub fn from_bytes(bytes: &[u8], path: &Path) -> Result<Self> {
         let proto = ModelProto::decode(bytes).map_err(|e| {
@@ -33,26 +54,35 @@ impl OnnxModel {
         Self::from_proto(proto, scopes::NodeScopes::decode(bytes), path)
     }
 
-    fn from_proto(mut proto: ModelProto, scopes: scopes::NodeScopes, path: &Path) -> Result<Self> {
-        let graph = proto.graph.as_mut().ok_or_else(|| {
-            Error::Model(format!("{}: the ONNX model has no graph (is this an ONNX model file?)", path.display()))
-        })?;
+    fn from_proto(proto: ModelProto, scopes: scopes::NodeScopes, path: &Path) -> Result<Self> {
+        Self::from_proto_with(proto, scopes, path, true)
+    }
+
+    fn from_proto_with(mut proto: ModelProto, scopes: scopes::NodeScopes, path: &Path, inline: bool) -> Result<Self> {
+        let graph = proto.graph.as_mut().ok_or_else(|| no_graph(path))?;
         if graph.node.is_empty() {
             return Err(Error::Model(format!("{}: the ONNX graph has no nodes", path.display())));
         }
-        let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
         check_declared_sizes(graph, path)?;
-        external::inline_external_data(graph, dir, path)?;
+        let had_external_data = inline && external::inline_external_data(graph, model_dir(path), path)?;
         let opset = default_opset(&proto)
             .ok_or_else(|| Error::Model(format!("{}: the model imports no default-domain opset", path.display())))?;
         // Opsets 11 and 12 are upgraded there; older ones are refused there.
         let opset = crate::normalize::normalize(&mut proto, opset, path)?;
-        Ok(OnnxModel { path: path.to_path_buf(), proto, opset, scopes })
+        Ok(OnnxModel { path: path.to_path_buf(), proto, opset, scopes, had_external_data })
     }
 
     pub fn graph(&self) -> &super::pb::GraphProto {
         self.proto.graph.as_ref().expect("checked at load")
     }
+}
+
+fn no_graph(path: &Path) -> Error {
+    Error::Model(format!("{}: the ONNX model has no graph (is this an ONNX model file?)", path.display()))
+}
+
+fn model_dir(path: &Path) -> &Path {
+    path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."))
 }
 
 pub fn default_opset(proto: &ModelProto) -> Option<i64> {

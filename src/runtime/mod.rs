@@ -73,7 +73,7 @@ impl Default for RuntimeOptions {
 
 /// A runtime for a model whose protobuf is all in `model_bytes`.
 pub fn create(model_bytes: &[u8], opts: &RuntimeOptions) -> Result<Box<dyn Runtime>> {
-    create_from(ModelForRuntime { bytes: model_bytes.to_vec(), weights: vec![] }, opts)
+    create_from(ModelForRuntime { bytes: model_bytes.to_vec(), weights: vec![], external_dir: None }, opts)
 }
 
 /// Prepares `proto` for the runtime `opts` names: ONNX Runtime gets the
@@ -89,7 +89,7 @@ pub fn create_from(model: ModelForRuntime, opts: &RuntimeOptions) -> Result<Box<
     match opts.kind {
         RuntimeKind::Ort => Ok(Box::new(ort_rt::OrtRuntime::new(model, opts)?)),
         RuntimeKind::Tract => {
-            if !model.weights.is_empty() {
+            if !model.weights.is_empty() || model.external_dir.is_some() {
                 return Err(Error::Runtime("tract needs the weights inside the model".into()));
             }
             // tract's CUDA runtime picks its own device; auto stays on the CPU, as tract's

@@ -52,6 +52,13 @@ class NarrowGPT2LMHeadModel(GPT2LMHeadModel):
         )[0]
 
 
+SIZES = {  # GPT-2's published shapes
+    "small": dict(n_embd=768, n_layer=12, n_head=12),
+    "medium": dict(n_embd=1024, n_layer=24, n_head=16),
+    "large": dict(n_embd=1280, n_layer=36, n_head=20),
+}
+
+
 def make_config():
     cfg = GPT2Config(**CONFIG, attn_implementation="eager")
     cfg._attn_implementation = "eager"
@@ -103,7 +110,12 @@ def main():
     ap.add_argument("out", help="output .onnx path; the state dict goes to the same path with .pt")
     ap.add_argument("--force", action="store_true", help="rebuild even if the files exist")
     ap.add_argument("--threads", type=int, default=2, help="torch and onnxruntime threads (2)")
+    ap.add_argument("--size", choices=sorted(SIZES), default="small",
+                    help="GPT-2 small (default), medium or large shapes, same vocabulary")
+    ap.add_argument("--external-data", action="store_true",
+                    help="weights in OUT.onnx.data beside the graph (always for large: over 2 GB)")
     args = ap.parse_args()
+    CONFIG.update(SIZES[args.size])
 
     out = os.path.abspath(args.out)
     pt = os.path.splitext(out)[0] + ".pt"
@@ -117,7 +129,7 @@ def main():
     model = build_model(NarrowGPT2LMHeadModel)
     t_build = time.perf_counter() - t0
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"built GPT-2-small-sized random model ({n_params / 1e6:.1f} M parameters, tied) "
+    print(f"built GPT-2-{args.size}-sized random model ({n_params / 1e6:.1f} M parameters, tied) "
           f"in {t_build:.1f} s")
 
     # Plain GPT2LMHeadModel state dict keys (the subclass adds no modules).
@@ -145,9 +157,14 @@ def main():
     t_export = time.perf_counter() - t0
     print(f"exported {out} ({os.path.getsize(out) / 1e6:.1f} MB) in {t_export:.1f} s "
           f"(torch {torch.__version__}, legacy exporter, opset 14)")
-    extra = [f for f in os.listdir(os.path.dirname(out)) if f.endswith(".data")]
-    if extra:
-        print(f"note: external data files next to it: {extra}")
+    if args.external_data or args.size == "large":
+        import onnx
+
+        m = onnx.load(out)  # the exporter may have written external data already; one file now
+        onnx.save_model(m, out, save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=os.path.basename(out) + ".data", size_threshold=1024)
+        del m
+        print(f"weights moved to {out}.data ({os.path.getsize(out + '.data') / 1e6:.1f} MB)")
 
     check_with_onnxruntime(model, out, args.threads)
 

@@ -8,7 +8,7 @@
 # the first time and for (c). Usage: tools/bench/run.sh [THREADS] [OUT_DIR]
 set -euo pipefail
 source "$(dirname "$0")/common.sh" "$@"
-cargo build --quiet --example bench
+cargo build --release --quiet --example bench
 peers=()
 "$py" tools/bench/pytorch_bench.py --weights "${model%.onnx}.pt" --pairs 8 --seq 14 --threads "$threads" \
   --repeats 5 --json "$out/pytorch-8x14.json" >/dev/null
@@ -20,7 +20,7 @@ if "$py" -c "import nnsight" 2>/dev/null; then
   peers+=(--pytorch "$out/nnsight-8x14.json")
 fi
 # Peak memory of the rewrite alone, in a fresh process.
-target/debug/examples/bench --model "$model" --rewrite-only
-target/debug/examples/bench --model "$model" --threads "$threads" --repeats 5 \
+target/release/examples/bench --model "$model" --rewrite-only
+target/release/examples/bench --model "$model" --threads "$threads" --repeats 5 \
   "${peers[@]}" --scaling --json "$out/bench.json"
 echo "machine: $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) cores; figures in $out/bench.json"

@@ -5,15 +5,27 @@ use super::Grads;
 use crate::autodiff::ctx::RuleCtx;
 use crate::error::Result;
 use crate::onnx::builder::{attr_f, attr_i};
+use crate::onnx::facts::Dim;
 
 /// Y = A @ B (numpy semantics, both operands of rank >= 2):
 /// dA = G @ B^T, dB = A^T @ G, each reduced over broadcast batch axes.
+///
+/// When B is a matrix (a weight, in every transformer export) both products are
+/// emitted as Gemm on the operands flattened to 2-D, with the transpose as Gemm's
+/// flag: a `Transpose(W)` node on a constant would be folded by the runtime into
+/// a transposed copy of every weight, doubling the model's memory.
 pub fn matmul(cx: &mut RuleCtx) -> Result<Grads> {
     let g = cx.grad()?;
     let (a, b, y) = (cx.input(0), cx.input(1), cx.output(0));
     let (ra, rb) = (cx.rank(a)?, cx.rank(b)?);
     if ra < 2 || rb < 2 {
         return Err(cx.err(format!("operands of rank {ra} and {rb}: only rank >= 2 is supported")));
+    }
+    if rb == 2 {
+        if let [Dim::Known(k), Dim::Known(n)] = cx.shape(b)?[..] {
+            let need = [cx.needs(0), cx.needs(1)];
+            return Ok(matmul_by_matrix(cx, &g, a, b, ra, k, n, &need));
+        }
     }
     let so = cx.shape(y)?;
     let batch = &so[..so.len() - 2];
@@ -33,6 +45,31 @@ pub fn matmul(cx: &mut RuleCtx) -> Result<Grads> {
         res[1] = Some(cx.reduce_shape_to(&full, &sfull, b)?);
     }
     Ok(res)
+}
+
+/// Y = A @ B with B a [k, n] matrix: Y has A's batch axes, so with A and G
+/// flattened to [rows, k] and [rows, n], dA = Gemm(G, B, transB) reshaped to
+/// A's shape and dB = Gemm(A, G, transA), the sum over the batch included.
+#[allow(clippy::too_many_arguments)]
+fn matmul_by_matrix(cx: &mut RuleCtx, g: &str, a: &str, b: &str, ra: usize, k: i64, n: i64, need: &[bool]) -> Grads {
+    let mut flat = |x: &str, cols: i64| -> String {
+        if ra == 2 {
+            return x.to_string();
+        }
+        let shape = cx.b.const_i64s(&[-1, cols]);
+        cx.b.reshape(x, &shape)
+    };
+    let g2 = flat(g, n);
+    let a2 = if need[1] { Some(flat(a, k)) } else { None };
+    let mut res = vec![None, None];
+    if need[0] {
+        let d = cx.b.node("Gemm", &[&g2, b], vec![attr_i("transB", 1)]);
+        res[0] = Some(if ra == 2 { d } else { cx.b.reshape_like(&d, a) });
+    }
+    if let Some(a2) = a2 {
+        res[1] = Some(cx.b.node("Gemm", &[&a2, &g2], vec![attr_i("transA", 1)]));
+    }
+    res
 }
 
 fn swap_last(cx: &mut RuleCtx, x: &str, rank: usize) -> String {

@@ -32,6 +32,7 @@ impl OnnxModel {
     /// Runtime to read itself (`ModelForRuntime::external_dir`). The rewrite never
     /// needs their values, so the process never holds a copy of them.
     pub fn load_leaving_weights(path: &Path) -> Result<Self> {
+        check_model_path(path)?;
         let (proto, scopes) = super::io::read_model_leaving_weights(path)?;
         let graph = proto.graph.as_ref().ok_or_else(|| no_graph(path))?;
         let own = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();

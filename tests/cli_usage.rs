@@ -20,7 +20,7 @@ fn ioi_model() -> String {
 
 #[test]
 fn a_folder_as_model_names_the_onnx_files_inside() {
-    let o = attrpatch_in(&root(), &["inspect", "models/ioi-gpt2"]);
+    let o = attrpatch_in(root(), &["inspect", "models/ioi-gpt2"]);
     let e = stderr(&o);
     assert_eq!(o.status.code(), Some(1), "{e}");
     assert!(e.contains("models/ioi-gpt2: is a folder; pass the .onnx file inside it (found: model.onnx)"), "{e}");
@@ -32,7 +32,7 @@ fn an_external_data_file_as_model_says_to_pass_the_onnx() {
     let data = d.join("model.onnx.data");
     std::fs::write(&data, [0u8; 64]).unwrap();
     let o = attrpatch_in(
-        &root(),
+        root(),
         &[
             "run",
             "--model",
@@ -54,7 +54,7 @@ fn an_existing_file_as_out_is_refused_before_any_work() {
     let d = fresh_dir("out-is-a-file");
     let f = d.join("results.txt");
     std::fs::write(&f, "keep me").unwrap();
-    let o = attrpatch_in(&root(), &["run", "--out", f.to_str().unwrap()]);
+    let o = attrpatch_in(root(), &["run", "--out", f.to_str().unwrap()]);
     let e = stderr(&o);
     assert_eq!(o.status.code(), Some(1), "{e}");
     assert!(e.contains("results.txt: this is a file; attrpatch writes several files, so give it a folder"), "{e}");
@@ -64,7 +64,7 @@ fn an_existing_file_as_out_is_refused_before_any_work() {
 #[test]
 fn rows_per_call_without_ig_steps_is_refused_on_run() {
     let d = fresh_dir("rows-per-call-alone");
-    let o = attrpatch_in(&root(), &["run", "--rows-per-call", "8", "--out", d.to_str().unwrap()]);
+    let o = attrpatch_in(root(), &["run", "--rows-per-call", "8", "--out", d.to_str().unwrap()]);
     let e = stderr(&o);
     assert_eq!(o.status.code(), Some(1), "{e}");
     assert!(e.contains("--rows-per-call sets the patching rows of --ig-steps"), "{e}");
@@ -75,7 +75,7 @@ fn rewrite_takes_out_hook_and_metric_like_run() {
     let d = fresh_dir("rewrite-options");
     let aug = d.join("resid.onnx");
     let o = attrpatch_in(
-        &root(),
+        root(),
         &["rewrite", &ioi_model(), "--out", aug.to_str().unwrap(), "--hook", "resid", "--metric", "prob"],
     );
     assert!(o.status.success(), "{}", stderr(&o));
@@ -86,13 +86,13 @@ fn rewrite_takes_out_hook_and_metric_like_run() {
     assert!(!outputs.iter().any(|o| o.starts_with("attrpatch.heads.")), "{outputs:?}");
     // --output stays as an alias of --out.
     let again = d.join("attn.onnx");
-    let o = attrpatch_in(&root(), &["rewrite", &ioi_model(), "--output", again.to_str().unwrap()]);
+    let o = attrpatch_in(root(), &["rewrite", &ioi_model(), "--output", again.to_str().unwrap()]);
     assert!(o.status.success() && again.is_file(), "{}", stderr(&o));
 }
 
 #[test]
 fn inspect_spells_the_hook_as_typed() {
-    let o = attrpatch_in(&root(), &["inspect", &ioi_model(), "--hook", "resid"]);
+    let o = attrpatch_in(root(), &["inspect", &ioi_model(), "--hook", "resid"]);
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(out.contains("--hook resid matches 3 tensors"), "{out}");
@@ -122,11 +122,11 @@ fn the_summary_gives_the_range_of_prompt_lengths_and_no_zero_heads() {
     )
     .unwrap();
     let args = ["run", "--device", "cpu", "--prompts", prompts.to_str().unwrap(), "--out", d.to_str().unwrap()];
-    let o = attrpatch_in(&root(), &args);
+    let o = attrpatch_in(root(), &args);
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(out.contains("2 prompt pairs of 8-14 tokens, 3 layers x 4 heads"), "{out}");
-    let o = attrpatch_in(&root(), &[&args[..], &["--hook", "resid"]].concat());
+    let o = attrpatch_in(root(), &[&args[..], &["--hook", "resid"]].concat());
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(out.contains("2 prompt pairs of 8-14 tokens, 3 layers\n"), "{out}");
 }
@@ -134,13 +134,13 @@ fn the_summary_gives_the_range_of_prompt_lengths_and_no_zero_heads() {
 #[test]
 fn a_hook_pattern_that_matches_nothing_suggests_names() {
     // Matches inside names, not whole names: say how to write it.
-    let o = attrpatch_in(&root(), &["inspect", &ioi_model(), "--hook", "attn/c_proj"]);
+    let o = attrpatch_in(root(), &["inspect", &ioi_model(), "--hook", "attn/c_proj"]);
     let e = stderr(&o);
     assert_eq!(o.status.code(), Some(1), "{e}");
     assert!(e.contains("it matches inside '/transformer/h.0/attn/c_proj/"), "{e}");
     assert!(e.contains("write '.*attn/c_proj.*'"), "{e}");
     // A misspelt name: the closest ones.
-    let o = attrpatch_in(&root(), &["inspect", &ioi_model(), "--hook", "/transformer/h.0/attn/Ad_output_0"]);
+    let o = attrpatch_in(root(), &["inspect", &ioi_model(), "--hook", "/transformer/h.0/attn/Ad_output_0"]);
     let e = stderr(&o);
     assert!(e.contains("the closest tensor names are '/transformer/h.0/attn/Add_output_0'"), "{e}");
 }

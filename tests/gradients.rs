@@ -595,7 +595,7 @@ impl Case {
                     for (i, (&a, &n)) in a.iter().zip(n).enumerate() {
                         let err = (a - n).abs();
                         worst = worst.max(err / (self.atol + self.rtol * n.abs()));
-                        if !(err <= self.atol + self.rtol * n.abs()) {
+                        if err.is_nan() || err > self.atol + self.rtol * n.abs() {
                             bad.push(format!("  d loss / d {name}[{i}]: tract {a:.10e}, numeric {n:.10e}"));
                         }
                     }

@@ -883,6 +883,10 @@ mod fixtures {
     use attrpatch::runtime::{Device, RuntimeKind, RuntimeOptions};
 
     fn options(name: &str, model: &str, hooks: HookKind) -> (JobOptions, serde_json::Value) {
+        options_on(name, model, hooks, RuntimeKind::Ort)
+    }
+
+    fn options_on(name: &str, model: &str, hooks: HookKind, kind: RuntimeKind) -> (JobOptions, serde_json::Value) {
         let dir = root().join("tests/fixtures/contrib");
         let v: serde_json::Value =
             serde_json::from_slice(&std::fs::read(dir.join(format!("{name}.json"))).unwrap()).unwrap();
@@ -891,15 +895,19 @@ mod fixtures {
         o.with_token_ids(ids("input_ids"), ids("corrupted_ids"), &ids("answer_ids"));
         o.heads = v["n_heads"].as_u64().map(|h| h as usize);
         o.hooks = hooks;
-        o.runtime = RuntimeOptions { kind: RuntimeKind::Ort, device: Device::Cpu, ort_lib: None, threads: 1 };
+        o.runtime = RuntimeOptions { kind, device: Device::Cpu, ort_lib: None, threads: 1 };
         (o, v)
     }
 
     /// Runs the job; checks the logit differences, the positions grid and (for
     /// attention hooks) the heads grid against the reference.
     fn check(name: &str, model: &str, hooks: HookKind) {
+        check_on(name, model, hooks, RuntimeKind::Ort)
+    }
+
+    fn check_on(name: &str, model: &str, hooks: HookKind, kind: RuntimeKind) {
         let heads = hooks.has_heads();
-        let (o, v) = options(name, model, hooks);
+        let (o, v) = options_on(name, model, hooks, kind);
         let r = run_job(&o).unwrap_or_else(|e| panic!("{name}: {e}")).unwrap();
         let grid = |k: &str| -> Vec<Vec<f64>> { serde_json::from_value(v[k].clone()).unwrap() };
         assert!(close(r.clean_logit_diff, v["clean_logit_diff"].as_f64().unwrap()), "{name}: clean ld");
@@ -947,29 +955,35 @@ mod fixtures {
     }
 
     /// The optimizer's BERT fusion: EmbedLayerNormalization (whose mask_index
-    /// feeds the attention), Attention, SkipLayerNormalization, BiasGelu.
-    /// Hooked on the attention output by tensor name (the input of
-    /// `attention.output.dense`, which the presets do not name): positions.
+    /// feeds the attention), Attention, SkipLayerNormalization, BiasGelu. No
+    /// preset names BERT's `attention.output.dense`: the hook is found by
+    /// structure in the decomposed graph (the MatMul after the head merge).
     #[test]
-    fn bert_attention_fused_by_the_ort_optimizer_positions() {
-        let hook = HookKind::Tensors(r"/bert/encoder/layer\.\d+/attention/self/Reshape_3_output_0".into());
-        check("bert-ortopt", "bert-ortopt.onnx", hook);
+    fn bert_attention_fused_by_the_ort_optimizer() {
+        check("bert-ortopt", "bert-ortopt.onnx", HookKind::AttnOut);
     }
 
     /// The same with `--use_multi_head_attention`: MultiHeadAttention.
     #[test]
-    fn bert_multi_head_attention_fused_by_the_ort_optimizer_positions() {
-        let hook = HookKind::Tensors(r"/bert/encoder/layer\.\d+/attention/self/Reshape_3_output_0".into());
-        check("bert-ortopt-mha", "bert-ortopt-mha.onnx", hook);
+    fn bert_multi_head_attention_fused_by_the_ort_optimizer() {
+        check("bert-ortopt-mha", "bert-ortopt-mha.onnx", HookKind::AttnOut);
     }
 
     /// The GenAI builder's Llama: GroupQueryAttention with rotary and an
-    /// empty KV cache, RMSNorms. Hooked on the attention output by tensor
-    /// name (the o_proj MatMul's input): the positions grid.
+    /// empty KV cache, RMSNorms. The default hook finds `/model/layers.N/attn/o_proj`
+    /// by its preset, so both grids.
     #[test]
-    fn llama_built_by_genai_positions() {
-        let hook = HookKind::Tensors(r"/model/layers\.\d+/attn/GroupQueryAttention/output_0".into());
-        check("llama-genai", "llama-genai/model.onnx", hook);
+    fn llama_built_by_genai() {
+        check("llama-genai", "llama-genai/model.onnx", HookKind::AttnOut);
+    }
+
+    /// The pure-Rust runtime on the decomposed graphs.
+    #[test]
+    fn fused_fixtures_on_tract() {
+        check_on("gpt2-ortopt", "gpt2-ortopt.onnx", HookKind::AttnOut, RuntimeKind::Tract);
+        check_on("gptneox-ortopt", "gptneox-ortopt.onnx", HookKind::AttnOut, RuntimeKind::Tract);
+        check_on("llama-genai", "llama-genai/model.onnx", HookKind::AttnOut, RuntimeKind::Tract);
+        check_on("bert-ortopt", "bert-ortopt.onnx", HookKind::AttnOut, RuntimeKind::Tract);
     }
 }
 

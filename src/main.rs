@@ -390,8 +390,15 @@ fn num(v: f64) -> String {
 /// that sets it here: the library speaks of what it checks, the binary of
 /// the flag that sets it (`the hook pattern 'x' matches no tensor name` is
 /// printed `--hook 'x' matches no tensor name`).
-const FLAG_NAMES: &[(&str, &str)] =
-    &[("the hook pattern", "--hook"), ("a hook pattern", "--hook"), ("a head count", "--heads")];
+const FLAG_NAMES: &[(&str, &str)] = &[
+    ("the hook pattern", "--hook"),
+    ("a hook pattern", "--hook"),
+    ("a head count", "--heads"),
+    ("the ort runtime", "--runtime ort"),
+    ("the tract runtime", "--runtime tract"),
+    ("the device cuda", "--device cuda"),
+    ("the ONNX Runtime library path", "--ort-lib"),
+];
 
 /// `text` (an error or a report of the library) with each setting named by its flag.
 fn name_flags(text: &str) -> String {
@@ -437,5 +444,13 @@ mod tests {
         let e = attrpatch::augment::heads_unknown(Path::new("m.onnx"), "t").to_string();
         assert!(!e.contains("--heads"), "{e}");
         assert!(name_flags(&e).ends_with("; pass --heads N"), "{}", name_flags(&e));
+    }
+
+    /// The explicit library path's label is the library's words, printed as the flag.
+    #[test]
+    fn a_missing_ort_library_names_the_ort_lib_flag() {
+        let e = attrpatch::runtime::ort_lib::locate(Some(Path::new("/nonexistent/lib.so"))).unwrap_err().to_string();
+        assert!(!e.contains("--ort-lib"), "{e}");
+        assert!(name_flags(&e).starts_with("--ort-lib points to /nonexistent/lib.so"), "{}", name_flags(&e));
     }
 }

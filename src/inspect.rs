@@ -33,7 +33,7 @@ pub fn inspect(model: &OnnxModel, extra: Option<&crate::hooks::HookKind>) -> Res
         s,
         "layers: {} (attention heads: {})",
         hooks.len(),
-        heads.map(|h| h.to_string()).unwrap_or_else(|| "unknown, pass --heads".into())
+        heads.map(|h| h.to_string()).unwrap_or_else(|| "unknown, pass a head count".into())
     );
     let _ = writeln!(s, "hooks (input of each layer's attention out-projection):");
     for h in &hooks {
@@ -50,7 +50,7 @@ pub fn inspect(model: &OnnxModel, extra: Option<&crate::hooks::HookKind>) -> Res
     }
     if let Some(kind) = extra {
         let found = crate::hooks::find_hooks(model, kind)?;
-        let _ = writeln!(s, "--hook {} matches {} tensors:", cli_spelling(kind), found.len());
+        let _ = writeln!(s, "the hook pattern {} matches {} tensors:", cli_spelling(kind), found.len());
         for h in &found {
             let _ = writeln!(
                 s,

@@ -386,6 +386,25 @@ fn num(v: f64) -> String {
     }
 }
 
+/// How the library's messages name a setting the user chose, and the flag
+/// that sets it here: the library speaks of what it checks, the binary of
+/// the flag that sets it (`the hook pattern 'x' matches no tensor name` is
+/// printed `--hook 'x' matches no tensor name`).
+const FLAG_NAMES: &[(&str, &str)] = &[
+    ("the hook pattern", "--hook"),
+    ("a hook pattern", "--hook"),
+    ("a head count", "--heads"),
+    ("the ort runtime", "--runtime ort"),
+    ("the tract runtime", "--runtime tract"),
+    ("the device cuda", "--device cuda"),
+    ("the ONNX Runtime library path", "--ort-lib"),
+];
+
+/// `text` (an error or a report of the library) with each setting named by its flag.
+fn name_flags(text: &str) -> String {
+    FLAG_NAMES.iter().fold(text.to_string(), |t, (setting, flag)| t.replace(setting, flag))
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.cmd {
@@ -398,17 +417,40 @@ fn main() -> ExitCode {
             a.common.default_out = "attrpatch-compare";
             compare_cmd(a)
         }
-        Cmd::Inspect { model, hook } => {
-            OnnxModel::load(&model).and_then(|m| inspect::inspect(&m, hook.as_ref())).map(|s| print!("{s}"))
-        }
+        Cmd::Inspect { model, hook } => OnnxModel::load(&model)
+            .and_then(|m| inspect::inspect(&m, hook.as_ref()))
+            .map(|s| print!("{}", name_flags(&s))),
         Cmd::Rewrite { model, out, hook, metric, heads } => rewrite(&model, &out, hook, metric, heads),
         Cmd::Merge { shards, out } => merge_cmd(&shards, &out),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {}", name_flags(&e.to_string()));
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::name_flags;
+    use std::path::Path;
+
+    /// The head-count error comes from deep in the library (no CLI test
+    /// model lacks the head count); its phrase must still map to the flag.
+    #[test]
+    fn the_unknown_head_count_error_names_the_heads_flag() {
+        let e = attrpatch::augment::heads_unknown(Path::new("m.onnx"), "t").to_string();
+        assert!(!e.contains("--heads"), "{e}");
+        assert!(name_flags(&e).ends_with("; pass --heads N"), "{}", name_flags(&e));
+    }
+
+    /// The explicit library path's label is the library's words, printed as the flag.
+    #[test]
+    fn a_missing_ort_library_names_the_ort_lib_flag() {
+        let e = attrpatch::runtime::ort_lib::locate(Some(Path::new("/nonexistent/lib.so"))).unwrap_err().to_string();
+        assert!(!e.contains("--ort-lib"), "{e}");
+        assert!(name_flags(&e).starts_with("--ort-lib points to /nonexistent/lib.so"), "{}", name_flags(&e));
     }
 }

@@ -343,6 +343,8 @@ fn tract_on_cuda_runs_or_says_what_is_missing() {
     let t = text(&o);
     if !cfg!(feature = "tract-cuda") {
         assert!(!o.status.success() && t.contains("--features tract-cuda"), "{t}");
+        // The library says "the tract runtime with the device cuda"; the binary names the flags.
+        assert!(t.contains("--runtime tract with --device cuda needs") && t.contains("or use --runtime ort"), "{t}");
     } else if o.status.success() {
         assert!(t.contains("tract (CUDA)"), "{t}");
         let v: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("results.json")).unwrap()).unwrap();

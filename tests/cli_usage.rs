@@ -144,3 +144,19 @@ fn a_hook_pattern_that_matches_nothing_suggests_names() {
     let e = stderr(&o);
     assert!(e.contains("the closest tensor names are '/transformer/h.0/attn/Add_output_0'"), "{e}");
 }
+
+/// The library says "the hook pattern" and "a head count"; the binary prints the
+/// flags that set them, in errors and in inspect's report.
+#[test]
+fn the_binary_names_the_flags_the_library_describes() {
+    let o = attrpatch_in(root(), &["inspect", &ioi_model(), "--hook", "no_such_tensor"]);
+    let err = stderr(&o);
+    assert!(!o.status.success(), "{err}");
+    assert!(err.contains("--hook 'no_such_tensor' matches no tensor name"), "{err}");
+    assert!(!err.contains("hook pattern"), "{err}");
+    let o = attrpatch_in(root(), &["inspect", &ioi_model(), "--hook", ".*c_proj/Reshape_output_0"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(out.contains("(--hook .*c_proj/Reshape_output_0)"), "{out}");
+    assert!(!out.contains("hook pattern"), "{out}");
+}

@@ -53,7 +53,8 @@ fn resid_grid_of_the_last_block_carries_the_whole_effect_at_the_last_position() 
 fn a_pattern_that_matches_nothing_or_is_invalid_says_so() {
     let m = OnnxModel::load(&legacy_op14()).unwrap();
     let e = find_hooks(&m, &"no_such_tensor".parse().unwrap()).unwrap_err().to_string();
-    assert!(e.contains("--hook 'no_such_tensor' matches no tensor name"), "{e}");
+    // The library names the setting; the binary names the flag (cli_usage::the_binary_names_the_flags_the_library_describes).
+    assert!(e.contains("the hook pattern 'no_such_tensor' matches no tensor name"), "{e}");
     let e = "(unclosed".parse::<HookKind>().unwrap_err().to_string();
     assert!(e.contains("not a preset (attn, resid, mlp) nor a valid regex"), "{e}");
 }
@@ -148,7 +149,7 @@ fn a_graph_with_neither_names_nor_attention_says_what_was_looked_for() {
     assert!(e.contains("no attention out-projection found"), "{e}");
     assert!(e.contains("'h.N.self_attention.dense' (BLOOM, Falcon)"), "{e}");
     assert!(e.contains("softmax(Q K^T) V"), "{e}");
-    assert!(e.contains("--hook REGEX"), "{e}");
+    assert!(e.contains("pass a hook pattern REGEX"), "{e}");
 }
 
 #[test]

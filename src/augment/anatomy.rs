@@ -127,10 +127,11 @@ impl Anatomy {
     }
 }
 
-/// The graph did not say how many heads feed `hook`, and no --heads was given.
+/// The graph did not say how many heads feed `hook`, and no head count was given.
+/// The message says "a head count", which the binary spells as its flag.
 pub fn heads_unknown(path: &std::path::Path, hook: &str) -> Error {
     Error::Model(format!(
-        "{}: could not read the number of attention heads from the graph around '{hook}'; pass --heads N",
+        "{}: could not read the number of attention heads from the graph around '{hook}'; pass a head count N",
         path.display()
     ))
 }

@@ -6,16 +6,24 @@
 //! The copy shares every constant (initializers and what is computed from
 //! them only) and renames every other tensor.
 
+use super::{names, TokenInput};
 use crate::onnx::pb::NodeProto;
 use std::collections::{HashMap, HashSet};
 
 pub struct Renamer<'a> {
     pub prefix: &'a str,
-    pub inputs: &'a HashMap<String, String>,
+    pub inputs: HashMap<String, String>,
     pub constants: &'a HashSet<String>,
 }
 
-impl Renamer<'_> {
+impl<'a> Renamer<'a> {
+    /// The clean copy's names: `clean.X` for each token input X, `clean/t`
+    /// for every other tensor that is not constant.
+    pub fn clean(token_inputs: &[&TokenInput], constants: &'a HashSet<String>) -> Self {
+        let inputs = input_map(token_inputs, |t| t.clean.clone());
+        Renamer { prefix: names::CLEAN_PREFIX, inputs, constants }
+    }
+
     pub fn name(&self, t: &str) -> String {
         if t.is_empty() || self.constants.contains(t) {
             return t.to_string();
@@ -54,4 +62,9 @@ pub fn rename_inputs(nodes: &mut [NodeProto], map: &HashMap<String, String>) {
             }
         }
     }
+}
+
+/// Each token input's model name, mapped to the name `to` gives it in a copy.
+pub fn input_map(token_inputs: &[&TokenInput], to: impl Fn(&TokenInput) -> String) -> HashMap<String, String> {
+    token_inputs.iter().map(|t| (t.model_name.clone(), to(t))).collect()
 }

@@ -14,6 +14,7 @@ mod anatomy;
 pub(crate) mod copy;
 pub(crate) mod grid_nodes;
 pub(crate) mod metric;
+pub(crate) mod skeleton;
 
 /// Re-exported from `onnx::graph`, where it lives, for callers of the old path.
 pub use crate::onnx::graph::value_info;
@@ -24,9 +25,9 @@ use crate::autodiff::Backward;
 use crate::error::Result;
 use crate::hooks::Hook;
 use crate::onnx::builder::GraphBuilder;
-use crate::onnx::facts::{analyse_with_probe, Dim};
+use crate::onnx::facts::Dim;
 use crate::onnx::graph::all_names;
-use crate::onnx::pb::{ModelProto, ValueInfoProto};
+use crate::onnx::pb::{GraphProto, ModelProto};
 use crate::onnx::OnnxModel;
 use std::collections::{HashMap, HashSet};
 
@@ -66,10 +67,6 @@ pub mod names {
         format!("attrpatch.positions.{layer}")
     }
 }
-
-/// Probe sizes for shape analysis: pairs and positions, neither 1.
-const PROBE_PAIRS: usize = 3;
-const PROBE_SEQ: usize = 7;
 
 /// A model input fed with tokens: its name in the clean and corrupted copies.
 #[derive(Debug, Clone)]
@@ -125,113 +122,135 @@ pub fn augment(model: OnnxModel) -> Result<Augmented> {
 }
 
 pub fn augment_with(model: OnnxModel, opts: AugmentOptions) -> Result<Augmented> {
-    let anatomy = Anatomy::read(&model, &opts.hooks)?;
+    let anat = Anatomy::read(&model, &opts.hooks)?;
     if let Some(h) = opts.heads {
-        anatomy.check_heads(&model, h)?;
+        anat.check_heads(&model, h)?;
     }
-    let Anatomy { hooks, facts0, logits, dtype, vocab, batch, seq, ids_in, mask_in, pos_in, constants, src } = anatomy;
-    let token_inputs: Vec<&TokenInput> =
-        std::iter::once(&ids_in).chain(mask_in.as_ref()).chain(pos_in.as_ref()).collect();
-    let lm_head_last_position_only = matches!(src, metric::LogitsSource::LmHead { .. });
+    let lm_head_last_position_only = matches!(anat.src, metric::LogitsSource::LmHead { .. });
     let (path, opset) = (model.path.clone(), model.opset);
     let mut proto = model.proto;
     let g = proto.graph.as_mut().unwrap();
 
-    // The corrupted copy is the original graph with its inputs renamed; the
-    // clean copy renames everything that is not constant.
-    let corrupted_map: HashMap<String, String> =
-        token_inputs.iter().map(|t| (t.model_name.clone(), t.corrupted.clone())).collect();
-    let clean_map: HashMap<String, String> =
-        token_inputs.iter().map(|t| (t.model_name.clone(), t.clean.clone())).collect();
-    let clean = copy::Renamer { prefix: names::CLEAN_PREFIX, inputs: &clean_map, constants: &constants };
-    let clean_nodes = clean.copy(&g.node);
-    copy::rename_inputs(&mut g.node, &corrupted_map);
-    let corrupted_name = |t: &str| corrupted_map.get(t).cloned().unwrap_or_else(|| t.to_string());
-    let clean_name = |t: &str| clean.name(t);
-    g.node.extend(clean_nodes);
-
-    let mut inputs = vec![];
-    for t in &token_inputs {
-        let vi = g.input.iter().find(|i| i.name == t.model_name).unwrap().clone();
-        inputs.push(ValueInfoProto { name: t.clean.clone(), ..vi.clone() });
-        inputs.push(ValueInfoProto { name: t.corrupted.clone(), ..vi });
-    }
-    g.input.retain(|i| !token_inputs.iter().any(|t| t.model_name == i.name));
-    g.input.splice(0..0, inputs);
-    g.input.push(value_info(names::POSITION_ONEHOT, dtype, &[batch.clone(), Dim::Known(1), seq.clone()]));
-    g.input.push(value_info(names::ANSWER_ONEHOT, dtype, &[batch.clone(), Dim::Known(vocab as i64), Dim::Known(1)]));
-    g.input.push(value_info(names::PAIR_WEIGHTS, dtype, &[batch.clone(), Dim::Known(1)]));
-
-    // Metric nodes.
+    let copies = Copies::make(g, &anat);
+    skeleton::declare_inputs(g, &anat);
     let mut b = GraphBuilder::new(opset, "attrpatch/", all_names(g));
-    let pairs = metric::PAIR_SELECTORS;
-    let clean_sel = metric::last_logits(&mut b, &src, &logits, &clean_name, pairs);
-    let corrupted_sel = metric::last_logits(&mut b, &src, &logits, &corrupted_name, pairs);
-    metric::metric_values(&mut b, opts.metric, &clean_sel, &clean_sel, pairs, names::CLEAN_LDS, names::CLEAN_LD);
-    metric::metric_values(
-        &mut b,
-        opts.metric,
-        &corrupted_sel,
-        &clean_sel,
-        pairs,
-        names::CORRUPTED_LDS,
-        names::CORRUPTED_LD,
-    );
-    let clean_const = b.node("Identity", &[names::CLEAN_LD], vec![]);
-    let corr_const = b.node("Identity", &[names::CORRUPTED_LD], vec![]);
-    let num = b.sub(names::CORRUPTED_LD, &corr_const);
-    let den = b.sub(&clean_const, &corr_const);
-    b.node_named("Div", &[&num, &den], names::METRIC, vec![]);
-    let stop: HashSet<String> = [clean_const, corr_const].into_iter().collect();
-    g.node.append(&mut b.nodes);
-    g.initializer.append(&mut b.initializers);
+    let stop = metric_nodes(&mut b, &anat, opts.metric, &copies);
+    b.apply(g);
     // The original outputs (full logits) are not needed: dropping them lets
     // the runtime skip the lm_head on every position but the last.
     g.output.clear();
+    declare_metric_outputs(g, &anat);
 
     // Facts of the graph with the metric, for the rules, at a probe shape.
-    let (pp, ps) = (PROBE_PAIRS, PROBE_SEQ);
-    let mut probe: Vec<(&str, Vec<usize>)> = vec![];
-    for t in &token_inputs {
-        probe.push((t.clean.as_str(), vec![pp, ps]));
-        probe.push((t.corrupted.as_str(), vec![pp, ps]));
-    }
-    probe.extend([
-        (names::POSITION_ONEHOT, vec![pp, 1, ps]),
-        (names::ANSWER_ONEHOT, vec![pp, vocab, 1]),
-        (names::PAIR_WEIGHTS, vec![pp, 1]),
-    ]);
-    let scalar = [Dim::Known(1), Dim::Known(1)];
-    for name in [names::CLEAN_LD, names::CORRUPTED_LD, names::METRIC] {
-        g.output.push(value_info(name, dtype, &scalar));
-    }
-    for name in [names::CLEAN_LDS, names::CORRUPTED_LDS] {
-        g.output.push(value_info(name, dtype, &[Dim::Known(1), batch.clone()]));
-    }
-    let facts = analyse_with_probe(&proto, &path, &probe)?;
+    let facts = skeleton::analyse_probed(&proto, &path, &skeleton::probe_inputs(&anat))?;
     let g = proto.graph.as_mut().unwrap();
     let heads = if opts.hooks.has_heads() {
-        opts.heads.or_else(|| crate::hooks::infer_heads(g, &facts, &hooks[0].tensor))
+        opts.heads.or_else(|| crate::hooks::infer_heads(g, &facts, &anat.hooks[0].tensor))
     } else {
         None
     };
-    let seed = b.const_tensor(dtype, &[1, 1], &[1.0]);
-    let wrt: Vec<String> = hooks.iter().map(|h| h.tensor.clone()).collect();
+    let seed = b.const_tensor(anat.dtype, &[1, 1], &[1.0]);
+    let wrt: Vec<String> = anat.hooks.iter().map(|h| h.tensor.clone()).collect();
     let grads = Backward { graph: g, facts: &facts, stop: &stop }.build(&mut b, &wrt, names::METRIC, &seed)?;
 
     let grid_heads = match (opts.grid_outputs, heads) {
         (true, Some(h)) => Some(h),
         (true, None) if !opts.raw_outputs && opts.hooks.has_heads() => {
-            return Err(anatomy::heads_unknown(&path, &hooks[0].tensor))
+            return Err(anatomy::heads_unknown(&path, &anat.hooks[0].tensor))
         }
         _ => None,
     };
-    let shape_bs = b.shape(&ids_in.clean);
-    for (h, gr) in hooks.iter().zip(&grads) {
-        let clean_act = clean_name(&h.tensor);
+    hook_outputs(&mut b, g, &anat, &copies, &grads, &opts, grid_heads);
+    b.apply(g);
+    skeleton::finish(&mut proto);
+    Ok(Augmented {
+        proto,
+        hooks: anat.hooks,
+        input_ids: anat.ids_in,
+        attention_mask: anat.mask_in,
+        position_ids: anat.pos_in,
+        vocab: anat.vocab,
+        heads,
+        lm_head_last_position_only,
+    })
+}
+
+/// How each copy of the forward graph names the original's tensors.
+struct Copies<'a> {
+    clean: copy::Renamer<'a>,
+    /// The corrupted copy's renamed token inputs; every other name is kept.
+    corrupted: HashMap<String, String>,
+}
+
+impl<'a> Copies<'a> {
+    /// The corrupted copy is the original graph with its inputs renamed; the
+    /// clean copy, appended to it, renames everything that is not constant.
+    fn make(g: &mut GraphProto, anat: &'a Anatomy) -> Self {
+        let token_inputs = anat.token_inputs();
+        let corrupted = copy::input_map(&token_inputs, |t| t.corrupted.clone());
+        let clean = copy::Renamer::clean(&token_inputs, &anat.constants);
+        let clean_nodes = clean.copy(&g.node);
+        copy::rename_inputs(&mut g.node, &corrupted);
+        g.node.extend(clean_nodes);
+        Copies { clean, corrupted }
+    }
+
+    fn clean_name(&self, t: &str) -> String {
+        self.clean.name(t)
+    }
+
+    fn corrupted_name(&self, t: &str) -> String {
+        self.corrupted.get(t).cloned().unwrap_or_else(|| t.to_string())
+    }
+}
+
+/// Each copy's metric values, and the normalised metric
+/// `(corrupted - CORR) / (CLEAN - CORR)` the backward differentiates; returns
+/// the stop-gradient `Identity` outputs that hold the baselines constant.
+fn metric_nodes(b: &mut GraphBuilder, anat: &Anatomy, m: Metric, copies: &Copies) -> HashSet<String> {
+    let pairs = metric::PAIR_SELECTORS;
+    let (src, logits) = (&anat.src, &anat.logits);
+    let clean_sel = metric::last_logits(b, src, logits, &|t| copies.clean_name(t), pairs);
+    let corrupted_sel = metric::last_logits(b, src, logits, &|t| copies.corrupted_name(t), pairs);
+    metric::metric_values(b, m, &clean_sel, &clean_sel, pairs, names::CLEAN_LDS, names::CLEAN_LD);
+    metric::metric_values(b, m, &corrupted_sel, &clean_sel, pairs, names::CORRUPTED_LDS, names::CORRUPTED_LD);
+    let clean_const = b.node("Identity", &[names::CLEAN_LD], vec![]);
+    let corr_const = b.node("Identity", &[names::CORRUPTED_LD], vec![]);
+    let num = b.sub(names::CORRUPTED_LD, &corr_const);
+    let den = b.sub(&clean_const, &corr_const);
+    b.node_named("Div", &[&num, &den], names::METRIC, vec![]);
+    [clean_const, corr_const].into_iter().collect()
+}
+
+/// The baselines, the metric and the per-pair metric values as outputs.
+fn declare_metric_outputs(g: &mut GraphProto, anat: &Anatomy) {
+    let scalar = [Dim::Known(1), Dim::Known(1)];
+    for name in [names::CLEAN_LD, names::CORRUPTED_LD, names::METRIC] {
+        g.output.push(value_info(name, anat.dtype, &scalar));
+    }
+    for name in [names::CLEAN_LDS, names::CORRUPTED_LDS] {
+        g.output.push(value_info(name, anat.dtype, &[Dim::Known(1), anat.batch.clone()]));
+    }
+}
+
+/// Per hook: the raw activations and gradient (`raw_outputs`) and the grid
+/// rows (`grid_outputs`; the heads row only with `grid_heads`) as outputs.
+fn hook_outputs(
+    b: &mut GraphBuilder,
+    g: &mut GraphProto,
+    anat: &Anatomy,
+    copies: &Copies,
+    grads: &[String],
+    opts: &AugmentOptions,
+    grid_heads: Option<usize>,
+) {
+    let (dtype, batch) = (anat.dtype, &anat.batch);
+    let shape_bs = b.shape(&anat.ids_in.clean);
+    for (h, gr) in anat.hooks.iter().zip(grads) {
+        let clean_act = copies.clean_name(&h.tensor);
         if opts.raw_outputs {
             // Declared with the symbolic facts: the probe's sizes are not the model's.
-            let shape = facts0.shape(&h.tensor).map(|s| s.to_vec()).unwrap_or_default();
+            let shape = anat.facts0.shape(&h.tensor).map(|s| s.to_vec()).unwrap_or_default();
             let outs = [
                 (names::clean_act(h.layer), clean_act.clone()),
                 (names::corrupted_act(h.layer), h.tensor.clone()),
@@ -243,28 +262,11 @@ pub fn augment_with(model: OnnxModel, opts: AugmentOptions) -> Result<Augmented>
             }
         }
         if opts.grid_outputs {
-            grid_nodes::emit(&mut b, h.layer, &clean_act, &h.tensor, gr, &shape_bs, names::POSITION_ONEHOT, grid_heads);
+            grid_nodes::emit(b, h.layer, &clean_act, &h.tensor, gr, &shape_bs, names::POSITION_ONEHOT, grid_heads);
             if let Some(n_heads) = grid_heads {
                 g.output.push(value_info(&names::heads(h.layer), dtype, &[batch.clone(), Dim::Known(n_heads as i64)]));
             }
-            g.output.push(value_info(&names::positions(h.layer), dtype, &[batch.clone(), seq.clone()]));
+            g.output.push(value_info(&names::positions(h.layer), dtype, &[batch.clone(), anat.seq.clone()]));
         }
     }
-    g.node.append(&mut b.nodes);
-    g.initializer.append(&mut b.initializers);
-    // Intermediate value_info may disagree with new uses; runtimes re-infer.
-    g.value_info.clear();
-    crate::onnx::prune::prune_dead(g);
-    proto.producer_name = "attrpatch".into();
-    proto.producer_version = env!("CARGO_PKG_VERSION").into();
-    Ok(Augmented {
-        proto,
-        hooks,
-        input_ids: ids_in,
-        attention_mask: mask_in,
-        position_ids: pos_in,
-        vocab,
-        heads,
-        lm_head_last_position_only,
-    })
 }

@@ -112,7 +112,7 @@ fn by_structure(model: &OnnxModel, consts: &HashSet<String>) -> Result<Vec<Hook>
         return Err(Error::Model(format!(
             "{}: no attention out-projection found: no MatMul/Gemm is named like a known family's \
              (in node names, dynamo name scopes or weight names: {}), and none is fed by the head merge \
-             (Reshape/Transpose) of a softmax(Q K^T) V; pass --hook REGEX to name the tensors to attribute",
+             (Reshape/Transpose) of a softmax(Q K^T) V; pass a hook pattern REGEX to name the tensors to attribute",
             model.path.display(),
             presets::describe()
         )));
@@ -228,7 +228,9 @@ impl std::str::FromStr for HookKind {
             "mlp" | "mlp-out" => HookKind::Mlp,
             pattern => {
                 Regex::new(pattern).map_err(|e| {
-                    Error::Input(format!("--hook '{pattern}': not a preset (attn, resid, mlp) nor a valid regex: {e}"))
+                    Error::Input(format!(
+                        "the hook pattern '{pattern}': not a preset (attn, resid, mlp) nor a valid regex: {e}"
+                    ))
                 })?;
                 HookKind::Tensors(pattern.to_string())
             }
@@ -281,7 +283,7 @@ fn module_outputs(model: &OnnxModel, module_re: &str, what: &str) -> Result<Vec<
     }
     if last.is_empty() {
         return Err(Error::Model(format!(
-            "{}: no {what} modules found (looked for module paths like 'h.N' / 'layers.N'{} in node names and dynamo name scopes); use --hook REGEX on tensor names",
+            "{}: no {what} modules found (looked for module paths like 'h.N' / 'layers.N'{} in node names and dynamo name scopes); use a hook pattern REGEX on tensor names",
             model.path.display(),
             if what == "mlp" { " + '.mlp'" } else { "" }
         )));
@@ -299,7 +301,8 @@ fn module_outputs(model: &OnnxModel, module_re: &str, what: &str) -> Result<Vec<
 }
 
 fn matching_tensors(model: &OnnxModel, pattern: &str) -> Result<Vec<Hook>> {
-    let re = Regex::new(&format!("^(?:{pattern})$")).map_err(|e| Error::Input(format!("--hook '{pattern}': {e}")))?;
+    let re = Regex::new(&format!("^(?:{pattern})$"))
+        .map_err(|e| Error::Input(format!("the hook pattern '{pattern}': {e}")))?;
     let hooks: Vec<Hook> = model
         .graph()
         .node
@@ -312,13 +315,13 @@ fn matching_tensors(model: &OnnxModel, pattern: &str) -> Result<Vec<Hook>> {
             node: n.name.clone(),
             op_type: n.op_type.clone(),
             tensor: o.clone(),
-            matched_by: format!("--hook {pattern}"),
+            matched_by: format!("the hook pattern {pattern}"),
         })
         .collect();
     if hooks.is_empty() {
         let names: Vec<&str> = model.graph().node.iter().flat_map(|n| n.output.iter().map(String::as_str)).collect();
         return Err(Error::Input(format!(
-            "{}: --hook '{pattern}' matches no tensor name (the whole name must match); {}",
+            "{}: the hook pattern '{pattern}' matches no tensor name (the whole name must match); {}",
             model.path.display(),
             suggest(&re, pattern, &names)
         )));

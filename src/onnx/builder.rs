@@ -3,7 +3,7 @@
 //! emit the form the model's opset expects.
 
 use super::consts::{float_tensor, i64_tensor};
-use super::pb::{attribute_proto::AttributeType, AttributeProto, NodeProto, TensorProto};
+use super::pb::{attribute_proto::AttributeType, AttributeProto, GraphProto, NodeProto, TensorProto};
 use std::collections::HashSet;
 
 pub struct GraphBuilder {
@@ -32,6 +32,13 @@ impl GraphBuilder {
     /// `taken`: every tensor and node name already in the graph, so new names never clash.
     pub fn new(opset: i64, prefix: &str, taken: HashSet<String>) -> Self {
         GraphBuilder { opset, nodes: vec![], initializers: vec![], prefix: prefix.into(), counter: 0, taken }
+    }
+
+    /// Moves the nodes and initializers built so far to the end of `g`, so a
+    /// rewrite can append in stages and keep building with the same names taken.
+    pub fn apply(&mut self, g: &mut GraphProto) {
+        g.node.append(&mut self.nodes);
+        g.initializer.append(&mut self.initializers);
     }
 
     pub fn fresh(&mut self, hint: &str) -> String {

@@ -98,7 +98,7 @@ pub fn create_from(model: ModelForRuntime, opts: &RuntimeOptions) -> Result<Box<
                 Device::Cuda(0) => true,
                 Device::Cuda(n) => {
                     return Err(Error::Input(format!(
-                        "--runtime tract --device cuda:{n}: tract's CUDA runtime uses device 0 only"
+                        "the tract runtime with the device cuda:{n}: tract's CUDA runtime uses device 0 only"
                     )))
                 }
                 Device::Cpu | Device::Auto => false,

@@ -44,11 +44,14 @@ fn python_package_dirs() -> Vec<PathBuf> {
     out
 }
 
+/// The label of an explicit library path (the binary names its flag).
+const EXPLICIT: &str = "the ONNX Runtime library path";
+
 /// Where to look, in order, with a label for the message when none works.
 fn candidates(explicit: Option<&Path>) -> Vec<(String, PathBuf)> {
     let mut c = vec![];
     if let Some(p) = explicit {
-        c.push(("--ort-lib".to_string(), p.to_path_buf()));
+        c.push((EXPLICIT.to_string(), p.to_path_buf()));
     }
     if let Some(p) = std::env::var_os("ORT_DYLIB_PATH") {
         c.push(("ORT_DYLIB_PATH".to_string(), PathBuf::from(p)));
@@ -69,7 +72,7 @@ fn candidates(explicit: Option<&Path>) -> Vec<(String, PathBuf)> {
 pub fn locate(explicit: Option<&Path>) -> Result<PathBuf> {
     let cands = candidates(explicit);
     // An explicit choice that does not exist is an error, not a fallback.
-    if let Some((label, p)) = cands.first().filter(|(l, _)| l == "--ort-lib" || l == "ORT_DYLIB_PATH") {
+    if let Some((label, p)) = cands.first().filter(|(l, _)| l == EXPLICIT || l == "ORT_DYLIB_PATH") {
         return resolve(p).ok_or_else(|| {
             Error::Runtime(format!(
                 "{label} points to {}, which is not an ONNX Runtime library or a folder holding one",
@@ -86,8 +89,8 @@ pub fn locate(explicit: Option<&Path>) -> Result<PathBuf> {
     Err(Error::Runtime(format!(
         "ONNX Runtime library not found. Tried:\n{}\n  a Python package: python3 -c 'import onnxruntime' found none\n\
          Get it with `tools/fetch-ort.sh` (downloads the onnxruntime wheel from PyPI into .ort/), \
-         or `pip install onnxruntime`, or point --ort-lib / ORT_DYLIB_PATH at libonnxruntime.so; \
-         or use --runtime tract",
+         or `pip install onnxruntime`, or point the ONNX Runtime library path / ORT_DYLIB_PATH at libonnxruntime.so; \
+         or use the tract runtime",
         tried.join("\n")
     )))
 }

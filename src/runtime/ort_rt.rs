@@ -90,9 +90,9 @@ fn cuda_help(e: Error, lib: &std::path::Path) -> Error {
          does not match: onnxruntime-gpu >= 1.27 needs CUDA 13 and cuDNN 9, older versions CUDA 12"
     } else {
         "this ONNX Runtime has no CUDA provider (libonnxruntime_providers_cuda.so not found beside it); \
-         install the PyPI package onnxruntime-gpu and point --ort-lib at its onnxruntime/capi folder"
+         install the PyPI package onnxruntime-gpu and point the ONNX Runtime library path at its onnxruntime/capi folder"
     };
-    Error::Runtime(format!("--device cuda: {e}\n  library: {}\n  {hint}", lib.display()))
+    Error::Runtime(format!("the device cuda: {e}\n  library: {}\n  {hint}", lib.display()))
 }
 
 impl Runtime for OrtRuntime {

@@ -104,7 +104,7 @@ fn refuse_unimplemented(onnx: &tract_onnx::Onnx, proto: &tract_onnx::pb::ModelPr
     let list: Vec<String> =
         missing.iter().map(|(op, (count, node))| format!("{op} ({count} node(s), first '{node}')")).collect();
     Err(Error::Unsupported(format!(
-        "tract cannot run these ops of the model: {}; use --runtime ort (ONNX Runtime)",
+        "tract cannot run these ops of the model: {}; use the ort runtime (ONNX Runtime)",
         list.join(", ")
     )))
 }
@@ -321,8 +321,8 @@ fn cuda_runtime() -> Result<&'static dyn tract_onnx::tract_core::runtime::Runtim
 #[cfg(not(feature = "tract-cuda"))]
 fn cuda_runtime() -> Result<&'static dyn tract_onnx::tract_core::runtime::Runtime> {
     Err(Error::Input(
-        "--runtime tract --device cuda needs attrpatch built with `--features tract-cuda`; \
-         or use --runtime ort (ONNX Runtime's CUDA provider)"
+        "the tract runtime with the device cuda needs attrpatch built with `--features tract-cuda`; \
+         or use the ort runtime (ONNX Runtime's CUDA provider)"
             .into(),
     ))
 }

@@ -108,3 +108,16 @@ fn a_bad_max_memory_is_refused_by_name() {
         assert!(err.contains(&format!("--max-memory {bad}: expected a size like 8G or 512M")), "{err}");
     }
 }
+
+#[test]
+fn resume_keeps_the_interrupted_runs_batch_size() {
+    let d = fresh_dir("memory-resume");
+    let out = d.to_str().unwrap();
+    ok(&["run", "--device", "cpu", "--out", out]);
+    let budget = budget_for(3, &results(&d));
+    let first = ok(&["run", "--device", "cpu", "--max-memory", &budget, "--out", out]);
+    assert!(first.contains("(3 calls)"), "{first}");
+    // The budget differs now (none given); the batch files of 3 pairs are reused all the same.
+    let again = ok(&["run", "--device", "cpu", "--resume", "--out", out]);
+    assert!(again.contains("resumed 3 finished batch(es)") && again.contains("batch of 3 pairs per call"), "{again}");
+}

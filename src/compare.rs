@@ -98,7 +98,7 @@ pub struct CompareOptions {
     pub positions: bool,
     /// Integrated gradients with this many steps, when set.
     pub ig_steps: Option<usize>,
-    /// None: each estimator's default.
+    /// None: as many as the memory budget holds (`memory::choose`).
     pub rows_per_call: Option<usize>,
 }
 
@@ -117,14 +117,13 @@ pub struct Comparison {
 }
 
 pub fn compare(opts: &JobOptions, c: &CompareOptions) -> Result<Comparison> {
-    let rows = |e: Estimator| c.rows_per_call.unwrap_or(patch::default_rows_per_call(e));
     let exact_est = Estimator::Exact { positions: c.positions };
-    let exact = patch::run(opts, exact_est, rows(exact_est))?;
+    let exact = patch::run_sized(opts, exact_est, c.rows_per_call)?;
     let mut results =
         vec![("attribution", run_job(opts)?.ok_or_else(|| Error::Input("compare does not run shards".into()))?)];
     if let Some(steps) = c.ig_steps {
         let ig = Estimator::IntegratedGradients { steps };
-        results.push(("ig", patch::run(opts, ig, rows(ig))?));
+        results.push(("ig", patch::run_sized(opts, ig, c.rows_per_call)?));
     }
     let has = |g: &[Vec<f64>]| !g.is_empty();
     let estimates = results

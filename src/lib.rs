@@ -19,6 +19,7 @@ pub mod grids;
 pub mod hooks;
 pub mod inspect;
 pub mod job;
+pub mod memory;
 pub mod merge;
 pub mod normalize;
 pub mod onnx;

@@ -101,6 +101,10 @@ struct CommonArgs {
     /// The quantity to attribute: logit-diff (the tutorial's), logprob-diff, prob (of the correct answer), kl.
     #[arg(long, value_enum, default_value_t = attrpatch::augment::Metric::LogitDiff)]
     metric: attrpatch::augment::Metric,
+    /// Memory the run may plan for, e.g. 8G or 512M: sets the pairs or rows per call unless
+    /// --batch-size / --rows-per-call is given [default: 70% of the memory available].
+    #[arg(long, value_name = "SIZE")]
+    max_memory: Option<attrpatch::memory::MaxMemory>,
     /// The subcommand's default output folder (set after parsing).
     #[arg(skip = "attrpatch-out")]
     default_out: &'static str,
@@ -126,6 +130,7 @@ impl CommonArgs {
         opts.metric = self.metric;
         opts.hooks = self.hook.clone();
         opts.progress = true;
+        opts.max_memory = self.max_memory.map(|m| m.0);
         let out = self.out_dir();
         if out.is_file() {
             return Err(Error::Input(format!(
@@ -142,9 +147,10 @@ impl CommonArgs {
 struct RunArgs {
     #[command(flatten)]
     common: CommonArgs,
-    /// Prompt pairs per runtime call; memory grows with it, not with the prompt set.
-    #[arg(long, default_value_t = job::DEFAULT_BATCH_SIZE)]
-    batch_size: usize,
+    /// Prompt pairs per runtime call; memory grows with it, not with the prompt set
+    /// [default: as many as --max-memory holds, at most 64; 64 with --shard].
+    #[arg(long)]
+    batch_size: Option<usize>,
     /// Run part K of N (0-based) of the batches; combine the parts with `attrpatch merge`.
     #[arg(long)]
     shard: Option<job::Shard>,
@@ -155,7 +161,8 @@ struct RunArgs {
     /// passes of each layer's path from the corrupted to the clean activation).
     #[arg(long, value_name = "N")]
     ig_steps: Option<usize>,
-    /// Patching rows per runtime call, with --ig-steps; memory grows with it [default: 64].
+    /// Patching rows per runtime call, with --ig-steps; memory grows with it
+    /// [default: as many as --max-memory holds, at most 64].
     #[arg(long)]
     rows_per_call: Option<usize>,
 }
@@ -167,7 +174,8 @@ struct PatchArgs {
     /// Also patch every position of every layer (the layer x position grid).
     #[arg(long)]
     positions: bool,
-    /// Patched prompt runs per runtime call; memory grows with it [default: 256].
+    /// Patched prompt runs per runtime call; memory grows with it
+    /// [default: as many as --max-memory holds, at most 256].
     #[arg(long)]
     rows_per_call: Option<usize>,
 }
@@ -182,8 +190,8 @@ struct CompareArgs {
     /// Also compare integrated gradients with N steps.
     #[arg(long, value_name = "N")]
     ig_steps: Option<usize>,
-    /// Patched prompt runs per runtime call; memory grows with it [default: 256 for exact
-    /// patching, 64 for integrated gradients, whose rows also hold the backward pass].
+    /// Patched prompt runs per runtime call; memory grows with it [default: as many as
+    /// --max-memory holds, at most 256 for exact patching, 64 for integrated gradients].
     #[arg(long)]
     rows_per_call: Option<usize>,
 }
@@ -208,7 +216,7 @@ fn at_least_one(flags: &[(&str, Option<usize>)]) -> Result<(), Error> {
 
 fn run(args: RunArgs) -> Result<(), Error> {
     at_least_one(&[
-        ("--batch-size", Some(args.batch_size)),
+        ("--batch-size", args.batch_size),
         ("--ig-steps", args.ig_steps),
         ("--rows-per-call", args.rows_per_call),
     ])?;
@@ -227,7 +235,7 @@ fn run(args: RunArgs) -> Result<(), Error> {
             ));
         }
         let e = patch::Estimator::IntegratedGradients { steps };
-        let r = patch::run(&opts, e, args.rows_per_call.unwrap_or(patch::default_rows_per_call(e)))?;
+        let r = patch::run_sized(&opts, e, args.rows_per_call)?;
         return report_job(&opts, &r, out);
     }
     opts.batch_size = args.batch_size;
@@ -286,7 +294,7 @@ fn patch_cmd(args: PatchArgs) -> Result<(), Error> {
     at_least_one(&[("--rows-per-call", args.rows_per_call)])?;
     let opts = args.common.job_options()?;
     let e = patch::Estimator::Exact { positions: args.positions };
-    let r = patch::run(&opts, e, args.rows_per_call.unwrap_or(patch::default_rows_per_call(e)))?;
+    let r = patch::run_sized(&opts, e, args.rows_per_call)?;
     report_job(&opts, &r, &args.common.out_dir())
 }
 

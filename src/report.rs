@@ -85,6 +85,7 @@ pub fn write_results(r: &JobResult, out_dir: &Path) -> Result<Vec<PathBuf>> {
         "warnings": r.baselines.warnings,
         "n_pairs": m.prompts.len(),
         "batch_size": m.batch_size,
+        "memory": m.memory,
         "seq_len": m.seq_len,
         "n_heads": m.n_heads,
         "hooks": m.hooks,

@@ -160,9 +160,10 @@ fn bad_shard_and_batch_size_are_rejected() {
 
 /// The runtime calls a run made, from its "(N call(s))" line.
 fn calls(out: &str) -> usize {
-    let at = out.find(" call").unwrap_or_else(|| panic!("no call count in:\n{out}"));
-    let open = out[..at].rfind('(').unwrap();
-    out[open + 1..at].parse().unwrap()
+    let line = out.lines().find(|l| l.starts_with("runtime: ")).unwrap_or_else(|| panic!("no runtime line in:\n{out}"));
+    let at = line.rfind(" call").unwrap_or_else(|| panic!("no call count in:\n{out}"));
+    let open = line[..at].rfind('(').unwrap();
+    line[open + 1..at].parse().unwrap()
 }
 
 fn results(out: &Path) -> serde_json::Value {

@@ -14,6 +14,7 @@ mod end_to_end;
 mod fuzz;
 mod gradients;
 mod hooks;
+mod memory;
 mod metrics;
 mod normalize;
 mod onnx_io;

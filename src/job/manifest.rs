@@ -70,6 +70,10 @@ pub struct Manifest {
     pub batch_size: usize,
     pub n_batches: usize,
     pub shard: Option<Shard>,
+    /// How the rows per call were chosen (not part of the identity: the
+    /// layout it gives is, through `batch_size`).
+    #[serde(default)]
+    pub memory: Option<crate::memory::Sizing>,
 }
 
 impl Manifest {
@@ -94,6 +98,7 @@ impl Manifest {
             batch_size,
             n_batches: p.pairs.len().div_ceil(batch_size.max(1)),
             shard: opts.shard,
+            memory: None,
         }
     }
 
@@ -194,6 +199,7 @@ mod tests {
             batch_size: 64,
             n_batches: 1,
             shard: None,
+            memory: None,
         }
     }
 

@@ -24,6 +24,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+/// The most pairs per call the memory sizing picks, and what shards use
+/// unless `--batch-size` is given (every shard must split the prompts alike).
 pub const DEFAULT_BATCH_SIZE: usize = 64;
 
 /// What a job is asked to do: model, prompts, runtime, what to measure and where.
@@ -37,8 +39,11 @@ pub struct JobOptions {
     /// Overrides the head count read from the graph.
     pub heads: Option<usize>,
     pub runtime: RuntimeOptions,
-    /// Pairs per runtime call.
-    pub batch_size: usize,
+    /// Pairs per runtime call (0: all); None: as many as the memory budget
+    /// holds (`memory::choose`), at most `DEFAULT_BATCH_SIZE`.
+    pub batch_size: Option<usize>,
+    /// The memory budget in bytes (`--max-memory`); None: from the memory available.
+    pub max_memory: Option<u64>,
     /// Keep each pair's grids.
     pub per_prompt: bool,
     /// Run only this part of the batches.
@@ -84,7 +89,8 @@ impl JobOptions {
             bos: false,
             heads: None,
             runtime: RuntimeOptions::default(),
-            batch_size: DEFAULT_BATCH_SIZE,
+            batch_size: None,
+            max_memory: None,
             per_prompt: false,
             shard: None,
             work_dir: None,
@@ -163,8 +169,14 @@ pub fn run_job(opts: &JobOptions) -> Result<Option<JobResult>> {
             },
         )
     })?;
-    let batch_size = if opts.batch_size == 0 { p.pairs.len() } else { opts.batch_size };
+    let sizing = batch_sizing(opts, &p)?;
+    let batch_size = sizing.per_call;
     let mut manifest = Manifest::new(opts, &p, Method::Attribution, batch_size);
+    manifest.memory = Some(sizing);
+    if let Some(dir) = &opts.work_dir {
+        // Written now too, so that an interrupted run's --resume finds its batch layout.
+        save_manifest(dir, &manifest)?;
+    }
     let mine = opts.shard.map_or(0..manifest.n_batches, |s| s.batches(manifest.n_batches));
     let keys: Vec<String> = (0..manifest.n_batches).map(|i| manifest.batch_key(i)).collect();
 
@@ -212,6 +224,51 @@ pub fn run_job(opts: &JobOptions) -> Result<Option<JobResult>> {
     r.batches_resumed = resumed;
     r.seconds = p.seconds;
     Ok(Some(r))
+}
+
+/// Pairs per call: `--batch-size`; else the layout of the interrupted run
+/// being resumed; else 64 for a shard (shards on different machines must
+/// split alike); else what the memory budget holds. Printed when the job
+/// shows progress.
+fn batch_sizing<G>(opts: &JobOptions, p: &Prepared<G>) -> Result<crate::memory::Sizing> {
+    use crate::memory::{choose, Budget, Workload};
+    let n = p.pairs.len();
+    let budget = Budget::new(opts.max_memory);
+    let explicit = match opts.batch_size {
+        Some(0) => Some(n.max(1)),
+        Some(k) => Some(k),
+        None => opts.work_dir.as_deref().and_then(resumed_batch_size).or(opts.shard.map(|_| DEFAULT_BATCH_SIZE)),
+    };
+    let mut sizing = choose(explicit, n, &p.shape, Workload::AttributionPair, &budget);
+    if opts.batch_size.is_none() && explicit.is_some() {
+        sizing.explicit = false;
+        let fits = choose(None, n, &p.shape, Workload::AttributionPair, &budget).per_call;
+        if fits < sizing.per_call && opts.shard.is_some() {
+            sizing.warning = Some(format!(
+                "--shard without --batch-size runs {} pairs per call so that every shard splits the prompts alike; \
+                 the {} fits {fits}: give every shard --batch-size {fits}",
+                sizing.per_call,
+                budget.describe()
+            ));
+        }
+    }
+    if opts.progress {
+        println!("{}", sizing.line());
+        if let Some(w) = &sizing.warning {
+            eprintln!("warning: {w}");
+        }
+    }
+    Ok(sizing)
+}
+
+/// The batch size of the interrupted run in `dir`, when it left batch files.
+fn resumed_batch_size(dir: &Path) -> Option<usize> {
+    if !dir.join("batches").is_dir() {
+        return None;
+    }
+    let text = std::fs::read(dir.join("job.json")).ok()?;
+    let m: Manifest = serde_json::from_slice(&text).ok()?;
+    Some(m.batch_size).filter(|&k| k > 0)
 }
 
 /// The normalised result from every batch's sums, added in index order.

@@ -6,6 +6,7 @@ use super::{JobOptions, Timings};
 use crate::augment::Augmented;
 use crate::error::{Error, Result};
 use crate::hooks::Hook;
+use crate::memory::ModelShape;
 use crate::onnx::graph::{model_hash, model_hash_external, ContentHash};
 use crate::onnx::pb::ModelProto;
 use crate::onnx::OnnxModel;
@@ -108,6 +109,8 @@ pub struct Prepared<G> {
     pub tokens: TokenizedPrompts,
     pub model_hash: String,
     pub tokenizer_hash: String,
+    /// What the memory sizing reads of the model and prompts.
+    pub shape: ModelShape,
     for_runtime: Option<ModelForRuntime>,
     pub seconds: Timings,
 }
@@ -141,6 +144,11 @@ pub fn prepare<G: JobGraph>(opts: &JobOptions, build: impl FnOnce(OnnxModel) -> 
     let clock = Instant::now();
     let mut graph = build(model)?;
     let tokens = source.tokenize(opts, graph.vocab())?;
+    // Read before the weights are handed over to the runtime.
+    let hook_nodes: Vec<String> = graph.hooks().iter().map(|h| h.node.clone()).collect();
+    let hook_nodes: Vec<&str> = hook_nodes.iter().map(String::as_str).collect();
+    let (heads, vocab) = (graph.heads(), graph.vocab());
+    let shape = ModelShape::of(graph.proto_mut(), &hook_nodes, heads, vocab, tokens.seq_len);
     let mut for_runtime = runtime::prepare(graph.proto_mut(), &opts.runtime);
     if opts.runtime.kind == runtime::RuntimeKind::Ort {
         for_runtime.external_dir = Some(model_dir);
@@ -153,6 +161,7 @@ pub fn prepare<G: JobGraph>(opts: &JobOptions, build: impl FnOnce(OnnxModel) -> 
         tokens,
         model_hash,
         tokenizer_hash: source.tokenizer_hash,
+        shape,
         for_runtime,
         seconds,
     })

@@ -15,6 +15,7 @@ use crate::error::{Error, Result};
 use crate::grids::PairGrid;
 use crate::hooks::Hook;
 use crate::job::{self, JobGraph, JobOptions, JobResult, Manifest, Method, TokenInputs};
+use crate::memory::{choose, Budget, Workload};
 use crate::onnx::pb::ModelProto;
 use crate::prompts::TokenizedPrompts;
 use crate::runtime::{self, Runtime, Value};
@@ -24,14 +25,11 @@ use plan::{Patch, Plan, Row};
 use std::collections::HashMap;
 use std::time::Instant;
 
-/// Rows per runtime call unless told otherwise; memory grows with it. On the
-/// GPT-2-small-sized model (14 tokens) a forward-only row costs about 8 MB,
-/// a row with the backward about 45 MB: 256 exact rows peaked at 2.0 GB,
-/// 64 IG rows at 4.3 GB (and ran faster than 256, which took 12 GB).
-pub fn default_rows_per_call(e: Estimator) -> usize {
+/// What one row of this estimator costs, for the memory sizing.
+pub fn workload(e: Estimator) -> Workload {
     match e {
-        Estimator::Exact { .. } => 256,
-        Estimator::IntegratedGradients { .. } => 64,
+        Estimator::Exact { .. } => Workload::PatchedForward,
+        Estimator::IntegratedGradients { .. } => Workload::ForwardBackward,
     }
 }
 
@@ -47,8 +45,15 @@ pub enum Estimator {
     },
 }
 
+/// Runs `rows_per_call` rows per runtime call.
 pub fn run(opts: &JobOptions, estimator: Estimator, rows_per_call: usize) -> Result<JobResult> {
-    if rows_per_call == 0 {
+    run_sized(opts, estimator, Some(rows_per_call))
+}
+
+/// Runs `rows_per_call` rows per call, or (None) as many as the memory
+/// budget holds (`memory::choose`), printed when the job shows progress.
+pub fn run_sized(opts: &JobOptions, estimator: Estimator, rows_per_call: Option<usize>) -> Result<JobResult> {
+    if rows_per_call == Some(0) {
         return Err(Error::Input("rows per call must be at least 1".into()));
     }
     if let Estimator::IntegratedGradients { steps: 0 } = estimator {
@@ -72,6 +77,14 @@ pub fn run(opts: &JobOptions, estimator: Estimator, rows_per_call: usize) -> Res
     let rows = plan.rows(&layers, p.graph.units(), &p.tokens.lengths);
     let mut acc = Accumulator::new(&p.graph, plan, p.tokens.clean_ids.len(), p.tokens.seq_len);
     // A call feeds the clean prompts of the pairs its rows use; rows are in pair order.
+    let sizing = choose(rows_per_call, rows.len(), &p.shape, workload(estimator), &Budget::new(opts.max_memory));
+    if opts.progress {
+        println!("{}", sizing.line());
+        if let Some(w) = &sizing.warning {
+            eprintln!("warning: {w}");
+        }
+    }
+    let rows_per_call = sizing.per_call;
     let chunks: Vec<&[Row]> = rows.chunks(rows_per_call).collect();
     let bar = job::progress_bar(opts.progress && chunks.len() > 1, chunks.len() as u64, "calls");
     let clock = Instant::now();
@@ -86,6 +99,7 @@ pub fn run(opts: &JobOptions, estimator: Estimator, rows_per_call: usize) -> Res
     // All rows form one "batch" of the whole prompt set, in rows_per_call chunks.
     let mut manifest = Manifest::new(opts, &p, method, rows_per_call);
     manifest.n_batches = 1;
+    manifest.memory = Some(sizing);
     manifest.runtime = rt.describe();
     let batch = BatchResult::new(0, manifest.batch_key(0), pairs, opts.per_prompt)?;
     let mut r = job::finish(manifest, &[batch])?;

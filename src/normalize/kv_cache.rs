@@ -9,8 +9,9 @@
 use crate::error::{Error, Result};
 use crate::onnx::builder::{attr_t, GraphBuilder};
 use crate::onnx::consts::{elem_size, BOOL};
-use crate::onnx::graph::all_names;
-use crate::onnx::pb::{tensor_shape_proto::dimension, type_proto, GraphProto, ModelProto, TensorProto, ValueInfoProto};
+use crate::onnx::facts::Dim;
+use crate::onnx::graph::{all_names, declared_dims};
+use crate::onnx::pb::{type_proto, GraphProto, ModelProto, TensorProto, ValueInfoProto};
 use std::path::Path;
 
 /// Prefix of every node this pass adds: the empty caches it builds are
@@ -27,32 +28,13 @@ pub fn is_present_output(name: &str) -> bool {
     name.starts_with("present")
 }
 
-/// A declared dim of a graph input.
-enum Declared {
-    Known(i64),
-    Sym(String),
-    Unknown,
-}
-
-fn declared(vi: &ValueInfoProto) -> (i32, Vec<Declared>) {
-    let Some(type_proto::Value::TensorType(t)) = vi.r#type.as_ref().and_then(|t| t.value.as_ref()) else {
-        return (0, vec![]);
+/// A graph input's element type and declared dims.
+fn declared(vi: &ValueInfoProto) -> (i32, Vec<Dim>) {
+    let elem = match vi.r#type.as_ref().and_then(|t| t.value.as_ref()) {
+        Some(type_proto::Value::TensorType(t)) => t.elem_type,
+        _ => return (0, vec![]),
     };
-    let dims = t
-        .shape
-        .as_ref()
-        .map(|s| {
-            s.dim
-                .iter()
-                .map(|d| match &d.value {
-                    Some(dimension::Value::DimValue(v)) => Declared::Known(*v),
-                    Some(dimension::Value::DimParam(p)) => Declared::Sym(p.clone()),
-                    None => Declared::Unknown,
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    (t.elem_type, dims)
+    (elem, declared_dims(vi))
 }
 
 /// Feeds every `past_key_values.*` input an empty tensor built in the graph,
@@ -95,7 +77,7 @@ pub fn feed_empty_cache(proto: &mut ModelProto, opset: i64, path: &Path) -> Resu
                 batch.get_or_insert_with(|| first_dim(&mut b, &tokens, 0)).clone()
             } else {
                 match d {
-                    Declared::Known(v) => b.const_i64s(&[*v]),
+                    Dim::Known(v) => b.const_i64s(&[*v]),
                     _ => dim_from_consumers(&mut b, g, &vi.name, k, path)?,
                 }
             };
@@ -133,9 +115,9 @@ pub fn feed_empty_cache(proto: &mut ModelProto, opset: i64, path: &Path) -> Resu
 
 /// The cache's sequence axis: the dim whose name speaks of a sequence or the
 /// past, else axis 2 of the usual `[batch, heads, sequence, head_dim]`.
-fn sequence_axis(dims: &[Declared]) -> Option<usize> {
+fn sequence_axis(dims: &[Dim]) -> Option<usize> {
     let named = dims.iter().position(|d| match d {
-        Declared::Sym(s) => {
+        Dim::Sym(s) => {
             let s = s.to_lowercase();
             s.contains("seq") || s.contains("past") || s.contains("length")
         }

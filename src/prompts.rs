@@ -225,34 +225,6 @@ pub fn tokenize_for(
             ))
         }
     };
-    let prompt_ids = |text: &str| -> Result<Vec<i64>> {
-        let mut ids: Vec<i64> = bos.into_iter().collect();
-        ids.extend(tok.encode(text)?);
-        Ok(ids)
-    };
-    let answer_id = |p: &PromptPair, i: usize, which: &str, text: &str| -> Result<i64> {
-        if text.is_empty() {
-            return match answers {
-                Answers::Unused => Ok(0),
-                Answers::Required => Err(Error::Input(format!(
-                    "{}: the {which} answer is missing; this metric reads the answers \
-                     (only --metric kl runs without them)",
-                    p.label(i)
-                ))),
-            };
-        }
-        match tok.encode(text)?[..] {
-            [id] => Ok(id),
-            ref ids => Err(Error::Input(format!(
-                "{}: {which} answer {text:?} must be exactly one token, but it tokenized to {} tokens {:?}{}",
-                p.label(i),
-                ids.len(),
-                tok.token_strings(ids),
-                leading_space_hint(tok, text)
-            ))),
-        }
-    };
-
     let mut out = TokenizedPrompts {
         clean_ids: Vec::with_capacity(pairs.len()),
         corrupted_ids: Vec::with_capacity(pairs.len()),
@@ -263,47 +235,14 @@ pub fn tokenize_for(
         clean_tokens: Vec::with_capacity(pairs.len()),
     };
     for (i, p) in pairs.iter().enumerate() {
-        let correct = answer_id(p, i, "correct", &p.correct)?;
-        let incorrect = answer_id(p, i, "incorrect", &p.incorrect)?;
-        if correct == incorrect && answers == Answers::Required {
-            return Err(Error::Input(format!(
-                "{}: correct answer {:?} and incorrect answer {:?} are the same token {correct}",
-                p.label(i),
-                p.correct,
-                p.incorrect
-            )));
-        }
-        let clean = prompt_ids(&p.clean)?;
-        let corrupted = prompt_ids(&p.corrupted)?;
-        if clean.len() != corrupted.len() {
-            return Err(Error::Input(format!(
-                "{}: clean prompt has {} tokens but corrupted prompt has {}; \
-                 they must be equal so that positions correspond",
-                p.label(i),
-                clean.len(),
-                corrupted.len()
-            )));
-        }
-        if clean.is_empty() {
-            return Err(Error::Input(format!("{}: prompts are empty", p.label(i))));
-        }
-        out.seq_len = out.seq_len.max(clean.len());
-        // An id past the embedding table means the tokenizer belongs to another model.
-        let all = clean.iter().chain(&corrupted).chain([&correct, &incorrect]);
-        if let Some(&bad) = all.into_iter().find(|&&id| id < 0 || id as u64 >= model_vocab as u64) {
-            return Err(Error::Input(format!(
-                "{}: token id {bad} is outside the model's vocabulary of {model_vocab}; \
-                 the tokenizer (vocabulary {}) does not match the model's vocabulary size",
-                p.label(i),
-                tok.vocab_size()
-            )));
-        }
-        out.clean_tokens.push(tok.token_strings(&clean));
-        out.lengths.push(clean.len());
-        out.clean_ids.push(clean);
-        out.corrupted_ids.push(corrupted);
-        out.correct_ids.push(correct);
-        out.incorrect_ids.push(incorrect);
+        let t = tokenize_pair(tok, p, i, bos, model_vocab, answers)?;
+        out.seq_len = out.seq_len.max(t.clean.len());
+        out.clean_tokens.push(tok.token_strings(&t.clean));
+        out.lengths.push(t.clean.len());
+        out.clean_ids.push(t.clean);
+        out.corrupted_ids.push(t.corrupted);
+        out.correct_ids.push(t.correct);
+        out.incorrect_ids.push(t.incorrect);
     }
     // The pad id never reaches a real token (causal attention): any valid id does.
     let pad = tok.bos_id().filter(|&id| id >= 0 && (id as u64) < model_vocab as u64).unwrap_or(0);
@@ -311,6 +250,93 @@ pub fn tokenize_for(
         row.resize(out.seq_len, pad);
     }
     Ok(out)
+}
+
+/// One pair's ids, before padding.
+struct PairIds {
+    clean: Vec<i64>,
+    corrupted: Vec<i64>,
+    correct: i64,
+    incorrect: i64,
+}
+
+/// Tokenizes pair `i` and checks what patching relies on (see `tokenize`).
+fn tokenize_pair(
+    tok: &PromptTokenizer,
+    p: &PromptPair,
+    i: usize,
+    bos: Option<i64>,
+    model_vocab: usize,
+    answers: Answers,
+) -> Result<PairIds> {
+    let fail = |what: String| Err(Error::Input(format!("{}: {what}", p.label(i))));
+    let correct = answer_id(tok, p, i, "correct", &p.correct, answers)?;
+    let incorrect = answer_id(tok, p, i, "incorrect", &p.incorrect, answers)?;
+    if correct == incorrect && answers == Answers::Required {
+        return fail(format!(
+            "correct answer {:?} and incorrect answer {:?} are the same token {correct}",
+            p.correct, p.incorrect
+        ));
+    }
+    let prompt_ids = |text: &str| -> Result<Vec<i64>> {
+        let mut ids: Vec<i64> = bos.into_iter().collect();
+        ids.extend(tok.encode(text)?);
+        Ok(ids)
+    };
+    let clean = prompt_ids(&p.clean)?;
+    let corrupted = prompt_ids(&p.corrupted)?;
+    if clean.len() != corrupted.len() {
+        return fail(format!(
+            "clean prompt has {} tokens but corrupted prompt has {}; they must be equal so that positions correspond",
+            clean.len(),
+            corrupted.len()
+        ));
+    }
+    if clean.is_empty() {
+        return fail("prompts are empty".into());
+    }
+    // An id past the embedding table means the tokenizer belongs to another model.
+    let all = clean.iter().chain(&corrupted).chain([&correct, &incorrect]);
+    if let Some(&bad) = all.into_iter().find(|&&id| id < 0 || id as u64 >= model_vocab as u64) {
+        return fail(format!(
+            "token id {bad} is outside the model's vocabulary of {model_vocab}; \
+             the tokenizer (vocabulary {}) does not match the model's vocabulary size",
+            tok.vocab_size()
+        ));
+    }
+    Ok(PairIds { clean, corrupted, correct, incorrect })
+}
+
+/// The single token of an answer; a missing answer is id 0 when the metric
+/// does not read answers.
+fn answer_id(
+    tok: &PromptTokenizer,
+    p: &PromptPair,
+    i: usize,
+    which: &str,
+    text: &str,
+    answers: Answers,
+) -> Result<i64> {
+    if text.is_empty() {
+        return match answers {
+            Answers::Unused => Ok(0),
+            Answers::Required => Err(Error::Input(format!(
+                "{}: the {which} answer is missing; this metric reads the answers \
+                 (only --metric kl runs without them)",
+                p.label(i)
+            ))),
+        };
+    }
+    match tok.encode(text)?[..] {
+        [id] => Ok(id),
+        ref ids => Err(Error::Input(format!(
+            "{}: {which} answer {text:?} must be exactly one token, but it tokenized to {} tokens {:?}{}",
+            p.label(i),
+            ids.len(),
+            tok.token_strings(ids),
+            leading_space_hint(tok, text)
+        ))),
+    }
 }
 
 impl TokenizedPrompts {

@@ -36,32 +36,18 @@ pub fn inspect(model: &OnnxModel, extra: Option<&crate::hooks::HookKind>) -> Res
         heads.map(|h| h.to_string()).unwrap_or_else(|| "unknown, pass a head count".into())
     );
     let _ = writeln!(s, "hooks (input of each layer's attention out-projection):");
+    let hook_line = |s: &mut String, h: &crate::hooks::Hook, how: String| {
+        let _ =
+            writeln!(s, "  layer {}: {} {}  <- {} '{}' ({how})", h.layer, h.tensor, fact(&h.tensor), h.op_type, h.node);
+    };
     for h in &hooks {
-        let _ = writeln!(
-            s,
-            "  layer {}: {} {}  <- {} '{}' (matched by {})",
-            h.layer,
-            h.tensor,
-            fact(&h.tensor),
-            h.op_type,
-            h.node,
-            h.matched_by
-        );
+        hook_line(&mut s, h, format!("matched by {}", h.matched_by));
     }
     if let Some(kind) = extra {
         let found = crate::hooks::find_hooks(model, kind)?;
         let _ = writeln!(s, "the hook pattern {} matches {} tensors:", cli_spelling(kind), found.len());
         for h in &found {
-            let _ = writeln!(
-                s,
-                "  layer {}: {} {}  <- {} '{}' ({})",
-                h.layer,
-                h.tensor,
-                fact(&h.tensor),
-                h.op_type,
-                h.node,
-                h.matched_by
-            );
+            hook_line(&mut s, h, h.matched_by.clone());
         }
     }
     // Op types on paths from the hooks to the logits (integer shape paths included).

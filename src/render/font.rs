@@ -87,6 +87,16 @@ pub fn wrap(s: &str, size: f64, width: u32) -> Vec<String> {
     lines
 }
 
+/// Width in pixels of `s` at `size`, for layout arithmetic.
+pub fn text_w(s: &str, size: f64) -> i32 {
+    measure(s, size).0 as i32
+}
+
+/// Height of a line of text at `size` (ascenders and descenders included).
+pub fn text_h(size: f64) -> i32 {
+    measure("0Hg", size).1 as i32
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,7 +8,7 @@
 use super::colour::{rdbu, rgb, FRAME};
 use super::data::Grid;
 use super::figure::{write_figure, DrawResult, Figure};
-use super::font::{measure, wrap};
+use super::font::{text_h, text_w, wrap};
 use super::pen::{Pen, Place};
 use super::ticks::{fmt_tick, nice_ticks};
 use crate::error::Result;
@@ -101,14 +101,6 @@ struct Heatmaps<'a> {
     ticks: Vec<f64>,
     width: i32,
     height: i32,
-}
-
-fn text_w(s: &str, size: f64) -> i32 {
-    measure(s, size).0 as i32
-}
-
-fn text_h(size: f64) -> i32 {
-    measure("0Hg", size).1 as i32
 }
 
 /// Labels are cut so a long token does not make the image huge; control

@@ -6,7 +6,7 @@
 
 use super::colour::{rgb, Colour, FRAME};
 use super::figure::{write_figure, DrawResult, Figure};
-use super::font::{measure, wrap};
+use super::font::{text_h, text_w, wrap};
 use super::pen::{Pen, Place};
 use super::ticks::{fmt_tick, nice_ticks};
 use crate::error::{Error, Result};
@@ -107,14 +107,6 @@ struct Layout<'a> {
     legend_y: i32,
     width: i32,
     height: i32,
-}
-
-fn text_w(s: &str, size: f64) -> i32 {
-    measure(s, size).0 as i32
-}
-
-fn text_h(size: f64) -> i32 {
-    measure("0Hg", size).1 as i32
 }
 
 impl<'a> Layout<'a> {

@@ -78,28 +78,37 @@ pub trait JobGraph {
     fn token_inputs(&self) -> TokenInputs<'_>;
 }
 
-impl JobGraph for Augmented {
-    fn proto_mut(&mut self) -> &mut ModelProto {
-        &mut self.proto
-    }
-    fn vocab(&self) -> usize {
-        self.vocab
-    }
-    fn hooks(&self) -> &[Hook] {
-        &self.hooks
-    }
-    fn heads(&self) -> Option<usize> {
-        self.heads
-    }
-    fn token_inputs(&self) -> TokenInputs<'_> {
-        TokenInputs {
-            ids: &self.input_ids,
-            mask: self.attention_mask.as_ref(),
-            positions: self.position_ids.as_ref(),
-            vocab: self.vocab,
+/// `JobGraph` for a rewritten graph struct with the fields both builders
+/// give theirs (`proto`, `vocab`, `hooks`, `heads`, `input_ids`,
+/// `attention_mask`, `position_ids`).
+macro_rules! impl_job_graph {
+    ($graph:ty) => {
+        impl JobGraph for $graph {
+            fn proto_mut(&mut self) -> &mut ModelProto {
+                &mut self.proto
+            }
+            fn vocab(&self) -> usize {
+                self.vocab
+            }
+            fn hooks(&self) -> &[Hook] {
+                &self.hooks
+            }
+            fn heads(&self) -> Option<usize> {
+                self.heads
+            }
+            fn token_inputs(&self) -> TokenInputs<'_> {
+                TokenInputs {
+                    ids: &self.input_ids,
+                    mask: self.attention_mask.as_ref(),
+                    positions: self.position_ids.as_ref(),
+                    vocab: self.vocab,
+                }
+            }
         }
-    }
+    };
 }
+impl_job_graph!(Augmented);
+impl_job_graph!(crate::patch::graph::PatchGraph);
 
 /// A job ready to run: the model loaded, hashed and rewritten, the prompts
 /// tokenized, the graph handed over for a runtime session.

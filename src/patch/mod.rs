@@ -13,10 +13,8 @@ use crate::augment::names as aug_names;
 use crate::batches::{BatchResult, PairResult};
 use crate::error::{Error, Result};
 use crate::grids::PairGrid;
-use crate::hooks::Hook;
-use crate::job::{self, JobGraph, JobOptions, JobResult, Manifest, Method, TokenInputs};
+use crate::job::{self, JobGraph, JobOptions, JobResult, Manifest, Method};
 use crate::memory::{choose, Budget, Workload};
-use crate::onnx::pb::ModelProto;
 use crate::prompts::TokenizedPrompts;
 use crate::runtime::{self, Runtime, Value};
 use graph::{names, PatchGraph, PatchGraphOptions};
@@ -106,29 +104,6 @@ pub fn run_sized(opts: &JobOptions, estimator: Estimator, rows_per_call: Option<
     r.runtime_calls = chunks.len();
     r.seconds = p.seconds;
     Ok(r)
-}
-
-impl JobGraph for PatchGraph {
-    fn proto_mut(&mut self) -> &mut ModelProto {
-        &mut self.proto
-    }
-    fn vocab(&self) -> usize {
-        self.vocab
-    }
-    fn hooks(&self) -> &[Hook] {
-        &self.hooks
-    }
-    fn heads(&self) -> Option<usize> {
-        self.heads
-    }
-    fn token_inputs(&self) -> TokenInputs<'_> {
-        TokenInputs {
-            ids: &self.input_ids,
-            mask: self.attention_mask.as_ref(),
-            positions: self.position_ids.as_ref(),
-            vocab: self.vocab,
-        }
-    }
 }
 
 fn run_chunk(

@@ -10,6 +10,7 @@
 //! and absent, unidirectional, bias present and absent, epsilon given and
 //! default, past absent and empty, rotary interleaved and not.
 
+use crate::common::rng::Rng;
 use attrpatch::augment::value_info;
 use attrpatch::normalize::contrib::{decompose, is_decomposed, MS_DOMAIN};
 use attrpatch::onnx::builder::{attr_f, attr_i, attr_ints};
@@ -24,23 +25,6 @@ use prost::Message;
 const TOL: f64 = 1e-5;
 
 /// splitmix64, seeded by the case name.
-struct Rng(u64);
-impl Rng {
-    fn seeded(label: &str) -> Self {
-        Rng(label.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)))
-    }
-    fn next(&mut self) -> f64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
-    }
-    fn vec(&mut self, n: usize, lo: f64, hi: f64) -> Vec<f64> {
-        (0..n).map(|_| lo + (hi - lo) * self.next()).collect()
-    }
-}
-
 #[derive(Clone)]
 enum Data {
     F32(Vec<f64>),

@@ -24,6 +24,7 @@
 //! The cases at opset 11/12 exercise the opset-dependent forms (axes as an
 //! attribute); `OnnxModel::load` itself rejects opset < 13.
 
+use crate::common::rng::Rng;
 use attrpatch::augment::value_info;
 use attrpatch::autodiff::rules::{lookup, readme_list, supported, RULES};
 use attrpatch::autodiff::Backward;
@@ -43,35 +44,6 @@ use std::collections::HashSet;
 use std::path::Path;
 
 // ---------------------------------------------------------------- harness --
-
-/// splitmix64: small, deterministic, no crate.
-struct Rng(u64);
-
-impl Rng {
-    fn seeded(label: &str) -> Self {
-        // FNV-1a of the case name, so every case has its own stream.
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for b in label.bytes() {
-            h ^= b as u64;
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-        Rng(h)
-    }
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn uniform(&mut self, lo: f64, hi: f64) -> f64 {
-        let u = (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
-        lo + (hi - lo) * u
-    }
-    fn vec(&mut self, n: usize, lo: f64, hi: f64) -> Vec<f64> {
-        (0..n).map(|_| self.uniform(lo, hi)).collect()
-    }
-}
 
 /// (shape, values) of each output a run was asked for.
 type Outputs = Vec<(Vec<usize>, Vec<f64>)>;

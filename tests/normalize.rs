@@ -4,6 +4,7 @@
 //! the files in tests/fixtures/normalize/ (tools/fixtures/normalize_fixtures.py)
 //! against their PyTorch float64 references.
 
+use crate::common::rng::Rng;
 use crate::common::*;
 use attrpatch::augment::value_info;
 use attrpatch::job::{run_job, JobOptions};
@@ -23,26 +24,6 @@ use prost::Message;
 use std::path::{Path, PathBuf};
 
 // ---------------------------------------------------------------- harness --
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn uniform(&mut self, lo: f64, hi: f64) -> f64 {
-        lo + (hi - lo) * ((self.next() >> 11) as f64 / (1u64 << 53) as f64)
-    }
-    fn floats(&mut self, n: usize, lo: f64, hi: f64) -> Vec<f64> {
-        (0..n).map(|_| self.uniform(lo, hi)).collect()
-    }
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.next() as u8).collect()
-    }
-}
 
 enum Feed {
     F32(Vec<usize>, Vec<f32>),
@@ -180,7 +161,7 @@ enum Zp {
 fn matmul_nbits_dequantised_matches_onnx_runtime_kernel() {
     let (m_rows, k, n) = (5usize, 48usize, 24usize);
     let mut rng = Rng(17);
-    let x: Vec<f32> = rng.floats(m_rows * k, -1.0, 1.0).into_iter().map(|v| v as f32).collect();
+    let x: Vec<f32> = rng.vec(m_rows * k, -1.0, 1.0).into_iter().map(|v| v as f32).collect();
     let (mut ran, mut refused) = (vec![], vec![]);
     for bits in [2usize, 4, 8] {
         for bs in [16usize, 32, 64] {
@@ -190,7 +171,7 @@ fn matmul_nbits_dequantised_matches_onnx_runtime_kernel() {
                     let blob = bs * bits / 8;
                     let mut inits = vec![
                         raw("B", 2, &[n as i64, blocks as i64, blob as i64], rng.bytes(n * blocks * blob)),
-                        float_tensor("scales", FLOAT, &[(n * blocks) as i64], &rng.floats(n * blocks, 0.01, 0.1)),
+                        float_tensor("scales", FLOAT, &[(n * blocks) as i64], &rng.vec(n * blocks, 0.01, 0.1)),
                     ];
                     let mut ins = vec!["A", "B", "scales"];
                     match zp {
@@ -206,7 +187,7 @@ fn matmul_nbits_dequantised_matches_onnx_runtime_kernel() {
                                 "zp",
                                 FLOAT,
                                 &[(n * blocks) as i64],
-                                &rng.floats(n * blocks, 0.0, top),
+                                &rng.vec(n * blocks, 0.0, top),
                             ));
                             ins.push("zp");
                         }
@@ -220,7 +201,7 @@ fn matmul_nbits_dequantised_matches_onnx_runtime_kernel() {
                         ins.push("");
                     }
                     if bias {
-                        inits.push(float_tensor("bias", FLOAT, &[n as i64], &rng.floats(n, -1.0, 1.0)));
+                        inits.push(float_tensor("bias", FLOAT, &[n as i64], &rng.vec(n, -1.0, 1.0)));
                         ins.push("bias");
                     }
                     while ins.last() == Some(&"") {
@@ -279,7 +260,7 @@ fn matmul_nbits_dequantised_matches_onnx_runtime_kernel() {
     let gi: Vec<u8> = (0..k).map(|kk| (((kk * 7) % k) / bs) as i32).flat_map(|v| v.to_le_bytes()).collect();
     let inits = vec![
         raw("B", 2, &[n as i64, (k / bs) as i64, (bs / 2) as i64], rng.bytes(n * k / 2)),
-        float_tensor("scales", FLOAT, &[(n * k / bs) as i64], &rng.floats(n * k / bs, 0.01, 0.1)),
+        float_tensor("scales", FLOAT, &[(n * k / bs) as i64], &rng.vec(n * k / bs, 0.01, 0.1)),
         raw("g_idx", 6, &[k as i64], gi),
     ];
     let mut mm = node(
@@ -316,7 +297,7 @@ fn matmul_nbits_dequantised_matches_onnx_runtime_kernel() {
 fn dequantize_linear_weights_match_onnx_runtime_kernel() {
     let (m_rows, k, n) = (3usize, 32usize, 8usize);
     let mut rng = Rng(5);
-    let x: Vec<f32> = rng.floats(m_rows * k, -1.0, 1.0).into_iter().map(|v| v as f32).collect();
+    let x: Vec<f32> = rng.vec(m_rows * k, -1.0, 1.0).into_iter().map(|v| v as f32).collect();
     // (label, opset, weight type, scale dims, axis, block)
     type DqCase = (&'static str, i64, i32, Vec<i64>, Option<i64>, Option<i64>);
     let cases: Vec<DqCase> = vec![
@@ -333,7 +314,7 @@ fn dequantize_linear_weights_match_onnx_runtime_kernel() {
         let zbytes = if wt == 21 || wt == 22 { rng.bytes(scount.div_ceil(2)) } else { rng.bytes(scount) };
         let inits = vec![
             raw("Wq", wt, &[k as i64, n as i64], wbytes),
-            float_tensor("s", FLOAT, &sdims, &rng.floats(scount, 0.01, 0.1)),
+            float_tensor("s", FLOAT, &sdims, &rng.vec(scount, 0.01, 0.1)),
             raw("z", wt, &sdims, zbytes),
         ];
         let mut attrs = vec![];
@@ -399,11 +380,11 @@ fn activation_quantization_is_refused_naming_the_nodes() {
 fn half_precision_graphs_are_computed_in_float32() {
     let (r, c) = (4usize, 8usize);
     let mut rng = Rng(9);
-    let w: Vec<f32> = rng.floats(c * c, -0.5, 0.5).into_iter().map(|v| v as f32).collect();
+    let w: Vec<f32> = rng.vec(c * c, -0.5, 0.5).into_iter().map(|v| v as f32).collect();
     let half = |name: &str, dims: &[i64], v: &[f32]| {
         raw(name, FLOAT16, dims, v.iter().flat_map(|&x| f16_bits(x).to_le_bytes()).collect())
     };
-    let bias: Vec<f32> = rng.floats(c, -0.5, 0.5).into_iter().map(|v| v as f32).collect();
+    let bias: Vec<f32> = rng.vec(c, -0.5, 0.5).into_iter().map(|v| v as f32).collect();
     let one = half("value", &[1], &[0.25]);
     let nodes = vec![
         node("Cast", "in", &["x"], &["xh"], vec![attr_i("to", FLOAT16 as i64)]),
@@ -423,7 +404,7 @@ fn half_precision_graphs_are_computed_in_float32() {
         &[("y", FLOAT)],
         &[("", 17)],
     );
-    let x: Vec<f32> = rng.floats(r * c, -2.0, 2.0).into_iter().map(|v| v as f32).collect();
+    let x: Vec<f32> = rng.vec(r * c, -2.0, 2.0).into_iter().map(|v| v as f32).collect();
     let feeds = [("x", Feed::F32(vec![r, c], x))];
     let want = run(&m.encode_to_vec(), &feeds, &["y"]).unwrap();
     let (bytes, om) = normalized(&m);
@@ -464,7 +445,7 @@ fn half_precision_graphs_are_computed_in_float32() {
 #[test]
 fn opset_11_and_12_graphs_upgrade_to_13_unchanged() {
     let mut rng = Rng(3);
-    let x: Vec<f32> = rng.floats(2 * 3 * 5, -2.0, 2.0).into_iter().map(|v| v as f32).collect();
+    let x: Vec<f32> = rng.vec(2 * 3 * 5, -2.0, 2.0).into_iter().map(|v| v as f32).collect();
     for opset in [11, 12] {
         let nodes = vec![
             node("Split", "split", &["x"], &["a", "b"], vec![attr_i("axis", 2), attr_ints("split", &[2, 3])]),
@@ -776,7 +757,7 @@ fn empty_cache_with_a_symbolic_head_size_matches_onnx_runtime() {
     };
     let (b, s, hs, heads) = (2usize, 5usize, 16usize, 2usize);
     let mut rng = Rng(11);
-    let mut f = |n: usize| -> Vec<f32> { rng.floats(n, -1.0, 1.0).into_iter().map(|v| v as f32).collect() };
+    let mut f = |n: usize| -> Vec<f32> { rng.vec(n, -1.0, 1.0).into_iter().map(|v| v as f32).collect() };
     let (q, k, v) = (f(b * s * heads * hs), f(b * s * hs), f(b * s * hs));
     let k4 = f(b * s * hs);
     let mut gqa = node(

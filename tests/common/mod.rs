@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod by_hand;
+pub mod rng;
 pub mod synth;
 
 use std::path::{Path, PathBuf};

@@ -15,6 +15,7 @@ pub mod augment;
 pub mod autodiff;
 pub mod batches;
 pub mod compare;
+pub mod edges;
 pub mod grids;
 pub mod hooks;
 pub mod inspect;

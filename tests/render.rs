@@ -469,16 +469,19 @@ use attrpatch::render::{write_circuit, write_faithfulness, write_report_html_wit
 
 const GPT2_SMALL: Topology = Topology { layers: 12, heads: 12, kv_heads: 12, parallel: false };
 
-/// Every edge of `t` with a seeded heavy-tailed score (a few large, most near
-/// zero, both signs), as an edge scorer would give them.
+/// Every edge of `t` with a seeded heavy-tailed score (log-normal |score|: a few
+/// large, most near zero; both signs), as an edge scorer would give them.
 fn synthetic_edges(t: Topology, label: &str) -> EdgeScores {
     let mut rng = crate::common::rng::Rng::seeded(label);
     let edges: Vec<EdgeScore> = t
         .edges()
         .into_iter()
         .map(|(w, r)| {
-            let (u, v) = (rng.uniform(-0.4, 0.6), rng.uniform(0.0, 1.0));
-            EdgeScore { from: w.to_string(), to: r.to_string(), score: u * (8.0 * v).exp() * 1e-3 }
+            // Log-normal |score| (Box-Muller), negative one time in three.
+            let (u, v, sign) = (1.0 - rng.uniform(0.0, 1.0), rng.uniform(0.0, 1.0), rng.uniform(0.0, 1.0));
+            let z = (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos();
+            let score = if sign < 1.0 / 3.0 { -1.0 } else { 1.0 } * (1.5 * z).exp() * 1e-3;
+            EdgeScore { from: w.to_string(), to: r.to_string(), score }
         })
         .collect();
     EdgeScores {
@@ -516,8 +519,8 @@ fn circuit_and_faithfulness_figures_are_drawn() {
         let written = write_circuit(&sub, &s, k).unwrap();
         assert_eq!(written, [sub.join("circuit.png"), sub.join("circuit.svg")]);
         let svg = std::fs::read_to_string(&written[1]).unwrap();
-        // One curve per kept edge, and the legend's four sample strokes.
-        assert_eq!(svg.matches("<polyline").count(), k + 4, "K = {k}");
+        // One curve per kept edge, and the legend's five sample strokes.
+        assert_eq!(svg.matches("<polyline").count(), k + 5, "K = {k}");
         let texts: Vec<String> = svg_texts(&svg).into_iter().map(|(_, t)| t).collect();
         for e in by_abs(&s).into_iter().take(k) {
             assert!(texts.contains(&e.from), "K = {k}: writer {} has no box", e.from);

@@ -91,7 +91,7 @@ impl CircuitFigure {
             },
             LegendLine { strokes: vec![(neg, 3)], text: "negative score: it lowers the metric".into() },
             LegendLine {
-                strokes: vec![(TEXT, 1), (TEXT, MAX_EDGE_W)],
+                strokes: vec![(pos, 1), (pos, MAX_EDGE_W / 2), (pos, MAX_EDGE_W)],
                 text: format!(
                     "width ∝ |score|: from {} (the smallest drawn) to {} (the largest)",
                     fmt_tick(smallest),
@@ -220,8 +220,8 @@ mod tests {
         let fig = CircuitFigure::new(&s, 20).unwrap();
         assert_eq!((img.width() as i32, img.height() as i32), (fig.width, fig.height));
         assert!(svg.contains(&format!(r#"width="{}" height="{}""#, fig.width, fig.height)), "svg size");
-        // One polyline per edge plus the legend's four sample strokes.
-        assert_eq!(svg.matches("<polyline").count(), 20 + 4);
+        // One polyline per edge plus the legend's five sample strokes.
+        assert_eq!(svg.matches("<polyline").count(), 20 + 5);
         for want in
             ["Circuit: the top 20 of 32491 edges", "EAP-IG (5 steps)", "K = 20", "logit diff", "logits", "input"]
         {

@@ -375,8 +375,8 @@ pub(crate) mod tests {
     use super::*;
     use crate::edges::{scores::node_scores, Topology};
 
-    /// Synthetic scores on `t`'s edges: heavy-tailed (a few large, many tiny),
-    /// both signs, from a seeded splitmix64.
+    /// Synthetic scores on `t`'s edges: heavy-tailed (log-normal |score|: a few
+    /// large, many tiny), both signs, from a seeded splitmix64.
     pub(crate) fn synthetic(t: Topology, seed: u64) -> EdgeScores {
         let mut state = seed;
         let mut next = move || {
@@ -390,8 +390,11 @@ pub(crate) mod tests {
             .edges()
             .into_iter()
             .map(|(w, r)| {
-                let (u, v) = (next(), next());
-                EdgeScore { from: w.to_string(), to: r.to_string(), score: (u - 0.4) * (8.0 * v).exp() * 1e-3 }
+                // Log-normal |score| (Box-Muller), negative one time in three.
+                let (u, v, sign) = (1.0 - next(), next(), next());
+                let z = (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos();
+                let score = if sign < 1.0 / 3.0 { -1.0 } else { 1.0 } * (1.5 * z).exp() * 1e-3;
+                EdgeScore { from: w.to_string(), to: r.to_string(), score }
             })
             .collect();
         EdgeScores {

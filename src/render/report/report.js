@@ -465,7 +465,9 @@
     const th = key => table.querySelector(`th[data-key="${key}"]`);
     out.push(`edges rows ${rows().length} of ${table.dataset.matches}`);
     out.push(`edges default ${scores()}`);
+    let t0 = performance.now();
     th("score").click();
+    const sortMs = performance.now() - t0;
     out.push(`edges score-desc ${scores()}`);
     th("score").click();
     out.push(`edges score-asc ${scores()}`);
@@ -483,14 +485,19 @@
     filter.value = "";
     filter.dispatchEvent(new Event("input"));
     const slider = document.getElementById("edge-k"), start = slider.value;
+    let slideMs = 0;
     for (const k of [1, 10, Number(slider.max)]) {
+      t0 = performance.now();
       slider.value = String(k);
       slider.dispatchEvent(new Event("input"));
+      slideMs = Math.max(slideMs, performance.now() - t0);
       const nodes = [...document.querySelectorAll("#circuit g.node")].map(g => g.dataset.name).sort().join(",");
       out.push(`edges k ${k}: paths ${document.querySelectorAll("#circuit path.edge").length} marked ${table.querySelectorAll("tr.in-circuit").length} nodes ${nodes}`);
     }
     slider.value = start;
     slider.dispatchEvent(new Event("input"));
+    // Not asserted (timings are no test); read when judging responsiveness.
+    out.push(`edges ms: sort by score ${sortMs.toFixed(1)}, slowest slider move ${slideMs.toFixed(1)}`);
   }
 
   document.getElementById("loading").remove();

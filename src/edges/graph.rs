@@ -135,7 +135,7 @@ pub fn build(model: OnnxModel, opts: &EdgeGraphOptions) -> Result<EdgeGraph> {
     topo_sort(g);
 
     let mut probe = skeleton::probe_inputs(&anat);
-    if let Some(l) = opts.perturb {
+    if opts.perturb.is_some() {
         let rank = blocks.resid_rank;
         let (pp, ps) = (skeleton::PROBE_PAIRS, skeleton::PROBE_SEQ);
         let mut s = vec![blocks.head_readers(), pp, ps, blocks.d_model];

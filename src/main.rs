@@ -21,6 +21,8 @@ enum Cmd {
     Patch(PatchArgs),
     /// Attribution (and integrated gradients with --ig-steps) beside exact patching: grids, scatter plots, correlations.
     Compare(CompareArgs),
+    /// Edge attribution patching: every edge's score (EAP; EAP-IG with --ig-steps) as edges.json and edges.csv.
+    Edges(EdgesArgs),
     /// List the layers, hook tensors, inputs, outputs and the ops between hooks and logits.
     Inspect {
         /// ONNX model file.
@@ -168,6 +170,21 @@ struct RunArgs {
 }
 
 #[derive(Args)]
+struct EdgesArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// Prompt pairs per runtime call [default: as run chooses].
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// EAP-IG with N steps (the input writer's output moved from corrupted to clean); 1 is plain EAP.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    ig_steps: usize,
+    /// The K edges of largest |score| printed (and drawn, with the circuit figure).
+    #[arg(long, value_name = "K", default_value_t = 20)]
+    top_k: usize,
+}
+
+#[derive(Args)]
 struct PatchArgs {
     #[command(flatten)]
     common: CommonArgs,
@@ -287,6 +304,48 @@ fn report_job(opts: &job::JobOptions, r: &job::JobResult, out: &Path) -> Result<
     for w in report::write_results(r, out)? {
         println!("wrote {}", w.display());
     }
+    Ok(())
+}
+
+fn edges_cmd(args: EdgesArgs) -> Result<(), Error> {
+    at_least_one(&[("--ig-steps", Some(args.ig_steps)), ("--top-k", Some(args.top_k)), ("--batch-size", args.batch_size)])?;
+    if args.common.hook != attrpatch::hooks::HookKind::AttnOut {
+        return Err(Error::Input(
+            "--hook: edge scores are defined by the attention heads, MLPs and residual stream; drop --hook".into(),
+        ));
+    }
+    if args.common.per_prompt {
+        return Err(Error::Input("--per-prompt: edge scores are summed over the pairs; drop --per-prompt".into()));
+    }
+    let mut opts = args.common.job_options()?;
+    opts.batch_size = args.batch_size;
+    let out = args.common.out_dir();
+    let r = attrpatch::edges::run_edges_detailed(&opts, args.ig_steps)?;
+    let s = &r.scores;
+    println!("model: {}", opts.model.display());
+    println!(
+        "method: {} ({} layers x {} heads, {} key/value heads{}), {} edges, {} runtime call{} ({:.3}s)",
+        s.method,
+        s.layers,
+        s.heads,
+        s.kv_heads,
+        if s.parallel { ", parallel blocks" } else { "" },
+        s.edges.len(),
+        r.runtime_calls,
+        plural(r.runtime_calls),
+        r.run_seconds
+    );
+    let mut top: Vec<&attrpatch::edges::EdgeScore> = s.edges.iter().collect();
+    top.sort_by(|a, b| b.score.abs().total_cmp(&a.score.abs()));
+    println!("top {} edges by |score|:", args.top_k.min(top.len()));
+    for e in top.iter().take(args.top_k) {
+        println!("  {:>10} -> {:<10} {:+.4}", e.from, e.to, e.score);
+    }
+    attrpatch::edges::scores::write(&out, s)?;
+    println!("wrote {}", out.join("edges.json").display());
+    println!("wrote {}", out.join("edges.csv").display());
+    // The circuit figure goes here once render::circuit lands:
+    // attrpatch::render::circuit::write_circuit(&out, s, args.top_k)?;
     Ok(())
 }
 
@@ -424,6 +483,10 @@ fn main() -> ExitCode {
         Cmd::Compare(mut a) => {
             a.common.default_out = "attrpatch-compare";
             compare_cmd(a)
+        }
+        Cmd::Edges(mut a) => {
+            a.common.default_out = "attrpatch-edges";
+            edges_cmd(a)
         }
         Cmd::Inspect { model, hook } => OnnxModel::load(&model)
             .and_then(|m| inspect::inspect(&m, hook.as_ref()))

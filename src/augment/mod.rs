@@ -176,7 +176,7 @@ pub fn augment_with(model: OnnxModel, opts: AugmentOptions) -> Result<Augmented>
 }
 
 /// How each copy of the forward graph names the original's tensors.
-struct Copies<'a> {
+pub(crate) struct Copies<'a> {
     clean: copy::Renamer<'a>,
     /// The corrupted copy's renamed token inputs; every other name is kept.
     corrupted: HashMap<String, String>,
@@ -185,7 +185,7 @@ struct Copies<'a> {
 impl<'a> Copies<'a> {
     /// The corrupted copy is the original graph with its inputs renamed; the
     /// clean copy, appended to it, renames everything that is not constant.
-    fn make(g: &mut GraphProto, anat: &'a Anatomy) -> Self {
+    pub(crate) fn make(g: &mut GraphProto, anat: &'a Anatomy) -> Self {
         let token_inputs = anat.token_inputs();
         let corrupted = copy::input_map(&token_inputs, |t| t.corrupted.clone());
         let clean = copy::Renamer::clean(&token_inputs, &anat.constants);
@@ -195,7 +195,7 @@ impl<'a> Copies<'a> {
         Copies { clean, corrupted }
     }
 
-    fn clean_name(&self, t: &str) -> String {
+    pub(crate) fn clean_name(&self, t: &str) -> String {
         self.clean.name(t)
     }
 
@@ -207,7 +207,7 @@ impl<'a> Copies<'a> {
 /// Each copy's metric values, and the normalised metric
 /// `(corrupted - CORR) / (CLEAN - CORR)` the backward differentiates; returns
 /// the stop-gradient `Identity` outputs that hold the baselines constant.
-fn metric_nodes(b: &mut GraphBuilder, anat: &Anatomy, m: Metric, copies: &Copies) -> HashSet<String> {
+pub(crate) fn metric_nodes(b: &mut GraphBuilder, anat: &Anatomy, m: Metric, copies: &Copies) -> HashSet<String> {
     let pairs = metric::PAIR_SELECTORS;
     let (src, logits) = (&anat.src, &anat.logits);
     let clean_sel = metric::last_logits(b, src, logits, &|t| copies.clean_name(t), pairs);
@@ -223,7 +223,7 @@ fn metric_nodes(b: &mut GraphBuilder, anat: &Anatomy, m: Metric, copies: &Copies
 }
 
 /// The baselines, the metric and the per-pair metric values as outputs.
-fn declare_metric_outputs(g: &mut GraphProto, anat: &Anatomy) {
+pub(crate) fn declare_metric_outputs(g: &mut GraphProto, anat: &Anatomy) {
     let scalar = [Dim::Known(1), Dim::Known(1)];
     for name in [names::CLEAN_LD, names::CORRUPTED_LD, names::METRIC] {
         g.output.push(value_info(name, anat.dtype, &scalar));

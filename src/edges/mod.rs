@@ -7,8 +7,13 @@
 //! `.k`, `.v` (per key/value head under grouped-query attention), `m{l}` and
 //! `logits`. An edge u -> v exists when u is summed into v's read point.
 
+pub mod anatomy;
+pub mod graph;
+pub mod rewrite;
+pub mod run;
 pub mod scores;
 
+pub use run::{run_edges, run_edges_detailed, EdgeRun};
 pub use scores::{EdgeScore, EdgeScores, NodeScore};
 
 /// A writer: a node whose output is added to the residual stream.

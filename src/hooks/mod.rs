@@ -34,7 +34,11 @@ pub const BY_STRUCTURE: &str = "structure: MatMul/Gemm after the head merge of s
 /// Tensors whose value does not depend on any graph input: initializers,
 /// Constant outputs, and whatever is computed from those alone.
 pub fn constant_tensors(model: &OnnxModel) -> HashSet<String> {
-    let g = model.graph();
+    constant_tensors_of(model.graph())
+}
+
+/// `constant_tensors` of a graph being rewritten.
+pub fn constant_tensors_of(g: &crate::onnx::pb::GraphProto) -> HashSet<String> {
     let mut set: HashSet<String> = g.initializer.iter().map(|t| t.name.clone()).collect();
     let inputs: HashSet<&str> = g.input.iter().map(|v| v.name.as_str()).collect();
     set.retain(|n| !inputs.contains(n.as_str()));

@@ -1,0 +1,416 @@
+//! The edge-scoring graph: the model with every reader on its own input copy
+//! (`rewrite`), run on the clean and corrupted prompts as in `augment`, a
+//! backward graph to every reader copy, and the scores computed inside:
+//!   D = [Δ of every writer], [U, B*S*d]   (clean - corrupted, writers in residual order)
+//!   G = [gradient at every reader], [R, B*S*d]   (readers in residual order)
+//!   scores = D G^T, [U, R]
+//! so only a [writers, readers] matrix leaves the runtime. Edges that do not
+//! exist (a writer after its reader) are computed too and dropped on the host.
+//!
+//! EAP-IG (`ig_steps` N > 1): the corrupted copy runs N times in one call (its
+//! token inputs tiled in the graph), the `input` writer's output of run k moved
+//! to corrupted + k/N (clean - corrupted); the metric averages the N runs, so
+//! each reader's gradient, summed over the runs, is the mean over alpha. The
+//! writers' differences come from run 0 (alpha = 0: the plain corrupted run).
+
+use super::anatomy::{self, BlockAnatomy};
+use super::rewrite::{self, names as reads};
+use crate::augment::{metric, names, skeleton, Anatomy, Copies, Metric, TokenInput};
+use crate::autodiff::Backward;
+use crate::error::{Error, Result};
+use crate::hooks::{Hook, HookKind};
+use crate::onnx::builder::{attr_i, GraphBuilder};
+use crate::onnx::facts::Dim;
+use crate::onnx::graph::{all_names, value_info};
+use crate::onnx::pb::{GraphProto, ModelProto, NodeProto};
+use crate::onnx::OnnxModel;
+use std::collections::{HashMap, HashSet};
+
+/// Output names of the edge graph.
+pub mod out {
+    /// The score matrix of one batch, [writers, readers] (`Topology` orders), the
+    /// gradient of the batch's normalised metric (as `run`'s grids are).
+    pub const SCORES: &str = "attrpatch.edges.scores";
+    /// Per head of layer l: sum over pairs and positions of (clean z - corrupted z) . dM/dz,
+    /// the head's node attribution (plain EAP only), [H].
+    pub fn head_attribution(layer: usize) -> String {
+        format!("attrpatch.edges.head_attribution.{layer}")
+    }
+    /// With `EdgeGraphOptions::reader_grads`: the gradient at layer l's q/k/v reader copies.
+    pub fn reads_grad(layer: usize) -> String {
+        format!("attrpatch.edges.reads_grad.{layer}")
+    }
+}
+
+/// What the edge graph computes.
+#[derive(Debug, Clone)]
+pub struct EdgeGraphOptions {
+    /// The metric, as `run`'s.
+    pub metric: Metric,
+    /// Overrides the head count read from the graph.
+    pub heads: Option<usize>,
+    /// Integration steps (1: plain EAP).
+    pub ig_steps: usize,
+    /// Also output the gradient at each layer's q/k/v reader copies (for checks).
+    pub reader_grads: bool,
+    /// Add this input ([R, .., d], named `PERTURB`) to layer `perturb`'s q/k/v reader
+    /// copies in the corrupted run: a finite difference through those readers alone.
+    pub perturb: Option<usize>,
+}
+
+/// The perturbation input of `EdgeGraphOptions::perturb`.
+pub const PERTURB: &str = "attrpatch.edges.perturb";
+
+impl Default for EdgeGraphOptions {
+    fn default() -> Self {
+        EdgeGraphOptions { metric: Metric::LogitDiff, heads: None, ig_steps: 1, reader_grads: false, perturb: None }
+    }
+}
+
+/// The rewritten model and what reading its outputs needs.
+pub struct EdgeGraph {
+    /// The model.
+    pub proto: ModelProto,
+    /// The attention out-projection hooks.
+    pub hooks: Vec<Hook>,
+    /// Token inputs.
+    pub input_ids: TokenInput,
+    /// Attention mask input, when the model takes one.
+    pub attention_mask: Option<TokenInput>,
+    /// Position ids input, when the model takes one.
+    pub position_ids: Option<TokenInput>,
+    /// Vocabulary size.
+    pub vocab: usize,
+    /// Query heads.
+    pub heads: Option<usize>,
+    /// The blocks as found.
+    pub anatomy: BlockAnatomy,
+    /// Integration steps built in.
+    pub ig_steps: usize,
+}
+
+/// Builds the edge graph (module doc). Takes the model by value, as `augment` does.
+pub fn build(model: OnnxModel, opts: &EdgeGraphOptions) -> Result<EdgeGraph> {
+    if opts.ig_steps == 0 {
+        return Err(Error::Input("the integration steps of EAP-IG must be at least 1 (1 is plain EAP)".into()));
+    }
+    let mut anat = Anatomy::read(&model, &HookKind::AttnOut)?;
+    let heads = match opts.heads {
+        Some(h) => {
+            anat.check_heads(&model, h)?;
+            h
+        }
+        None => anat
+            .infer_heads(&model)?
+            .ok_or_else(|| crate::augment::heads_unknown(&model.path, &anat.hooks[0].tensor))?,
+    };
+    // Ranks at a probe size: the symbolic facts lose them in legacy exports' shape chains.
+    let facts = probed_facts(&model)?;
+    let blocks = anatomy::read(model.graph(), &anat.constants, &facts, &model.path, &anat.hooks, heads, &anat.logits)?;
+    let (path, opset) = (model.path.clone(), model.opset);
+    let mut proto = model.proto;
+    let g = proto.graph.as_mut().unwrap();
+    let mut b = GraphBuilder::new(opset, "attrpatch/edges/", all_names(g));
+    rewrite::give_readers_copies(g, &blocks, &facts, &mut b, &path)?;
+    if let Some(l) = opts.perturb {
+        perturb_reads(g, &blocks, l, &mut b)?;
+    }
+    // The copies share what is constant now, the weight slices included.
+    anat.constants = crate::hooks::constant_tensors_of(g);
+    // The metric reads the lm_head's input; the final layer-norm now reads a copy, not the residual.
+    let copies = Copies::make(g, &anat);
+    let n = opts.ig_steps;
+    if n > 1 {
+        tile_corrupted(g, &anat, &blocks, &copies, n, &mut b);
+    }
+    skeleton::declare_inputs(g, &anat);
+    if opts.perturb.is_some() {
+        let rank = blocks.resid_rank;
+        g.input.push(value_info(PERTURB, anat.dtype, &vec![Dim::Unknown; rank + 1]));
+    }
+    let stop = metric_nodes(&mut b, &anat, opts.metric, &copies, n);
+    b.apply(g);
+    g.output.clear();
+    crate::augment::declare_metric_outputs(g, &anat);
+    topo_sort(g);
+
+    let mut probe = skeleton::probe_inputs(&anat);
+    if opts.perturb.is_some() {
+        let rank = blocks.resid_rank;
+        let (pp, ps) = (skeleton::PROBE_PAIRS, skeleton::PROBE_SEQ);
+        let mut s = vec![blocks.head_readers(), pp, ps, blocks.d_model];
+        if rank == 2 {
+            s = vec![blocks.head_readers(), pp * ps, blocks.d_model];
+        }
+        probe.push((PERTURB.to_string(), s));
+    }
+    let facts = skeleton::analyse_probed(&proto, &path, &probe)?;
+    let g = proto.graph.as_mut().unwrap();
+    let seed = b.const_tensor(anat.dtype, &[1, 1], &[1.0]);
+    let mut wrt = vec![];
+    for blk in &blocks.blocks {
+        wrt.push(reads::head_reads(blk.layer));
+        wrt.push(reads::mlp_read(blk.layer));
+    }
+    wrt.push(reads::LOGITS_READ.to_string());
+    if n == 1 {
+        wrt.extend(blocks.blocks.iter().map(|blk| blk.out_proj.z.clone()));
+    }
+    let grads = Backward { graph: g, facts: &facts, stop: &stop }.build(&mut b, &wrt, names::METRIC, &seed)?;
+    score_nodes(&mut b, g, &blocks, &copies, &grads, n, opts.reader_grads, anat.dtype);
+    b.apply(g);
+    skeleton::finish(&mut proto);
+    Ok(EdgeGraph {
+        proto,
+        hooks: anat.hooks,
+        input_ids: anat.ids_in,
+        attention_mask: anat.mask_in,
+        position_ids: anat.pos_in,
+        vocab: anat.vocab,
+        heads: Some(heads),
+        anatomy: blocks,
+        ig_steps: n,
+    })
+}
+
+/// The model's facts with its token inputs at the probe size.
+fn probed_facts(model: &OnnxModel) -> Result<crate::onnx::facts::Facts> {
+    let g = model.graph();
+    let inits: HashSet<&str> = g.initializer.iter().map(|t| t.name.as_str()).collect();
+    let probe: Vec<(&str, Vec<usize>)> = g
+        .input
+        .iter()
+        .filter(|i| !inits.contains(i.name.as_str()))
+        .map(|i| (i.name.as_str(), vec![skeleton::PROBE_PAIRS, skeleton::PROBE_SEQ]))
+        .collect();
+    crate::onnx::facts::analyse_with_probe(&model.proto, &model.path, &probe)
+}
+
+/// Layer l's q/k/v readers read `reads.l + PERTURB` in the corrupted copy.
+fn perturb_reads(g: &mut GraphProto, blocks: &BlockAnatomy, l: usize, b: &mut GraphBuilder) -> Result<()> {
+    if l >= blocks.blocks.len() {
+        return Err(Error::Input(format!("perturbed layer {l}: the model has {} layers", blocks.blocks.len())));
+    }
+    let reads = reads::head_reads(l);
+    let moved = b.fresh("edges_perturbed");
+    for n in g.node.iter_mut() {
+        for i in n.input.iter_mut().filter(|i| **i == reads) {
+            *i = moved.clone();
+        }
+    }
+    b.node_named("Add", &[&reads, PERTURB], &moved, vec![]);
+    let pos = g.node.iter().position(|n| n.output.contains(&reads)).unwrap() + 1;
+    let new = std::mem::take(&mut b.nodes);
+    g.node.splice(pos..pos, new);
+    Ok(())
+}
+
+/// EAP-IG: the corrupted copy's token inputs tiled n times, and its `input`
+/// writer's output moved towards the clean one: run k gets alpha = k/n.
+fn tile_corrupted(
+    g: &mut GraphProto,
+    anat: &Anatomy,
+    blocks: &BlockAnatomy,
+    copies: &Copies,
+    n: usize,
+    b: &mut GraphBuilder,
+) {
+    for t in anat.token_inputs() {
+        let reps = b.const_i64s(&[n as i64, 1]);
+        let tiled = b.node("Tile", &[&t.corrupted, &reps], vec![]);
+        for node in g.node.iter_mut() {
+            for i in node.input.iter_mut().filter(|i| **i == t.corrupted) {
+                *i = tiled.clone();
+            }
+        }
+    }
+    let x0 = &blocks.blocks[0].resid_in;
+    let clean = copies.clean_name(x0);
+    let rank = blocks.resid_rank;
+    let moved = b.fresh("edges_ig_input");
+    for node in g.node.iter_mut() {
+        for i in node.input.iter_mut().filter(|i| *i == x0) {
+            *i = moved.clone();
+        }
+    }
+    // alpha per row: [n, 1] expanded to [n, rows], flattened to [n*rows, 1, ..].
+    let alphas: Vec<f64> = (0..n).map(|k| k as f64 / n as f64).collect();
+    let alpha = b.const_tensor(anat.dtype, &[n as i64, 1], &alphas);
+    let rows = b.dim(&clean, 0);
+    let n_t = b.const_i64s(&[n as i64]);
+    let shape = b.concat(&[&n_t, &rows], 0);
+    let a = b.node("Expand", &[&alpha, &shape], vec![]);
+    let mut flat = vec![-1i64];
+    flat.extend(std::iter::repeat_n(1, rank - 1));
+    let flat = b.const_i64s(&flat);
+    let a = b.reshape(&a, &flat);
+    let mut reps = vec![n as i64];
+    reps.extend(std::iter::repeat_n(1, rank - 1));
+    let reps = b.const_i64s(&reps);
+    let clean_tiled = b.node("Tile", &[&clean, &reps], vec![]);
+    let diff = b.sub(&clean_tiled, x0);
+    let step = b.mul(&a, &diff);
+    b.node_named("Add", &[x0, &step], &moved, vec![]);
+    // Placed at the end; `topo_sort` puts every node after its inputs.
+    b.apply(g);
+}
+
+/// `augment`'s metric, with the corrupted side's selectors tiled for EAP-IG's n runs.
+fn metric_nodes(b: &mut GraphBuilder, anat: &Anatomy, m: Metric, copies: &Copies, n: usize) -> HashSet<String> {
+    if n == 1 {
+        return crate::augment::metric_nodes(b, anat, m, copies);
+    }
+    let pairs = metric::PAIR_SELECTORS;
+    let (src, logits) = (&anat.src, &anat.logits);
+    let clean_sel = metric::last_logits(b, src, logits, &|t| copies.clean_name(t), pairs);
+    metric::metric_values(b, m, &clean_sel, &clean_sel, pairs, names::CLEAN_LDS, names::CLEAN_LD);
+    let r3 = b.const_i64s(&[n as i64, 1, 1]);
+    let r2 = b.const_i64s(&[n as i64, 1]);
+    let position = b.node("Tile", &[pairs.position, &r3], vec![]);
+    let answer = b.node("Tile", &[pairs.answer, &r3], vec![]);
+    let w = b.node("Tile", &[pairs.weights, &r2], vec![]);
+    let inv_n = b.const_scalar(anat.dtype, 1.0 / n as f64);
+    let weights = b.mul(&w, &inv_n);
+    let tiled = metric::Selectors { position: &position, answer: &answer, weights: &weights };
+    let corrupted_sel = metric::last_logits(b, src, logits, &|t| t.to_string(), tiled);
+    let clean_tiled = b.node("Tile", &[&clean_sel, &r3], vec![]);
+    metric::metric_values(b, m, &corrupted_sel, &clean_tiled, tiled, names::CORRUPTED_LDS, names::CORRUPTED_LD);
+    let clean_const = b.node("Identity", &[names::CLEAN_LD], vec![]);
+    let corr_const = b.node("Identity", &[names::CORRUPTED_LD], vec![]);
+    let num = b.sub(names::CORRUPTED_LD, &corr_const);
+    let den = b.sub(&clean_const, &corr_const);
+    b.node_named("Div", &[&num, &den], names::METRIC, vec![]);
+    [clean_const, corr_const].into_iter().collect()
+}
+
+/// The first `rows` rows (axis 0) of `t`, `rows` read from `like`: run 0 of EAP-IG's tiled runs.
+fn first_rows(b: &mut GraphBuilder, t: &str, like: &str, n: usize) -> String {
+    if n == 1 {
+        return t.to_string();
+    }
+    let rows = b.dim(like, 0);
+    let zero = b.const_i64s(&[0]);
+    let axis = b.const_i64s(&[0]);
+    b.node("Slice", &[t, &zero, &rows, &axis], vec![])
+}
+
+/// Writer differences, reader gradients, their product, and the outputs.
+#[allow(clippy::too_many_arguments)]
+fn score_nodes(
+    b: &mut GraphBuilder,
+    g: &mut GraphProto,
+    anat: &BlockAnatomy,
+    copies: &Copies,
+    grads: &[String],
+    n: usize,
+    reader_grads: bool,
+    dtype: i32,
+) {
+    let row = b.const_i64s(&[1, -1]);
+    let (h, dh, d) = (anat.heads as i64, anat.head_dim as i64, anat.d_model as i64);
+    let delta = |b: &mut GraphBuilder, t: &str| -> String {
+        let clean = copies.clean_name(t);
+        let corr = first_rows(b, t, &clean, n);
+        b.sub(&clean, &corr)
+    };
+    let mut writers = vec![];
+    let x0 = delta(b, &anat.blocks[0].resid_in);
+    writers.push(b.reshape(&x0, &row));
+    let per_head_shape = b.const_i64s(&[-1, h, dh]);
+    let heads_rows = b.const_i64s(&[h, -1]);
+    let w_shape = b.const_i64s(&[h, dh, d]);
+    for blk in &anat.blocks {
+        let dz = delta(b, &blk.out_proj.z);
+        let z3 = b.reshape(&dz, &per_head_shape);
+        let zh = b.transpose(&z3, &[1, 0, 2]);
+        let w =
+            if blk.out_proj.trans_b { b.transpose(&blk.out_proj.weight, &[1, 0]) } else { blk.out_proj.weight.clone() };
+        let wh = b.reshape(&w, &w_shape);
+        let out = b.matmul(&zh, &wh);
+        writers.push(b.reshape(&out, &heads_rows));
+        let dm = delta(b, &blk.mlp_out);
+        writers.push(b.reshape(&dm, &row));
+    }
+    let refs: Vec<&str> = writers.iter().map(String::as_str).collect();
+    let dmat = b.concat(&refs, 0);
+
+    // Gradients: grads are [reads.l, mlp_read.l]* then logits_read, then (plain EAP) each z.
+    let r = anat.head_readers() as i64;
+    let fold = |b: &mut GraphBuilder, gr: &str, copies_: i64| -> String {
+        if n == 1 {
+            let s = b.const_i64s(&[copies_, -1]);
+            return b.reshape(gr, &s);
+        }
+        // [copies, n*rows, ..] or [n*rows, ..] -> summed over the n runs.
+        let s = if copies_ == 1 { b.const_i64s(&[1, n as i64, -1]) } else { b.const_i64s(&[copies_, n as i64, -1]) };
+        let v = b.reshape(gr, &s);
+        b.reduce_sum(&v, &[1], false)
+    };
+    let mut readers = vec![];
+    for (k, blk) in anat.blocks.iter().enumerate() {
+        readers.push(fold(b, &grads[2 * k], r));
+        readers.push(fold(b, &grads[2 * k + 1], 1));
+        if reader_grads {
+            b.node_named("Identity", &[&grads[2 * k]], &out::reads_grad(blk.layer), vec![]);
+            g.output.push(value_info(&out::reads_grad(blk.layer), dtype, &vec![Dim::Unknown; anat.resid_rank + 1]));
+        }
+    }
+    let last = 2 * anat.blocks.len();
+    readers.push(fold(b, &grads[last], 1));
+    let refs: Vec<&str> = readers.iter().map(String::as_str).collect();
+    let gmat = b.concat(&refs, 0);
+    b.node_named("Gemm", &[&dmat, &gmat], out::SCORES, vec![attr_i("transB", 1)]);
+    let writers_n = anat.topology().writers().len() as i64;
+    let readers_n = anat.topology().readers().len() as i64;
+    g.output.push(value_info(out::SCORES, dtype, &[Dim::Known(writers_n), Dim::Known(readers_n)]));
+
+    if n == 1 {
+        for (k, blk) in anat.blocks.iter().enumerate() {
+            let dz = delta(b, &blk.out_proj.z);
+            let p = b.mul(&dz, &grads[last + 1 + k]);
+            let p3 = b.reshape(&p, &per_head_shape);
+            let name = out::head_attribution(blk.layer);
+            let s = b.reduce_sum(&p3, &[0, 2], false);
+            b.node_named("Identity", &[&s], &name, vec![]);
+            g.output.push(value_info(&name, dtype, &[Dim::Known(h)]));
+        }
+    }
+}
+
+/// Orders the nodes so that each comes after the producers of its inputs
+/// (stable: nodes already in order keep it).
+fn topo_sort(g: &mut GraphProto) {
+    let nodes = std::mem::take(&mut g.node);
+    let mut producer: HashMap<&str, usize> = HashMap::new();
+    for (i, n) in nodes.iter().enumerate() {
+        for o in &n.output {
+            producer.insert(o.as_str(), i);
+        }
+    }
+    let mut placed = vec![false; nodes.len()];
+    let mut order: Vec<usize> = Vec::with_capacity(nodes.len());
+    for start in 0..nodes.len() {
+        // Depth-first, inputs before the node.
+        let mut stack = vec![(start, false)];
+        while let Some((i, expanded)) = stack.pop() {
+            if placed[i] {
+                continue;
+            }
+            if expanded {
+                placed[i] = true;
+                order.push(i);
+                continue;
+            }
+            stack.push((i, true));
+            for x in nodes[i].input.iter().rev() {
+                if let Some(&p) = producer.get(x.as_str()) {
+                    if !placed[p] && p != i {
+                        stack.push((p, false));
+                    }
+                }
+            }
+        }
+    }
+    let mut slots: Vec<Option<NodeProto>> = nodes.into_iter().map(Some).collect();
+    g.node = order.into_iter().map(|i| slots[i].take().unwrap()).collect();
+}

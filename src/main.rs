@@ -308,7 +308,11 @@ fn report_job(opts: &job::JobOptions, r: &job::JobResult, out: &Path) -> Result<
 }
 
 fn edges_cmd(args: EdgesArgs) -> Result<(), Error> {
-    at_least_one(&[("--ig-steps", Some(args.ig_steps)), ("--top-k", Some(args.top_k)), ("--batch-size", args.batch_size)])?;
+    at_least_one(&[
+        ("--ig-steps", Some(args.ig_steps)),
+        ("--top-k", Some(args.top_k)),
+        ("--batch-size", args.batch_size),
+    ])?;
     if args.common.hook != attrpatch::hooks::HookKind::AttnOut {
         return Err(Error::Input(
             "--hook: edge scores are defined by the attention heads, MLPs and residual stream; drop --hook".into(),

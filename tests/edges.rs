@@ -71,3 +71,53 @@ fn identity_llama_gqa() {
 fn identity_gptneox_parallel() {
     identity("gptneox-legacy-op14");
 }
+
+#[test]
+fn edge_names_and_count_follow_the_topology() {
+    for (name, kv, parallel) in
+        [("gpt2-legacy-op14", 4, false), ("llama-legacy-op14", 2, false), ("gptneox-legacy-op14", 4, true)]
+    {
+        let r = edges_of(name, 1);
+        let s = &r.scores;
+        assert_eq!((s.layers, s.heads, s.kv_heads, s.parallel), (2, 4, kv, parallel), "{name}");
+        let t = Topology { layers: 2, heads: 4, kv_heads: kv, parallel };
+        let names: Vec<(String, String)> = t.edges().iter().map(|(w, r)| (w.to_string(), r.to_string())).collect();
+        let got: Vec<(String, String)> = s.edges.iter().map(|e| (e.from.clone(), e.to.clone())).collect();
+        assert_eq!(got, names, "{name}");
+        // Key/value readers per key/value head.
+        assert_eq!(s.edges.iter().filter(|e| e.from == "input" && e.to.ends_with(".k")).count(), 2 * kv, "{name}");
+        assert!(s.edges.iter().all(|e| e.score.is_finite()));
+        // Node scores are the sums of the edges out of each writer.
+        for n in &s.nodes {
+            assert!((n.score - out_sum(&r, &n.node)).abs() <= 1e-12 * (1.0 + n.score.abs()), "{name}: {}", n.node);
+        }
+    }
+}
+
+/// EAP-IG with one step is plain EAP; with more it moves only the input
+/// writer's output, so the scores change but the writers' differences do not:
+/// an edge out of a writer whose every reader gradient is unchanged keeps its score.
+#[test]
+fn eap_ig_one_step_is_eap_and_more_steps_differ() {
+    let name = "gpt2-legacy-op14";
+    let eap = edges_of(name, 1);
+    let ig1 = edges_of(name, 1);
+    assert_eq!(eap.scores.edges, ig1.scores.edges);
+    let ig = edges_of(name, 3);
+    assert_eq!((ig.scores.method.as_str(), ig.scores.ig_steps), ("EAP-IG", 3));
+    assert_eq!(ig.scores.edges.len(), eap.scores.edges.len());
+    let scale = eap.scores.edges.iter().fold(0.0f64, |m, e| m.max(e.score.abs()));
+    let moved =
+        eap.scores.edges.iter().zip(&ig.scores.edges).filter(|(a, b)| (a.score - b.score).abs() > 1e-3 * scale).count();
+    assert!(moved > eap.scores.edges.len() / 4, "EAP-IG with 3 steps changed only {moved} edges");
+    // The logits reader's gradient depends on the run only through the final
+    // layer-norm's input; its edges move too, but stay of the same sign for the largest.
+    let top = eap
+        .scores
+        .edges
+        .iter()
+        .zip(&ig.scores.edges)
+        .max_by(|a, b| a.0.score.abs().total_cmp(&b.0.score.abs()))
+        .unwrap();
+    assert_eq!(top.0.score.signum(), top.1.score.signum(), "largest edge {} -> {}", top.0.from, top.0.to);
+}

@@ -687,12 +687,14 @@ fn finish_block(ix: &Index, b: &mut Block, next_in: Option<&str>, parallel: &mut
             op if LAYOUT.contains(&op) => t = n.output[0].clone(),
             "Add" if others.iter().all(|x| ix.consts.contains(*x)) => t = n.output[0].clone(),
             "Add" if others.len() == 1 => break (n, others[0].clone()),
-            op => return Err(ix.err(format!(
+            op => {
+                return Err(ix.err(format!(
                 "{layer}: the attention output reaches the residual stream through {op} node '{}'; edge scores need \
                      the heads' outputs added to the residual directly (post-attention norms, as in Gemma 2/3, are not \
                      supported)",
                 n.name
-            ))),
+            )))
+            }
         }
     };
     let is_parallel = !ix.same_stream(&b.resid_in, &other);

@@ -112,13 +112,14 @@ pub fn build(model: OnnxModel, opts: &EdgeGraphOptions) -> Result<EdgeGraph> {
     let g = proto.graph.as_mut().unwrap();
     let mut b = GraphBuilder::new(opset, "attrpatch/edges/", all_names(g));
     rewrite::give_readers_copies(g, &blocks, &facts, &mut b, &path)?;
-    if let Some(l) = opts.perturb {
-        perturb_reads(g, &blocks, l, &mut b)?;
-    }
     // The copies share what is constant now, the weight slices included.
     anat.constants = crate::hooks::constant_tensors_of(g);
     // The metric reads the lm_head's input; the final layer-norm now reads a copy, not the residual.
     let copies = Copies::make(g, &anat);
+    // In the corrupted copy only (the clean copy's tensors are renamed).
+    if let Some(l) = opts.perturb {
+        perturb_reads(g, &blocks, l, &mut b)?;
+    }
     let n = opts.ig_steps;
     if n > 1 {
         tile_corrupted(g, &anat, &blocks, &copies, n, &mut b);
@@ -236,7 +237,7 @@ fn tile_corrupted(
     // alpha per row: [n, 1] expanded to [n, rows], flattened to [n*rows, 1, ..].
     let alphas: Vec<f64> = (0..n).map(|k| k as f64 / n as f64).collect();
     let alpha = b.const_tensor(anat.dtype, &[n as i64, 1], &alphas);
-    let rows = b.dim(&clean, 0);
+    let rows = dim1(b, &clean, 0);
     let n_t = b.const_i64s(&[n as i64]);
     let shape = b.concat(&[&n_t, &rows], 0);
     let a = b.node("Expand", &[&alpha, &shape], vec![]);
@@ -288,10 +289,16 @@ fn first_rows(b: &mut GraphBuilder, t: &str, like: &str, n: usize) -> String {
     if n == 1 {
         return t.to_string();
     }
-    let rows = b.dim(like, 0);
+    let rows = dim1(b, like, 0);
     let zero = b.const_i64s(&[0]);
     let axis = b.const_i64s(&[0]);
     b.node("Slice", &[t, &zero, &rows, &axis], vec![])
+}
+
+/// Dimension `axis` of `x` at run time, as a 1-d int64 tensor of one value.
+fn dim1(b: &mut GraphBuilder, x: &str, axis: i64) -> String {
+    let d = b.dim(x, axis);
+    b.unsqueeze(&d, &[0])
 }
 
 /// Writer differences, reader gradients, their product, and the outputs.

@@ -10,6 +10,7 @@ mod bundled_model;
 mod cli;
 mod cli_usage;
 mod contrib;
+mod edge_reference;
 mod edges;
 mod end_to_end;
 mod facade;

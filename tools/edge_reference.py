@@ -1,0 +1,353 @@
+"""Independent PyTorch float64 reference of edge attribution patching (EAP, EAP-IG-inputs), issue 14.
+
+For a fixture of tests/fixtures/arch/ it rebuilds the fixture's PyTorch model (tools/fixtures/models.py,
+fixed seeds), checks its float32 logits against the .onnx through ONNX Runtime, converts it to
+float64 and scores every edge with its own forward (tools/fixtures/edge_forward.py), in which each
+reader gets its own copy of its residual input. No attrpatch code is used.
+
+  ld       = mean over the batch of logits[b, -1, correct] - logits[b, -1, incorrect]
+  M        = (ld - CORR) / (CLEAN - CORR), CLEAN and CORR the clean and corrupted ld (constants)
+  g_v      = dM / d(copy of reader v), by autograd on the corrupted run
+  score    = sum over pairs and positions of (a_clean[u] - a_corr[u]) . g_v
+  EAP-IG   = the same with g_v averaged over x(alpha) = corr + alpha (clean - corr) at `input`,
+             alpha = k/N, k = 0..N-1 (N = 1 is EAP)
+
+Self-checks (any failure exits non-zero and writes nothing):
+  - the hand-written forward's logits equal the Hugging Face model's (float64);
+  - the identity: per head, the sum of its outgoing edge scores equals its node attribution summed
+    over positions, by ordinary autograd on the Hugging Face model's out-projection input;
+  - every edge's score against a central finite difference of M along (a_clean[u] - a_corr[u])
+    through reader v's copy alone, and every reader's g_v against a central finite difference
+    along a random direction through its copy alone;
+  - EAP-IG with N = 1 equals EAP.
+
+Usage:
+  /work/venv-torch/bin/python tools/edge_reference.py                       # the default fixtures
+  /work/venv-torch/bin/python tools/edge_reference.py --only llama-legacy-op14 --steps 4
+Writes tests/fixtures/edges/<fixture>.json.
+"""
+import argparse
+import json
+import os
+import re
+import sys
+
+import numpy as np
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+from fixtures import models as M  # noqa: E402
+from fixtures.edge_forward import Family  # noqa: E402
+
+ARCH_DIR = os.path.join(ROOT, "tests", "fixtures", "arch")
+OUT_DIR = os.path.join(ROOT, "tests", "fixtures", "edges")
+DEFAULT_FIXTURES = ["gpt2-legacy-op14", "llama-legacy-op14", "gptneox-legacy-op14"]
+
+# Tolerances of the self-checks (float64 throughout).
+HF_LOGITS_TOL = 1e-10      # hand-written forward vs Hugging Face, max abs over logits
+ONNX_LOGITS_TOL = 1e-4     # float32 PyTorch vs ONNX Runtime, max abs over logits
+IDENTITY_REL = 1e-9        # per head, relative to the largest |node attribution|
+FD_EPS = 1e-6              # finite-difference step (direction scaled to unit RMS; error ~ step^2)
+FD_REL = 1e-6              # |fd - autograd| <= FD_REL * |autograd| + FD_FLOOR * scale
+FD_FLOOR = 1e-7
+
+
+class CheckFailed(Exception):
+    pass
+
+
+def logit_diff(logits, answers):
+    last = logits[:, -1, :]
+    return (last.gather(1, answers[:, 0:1]) - last.gather(1, answers[:, 1:2])).mean()
+
+
+def load_fixture(name):
+    path = os.path.join(ARCH_DIR, f"{name}.json")
+    with open(path) as f:
+        fx = json.load(f)
+    ids = {k: torch.tensor(fx[k], dtype=torch.int64) for k in ("input_ids", "corrupted_ids", "answer_ids")}
+    return fx, ids
+
+
+def arch_of(fx):
+    # models.py names the family as transformers does ("gpt_neox"); the fixture JSON says the same
+    return fx["arch"]
+
+
+def check_onnx(name, model32, clean):
+    """Max abs difference of the float32 model's logits and the .onnx's through ONNX Runtime."""
+    import onnxruntime as ort
+    sess = ort.InferenceSession(os.path.join(ARCH_DIR, f"{name}.onnx"), providers=["CPUExecutionProvider"])
+    feed = {"input_ids": clean.numpy(), "attention_mask": np.ones_like(clean.numpy())}
+    onnx_logits = sess.run(["logits"], feed)[0]
+    with torch.no_grad():
+        torch_logits = model32(input_ids=clean, attention_mask=torch.ones_like(clean),
+                               use_cache=False, return_dict=False)[0].numpy()
+    err = float(np.abs(onnx_logits - torch_logits).max())
+    if err > ONNX_LOGITS_TOL:
+        raise CheckFailed(f"{name}: the rebuilt PyTorch model's logits differ from {name}.onnx "
+                          f"by {err:.3e} (> {ONNX_LOGITS_TOL}): models.py no longer builds the exported weights")
+    return err
+
+
+def hf_logits64(model64, ids, embeds=None):
+    with M.exact_float64():
+        kw = dict(inputs_embeds=embeds) if embeds is not None else dict(input_ids=ids)
+        return model64(attention_mask=torch.ones_like(ids), use_cache=False, return_dict=False, **kw)[0]
+
+
+def node_attribution_hf(model64, arch, fam, clean, corrupted, answers, CLEAN, CORR):
+    """{(layer, head): sum over pairs and positions of dM/dz . (z_clean - z_corr)}, z the input of
+    the Hugging Face model's attention out-projection, by ordinary autograd (no edge copies)."""
+    modules = [m for _i, _n, m in M.hook_modules(model64, arch)]
+    acts = {}
+
+    def save(layer):
+        def hook(_m, inputs):
+            x = inputs[0]
+            if x.requires_grad:
+                x.retain_grad()
+            acts[layer] = x
+        return hook
+    handles = [m.register_forward_pre_hook(save(i)) for i, m in enumerate(modules)]
+    try:
+        with torch.no_grad():
+            hf_logits64(model64, clean)
+            z_clean = {i: a.detach().clone() for i, a in acts.items()}
+        emb = model64.get_input_embeddings().weight[corrupted].detach().requires_grad_(True)
+        metric = (logit_diff(hf_logits64(model64, corrupted, embeds=emb), answers) - CORR) / (CLEAN - CORR)
+        metric.backward()
+    finally:
+        for h in handles:
+            h.remove()
+    out = {}
+    for l in range(fam.n_layers):
+        p = (acts[l].grad * (z_clean[l] - acts[l].detach()))
+        p = p.reshape(p.shape[0], p.shape[1], fam.n_heads, -1)
+        for h in range(fam.n_heads):
+            out[(l, h)] = p[:, :, h].sum().item()
+    return out
+
+
+class Scorer:
+    """The edge scores of one fixture by the per-reader-copy forward."""
+
+    def __init__(self, fam, clean, corrupted, answers):
+        self.fam, self.answers = fam, answers
+        with torch.no_grad():
+            self.x_clean, self.x_corr = fam.embed(clean), fam.embed(corrupted)
+            rc, rr = {}, {}
+            self.CLEAN = logit_diff(fam.forward(self.x_clean, record=rc), answers).item()
+            self.CORR = logit_diff(fam.forward(self.x_corr, record=rr), answers).item()
+        self.delta = {u: (rc["writers"][u] - rr["writers"][u]).detach() for u in rc["writers"]}
+        self.feeds = rr["feeds"]
+        self.edges = [(u, v) for u in fam.writers() for v in fam.readers() if u in self.feeds[v]]
+
+    def metric(self, logits):
+        return (logit_diff(logits, self.answers) - self.CORR) / (self.CLEAN - self.CORR)
+
+    def grads(self, x0):
+        """{reader: dM/d(copy)} on the run from x0, and the run's record."""
+        probe = {v: torch.zeros_like(x0, requires_grad=True) for v in self.fam.readers()}
+        rec = {}
+        m = self.metric(self.fam.forward(x0, probe=probe, record=rec))
+        m.backward()
+        return {v: p.grad.detach() for v, p in probe.items()}
+
+    def scores(self, steps):
+        """[(u, v, score)] of EAP-IG-inputs with `steps` steps (1: EAP)."""
+        mean = None
+        for k in range(steps):
+            alpha = k / steps
+            g = self.grads(self.x_corr + alpha * (self.x_clean - self.x_corr))
+            mean = g if mean is None else {v: mean[v] + g[v] for v in g}
+        mean = {v: t / steps for v, t in mean.items()}
+        return [(u, v, (self.delta[u] * mean[v]).sum().item()) for u, v in self.edges]
+
+    def fd(self, reader, direction):
+        """Central finite difference of M on the corrupted run along `direction`, added to
+        `reader`'s copy alone (step FD_EPS / RMS of the direction), per unit of `direction`."""
+        rms = direction.pow(2).mean().sqrt().item()
+        if rms == 0.0:
+            return 0.0
+        step = FD_EPS / rms
+        with torch.no_grad():
+            up = self.metric(self.fam.forward(self.x_corr, probe={reader: step * direction})).item()
+            down = self.metric(self.fam.forward(self.x_corr, probe={reader: -step * direction})).item()
+        return (up - down) / (2 * step)
+
+
+def check_close(what, got, want, scale, rel, floor):
+    """Fail unless |got - want| <= rel * |want| + floor * scale; return the share of that
+    tolerance used (at most 1)."""
+    err, tol = abs(got - want), rel * abs(want) + floor * scale
+    if err > tol:
+        raise CheckFailed(f"{what}: {got!r} vs {want!r} (|diff| {err:.3e} > {rel} * |want| + {floor} * {scale:.3e})")
+    return err / tol
+
+
+def reference(name, steps, seed=0):
+    fx, ids = load_fixture(name)
+    arch = arch_of(fx)
+    clean, corrupted, answers = ids["input_ids"], ids["corrupted_ids"], ids["answer_ids"]
+    model32 = M.build_model(arch)
+    onnx_err = check_onnx(name, model32, clean)
+    model64 = model32.to(torch.float64)
+    for p in model64.parameters():
+        p.requires_grad_(False)
+    fam = Family(arch, model64)
+    if (fam.n_layers, fam.n_heads, fam.n_kv) != (fx["n_layers"], fx["n_heads"], fx["n_kv_heads"]):
+        raise CheckFailed(f"{name}: shape {(fam.n_layers, fam.n_heads, fam.n_kv)} differs from the "
+                          f"fixture's (n_layers, n_heads, n_kv_heads)")
+
+    # The hand-written forward against the Hugging Face model, float64.
+    with torch.no_grad():
+        ours = fam.forward(fam.embed(clean))
+        hf = hf_logits64(model64, clean)
+    hf_err = float((ours - hf).abs().max())
+    if hf_err > HF_LOGITS_TOL:
+        raise CheckFailed(f"{name}: hand-written {arch} forward differs from the Hugging Face model "
+                          f"by {hf_err:.3e} (> {HF_LOGITS_TOL})")
+
+    sc = Scorer(fam, clean, corrupted, answers)
+    if abs(sc.CLEAN - fx["clean_logit_diff"]) > 1e-9 or abs(sc.CORR - fx["corrupted_logit_diff"]) > 1e-9:
+        raise CheckFailed(f"{name}: CLEAN/CORR {sc.CLEAN}, {sc.CORR} differ from the fixture's "
+                          f"{fx['clean_logit_diff']}, {fx['corrupted_logit_diff']}")
+    eap = sc.scores(1)
+    eap_ig = sc.scores(steps)
+    ig1 = sc.scores(1) if steps != 1 else eap
+    scale = max(abs(s) for _u, _v, s in eap)
+
+    # N = 1 EAP-IG is EAP (the alpha = 0 run is the corrupted run).
+    ig1_err = max(abs(a[2] - b[2]) for a, b in zip(ig1, eap))
+    if ig1_err > 1e-12 * scale:
+        raise CheckFailed(f"{name}: EAP-IG with 1 step differs from EAP by {ig1_err:.3e}")
+
+    # The identity, per head, against the Hugging Face model's node attribution.
+    nodes = node_attribution_hf(model64, arch, fam, clean, corrupted, answers, sc.CLEAN, sc.CORR)
+    node_scale = max(abs(x) for x in nodes.values())
+    identity_worst = 0.0
+    out_sum = {}
+    for u, _v, s in eap:
+        out_sum[u] = out_sum.get(u, 0.0) + s
+    for (l, h), want in nodes.items():
+        err = abs(out_sum[f"a{l}.h{h}"] - want)
+        identity_worst = max(identity_worst, err / node_scale)
+        if err > IDENTITY_REL * node_scale:
+            raise CheckFailed(f"{name}: identity fails for a{l}.h{h}: sum of outgoing edges "
+                              f"{out_sum[f'a{l}.h{h}']!r} vs node attribution {want!r}")
+    # The node grid of the fixture (heads summed): the positions grid summed over positions.
+    grid_worst = 0.0
+    for l, row in enumerate(fx["positions"]):
+        got = sum(out_sum[f"a{l}.h{h}"] for h in range(fam.n_heads))
+        grid_worst = max(grid_worst, abs(got - sum(row)) / node_scale)
+        check_close(f"{name}: layer {l} edges out of heads vs the fixture's positions grid",
+                    got, sum(row), node_scale, 1e-8, 1e-9)
+
+    # Every edge against a finite difference along a_clean[u] - a_corr[u] through v's copy alone.
+    edge_fd_worst, edge_fd_abs = 0.0, 0.0
+    for u, v, s in eap:
+        fd = sc.fd(v, sc.delta[u])
+        edge_fd_abs = max(edge_fd_abs, abs(s - fd) / scale)
+        edge_fd_worst = max(edge_fd_worst, check_close(f"{name}: edge {u} -> {v} vs finite difference",
+                                                       s, fd, scale, FD_REL, FD_FLOOR))
+    # Every reader's gradient along a random direction through its copy alone.
+    gen = torch.Generator().manual_seed(seed)
+    g = sc.grads(sc.x_corr)
+    reader_fd_worst = 0.0
+    g_scale = max(float(t.norm()) for t in g.values())  # the size of <g_v, d> for a unit-variance d
+    for v in fam.readers():
+        d = torch.randn(sc.x_corr.shape, generator=gen, dtype=torch.float64)
+        fd = sc.fd(v, d)
+        reader_fd_worst = max(reader_fd_worst, check_close(
+            f"{name}: reader {v}'s gradient along a random direction vs finite difference",
+            float((g[v] * d).sum()), fd, g_scale, FD_REL, FD_FLOOR))
+
+    def edge_list(rows):
+        return [{"from": u, "to": v, "score": s} for u, v, s in rows]
+    return {
+        "fixture": name,
+        "arch": arch,
+        "model_class": fx["model_class"],
+        "reference": "tools/edge_reference.py: PyTorch float64, hand-written forward with one input "
+                     "copy per reader (tools/fixtures/edge_forward.py)",
+        "metric": "(logit_diff - CORR) / (CLEAN - CORR), logit_diff = mean over pairs of "
+                  "logits[b,-1,correct] - logits[b,-1,incorrect]",
+        "input_ids": clean.tolist(),
+        "corrupted_ids": corrupted.tolist(),
+        "answer_ids": answers.tolist(),
+        "clean_logit_diff": sc.CLEAN,
+        "corrupted_logit_diff": sc.CORR,
+        "topology": {"layers": fam.n_layers, "heads": fam.n_heads, "kv_heads": fam.n_kv,
+                     "parallel": fam.parallel},
+        "node_attribution": {f"a{l}.h{h}": s for (l, h), s in nodes.items()},
+        "eap": edge_list(eap),
+        "eap_ig": {"steps": steps, "edges": edge_list(eap_ig)},
+        "checks": {
+            "onnx_logits_max_abs": onnx_err,
+            "hf_logits_max_abs": hf_err,
+            "identity_max_abs_over_max_node": identity_worst,
+            "identity_tol_over_max_node": IDENTITY_REL,
+            "positions_grid_max_abs_over_max_node": grid_worst,
+            "edge_fd_edges": len(eap),
+            "edge_fd_max_abs_over_max_score": edge_fd_abs,
+            "edge_fd_worst_share_of_tol": edge_fd_worst,
+            "reader_fd_readers": len(fam.readers()),
+            "reader_fd_worst_share_of_tol": reader_fd_worst,
+            "fd_eps": FD_EPS,
+            "fd_tol": {"rel": FD_REL, "floor_times_max": FD_FLOOR},
+            "ig1_equals_eap_max_abs": ig1_err,
+            "max_abs_score": scale,
+            "passed": ["onnx_logits", "hf_logits", "clean_corr", "identity", "positions_grid",
+                       "edge_fd", "reader_fd", "ig1_equals_eap"],
+        },
+    }
+
+
+def dump(ref):
+    """JSON with one edge per line (small diffs when regenerated)."""
+    edges_key = {"eap", "eap_ig"}
+    head = {k: v for k, v in ref.items() if k not in edges_key}
+    # token id rows on one line each
+    text = re.sub(r"\[\s+([-0-9][-0-9,\s]*?)\s+\]", lambda m: "[" + ", ".join(m.group(1).split()).replace(",,", ",") + "]",
+                  json.dumps(head, indent=1))[:-2]
+
+    def rows(edges):
+        return ",\n".join("  " + json.dumps(e) for e in edges)
+    text += (f',\n "eap": [\n{rows(ref["eap"])}\n ],\n "eap_ig": {{"steps": {ref["eap_ig"]["steps"]}, '
+             f'"edges": [\n{rows(ref["eap_ig"]["edges"])}\n ]}}\n}}\n')
+    json.loads(text)  # well-formed
+    return text
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", action="append", help="fixture name (repeatable); default: "
+                    + ", ".join(DEFAULT_FIXTURES))
+    ap.add_argument("--steps", type=int, default=4, help="EAP-IG steps (default 4)")
+    ap.add_argument("--out", default=OUT_DIR)
+    args = ap.parse_args()
+    os.makedirs(args.out, exist_ok=True)
+    failed = False
+    for name in args.only or DEFAULT_FIXTURES:
+        try:
+            ref = reference(name, args.steps)
+        except CheckFailed as e:
+            print(f"FAILED {e}", file=sys.stderr)
+            failed = True
+            continue
+        path = os.path.join(args.out, f"{name}.json")
+        with open(path, "w") as f:
+            f.write(dump(ref))
+        c = ref["checks"]
+        print(f"{name}: {len(ref['eap'])} edges, max |score| {c['max_abs_score']:.4g}; onnx {c['onnx_logits_max_abs']:.1e}, "
+              f"hf {c['hf_logits_max_abs']:.1e}, identity {c['identity_max_abs_over_max_node']:.1e}, "
+              f"edge fd {c['edge_fd_max_abs_over_max_score']:.1e} (share of tol {c['edge_fd_worst_share_of_tol']:.2f}), "
+              f"reader fd share of tol {c['reader_fd_worst_share_of_tol']:.2f} -> {path}")
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()

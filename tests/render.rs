@@ -601,3 +601,24 @@ fn edges_section_works_in_a_browser() {
     assert!(loaded.dom.contains(r#"id="faithfulness""#) && loaded.dom.contains("clean (1)"), "no faithfulness curve");
     screenshot(&browser, &page, 4200);
 }
+
+/// A tiny grouped-query model with parallel blocks, every edge drawn: key/value
+/// readers on their own `a{l}.kv{g}` boxes, each MLP beside its layer's heads.
+#[test]
+fn grouped_query_parallel_circuit_is_drawn() {
+    let t = Topology { layers: 3, heads: 4, kv_heads: 2, parallel: true };
+    let s = synthetic_edges(t, "tiny circuit");
+    let dir = artifact_dir("circuit-gqa-parallel");
+    let written = write_circuit(&dir, &s, s.edges.len()).unwrap();
+    let svg = std::fs::read_to_string(&written[1]).unwrap();
+    assert_eq!(svg.matches("<polyline").count(), s.edges.len() + 5);
+    let texts: Vec<String> = svg_texts(&svg).into_iter().map(|(_, t)| t).collect();
+    for l in 0..3 {
+        for g in 0..2 {
+            assert!(texts.contains(&format!("a{l}.kv{g}")), "no box a{l}.kv{g}: {texts:?}");
+        }
+        assert!(texts.contains(&format!("a{l}.h3")) && texts.contains(&format!("m{l}")), "layer {l}: {texts:?}");
+    }
+    let img = image::open(&written[0]).unwrap().to_rgb8();
+    assert_eq!((img.width() as i64, img.height() as i64), svg_size(&svg));
+}

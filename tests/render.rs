@@ -596,8 +596,24 @@ fn edges_section_works_in_a_browser() {
         let want = format!("paths {k} marked {} nodes {}", k.min(100), nodes.join(","));
         assert_eq!(line(&format!("edges k {k}:")), want, "K = {k}");
     }
-    // The page opens at the report's K with the embedded curve.
+    // The page opens at the report's K with the embedded curve; edges and scores
+    // are coloured by sign (RdBu's blue end positive, red end negative).
     assert!(loaded.dom.contains(r#"data-k="30""#), "the circuit opens at K = 30");
+    let paths = Regex::new(r#"stroke="(rgb\([0-9,]+\))"[^>]*class="edge"[^>]*data-score="([^"]+)""#).unwrap();
+    let drawn: Vec<(String, f64)> =
+        paths.captures_iter(&loaded.dom).map(|c| (c[1].to_string(), c[2].parse().unwrap())).collect();
+    assert_eq!(drawn.len(), 30);
+    for (colour, score) in &drawn {
+        assert_eq!(colour, if *score < 0.0 { "rgb(178,24,43)" } else { "rgb(33,102,172)" }, "edge of score {score}");
+    }
+    let cells = Regex::new(
+        r#"data-score="([^"]+)"[^>]*><td class="num">\d+</td><td>[^<]*</td><td>[^<]*</td><td class="num (pos|neg)">"#,
+    )
+    .unwrap();
+    let rows: Vec<(f64, String)> =
+        cells.captures_iter(&loaded.dom).map(|c| (c[1].parse().unwrap(), c[2].to_string())).collect();
+    assert_eq!(rows.len(), 100, "one page of rows");
+    assert!(rows.iter().all(|(v, class)| class == if *v < 0.0 { "neg" } else { "pos" }), "score colours");
     assert!(loaded.dom.contains(r#"id="faithfulness""#) && loaded.dom.contains("clean (1)"), "no faithfulness curve");
     screenshot(&browser, &page, 4200);
 }

@@ -306,7 +306,7 @@
       const lo = state.page * PAGE, hi = Math.min(n, lo + PAGE);
       tbody.replaceChildren(...view.slice(lo, hi).map(r => el("tr", Object.assign({ "data-rank": r.rank, "data-score": String(r.score) },
         r.rank <= k ? { "class": "in-circuit" } : {}), el("td", { "class": "num" }, r.rank), el("td", {}, r.from), el("td", {}, r.to),
-        el("td", { "class": "num" }, fmt(r.score)))));
+        el("td", { "class": r.score < 0 ? "num neg" : "num pos" }, fmt(r.score)))));
       tableEl.dataset.matches = String(n);
       info.textContent = n ? `rows ${lo + 1}–${hi} of ${n}${n < rows.length ? ` matching (of ${rows.length})` : ""}` : `no edge matches (of ${rows.length})`;
       prev.disabled = state.page === 0;

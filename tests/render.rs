@@ -596,6 +596,13 @@ fn edges_section_works_in_a_browser() {
         let want = format!("paths {k} marked {} nodes {}", k.min(100), nodes.join(","));
         assert_eq!(line(&format!("edges k {k}:")), want, "K = {k}");
     }
+    // Hovering the top edge's writer lights exactly its edges among the 30 drawn.
+    let writer = &ranked[0].from;
+    let out = ranked[..30].iter().filter(|e| &e.from == writer).count();
+    let into = |e: &&&EdgeScore| e.to == *writer || e.to.starts_with(&format!("{writer}."));
+    let lit = out + ranked[..30].iter().filter(into).count();
+    let hover = line(&format!("edges hover {writer}:"));
+    assert_eq!(hover, format!("{lit} lit, {writer}: {out} edges out, {} in", lit - out));
     // The page opens at the report's K with the embedded curve; edges and scores
     // are coloured by sign (RdBu's blue end positive, red end negative).
     assert!(loaded.dom.contains(r#"data-k="30""#), "the circuit opens at K = 30");

@@ -345,7 +345,9 @@
     prev.addEventListener("click", () => { state.page--; drawTable(); });
     next.addEventListener("click", () => { state.page++; drawTable(); });
     slider.addEventListener("input", () => { k = Number(slider.value); drawCircuit(); drawTable(); });
-    root.append(el("h3", {}, "Edge scores"), el("p", { "class": "controls" }, el("label", { "for": "edge-filter" }, "Filter: "), filter, " ", prev, " ", next, " ", info),
+    const partial = rows.length < E.n_edges ? [el("p", { "class": "note", id: "edge-table-partial" },
+      `The table holds the ${rows.length} edges of largest |score| of all ${E.n_edges}; edges.csv has every one.`)] : [];
+    root.append(el("h3", {}, "Edge scores"), ...partial, el("p", { "class": "controls" }, el("label", { "for": "edge-filter" }, "Filter: "), filter, " ", prev, " ", next, " ", info),
       el("p", { "class": "note" }, "Click a column to sort by it, again to reverse. A filter term matches a node or its parts (a9: layer 9's heads; a9.h9: that head and its q, k, v; .q: every query input); every term must match the edge's from or to. Rows in the circuit are shaded."),
       tableEl);
     drawCircuit();

@@ -175,3 +175,64 @@ fn a_reader_gradient_matches_a_finite_difference_through_its_copy() {
     let other: f64 = grad.slice(ndarray::s![0, .., .., ..]).iter().zip(&dir).map(|(a, b)| *a as f64 * *b as f64).sum();
     assert!((other - g_dir).abs() > 1e-3 * g_dir.abs(), "reader 0 and reader {reader} have the same gradient");
 }
+
+/// Every family the edge anatomy supports, each export: the identity holds.
+const SUPPORTED: &[&str] = &[
+    "bloom-dynamo-op18",
+    "bloom-legacy-op14",
+    "gemma-legacy-op14",
+    "gemma-sdpa-dynamo-op18",
+    "gpt2-dynamo-op18",
+    "gpt2-legacy-op17",
+    "gpt2-optimum",
+    "gptbigcode-legacy-op14",
+    "gptbigcode-sdpa-dynamo-op18",
+    "gptneo-dynamo-op18",
+    "gptneo-legacy-op14",
+    "gptneox-dynamo-op18",
+    "llama-dynamo-op18",
+    "llama-sdpa-dynamo-op18",
+    "llama-sdpa-dynamo-op23",
+    "llama-sdpa-legacy-op17",
+    "mistral-legacy-op14",
+    "mistral-sdpa-dynamo-op18",
+    "mixtral-legacy-op14",
+    "mixtral-sdpa-dynamo-op18",
+    "olmo-legacy-op14",
+    "olmo-sdpa-dynamo-op18",
+    "opt-legacy-op14",
+    "opt-sdpa-dynamo-op18",
+    "phi3-legacy-op14",
+    "phi3-sdpa-dynamo-op18",
+    "qwen2-legacy-op14",
+    "qwen2-sdpa-dynamo-op18",
+    "qwen3-legacy-op14",
+    "qwen3-sdpa-dynamo-op18",
+    "qwen3-sdpa-dynamo-op23",
+    "stablelm-legacy-op14",
+    "stablelm-sdpa-dynamo-op18",
+];
+
+#[test]
+fn identity_on_every_supported_export() {
+    for name in SUPPORTED {
+        identity(name);
+    }
+}
+
+/// Families whose blocks the edge definitions do not fit yet are refused with
+/// the layer, the node and what was expected.
+#[test]
+fn unsupported_blocks_are_refused_by_layer_and_node() {
+    for (name, says) in [
+        ("gemma2-legacy-op14", "/model/layers.0/post_attention_layernorm/Pow"),
+        ("olmo2-legacy-op14", "/model/layers.0/Add"),
+        ("gptj-legacy-op14", "/transformer/h.0/mlp/fc_in/MatMul"),
+        ("phi-legacy-op14", "/model/layers.0/mlp/fc1/MatMul"),
+        ("falcon-legacy-op14", "/transformer/h.0/self_attention/query_key_value/MatMul"),
+    ] {
+        let (o, _) = fixture(name);
+        let e = run_edges_detailed(&o, 1).err().unwrap_or_else(|| panic!("{name}: edge scores ran")).to_string();
+        assert!(e.contains("layer 0") && e.contains(says) && e.contains("not supported"), "{name}: {e}");
+    }
+}

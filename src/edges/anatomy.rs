@@ -656,10 +656,19 @@ fn head_reads(
             FusedLayout::PerHead if kv == heads => {
                 (0..3).flat_map(|which| (0..heads).map(move |h| (3 * h + which) * dh)).collect()
             }
+            // Falcon: [kv groups, (heads / kv) queries + key + value, head_dim].
+            FusedLayout::PerHead if kv > 0 && heads % kv == 0 => {
+                let per = heads / kv;
+                let width = per + 2;
+                (0..heads)
+                    .map(|h| ((h / per) * width + h % per) * dh)
+                    .chain((0..kv).map(|g| (g * width + per) * dh))
+                    .chain((0..kv).map(|g| (g * width + per + 1) * dh))
+                    .collect()
+            }
             FusedLayout::PerHead => {
                 return Err(ix.err(format!(
-                    "{layer}: query_key_value '{}' has {kv} key/value heads for {heads} query heads; the [heads, 3, \
-                     head_dim] layout needs as many (Falcon's grouped layout is not supported yet)",
+                    "{layer}: query_key_value '{}' has {kv} key/value heads, which do not divide {heads} query heads",
                     p.node
                 )))
             }

@@ -2,7 +2,8 @@
 //! reference of tools/edge_reference.py (tests/fixtures/edges/NAME.json: its own
 //! forward with one input copy per reader, self-checked there against finite
 //! differences and the identity), on a GPT-2, a Llama with grouped-query
-//! attention and a GPT-NeoX with parallel attention and MLP.
+//! attention, a GPT-NeoX with parallel attention and MLP, a Gemma (embedding
+//! scale, grouped-query attention) and a GPTBigCode (multi-query attention).
 //!
 //! Tolerance (issue 14): |ours - ref| <= 1e-3 |ref| + 1e-2 max|ref|. Edge
 //! scores are sums whose terms cancel; float32 misses a tighter floor.
@@ -156,4 +157,6 @@ fixtures! {
     gpt2_legacy_op14 => "gpt2-legacy-op14",
     llama_legacy_op14 => "llama-legacy-op14",
     gptneox_legacy_op14 => "gptneox-legacy-op14",
+    gemma_legacy_op14 => "gemma-legacy-op14",
+    gptbigcode_legacy_op14 => "gptbigcode-legacy-op14",
 }

@@ -121,3 +121,57 @@ fn eap_ig_one_step_is_eap_and_more_steps_differ() {
         .unwrap();
     assert_eq!(top.0.score.signum(), top.1.score.signum(), "largest edge {} -> {}", top.0.from, top.0.to);
 }
+
+/// One reader's gradient against a finite difference through that reader's
+/// copy alone: the k reader of head 1 in layer 1 is moved along a direction
+/// (the other copies of the same residual stay), in the rewritten graph itself.
+#[test]
+fn a_reader_gradient_matches_a_finite_difference_through_its_copy() {
+    use attrpatch::edges::graph::{build, out, EdgeGraphOptions, PERTURB};
+    use attrpatch::job::{pair_inputs, JobGraph};
+    use attrpatch::runtime::{self, Value};
+    use ndarray::{ArrayD, IxDyn};
+    let name = "gpt2-legacy-op14";
+    let (o, _) = fixture(name);
+    let tokens = o.tokens.clone().unwrap().1;
+    let model = attrpatch::onnx::OnnxModel::load(&o.model).unwrap();
+    let layer = 1;
+    let opts = EdgeGraphOptions { reader_grads: true, perturb: Some(layer), ..Default::default() };
+    let mut g = build(model, &opts).unwrap();
+    let (r, d) = (g.anatomy.head_readers(), g.anatomy.d_model);
+    let reader = g.anatomy.heads + 1; // the k reader of key/value head 1
+    let bytes = prost::Message::encode_to_vec(g.proto_mut());
+    let ropts = RuntimeOptions { kind: RuntimeKind::Ort, device: Device::Cpu, ort_lib: None, threads: 1 };
+    let mut rt = runtime::create(&bytes, &ropts).unwrap();
+    let (b, s) = (tokens.clean_ids.len(), tokens.seq_len);
+    let mut rng = crate::common::rng::Rng::seeded("edges finite difference");
+    let dir: Vec<f32> = rng.vec(b * s * d, -1.0, 1.0).into_iter().map(|v| v as f32).collect();
+    let mut run = |eps: f32| {
+        let mut p = ArrayD::<f32>::zeros(IxDyn(&[r, b, s, d]));
+        for (k, v) in p.slice_mut(ndarray::s![reader, .., .., ..]).iter_mut().enumerate() {
+            *v = eps * dir[k];
+        }
+        let mut inputs = pair_inputs(&g.token_inputs(), &tokens, o.metric);
+        inputs.push((PERTURB.into(), Value::F32(p)));
+        rt.run(inputs).unwrap()
+    };
+    let mut base = run(0.0);
+    let grad = runtime::take_output(&mut base, &out::reads_grad(layer)).unwrap();
+    let one = |out: &mut std::collections::HashMap<String, ArrayD<f32>>, n: &str| -> f64 {
+        runtime::take_output(out, n).unwrap().iter().next().copied().unwrap() as f64
+    };
+    let (clean, corr) =
+        (one(&mut base, "attrpatch.clean_logit_diff"), one(&mut base, "attrpatch.corrupted_logit_diff"));
+    let g_dir: f64 =
+        grad.slice(ndarray::s![reader, .., .., ..]).iter().zip(&dir).map(|(a, b)| *a as f64 * *b as f64).sum();
+    let eps = 3e-3f32;
+    let up = one(&mut run(eps), "attrpatch.corrupted_logit_diff");
+    let down = one(&mut run(-eps), "attrpatch.corrupted_logit_diff");
+    // The metric is (ld - CORR) / (CLEAN - CORR): its gradient is d ld / (CLEAN - CORR).
+    let fd = (up - down) / (2.0 * eps as f64) / (clean - corr);
+    assert!(g_dir.abs() > 1e-3, "the direction's gradient is too small to test: {g_dir}");
+    assert!((fd - g_dir).abs() <= 2e-3 * g_dir.abs().max(fd.abs()), "finite difference {fd} vs gradient {g_dir}");
+    // Another copy of the same residual has another gradient: they do not mix.
+    let other: f64 = grad.slice(ndarray::s![0, .., .., ..]).iter().zip(&dir).map(|(a, b)| *a as f64 * *b as f64).sum();
+    assert!((other - g_dir).abs() > 1e-3 * g_dir.abs(), "reader 0 and reader {reader} have the same gradient");
+}

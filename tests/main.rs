@@ -12,6 +12,7 @@ mod cli_usage;
 mod contrib;
 mod edge_reference;
 mod edges;
+mod edges_toy;
 mod end_to_end;
 mod fuzz;
 mod gradients;

@@ -44,7 +44,7 @@ from fixtures.edge_forward import Family  # noqa: E402
 ARCH_DIR = os.path.join(ROOT, "tests", "fixtures", "arch")
 OUT_DIR = os.path.join(ROOT, "tests", "fixtures", "edges")
 DEFAULT_FIXTURES = ["gpt2-legacy-op14", "llama-legacy-op14", "gptneox-legacy-op14", "gemma-legacy-op14",
-                    "gptbigcode-legacy-op14"]
+                    "gptbigcode-legacy-op14", "falcon-legacy-op14"]
 
 # Tolerances of the self-checks (float64 throughout).
 HF_LOGITS_TOL = 1e-10      # hand-written forward vs Hugging Face, max abs over logits

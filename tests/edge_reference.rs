@@ -2,7 +2,9 @@
 //! reference of tools/edge_reference.py (tests/fixtures/edges/NAME.json: its own
 //! forward with one input copy per reader, self-checked there against finite
 //! differences and the identity), on a GPT-2, a Llama with grouped-query
-//! attention and a GPT-NeoX with parallel attention and MLP.
+//! attention, a GPT-NeoX with parallel attention and MLP, a Gemma (embedding
+//! scale, grouped-query attention), a GPTBigCode (multi-query attention) and a
+//! Falcon (parallel block and grouped-query attention; waits for run_edges).
 //!
 //! Tolerance (issue 14): |ours - ref| <= 1e-3 |ref| + 1e-2 max|ref|. Edge
 //! scores are sums whose terms cancel; float32 misses a tighter floor.
@@ -18,7 +20,8 @@ const FLOOR: f64 = 1e-2;
 
 fn reference(name: &str) -> Value {
     let path = root().join(format!("tests/fixtures/edges/{name}.json"));
-    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e} (tools/edge_reference.py writes it)", path.display()));
+    let bytes =
+        std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e} (tools/edge_reference.py writes it)", path.display()));
     serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
@@ -27,14 +30,25 @@ fn ref_edges(list: &Value) -> Vec<(String, String, f64)> {
     list.as_array()
         .expect("edge list")
         .iter()
-        .map(|e| (e["from"].as_str().unwrap().to_string(), e["to"].as_str().unwrap().to_string(), e["score"].as_f64().unwrap()))
+        .map(|e| {
+            (
+                e["from"].as_str().unwrap().to_string(),
+                e["to"].as_str().unwrap().to_string(),
+                e["score"].as_f64().unwrap(),
+            )
+        })
         .collect()
 }
 
 fn topology(r: &Value) -> Topology {
     let t = &r["topology"];
     let n = |k: &str| t[k].as_u64().unwrap_or_else(|| panic!("topology.{k}")) as usize;
-    Topology { layers: n("layers"), heads: n("heads"), kv_heads: n("kv_heads"), parallel: t["parallel"].as_bool().unwrap() }
+    Topology {
+        layers: n("layers"),
+        heads: n("heads"),
+        kv_heads: n("kv_heads"),
+        parallel: t["parallel"].as_bool().unwrap(),
+    }
 }
 
 fn options(name: &str, r: &Value) -> JobOptions {
@@ -43,6 +57,11 @@ fn options(name: &str, r: &Value) -> JobOptions {
     o.with_token_ids(ids("input_ids"), ids("corrupted_ids"), &ids("answer_ids"));
     o.runtime = RuntimeOptions { kind: RuntimeKind::Ort, device: Device::Cpu, ort_lib: None, threads: 1 };
     o
+}
+
+/// A share of the tolerance that misses it (NaN included).
+fn over(share: f64) -> bool {
+    share.is_nan() || share > 1.0
 }
 
 /// Names and order equal, then every score within tolerance; the failure names
@@ -65,16 +84,19 @@ fn assert_edges_close(what: &str, ours: &EdgeScores, want: &[(String, String, f6
         .collect();
     misses.sort_by(|a, b| b.0.total_cmp(&a.0));
     let worst = misses[0].0;
-    if !(worst <= 1.0) {
+    if over(worst) {
         let lines: Vec<String> = misses
             .iter()
             .take(8)
-            .filter(|m| !(m.0 <= 1.0))
+            .filter(|m| over(m.0))
             .map(|&(share, i)| {
-                format!("  {} -> {}: ours {:.6e}, reference {:.6e} ({share:.2}x tolerance)", want[i].0, want[i].1, ours.edges[i].score, want[i].2)
+                format!(
+                    "  {} -> {}: ours {:.6e}, reference {:.6e} ({share:.2}x tolerance)",
+                    want[i].0, want[i].1, ours.edges[i].score, want[i].2
+                )
             })
             .collect();
-        let n = misses.iter().filter(|m| !(m.0 <= 1.0)).count();
+        let n = misses.iter().filter(|m| over(m.0)).count();
         panic!(
             "{what}: {n} of {} edges miss |ours - ref| <= {REL} |ref| + {FLOOR} * {scale:.4e}; worst:\n{}",
             want.len(),
@@ -91,7 +113,12 @@ fn assert_head_nodes_close(what: &str, ours: &EdgeScores, r: &Value) {
     let scale = want.values().map(|v| v.as_f64().unwrap().abs()).fold(0.0, f64::max);
     for (head, w) in want {
         let w = w.as_f64().unwrap();
-        let got = ours.nodes.iter().find(|n| &n.node == head).unwrap_or_else(|| panic!("{what}: no node score for {head}")).score;
+        let got = ours
+            .nodes
+            .iter()
+            .find(|n| &n.node == head)
+            .unwrap_or_else(|| panic!("{what}: no node score for {head}"))
+            .score;
         assert!(
             (got - w).abs() <= REL * w.abs() + FLOOR * scale,
             "{what}: head {head}: sum of its edges {got:.6e}, reference node attribution {w:.6e}"
@@ -100,19 +127,29 @@ fn assert_head_nodes_close(what: &str, ours: &EdgeScores, r: &Value) {
 }
 
 fn check(name: &str) {
+    check_export(name, name);
+}
+
+/// `export` (a fixture of the same weights as `name`'s, e.g. another exporter)
+/// against `name`'s reference.
+fn check_export(export: &str, name: &str) {
     let r = reference(name);
     let topo = topology(&r);
-    let o = options(name, &r);
+    let o = options(export, &r);
     let eap_ref = ref_edges(&r["eap"]);
     let steps = r["eap_ig"]["steps"].as_u64().expect("eap_ig.steps") as usize;
     assert!(steps > 1, "{name}: the reference's EAP-IG must have more than one step");
     let ig_ref = ref_edges(&r["eap_ig"]["edges"]);
     for (ig_steps, want, label) in [(1, &eap_ref, "EAP"), (steps, &ig_ref, "EAP-IG")] {
-        let what = format!("{name} {label} (ig_steps {ig_steps})");
+        let what = format!("{export} {label} (ig_steps {ig_steps})");
         let ours = attrpatch::edges::run_edges(&o, ig_steps).unwrap_or_else(|e| panic!("{what}: {e}"));
         assert_eq!(ours.ig_steps, ig_steps, "{what}: ig_steps");
         let shape = (ours.layers, ours.heads, ours.kv_heads, ours.parallel);
-        assert_eq!(shape, (topo.layers, topo.heads, topo.kv_heads, topo.parallel), "{what}: (layers, heads, kv_heads, parallel)");
+        assert_eq!(
+            shape,
+            (topo.layers, topo.heads, topo.kv_heads, topo.parallel),
+            "{what}: (layers, heads, kv_heads, parallel)"
+        );
         let worst = assert_edges_close(&what, &ours, want);
         if ig_steps == 1 {
             assert_head_nodes_close(&what, &ours, &r);
@@ -125,7 +162,8 @@ fn check(name: &str) {
 /// check above tests the scorer, not a mismatch of conventions.
 fn check_reference_follows_topology(name: &str) {
     let r = reference(name);
-    let names: Vec<(String, String)> = topology(&r).edges().iter().map(|(w, v)| (w.to_string(), v.to_string())).collect();
+    let names: Vec<(String, String)> =
+        topology(&r).edges().iter().map(|(w, v)| (w.to_string(), v.to_string())).collect();
     for key in ["eap", "eap_ig"] {
         let list = if key == "eap" { &r["eap"] } else { &r["eap_ig"]["edges"] };
         let got: Vec<(String, String)> = ref_edges(list).into_iter().map(|(f, t, _)| (f, t)).collect();
@@ -156,4 +194,52 @@ fixtures! {
     gpt2_legacy_op14 => "gpt2-legacy-op14",
     llama_legacy_op14 => "llama-legacy-op14",
     gptneox_legacy_op14 => "gptneox-legacy-op14",
+    gemma_legacy_op14 => "gemma-legacy-op14",
+    gptbigcode_legacy_op14 => "gptbigcode-legacy-op14",
+}
+
+/// Falcon's new decoder architecture: parallel attention and MLP with their own
+/// layer-norms and grouped-query attention in one fused projection laid out
+/// [kv_heads, heads/kv_heads + 2, head_dim].
+#[test]
+#[ignore = "run_edges: Falcon's grouped fused Q/K/V layout is not supported yet"]
+fn falcon_legacy_op14_scores_match_reference() {
+    check("falcon-legacy-op14");
+}
+
+#[test]
+fn falcon_legacy_op14_reference_follows_topology() {
+    check_reference_follows_topology("falcon-legacy-op14");
+}
+
+/// Every export of one architecture holds the same weights (tools/fixtures/README.md),
+/// so the legacy export's reference holds the others' scores too.
+macro_rules! other_exports {
+    ($($(#[$attr:meta])* $id:ident => $export:literal of $name:literal),* $(,)?) => {
+        mod other_exports {
+            $(#[test]
+            $(#[$attr])*
+            fn $id() {
+                super::check_export($export, $name);
+            })*
+        }
+    };
+}
+
+other_exports! {
+    gpt2_dynamo_op18 => "gpt2-dynamo-op18" of "gpt2-legacy-op14",
+    gpt2_legacy_op17 => "gpt2-legacy-op17" of "gpt2-legacy-op14",
+    gpt2_optimum => "gpt2-optimum" of "gpt2-legacy-op14",
+    llama_dynamo_op18 => "llama-dynamo-op18" of "llama-legacy-op14",
+    llama_sdpa_legacy_op17 => "llama-sdpa-legacy-op17" of "llama-legacy-op14",
+    llama_sdpa_dynamo_op18 => "llama-sdpa-dynamo-op18" of "llama-legacy-op14",
+    llama_sdpa_dynamo_op23 => "llama-sdpa-dynamo-op23" of "llama-legacy-op14",
+    gemma_sdpa_dynamo_op18 => "gemma-sdpa-dynamo-op18" of "gemma-legacy-op14",
+    // run_edges tells a fused Q/K/V projection's column layout by its node name,
+    // which the dynamo exporter does not keep ("node_MatMul_75"): these fail with
+    // "its column layout is not known" until it reads the name_scopes metadata.
+    #[ignore = "run_edges: fused Q/K/V layout of dynamo exports not recognised yet"]
+    gptneox_dynamo_op18 => "gptneox-dynamo-op18" of "gptneox-legacy-op14",
+    #[ignore = "run_edges: fused Q/K/V layout of dynamo exports not recognised yet"]
+    gptbigcode_sdpa_dynamo_op18 => "gptbigcode-sdpa-dynamo-op18" of "gptbigcode-legacy-op14",
 }

@@ -43,7 +43,8 @@ from fixtures.edge_forward import Family  # noqa: E402
 
 ARCH_DIR = os.path.join(ROOT, "tests", "fixtures", "arch")
 OUT_DIR = os.path.join(ROOT, "tests", "fixtures", "edges")
-DEFAULT_FIXTURES = ["gpt2-legacy-op14", "llama-legacy-op14", "gptneox-legacy-op14"]
+DEFAULT_FIXTURES = ["gpt2-legacy-op14", "llama-legacy-op14", "gptneox-legacy-op14", "gemma-legacy-op14",
+                    "gptbigcode-legacy-op14", "falcon-legacy-op14"]
 
 # Tolerances of the self-checks (float64 throughout).
 HF_LOGITS_TOL = 1e-10      # hand-written forward vs Hugging Face, max abs over logits
@@ -116,7 +117,7 @@ def node_attribution_hf(model64, arch, fam, clean, corrupted, answers, CLEAN, CO
         with torch.no_grad():
             hf_logits64(model64, clean)
             z_clean = {i: a.detach().clone() for i, a in acts.items()}
-        emb = model64.get_input_embeddings().weight[corrupted].detach().requires_grad_(True)
+        emb = model64.get_input_embeddings()(corrupted).detach().requires_grad_(True)  # embedding scale included
         metric = (logit_diff(hf_logits64(model64, corrupted, embeds=emb), answers) - CORR) / (CLEAN - CORR)
         metric.backward()
     finally:

@@ -460,3 +460,144 @@ fn report_html_shows_the_baseline_warnings() {
     let ioi = load(&browser, &run_out().join("report.html"));
     assert!(!ioi.dom.contains(r#"id="warnings""#), "the IOI run's page shows warnings");
 }
+
+// Edges: the circuit figure, the faithfulness curve and report.html's Edges
+// section, on synthetic GPT-2-small-sized edge scores (the scorer is separate).
+
+use attrpatch::edges::{scores::node_scores, EdgeScore, EdgeScores, Topology};
+use attrpatch::render::{write_circuit, write_faithfulness, write_report_html_with_edges, EdgeReport};
+
+const GPT2_SMALL: Topology = Topology { layers: 12, heads: 12, kv_heads: 12, parallel: false };
+
+/// Every edge of `t` with a seeded heavy-tailed score (log-normal |score|: a few
+/// large, most near zero; both signs), as an edge scorer would give them.
+fn synthetic_edges(t: Topology, label: &str) -> EdgeScores {
+    let mut rng = crate::common::rng::Rng::seeded(label);
+    let edges: Vec<EdgeScore> = t
+        .edges()
+        .into_iter()
+        .map(|(w, r)| {
+            // Log-normal |score| (Box-Muller), negative one time in three.
+            let (u, v, sign) = (1.0 - rng.uniform(0.0, 1.0), rng.uniform(0.0, 1.0), rng.uniform(0.0, 1.0));
+            let z = (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos();
+            let score = if sign < 1.0 / 3.0 { -1.0 } else { 1.0 } * (1.5 * z).exp() * 1e-3;
+            EdgeScore { from: w.to_string(), to: r.to_string(), score }
+        })
+        .collect();
+    EdgeScores {
+        method: "EAP-IG".into(),
+        ig_steps: 5,
+        metric: "logit diff".into(),
+        layers: t.layers,
+        heads: t.heads,
+        kv_heads: t.kv_heads,
+        parallel: t.parallel,
+        nodes: node_scores(&edges),
+        edges,
+    }
+}
+
+/// Edges by |score|, largest first, ties in table order (the circuit's ranking).
+fn by_abs(s: &EdgeScores) -> Vec<&EdgeScore> {
+    let mut v: Vec<&EdgeScore> = s.edges.iter().collect();
+    v.sort_by(|a, b| b.score.abs().total_cmp(&a.score.abs()));
+    v
+}
+
+const FAITHFULNESS: [(usize, f64); 7] =
+    [(1, 0.04), (10, 0.31), (30, 0.62), (100, 0.86), (300, 0.93), (1000, 0.97), (32491, 1.0)];
+
+/// circuit.png/svg at K = 20 and 200, and faithfulness.png/svg, kept under
+/// target/tmp/render/circuit for a look.
+#[test]
+fn circuit_and_faithfulness_figures_are_drawn() {
+    let s = synthetic_edges(GPT2_SMALL, "circuit figure");
+    let dir = artifact_dir("circuit");
+    for k in [20, 200] {
+        let sub = dir.join(format!("k{k}"));
+        std::fs::create_dir_all(&sub).unwrap();
+        let written = write_circuit(&sub, &s, k).unwrap();
+        assert_eq!(written, [sub.join("circuit.png"), sub.join("circuit.svg")]);
+        let svg = std::fs::read_to_string(&written[1]).unwrap();
+        // One curve per kept edge, and the legend's five sample strokes.
+        assert_eq!(svg.matches("<polyline").count(), k + 5, "K = {k}");
+        let texts: Vec<String> = svg_texts(&svg).into_iter().map(|(_, t)| t).collect();
+        for e in by_abs(&s).into_iter().take(k) {
+            assert!(texts.contains(&e.from), "K = {k}: writer {} has no box", e.from);
+            let reader_box = e.to.trim_end_matches(".q").trim_end_matches(".k").trim_end_matches(".v");
+            assert!(texts.iter().any(|t| t == reader_box), "K = {k}: reader {} has no box", e.to);
+        }
+        assert!(texts.iter().any(|t| t.contains(&format!("the top {k} of 32491 edges"))), "{texts:?}");
+        let img = image::open(&written[0]).unwrap().to_rgb8();
+        assert_eq!((img.width() as i64, img.height() as i64), svg_size(&svg));
+        println!("circuit K = {k}: {} ({} x {})", written[0].display(), img.width(), img.height());
+    }
+    let written = write_faithfulness(&dir, &FAITHFULNESS, &s).unwrap();
+    let svg = std::fs::read_to_string(&written[1]).unwrap();
+    let img = image::open(&written[0]).unwrap().to_rgb8();
+    assert_eq!((img.width() as i64, img.height() as i64), svg_size(&svg));
+    assert_eq!(svg.matches("<circle").count(), FAITHFULNESS.len(), "one marker per point");
+}
+
+/// A page with GPT-2 small's 32,491 edges: the table sorts and filters, shows
+/// one page of rows at a time, and the slider redraws the circuit with K edges
+/// between exactly the boxes they touch.
+#[test]
+fn edges_section_works_in_a_browser() {
+    let Some(browser) = chromium() else { return };
+    use attrpatch::job::{run_job, JobOptions};
+    use attrpatch::runtime::{Device, RuntimeKind, RuntimeOptions};
+    let mut o = JobOptions::new(root().join(IOI_MODEL));
+    o.runtime = RuntimeOptions { kind: RuntimeKind::Ort, device: Device::Cpu, ort_lib: None, threads: 1 };
+    let r = run_job(&o).unwrap().unwrap();
+    let s = synthetic_edges(GPT2_SMALL, "edges page");
+    let dir = artifact_dir("edges-page");
+    let report = EdgeReport { scores: &s, top_k: 30, faithfulness: &FAITHFULNESS };
+    let page = write_report_html_with_edges(&r, &dir, Some(&report)).unwrap();
+    let html = std::fs::read_to_string(&page).unwrap();
+    // Self-contained: the only address is the SVG namespace of the embedded curve.
+    assert_eq!(html.matches("http").count(), html.matches("http://www.w3.org/2000/svg").count(), "an outside address");
+    println!("report.html with 32491 edges: {} bytes", html.len());
+
+    let loaded = load(&browser, &page);
+    loaded.assert_clean();
+    let check = loaded.pre("selfcheck");
+    let line = |prefix: &str| -> String {
+        let l = check.lines().find(|l| l.starts_with(prefix)).unwrap_or_else(|| panic!("no '{prefix}' in:\n{check}"));
+        l[prefix.len()..].trim().to_string()
+    };
+    let numbers = |s: String| -> Vec<f64> { s.split(',').map(|v| v.parse().unwrap()).collect() };
+    let ranked = by_abs(&s);
+    let first = |v: &[&EdgeScore]| v.iter().take(5).map(|e| e.score).collect::<Vec<f64>>();
+    // One page of rows in the DOM; sorted by |score| at first, then by score both ways.
+    assert_eq!(line("edges rows"), "100 of 32491");
+    assert_eq!(numbers(line("edges default")), first(&ranked));
+    let mut by_score = ranked.clone();
+    by_score.sort_by(|a, b| b.score.total_cmp(&a.score));
+    assert_eq!(numbers(line("edges score-desc")), first(&by_score));
+    by_score.reverse();
+    assert_eq!(numbers(line("edges score-asc")), first(&by_score));
+    assert_eq!(line("edges from-asc"), "a0.h0,a0.h0,a0.h0");
+    assert_eq!(line("edges page-2 ranks"), "101-200");
+    // Filters: a node, a node and logits, every query input.
+    let count = |f: &dyn Fn(&EdgeScore) -> bool| s.edges.iter().filter(|e| f(e)).count().to_string();
+    assert_eq!(line("edges filter logits:"), count(&|e| e.to == "logits"));
+    assert_eq!(line("edges filter a1.h2 logits:"), "1");
+    assert_eq!(line("edges filter .q:"), count(&|e| e.to.ends_with(".q")));
+    // The slider: K edges, the rows of the circuit shaded, and exactly the touched boxes.
+    for k in [1, 10, 500] {
+        let mut nodes: Vec<String> = ["input".to_string(), "logits".to_string()].into();
+        for e in &ranked[..k] {
+            nodes.push(e.from.clone());
+            nodes.push(e.to.trim_end_matches(".q").trim_end_matches(".k").trim_end_matches(".v").to_string());
+        }
+        nodes.sort();
+        nodes.dedup();
+        let want = format!("paths {k} marked {} nodes {}", k.min(100), nodes.join(","));
+        assert_eq!(line(&format!("edges k {k}:")), want, "K = {k}");
+    }
+    // The page opens at the report's K with the embedded curve.
+    assert!(loaded.dom.contains(r#"data-k="30""#), "the circuit opens at K = 30");
+    assert!(loaded.dom.contains(r#"id="faithfulness""#) && loaded.dom.contains("clean (1)"), "no faithfulness curve");
+    screenshot(&browser, &page, 4200);
+}

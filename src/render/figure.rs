@@ -19,19 +19,26 @@ pub trait Figure {
     fn draw<DB: DrawingBackend>(&self, area: &DrawingArea<DB, Shift>, pen: Pen) -> DrawResult<DB>;
 }
 
-/// Draws `fig` into `png` and the SVG of the same stem beside it; returns both paths.
-pub fn write_figure(fig: &impl Figure, png: &Path) -> Result<Vec<PathBuf>> {
-    let svg_path = png.with_extension("svg");
+/// The SVG document of `fig` (for pages that embed a figure).
+pub fn svg_text(fig: &impl Figure) -> Result<String> {
     let (w, h) = fig.size();
-    let failed = |e: String| Error::Runtime(format!("drawing {}: {e}", png.display()));
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, (w, h)).into_drawing_area();
         root.fill(&WHITE)
             .and_then(|_| fig.draw(&root, Pen { raster: false }))
             .and_then(|_| root.present())
-            .map_err(|e| failed(e.to_string()))?;
+            .map_err(|e| Error::Runtime(format!("drawing an SVG figure: {e}")))?;
     }
+    Ok(svg)
+}
+
+/// Draws `fig` into `png` and the SVG of the same stem beside it; returns both paths.
+pub fn write_figure(fig: &impl Figure, png: &Path) -> Result<Vec<PathBuf>> {
+    let svg_path = png.with_extension("svg");
+    let (w, h) = fig.size();
+    let failed = |e: String| Error::Runtime(format!("drawing {}: {e}", png.display()));
+    let svg = svg_text(fig).map_err(|e| failed(e.to_string()))?;
     let mut pixels = vec![255u8; w as usize * h as usize * 3];
     {
         let root = BitMapBackend::with_buffer(&mut pixels, (w, h)).into_drawing_area();

@@ -7,6 +7,7 @@
 //! gathers data.
 
 use super::data::grid_json;
+use super::edges_data::{edges_json, EdgeReport};
 use super::labels::{hook_label, model_label, subtitle};
 use crate::compare::{Agreement, Comparison};
 use crate::error::{Error, Result};
@@ -21,8 +22,19 @@ const JS: &str = include_str!("report/report.js");
 
 /// Writes `out_dir/report.html` for one job's result (run, patch, or one method of compare).
 pub fn write_report_html(r: &JobResult, out_dir: &Path) -> Result<PathBuf> {
+    write_report_html_with_edges(r, out_dir, None)
+}
+
+/// As `write_report_html`, with an "Edges" section when `edges` is given: the
+/// sortable edge table, the circuit with its K slider, the faithfulness curve.
+pub fn write_report_html_with_edges(r: &JobResult, out_dir: &Path, edges: Option<&EdgeReport>) -> Result<PathBuf> {
     let title = format!("attrpatch: {}", r.manifest.method.label());
-    write_page(&out_dir.join("report.html"), &title, &job_data(r))
+    let mut data = job_data(r);
+    data["edges"] = match edges {
+        Some(e) => edges_json(e)?,
+        None => Value::Null,
+    };
+    write_page(&out_dir.join("report.html"), &title, &data)
 }
 
 /// Writes `out/report.html` for a comparison, linking each method's own report.

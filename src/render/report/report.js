@@ -206,6 +206,139 @@
     return table(["load", "rewrite", "session", "run"], [[t.load, t.rewrite, t.session, t.run].map(v => v.toFixed(3) + " s")], [1, 1, 1, 1]);
   }
 
+  // The Edges section: the circuit (the top K edges, K from the slider) drawn
+  // where the Rust layout placed it, the faithfulness curve, and the edge table
+  // (one page of rows in the DOM at a time, so 32,000 edges stay responsive).
+  function renderEdges(E) {
+    section("Edges");
+    root.append(el("p", { "class": "note" }, `${E.n_edges} edges scored by ${E.method}; metric: normalised ${E.metric}. ` +
+      "An edge's score is the first-order change of the metric when that edge alone carries its clean value instead of its corrupted one."));
+    // Ranks by |score|, ties in table order: the order the circuit figure keeps edges in.
+    const rows = E.table.map((t, i) => ({ i: i, from: t[0], to: t[1], score: t[2], rank: 0 }));
+    const ranked = rows.slice().sort((a, b) => Math.abs(b.score) - Math.abs(a.score) || a.i - b.i);
+    ranked.forEach((r, n) => { r.rank = n + 1; });
+    const L = E.layout;
+    let k = E.k;
+
+    const slider = el("input", { type: "range", id: "edge-k", min: 1, max: E.k_max, value: E.k, step: 1 });
+    const kText = el("output", { id: "edge-k-value", "for": "edge-k" }, String(E.k));
+    const caption = el("span", { "class": "note", id: "circuit-caption" });
+    const holder = el("div", { "class": "figure circuit", id: "circuit" });
+    root.append(el("p", { "class": "controls" }, el("label", { "for": "edge-k" }, "Circuit: the top K edges by |score|, K = "),
+      kText, " ", slider, " ", caption), holder);
+    root.append(el("p", { "class": "note" }, "Blue edges have positive scores (patching the edge to its clean value raises the metric), red negative; " +
+      "width grows with |score|. Heads read at ports q, k, v on their lower edge and write from the top; the input is at the bottom, the logits at the top. " +
+      `Boxes keep their places for every K up to ${E.k_max}.`));
+    const faith = E.faithfulness ? new Map(E.faithfulness.points.map(p => [p[0], p[1]])) : new Map();
+
+    function drawCircuit() {
+      const edges = L.edges.slice(0, k);
+      const used = new Set();
+      L.boxes.forEach((b, i) => { if (b.kind === "input" || b.kind === "logits") used.add(i); });
+      for (const e of edges) { used.add(e.a); used.add(e.b); }
+      const s = sv("svg", { width: L.width, height: L.height, "class": "circuit", "data-k": k });
+      for (const band of L.bands) {
+        if (band.layer % 2 === 0) s.append(sv("rect", { x: 0, y: band.top, width: L.width, height: band.bottom - band.top, fill: "#f3f6fa" }));
+        s.append(sv("text", { x: L.gutter, y: (band.top + band.bottom) / 2 + 4, "text-anchor": "end", "class": "band" }, `layer ${band.layer}`));
+      }
+      // Weakest first, so the strongest are on top; boxes over the edges.
+      for (let j = edges.length - 1; j >= 0; j--) {
+        const e = edges[j];
+        const p = sv("path", { d: e.d, fill: "none", stroke: e.colour, "stroke-width": e.width, "stroke-opacity": e.opacity,
+          "class": "edge", "data-from": e.from, "data-to": e.to, "data-score": String(e.score) });
+        const what = `${e.from} → ${e.to}: ${fmt(e.score)} (rank ${j + 1})`;
+        p.addEventListener("mouseover", ev => showTip(what, ev));
+        p.addEventListener("mousemove", ev => showTip(what, ev));
+        p.addEventListener("mouseout", hideTip);
+        s.append(p);
+      }
+      L.boxes.forEach((b, i) => {
+        if (!used.has(i)) return;
+        const g = sv("g", { "class": "node", "data-name": b.label });
+        const end = b.kind === "input" || b.kind === "logits";
+        g.append(sv("rect", { x: b.x, y: b.y, width: b.w, height: b.h, fill: end ? "#eaeef4" : "#ffffff", stroke: "#6a7f9f" }));
+        const ported = b.ports.some(p => p.label);
+        g.append(sv("text", { x: b.x + b.w / 2, y: ported ? b.y + 14 : b.y + b.h / 2 + 4, "text-anchor": "middle", "class": "node-label" }, b.label));
+        for (const p of b.ports) {
+          if (!p.label) continue;
+          g.append(sv("rect", { x: p.x - 2, y: p.y - 2, width: 4, height: 2, fill: "#2a3f5f" }));
+          g.append(sv("text", { x: p.x, y: p.y - 4, "text-anchor": "middle", "class": "port" }, p.label));
+        }
+        s.append(g);
+      });
+      holder.replaceChildren(s);
+      kText.textContent = String(k);
+      const f = faith.get(k);
+      caption.textContent = `of ${E.n_edges}${f === undefined ? "" : `; this circuit restores ${fmt(f)} of the metric gap`}`;
+    }
+
+    if (E.faithfulness) {
+      const fig = el("div", { "class": "figure", id: "faithfulness" });
+      fig.innerHTML = E.faithfulness.svg;
+      root.append(el("h3", {}, "Faithfulness"), fig);
+    }
+
+    // The table: sort by a column (click its header; again to reverse), filter by node names.
+    const PAGE = 100;
+    const state = { key: "rank", dir: 1, terms: [], page: 0 };
+    const collator = new Intl.Collator("en", { numeric: true });
+    const compare = {
+      rank: (a, b) => a.rank - b.rank,
+      from: (a, b) => collator.compare(a.from, b.from) || a.rank - b.rank,
+      to: (a, b) => collator.compare(a.to, b.to) || a.rank - b.rank,
+      score: (a, b) => a.score - b.score || a.rank - b.rank,
+    };
+    const firstDir = { rank: 1, from: 1, to: 1, score: -1 };
+    // A term matches a name that is the term or starts with it and a dot (a9: layer 9's
+    // heads; a9.h9: the head and its q/k/v), or, starting with a dot, ends with it (.q).
+    const matches = (term, name) => term.startsWith(".") ? name.endsWith(term) : name === term || name.startsWith(term + ".");
+    let view = ranked;
+    const filter = el("input", { type: "search", id: "edge-filter", placeholder: "a9.h9  m3  logits  .q", size: 30 });
+    const info = el("span", { id: "edge-page-info", "class": "note" });
+    const prev = el("button", { id: "edge-prev", type: "button" }, "‹ previous");
+    const next = el("button", { id: "edge-next", type: "button" }, "next ›");
+    const head = el("tr", {}, ...["rank", "from", "to", "score"].map(key => el("th", { "data-key": key, "class": "sortable" }, key)));
+    const tbody = el("tbody");
+    const tableEl = el("table", { id: "edge-table", "class": "edges" }, el("thead", {}, head), tbody);
+    function drawTable() {
+      const n = view.length, pages = Math.max(1, Math.ceil(n / PAGE));
+      state.page = Math.min(state.page, pages - 1);
+      const lo = state.page * PAGE, hi = Math.min(n, lo + PAGE);
+      tbody.replaceChildren(...view.slice(lo, hi).map(r => el("tr", Object.assign({ "data-rank": r.rank, "data-score": String(r.score) },
+        r.rank <= k ? { "class": "in-circuit" } : {}), el("td", { "class": "num" }, r.rank), el("td", {}, r.from), el("td", {}, r.to),
+        el("td", { "class": "num" }, fmt(r.score)))));
+      tableEl.dataset.matches = String(n);
+      info.textContent = n ? `rows ${lo + 1}–${hi} of ${n}${n < rows.length ? ` matching (of ${rows.length})` : ""}` : `no edge matches (of ${rows.length})`;
+      prev.disabled = state.page === 0;
+      next.disabled = state.page >= pages - 1;
+      for (const th of head.children) th.textContent = th.dataset.key + (th.dataset.key === state.key ? (state.dir > 0 ? " ▲" : " ▼") : "");
+    }
+    function resort() {
+      const base = state.terms.length ? rows.filter(r => state.terms.every(t => matches(t, r.from) || matches(t, r.to))) : rows;
+      const cmp = compare[state.key], d = state.dir;
+      view = base.slice().sort((a, b) => d * cmp(a, b));
+      state.page = 0;
+      drawTable();
+    }
+    for (const th of head.children) {
+      th.addEventListener("click", () => {
+        const key = th.dataset.key;
+        state.dir = key === state.key ? -state.dir : firstDir[key];
+        state.key = key;
+        resort();
+      });
+    }
+    filter.addEventListener("input", () => { state.terms = filter.value.trim().split(/\s+/).filter(t => t); resort(); });
+    prev.addEventListener("click", () => { state.page--; drawTable(); });
+    next.addEventListener("click", () => { state.page++; drawTable(); });
+    slider.addEventListener("input", () => { k = Number(slider.value); drawCircuit(); drawTable(); });
+    root.append(el("h3", {}, "Edge scores"), el("p", { "class": "controls" }, el("label", { "for": "edge-filter" }, "Filter: "), filter, " ", prev, " ", next, " ", info),
+      el("p", { "class": "note" }, "Click a column to sort by it, again to reverse. A filter term matches a node or its parts (a9: layer 9's heads; a9.h9: that head and its q, k, v; .q: every query input); every term must match the edge's from or to. Rows in the circuit are shaded."),
+      tableEl);
+    drawCircuit();
+    drawTable();
+  }
+
   function renderJob() {
     root.append(el("h1", {}, data.title), el("p", { "class": "subtitle" }, data.subtitle));
     if (data.warnings.length) {
@@ -244,6 +377,7 @@
     }
     root.append(figures);
     draw(data.grids);
+    if (data.edges) renderEdges(data.edges);
 
     const rows = data.prompts.map((p, i) => {
       const pm = data.pair_metrics[i];
@@ -319,7 +453,51 @@
       sel.value = "all";
       sel.dispatchEvent(new Event("change"));
     }
+    if (data.edges) edgesSelfCheck(out);
     document.getElementById("selfcheck").textContent = out.join("\n");
+  }
+
+  // The edge table's sorting, filter and paging, and the slider: what each shows.
+  function edgesSelfCheck(out) {
+    const table = document.getElementById("edge-table");
+    const rows = () => [...table.querySelectorAll("tbody tr")];
+    const scores = () => rows().slice(0, 5).map(r => r.dataset.score).join(",");
+    const th = key => table.querySelector(`th[data-key="${key}"]`);
+    out.push(`edges rows ${rows().length} of ${table.dataset.matches}`);
+    out.push(`edges default ${scores()}`);
+    let t0 = performance.now();
+    th("score").click();
+    const sortMs = performance.now() - t0;
+    out.push(`edges score-desc ${scores()}`);
+    th("score").click();
+    out.push(`edges score-asc ${scores()}`);
+    th("from").click();
+    out.push(`edges from-asc ${rows().slice(0, 3).map(r => r.children[1].textContent).join(",")}`);
+    th("rank").click();
+    document.getElementById("edge-next").click();
+    out.push(`edges page-2 ranks ${rows()[0].dataset.rank}-${rows()[rows().length - 1].dataset.rank}`);
+    const filter = document.getElementById("edge-filter");
+    for (const f of ["logits", "a1.h2 logits", ".q"]) {
+      filter.value = f;
+      filter.dispatchEvent(new Event("input"));
+      out.push(`edges filter ${f}: ${table.dataset.matches}`);
+    }
+    filter.value = "";
+    filter.dispatchEvent(new Event("input"));
+    const slider = document.getElementById("edge-k"), start = slider.value;
+    let slideMs = 0;
+    for (const k of [1, 10, Number(slider.max)]) {
+      t0 = performance.now();
+      slider.value = String(k);
+      slider.dispatchEvent(new Event("input"));
+      slideMs = Math.max(slideMs, performance.now() - t0);
+      const nodes = [...document.querySelectorAll("#circuit g.node")].map(g => g.dataset.name).sort().join(",");
+      out.push(`edges k ${k}: paths ${document.querySelectorAll("#circuit path.edge").length} marked ${table.querySelectorAll("tr.in-circuit").length} nodes ${nodes}`);
+    }
+    slider.value = start;
+    slider.dispatchEvent(new Event("input"));
+    // Not asserted (timings are no test); read when judging responsiveness.
+    out.push(`edges ms: sort by score ${sortMs.toFixed(1)}, slowest slider move ${slideMs.toFixed(1)}`);
   }
 
   document.getElementById("loading").remove();

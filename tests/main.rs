@@ -12,6 +12,7 @@ mod cli_usage;
 mod contrib;
 mod edges;
 mod end_to_end;
+mod faithfulness;
 mod fuzz;
 mod gradients;
 mod hooks;

@@ -118,7 +118,11 @@ pub fn exact_edges(opts: &JobOptions, rows_per_call: Option<usize>) -> Result<(E
 }
 
 /// EAP, and EAP-IG with `ig_steps`, against exact edge patching.
-pub fn compare_edges(opts: &JobOptions, ig_steps: Option<usize>, rows_per_call: Option<usize>) -> Result<EdgeComparison> {
+pub fn compare_edges(
+    opts: &JobOptions,
+    ig_steps: Option<usize>,
+    rows_per_call: Option<usize>,
+) -> Result<EdgeComparison> {
     if ig_steps == Some(0) {
         return Err(Error::Input("--ig-steps must be at least 1".into()));
     }

@@ -74,7 +74,8 @@ pub fn mask_groups(t: &Topology) -> Vec<MaskGroup> {
     let mut out = vec![];
     for l in 0..t.layers {
         let before = 1 + l * per_layer;
-        let heads: Vec<Reader> = all.iter().copied().filter(|r| matches!(r, Reader::Head(m, _, _) if *m == l)).collect();
+        let heads: Vec<Reader> =
+            all.iter().copied().filter(|r| matches!(r, Reader::Head(m, _, _) if *m == l)).collect();
         out.push(MaskGroup { name: format!("heads.{l}"), readers: heads, upstream: before });
         let mlp_up = if t.parallel { before } else { before + t.heads };
         out.push(MaskGroup { name: format!("mlp.{l}"), readers: vec![Reader::Mlp(l)], upstream: mlp_up });
@@ -190,7 +191,8 @@ pub fn build(model: OnnxModel, opts: &EdgePatchOptions) -> Result<EdgePatchGraph
         let dz = delta(&mut b, &blk.out_proj.z);
         let z4 = b.reshape(&dz, &rshd);
         let zh = b.transpose(&z4, &[0, 2, 1, 3]);
-        let w = if blk.out_proj.trans_b { b.transpose(&blk.out_proj.weight, &[1, 0]) } else { blk.out_proj.weight.clone() };
+        let w =
+            if blk.out_proj.trans_b { b.transpose(&blk.out_proj.weight, &[1, 0]) } else { blk.out_proj.weight.clone() };
         let wh = b.reshape(&w, &w_shape);
         let out = b.matmul(&zh, &wh);
         pieces.push((blocks.heads, b.reshape(&out, &heads_rows)));

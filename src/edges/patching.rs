@@ -110,7 +110,10 @@ pub fn patch_edges(
     let slots = EdgeSlots::new(&topo);
     for (i, v) in variants.iter().enumerate() {
         if let Some(&bad) = v.iter().find(|&&e| e >= slots.edges) {
-            return Err(Error::Input(format!("variant {i}: edge index {bad} is past the model's {} edges", slots.edges)));
+            return Err(Error::Input(format!(
+                "variant {i}: edge index {bad} is past the model's {} edges",
+                slots.edges
+            )));
         }
     }
     let n = p.tokens.clean_ids.len();
@@ -154,7 +157,12 @@ pub fn patch_edges(
         }
         let m = take_output(&mut out, names::ROW_METRIC)?;
         if m.len() != chunk.len() {
-            return Err(Error::Runtime(format!("'{}' has {} values for {} rows", names::ROW_METRIC, m.len(), chunk.len())));
+            return Err(Error::Runtime(format!(
+                "'{}' has {} values for {} rows",
+                names::ROW_METRIC,
+                m.len(),
+                chunk.len()
+            )));
         }
         for (r, &v) in chunk.iter().zip(m.iter()) {
             finite(v, || format!("the metric of pair {}'s row (variant {:?})", r.pair, r.variant))?;

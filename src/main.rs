@@ -328,6 +328,9 @@ fn edges_cmd(args: EdgesArgs) -> Result<(), Error> {
         ("--batch-size", args.batch_size),
         ("--rows-per-call", args.rows_per_call),
     ])?;
+    if let Some(t) = args.threshold {
+        attrpatch::edges::faithfulness::check_threshold(t)?;
+    }
     if args.rows_per_call.is_some() && !args.faithfulness {
         return Err(Error::Input(
             "--rows-per-call sizes the --faithfulness sweep; add --faithfulness or drop it".into(),

@@ -233,3 +233,57 @@ fn bad_k_and_kl_are_refused_with_the_reason() {
     let e = faithfulness(&o, &s, &[0], Some(0)).unwrap_err().to_string();
     assert!(e.contains("rows per call"), "{e}");
 }
+
+fn attrpatch(args: &[&str]) -> (bool, String) {
+    let o =
+        std::process::Command::new(env!("CARGO_BIN_EXE_attrpatch")).args(args).current_dir(root()).output().unwrap();
+    (o.status.success(), format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)))
+}
+
+const TINY: &str = "models/gpt2-tiny-random.onnx";
+
+/// `attrpatch edges --faithfulness`: the curve's files and figure, its ends 0 and 1, the circuit's K marked.
+#[test]
+fn cli_edges_faithfulness_writes_the_curve() {
+    let out = fresh_dir("faithfulness-cli");
+    let o = out.to_str().unwrap();
+    let (ok, t) = attrpatch(&["edges", "--model", TINY, "--device", "cpu", "--faithfulness", "--top-k", "6", "-o", o]);
+    assert!(ok, "{t}");
+    assert!(t.contains("<- the circuit") && t.contains("K =      6:"), "{t}");
+    for f in ["faithfulness.json", "faithfulness.csv", "faithfulness.png", "faithfulness.svg", "edges.json"] {
+        assert!(out.join(f).is_file(), "{f} missing:\n{t}");
+    }
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("faithfulness.json")).unwrap()).unwrap();
+    let points = v["points"].as_array().unwrap();
+    let (first, last) = (&points[0], &points[points.len() - 1]);
+    assert_eq!((first["k"].as_u64(), last["k"].as_u64()), (Some(0), v["edges"].as_u64()));
+    close("K = 0", first["faithfulness"].as_f64().unwrap(), 0.0, 1e-4);
+    close("K = all", last["faithfulness"].as_f64().unwrap(), 1.0, 1e-4);
+    let csv = std::fs::read_to_string(out.join("faithfulness.csv")).unwrap();
+    assert_eq!(csv.lines().count(), points.len() + 1);
+}
+
+#[test]
+fn cli_edge_options_are_checked() {
+    let (ok, t) = attrpatch(&["edges", "--model", TINY, "--device", "cpu", "--rows-per-call", "4"]);
+    assert!(!ok && t.contains("--rows-per-call") && t.contains("--faithfulness"), "{t}");
+    let (ok, t) = attrpatch(&["edges", "--model", TINY, "--device", "cpu", "--threshold=-1"]);
+    assert!(!ok && t.contains("--threshold -1"), "{t}");
+    let (ok, t) = attrpatch(&["compare", "--edges", "--positions", "--model", TINY, "--device", "cpu"]);
+    assert!(!ok && t.contains("--positions") && t.contains("--edges"), "{t}");
+}
+
+/// `attrpatch compare --edges`: the table, the files, the scatter plot.
+#[test]
+fn cli_compare_edges_writes_the_agreement() {
+    let out = fresh_dir("compare-edges-cli");
+    let o = out.to_str().unwrap();
+    let (ok, t) = attrpatch(&["compare", "--edges", "--ig-steps", "3", "--model", TINY, "--device", "cpu", "-o", o]);
+    assert!(ok, "{t}");
+    assert!(t.contains("exact edge patching: 110 edges") && t.contains("EAP-IG (3)"), "{t}");
+    for f in ["edge-compare.json", "exact/edges.csv", "eap/edges.json", "eap-ig/edges.csv", "scatter-edges.png"] {
+        assert!(out.join(f).is_file(), "{f} missing:\n{t}");
+    }
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("edge-compare.json")).unwrap()).unwrap();
+    assert!(v["estimates"][0]["pearson"].as_f64().unwrap() > 0.9, "{v}");
+}

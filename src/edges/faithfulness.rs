@@ -35,10 +35,16 @@ pub fn circuit(scores: &EdgeScores, k: usize) -> Vec<usize> {
 
 /// How many edges have |score| >= `threshold`: the K of `circuit` it picks.
 pub fn k_for_threshold(scores: &EdgeScores, threshold: f64) -> Result<usize> {
+    check_threshold(threshold)?;
+    Ok(scores.edges.iter().filter(|e| e.score.abs() >= threshold).count())
+}
+
+/// A threshold must be a finite |score| of at least 0.
+pub fn check_threshold(threshold: f64) -> Result<()> {
     if !threshold.is_finite() || threshold < 0.0 {
         return Err(Error::Input(format!("--threshold {threshold}: expected a finite |score| of at least 0")));
     }
-    Ok(scores.edges.iter().filter(|e| e.score.abs() >= threshold).count())
+    Ok(())
 }
 
 /// The sweep's K: 0, the powers of two below `edges`, `edges`, and `extra`

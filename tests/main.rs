@@ -11,6 +11,7 @@ mod cli;
 mod cli_usage;
 mod contrib;
 mod edges;
+mod edges_toy;
 mod end_to_end;
 mod faithfulness;
 mod fuzz;

@@ -179,9 +179,19 @@ struct EdgesArgs {
     /// EAP-IG with N steps (the input writer's output moved from corrupted to clean); 1 is plain EAP.
     #[arg(long, value_name = "N", default_value_t = 1)]
     ig_steps: usize,
-    /// The K edges of largest |score| printed (and drawn, with the circuit figure).
+    /// The K edges of largest |score| printed (and drawn, with the circuit figure): the circuit.
     #[arg(long, value_name = "K", default_value_t = 20)]
     top_k: usize,
+    /// The circuit is the edges with |score| >= T instead of the top K.
+    #[arg(long, value_name = "T")]
+    threshold: Option<f64>,
+    /// Measure circuit faithfulness by exact edge patching for K = 0, 1, 2, 4, ..., all
+    /// edges and the circuit's K (faithfulness.json, .csv, .png).
+    #[arg(long)]
+    faithfulness: bool,
+    /// Patched rows per runtime call for --faithfulness [default: as many as --max-memory holds, at most 256].
+    #[arg(long)]
+    rows_per_call: Option<usize>,
 }
 
 #[derive(Args)]
@@ -204,9 +214,13 @@ struct CompareArgs {
     /// Also compare the layer x position grid (patches every position of every layer).
     #[arg(long)]
     positions: bool,
-    /// Also compare integrated gradients with N steps.
+    /// Also compare integrated gradients with N steps (with --edges: EAP-IG with N steps).
     #[arg(long, value_name = "N")]
     ig_steps: Option<usize>,
+    /// Compare edge scores (EAP, and EAP-IG with --ig-steps) against exact edge patching,
+    /// one patched edge per row: for small models (rows = pairs x edges).
+    #[arg(long)]
+    edges: bool,
     /// Patched prompt runs per runtime call; memory grows with it [default: as many as
     /// --max-memory holds, at most 256 for exact patching, 64 for integrated gradients].
     #[arg(long)]
@@ -312,7 +326,16 @@ fn edges_cmd(args: EdgesArgs) -> Result<(), Error> {
         ("--ig-steps", Some(args.ig_steps)),
         ("--top-k", Some(args.top_k)),
         ("--batch-size", args.batch_size),
+        ("--rows-per-call", args.rows_per_call),
     ])?;
+    if let Some(t) = args.threshold {
+        attrpatch::edges::faithfulness::check_threshold(t)?;
+    }
+    if args.rows_per_call.is_some() && !args.faithfulness {
+        return Err(Error::Input(
+            "--rows-per-call sizes the --faithfulness sweep; add --faithfulness or drop it".into(),
+        ));
+    }
     if args.common.hook != attrpatch::hooks::HookKind::AttnOut {
         return Err(Error::Input(
             "--hook: edge scores are defined by the attention heads, MLPs and residual stream; drop --hook".into(),
@@ -339,17 +362,59 @@ fn edges_cmd(args: EdgesArgs) -> Result<(), Error> {
         plural(r.runtime_calls),
         r.run_seconds
     );
+    let k = match args.threshold {
+        Some(t) => attrpatch::edges::faithfulness::k_for_threshold(s, t)?,
+        None => args.top_k.min(s.edges.len()),
+    };
     let mut top: Vec<&attrpatch::edges::EdgeScore> = s.edges.iter().collect();
     top.sort_by(|a, b| b.score.abs().total_cmp(&a.score.abs()));
-    println!("top {} edges by |score|:", args.top_k.min(top.len()));
-    for e in top.iter().take(args.top_k) {
+    println!("top {k} edges by |score|:");
+    for e in top.iter().take(k) {
         println!("  {:>10} -> {:<10} {:+.4}", e.from, e.to, e.score);
     }
     attrpatch::edges::scores::write(&out, s)?;
     println!("wrote {}", out.join("edges.json").display());
     println!("wrote {}", out.join("edges.csv").display());
+    if args.faithfulness {
+        faithfulness_sweep(&opts, s, k, args.rows_per_call, &out)?;
+    }
     // The circuit figure goes here once render::circuit lands:
     // attrpatch::render::circuit::write_circuit(&out, s, args.top_k)?;
+    Ok(())
+}
+
+/// The faithfulness curve of the top-K circuits, the circuit's own K included.
+fn faithfulness_sweep(
+    opts: &job::JobOptions,
+    s: &attrpatch::edges::EdgeScores,
+    k: usize,
+    rows_per_call: Option<usize>,
+    out: &Path,
+) -> Result<(), Error> {
+    use attrpatch::edges::faithfulness as faith;
+    let ks = faith::sweep(s.edges.len(), &[k]);
+    let f = faith::faithfulness(opts, s, &ks, rows_per_call)?;
+    println!(
+        "faithfulness: {} circuits ({} rows, {} per call, {} runtime call{}, {:.3}s)",
+        ks.len(),
+        f.rows,
+        f.rows_per_call,
+        f.runtime_calls,
+        plural(f.runtime_calls),
+        f.run_seconds
+    );
+    for p in &f.points {
+        let mark = if p.k == k { "  <- the circuit" } else { "" };
+        println!("  K = {:>6}: {:+.4}{mark}", p.k, p.faithfulness);
+    }
+    faith::write(out, &f)?;
+    println!("wrote {}", out.join("faithfulness.json").display());
+    println!("wrote {}", out.join("faithfulness.csv").display());
+    // The figure's K axis is logarithmic: K = 0 (the corrupted run, 0 by definition) is in the files only.
+    let drawn: Vec<(usize, f64)> = f.curve().into_iter().filter(|&(k, _)| k > 0).collect();
+    for w in attrpatch::render::write_faithfulness(out, &drawn, s)? {
+        println!("wrote {}", w.display());
+    }
     Ok(())
 }
 
@@ -364,6 +429,9 @@ fn patch_cmd(args: PatchArgs) -> Result<(), Error> {
 fn compare_cmd(args: CompareArgs) -> Result<(), Error> {
     at_least_one(&[("--ig-steps", args.ig_steps), ("--rows-per-call", args.rows_per_call)])?;
     let opts = args.common.job_options()?;
+    if args.edges {
+        return compare_edges_cmd(&args, &opts);
+    }
     let c = compare::compare(
         &opts,
         &compare::CompareOptions {
@@ -376,6 +444,27 @@ fn compare_cmd(args: CompareArgs) -> Result<(), Error> {
     print_summary(&c.exact);
     print!("{}", compare::report(&c));
     for w in compare::write(&c, &args.common.out_dir())? {
+        println!("wrote {}", w.display());
+    }
+    Ok(())
+}
+
+/// `compare --edges`: EAP (and EAP-IG) against exact edge patching.
+fn compare_edges_cmd(args: &CompareArgs, opts: &job::JobOptions) -> Result<(), Error> {
+    if args.positions {
+        return Err(Error::Input(
+            "--positions compares node grids; with --edges every edge is compared, drop it".into(),
+        ));
+    }
+    if args.common.hook != attrpatch::hooks::HookKind::AttnOut {
+        return Err(Error::Input(
+            "--hook: edges are defined by the attention heads, MLPs and residual stream; drop --hook".into(),
+        ));
+    }
+    let c = attrpatch::edges::compare::compare_edges(opts, args.ig_steps, args.rows_per_call)?;
+    println!("model: {}", opts.model.display());
+    print!("{}", attrpatch::edges::compare::report(&c));
+    for w in attrpatch::edges::compare::write(&c, &args.common.out_dir())? {
         println!("wrote {}", w.display());
     }
     Ok(())

@@ -15,6 +15,7 @@ mod edges;
 mod edges_toy;
 mod end_to_end;
 mod facade;
+mod faithfulness;
 mod fuzz;
 mod gradients;
 mod hooks;

@@ -175,7 +175,7 @@ pub fn build(model: OnnxModel, opts: &EdgeGraphOptions) -> Result<EdgeGraph> {
 }
 
 /// The model's facts with its token inputs at the probe size.
-fn probed_facts(model: &OnnxModel) -> Result<crate::onnx::facts::Facts> {
+pub(crate) fn probed_facts(model: &OnnxModel) -> Result<crate::onnx::facts::Facts> {
     let g = model.graph();
     let inits: HashSet<&str> = g.initializer.iter().map(|t| t.name.as_str()).collect();
     let probe: Vec<(&str, Vec<usize>)> = g
@@ -386,7 +386,7 @@ fn score_nodes(
 
 /// Orders the nodes so that each comes after the producers of its inputs
 /// (stable: nodes already in order keep it).
-fn topo_sort(g: &mut GraphProto) {
+pub(crate) fn topo_sort(g: &mut GraphProto) {
     let nodes = std::mem::take(&mut g.node);
     let mut producer: HashMap<&str, usize> = HashMap::new();
     for (i, n) in nodes.iter().enumerate() {

@@ -8,7 +8,11 @@
 //! `logits`. An edge u -> v exists when u is summed into v's read point.
 
 pub mod anatomy;
+pub mod compare;
+pub mod faithfulness;
 pub mod graph;
+pub mod patch_graph;
+pub mod patching;
 pub mod rewrite;
 pub mod run;
 pub mod scores;

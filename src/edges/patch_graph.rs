@@ -1,0 +1,285 @@
+//! The edge-patching graph: exact edge patching as rows of one forward graph.
+//!
+//!   source copy: the pairs' prompts fed as `clean.X` (B rows), forward only;
+//!                which prompts those are is the caller's choice (`patching`)
+//!   row copy:    R rows; row r runs pair row_pair[r]'s prompt fed as
+//!                `corrupted.X`, with every reader on its own input copy
+//!                (`rewrite`), and each reader v's input
+//!                  x_v = resid_v + sum_u mask_v[r, v, u] (a_u^source - a_u^row)
+//!                over the writers u upstream of v
+//!
+//! The writers' outputs a_u (the `input` residual, each head's z_h W_O[h],
+//! each MLP's output) are differences of the two copies' tensors, taken by
+//! linearity before the out-projection: (z^s - z^r)_h W_O[h]. Only writers
+//! upstream of v exist where v reads, so the sums are causal. Writers upstream
+//! of a reader are always a prefix of `Topology::writers` (input, then per
+//! layer its heads and its MLP), so each reader group's mask is
+//! [R, readers, prefix length] and every entry is an edge.
+
+use super::anatomy::{self, BlockAnatomy};
+use super::graph::{probed_facts, topo_sort};
+use super::rewrite::{self, names as reads};
+use super::{Reader, Topology};
+use crate::augment::{copy, metric, names as aug_names, skeleton, Anatomy, Metric, TokenInput};
+use crate::error::Result;
+use crate::hooks::{Hook, HookKind};
+use crate::onnx::builder::{attr_i, GraphBuilder};
+use crate::onnx::consts::INT64;
+use crate::onnx::facts::Dim;
+use crate::onnx::graph::{all_names, value_info};
+use crate::onnx::pb::ModelProto;
+use crate::onnx::OnnxModel;
+use std::collections::HashMap;
+
+/// Input and output names of the edge-patching graph.
+pub mod names {
+    /// [R] int64: the pair (index into the source prompts) each row runs.
+    pub const ROW_PAIR: &str = "attrpatch.edge_rows.pair";
+    /// [R, 1]: the rows' weights in their mean (not used by the host).
+    pub const ROW_WEIGHTS: &str = "attrpatch.edge_rows.weights";
+    /// [1, R]: each row's metric.
+    pub const ROW_METRIC: &str = "attrpatch.edge_rows.metric";
+    /// [1, 1]: the rows' weighted mean.
+    pub const ROW_METRIC_MEAN: &str = "attrpatch.edge_rows.metric_mean";
+    /// [1, B]: each pair's metric in the source copy.
+    pub const SOURCE_METRIC: &str = "attrpatch.edge_source.metric";
+    /// [1, 1]: their mean.
+    pub const SOURCE_METRIC_MEAN: &str = "attrpatch.edge_source.metric_mean";
+    /// The mask of a reader group (`MaskGroup`).
+    pub fn mask(group: &str) -> String {
+        format!("attrpatch.edge_mask.{group}")
+    }
+    pub(super) fn rows_input(model_input: &str) -> String {
+        format!("attrpatch.edge_rows.{model_input}")
+    }
+}
+
+/// A set of readers that read the same residual point, with one mask input
+/// [R, readers, upstream]: entry (r, i, u) = 1 when row r's edge from writer u
+/// (index into `Topology::writers`) to `readers[i]` carries the source value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MaskGroup {
+    /// Group name, as in the mask input's name: `heads.{l}`, `mlp.{l}`, `logits`.
+    pub name: String,
+    /// The readers, in `Topology::readers` order.
+    pub readers: Vec<Reader>,
+    /// How many writers (a prefix of `Topology::writers`) feed these readers.
+    pub upstream: usize,
+}
+
+/// Every reader group of a topology, in residual order.
+pub fn mask_groups(t: &Topology) -> Vec<MaskGroup> {
+    let all = t.readers();
+    let per_layer = 1 + t.heads;
+    let mut out = vec![];
+    for l in 0..t.layers {
+        let before = 1 + l * per_layer;
+        let heads: Vec<Reader> =
+            all.iter().copied().filter(|r| matches!(r, Reader::Head(m, _, _) if *m == l)).collect();
+        out.push(MaskGroup { name: format!("heads.{l}"), readers: heads, upstream: before });
+        let mlp_up = if t.parallel { before } else { before + t.heads };
+        out.push(MaskGroup { name: format!("mlp.{l}"), readers: vec![Reader::Mlp(l)], upstream: mlp_up });
+    }
+    out.push(MaskGroup { name: "logits".into(), readers: vec![Reader::Logits], upstream: 1 + t.layers * per_layer });
+    out
+}
+
+/// What the edge-patching graph computes.
+#[derive(Debug, Clone)]
+pub struct EdgePatchOptions {
+    /// The metric, as `run`'s.
+    pub metric: Metric,
+    /// Overrides the head count read from the graph.
+    pub heads: Option<usize>,
+}
+
+/// The rewritten model and what feeding it needs.
+pub struct EdgePatchGraph {
+    /// The model.
+    pub proto: ModelProto,
+    /// The attention out-projection hooks.
+    pub hooks: Vec<Hook>,
+    /// Token inputs: `clean` feeds the source copy, `corrupted` the rows.
+    pub input_ids: TokenInput,
+    /// Attention mask input, when the model takes one.
+    pub attention_mask: Option<TokenInput>,
+    /// Position ids input, when the model takes one.
+    pub position_ids: Option<TokenInput>,
+    /// Vocabulary size.
+    pub vocab: usize,
+    /// Query heads.
+    pub heads: Option<usize>,
+    /// The blocks as found.
+    pub anatomy: BlockAnatomy,
+}
+
+/// Builds the edge-patching graph (module doc). Takes the model by value, as `augment` does.
+pub fn build(model: OnnxModel, opts: &EdgePatchOptions) -> Result<EdgePatchGraph> {
+    let mut anat = Anatomy::read(&model, &HookKind::AttnOut)?;
+    let heads = match opts.heads {
+        Some(h) => {
+            anat.check_heads(&model, h)?;
+            h
+        }
+        None => anat
+            .infer_heads(&model)?
+            .ok_or_else(|| crate::augment::heads_unknown(&model.path, &anat.hooks[0].tensor))?,
+    };
+    let facts = probed_facts(&model)?;
+    let blocks = anatomy::read(model.graph(), &anat.constants, &facts, &model.path, &anat.hooks, heads, &anat.logits)?;
+    let (path, opset) = (model.path.clone(), model.opset);
+    let mut proto = model.proto;
+    let g = proto.graph.as_mut().unwrap();
+    let mut b = GraphBuilder::new(opset, "attrpatch/edge_patch/", all_names(g));
+    rewrite::give_readers_copies(g, &blocks, &facts, &mut b, &path)?;
+    anat.constants = crate::hooks::constant_tensors_of(g);
+
+    // The source copy reads clean.X; the rows read their pairs' corrupted.X.
+    let token_inputs = anat.token_inputs();
+    let rows_map = copy::input_map(&token_inputs, |t| names::rows_input(&t.model_name));
+    let source = copy::Renamer::clean(&token_inputs, &anat.constants);
+    let source_nodes = source.copy(&g.node);
+    let mut row_nodes = std::mem::take(&mut g.node);
+    copy::rename_inputs(&mut row_nodes, &rows_map);
+    for t in &token_inputs {
+        b.node_named("Gather", &[&t.corrupted, names::ROW_PAIR], &rows_map[&t.model_name], vec![attr_i("axis", 0)]);
+    }
+
+    // Every reader copy of the rows is read patched.
+    let topo = blocks.topology();
+    let groups = mask_groups(&topo);
+    let read_of = |gi: usize| -> String {
+        let l = gi / 2;
+        match (gi == groups.len() - 1, gi % 2) {
+            (true, _) => reads::LOGITS_READ.to_string(),
+            (false, 0) => reads::head_reads(l),
+            _ => reads::mlp_read(l),
+        }
+    };
+    let patched: HashMap<String, String> =
+        (0..groups.len()).map(|gi| (read_of(gi), format!("attrpatch.edge_patched.{}", groups[gi].name))).collect();
+    copy::rename_inputs(&mut row_nodes, &patched);
+
+    let ids = &token_inputs[0];
+    let shape_of = |b: &mut GraphBuilder, t: &str| -> String {
+        let s = b.shape(t);
+        b.slice_axis(&s, 0, 0, 1)
+    };
+    let minus_one = b.const_i64s(&[-1]);
+    let b_dim = shape_of(&mut b, &ids.clean);
+    let pairs_flat = b.concat(&[&b_dim, &minus_one], 0);
+    let r_dim = shape_of(&mut b, &rows_map[&ids.model_name]);
+    let rows_flat = b.concat(&[&r_dim, &minus_one], 0);
+    // Source minus row of a writer tensor, [R, N].
+    let delta = |b: &mut GraphBuilder, t: &str| -> String {
+        let s = b.reshape(&source.name(t), &pairs_flat);
+        let s_rows = b.node("Gather", &[&s, names::ROW_PAIR], vec![attr_i("axis", 0)]);
+        let r = b.reshape(t, &rows_flat);
+        b.sub(&s_rows, &r)
+    };
+    let (h, dh, d) = (blocks.heads as i64, blocks.head_dim as i64, blocks.d_model as i64);
+    let rs = b.shape(&rows_map[&ids.model_name]);
+    let h_dh = b.const_i64s(&[h, dh]);
+    let rshd = b.concat(&[&rs, &h_dh], 0);
+    let w_shape = b.const_i64s(&[h, dh, d]);
+    let heads_rows = b.const_i64s(&[0, h, -1]);
+    // Writer differences in `Topology::writers` order, each [R, n, S*d].
+    let mut pieces = vec![];
+    let x0 = delta(&mut b, &blocks.blocks[0].resid_in);
+    pieces.push((1usize, b.unsqueeze(&x0, &[1])));
+    for blk in &blocks.blocks {
+        let dz = delta(&mut b, &blk.out_proj.z);
+        let z4 = b.reshape(&dz, &rshd);
+        let zh = b.transpose(&z4, &[0, 2, 1, 3]);
+        let w =
+            if blk.out_proj.trans_b { b.transpose(&blk.out_proj.weight, &[1, 0]) } else { blk.out_proj.weight.clone() };
+        let wh = b.reshape(&w, &w_shape);
+        let out = b.matmul(&zh, &wh);
+        pieces.push((blocks.heads, b.reshape(&out, &heads_rows)));
+        let dm = delta(&mut b, &blk.mlp_out);
+        pieces.push((1, b.unsqueeze(&dm, &[1])));
+    }
+    // Each group: patched = read + (mask @ D_prefix), laid out as the read.
+    for (gi, grp) in groups.iter().enumerate() {
+        let (mut n, mut k) = (0, 0);
+        while n < grp.upstream {
+            n += pieces[k].0;
+            k += 1;
+        }
+        let refs: Vec<&str> = pieces[..k].iter().map(|(_, p)| p.as_str()).collect();
+        let dmat = if refs.len() == 1 { refs[0].to_string() } else { b.concat(&refs, 1) };
+        let sum = b.matmul(&names::mask(&grp.name), &dmat);
+        let read = read_of(gi);
+        let laid = if grp.name.starts_with("heads.") { b.transpose(&sum, &[1, 0, 2]) } else { sum };
+        let moved = b.reshape_like(&laid, &read);
+        b.node_named("Add", &[&read, &moved], &patched[&read], vec![]);
+    }
+
+    // The metric: per pair in the source copy, per row in the rows.
+    let position_rows = b.node("Gather", &[aug_names::POSITION_ONEHOT, names::ROW_PAIR], vec![attr_i("axis", 0)]);
+    let answer_rows = b.node("Gather", &[aug_names::ANSWER_ONEHOT, names::ROW_PAIR], vec![attr_i("axis", 0)]);
+    let rows_sel = metric::Selectors { position: &position_rows, answer: &answer_rows, weights: names::ROW_WEIGHTS };
+    let pairs = metric::PAIR_SELECTORS;
+    let (src, logits) = (&anat.src, &anat.logits);
+    let source_sel = metric::last_logits(&mut b, src, logits, &|t| source.name(t), pairs);
+    let row_sel = metric::last_logits(&mut b, src, logits, &|t| t.to_string(), rows_sel);
+    let m = opts.metric;
+    metric::metric_values(&mut b, m, &source_sel, &source_sel, pairs, names::SOURCE_METRIC, names::SOURCE_METRIC_MEAN);
+    let source_sel_rows = b.node("Gather", &[&source_sel, names::ROW_PAIR], vec![attr_i("axis", 0)]);
+    metric::metric_values(&mut b, m, &row_sel, &source_sel_rows, rows_sel, names::ROW_METRIC, names::ROW_METRIC_MEAN);
+
+    g.node = source_nodes;
+    g.node.extend(row_nodes);
+    b.apply(g);
+    topo_sort(g);
+    skeleton::declare_inputs(g, &anat);
+    let (dtype, rows) = (anat.dtype, Dim::Sym("rows".into()));
+    g.input.push(value_info(names::ROW_PAIR, INT64, std::slice::from_ref(&rows)));
+    g.input.push(value_info(names::ROW_WEIGHTS, dtype, &[rows.clone(), Dim::Known(1)]));
+    for grp in &groups {
+        let dims = [rows.clone(), Dim::Known(grp.readers.len() as i64), Dim::Known(grp.upstream as i64)];
+        g.input.push(value_info(&names::mask(&grp.name), dtype, &dims));
+    }
+    g.output.clear();
+    g.output.push(value_info(names::SOURCE_METRIC, dtype, &[Dim::Known(1), anat.batch.clone()]));
+    g.output.push(value_info(names::ROW_METRIC, dtype, &[Dim::Known(1), rows]));
+    skeleton::finish(&mut proto);
+    Ok(EdgePatchGraph {
+        proto,
+        hooks: anat.hooks,
+        input_ids: anat.ids_in,
+        attention_mask: anat.mask_in,
+        position_ids: anat.pos_in,
+        vocab: anat.vocab,
+        heads: Some(heads),
+        anatomy: blocks,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each group's upstream prefix holds exactly the writers with an edge to its readers.
+    #[test]
+    fn groups_cover_every_edge_once() {
+        for t in [
+            Topology { layers: 3, heads: 4, kv_heads: 2, parallel: false },
+            Topology { layers: 2, heads: 2, kv_heads: 2, parallel: true },
+        ] {
+            let writers = t.writers();
+            let mut n = 0;
+            for g in mask_groups(&t) {
+                for r in &g.readers {
+                    for (i, w) in writers.iter().enumerate() {
+                        assert_eq!(i < g.upstream, t.has_edge(*w, *r), "{w} -> {r} in group {}", g.name);
+                    }
+                    n += g.upstream;
+                }
+            }
+            assert_eq!(n, t.edges().len());
+            let readers: Vec<Reader> = mask_groups(&t).into_iter().flat_map(|g| g.readers).collect();
+            assert_eq!(readers, t.readers());
+        }
+    }
+}

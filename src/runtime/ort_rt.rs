@@ -96,7 +96,7 @@ fn warn_if_slow_planner(lib: &std::path::Path, seconds: f64) {
     if seconds >= SLOW_SESSION_S && (v.0, v.1) < (1, 32) {
         eprintln!(
             "note: the ONNX Runtime session took {seconds:.1} s; ONNX Runtime {}.{}.{} (from {}) plans memory for large \
-             graphs slowly, 1.32 creates this kind of session about 5x faster: `ORT_VERSION=1.32.0 tools/fetch-ort.sh`, \
+             graphs slowly, 1.32 creates these sessions 2.5-5x faster: `ORT_VERSION=1.32.0 tools/fetch-ort.sh`, \
              or point --ort-lib at a newer library",
             v.0,
             v.1,

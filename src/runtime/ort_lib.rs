@@ -95,6 +95,18 @@ pub fn locate(explicit: Option<&Path>) -> Result<PathBuf> {
     )))
 }
 
+/// The version in a library file's name after symbolic links are followed
+/// (`libonnxruntime.so.1.32.0`, as the PyPI wheels and tools/fetch-ort.sh name
+/// it), or None when the name does not carry one.
+pub fn version_of(path: &Path) -> Option<(u32, u32, u32)> {
+    let real = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+    let name = real.file_name()?.to_str()?;
+    let rest = name.strip_prefix("libonnxruntime.so.").or_else(|| name.strip_prefix("libonnxruntime."))?;
+    let rest = rest.strip_suffix(".dylib").unwrap_or(rest);
+    let mut parts = rest.split('.').map(|p| p.parse::<u32>().ok());
+    Some((parts.next()??, parts.next()??, parts.next()??))
+}
+
 /// Loads the library once per process; returns its path and the environment.
 pub fn init(explicit: Option<&Path>) -> Result<(&'static Path, ort::environment::Environment)> {
     static LOADED: OnceLock<std::result::Result<(PathBuf, ort::environment::Environment), String>> = OnceLock::new();
@@ -110,5 +122,26 @@ pub fn init(explicit: Option<&Path>) -> Result<(&'static Path, ort::environment:
     match r {
         Ok((p, env)) => Ok((p.as_path(), env.clone())),
         Err(e) => Err(Error::Runtime(e.clone())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_version_is_read_from_the_file_a_link_points_to() {
+        let dir = std::env::temp_dir().join(format!("attrpatch-ortver-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let real = dir.join("libonnxruntime.so.1.31.1");
+        std::fs::write(&real, b"").unwrap();
+        let link = dir.join("libonnxruntime.so");
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        assert_eq!(version_of(&link), Some((1, 31, 1)));
+        assert_eq!(version_of(Path::new("/x/libonnxruntime.1.32.0.dylib")), Some((1, 32, 0)));
+        assert_eq!(version_of(Path::new("/x/libonnxruntime.so")), None);
+        assert_eq!(version_of(Path::new("/x/onnxruntime.dll")), None);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -73,7 +73,10 @@ def ort_forward(args, clean, corrupted, answers):
 
     so = ort.SessionOptions()
     so.intra_op_num_threads = args.threads
+    t0 = time.perf_counter()
     s = ort.InferenceSession(args.model, so, providers=["CPUExecutionProvider"])
+    # scaling.sh reads this line: the plain model's session time beside attrpatch's.
+    print(f"session {time.perf_counter() - t0:.3f} s (onnxruntime {ort.__version__})")
     ids = np.array(clean + corrupted, dtype=np.int64)
     names = {i.name for i in s.get_inputs()}
     feed = {"input_ids": ids}

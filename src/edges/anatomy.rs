@@ -632,7 +632,7 @@ fn head_reads(
     if projections.len() == 1 {
         let p = &projections[0];
         let cols = p.width / dh;
-        if p.width % dh != 0 || cols < heads + 2 || (cols - heads) % 2 != 0 {
+        if !p.width.is_multiple_of(dh) || cols < heads + 2 || !(cols - heads).is_multiple_of(2) {
             return Err(ix.err(format!(
                 "{layer}: fused Q/K/V projection '{}' has {} columns, not (heads + 2 kv_heads) x head_dim with {heads} \
                  heads of {dh}",
@@ -657,7 +657,7 @@ fn head_reads(
                 (0..3).flat_map(|which| (0..heads).map(move |h| (3 * h + which) * dh)).collect()
             }
             // Falcon: [kv groups, (heads / kv) queries + key + value, head_dim].
-            FusedLayout::PerHead if kv > 0 && heads % kv == 0 => {
+            FusedLayout::PerHead if kv > 0 && heads.is_multiple_of(kv) => {
                 let per = heads / kv;
                 let width = per + 2;
                 (0..heads)

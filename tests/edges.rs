@@ -191,6 +191,10 @@ const SUPPORTED: &[&str] = &[
     "gpt2-legacy-op17",
     "gpt2-optimum",
     "gptbigcode-legacy-op14",
+    "gptj-legacy-op14",
+    "gptj-sdpa-dynamo-op18",
+    "phi-legacy-op14",
+    "phi-sdpa-dynamo-op18",
     "gptbigcode-sdpa-dynamo-op18",
     "gptneo-dynamo-op18",
     "gptneo-legacy-op14",
@@ -232,8 +236,6 @@ fn unsupported_blocks_are_refused_by_layer_and_node() {
     for (name, says) in [
         ("gemma2-legacy-op14", "/model/layers.0/post_attention_layernorm/Pow"),
         ("olmo2-legacy-op14", "/model/layers.0/Add"),
-        ("gptj-legacy-op14", "/transformer/h.0/mlp/fc_in/MatMul"),
-        ("phi-legacy-op14", "/model/layers.0/mlp/fc1/MatMul"),
     ] {
         let (o, _) = fixture(name);
         let e = run_edges_detailed(&o, 1).err().unwrap_or_else(|| panic!("{name}: edge scores ran")).to_string();
@@ -285,4 +287,85 @@ fn last_layer_query_readers_read_only_the_last_position() {
             }
         }
     }
+}
+
+fn attrpatch_cli(args: &[&str]) -> (bool, String) {
+    let o =
+        std::process::Command::new(env!("CARGO_BIN_EXE_attrpatch")).args(args).current_dir(root()).output().unwrap();
+    (o.status.success(), format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)))
+}
+
+#[test]
+fn cli_writes_edges_json_and_csv() {
+    let out = fresh_dir("edges-cli");
+    let dir = out.to_str().unwrap();
+    let (ok, t) = attrpatch_cli(&[
+        "edges",
+        "--model",
+        "models/gpt2-tiny-random.onnx",
+        "--device",
+        "cpu",
+        "--out",
+        dir,
+        "--top-k",
+        "3",
+    ]);
+    assert!(ok, "{t}");
+    assert!(t.contains("1 runtime call"), "{t}");
+    let s: attrpatch::edges::EdgeScores =
+        serde_json::from_slice(&std::fs::read(out.join("edges.json")).unwrap()).unwrap();
+    let topo = Topology { layers: s.layers, heads: s.heads, kv_heads: s.kv_heads, parallel: s.parallel };
+    assert_eq!(s.edges.len(), topo.edges().len());
+    assert_eq!((s.method.as_str(), s.ig_steps), ("EAP", 1));
+    let csv = std::fs::read_to_string(out.join("edges.csv")).unwrap();
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines[0], "from,to,score");
+    assert_eq!(lines.len(), s.edges.len() + 1);
+    for (line, e) in lines[1..].iter().zip(&s.edges) {
+        assert_eq!(*line, format!("{},{},{}", e.from, e.to, e.score));
+    }
+    // The printed top edges are the largest by |score|.
+    let mut top: Vec<f64> = s.edges.iter().map(|e| e.score.abs()).collect();
+    top.sort_by(|a, b| b.total_cmp(a));
+    assert!(top[0] > 0.0);
+    let largest = s.edges.iter().find(|e| e.score.abs() == top[0]).unwrap();
+    assert!(t.contains(&format!("{} -> {}", largest.from, largest.to)), "{t}");
+}
+
+#[test]
+fn cli_refuses_bad_edge_options_by_flag() {
+    let m = ["--model", "models/gpt2-tiny-random.onnx", "--device", "cpu"];
+    for (extra, says) in [
+        (vec!["--ig-steps", "0"], "--ig-steps must be at least 1"),
+        (vec!["--top-k", "0"], "--top-k must be at least 1"),
+        (vec!["--hook", "mlp"], "--hook"),
+        (vec!["--per-prompt"], "--per-prompt"),
+    ] {
+        let out = fresh_dir("edges-bad");
+        let mut args = vec!["edges", "--out", out.to_str().unwrap()];
+        args.extend(m);
+        args.extend(extra.iter().copied());
+        let (ok, t) = attrpatch_cli(&args);
+        assert!(!ok && t.contains(says), "{extra:?}: {t}");
+        assert!(!out.join("edges.json").exists());
+    }
+    let out = fresh_dir("edges-gemma2");
+    let model = "tests/fixtures/arch/gemma2-legacy-op14.onnx";
+    let (ok, t) = attrpatch_cli(&[
+        "edges",
+        "--model",
+        model,
+        "--tokenizer",
+        "tests/fixtures/arch/tokenizer-128.json",
+        "--device",
+        "cpu",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(!ok && t.contains("layer 0") && t.contains("not supported"), "{t}");
+}
+
+#[test]
+fn identity_gptj_shared_norm() {
+    identity("gptj-legacy-op14");
 }

@@ -4,7 +4,7 @@
 //! differences and the identity), on a GPT-2, a Llama with grouped-query
 //! attention, a GPT-NeoX with parallel attention and MLP, a Gemma (embedding
 //! scale, grouped-query attention), a GPTBigCode (multi-query attention) and a
-//! Falcon (parallel block and grouped-query attention; waits for run_edges).
+//! Falcon (parallel block and grouped-query attention).
 //!
 //! Tolerance (issue 14): |ours - ref| <= 1e-3 |ref| + 1e-2 max|ref|. Edge
 //! scores are sums whose terms cancel; float32 misses a tighter floor.
@@ -202,7 +202,6 @@ fixtures! {
 /// layer-norms and grouped-query attention in one fused projection laid out
 /// [kv_heads, heads/kv_heads + 2, head_dim].
 #[test]
-#[ignore = "run_edges: Falcon's grouped fused Q/K/V layout is not supported yet"]
 fn falcon_legacy_op14_scores_match_reference() {
     check("falcon-legacy-op14");
 }
@@ -235,11 +234,8 @@ other_exports! {
     llama_sdpa_dynamo_op18 => "llama-sdpa-dynamo-op18" of "llama-legacy-op14",
     llama_sdpa_dynamo_op23 => "llama-sdpa-dynamo-op23" of "llama-legacy-op14",
     gemma_sdpa_dynamo_op18 => "gemma-sdpa-dynamo-op18" of "gemma-legacy-op14",
-    // run_edges tells a fused Q/K/V projection's column layout by its node name,
-    // which the dynamo exporter does not keep ("node_MatMul_75"): these fail with
-    // "its column layout is not known" until it reads the name_scopes metadata.
-    #[ignore = "run_edges: fused Q/K/V layout of dynamo exports not recognised yet"]
+    // Fused Q/K/V projections whose node names the dynamo exporter drops ("node_MatMul_75").
     gptneox_dynamo_op18 => "gptneox-dynamo-op18" of "gptneox-legacy-op14",
-    #[ignore = "run_edges: fused Q/K/V layout of dynamo exports not recognised yet"]
     gptbigcode_sdpa_dynamo_op18 => "gptbigcode-sdpa-dynamo-op18" of "gptbigcode-legacy-op14",
+    falcon_sdpa_dynamo_op18 => "falcon-sdpa-dynamo-op18" of "falcon-legacy-op14",
 }

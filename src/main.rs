@@ -380,8 +380,13 @@ fn edges_cmd(args: EdgesArgs) -> Result<(), Error> {
     if args.faithfulness {
         faithfulness_sweep(&opts, s, k, args.rows_per_call, &out)?;
     }
-    // The circuit figure goes here once render::circuit lands:
-    // attrpatch::render::circuit::write_circuit(&out, s, args.top_k)?;
+    if k == 0 {
+        println!("no edge has |score| >= the threshold: no circuit figure");
+    } else {
+        for w in attrpatch::render::write_circuit(&out, s, k)? {
+            println!("wrote {}", w.display());
+        }
+    }
     Ok(())
 }
 

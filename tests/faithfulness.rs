@@ -250,7 +250,7 @@ fn cli_edges_faithfulness_writes_the_curve() {
     let (ok, t) = attrpatch(&["edges", "--model", TINY, "--device", "cpu", "--faithfulness", "--top-k", "6", "-o", o]);
     assert!(ok, "{t}");
     assert!(t.contains("<- the circuit") && t.contains("K =      6:"), "{t}");
-    for f in ["faithfulness.json", "faithfulness.csv", "faithfulness.png", "faithfulness.svg", "edges.json"] {
+    for f in ["faithfulness.json", "faithfulness.csv", "faithfulness.png", "faithfulness.svg", "circuit.png"] {
         assert!(out.join(f).is_file(), "{f} missing:\n{t}");
     }
     let v: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("faithfulness.json")).unwrap()).unwrap();

@@ -85,6 +85,8 @@ pub struct EdgeGraph {
     pub heads: Option<usize>,
     /// The blocks as found.
     pub anatomy: BlockAnatomy,
+    /// The metric the graph computes: its answer weights are fed.
+    pub metric: Metric,
     /// Integration steps built in.
     pub ig_steps: usize,
 }
@@ -173,6 +175,7 @@ pub fn build(model: OnnxModel, opts: &EdgeGraphOptions) -> Result<EdgeGraph> {
         vocab: anat.vocab,
         heads: Some(heads),
         anatomy: blocks,
+        metric: opts.metric,
         ig_steps: n,
     })
 }

@@ -111,6 +111,8 @@ pub struct EdgePatchGraph {
     pub heads: Option<usize>,
     /// The blocks as found.
     pub anatomy: BlockAnatomy,
+    /// The metric the graph computes: its answer weights are fed.
+    pub metric: Metric,
 }
 
 /// Builds the edge-patching graph (module doc). Takes the model by value, as `augment` does.
@@ -253,6 +255,7 @@ pub fn build(model: OnnxModel, opts: &EdgePatchOptions) -> Result<EdgePatchGraph
         vocab: anat.vocab,
         heads: Some(heads),
         anatomy: blocks,
+        metric: opts.metric,
     })
 }
 

@@ -37,6 +37,7 @@ impl JobGraph for EdgePatchGraph {
             mask: self.attention_mask.as_ref(),
             positions: self.position_ids.as_ref(),
             vocab: self.vocab,
+            metric: self.metric,
         }
     }
 }
@@ -141,7 +142,7 @@ pub fn patch_edges(
     for chunk in rows.chunks(sizing.per_call.max(1)) {
         let (first, last) = (chunk[0].pair, chunk[chunk.len() - 1].pair);
         let t = tokens.slice(first..last + 1);
-        let mut inputs = pair_inputs(&p.graph.token_inputs(), &t, opts.metric);
+        let mut inputs = pair_inputs(&p.graph.token_inputs(), &t);
         let row_pair = Array1::from_iter(chunk.iter().map(|r| (r.pair - first) as i64)).into_dyn();
         inputs.push((names::ROW_PAIR.into(), Value::I64(row_pair)));
         inputs.push((names::ROW_WEIGHTS.into(), Value::F32(Array2::<f32>::ones((chunk.len(), 1)).into_dyn())));

@@ -35,6 +35,7 @@ impl JobGraph for EdgeGraph {
             mask: self.attention_mask.as_ref(),
             positions: self.position_ids.as_ref(),
             vocab: self.vocab,
+            metric: self.metric,
         }
     }
 }
@@ -84,7 +85,7 @@ pub fn run_edges_detailed(opts: &JobOptions, ig_steps: usize) -> Result<EdgeRun>
     for start in (0..n).step_by(per_call.max(1)) {
         let range = start..(start + per_call).min(n);
         let t = p.tokens.slice(range.clone());
-        let mut outs = rt.run(pair_inputs(&p.graph.token_inputs(), &t, opts.metric))?;
+        let mut outs = rt.run(pair_inputs(&p.graph.token_inputs(), &t))?;
         calls += 1;
         let rows = range.len();
         let clean = take_output(&mut outs, names::CLEAN_LDS)?;

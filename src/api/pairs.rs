@@ -9,9 +9,9 @@ use crate::prompts::{PromptPair, TokenizedPrompts};
 /// right-padded (with id 0, masked) to the longest.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct TokenPairs {
-    /// [pair][position]
+    /// `[pair][position]`
     pub clean: Vec<Vec<i64>>,
-    /// [pair][position], the same length as the pair's clean prompt.
+    /// `[pair][position]`, the same length as the pair's clean prompt.
     pub corrupted: Vec<Vec<i64>>,
     /// [pair] the correct answer's token (ignored by the `kl` metric).
     pub correct: Vec<i64>,

@@ -1,7 +1,7 @@
 //! The `attrpatch` command line: a thin layer over the library.
 
-use attrpatch::runtime::{Device, RuntimeKind, RuntimeOptions};
-use attrpatch::{compare, job, merge, patch, report, Error};
+use attrpatch::jobs::{self as job, JobOptions};
+use attrpatch::{Device, Error, Estimator, JobResult, RuntimeKind, RuntimeOptions};
 use clap::{Args, Parser, Subcommand};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -29,7 +29,7 @@ enum Cmd {
         model: PathBuf,
         /// Also list what this hook choice (attn, resid, mlp or a tensor-name regex) matches.
         #[arg(long)]
-        hook: Option<attrpatch::hooks::HookKind>,
+        hook: Option<attrpatch::HookKind>,
     },
     /// Combine the output folders of `run --shard K/N` into the results of one run.
     Merge {
@@ -49,10 +49,10 @@ enum Cmd {
         out: PathBuf,
         /// What to attribute (as for run).
         #[arg(long, default_value = "attn")]
-        hook: attrpatch::hooks::HookKind,
+        hook: attrpatch::HookKind,
         /// The quantity to attribute (as for run).
-        #[arg(long, value_enum, default_value_t = attrpatch::augment::Metric::LogitDiff)]
-        metric: attrpatch::augment::Metric,
+        #[arg(long, value_enum, default_value_t = attrpatch::Metric::LogitDiff)]
+        metric: attrpatch::Metric,
         /// Number of attention heads, when it cannot be read from the graph.
         #[arg(long)]
         heads: Option<usize>,
@@ -99,14 +99,14 @@ struct CommonArgs {
     /// What to attribute: attn (input of each attention out-projection, per head), resid (each
     /// block's output), mlp (each MLP's output), or a regex over tensor names.
     #[arg(long, default_value = "attn")]
-    hook: attrpatch::hooks::HookKind,
+    hook: attrpatch::HookKind,
     /// The quantity to attribute: logit-diff (the tutorial's), logprob-diff, prob (of the correct answer), kl.
-    #[arg(long, value_enum, default_value_t = attrpatch::augment::Metric::LogitDiff)]
-    metric: attrpatch::augment::Metric,
+    #[arg(long, value_enum, default_value_t = attrpatch::Metric::LogitDiff)]
+    metric: attrpatch::Metric,
     /// Memory the run may plan for, e.g. 8G or 512M: sets the pairs or rows per call unless
     /// --batch-size / --rows-per-call is given [default: 70% of the memory available].
     #[arg(long, value_name = "SIZE")]
-    max_memory: Option<attrpatch::memory::MaxMemory>,
+    max_memory: Option<job::MaxMemory>,
     /// The subcommand's default output folder (set after parsing).
     #[arg(skip = "attrpatch-out")]
     default_out: &'static str,
@@ -119,9 +119,9 @@ impl CommonArgs {
         self.out.clone().unwrap_or_else(|| PathBuf::from(self.default_out))
     }
 
-    fn job_options(&self) -> Result<job::JobOptions, Error> {
+    fn job_options(&self) -> Result<JobOptions, Error> {
         let device: Device = self.device.parse()?;
-        let mut opts = job::JobOptions::new(self.model.clone().unwrap_or_else(default_model));
+        let mut opts = JobOptions::new(self.model.clone().unwrap_or_else(default_model));
         opts.tokenizer = self.tokenizer.clone();
         opts.prompts = self.prompts.clone();
         opts.bos = self.bos;
@@ -131,7 +131,7 @@ impl CommonArgs {
         opts.per_prompt = self.per_prompt;
         opts.metric = self.metric;
         opts.hooks = self.hook.clone();
-        opts.progress = true;
+        opts.progress = Some(std::sync::Arc::new(Bars::default()));
         opts.max_memory = self.max_memory.map(|m| m.0);
         let out = self.out_dir();
         if out.is_file() {
@@ -155,7 +155,7 @@ struct RunArgs {
     batch_size: Option<usize>,
     /// Run part K of N (0-based) of the batches; combine the parts with `attrpatch merge`.
     #[arg(long)]
-    shard: Option<job::Shard>,
+    shard: Option<attrpatch::Shard>,
     /// Reuse the batch files an interrupted run left in --out instead of recomputing them.
     #[arg(long)]
     resume: bool,
@@ -227,6 +227,38 @@ struct CompareArgs {
     rows_per_call: Option<usize>,
 }
 
+/// The CLI's progress: a bar per phase on stderr, the call sizing on stdout.
+#[derive(Default)]
+struct Bars(std::sync::Mutex<Option<indicatif::ProgressBar>>);
+
+impl attrpatch::Progress for Bars {
+    fn start(&self, total: u64, unit: &str) {
+        let bar = indicatif::ProgressBar::new(total);
+        if let Ok(style) = indicatif::ProgressStyle::with_template(&format!(
+            "{{bar:40}} {{pos}}/{{len}} {unit}, {{elapsed}} elapsed, eta {{eta}}"
+        )) {
+            bar.set_style(style);
+        }
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(bar);
+    }
+    fn advance(&self) {
+        if let Some(b) = self.0.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            b.inc(1);
+        }
+    }
+    fn finish(&self) {
+        if let Some(b) = self.0.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            b.finish_and_clear();
+        }
+    }
+    fn note(&self, line: &str) {
+        println!("{line}");
+    }
+    fn warn(&self, warning: &str) {
+        eprintln!("warning: {warning}");
+    }
+}
+
 /// The bundled model trained on IOI (models/ioi-gpt2/MODEL_CARD.md).
 fn default_model() -> PathBuf {
     let local = Path::new("models/ioi-gpt2/model.onnx");
@@ -265,8 +297,8 @@ fn run(args: RunArgs) -> Result<(), Error> {
                 "--ig-steps runs in one process: --shard and --resume are for plain attribution".into(),
             ));
         }
-        let e = patch::Estimator::IntegratedGradients { steps };
-        let r = patch::run_sized(&opts, e, args.rows_per_call)?;
+        let e = Estimator::IntegratedGradients { steps };
+        let r = job::run_patching(&opts, e, args.rows_per_call)?;
         return report_job(&opts, &r, out);
     }
     opts.batch_size = args.batch_size;
@@ -301,7 +333,7 @@ fn plural(n: usize) -> &'static str {
 }
 
 /// Prints a finished job's summary and timings, and writes its files.
-fn report_job(opts: &job::JobOptions, r: &job::JobResult, out: &Path) -> Result<(), Error> {
+fn report_job(opts: &JobOptions, r: &JobResult, out: &Path) -> Result<(), Error> {
     println!("model: {}", opts.model.display());
     println!("method: {}", r.manifest.method.label());
     println!(
@@ -315,7 +347,7 @@ fn report_job(opts: &job::JobOptions, r: &job::JobResult, out: &Path) -> Result<
         "time: load {:.2}s, rewrite {:.2}s, session {:.2}s, run {:.3}s",
         r.seconds.load, r.seconds.rewrite, r.seconds.session, r.seconds.run
     );
-    for w in report::write_results(r, out)? {
+    for w in job::write_results(r, out)? {
         println!("wrote {}", w.display());
     }
     Ok(())
@@ -329,14 +361,14 @@ fn edges_cmd(args: EdgesArgs) -> Result<(), Error> {
         ("--rows-per-call", args.rows_per_call),
     ])?;
     if let Some(t) = args.threshold {
-        attrpatch::edges::faithfulness::check_threshold(t)?;
+        attrpatch::eap::check_threshold(t)?;
     }
     if args.rows_per_call.is_some() && !args.faithfulness {
         return Err(Error::Input(
             "--rows-per-call sizes the --faithfulness sweep; add --faithfulness or drop it".into(),
         ));
     }
-    if args.common.hook != attrpatch::hooks::HookKind::AttnOut {
+    if args.common.hook != attrpatch::HookKind::AttnOut {
         return Err(Error::Input(
             "--hook: edge scores are defined by the attention heads, MLPs and residual stream; drop --hook".into(),
         ));
@@ -347,7 +379,7 @@ fn edges_cmd(args: EdgesArgs) -> Result<(), Error> {
     let mut opts = args.common.job_options()?;
     opts.batch_size = args.batch_size;
     let out = args.common.out_dir();
-    let r = attrpatch::edges::run_edges_detailed(&opts, args.ig_steps)?;
+    let r = attrpatch::eap::run_edges_detailed(&opts, args.ig_steps)?;
     let s = &r.scores;
     println!("model: {}", opts.model.display());
     println!(
@@ -363,17 +395,17 @@ fn edges_cmd(args: EdgesArgs) -> Result<(), Error> {
         r.run_seconds
     );
     let k = match args.threshold {
-        Some(t) => attrpatch::edges::faithfulness::k_for_threshold(s, t)?,
+        Some(t) => attrpatch::eap::k_for_threshold(s, t)?,
         None => args.top_k.min(s.edges.len()),
     };
-    let mut top: Vec<&attrpatch::edges::EdgeScore> = s.edges.iter().collect();
+    let mut top: Vec<&attrpatch::eap::EdgeScore> = s.edges.iter().collect();
     top.sort_by(|a, b| b.score.abs().total_cmp(&a.score.abs()));
     println!("top {k} edges by |score|:");
     for e in top.iter().take(k) {
         println!("  {:>10} -> {:<10} {:+.4}", e.from, e.to, e.score);
     }
     let clock = std::time::Instant::now();
-    attrpatch::edges::scores::write(&out, s)?;
+    attrpatch::eap::write_edges(&out, s)?;
     let secs = clock.elapsed().as_secs_f64();
     println!("wrote {} ({} edges, with edges.csv, in {secs:.3}s)", out.join("edges.json").display(), s.edges.len());
     println!("wrote {}", out.join("edges.csv").display());
@@ -383,7 +415,7 @@ fn edges_cmd(args: EdgesArgs) -> Result<(), Error> {
     if k == 0 {
         println!("no edge has |score| >= the threshold: no circuit figure");
     } else {
-        for w in attrpatch::render::write_circuit(&out, s, k)? {
+        for w in attrpatch::eap::write_circuit(&out, s, k)? {
             println!("wrote {}", w.display());
         }
     }
@@ -393,12 +425,12 @@ fn edges_cmd(args: EdgesArgs) -> Result<(), Error> {
 /// The faithfulness curve of the top-K circuits, the circuit's own K included.
 fn faithfulness_sweep(
     opts: &job::JobOptions,
-    s: &attrpatch::edges::EdgeScores,
+    s: &attrpatch::eap::EdgeScores,
     k: usize,
     rows_per_call: Option<usize>,
     out: &Path,
 ) -> Result<(), Error> {
-    use attrpatch::edges::faithfulness as faith;
+    use attrpatch::eap as faith;
     let ks = faith::sweep(s.edges.len(), &[k]);
     let f = faith::faithfulness(opts, s, &ks, rows_per_call)?;
     println!(
@@ -414,12 +446,12 @@ fn faithfulness_sweep(
         let mark = if p.k == k { "  <- the circuit" } else { "" };
         println!("  K = {:>6}: {:+.4}{mark}", p.k, p.faithfulness);
     }
-    faith::write(out, &f)?;
+    faith::write_faithfulness(out, &f)?;
     println!("wrote {}", out.join("faithfulness.json").display());
     println!("wrote {}", out.join("faithfulness.csv").display());
     // The figure's K axis is logarithmic: K = 0 (the corrupted run, 0 by definition) is in the files only.
     let drawn: Vec<(usize, f64)> = f.curve().into_iter().filter(|&(k, _)| k > 0).collect();
-    for w in attrpatch::render::write_faithfulness(out, &drawn, s)? {
+    for w in attrpatch::eap::draw_faithfulness(out, &drawn, s)? {
         println!("wrote {}", w.display());
     }
     Ok(())
@@ -428,8 +460,8 @@ fn faithfulness_sweep(
 fn patch_cmd(args: PatchArgs) -> Result<(), Error> {
     at_least_one(&[("--rows-per-call", args.rows_per_call)])?;
     let opts = args.common.job_options()?;
-    let e = patch::Estimator::Exact { positions: args.positions };
-    let r = patch::run_sized(&opts, e, args.rows_per_call)?;
+    let e = Estimator::Exact { positions: args.positions };
+    let r = job::run_patching(&opts, e, args.rows_per_call)?;
     report_job(&opts, &r, &args.common.out_dir())
 }
 
@@ -439,9 +471,9 @@ fn compare_cmd(args: CompareArgs) -> Result<(), Error> {
     if args.edges {
         return compare_edges_cmd(&args, &opts);
     }
-    let c = compare::compare(
+    let c = job::compare(
         &opts,
-        &compare::CompareOptions {
+        &attrpatch::CompareOptions {
             positions: args.positions,
             ig_steps: args.ig_steps,
             rows_per_call: args.rows_per_call,
@@ -449,8 +481,8 @@ fn compare_cmd(args: CompareArgs) -> Result<(), Error> {
     )?;
     println!("model: {}", opts.model.display());
     print_summary(&c.exact);
-    print!("{}", compare::report(&c));
-    for w in compare::write(&c, &args.common.out_dir())? {
+    print!("{}", job::comparison_report(&c));
+    for w in job::write_comparison(&c, &args.common.out_dir())? {
         println!("wrote {}", w.display());
     }
     Ok(())
@@ -463,15 +495,15 @@ fn compare_edges_cmd(args: &CompareArgs, opts: &job::JobOptions) -> Result<(), E
             "--positions compares node grids; with --edges every edge is compared, drop it".into(),
         ));
     }
-    if args.common.hook != attrpatch::hooks::HookKind::AttnOut {
+    if args.common.hook != attrpatch::HookKind::AttnOut {
         return Err(Error::Input(
             "--hook: edges are defined by the attention heads, MLPs and residual stream; drop --hook".into(),
         ));
     }
-    let c = attrpatch::edges::compare::compare_edges(opts, args.ig_steps, args.rows_per_call)?;
+    let c = attrpatch::eap::compare_edges(opts, args.ig_steps, args.rows_per_call)?;
     println!("model: {}", opts.model.display());
-    print!("{}", attrpatch::edges::compare::report(&c));
-    for w in attrpatch::edges::compare::write(&c, &args.common.out_dir())? {
+    print!("{}", attrpatch::eap::comparison_report(&c));
+    for w in attrpatch::eap::write_comparison(&c, &args.common.out_dir())? {
         println!("wrote {}", w.display());
     }
     Ok(())
@@ -479,7 +511,7 @@ fn compare_edges_cmd(args: &CompareArgs, opts: &job::JobOptions) -> Result<(), E
 
 // The baselines are printed as the tutorial computes them, x / x and (y - y) / (x - y).
 #[allow(clippy::eq_op)]
-fn print_summary(r: &job::JobResult) {
+fn print_summary(r: &JobResult) {
     let (clean, corr) = (r.clean_metric, r.corrupted_metric);
     let m = &r.manifest;
     let units = if m.n_heads > 0 { format!(" x {} heads", m.n_heads) } else { String::new() };
@@ -505,9 +537,9 @@ fn print_summary(r: &job::JobResult) {
 }
 
 fn merge_cmd(shards: &[PathBuf], out: &Path) -> Result<(), Error> {
-    let r = merge::merge(shards)?;
+    let r = job::merge(shards)?;
     print_summary(&r);
-    for w in report::write_results(&r, out)? {
+    for w in job::write_results(&r, out)? {
         println!("wrote {}", w.display());
     }
     Ok(())
@@ -516,8 +548,8 @@ fn merge_cmd(shards: &[PathBuf], out: &Path) -> Result<(), Error> {
 fn rewrite(
     model: &Path,
     output: &Path,
-    hooks: attrpatch::hooks::HookKind,
-    metric: attrpatch::augment::Metric,
+    hooks: attrpatch::HookKind,
+    metric: attrpatch::Metric,
     heads: Option<usize>,
 ) -> Result<(), Error> {
     let t0 = std::time::Instant::now();
@@ -563,7 +595,19 @@ fn name_flags(text: &str) -> String {
     FLAG_NAMES.iter().fold(text.to_string(), |t, (setting, flag)| t.replace(setting, flag))
 }
 
+/// tract's panics on malformed models come back as errors naming the model;
+/// the default hook would print each panic too, so it is skipped for those.
+fn quiet_guarded_panics() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if !attrpatch::in_guarded_call() {
+            default(info);
+        }
+    }));
+}
+
 fn main() -> ExitCode {
+    quiet_guarded_panics();
     let cli = Cli::parse();
     let result = match cli.cmd {
         Cmd::Run(a) => run(a),
@@ -592,6 +636,10 @@ fn main() -> ExitCode {
         }
     }
 }
+
+// The unit tests below reach into the library's internals.
+#[cfg(all(test, not(feature = "internals")))]
+compile_error!("the binary's tests need the library's internals: cargo test --features internals");
 
 #[cfg(test)]
 mod tests {

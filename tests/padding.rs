@@ -66,7 +66,7 @@ fn a_short_pair_padded_in_a_batch_equals_the_pair_alone() {
     assert_eq!(alone["seq_len"], 10);
     let m = &per_prompt(&mixed_out)[1];
     let a = &per_prompt(&alone_out)[0];
-    for key in ["clean_logit_diff", "corrupted_logit_diff"] {
+    for key in ["clean_metric", "corrupted_metric"] {
         assert!(close(m[key].as_f64().unwrap(), a[key].as_f64().unwrap()), "{key}: {} vs {}", m[key], a[key]);
     }
     let heads_m = raw(m, &mixed, "heads");

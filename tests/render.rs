@@ -385,7 +385,7 @@ fn report_html_works_in_a_browser() {
         .collect();
     for (i, p) in results["prompts"].as_array().unwrap().iter().enumerate() {
         assert!(text.contains(p["clean"].as_str().unwrap()), "prompt {i} missing");
-        let ld = per_prompt[i]["clean_logit_diff"].as_f64().unwrap();
+        let ld = per_prompt[i]["clean_metric"].as_f64().unwrap();
         assert!(
             text.contains(&format!(
                 "{}",

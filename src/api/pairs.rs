@@ -9,9 +9,9 @@ use crate::prompts::{PromptPair, TokenizedPrompts};
 /// right-padded (with id 0, masked) to the longest.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct TokenPairs {
-    /// [pair][position]
+    /// `[pair][position]`
     pub clean: Vec<Vec<i64>>,
-    /// [pair][position], the same length as the pair's clean prompt.
+    /// `[pair][position]`, the same length as the pair's clean prompt.
     pub corrupted: Vec<Vec<i64>>,
     /// [pair] the correct answer's token (ignored by the `kl` metric).
     pub correct: Vec<i64>,
@@ -102,6 +102,16 @@ pub fn pair(clean: &str, corrupted: &str, correct: &str, incorrect: &str) -> Pro
         incorrect: incorrect.into(),
         origin: None,
     }
+}
+
+/// The tutorial's 8 IOI pairs (what `Pairs::Tutorial` runs).
+pub fn tutorial_pairs() -> Vec<PromptPair> {
+    crate::prompts::ioi_default()
+}
+
+/// Pairs from a JSONL file of `{"clean", "corrupted", "correct", "incorrect"}` lines.
+pub fn read_pairs(path: &std::path::Path) -> Result<Vec<PromptPair>> {
+    crate::prompts::read_jsonl(path)
 }
 
 impl Pairs {

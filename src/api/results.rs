@@ -11,7 +11,7 @@ pub struct LabeledGrid {
     pub rows: Vec<String>,
     /// One label per column: head numbers, or `position token` of the first prompt.
     pub cols: Vec<String>,
-    /// [row][col], normalised: 1 is the whole clean-minus-corrupted difference of the metric.
+    /// `[row][col]`, normalised: 1 is the whole clean-minus-corrupted difference of the metric.
     pub values: Vec<Vec<f64>>,
 }
 

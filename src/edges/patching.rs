@@ -125,9 +125,7 @@ pub fn patch_edges(
         })
         .collect();
     let sizing = sizing(rows_per_call, rows.len(), &p.shape, &topo, opts.max_memory);
-    if opts.progress {
-        println!("{}", sizing.line());
-    }
+    crate::progress::sizing(&opts.progress, &sizing);
     // The source copy reads the `clean` inputs, the rows the `corrupted` ones.
     let mut tokens = p.tokens.clone();
     if direction == Direction::CorruptedIntoClean {

@@ -2,27 +2,43 @@
 //! each as PNG and SVG), CSV, JSON, and the self-contained report.html; for
 //! edge scores, the circuit figure and the faithfulness curve.
 
+// The figures (plotters) only with the `figures` feature; the data files and
+// report.html (drawn in the browser, the circuit included) always.
+#[cfg(feature = "figures")]
 mod circuit;
 mod circuit_layout;
+#[cfg(feature = "figures")]
 mod colour;
 mod data;
 mod edges_data;
+#[cfg(feature = "figures")]
 mod faithfulness;
+#[cfg(feature = "figures")]
 mod figure;
+#[cfg(feature = "figures")]
 mod font;
+#[cfg(feature = "figures")]
 mod heatmap;
 mod labels;
+#[cfg(feature = "figures")]
 mod pen;
 mod report_html;
+#[cfg(feature = "figures")]
 mod scatter;
+#[cfg(feature = "figures")]
 mod ticks;
 
+#[cfg(feature = "figures")]
 pub use circuit::write_circuit;
+#[cfg(feature = "figures")]
 pub use colour::Colour;
 pub use data::{grid_json, write_csv, Grid};
 pub use edges_data::{EdgeReport, K_MAX};
+#[cfg(feature = "figures")]
 pub use faithfulness::write_faithfulness;
+#[cfg(feature = "figures")]
 pub use heatmap::{write_heatmap, write_heatmaps};
 pub use labels::subtitle;
 pub use report_html::{write_compare_report_html, write_report_html, write_report_html_with_edges};
+#[cfg(feature = "figures")]
 pub use scatter::{write_scatter, Scatter, Series, COLOURS};

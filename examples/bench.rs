@@ -134,12 +134,12 @@ fn measure(
         v
     };
     // Warm-up, then alternate the two so drift on a noisy machine hits both.
-    attr.run(pair_inputs(&aug.token_inputs(), &t, attrpatch::augment::Metric::LogitDiff)).unwrap();
+    attr.run(pair_inputs(&aug.token_inputs(), &t)).unwrap();
     plain.run(plain_inputs()).unwrap();
     let (mut ta, mut tb) = (vec![], vec![]);
     for _ in 0..repeats {
         let c = Instant::now();
-        attr.run(pair_inputs(&aug.token_inputs(), &t, attrpatch::augment::Metric::LogitDiff)).unwrap();
+        attr.run(pair_inputs(&aug.token_inputs(), &t)).unwrap();
         ta.push(c.elapsed().as_secs_f64());
         let c = Instant::now();
         plain.run(plain_inputs()).unwrap();

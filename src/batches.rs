@@ -19,8 +19,12 @@ use std::path::{Path, PathBuf};
 pub struct PairResult {
     /// Index of the pair in the prompt set.
     pub index: usize,
-    pub clean_logit_diff: f64,
-    pub corrupted_logit_diff: f64,
+    /// This pair's metric (the chosen one: logit difference, probability, ...) on the clean prompt.
+    #[serde(alias = "clean_logit_diff")]
+    pub clean_metric: f64,
+    /// This pair's metric on the corrupted prompt.
+    #[serde(alias = "corrupted_logit_diff")]
+    pub corrupted_metric: f64,
     /// Attribution of this pair's corrupted logit difference (not normalised).
     pub grid: PairGrid,
 }
@@ -32,8 +36,12 @@ pub struct BatchResult {
     pub key: String,
     pub first_pair: usize,
     pub pairs: usize,
-    pub sum_clean_logit_diff: f64,
-    pub sum_corrupted_logit_diff: f64,
+    /// Sum over the batch's pairs of their clean metric.
+    #[serde(alias = "sum_clean_logit_diff")]
+    pub sum_clean_metric: f64,
+    /// Sum over the batch's pairs of their corrupted metric.
+    #[serde(alias = "sum_corrupted_logit_diff")]
+    pub sum_corrupted_metric: f64,
     /// Sums over the batch's pairs of their `PairResult::grid`.
     pub heads: Vec<Vec<f64>>,
     pub positions: Vec<Vec<f64>>,
@@ -55,17 +63,17 @@ impl BatchResult {
             key,
             first_pair: pairs.first().map_or(0, |p| p.index),
             pairs: pairs.len(),
-            sum_clean_logit_diff: 0.0,
-            sum_corrupted_logit_diff: 0.0,
+            sum_clean_metric: 0.0,
+            sum_corrupted_metric: 0.0,
             heads: vec![],
             positions: vec![],
             per_pair: vec![],
-            clean_values: pairs.iter().map(|p| p.clean_logit_diff).collect(),
-            corrupted_values: pairs.iter().map(|p| p.corrupted_logit_diff).collect(),
+            clean_values: pairs.iter().map(|p| p.clean_metric).collect(),
+            corrupted_values: pairs.iter().map(|p| p.corrupted_metric).collect(),
         };
         for p in &pairs {
-            b.sum_clean_logit_diff += p.clean_logit_diff;
-            b.sum_corrupted_logit_diff += p.corrupted_logit_diff;
+            b.sum_clean_metric += p.clean_metric;
+            b.sum_corrupted_metric += p.corrupted_metric;
             add_into(&mut b.heads, &p.grid.heads, &format!("pair {} heads", p.index))?;
             add_into(&mut b.positions, &p.grid.positions, &format!("pair {} positions", p.index))?;
         }
@@ -129,8 +137,8 @@ impl Totals {
         add_into(&mut self.heads, &b.heads, &format!("batch {} heads", b.index))?;
         add_into(&mut self.positions, &b.positions, &format!("batch {} positions", b.index))?;
         self.pairs += b.pairs;
-        self.sum_clean += b.sum_clean_logit_diff;
-        self.sum_corrupted += b.sum_corrupted_logit_diff;
+        self.sum_clean += b.sum_clean_metric;
+        self.sum_corrupted += b.sum_corrupted_metric;
         Ok(())
     }
 

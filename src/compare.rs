@@ -125,6 +125,11 @@ pub fn compare(opts: &JobOptions, c: &CompareOptions) -> Result<Comparison> {
         let ig = Estimator::IntegratedGradients { steps };
         results.push(("ig", patch::run_sized(opts, ig, c.rows_per_call)?));
     }
+    Ok(assemble(exact, results))
+}
+
+/// The exact grids beside each estimate's (keyed "attribution" or "ig"), with their agreement.
+pub fn assemble(exact: JobResult, results: Vec<(&'static str, JobResult)>) -> Comparison {
     let has = |g: &[Vec<f64>]| !g.is_empty();
     let estimates = results
         .into_iter()
@@ -136,7 +141,7 @@ pub fn compare(opts: &JobOptions, c: &CompareOptions) -> Result<Comparison> {
             Estimate { key, result, heads, positions }
         })
         .collect();
-    Ok(Comparison { exact, estimates })
+    Comparison { exact, estimates }
 }
 
 /// Writes every method's results in its own folder, then the comparison files.

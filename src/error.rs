@@ -37,7 +37,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// One node the differentiator cannot handle: its op (and domain), its name,
 /// and why (`reason` None: no gradient rule exists for the op at all).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct UnsupportedOp {
     pub op: String,
     /// Empty for the default ONNX domain.

@@ -8,20 +8,56 @@ use crate::onnx::OnnxModel;
 use std::collections::{BTreeMap, HashSet};
 use std::fmt::Write;
 
+/// What `attrpatch inspect` reports of a model, as data.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Inspection {
+    /// The model's path (or `IN_MEMORY_MODEL`).
+    pub model: String,
+    /// Default-domain opset after normalisation.
+    pub opset: i64,
+    /// Node count after normalisation.
+    pub nodes: usize,
+    /// The graph's inputs as tract's analysis sees them.
+    pub inputs: Vec<crate::api::TensorSpec>,
+    /// The graph's outputs as tract's analysis sees them.
+    pub outputs: Vec<crate::api::TensorSpec>,
+    /// Attention heads per layer, when the graph tells them.
+    pub heads: Option<usize>,
+    /// The attention hooks (input of each layer's out-projection), one per layer.
+    pub hooks: Vec<InspectedHook>,
+    /// What an extra hook choice matches (with `Some(kind)`): its spelling and the hooks.
+    pub extra: Option<(String, Vec<InspectedHook>)>,
+    /// The logits tensor the metric reads.
+    pub logits: String,
+    /// Op types on the path from the hooks to the logits, with their counts.
+    pub path_ops: BTreeMap<String, usize>,
+    /// Nodes on that path that cannot be differentiated (empty: all can).
+    pub problems: Vec<UnsupportedOp>,
+}
+
+/// A hook and its tensor's type and shape.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct InspectedHook {
+    /// The hook: layer, node, op and tensor.
+    #[serde(flatten)]
+    pub hook: crate::hooks::Hook,
+    /// The hook tensor's type and shape.
+    pub tensor_spec: crate::api::TensorSpec,
+}
+
+/// The model inspected as `attrpatch inspect` prints it.
 pub fn inspect(model: &OnnxModel, extra: Option<&crate::hooks::HookKind>) -> Result<String> {
+    Ok(format_inspection(&inspection(model, extra)?))
+}
+
+/// What the tool sees in `model`: inputs, outputs, hooks, heads, the ops between hooks and logits.
+pub fn inspection(model: &OnnxModel, extra: Option<&crate::hooks::HookKind>) -> Result<Inspection> {
+    use crate::api::TensorSpec;
     let facts = analyse(&model.proto, &model.path)?;
     let g = model.graph();
-    let mut s = String::new();
-    let _ = writeln!(s, "model: {} (opset {}, {} nodes)", model.path.display(), model.opset, g.node.len());
-    let fact = |n: &str| facts.get(n).map(|f| f.describe()).unwrap_or_else(|| "?".into());
-    let _ = writeln!(s, "inputs:");
-    for i in &g.input {
-        let _ = writeln!(s, "  {} {}", i.name, fact(&i.name));
-    }
-    let _ = writeln!(s, "outputs:");
-    for o in &g.output {
-        let _ = writeln!(s, "  {} {}", o.name, fact(&o.name));
-    }
+    let spec = |n: &str| TensorSpec::from_fact(n, facts.get(n));
+    let inputs = g.input.iter().map(|i| spec(&i.name)).collect();
+    let outputs = g.output.iter().map(|o| spec(&o.name)).collect();
     crate::augment::check_inputs(model)?;
     let hooks = find_attention_out_hooks(model)?;
     let logits = find_logits(model, &facts)?;
@@ -29,27 +65,13 @@ pub fn inspect(model: &OnnxModel, extra: Option<&crate::hooks::HookKind>) -> Res
         Some(h) => Some(h),
         None => crate::hooks::infer_heads_probed(model, &hooks[0].tensor)?,
     };
-    let _ = writeln!(
-        s,
-        "layers: {} (attention heads: {})",
-        hooks.len(),
-        heads.map(|h| h.to_string()).unwrap_or_else(|| "unknown, pass a head count".into())
-    );
-    let _ = writeln!(s, "hooks (input of each layer's attention out-projection):");
-    let hook_line = |s: &mut String, h: &crate::hooks::Hook, how: String| {
-        let _ =
-            writeln!(s, "  layer {}: {} {}  <- {} '{}' ({how})", h.layer, h.tensor, fact(&h.tensor), h.op_type, h.node);
+    let inspected = |hs: &[crate::hooks::Hook]| -> Vec<InspectedHook> {
+        hs.iter().map(|h| InspectedHook { hook: h.clone(), tensor_spec: spec(&h.tensor) }).collect()
     };
-    for h in &hooks {
-        hook_line(&mut s, h, format!("matched by {}", h.matched_by));
-    }
-    if let Some(kind) = extra {
-        let found = crate::hooks::find_hooks(model, kind)?;
-        let _ = writeln!(s, "the hook pattern {} matches {} tensors:", cli_spelling(kind), found.len());
-        for h in &found {
-            hook_line(&mut s, h, h.matched_by.clone());
-        }
-    }
+    let extra = match extra {
+        Some(kind) => Some((cli_spelling(kind), inspected(&crate::hooks::find_hooks(model, kind)?))),
+        None => None,
+    };
     // Op types on paths from the hooks to the logits (integer shape paths included).
     let mut reach: HashSet<&str> = hooks.iter().map(|h| h.tensor.as_str()).collect();
     let mut fwd = vec![];
@@ -60,16 +82,12 @@ pub fn inspect(model: &OnnxModel, extra: Option<&crate::hooks::HookKind>) -> Res
         }
     }
     let mut need: HashSet<&str> = HashSet::from([logits.as_str()]);
-    let mut ops: BTreeMap<String, usize> = BTreeMap::new();
+    let mut path_ops: BTreeMap<String, usize> = BTreeMap::new();
     for n in fwd.iter().rev() {
         if n.output.iter().any(|o| need.contains(o.as_str())) {
-            *ops.entry(qualified(&n.domain, &n.op_type)).or_default() += 1;
+            *path_ops.entry(qualified(&n.domain, &n.op_type)).or_default() += 1;
             need.extend(n.input.iter().map(|i| i.as_str()));
         }
-    }
-    let _ = writeln!(s, "op types on the path from the hooks to '{logits}' (count):");
-    for (op, c) in &ops {
-        let _ = writeln!(s, "  {op} {c}");
     }
     // The rules read shapes as the rewrite does: at a probe size (3 prompts of
     // 7 tokens), since legacy exports' shape chains leave symbolic dims unknown.
@@ -80,8 +98,74 @@ pub fn inspect(model: &OnnxModel, extra: Option<&crate::hooks::HookKind>) -> Res
     let wrt: Vec<String> = hooks.iter().map(|h| h.tensor.clone()).collect();
     let stop = HashSet::new();
     let problems = Backward { graph: g, facts: &probed, stop: &stop }.problems(model.opset, &wrt, &logits)?;
-    s.push_str(&describe_problems(&problems));
-    Ok(s)
+    Ok(Inspection {
+        model: model.path.display().to_string(),
+        opset: model.opset,
+        nodes: g.node.len(),
+        inputs,
+        outputs,
+        heads,
+        hooks: inspected(&hooks),
+        extra,
+        logits,
+        path_ops,
+        problems,
+    })
+}
+
+/// The report `attrpatch inspect` prints.
+pub fn format_inspection(i: &Inspection) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "model: {} (opset {}, {} nodes)", i.model, i.opset, i.nodes);
+    let fact = |t: &crate::api::TensorSpec| {
+        if t.dtype.is_none() && t.shape.is_none() {
+            "?".to_string()
+        } else {
+            t.type_and_shape()
+        }
+    };
+    let _ = writeln!(s, "inputs:");
+    for t in &i.inputs {
+        let _ = writeln!(s, "  {} {}", t.name, fact(t));
+    }
+    let _ = writeln!(s, "outputs:");
+    for t in &i.outputs {
+        let _ = writeln!(s, "  {} {}", t.name, fact(t));
+    }
+    let _ = writeln!(
+        s,
+        "layers: {} (attention heads: {})",
+        i.hooks.len(),
+        i.heads.map(|h| h.to_string()).unwrap_or_else(|| "unknown, pass a head count".into())
+    );
+    let _ = writeln!(s, "hooks (input of each layer's attention out-projection):");
+    let hook_line = |s: &mut String, ih: &InspectedHook, how: String| {
+        let h = &ih.hook;
+        let _ = writeln!(
+            s,
+            "  layer {}: {} {}  <- {} '{}' ({how})",
+            h.layer,
+            h.tensor,
+            fact(&ih.tensor_spec),
+            h.op_type,
+            h.node
+        );
+    };
+    for h in &i.hooks {
+        hook_line(&mut s, h, format!("matched by {}", h.hook.matched_by));
+    }
+    if let Some((spelling, found)) = &i.extra {
+        let _ = writeln!(s, "the hook pattern {spelling} matches {} tensors:", found.len());
+        for h in found {
+            hook_line(&mut s, h, h.hook.matched_by.clone());
+        }
+    }
+    let _ = writeln!(s, "op types on the path from the hooks to '{}' (count):", i.logits);
+    for (op, c) in &i.path_ops {
+        let _ = writeln!(s, "  {op} {c}");
+    }
+    s.push_str(&describe_problems(&i.problems));
+    s
 }
 
 fn qualified(domain: &str, op: &str) -> String {

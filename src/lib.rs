@@ -10,7 +10,21 @@ pub mod fsutil;
 pub mod prompts;
 pub mod render;
 
-pub use error::{Error, Result};
+pub use error::{Error, Result, UnsupportedOp};
+
+mod api;
+pub use api::*;
+pub use augment::Metric;
+pub use batches::PairResult;
+pub use compare::{Agreement, CompareOptions, Comparison, Estimate};
+pub use grids::{Grids, PairGrid};
+pub use hooks::{Hook, HookKind};
+pub use job::{JobResult, Manifest, Method, Timings};
+pub use onnx::pb::ModelProto;
+pub use patch::Estimator;
+pub use prompts::PromptPair;
+pub use runtime::{Device, RuntimeKind, RuntimeOptions, Value};
+pub use sanity::BaselineCheck;
 pub mod augment;
 pub mod autodiff;
 pub mod batches;

@@ -1,7 +1,7 @@
 //! The `attrpatch` command line: a thin layer over the library.
 
 use attrpatch::runtime::{Device, RuntimeKind, RuntimeOptions};
-use attrpatch::{augment, compare, inspect, job, merge, onnx::OnnxModel, patch, report, Error};
+use attrpatch::{compare, job, merge, patch, report, Error};
 use clap::{Args, Parser, Subcommand};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -321,7 +321,7 @@ fn compare_cmd(args: CompareArgs) -> Result<(), Error> {
 // The baselines are printed as the tutorial computes them, x / x and (y - y) / (x - y).
 #[allow(clippy::eq_op)]
 fn print_summary(r: &job::JobResult) {
-    let (clean, corr) = (r.clean_logit_diff, r.corrupted_logit_diff);
+    let (clean, corr) = (r.clean_metric, r.corrupted_metric);
     let m = &r.manifest;
     let units = if m.n_heads > 0 { format!(" x {} heads", m.n_heads) } else { String::new() };
     let layers = format!("{} layer{}", m.hooks.len(), if m.hooks.len() == 1 { "" } else { "s" });
@@ -362,26 +362,17 @@ fn rewrite(
     heads: Option<usize>,
 ) -> Result<(), Error> {
     let t0 = std::time::Instant::now();
-    let m = OnnxModel::load(model)?;
-    let had_external_data = m.had_external_data;
+    let opts = attrpatch::RewriteOptions { metric, hooks, heads, ..Default::default() };
+    let mut a = attrpatch::rewrite(model, &opts)?;
     let t1 = std::time::Instant::now();
-    let mut a = augment::augment_with(m, augment::AugmentOptions { metric, hooks, heads, ..Default::default() })?;
+    let files = a.save(output)?;
     let t2 = std::time::Instant::now();
-    use attrpatch::onnx::io::{needs_external_data, save_model, PROTOBUF_LIMIT};
-    let external = needs_external_data(&a.proto, had_external_data, PROTOBUF_LIMIT);
-    let files = save_model(&mut a.proto, output, external)?;
-    let t3 = std::time::Instant::now();
     println!(
         "wrote {} ({} hooks)",
         files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(" + "),
-        a.hooks.len()
+        a.hooks().len()
     );
-    println!(
-        "time: read {:.2}s, rewrite {:.2}s, write {:.2}s",
-        (t1 - t0).as_secs_f64(),
-        (t2 - t1).as_secs_f64(),
-        (t3 - t2).as_secs_f64()
-    );
+    println!("time: read and rewrite {:.2}s, write {:.2}s", (t1 - t0).as_secs_f64(), (t2 - t1).as_secs_f64());
     Ok(())
 }
 
@@ -425,9 +416,8 @@ fn main() -> ExitCode {
             a.common.default_out = "attrpatch-compare";
             compare_cmd(a)
         }
-        Cmd::Inspect { model, hook } => OnnxModel::load(&model)
-            .and_then(|m| inspect::inspect(&m, hook.as_ref()))
-            .map(|s| print!("{}", name_flags(&s))),
+        Cmd::Inspect { model, hook } => attrpatch::inspect(model.as_path(), hook.as_ref())
+            .map(|i| print!("{}", name_flags(&attrpatch::format_inspection(&i)))),
         Cmd::Rewrite { model, out, hook, metric, heads } => rewrite(&model, &out, hook, metric, heads),
         Cmd::Merge { shards, out } => merge_cmd(&shards, &out),
     };

@@ -126,6 +126,7 @@ pub fn read_jsonl(path: &Path) -> Result<Vec<PromptPair>> {
 }
 
 /// A HuggingFace `tokenizer.json` tokenizer, with ids as the i64 the ONNX model takes.
+#[derive(Clone)]
 pub struct PromptTokenizer {
     inner: tokenizers::Tokenizer,
 }
@@ -134,6 +135,13 @@ impl PromptTokenizer {
     pub fn from_file(path: &Path) -> Result<Self> {
         let inner = tokenizers::Tokenizer::from_file(path)
             .map_err(|e| Error::Input(format!("{}: cannot load tokenizer: {e}", path.display())))?;
+        Ok(Self { inner })
+    }
+
+    /// A tokenizer from the bytes of a `tokenizer.json`; `label` names it in messages.
+    pub fn from_bytes(bytes: &[u8], label: &str) -> Result<Self> {
+        let inner = tokenizers::Tokenizer::from_bytes(bytes)
+            .map_err(|e| Error::Input(format!("{label}: cannot load tokenizer: {e}")))?;
         Ok(Self { inner })
     }
 

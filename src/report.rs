@@ -68,7 +68,7 @@ pub fn write_results(r: &JobResult, out_dir: &Path) -> Result<Vec<PathBuf>> {
         written.push(csv);
     }
     let m = &r.manifest;
-    let (clean, corr) = (r.clean_logit_diff, r.corrupted_logit_diff);
+    let (clean, corr) = (r.clean_metric, r.corrupted_metric);
     let json = serde_json::json!({
         "method": m.method,
         "model": m.model,

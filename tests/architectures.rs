@@ -29,8 +29,8 @@ fn check(name: &str, kind: RuntimeKind) {
     o.heads = None; // as a user runs it: heads read from the graph, hooks by the family's preset
     let r = run_job(&o).unwrap_or_else(|e| panic!("{what}: {e}")).unwrap();
     let grid = |k: &str| -> Vec<Vec<f64>> { serde_json::from_value(v[k].clone()).unwrap() };
-    assert!(close(r.clean_logit_diff, v["clean_logit_diff"].as_f64().unwrap()), "{what}: clean ld");
-    assert!(close(r.corrupted_logit_diff, v["corrupted_logit_diff"].as_f64().unwrap()), "{what}: corrupted ld");
+    assert!(close(r.clean_metric, v["clean_logit_diff"].as_f64().unwrap()), "{what}: clean ld");
+    assert!(close(r.corrupted_metric, v["corrupted_logit_diff"].as_f64().unwrap()), "{what}: corrupted ld");
     let eh = assert_grid_close(&format!("{what} heads"), &r.grids.heads, &grid("heads"));
     let ep = assert_grid_close(&format!("{what} positions"), &r.grids.positions, &grid("positions"));
     eprintln!("{what}: max relative error heads {eh:.2e}, positions {ep:.2e}");

@@ -172,7 +172,7 @@ fn results(out: &Path) -> serde_json::Value {
 
 /// The measured bug: `run --metric kl`, then `run --resume` with the default
 /// metric reused the KL batches (heads of 0.266 where a fresh run gives 0.133,
-/// clean_logit_diff 0.0, and "logit-diff" in results.json). The batch key
+/// clean_metric 0.0, and "logit-diff" in results.json). The batch key
 /// covered the model's path and size, BOS and the token ids only.
 #[test]
 fn regression_resume_reused_batches_of_another_metric() {

@@ -37,8 +37,8 @@ fn run_with_defaults_writes_every_output() {
     // wrong is the clean and corrupted metric they are computed from.
     let want = reference("ioi-reference.json");
     for (label, got, want) in [
-        ("Clean logit diff:", printed(&t, "Clean logit diff:"), want.clean_logit_diff),
-        ("Corrupted logit diff:", printed(&t, "Corrupted logit diff:"), want.corrupted_logit_diff),
+        ("Clean logit diff:", printed(&t, "Clean logit diff:"), want.clean_metric),
+        ("Corrupted logit diff:", printed(&t, "Corrupted logit diff:"), want.corrupted_metric),
     ] {
         // Printed with 4 decimals (or 4 significant digits in scientific notation).
         assert!((got - want).abs() <= 5e-5_f64.max(1e-3 * want.abs()), "{label} {got}, reference {want}");
@@ -51,8 +51,8 @@ fn run_with_defaults_writes_every_output() {
     let v: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("results.json")).unwrap()).unwrap();
     let heads: Vec<Vec<f64>> = serde_json::from_value(v["heads"]["values"].clone()).unwrap();
     assert_grid_close("results.json heads", &heads, &want.heads);
-    assert!(close(v["clean_logit_diff"].as_f64().unwrap(), want.clean_logit_diff), "{}", v["clean_logit_diff"]);
-    assert!(close(v["corrupted_logit_diff"].as_f64().unwrap(), want.corrupted_logit_diff));
+    assert!(close(v["clean_logit_diff"].as_f64().unwrap(), want.clean_metric), "{}", v["clean_logit_diff"]);
+    assert!(close(v["corrupted_logit_diff"].as_f64().unwrap(), want.corrupted_metric));
     assert_eq!(v["runtime_calls"], 1);
     let csv = std::fs::read_to_string(out.join("positions.csv")).unwrap();
     assert_eq!(csv.lines().count(), 3, "header + 2 layers:\n{csv}");

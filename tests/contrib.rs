@@ -894,8 +894,8 @@ mod fixtures {
         let (o, v) = options_on(name, model, hooks, kind);
         let r = run_job(&o).unwrap_or_else(|e| panic!("{name}: {e}")).unwrap();
         let grid = |k: &str| -> Vec<Vec<f64>> { serde_json::from_value(v[k].clone()).unwrap() };
-        assert!(close(r.clean_logit_diff, v["clean_logit_diff"].as_f64().unwrap()), "{name}: clean ld");
-        assert!(close(r.corrupted_logit_diff, v["corrupted_logit_diff"].as_f64().unwrap()), "{name}: corrupted ld");
+        assert!(close(r.clean_metric, v["clean_logit_diff"].as_f64().unwrap()), "{name}: clean ld");
+        assert!(close(r.corrupted_metric, v["corrupted_logit_diff"].as_f64().unwrap()), "{name}: corrupted ld");
         let ep = assert_grid_close(&format!("{name} positions"), &r.grids.positions, &grid("positions"));
         if heads {
             let eh = assert_grid_close(&format!("{name} heads"), &r.grids.heads, &grid("heads"));

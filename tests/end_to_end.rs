@@ -18,17 +18,12 @@ fn check(model: PathBuf, reference_file: &str, bos: bool, kind: RuntimeKind) {
     let want = reference(reference_file);
     let r = job(model.clone(), bos, kind);
     let tag = format!("{} / {reference_file} / {kind:?}", model.file_name().unwrap().to_string_lossy());
+    assert!(close(r.clean_metric, want.clean_metric), "{tag}: clean ld {} vs {}", r.clean_metric, want.clean_metric);
     assert!(
-        close(r.clean_logit_diff, want.clean_logit_diff),
-        "{tag}: clean ld {} vs {}",
-        r.clean_logit_diff,
-        want.clean_logit_diff
-    );
-    assert!(
-        close(r.corrupted_logit_diff, want.corrupted_logit_diff),
+        close(r.corrupted_metric, want.corrupted_metric),
         "{tag}: corrupted ld {} vs {}",
-        r.corrupted_logit_diff,
-        want.corrupted_logit_diff
+        r.corrupted_metric,
+        want.corrupted_metric
     );
     let eh = assert_grid_close(&format!("{tag} heads"), &r.grids.heads, &want.heads);
     let ep = assert_grid_close(&format!("{tag} positions"), &r.grids.positions, &want.positions);

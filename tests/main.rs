@@ -11,6 +11,7 @@ mod cli;
 mod cli_usage;
 mod contrib;
 mod end_to_end;
+mod facade;
 mod fuzz;
 mod gradients;
 mod hooks;

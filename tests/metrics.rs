@@ -58,8 +58,8 @@ fn prob_values_match_the_plain_model() {
     let p = job(&legacy_op14(), Metric::Prob);
     let want_clean = mean(&|i| clean[i][t.correct_ids[i] as usize].exp());
     let want_corr = mean(&|i| corr[i][t.correct_ids[i] as usize].exp());
-    assert!(close(p.clean_logit_diff, want_clean), "prob clean {} vs {want_clean}", p.clean_logit_diff);
-    assert!(close(p.corrupted_logit_diff, want_corr), "prob corrupted {} vs {want_corr}", p.corrupted_logit_diff);
+    assert!(close(p.clean_metric, want_clean), "prob clean {} vs {want_clean}", p.clean_metric);
+    assert!(close(p.corrupted_metric, want_corr), "prob corrupted {} vs {want_corr}", p.corrupted_metric);
 }
 
 /// On the bundled IOI model, where clean and corrupted next-token distributions
@@ -78,8 +78,8 @@ fn kl_values_match_the_plain_model() {
     assert!(want > 1.0, "the IOI model's clean and corrupted distributions should differ: KL {want}");
 
     let k = job(&model, Metric::Kl);
-    assert!(k.clean_logit_diff.abs() < 1e-9, "KL of clean with itself: {}", k.clean_logit_diff);
-    assert!((k.corrupted_logit_diff - want).abs() <= 1e-4 * want.abs(), "KL {} vs {want}", k.corrupted_logit_diff);
+    assert!(k.clean_metric.abs() < 1e-9, "KL of clean with itself: {}", k.clean_metric);
+    assert!((k.corrupted_metric - want).abs() <= 1e-4 * want.abs(), "KL {} vs {want}", k.corrupted_metric);
     assert!(k.grids.heads.iter().flatten().all(|v| v.is_finite()));
 }
 

@@ -682,8 +682,8 @@ fn check_grids_on(name: &str, kind: RuntimeKind) {
     o.runtime = RuntimeOptions { kind, device: Device::Cpu, ort_lib: None, threads: 1 };
     let r = run_job(&o).unwrap_or_else(|e| panic!("{name}: {e}")).unwrap();
     let grid = |k: &str| -> Vec<Vec<f64>> { serde_json::from_value(v[k].clone()).unwrap() };
-    assert!(close(r.clean_logit_diff, v["clean_logit_diff"].as_f64().unwrap()), "{name}: clean ld");
-    assert!(close(r.corrupted_logit_diff, v["corrupted_logit_diff"].as_f64().unwrap()), "{name}: corrupted ld");
+    assert!(close(r.clean_metric, v["clean_logit_diff"].as_f64().unwrap()), "{name}: clean ld");
+    assert!(close(r.corrupted_metric, v["corrupted_logit_diff"].as_f64().unwrap()), "{name}: corrupted ld");
     let eh = assert_grid_close(&format!("{name} heads"), &r.grids.heads, &grid("heads"));
     let ep = assert_grid_close(&format!("{name} positions"), &r.grids.positions, &grid("positions"));
     eprintln!("{name}: max relative error heads {eh:.2e}, positions {ep:.2e}");

@@ -22,7 +22,7 @@ fn kl_runs_on_a_prompt_file_without_answers() {
     o.prompts = Some(no_answer_file("kl-no-answers"));
     o.metric = Metric::Kl;
     let r = run_job(&o).unwrap().unwrap();
-    assert!(r.corrupted_logit_diff > 1.0, "KL(clean||corrupted) of the IOI model: {}", r.corrupted_logit_diff);
+    assert!(r.corrupted_metric > 1.0, "KL(clean||corrupted) of the IOI model: {}", r.corrupted_metric);
     assert!(r.grids.heads.iter().flatten().any(|v| v.abs() > 1e-3), "{:?}", r.grids.heads);
 }
 

@@ -88,6 +88,8 @@ pub struct Augmented {
     pub heads: Option<usize>,
     /// Whether the lm_head runs on the last positions only.
     pub lm_head_last_position_only: bool,
+    /// The metric the graph computes: it decides the answer selectors fed to it.
+    pub metric: Metric,
 }
 
 /// What the augmented graph outputs besides the baselines.
@@ -172,6 +174,7 @@ pub fn augment_with(model: OnnxModel, opts: AugmentOptions) -> Result<Augmented>
         vocab: anat.vocab,
         heads,
         lm_head_last_position_only,
+        metric: opts.metric,
     })
 }
 

@@ -6,7 +6,10 @@
 //! `rules/`, one file per op family; `ctx` is what a rule may use.
 
 pub mod ctx;
+mod differentiate;
 pub mod rules;
+
+pub use differentiate::{differentiate, Differentiated};
 
 use crate::error::{Error, Result, UnsupportedOp};
 use crate::onnx::builder::GraphBuilder;

@@ -16,12 +16,14 @@ pub struct TokenInputs<'a> {
     pub mask: Option<&'a crate::augment::TokenInput>,
     pub positions: Option<&'a crate::augment::TokenInput>,
     pub vocab: usize,
+    /// The metric the graph was built with: its answer weights are fed.
+    pub metric: crate::augment::Metric,
 }
 
 /// One row per pair: clean and corrupted token inputs, the last-position and
-/// answer one-hots, and equal weights.
-pub fn pair_inputs(inputs: &TokenInputs, t: &TokenizedPrompts, metric: crate::augment::Metric) -> Vec<(String, Value)> {
-    let (w_correct, w_incorrect) = metric.answer_weights();
+/// answer one-hots (weighted for the graph's own metric), and equal weights.
+pub fn pair_inputs(inputs: &TokenInputs, t: &TokenizedPrompts) -> Vec<(String, Value)> {
+    let (w_correct, w_incorrect) = inputs.metric.answer_weights();
     let b = t.clean_ids.len();
     let s = t.seq_len;
     let ids = |rows: &Vec<Vec<i64>>| Array2::from_shape_fn((b, s), |(r, c)| rows[r][c]).into_dyn();

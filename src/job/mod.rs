@@ -10,7 +10,7 @@ mod prepare;
 pub(crate) use inputs::read_grid_rows;
 pub use inputs::{pair_inputs, TokenInputs};
 pub use manifest::{Manifest, Method};
-pub use prepare::{default_tokenizer, prepare, JobGraph, Prepared, PromptSource};
+pub use prepare::{default_tokenizer, prepare, prepare_loaded, JobGraph, LoadedModel, Prepared, PromptSource};
 
 use crate::augment::{augment_with, names, AugmentOptions, Augmented};
 use crate::batches::{resumable, BatchResult, PairResult, Totals};
@@ -29,6 +29,7 @@ use std::time::Instant;
 pub const DEFAULT_BATCH_SIZE: usize = 64;
 
 /// What a job is asked to do: model, prompts, runtime, what to measure and where.
+#[derive(Clone)]
 pub struct JobOptions {
     pub model: PathBuf,
     /// Defaults to tokenizer.json beside the model.
@@ -132,8 +133,10 @@ impl Shard {
 /// A finished job: its manifest, baselines and normalised grids.
 pub struct JobResult {
     pub manifest: Manifest,
-    pub clean_logit_diff: f64,
-    pub corrupted_logit_diff: f64,
+    /// The clean prompts' mean metric (the chosen metric: logit difference, probability, ...).
+    pub clean_metric: f64,
+    /// The corrupted prompts' mean metric.
+    pub corrupted_metric: f64,
     /// Normalised grids over the whole prompt set.
     pub grids: Grids,
     /// Each pair's share of `grids` (normalised), when asked for and kept in memory.
@@ -169,9 +172,21 @@ pub fn run_job(opts: &JobOptions) -> Result<Option<JobResult>> {
             },
         )
     })?;
-    let sizing = batch_sizing(opts, &p)?;
+    run_prepared(opts, &mut p, &mut None)
+}
+
+/// Runs a prepared attribution job; `session` is the runtime session on its
+/// graph, made here when None and a batch needs it, and kept for the next
+/// call (the facade's `Attributor` reuses it). For a shard, returns None
+/// after writing its batches.
+pub fn run_prepared(
+    opts: &JobOptions,
+    p: &mut Prepared<Augmented>,
+    session: &mut Option<Box<dyn Runtime>>,
+) -> Result<Option<JobResult>> {
+    let sizing = batch_sizing(opts, p)?;
     let batch_size = sizing.per_call;
-    let mut manifest = Manifest::new(opts, &p, Method::Attribution, batch_size);
+    let mut manifest = Manifest::new(opts, p, Method::Attribution, batch_size);
     manifest.memory = Some(sizing);
     if let Some(dir) = &opts.work_dir {
         // Written now too, so that an interrupted run's --resume finds its batch layout.
@@ -186,7 +201,10 @@ pub fn run_job(opts: &JobOptions) -> Result<Option<JobResult>> {
         done.extend(mine.clone().filter_map(|i| resumable(dir, i, &keys[i]).map(|b| (i, b))));
     }
     let resumed = done.len();
-    let mut rt = if done.len() < mine.len() { Some(p.session(&opts.runtime)?) } else { None };
+    if session.is_none() && done.len() < mine.len() {
+        *session = Some(p.session(&opts.runtime)?);
+    }
+    let mut rt: Option<&mut dyn Runtime> = session.as_deref_mut();
 
     let bar = progress_bar(opts.progress && mine.len() > 1, mine.len() as u64, "batches");
     let clock = Instant::now();
@@ -198,7 +216,7 @@ pub fn run_job(opts: &JobOptions) -> Result<Option<JobResult>> {
             (None, Some(rt)) => {
                 let range = i * batch_size..((i + 1) * batch_size).min(p.pairs.len());
                 calls += 1;
-                let b = run_batch(rt.as_mut(), &p, opts, range, i, keys[i].clone())?;
+                let b = run_batch(&mut **rt, p, opts, range, i, keys[i].clone())?;
                 if let Some(dir) = &opts.work_dir {
                     b.save(dir)?;
                 }
@@ -222,7 +240,7 @@ pub fn run_job(opts: &JobOptions) -> Result<Option<JobResult>> {
     let mut r = finish(manifest, &batches)?;
     r.runtime_calls = calls;
     r.batches_resumed = resumed;
-    r.seconds = p.seconds;
+    r.seconds = p.seconds.clone();
     Ok(Some(r))
 }
 
@@ -293,8 +311,8 @@ pub fn finish(manifest: Manifest, batches: &[BatchResult]) -> Result<JobResult> 
         manifest,
         baselines,
         pair_metrics: clean.iter().copied().zip(corrupted.iter().copied()).collect(),
-        clean_logit_diff: totals.clean(),
-        corrupted_logit_diff: totals.corrupted(),
+        clean_metric: totals.clean(),
+        corrupted_metric: totals.corrupted(),
         grids: Grids { heads: scaled(&totals.heads, k), positions: scaled(&totals.positions, k) },
         per_pair,
         runtime_calls: 0,
@@ -331,7 +349,7 @@ fn run_batch(
     key: String,
 ) -> Result<BatchResult> {
     let t = p.tokens.slice(range.clone());
-    let mut out = rt.run(pair_inputs(&p.graph.token_inputs(), &t, opts.metric))?;
+    let mut out = rt.run(pair_inputs(&p.graph.token_inputs(), &t))?;
     let row = |out: &mut HashMap<String, ArrayD<f32>>, n: &str| -> Result<Vec<f64>> {
         let v: Vec<f64> = runtime::take_output(out, n)?.iter().map(|&v| v as f64).collect();
         if let Some(i) = v.iter().position(|x| !x.is_finite()) {
@@ -371,8 +389,8 @@ fn run_batch(
         .enumerate()
         .map(|(i, grid)| PairResult {
             index: range.start + i,
-            clean_logit_diff: clean[i],
-            corrupted_logit_diff: corrupted[i],
+            clean_metric: clean[i],
+            corrupted_metric: corrupted[i],
             grid,
         })
         .collect();

@@ -48,6 +48,12 @@ impl PromptSource {
         Ok(PromptSource { pairs, tokenizer, tokenizer_hash })
     }
 
+    /// Pairs given in memory, with the tokenizer that reads them (None: the
+    /// token ids come from `JobOptions::tokens`); `tokenizer_hash` identifies it.
+    pub fn new(pairs: Vec<PromptPair>, tokenizer: Option<PromptTokenizer>, tokenizer_hash: String) -> Self {
+        PromptSource { pairs, tokenizer, tokenizer_hash }
+    }
+
     /// Token ids checked against the model's vocabulary.
     pub fn tokenize(&self, opts: &JobOptions, vocab: usize) -> Result<TokenizedPrompts> {
         match (&opts.tokens, &self.tokenizer) {
@@ -102,6 +108,7 @@ macro_rules! impl_job_graph {
                     mask: self.attention_mask.as_ref(),
                     positions: self.position_ids.as_ref(),
                     vocab: self.vocab,
+                    metric: self.metric,
                 }
             }
         }
@@ -124,34 +131,67 @@ pub struct Prepared<G> {
     pub seconds: Timings,
 }
 
+/// A model read for a job: the (normalised) protobuf, its content hash, and
+/// the folder ONNX Runtime reads weights left in the file from.
+pub struct LoadedModel {
+    pub model: OnnxModel,
+    pub hash: String,
+    /// Set when the float32 weights stayed in the model's files (ONNX Runtime reads them there).
+    pub external_dir: Option<PathBuf>,
+}
+
+impl LoadedModel {
+    /// Reads `opts.model` as the runtime wants it: for ONNX Runtime the float32
+    /// weights stay in the file (it reads them itself, once, and this process
+    /// never holds a copy; the hash streams them), tract gets them inline.
+    pub fn read(opts: &JobOptions) -> Result<Self> {
+        match opts.runtime.kind {
+            runtime::RuntimeKind::Ort => Self::read_leaving_weights(&opts.model),
+            runtime::RuntimeKind::Tract => Self::in_memory(OnnxModel::load(&opts.model)?),
+        }
+    }
+
+    /// The model file with its float32 weights left in the file, for ONNX Runtime.
+    pub fn read_leaving_weights(path: &Path) -> Result<Self> {
+        let m = OnnxModel::load_leaving_weights(path)?;
+        let hash = model_hash_external(&m.proto, m.dir(), path)?;
+        let external_dir = Some(m.dir().to_path_buf());
+        Ok(LoadedModel { model: m, hash, external_dir })
+    }
+
+    /// A model already in memory with every weight inline.
+    pub fn in_memory(model: OnnxModel) -> Result<Self> {
+        let hash = model_hash(&model.proto);
+        Ok(LoadedModel { model, hash, external_dir: None })
+    }
+}
+
 /// Loads the model, rewrites it with `build` and tokenizes the prompts: the
 /// steps every job shares, timed.
 pub fn prepare<G: JobGraph>(opts: &JobOptions, build: impl FnOnce(OnnxModel) -> Result<G>) -> Result<Prepared<G>> {
     // The model is named first in messages: its tokenizer is looked up beside it.
     std::fs::metadata(&opts.model).map_err(|e| Error::io(&opts.model, e))?;
-    let mut seconds = Timings::default();
     let clock = Instant::now();
     // Read before the model: a wrong tokenizer path fails before the slow part.
     let source = PromptSource::read(opts)?;
-    // For ONNX Runtime the float32 weights stay in the file: it reads them
-    // itself, once, and this process never holds a copy. The hash streams them.
-    let (model, model_hash) = match opts.runtime.kind {
-        runtime::RuntimeKind::Ort => {
-            let m = OnnxModel::load_leaving_weights(&opts.model)?;
-            let h = model_hash_external(&m.proto, m.dir(), &opts.model)?;
-            (m, h)
-        }
-        runtime::RuntimeKind::Tract => {
-            let m = OnnxModel::load(&opts.model)?;
-            let h = model_hash(&m.proto);
-            (m, h)
-        }
-    };
-    let model_dir = model.dir().to_path_buf();
-    seconds.load = clock.elapsed().as_secs_f64();
+    let model = LoadedModel::read(opts)?;
+    let load = clock.elapsed().as_secs_f64();
+    let mut p = prepare_loaded(opts, &source, model, build)?;
+    p.seconds.load = load;
+    Ok(p)
+}
 
+/// `prepare` for a model already loaded (from a file or from memory) and
+/// prompts already read: rewrites, tokenizes and readies the runtime's copy.
+pub fn prepare_loaded<G: JobGraph>(
+    opts: &JobOptions,
+    source: &PromptSource,
+    loaded: LoadedModel,
+    build: impl FnOnce(OnnxModel) -> Result<G>,
+) -> Result<Prepared<G>> {
+    let mut seconds = Timings::default();
     let clock = Instant::now();
-    let mut graph = build(model)?;
+    let mut graph = build(loaded.model)?;
     let tokens = source.tokenize(opts, graph.vocab())?;
     // Read before the weights are handed over to the runtime.
     let hook_nodes: Vec<String> = graph.hooks().iter().map(|h| h.node.clone()).collect();
@@ -159,21 +199,31 @@ pub fn prepare<G: JobGraph>(opts: &JobOptions, build: impl FnOnce(OnnxModel) -> 
     let (heads, vocab) = (graph.heads(), graph.vocab());
     let shape = ModelShape::of(graph.proto_mut(), &hook_nodes, heads, vocab, tokens.seq_len);
     let mut for_runtime = runtime::prepare(graph.proto_mut(), &opts.runtime);
-    if opts.runtime.kind == runtime::RuntimeKind::Ort {
-        for_runtime.external_dir = Some(model_dir);
-    }
-    let for_runtime = Some(for_runtime);
+    for_runtime.external_dir = loaded.external_dir;
     seconds.rewrite = clock.elapsed().as_secs_f64();
     Ok(Prepared {
         graph,
-        pairs: source.pairs,
+        pairs: source.pairs.clone(),
         tokens,
-        model_hash,
-        tokenizer_hash: source.tokenizer_hash,
+        model_hash: loaded.hash,
+        tokenizer_hash: source.tokenizer_hash.clone(),
         shape,
-        for_runtime,
+        for_runtime: Some(for_runtime),
         seconds,
     })
+}
+
+impl<G: JobGraph> Prepared<G> {
+    /// Puts other prompts into an already prepared job (the graph and its
+    /// runtime session stay): what a reused `Attributor` does per call.
+    pub fn set_prompts(&mut self, opts: &JobOptions, source: &PromptSource) -> Result<()> {
+        self.tokens = source.tokenize(opts, self.graph.vocab())?;
+        self.pairs = source.pairs.clone();
+        self.tokenizer_hash = source.tokenizer_hash.clone();
+        self.shape.seq_len = self.tokens.seq_len;
+        self.seconds = Timings::default();
+        Ok(())
+    }
 }
 
 impl<G> Prepared<G> {

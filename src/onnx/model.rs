@@ -55,6 +55,12 @@ impl OnnxModel {
         Self::from_proto(proto, scopes::NodeScopes::decode(bytes), path)
     }
 
+    /// A decoded protobuf (node scopes, which the protobuf bindings drop, are
+    /// not known); `path` names it in messages and locates external data.
+    pub fn from_model_proto(proto: ModelProto, path: &Path) -> Result<Self> {
+        Self::from_proto(proto, scopes::NodeScopes::default(), path)
+    }
+
     fn from_proto(proto: ModelProto, scopes: scopes::NodeScopes, path: &Path) -> Result<Self> {
         Self::from_proto_with(proto, scopes, path, true)
     }

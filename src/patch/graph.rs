@@ -66,6 +66,8 @@ pub struct PatchGraph {
     pub position_ids: Option<TokenInput>,
     pub vocab: usize,
     pub gradients: bool,
+    /// The metric the graph computes: it decides the answer selectors fed to it.
+    pub metric: Metric,
 }
 
 impl PatchGraph {
@@ -146,6 +148,7 @@ pub fn build(model: OnnxModel, opts: &PatchGraphOptions) -> Result<PatchGraph> {
         position_ids: anat.pos_in,
         vocab: anat.vocab,
         gradients: opts.gradients,
+        metric: opts.metric,
     })
 }
 

@@ -51,16 +51,43 @@ pub fn run(opts: &JobOptions, estimator: Estimator, rows_per_call: usize) -> Res
 /// Runs `rows_per_call` rows per call, or (None) as many as the memory
 /// budget holds (`memory::choose`), printed when the job shows progress.
 pub fn run_sized(opts: &JobOptions, estimator: Estimator, rows_per_call: Option<usize>) -> Result<JobResult> {
+    check_counts(estimator, rows_per_call)?;
+    let mut p = job::prepare(opts, |model| graph::build(model, &graph_options(opts, estimator)))?;
+    run_prepared(opts, estimator, rows_per_call, &mut p, &mut None)
+}
+
+/// Refuses zero rows per call and zero IG steps (before any slow work).
+pub fn check_counts(estimator: Estimator, rows_per_call: Option<usize>) -> Result<()> {
     if rows_per_call == Some(0) {
         return Err(Error::Input("rows per call must be at least 1".into()));
     }
     if let Estimator::IntegratedGradients { steps: 0 } = estimator {
         return Err(Error::Input("integrated gradients need at least 1 step".into()));
     }
+    Ok(())
+}
+
+/// The patching graph an estimator runs on (IG differentiates its rows).
+pub fn graph_options(opts: &JobOptions, estimator: Estimator) -> PatchGraphOptions {
     let gradients = matches!(estimator, Estimator::IntegratedGradients { .. });
-    let graph_opts = PatchGraphOptions { metric: opts.metric, hooks: opts.hooks.clone(), heads: opts.heads, gradients };
-    let mut p = job::prepare(opts, |model| graph::build(model, &graph_opts))?;
-    let mut rt = p.session(&opts.runtime)?;
+    PatchGraphOptions { metric: opts.metric, hooks: opts.hooks.clone(), heads: opts.heads, gradients }
+}
+
+/// Runs a prepared patching job; `session` is the runtime session on its
+/// graph, made here when None and kept for the next call (the facade's
+/// `Attributor` reuses it).
+pub fn run_prepared(
+    opts: &JobOptions,
+    estimator: Estimator,
+    rows_per_call: Option<usize>,
+    p: &mut job::Prepared<PatchGraph>,
+    session: &mut Option<Box<dyn Runtime>>,
+) -> Result<JobResult> {
+    check_counts(estimator, rows_per_call)?;
+    if session.is_none() {
+        *session = Some(p.session(&opts.runtime)?);
+    }
+    let rt: &mut dyn Runtime = session.as_deref_mut().expect("made above");
 
     let has_heads = p.graph.heads.is_some();
     let (plan, method) = match estimator {
@@ -87,7 +114,7 @@ pub fn run_sized(opts: &JobOptions, estimator: Estimator, rows_per_call: Option<
     let bar = job::progress_bar(opts.progress && chunks.len() > 1, chunks.len() as u64, "calls");
     let clock = Instant::now();
     for chunk in &chunks {
-        run_chunk(rt.as_mut(), &p.graph, &p.tokens, chunk, opts.metric, &mut acc)?;
+        run_chunk(rt, &p.graph, &p.tokens, chunk, &mut acc)?;
         bar.inc(1);
     }
     bar.finish_and_clear();
@@ -95,14 +122,14 @@ pub fn run_sized(opts: &JobOptions, estimator: Estimator, rows_per_call: Option<
 
     let pairs = acc.finish()?;
     // All rows form one "batch" of the whole prompt set, in rows_per_call chunks.
-    let mut manifest = Manifest::new(opts, &p, method, rows_per_call);
+    let mut manifest = Manifest::new(opts, p, method, rows_per_call);
     manifest.n_batches = 1;
     manifest.memory = Some(sizing);
     manifest.runtime = rt.describe();
     let batch = BatchResult::new(0, manifest.batch_key(0), pairs, opts.per_prompt)?;
     let mut r = job::finish(manifest, &[batch])?;
     r.runtime_calls = chunks.len();
-    r.seconds = p.seconds;
+    r.seconds = p.seconds.clone();
     Ok(r)
 }
 
@@ -111,14 +138,13 @@ fn run_chunk(
     pg: &PatchGraph,
     all: &TokenizedPrompts,
     rows: &[Row],
-    metric: crate::augment::Metric,
     acc: &mut Accumulator,
 ) -> Result<()> {
     let first = rows[0].pair;
     let last = rows[rows.len() - 1].pair;
     let t = all.slice(first..last + 1);
     let local: Vec<Row> = rows.iter().map(|r| Row { pair: r.pair - first, ..*r }).collect();
-    let mut inputs = job::pair_inputs(&pg.token_inputs(), &t, metric);
+    let mut inputs = job::pair_inputs(&pg.token_inputs(), &t);
     let row_pair = Array1::from_iter(local.iter().map(|r| r.pair as i64)).into_dyn();
     inputs.push((names::ROW_PAIR.into(), Value::I64(row_pair)));
     inputs.push((names::ROW_WEIGHTS.into(), Value::F32(Array2::<f32>::ones((rows.len(), 1)).into_dyn())));
@@ -234,8 +260,8 @@ impl Accumulator {
             }
             out.push(PairResult {
                 index: pair,
-                clean_logit_diff: self.clean[pair],
-                corrupted_logit_diff: base,
+                clean_metric: self.clean[pair],
+                corrupted_metric: base,
                 grid: PairGrid { heads, positions },
             });
         }

@@ -104,8 +104,8 @@ fn job_data(r: &JobResult) -> Value {
         .map(|p| {
             json!({
                 "index": p.index,
-                "clean_logit_diff": p.clean_logit_diff,
-                "corrupted_logit_diff": p.corrupted_logit_diff,
+                "clean_logit_diff": p.clean_metric,
+                "corrupted_logit_diff": p.corrupted_metric,
                 "heads": p.grid.heads,
                 "positions": p.grid.positions,
             })
@@ -128,8 +128,8 @@ fn job_data(r: &JobResult) -> Value {
         "seq_len": m.seq_len,
         "n_heads": m.n_heads,
         "hooks": m.hooks.iter().map(|h| json!({"layer": h.layer, "tensor": h.tensor, "node": h.node})).collect::<Vec<_>>(),
-        "clean_logit_diff": r.clean_logit_diff,
-        "corrupted_logit_diff": r.corrupted_logit_diff,
+        "clean_logit_diff": r.clean_metric,
+        "corrupted_logit_diff": r.corrupted_metric,
         "prompts": m.prompts,
         "per_pair": per_pair,
         "pair_metrics": r.pair_metrics,
@@ -203,8 +203,8 @@ fn compare_data(c: &Comparison) -> Value {
         "hook": hook_label(&x.manifest.hooks_kind),
         "model": x.manifest.model,
         "n_pairs": x.manifest.prompts.len(),
-        "clean_logit_diff": x.clean_logit_diff,
-        "corrupted_logit_diff": x.corrupted_logit_diff,
+        "clean_logit_diff": x.clean_metric,
+        "corrupted_logit_diff": x.corrupted_metric,
         "prompts": x.manifest.prompts,
         "methods": methods,
         "kinds": kinds,

@@ -57,6 +57,7 @@ pub enum RuntimeKind {
     Tract,
 }
 
+#[derive(Clone, Debug)]
 pub struct RuntimeOptions {
     pub kind: RuntimeKind,
     pub device: Device,

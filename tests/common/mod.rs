@@ -53,8 +53,8 @@ pub fn tokenizer() -> PathBuf {
 pub struct Reference {
     pub heads: Vec<Vec<f64>>,
     pub positions: Vec<Vec<f64>>,
-    pub clean_logit_diff: f64,
-    pub corrupted_logit_diff: f64,
+    pub clean_metric: f64,
+    pub corrupted_metric: f64,
 }
 
 pub fn reference(file: &str) -> Reference {
@@ -64,8 +64,8 @@ pub fn reference(file: &str) -> Reference {
     Reference {
         heads: grid("heads"),
         positions: grid("positions"),
-        clean_logit_diff: v["clean_logit_diff"].as_f64().unwrap(),
-        corrupted_logit_diff: v["corrupted_logit_diff"].as_f64().unwrap(),
+        clean_metric: v["clean_logit_diff"].as_f64().unwrap(),
+        corrupted_metric: v["corrupted_logit_diff"].as_f64().unwrap(),
     }
 }
 

@@ -1,0 +1,240 @@
+//! `Attributor`: a model rewritten once and kept, with its runtime session,
+//! for any number of jobs (attribution, integrated gradients, exact patching,
+//! comparison) on any prompt pairs. The CLI's run, patch and compare run the
+//! same job code (`job::run_prepared`, `patch::run_prepared`).
+
+use super::pairs::Pairs;
+use super::source::{ModelSource, TokenizerSource};
+use crate::augment::{augment_with, AugmentOptions, Augmented, Metric};
+use crate::compare::{CompareOptions, Comparison};
+use crate::error::{Error, Result};
+use crate::hooks::HookKind;
+use crate::job::{self, JobOptions, JobResult, LoadedModel, Prepared, PromptSource};
+use crate::onnx::graph::ContentHash;
+use crate::patch::{self, graph::PatchGraph, Estimator};
+use crate::prompts::PromptTokenizer;
+use crate::runtime::{Runtime, RuntimeOptions};
+use std::time::Instant;
+
+/// A rewritten graph, its runtime session once made, and how often it was built.
+struct Slot<G> {
+    prepared: Prepared<G>,
+    session: Option<Box<dyn Runtime>>,
+}
+
+/// Builds an `Attributor`: the model, then optional settings.
+pub struct AttributorBuilder {
+    model: ModelSource,
+    tokenizer: Option<TokenizerSource>,
+    opts: JobOptions,
+}
+
+impl AttributorBuilder {
+    /// The tokenizer for text pairs [default: tokenizer.json beside a model file].
+    pub fn tokenizer(mut self, t: impl Into<TokenizerSource>) -> Self {
+        self.tokenizer = Some(t.into());
+        self
+    }
+
+    /// The quantity attributed [default: logit difference].
+    pub fn metric(mut self, m: Metric) -> Self {
+        self.opts.metric = m;
+        self
+    }
+
+    /// Which activations [default: each attention out-projection's input, per head].
+    pub fn hooks(mut self, h: HookKind) -> Self {
+        self.opts.hooks = h;
+        self
+    }
+
+    /// The head count, when the graph does not tell it.
+    pub fn heads(mut self, n: usize) -> Self {
+        self.opts.heads = Some(n);
+        self
+    }
+
+    /// Runtime, device, ONNX Runtime library and threads [default: ONNX Runtime, device auto].
+    pub fn runtime(mut self, r: RuntimeOptions) -> Self {
+        self.opts.runtime = r;
+        self
+    }
+
+    /// Prepend the tokenizer's BOS token to every prompt.
+    pub fn bos(mut self, bos: bool) -> Self {
+        self.opts.bos = bos;
+        self
+    }
+
+    /// Pairs per attribution call [default: as many as the memory budget holds, at most 64].
+    pub fn batch_size(mut self, n: usize) -> Self {
+        self.opts.batch_size = Some(n);
+        self
+    }
+
+    /// The memory budget in bytes that sizes the calls [default: 70% of the memory available].
+    pub fn max_memory(mut self, bytes: u64) -> Self {
+        self.opts.max_memory = Some(bytes);
+        self
+    }
+
+    /// Keep each pair's grids in the results (`JobResult::per_pair`).
+    pub fn per_pair(mut self, keep: bool) -> Self {
+        self.opts.per_prompt = keep;
+        self
+    }
+
+    /// The attributor (reads the tokenizer now; the graphs are built on first use).
+    pub fn build(self) -> Result<Attributor> {
+        let tokenizer_source = self.tokenizer.or_else(|| self.model.default_tokenizer().map(TokenizerSource::Path));
+        let tokenizer = match &tokenizer_source {
+            Some(src) => {
+                let bytes = src.bytes()?;
+                let tok = PromptTokenizer::from_bytes(&bytes, &src.label())?;
+                let mut h = ContentHash::default();
+                h.write(&bytes);
+                Some((tok, h.finish()))
+            }
+            None => None,
+        };
+        let mut opts = self.opts;
+        opts.model = self.model.name();
+        Ok(Attributor { model: self.model, tokenizer, opts, attribution: None, exact: None, ig: None, builds: 0 })
+    }
+}
+
+/// A model rewritten once for each kind of job and kept with its runtime
+/// session: the first call of a kind pays the load, rewrite and session, the
+/// next ones only the run (`JobResult::seconds` shows it).
+pub struct Attributor {
+    model: ModelSource,
+    /// The tokenizer and the hash of its bytes; None: token ids only.
+    tokenizer: Option<(PromptTokenizer, String)>,
+    opts: JobOptions,
+    attribution: Option<Slot<Augmented>>,
+    exact: Option<Slot<PatchGraph>>,
+    ig: Option<Slot<PatchGraph>>,
+    builds: usize,
+}
+
+impl Attributor {
+    /// Starts building an attributor for `model` (a path, bytes or a `ModelProto`).
+    pub fn builder(model: impl Into<ModelSource>) -> AttributorBuilder {
+        let model = model.into();
+        AttributorBuilder { opts: JobOptions::new(model.name()), model, tokenizer: None }
+    }
+
+    /// An attributor with every default (tokenizer beside the model file).
+    pub fn new(model: impl Into<ModelSource>) -> Result<Self> {
+        Self::builder(model).build()
+    }
+
+    /// How many graphs (and sessions) were built so far: one per kind of job used.
+    pub fn graphs_built(&self) -> usize {
+        self.builds
+    }
+
+    /// Attribution patching: one forward and backward pass per batch of pairs.
+    pub fn attribute(&mut self, pairs: &Pairs) -> Result<JobResult> {
+        let (opts, source) = self.job_inputs(pairs)?;
+        if self.attribution.is_none() {
+            let metric = opts.metric;
+            let aug = AugmentOptions {
+                raw_outputs: false,
+                grid_outputs: true,
+                heads: opts.heads,
+                metric,
+                hooks: opts.hooks.clone(),
+            };
+            let prepared = self.prepare(&opts, &source, |m| augment_with(m, aug))?;
+            self.attribution = Some(Slot { prepared, session: None });
+        } else if let Some(s) = self.attribution.as_mut() {
+            s.prepared.set_prompts(&opts, &source)?;
+        }
+        let slot = self.attribution.as_mut().expect("built above");
+        job::run_prepared(&opts, &mut slot.prepared, &mut slot.session)?
+            .ok_or_else(|| Error::Input("an attributor runs whole jobs, not shards".into()))
+    }
+
+    /// Integrated gradients with `steps` steps along each layer's corrupted-to-clean line.
+    pub fn integrated_gradients(&mut self, pairs: &Pairs, steps: usize) -> Result<JobResult> {
+        self.patching(pairs, Estimator::IntegratedGradients { steps }, None)
+    }
+
+    /// Exact activation patching of every head (and every position when `positions`).
+    pub fn patch(&mut self, pairs: &Pairs, positions: bool) -> Result<JobResult> {
+        self.patching(pairs, Estimator::Exact { positions }, None)
+    }
+
+    /// Exact patching, attribution and (with `ig_steps`) integrated gradients
+    /// side by side, with their agreement (as `attrpatch compare`).
+    pub fn compare(&mut self, pairs: &Pairs, c: &CompareOptions) -> Result<Comparison> {
+        let exact = self.patching(pairs, Estimator::Exact { positions: c.positions }, c.rows_per_call)?;
+        let mut results = vec![("attribution", self.attribute(pairs)?)];
+        if let Some(steps) = c.ig_steps {
+            results.push(("ig", self.patching(pairs, Estimator::IntegratedGradients { steps }, c.rows_per_call)?));
+        }
+        Ok(crate::compare::assemble(exact, results))
+    }
+
+    /// Runs a patching estimator on its kept graph (built on first use).
+    pub fn patching(&mut self, pairs: &Pairs, e: Estimator, rows_per_call: Option<usize>) -> Result<JobResult> {
+        patch::check_counts(e, rows_per_call)?;
+        let (opts, source) = self.job_inputs(pairs)?;
+        let is_ig = matches!(e, Estimator::IntegratedGradients { .. });
+        if self.slot_of(is_ig).is_none() {
+            let g = patch::graph_options(&opts, e);
+            let prepared = self.prepare(&opts, &source, |m| patch::graph::build(m, &g))?;
+            *self.slot_of(is_ig) = Some(Slot { prepared, session: None });
+        } else if let Some(s) = self.slot_of(is_ig).as_mut() {
+            s.prepared.set_prompts(&opts, &source)?;
+        }
+        let slot = self.slot_of(is_ig).as_mut().expect("built above");
+        patch::run_prepared(&opts, e, rows_per_call, &mut slot.prepared, &mut slot.session)
+    }
+
+    fn slot_of(&mut self, ig: bool) -> &mut Option<Slot<PatchGraph>> {
+        if ig {
+            &mut self.ig
+        } else {
+            &mut self.exact
+        }
+    }
+
+    /// Loads the model and builds a graph with `build`, timed as a job's set-up.
+    fn prepare<G: job::JobGraph>(
+        &mut self,
+        opts: &JobOptions,
+        source: &PromptSource,
+        build: impl FnOnce(crate::onnx::OnnxModel) -> Result<G>,
+    ) -> Result<Prepared<G>> {
+        let clock = Instant::now();
+        let loaded: LoadedModel = self.model.load_for_job(opts.runtime.kind)?;
+        let load = clock.elapsed().as_secs_f64();
+        let mut p = job::prepare_loaded(opts, source, loaded, build)?;
+        p.seconds.load = load;
+        self.builds += 1;
+        Ok(p)
+    }
+
+    /// The job options and prompts of one call on `pairs`.
+    fn job_inputs(&self, pairs: &Pairs) -> Result<(JobOptions, PromptSource)> {
+        let mut opts = self.opts.clone();
+        let texts = pairs.texts();
+        let source = match (pairs, &self.tokenizer) {
+            (Pairs::Tokens(t), _) => {
+                opts.tokens = Some((texts.clone(), t.to_tokenized(usize::MAX)?));
+                PromptSource::new(texts, None, "token ids given".into())
+            }
+            (_, Some((tok, hash))) => PromptSource::new(texts, Some(tok.clone()), hash.clone()),
+            (_, None) => {
+                return Err(Error::Input(format!(
+                    "{}: text prompt pairs need a tokenizer: give one (a tokenizer.json path or its bytes) or pass \
+                     token ids",
+                    self.model.name().display()
+                )))
+            }
+        };
+        Ok((opts, source))
+    }
+}

@@ -1,0 +1,19 @@
+//! The library's facade: everything an embedder (a Rust toolchain, the Python
+//! package) needs, with the internals behind it. See the crate's top-level docs.
+
+mod attributor;
+mod describe;
+mod inspect;
+mod pairs;
+mod results;
+mod rewrite;
+mod source;
+
+pub use crate::inspect::{format_inspection, InspectedHook, Inspection};
+pub use attributor::{Attributor, AttributorBuilder};
+pub use describe::{DimSpec, TensorSpec};
+pub use inspect::inspect;
+pub use pairs::{pair, Pairs, TokenPairs};
+pub use results::LabeledGrid;
+pub use rewrite::{rewrite, AugmentedModel, RewriteOptions};
+pub use source::{ModelSource, TokenizerSource, IN_MEMORY_MODEL};

@@ -15,7 +15,7 @@ graph and the runtime session between calls. Failures raise `attrpatch.Error` (s
 from __future__ import annotations
 
 import json
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, Optional
 
 from . import _inputs
 from ._errors import BackendError, Error, InputError, ModelError, NumericError
@@ -72,6 +72,8 @@ class Attributor:
         ort_lib: the ONNX Runtime library or its folder; default: ORT_DYLIB_PATH, then this
             interpreter's onnxruntime package, then the project's .ort/ folder.
         max_memory: bytes the jobs may plan for (default: 70% of the memory available).
+        batch_size: prompt pairs per runtime call of attribution (default: sized from max_memory).
+        per_pair: keep each pair's grids (`Result.per_pair_heads`, `per_pair_positions`).
     """
 
     def __init__(
@@ -88,25 +90,22 @@ class Attributor:
         threads: int = 0,
         ort_lib: Any = None,
         max_memory: Optional[int] = None,
+        batch_size: Optional[int] = None,
+        per_pair: bool = False,
     ) -> None:
         options = _options(
             metric=metric, hook=hook, tokenizer=tokenizer, heads=heads, bos=bos, device=device,
             runtime=runtime, threads=threads, ort_lib=ort_lib, max_memory=max_memory,
         )
+        options["batch_size"] = _count(batch_size, "batch_size")
+        options["per_pair"] = bool(per_pair)
+        self._metric = options["metric"]
         self._native = _native.Attributor(_inputs.model_source(model), options)
 
-    def run(
-        self,
-        pairs: PairsLike = None,
-        *,
-        ig_steps: Optional[int] = None,
-        per_pair: bool = False,
-        batch_size: Optional[int] = None,
-    ) -> Result:
+    def run(self, pairs: PairsLike = None, *, ig_steps: Optional[int] = None) -> Result:
         """Attribution patching (or integrated gradients with `ig_steps`) on these pairs."""
-        job = {"ig_steps": _count(ig_steps, "ig_steps"), "per_pair": bool(per_pair),
-               "batch_size": _count(batch_size, "batch_size")}
-        kind, value = _inputs.pair_source(pairs)
+        job = {"ig_steps": _count(ig_steps, "ig_steps")}
+        kind, value = _inputs.pair_source(pairs, self._metric)
         return Result._from_native(json.loads(self._native.run(kind, value, job)))
 
     def patch(
@@ -118,7 +117,7 @@ class Attributor:
     ) -> Result:
         """Exact activation patching: one patched run per head (and per position with `positions`)."""
         job = {"positions": bool(positions), "rows_per_call": _count(rows_per_call, "rows_per_call")}
-        kind, value = _inputs.pair_source(pairs)
+        kind, value = _inputs.pair_source(pairs, self._metric)
         return Result._from_native(json.loads(self._native.patch(kind, value, job)))
 
     def compare(
@@ -132,7 +131,7 @@ class Attributor:
         """Exact patching beside attribution (and integrated gradients with `ig_steps`)."""
         job = {"positions": bool(positions), "ig_steps": _count(ig_steps, "ig_steps"),
                "rows_per_call": _count(rows_per_call, "rows_per_call")}
-        kind, value = _inputs.pair_source(pairs)
+        kind, value = _inputs.pair_source(pairs, self._metric)
         d = json.loads(self._native.compare(kind, value, job))
         ig = d.get("ig")
         return Comparison(
@@ -143,21 +142,15 @@ class Attributor:
         )
 
     @property
-    def augmented(self) -> Augmented:
-        """The rewritten model this Attributor runs (bytes and the description of its inputs and outputs)."""
-        model, description = self._native.augmented()
-        return Augmented._from_native(model, json.loads(description))
-
-    @property
-    def stats(self) -> Dict[str, Any]:
-        """How often the expensive set-up ran: {"rewrites": ..., "sessions": ..., "jobs": ...}."""
+    def stats(self) -> Dict[str, int]:
+        """How often the set-up ran: {"graphs_built": one rewrite and session per kind of job used
+        (attribution, exact patching, IG), "jobs": jobs run}."""
         return dict(self._native.stats())
 
 
-def run(model: ModelLike, pairs: PairsLike = None, *, ig_steps: Optional[int] = None,
-        per_pair: bool = False, batch_size: Optional[int] = None, **options: Any) -> Result:
+def run(model: ModelLike, pairs: PairsLike = None, *, ig_steps: Optional[int] = None, **options: Any) -> Result:
     """Attribution patching on `pairs` (default: the tutorial's 8). Options as for `Attributor`."""
-    return Attributor(model, **options).run(pairs, ig_steps=ig_steps, per_pair=per_pair, batch_size=batch_size)
+    return Attributor(model, **options).run(pairs, ig_steps=ig_steps)
 
 
 def patch(model: ModelLike, pairs: PairsLike = None, *, positions: bool = False,
@@ -178,8 +171,9 @@ def rewrite(model: ModelLike, *, metric: str = "logit-diff", hook: str = "attn",
     """The augmented model as bytes, with the description of its inputs and outputs, without
     running it (as `attrpatch rewrite`)."""
     options = {"metric": _str(metric, "metric"), "hook": _str(hook, "hook"), "heads": _count(heads, "heads")}
-    model_bytes, description = _native.rewrite(_inputs.model_source(model), options)
-    return Augmented._from_native(model_bytes, json.loads(description))
+    source = _inputs.model_source(model)
+    model_bytes, description = _native.rewrite(source, options)
+    return Augmented._from_native(model_bytes, json.loads(description), source, options)
 
 
 def inspect(model: ModelLike, *, hook: Optional[str] = None) -> Dict[str, Any]:

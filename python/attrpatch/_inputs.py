@@ -93,15 +93,22 @@ TextPairs = List[Tuple[str, str, str, str]]
 TokenPairs = Tuple[List[List[int]], List[List[int]], List[int], List[int]]
 
 
-def pair_source(pairs: Any) -> Tuple[str, Any]:
+def _optional_answers(metric: str) -> Tuple[str, ...]:
+    """The answers `metric` does not read: kl reads none, prob only the correct one."""
+    return {"kl": ("correct", "incorrect"), "prob": ("incorrect",)}.get(metric, ())
+
+
+def pair_source(pairs: Any, metric: str = "logit-diff") -> Tuple[str, Any]:
     """One of ("default", None), ("file", path), ("texts", [(clean, corrupted, correct, incorrect)])
-    or ("tokens", (clean_ids, corrupted_ids, correct_ids, incorrect_ids))."""
+    or ("tokens", (clean_ids, corrupted_ids, correct_ids, incorrect_ids)). A token-id answer the
+    metric does not read may be left out (it becomes id 0, never read)."""
+    optional = _optional_answers(metric)
     if pairs is None:
         return "default", None
     if isinstance(pairs, (str, os.PathLike)):
         return "file", os.fsdecode(os.fspath(pairs))
     if isinstance(pairs, dict):
-        return "tokens", _token_arrays(pairs)
+        return "tokens", _token_arrays(pairs, optional, metric)
     if isinstance(pairs, (bytes, bytearray)) or not hasattr(pairs, "__iter__"):
         raise InputError(f"pairs: expected {_EXPECTED_PAIRS}; got {type(pairs).__name__}")
     items = list(pairs)
@@ -120,7 +127,7 @@ def pair_source(pairs: Any) -> Tuple[str, Any]:
     if all(textual):
         return "texts", [_text_pair(p, i) for i, p in enumerate(items)]
     if not any(textual):
-        return "tokens", _token_pairs(items)
+        return "tokens", _token_pairs(items, optional, metric)
     first_text = textual.index(True) if not textual[0] else textual.index(False)
     raise InputError(
         f"pairs[{first_text}]: pairs mix texts and token ids; give all as texts or all as token ids"
@@ -137,17 +144,27 @@ def _text_pair(p: Dict[str, Any], i: int) -> Tuple[str, str, str, str]:
     return tuple(out)  # type: ignore[return-value]
 
 
-def _token_pairs(items: List[Dict[str, Any]]) -> TokenPairs:
-    clean, corrupted, correct, incorrect = [], [], [], []
+def _missing_answer(where: str, key: str, metric: str) -> InputError:
+    return InputError(f"{where}: no {key!r} answer id; the metric {metric} reads it (only kl runs without answers)")
+
+
+def _token_pairs(items: List[Dict[str, Any]], optional: Tuple[str, ...], metric: str) -> TokenPairs:
+    clean, corrupted = [], []
+    answers: Dict[str, List[int]] = {"correct": [], "incorrect": []}
     for i, p in enumerate(items):
         clean.append(_ids(p["clean"], f"pairs[{i}]['clean']"))
         corrupted.append(_ids(p["corrupted"], f"pairs[{i}]['corrupted']"))
-        correct.append(_answer_id(p["correct"], f"pairs[{i}]['correct']") if "correct" in p else -1)
-        incorrect.append(_answer_id(p["incorrect"], f"pairs[{i}]['incorrect']") if "incorrect" in p else -1)
-    return clean, corrupted, correct, incorrect
+        for k, out in answers.items():
+            if k in p:
+                out.append(_answer_id(p[k], f"pairs[{i}][{k!r}]"))
+            elif k in optional:
+                out.append(0)
+            else:
+                raise _missing_answer(f"pairs[{i}]", k, metric)
+    return clean, corrupted, answers["correct"], answers["incorrect"]
 
 
-def _token_arrays(d: Dict[str, Any]) -> TokenPairs:
+def _token_arrays(d: Dict[str, Any], optional: Tuple[str, ...], metric: str) -> TokenPairs:
     unknown = [k for k in d if k not in PAIR_KEYS]
     if unknown:
         raise InputError(f"pairs: unknown key {unknown[0]!r}; the keys are {', '.join(PAIR_KEYS)}")
@@ -164,7 +181,9 @@ def _token_arrays(d: Dict[str, Any]) -> TokenPairs:
 
     def answers(k: str) -> List[int]:
         if k not in d:
-            return [-1] * n
+            if k in optional:
+                return [0] * n
+            raise _missing_answer("pairs", k, metric)
         a = [_answer_id(x, f"pairs[{k!r}][{i}]") for i, x in enumerate(d[k])]
         if len(a) != n:
             raise InputError(f"pairs[{k!r}]: {len(a)} answer ids for {n} prompt pairs")

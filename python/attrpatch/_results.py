@@ -8,6 +8,8 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
+from ._errors import InputError
+
 
 def _grid(rows: Any) -> np.ndarray:
     return np.asarray(rows, dtype=np.float64)
@@ -24,24 +26,29 @@ class Result:
     method: str
     #: [layers, heads] at each pair's last position (empty when the hooks have no heads).
     heads: np.ndarray
-    #: [layers, positions], summed over heads and features.
+    #: [layers, positions], summed over heads and features (empty when the job computed none:
+    #: exact patching without `positions=True`).
     positions: np.ndarray
     #: The metric's name: logit-diff, logprob-diff, prob or kl.
     metric: str
-    #: Mean metric over the clean prompts (the CLI's "Clean logit diff" for logit-diff).
+    #: Mean metric over the clean prompts, not normalised (the CLI's "Clean logit diff").
     clean_metric: float
     #: Mean metric over the corrupted prompts.
     corrupted_metric: float
     #: [pairs, 2]: each pair's (clean, corrupted) metric.
     pair_metrics: np.ndarray
-    #: One label per position column: "index token" of the first clean prompt.
+    #: The first clean prompt's tokens, one per position (empty for token ids).
     token_labels: List[str]
-    #: One label per layer row: the hook tensor's name.
+    #: One label per positions column: "index token", as the CLI's positions.csv header.
+    position_labels: List[str]
+    #: One label per row: the layer numbers.
     layer_labels: List[str]
+    #: One dict per layer: the hook tensor, its node, and how it was found.
+    hooks: List[Dict[str, Any]]
     #: The prompt pairs as run (texts are empty for token-id pairs).
     prompts: List[Dict[str, str]]
-    #: [pairs, layers, heads] and [pairs, layers, positions]: each pair's share of the grids
-    #: (`per_pair=True`), else None.
+    #: [pairs, layers, heads] and [pairs, layers, positions]: each pair's attribution of its own
+    #: corrupted metric, in the metric's units (not normalised), with `per_pair=True`; else None.
     per_pair_heads: Optional[np.ndarray]
     per_pair_positions: Optional[np.ndarray]
     #: The baseline warnings the CLI prints (a small or reversed clean-corrupted gap, ...).
@@ -69,7 +76,9 @@ class Result:
             corrupted_metric=float(d["corrupted_metric"]),
             pair_metrics=_grid(d["pair_metrics"]).reshape(-1, 2),
             token_labels=list(d["token_labels"]),
+            position_labels=list(d["position_labels"]),
             layer_labels=list(d["layer_labels"]),
+            hooks=list(d["hooks"]),
             prompts=list(d["prompts"]),
             per_pair_heads=opt("per_pair_heads"),
             per_pair_positions=opt("per_pair_positions"),
@@ -100,10 +109,9 @@ class TensorInfo:
     name: str
     #: ONNX element type name, e.g. "float32", "int64".
     dtype: str
-    #: Dimensions: int for fixed ones, str for symbolic ones ("batch", "seq").
-    shape: List[Any]
-    #: What it is for, e.g. "token ids of the clean prompts" or "layer 3 heads grid".
-    role: str
+    #: Dimensions: int for fixed ones, str for symbolic ones ("batch", "sequence"), None for
+    #: unknown ones; None when not even the rank is known.
+    shape: Optional[List[Any]]
 
 
 @dataclass(frozen=True)
@@ -111,7 +119,17 @@ class Augmented:
     """A rewritten model: the metric, the backward graph and the hook outputs added.
 
     `model` is a standard ONNX model (`onnx.load_from_string(model)`,
-    `onnxruntime.InferenceSession(model)`); `feeds(pairs)` builds its inputs."""
+    `onnxruntime.InferenceSession(model)`); `feeds(pairs)` builds its inputs for token-id pairs,
+    the answer selectors following the model's metric.
+
+    Inputs: `clean.<model input>` and `corrupted.<model input>` (input_ids, attention_mask,
+    position_ids as the model has them), `attrpatch.last_position_onehot` [B, 1, S],
+    `attrpatch.answer_onehot` [B, V, 1], `attrpatch.pair_weights` [B, 1]. Outputs: the metric's
+    batch means `attrpatch.clean_logit_diff`, `attrpatch.corrupted_logit_diff` (names kept
+    whatever the metric), `attrpatch.metric`, per pair `attrpatch.clean_logit_diffs` and
+    `attrpatch.corrupted_logit_diffs` [1, B]; per layer L `attrpatch.clean_act.L`,
+    `attrpatch.corrupted_act.L` and `attrpatch.grad.L` (the gradient of the normalised metric),
+    and `attrpatch.heads.L` [B, H], `attrpatch.positions.L` [B, S]."""
 
     #: The serialised augmented model.
     model: bytes
@@ -119,24 +137,46 @@ class Augmented:
     hook: str
     #: Attention heads per layer (None when the hooks are not per-head).
     heads: Optional[int]
+    #: The model's vocabulary size.
+    vocab: int
     #: One dict per hook: layer, tensor and how it was matched.
     hooks: List[Dict[str, Any]]
     inputs: List[TensorInfo]
     outputs: List[TensorInfo]
     raw: Dict[str, Any] = field(repr=False)
+    _source: Any = field(repr=False, default=None)
+    _options: Dict[str, Any] = field(repr=False, default_factory=dict)
+
+    def feeds(self, pairs: Any) -> Dict[str, np.ndarray]:
+        """Every input of one run over token-id `pairs` (a list of dicts or a dict of arrays, as
+        for `attrpatch.run`), by name, as numpy arrays to pass to onnxruntime."""
+        from . import _attrpatch, _inputs
+
+        kind, value = _inputs.pair_source(pairs, self.metric)
+        if kind != "tokens":
+            raise InputError(
+                "Augmented.feeds takes token-id pairs (the augmented model has no tokenizer); got "
+                + ("the default text pairs" if kind == "default" else f"{kind} pairs")
+            )
+        raw = _attrpatch.feeds(self._source, self._options, value)
+        return {name: np.frombuffer(b, dtype=np.dtype(dt).newbyteorder("<")).reshape(shape).astype(dt)
+                for name, (dt, shape, b) in raw.items()}
 
     @classmethod
-    def _from_native(cls, model: bytes, d: Dict[str, Any]) -> "Augmented":
+    def _from_native(cls, model: bytes, d: Dict[str, Any], source: Any, options: Dict[str, Any]) -> "Augmented":
         def infos(k: str) -> List[TensorInfo]:
-            return [TensorInfo(t["name"], t["dtype"], list(t["shape"]), t.get("role", "")) for t in d[k]]
+            return [TensorInfo(t["name"], t.get("dtype"), t.get("shape")) for t in d[k]]
 
         return cls(
             model=model,
             metric=d["metric"],
             hook=d["hook"],
             heads=d.get("heads"),
+            vocab=int(d["vocab"]),
             hooks=list(d["hooks"]),
             inputs=infos("inputs"),
             outputs=infos("outputs"),
             raw=d,
+            _source=source,
+            _options=options,
         )

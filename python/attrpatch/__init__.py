@@ -42,6 +42,7 @@ __all__ = [
     "patch",
     "rewrite",
     "run",
+    "tokenize",
 ]
 
 ModelLike = Any  # str | os.PathLike | bytes | onnx.ModelProto
@@ -181,6 +182,22 @@ def inspect(model: ModelLike, *, hook: Optional[str] = None) -> Dict[str, Any]:
     the hooks and how each was found, and the ops between the hooks and the logits. `text`
     holds the command line's listing."""
     return json.loads(_native.inspect(_inputs.model_source(model), None if hook is None else _str(hook, "hook")))
+
+
+def tokenize(pairs: PairsLike = None, *, tokenizer: Any, bos: bool = False,
+             metric: str = "logit-diff") -> Dict[str, list]:
+    """Text pairs (default: the tutorial's 8) as token ids, checked as a job checks them
+    (single-token distinct answers, clean and corrupted prompts of equal length): a dict
+    {"clean", "corrupted", "correct", "incorrect"} that `run`, `patch` and `Augmented.feeds`
+    take as `pairs`."""
+    source = _inputs.tokenizer_source(tokenizer)
+    if source is None:
+        raise InputError("tokenize: give a tokenizer (a tokenizer.json path or its bytes)")
+    kind, value = _inputs.pair_source(pairs, _str(metric, "metric"))
+    if kind == "tokens":
+        raise InputError("tokenize: these pairs are token ids already")
+    clean, corrupted, correct, incorrect = _native.tokenize(source, kind, value, bool(bos), metric)
+    return {"clean": clean, "corrupted": corrupted, "correct": correct, "incorrect": incorrect}
 
 
 def _str(value: Any, name: str) -> str:

@@ -47,8 +47,8 @@ class Result:
     hooks: List[Dict[str, Any]]
     #: The prompt pairs as run (texts are empty for token-id pairs).
     prompts: List[Dict[str, str]]
-    #: [pairs, layers, heads] and [pairs, layers, positions]: each pair's attribution of its own
-    #: corrupted metric, in the metric's units (not normalised), with `per_pair=True`; else None.
+    #: [pairs, layers, heads] and [pairs, layers, positions]: each pair's share of the grids
+    #: (they sum over the pairs to `heads` and `positions`), with `per_pair=True`; else None.
     per_pair_heads: Optional[np.ndarray]
     per_pair_positions: Optional[np.ndarray]
     #: The baseline warnings the CLI prints (a small or reversed clean-corrupted gap, ...).

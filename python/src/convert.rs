@@ -40,7 +40,7 @@ pub struct Options {
 }
 
 /// The metric from its CLI spelling.
-fn metric(py: Python<'_>, s: &str) -> PyResult<Metric> {
+pub fn metric(py: Python<'_>, s: &str) -> PyResult<Metric> {
     serde_json::from_value(Json::String(s.into())).map_err(|_| {
         input_error(py, format!("unknown metric '{s}': expected logit-diff, logprob-diff, prob or kl"))
     })

@@ -60,6 +60,10 @@ impl Attributor {
     #[new]
     fn new(py: Python<'_>, model: Model, options: &Bound<'_, PyDict>) -> PyResult<Self> {
         let opts = convert::options(options)?;
+        if let Model::Path(p) = &model {
+            // A missing model is named as such, not as the tokenizer.json missing beside it.
+            std::fs::metadata(p).map_err(|e| to_py(py, attrpatch::Error::io(p, e)))?;
+        }
         let builder = opts.builder(model.into());
         let inner = without_gil(py, move || builder.build()).map_err(|e| to_py(py, e))?;
         Ok(Attributor { inner, jobs: 0 })
@@ -164,6 +168,41 @@ fn inspect(py: Python<'_>, model: Model, hook: Option<String>) -> PyResult<Strin
     Ok(v.to_string())
 }
 
+/// Text pairs as token ids with `tokenizer` (a tokenizer.json path or its bytes), checked as a
+/// job checks them: (clean, corrupted, correct, incorrect), each prompt unpadded.
+#[pyfunction]
+#[pyo3(signature = (tokenizer, kind, value, bos=false, metric="logit-diff"))]
+fn tokenize(
+    py: Python<'_>,
+    tokenizer: Model,
+    kind: &str,
+    value: &Bound<'_, PyAny>,
+    bos: bool,
+    metric: &str,
+) -> PyResult<(Vec<Vec<i64>>, Vec<Vec<i64>>, Vec<i64>, Vec<i64>)> {
+    let texts = match pairs(kind, value)? {
+        attrpatch::Pairs::Tokens(_) => return Err(convert::internal(&"tokenize takes text pairs")),
+        attrpatch::Pairs::Prompts(p) => p,
+        _ => attrpatch::prompts::ioi_default(),
+    };
+    let answers = match convert::metric(py, metric)? {
+        attrpatch::Metric::Kl => attrpatch::prompts::Answers::Unused,
+        _ => attrpatch::prompts::Answers::Required,
+    };
+    let t = without_gil(py, move || -> attrpatch::Result<_> {
+        let tok = match tokenizer {
+            Model::Path(p) => attrpatch::prompts::PromptTokenizer::from_file(p.as_ref())?,
+            Model::Bytes(b) => attrpatch::prompts::PromptTokenizer::from_bytes(&b, "<in-memory tokenizer.json>")?,
+        };
+        attrpatch::prompts::tokenize_for(&tok, &texts, bos, usize::MAX, answers)
+    })
+    .map_err(|e| to_py(py, e))?;
+    let unpad = |rows: &[Vec<i64>]| -> Vec<Vec<i64>> {
+        rows.iter().zip(&t.lengths).map(|(r, &n)| r[..n].to_vec()).collect()
+    };
+    Ok((unpad(&t.clean_ids), unpad(&t.corrupted_ids), t.correct_ids.clone(), t.incorrect_ids.clone()))
+}
+
 /// The tutorial's 8 IOI pairs (what `pairs=None` runs) as JSON.
 #[pyfunction]
 fn default_pairs() -> PyResult<String> {
@@ -180,5 +219,6 @@ fn _attrpatch(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(feeds, m)?)?;
     m.add_function(wrap_pyfunction!(inspect, m)?)?;
     m.add_function(wrap_pyfunction!(default_pairs, m)?)?;
+    m.add_function(wrap_pyfunction!(tokenize, m)?)?;
     Ok(())
 }

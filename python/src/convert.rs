@@ -41,9 +41,8 @@ pub struct Options {
 
 /// The metric from its CLI spelling.
 pub fn metric(py: Python<'_>, s: &str) -> PyResult<Metric> {
-    serde_json::from_value(Json::String(s.into())).map_err(|_| {
-        input_error(py, format!("unknown metric '{s}': expected logit-diff, logprob-diff, prob or kl"))
-    })
+    serde_json::from_value(Json::String(s.into()))
+        .map_err(|_| input_error(py, format!("unknown metric '{s}': expected logit-diff, logprob-diff, prob or kl")))
 }
 
 fn runtime_kind(py: Python<'_>, s: &str) -> PyResult<RuntimeKind> {
@@ -57,7 +56,8 @@ fn runtime_kind(py: Python<'_>, s: &str) -> PyResult<RuntimeKind> {
 /// Options from the dict the Python layer built (every key present, values checked for type).
 pub fn options(d: &Bound<'_, PyDict>) -> PyResult<Options> {
     let py = d.py();
-    let text = |k: &str| -> PyResult<String> { get::<String>(d, k)?.ok_or_else(|| internal(&format!("no option {k}"))) };
+    let text =
+        |k: &str| -> PyResult<String> { get::<String>(d, k)?.ok_or_else(|| internal(&format!("no option {k}"))) };
     let hooks = text("hook")?.parse::<HookKind>().map_err(|e| to_py(py, e))?;
     let device = match get::<String>(d, "device")? {
         Some(s) => s.parse::<Device>().map_err(|e| to_py(py, e))?,
@@ -117,9 +117,12 @@ impl Options {
     }
 }
 
+/// Token pairs as Python passes them: (clean, corrupted, correct, incorrect).
+pub type TokenLists = (Vec<Vec<i64>>, Vec<Vec<i64>>, Vec<i64>, Vec<i64>);
+
 /// Token pairs from (clean, corrupted, correct, incorrect) lists.
 pub fn token_pairs(value: &Bound<'_, PyAny>) -> PyResult<TokenPairs> {
-    let (clean, corrupted, correct, incorrect) = value.extract()?;
+    let (clean, corrupted, correct, incorrect): TokenLists = value.extract()?;
     Ok(TokenPairs { clean, corrupted, correct, incorrect })
 }
 

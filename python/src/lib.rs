@@ -70,7 +70,13 @@ impl Attributor {
     }
 
     /// Attribution (or integrated gradients with `ig_steps`): the result as JSON.
-    fn run(&mut self, py: Python<'_>, kind: &str, value: &Bound<'_, PyAny>, job: &Bound<'_, PyDict>) -> PyResult<String> {
+    fn run(
+        &mut self,
+        py: Python<'_>,
+        kind: &str,
+        value: &Bound<'_, PyAny>,
+        job: &Bound<'_, PyDict>,
+    ) -> PyResult<String> {
         let p = pairs(kind, value)?;
         let ig: Option<usize> = convert::get(job, "ig_steps")?;
         let inner = &mut self.inner;
@@ -84,7 +90,13 @@ impl Attributor {
     }
 
     /// Exact activation patching: the result as JSON.
-    fn patch(&mut self, py: Python<'_>, kind: &str, value: &Bound<'_, PyAny>, job: &Bound<'_, PyDict>) -> PyResult<String> {
+    fn patch(
+        &mut self,
+        py: Python<'_>,
+        kind: &str,
+        value: &Bound<'_, PyAny>,
+        job: &Bound<'_, PyDict>,
+    ) -> PyResult<String> {
         let p = pairs(kind, value)?;
         let positions: bool = convert::get(job, "positions")?.unwrap_or(false);
         let rows: Option<usize> = convert::get(job, "rows_per_call")?;
@@ -96,7 +108,13 @@ impl Attributor {
     }
 
     /// Exact patching beside attribution (and IG): the comparison as JSON.
-    fn compare(&mut self, py: Python<'_>, kind: &str, value: &Bound<'_, PyAny>, job: &Bound<'_, PyDict>) -> PyResult<String> {
+    fn compare(
+        &mut self,
+        py: Python<'_>,
+        kind: &str,
+        value: &Bound<'_, PyAny>,
+        job: &Bound<'_, PyDict>,
+    ) -> PyResult<String> {
         let p = pairs(kind, value)?;
         let c = CompareOptions {
             positions: convert::get(job, "positions")?.unwrap_or(false),
@@ -120,7 +138,11 @@ impl Attributor {
 
 /// The augmented model as bytes, and its description as JSON.
 #[pyfunction]
-fn rewrite<'py>(py: Python<'py>, model: Model, options: &Bound<'py, PyDict>) -> PyResult<(Bound<'py, PyBytes>, String)> {
+fn rewrite<'py>(
+    py: Python<'py>,
+    model: Model,
+    options: &Bound<'py, PyDict>,
+) -> PyResult<(Bound<'py, PyBytes>, String)> {
     let o = convert::options(options)?;
     let ro = RewriteOptions { metric: o.metric, hooks: o.hooks.clone(), heads: o.heads, ..RewriteOptions::default() };
     let hooks = o.hooks;
@@ -179,7 +201,7 @@ fn tokenize(
     value: &Bound<'_, PyAny>,
     bos: bool,
     metric: &str,
-) -> PyResult<(Vec<Vec<i64>>, Vec<Vec<i64>>, Vec<i64>, Vec<i64>)> {
+) -> PyResult<convert::TokenLists> {
     let texts = match pairs(kind, value)? {
         attrpatch::Pairs::Tokens(_) => return Err(convert::internal(&"tokenize takes text pairs")),
         attrpatch::Pairs::Prompts(p) => p,
@@ -197,9 +219,8 @@ fn tokenize(
         attrpatch::prompts::tokenize_for(&tok, &texts, bos, usize::MAX, answers)
     })
     .map_err(|e| to_py(py, e))?;
-    let unpad = |rows: &[Vec<i64>]| -> Vec<Vec<i64>> {
-        rows.iter().zip(&t.lengths).map(|(r, &n)| r[..n].to_vec()).collect()
-    };
+    let unpad =
+        |rows: &[Vec<i64>]| -> Vec<Vec<i64>> { rows.iter().zip(&t.lengths).map(|(r, &n)| r[..n].to_vec()).collect() };
     Ok((unpad(&t.clean_ids), unpad(&t.corrupted_ids), t.correct_ids.clone(), t.incorrect_ids.clone()))
 }
 

@@ -172,9 +172,8 @@ def rewrite(model: ModelLike, *, metric: str = "logit-diff", hook: str = "attn",
     """The augmented model as bytes, with the description of its inputs and outputs, without
     running it (as `attrpatch rewrite`)."""
     options = {"metric": _str(metric, "metric"), "hook": _str(hook, "hook"), "heads": _count(heads, "heads")}
-    source = _inputs.model_source(model)
-    model_bytes, description = _native.rewrite(source, options)
-    return Augmented._from_native(model_bytes, json.loads(description), source, options)
+    model_bytes, description, native = _native.rewrite(_inputs.model_source(model), options)
+    return Augmented._from_native(model_bytes, json.loads(description), native)
 
 
 def inspect(model: ModelLike, *, hook: Optional[str] = None) -> Dict[str, Any]:

@@ -144,13 +144,12 @@ class Augmented:
     inputs: List[TensorInfo]
     outputs: List[TensorInfo]
     raw: Dict[str, Any] = field(repr=False)
-    _source: Any = field(repr=False, default=None)
-    _options: Dict[str, Any] = field(repr=False, default_factory=dict)
+    _native: Any = field(repr=False, default=None)
 
     def feeds(self, pairs: Any) -> Dict[str, np.ndarray]:
         """Every input of one run over token-id `pairs` (a list of dicts or a dict of arrays, as
         for `attrpatch.run`), by name, as numpy arrays to pass to onnxruntime."""
-        from . import _attrpatch, _inputs
+        from . import _inputs
 
         kind, value = _inputs.pair_source(pairs, self.metric)
         if kind != "tokens":
@@ -158,12 +157,12 @@ class Augmented:
                 "Augmented.feeds takes token-id pairs (the augmented model has no tokenizer); got "
                 + ("the default text pairs" if kind == "default" else f"{kind} pairs")
             )
-        raw = _attrpatch.feeds(self._source, self._options, value)
+        raw = self._native.feeds(value)
         return {name: np.frombuffer(b, dtype=np.dtype(dt).newbyteorder("<")).reshape(shape).astype(dt)
                 for name, (dt, shape, b) in raw.items()}
 
     @classmethod
-    def _from_native(cls, model: bytes, d: Dict[str, Any], source: Any, options: Dict[str, Any]) -> "Augmented":
+    def _from_native(cls, model: bytes, d: Dict[str, Any], native: Any) -> "Augmented":
         def infos(k: str) -> List[TensorInfo]:
             return [TensorInfo(t["name"], t.get("dtype"), t.get("shape")) for t in d[k]]
 
@@ -177,6 +176,5 @@ class Augmented:
             inputs=infos("inputs"),
             outputs=infos("outputs"),
             raw=d,
-            _source=source,
-            _options=options,
+            _native=native,
         )

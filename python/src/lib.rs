@@ -136,46 +136,48 @@ impl Attributor {
     }
 }
 
-/// The augmented model as bytes, and its description as JSON.
+/// A rewritten model kept for its feeds (`attrpatch.Augmented` holds one).
+#[pyclass(unsendable, module = "attrpatch._attrpatch")]
+struct Augmented {
+    inner: attrpatch::AugmentedModel,
+}
+
+#[pymethods]
+impl Augmented {
+    /// Every input of one run over token pairs: {name: (dtype, shape, little-endian bytes)},
+    /// which the Python layer turns into numpy arrays.
+    fn feeds<'py>(&self, py: Python<'py>, value: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyDict>> {
+        let tokens = convert::token_pairs(value)?;
+        let inner = &self.inner;
+        let values = without_gil(py, move || inner.feeds(&tokens)).map_err(|e| to_py(py, e))?;
+        let d = PyDict::new(py);
+        for (name, v) in values {
+            let (dtype, shape, bytes) = convert::value_bytes(&v);
+            d.set_item(name, (dtype, shape, PyBytes::new(py, &bytes)))?;
+        }
+        Ok(d)
+    }
+}
+
+/// The augmented model: its bytes, its description as JSON, and the kept model for feeds.
 #[pyfunction]
 fn rewrite<'py>(
     py: Python<'py>,
     model: Model,
     options: &Bound<'py, PyDict>,
-) -> PyResult<(Bound<'py, PyBytes>, String)> {
+) -> PyResult<(Bound<'py, PyBytes>, String, Augmented)> {
     let o = convert::options(options)?;
     let ro = RewriteOptions { metric: o.metric, hooks: o.hooks.clone(), heads: o.heads, ..RewriteOptions::default() };
     let hooks = o.hooks;
     let source: attrpatch::ModelSource = model.into();
-    let (bytes, description) = without_gil(py, move || -> attrpatch::Result<(Vec<u8>, String)> {
+    let (bytes, description, inner) = without_gil(py, move || -> attrpatch::Result<_> {
         let aug = attrpatch::rewrite(source, &ro)?;
         let bytes = aug.to_bytes()?;
-        Ok((bytes, convert::augmented_json(&aug, &hooks).to_string()))
+        let description = convert::augmented_json(&aug, &hooks).to_string();
+        Ok((bytes, description, aug))
     })
     .map_err(|e| to_py(py, e))?;
-    Ok((PyBytes::new(py, &bytes), description))
-}
-
-/// Every input of the augmented model (rebuilt from `model` for `options`) for token pairs:
-/// {name: (dtype, shape, bytes)}, which the Python layer turns into numpy arrays.
-#[pyfunction]
-fn feeds<'py>(
-    py: Python<'py>,
-    model: Model,
-    options: &Bound<'py, PyDict>,
-    value: &Bound<'py, PyAny>,
-) -> PyResult<Bound<'py, PyDict>> {
-    let o = convert::options(options)?;
-    let ro = RewriteOptions { metric: o.metric, hooks: o.hooks.clone(), heads: o.heads, ..RewriteOptions::default() };
-    let tokens = convert::token_pairs(value)?;
-    let source: attrpatch::ModelSource = model.into();
-    let values = without_gil(py, move || attrpatch::rewrite(source, &ro)?.feeds(&tokens)).map_err(|e| to_py(py, e))?;
-    let d = PyDict::new(py);
-    for (name, v) in values {
-        let (dtype, shape, bytes) = convert::value_bytes(&v);
-        d.set_item(name, (dtype, shape, PyBytes::new(py, &bytes)))?;
-    }
-    Ok(d)
+    Ok((PyBytes::new(py, &bytes), description, Augmented { inner }))
 }
 
 /// What attrpatch sees in a model, as JSON (with the CLI's text under "text").
@@ -237,7 +239,7 @@ fn _attrpatch(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_class::<Attributor>()?;
     m.add_function(wrap_pyfunction!(rewrite, m)?)?;
-    m.add_function(wrap_pyfunction!(feeds, m)?)?;
+    m.add_class::<Augmented>()?;
     m.add_function(wrap_pyfunction!(inspect, m)?)?;
     m.add_function(wrap_pyfunction!(default_pairs, m)?)?;
     m.add_function(wrap_pyfunction!(tokenize, m)?)?;

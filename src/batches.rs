@@ -15,6 +15,7 @@ use crate::grids::{add_into, PairGrid};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
+/// One pair's raw metric values and attribution grid (not normalised).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PairResult {
     /// Index of the pair in the prompt set.

@@ -8,20 +8,27 @@ use crate::error::{Error, Result};
 use crate::fsutil::write_atomic;
 use crate::job::{run_job, JobOptions, JobResult};
 use crate::patch::{self, Estimator};
+#[cfg(feature = "figures")]
 use crate::render::{write_heatmaps, write_scatter, Grid, Scatter, Series, COLOURS};
-use crate::report::{heads_grid, positions_grid, write_results};
+#[cfg(feature = "figures")]
+use crate::report::{heads_grid, positions_grid};
+use crate::report::write_results;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 
 /// How many of the largest misses are listed.
 pub const MISSES: usize = 5;
 
+/// One grid cell where an estimate and exact patching differ.
 #[derive(Debug, Clone, Serialize)]
 pub struct Miss {
+    /// The cell's layer (row).
     pub layer: usize,
     /// Head, or position, within the layer.
     pub index: usize,
+    /// The estimate's value there.
     pub estimate: f64,
+    /// Exact patching's value there.
     pub exact: f64,
 }
 
@@ -30,8 +37,11 @@ pub struct Miss {
 pub struct Agreement {
     /// None when either grid is constant (no correlation is defined).
     pub pearson: Option<f64>,
+    /// Spearman rank correlation; None when either grid is constant.
     pub spearman: Option<f64>,
+    /// Mean |estimate - exact| over the cells.
     pub mean_abs_error: f64,
+    /// Largest |estimate - exact|.
     pub max_abs_error: f64,
     /// The cells with the largest |estimate - exact|, largest first.
     pub largest_misses: Vec<Miss>,
@@ -93,6 +103,7 @@ pub fn ranks(v: &[f64]) -> Vec<f64> {
     r
 }
 
+/// What `compare` runs besides exact patching and attribution.
 pub struct CompareOptions {
     /// Also patch every position (layer x position grid).
     pub positions: bool,
@@ -106,16 +117,23 @@ pub struct CompareOptions {
 pub struct Estimate {
     /// "attribution" or "ig": the output folder and the JSON key.
     pub key: &'static str,
+    /// Its job result.
     pub result: JobResult,
+    /// Agreement of its heads grid with the exact one (None when either has none).
     pub heads: Option<Agreement>,
+    /// Agreement of its positions grid with the exact one (None without positions).
     pub positions: Option<Agreement>,
 }
 
+/// Exact activation patching beside the estimates.
 pub struct Comparison {
+    /// Exact activation patching's result.
     pub exact: JobResult,
+    /// Attribution, and integrated gradients when asked for.
     pub estimates: Vec<Estimate>,
 }
 
+/// Runs exact patching, attribution and (with `ig_steps`) integrated gradients on one job's options.
 pub fn compare(opts: &JobOptions, c: &CompareOptions) -> Result<Comparison> {
     let exact_est = Estimator::Exact { positions: c.positions };
     let exact = patch::run_sized(opts, exact_est, c.rows_per_call)?;
@@ -150,6 +168,22 @@ pub fn write(c: &Comparison, out: &Path) -> Result<Vec<PathBuf>> {
     for e in &c.estimates {
         written.extend(write_results(&e.result, &out.join(e.key))?);
     }
+    #[cfg(feature = "figures")]
+    written.extend(write_figures(c, out)?);
+    let path = out.join("compare.json");
+    let text = serde_json::to_vec_pretty(&summary_json(c))
+        .map_err(|e| Error::Runtime(format!("serialising compare.json: {e}")))?;
+    write_atomic(&path, &text)?;
+    written.push(path);
+    written.push(crate::render::write_compare_report_html(c, out)?);
+    Ok(written)
+}
+
+/// The comparison's figures: per grid, every method's heatmap on one colour
+/// scale and the scatter plot of each estimate against exact patching.
+#[cfg(feature = "figures")]
+fn write_figures(c: &Comparison, out: &Path) -> Result<Vec<PathBuf>> {
+    let mut written = vec![];
     let value = format!("Norm. {}", c.exact.manifest.metric.label());
     type GridOf = fn(&JobResult) -> Grid;
     type AgreementOf = fn(&Estimate) -> &Option<Agreement>;
@@ -207,12 +241,6 @@ pub fn write(c: &Comparison, out: &Path) -> Result<Vec<PathBuf>> {
         };
         written.extend(write_scatter(&plot, &out.join(format!("scatter-{name}.png")))?);
     }
-    let path = out.join("compare.json");
-    let text = serde_json::to_vec_pretty(&summary_json(c))
-        .map_err(|e| Error::Runtime(format!("serialising compare.json: {e}")))?;
-    write_atomic(&path, &text)?;
-    written.push(path);
-    written.push(crate::render::write_compare_report_html(c, out)?);
     Ok(written)
 }
 

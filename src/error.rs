@@ -3,12 +3,15 @@
 
 use std::path::PathBuf;
 
+/// Every error of the library; `Display` is the message the CLI prints.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// Reading or writing a file failed.
     #[error("{path}: {source}")]
     Io {
+        /// The file.
         path: PathBuf,
+        /// What the system said.
         #[source]
         source: std::io::Error,
     },
@@ -33,16 +36,20 @@ pub enum Error {
     Numeric(String),
 }
 
+/// The library's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// One node the differentiator cannot handle: its op (and domain), its name,
 /// and why (`reason` None: no gradient rule exists for the op at all).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct UnsupportedOp {
+    /// The op type.
     pub op: String,
     /// Empty for the default ONNX domain.
     pub domain: String,
+    /// The node's name.
     pub node: String,
+    /// Why its rule does not apply; None: the op has no rule.
     pub reason: Option<String>,
 }
 
@@ -81,15 +88,16 @@ fn describe_ops(ops: &[UnsupportedOp]) -> String {
     }
 }
 impl Error {
+    /// An I/O error on `path`.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io { path: path.into(), source }
     }
 }
 
 /// `bail!(Kind, "fmt", args..)` returns early with `Error::Kind(format!(..))`.
-#[macro_export]
 macro_rules! bail {
     ($kind:ident, $($arg:tt)*) => {
         return Err($crate::error::Error::$kind(format!($($arg)*)))
     };
 }
+pub(crate) use bail;

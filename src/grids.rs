@@ -8,6 +8,7 @@
 use crate::error::{Error, Result};
 use ndarray::ArrayD;
 
+/// A job's normalised grids (1 = the whole clean-minus-corrupted difference of the metric).
 pub struct Grids {
     /// [layer][head]
     pub heads: Vec<Vec<f64>>,
@@ -19,7 +20,9 @@ pub struct Grids {
 /// positions [layer][position].
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct PairGrid {
+    /// [layer][head] at the pair's last position.
     pub heads: Vec<Vec<f64>>,
+    /// [layer][position].
     pub positions: Vec<Vec<f64>>,
 }
 

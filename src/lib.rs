@@ -1,44 +1,133 @@
 //! attrpatch: attribution patching on transformer models exported to ONNX.
 //!
-//! The pipeline: load the model (`onnx`), find the hook tensors (`hooks`), add
-//! metric nodes and a symbolic backward graph (`augment`, `autodiff`), run the
-//! augmented graph (`runtime`), reduce activations and gradients to grids
-//! (`grids`) and write them (`render`).
+//! The model is rewritten into one ONNX graph that runs the clean and the
+//! corrupted prompts, computes the metric and its symbolic gradient with
+//! respect to every hook activation; one run of it gives the tutorial's grids
+//! (layer x head, layer x position). Exact activation patching and integrated
+//! gradients run on a second rewritten graph, for comparison.
+//!
+//! The facade:
+//! - [`Attributor`]: a model (path, bytes or [`ModelProto`]) with its rewritten
+//!   graphs and runtime sessions kept between calls: [`Attributor::attribute`],
+//!   [`Attributor::integrated_gradients`], [`Attributor::patch`],
+//!   [`Attributor::compare`], on [`Pairs`] (texts, token ids or the tutorial's).
+//! - [`rewrite`]: the augmented model as an ordinary ONNX model
+//!   ([`AugmentedModel`]: its metric, hooks, inputs and outputs, bytes, feeds).
+//! - [`inspect`]: what attrpatch sees in a model, as data.
+//! - [`autodiff::differentiate`]: the symbolic backward alone.
+//!
+//! ```
+//! use attrpatch::{pair, Attributor, Device, Pairs, RuntimeOptions};
+//!
+//! // The bundled model (GPT-2-style, 3 layers of 4 heads, trained on IOI sentences).
+//! let mut job = Attributor::builder("models/ioi-gpt2/model.onnx")
+//!     .runtime(RuntimeOptions { device: Device::Cpu, ..Default::default() })
+//!     .build()?;
+//! let pairs = Pairs::Prompts(vec![
+//!     pair("When John and Mary went to the shops, John gave the bag to",
+//!          "When John and Mary went to the shops, Mary gave the bag to", " Mary", " John"),
+//!     pair("When Tom and James went to the park, James gave the ball to",
+//!          "When Tom and James went to the park, Tom gave the ball to", " Tom", " James"),
+//! ]);
+//! let result = job.attribute(&pairs)?;
+//! assert!(result.clean_metric > 0.0 && result.corrupted_metric < 0.0);
+//! let heads = result.heads(); // layer x head, normalised: 1 = the whole clean-corrupted gap
+//! assert_eq!((heads.rows.len(), heads.cols.len()), (3, 4));
+//! // A second call reuses the rewritten graph and the runtime session.
+//! let again = job.attribute(&pairs)?;
+//! assert_eq!((again.seconds.rewrite, again.seconds.session), (0.0, 0.0));
+//! # Ok::<(), attrpatch::Error>(())
+//! ```
+//!
+//! Features: `cli` (the binary: clap, indicatif) and `figures` (PNG/SVG
+//! heatmaps and scatter plots: plotters) are on by default; with
+//! `--no-default-features` the library runs every job and writes CSV, JSON and
+//! report.html. `internals` makes every internal module public (hidden from
+//! these docs, no stability promise) for the integration tests and tools.
+#![warn(missing_docs)]
+// Without `internals`, code only the integration tests and tools reach (and
+// the re-exports they use) looks unused; with it everything is public, so
+// neither build can tell dead code apart, as before the facade.
+#![cfg_attr(not(feature = "internals"), allow(dead_code, unused_imports))]
 
-pub mod error;
-pub mod fsutil;
-pub mod prompts;
-pub mod render;
+/// Declares a module that is `pub` (and hidden from the docs) with the
+/// `internals` feature, and `pub(crate)` without it.
+macro_rules! internal {
+    ($(#[$attr:meta])* mod $name:ident;) => {
+        #[cfg(feature = "internals")]
+        #[doc(hidden)]
+        $(#[$attr])*
+        pub mod $name;
+        #[cfg(not(feature = "internals"))]
+        $(#[$attr])*
+        pub(crate) mod $name;
+    };
+}
 
-pub use error::{Error, Result, UnsupportedOp};
+/// `internal!` for one item: `pub` and hidden with `internals`, `pub(crate)` without.
+macro_rules! internal_item {
+    ($(#[$attr:meta])* pub $($item:tt)*) => {
+        #[cfg(feature = "internals")]
+        #[doc(hidden)]
+        $(#[$attr])*
+        pub $($item)*
+        #[cfg(not(feature = "internals"))]
+        $(#[$attr])*
+        pub(crate) $($item)*
+    };
+}
 
 mod api;
+pub mod autodiff;
+
+internal! { mod augment; }
+internal! { mod batches; }
+internal! { mod compare; }
+internal! { mod edges; }
+internal! { mod error; }
+internal! { mod fsutil; }
+internal! { mod grids; }
+internal! { mod hooks; }
+internal! { mod inspect; }
+internal! { mod job; }
+internal! { mod memory; }
+internal! { mod merge; }
+internal! { mod normalize; }
+internal! { mod onnx; }
+internal! { mod patch; }
+internal! { mod progress; }
+internal! { mod prompts; }
+internal! { mod render; }
+internal! { mod report; }
+internal! { mod runtime; }
+internal! { mod sanity; }
+
 pub use api::*;
 pub use augment::Metric;
 pub use batches::PairResult;
-pub use compare::{Agreement, CompareOptions, Comparison, Estimate};
+pub use compare::{Agreement, CompareOptions, Comparison, Estimate, Miss};
+pub use error::{Error, Result, UnsupportedOp};
 pub use grids::{Grids, PairGrid};
 pub use hooks::{Hook, HookKind};
-pub use job::{JobResult, Manifest, Method, Timings};
+pub use job::{JobResult, Manifest, Method, Shard, Timings};
+pub use memory::Sizing;
+pub use onnx::guard::in_guarded_call;
 pub use onnx::pb::ModelProto;
 pub use patch::Estimator;
+pub use progress::Progress;
 pub use prompts::PromptPair;
 pub use runtime::{Device, RuntimeKind, RuntimeOptions, Value};
 pub use sanity::BaselineCheck;
-pub mod augment;
-pub mod autodiff;
-pub mod batches;
-pub mod compare;
-pub mod edges;
-pub mod grids;
-pub mod hooks;
-pub mod inspect;
-pub mod job;
-pub mod memory;
-pub mod merge;
-pub mod normalize;
-pub mod onnx;
-pub mod patch;
-pub mod report;
-pub mod runtime;
-pub mod sanity;
+
+/// Jobs on files, as the CLI runs them: a model file, a JSONL prompt file,
+/// shards and resumable batches in an output folder, and the files written
+/// for a result (grids as CSV and JSON, report.html, and with the `figures`
+/// feature PNG/SVG heatmaps and scatter plots).
+pub mod jobs {
+    pub use crate::compare::{compare, report as comparison_report, write as write_comparison};
+    pub use crate::job::{run_job, JobOptions, DEFAULT_BATCH_SIZE};
+    pub use crate::memory::MaxMemory;
+    pub use crate::merge::merge;
+    pub use crate::patch::run_sized as run_patching;
+    pub use crate::report::write_results;
+}

@@ -1,7 +1,7 @@
 //! The `attrpatch` command line: a thin layer over the library.
 
-use attrpatch::runtime::{Device, RuntimeKind, RuntimeOptions};
-use attrpatch::{compare, job, merge, patch, report, Error};
+use attrpatch::jobs::{self as job, JobOptions};
+use attrpatch::{Device, Error, Estimator, JobResult, RuntimeKind, RuntimeOptions};
 use clap::{Args, Parser, Subcommand};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -27,7 +27,7 @@ enum Cmd {
         model: PathBuf,
         /// Also list what this hook choice (attn, resid, mlp or a tensor-name regex) matches.
         #[arg(long)]
-        hook: Option<attrpatch::hooks::HookKind>,
+        hook: Option<attrpatch::HookKind>,
     },
     /// Combine the output folders of `run --shard K/N` into the results of one run.
     Merge {
@@ -47,10 +47,10 @@ enum Cmd {
         out: PathBuf,
         /// What to attribute (as for run).
         #[arg(long, default_value = "attn")]
-        hook: attrpatch::hooks::HookKind,
+        hook: attrpatch::HookKind,
         /// The quantity to attribute (as for run).
-        #[arg(long, value_enum, default_value_t = attrpatch::augment::Metric::LogitDiff)]
-        metric: attrpatch::augment::Metric,
+        #[arg(long, value_enum, default_value_t = attrpatch::Metric::LogitDiff)]
+        metric: attrpatch::Metric,
         /// Number of attention heads, when it cannot be read from the graph.
         #[arg(long)]
         heads: Option<usize>,
@@ -97,14 +97,14 @@ struct CommonArgs {
     /// What to attribute: attn (input of each attention out-projection, per head), resid (each
     /// block's output), mlp (each MLP's output), or a regex over tensor names.
     #[arg(long, default_value = "attn")]
-    hook: attrpatch::hooks::HookKind,
+    hook: attrpatch::HookKind,
     /// The quantity to attribute: logit-diff (the tutorial's), logprob-diff, prob (of the correct answer), kl.
-    #[arg(long, value_enum, default_value_t = attrpatch::augment::Metric::LogitDiff)]
-    metric: attrpatch::augment::Metric,
+    #[arg(long, value_enum, default_value_t = attrpatch::Metric::LogitDiff)]
+    metric: attrpatch::Metric,
     /// Memory the run may plan for, e.g. 8G or 512M: sets the pairs or rows per call unless
     /// --batch-size / --rows-per-call is given [default: 70% of the memory available].
     #[arg(long, value_name = "SIZE")]
-    max_memory: Option<attrpatch::memory::MaxMemory>,
+    max_memory: Option<job::MaxMemory>,
     /// The subcommand's default output folder (set after parsing).
     #[arg(skip = "attrpatch-out")]
     default_out: &'static str,
@@ -117,9 +117,9 @@ impl CommonArgs {
         self.out.clone().unwrap_or_else(|| PathBuf::from(self.default_out))
     }
 
-    fn job_options(&self) -> Result<job::JobOptions, Error> {
+    fn job_options(&self) -> Result<JobOptions, Error> {
         let device: Device = self.device.parse()?;
-        let mut opts = job::JobOptions::new(self.model.clone().unwrap_or_else(default_model));
+        let mut opts = JobOptions::new(self.model.clone().unwrap_or_else(default_model));
         opts.tokenizer = self.tokenizer.clone();
         opts.prompts = self.prompts.clone();
         opts.bos = self.bos;
@@ -129,7 +129,7 @@ impl CommonArgs {
         opts.per_prompt = self.per_prompt;
         opts.metric = self.metric;
         opts.hooks = self.hook.clone();
-        opts.progress = true;
+        opts.progress = Some(std::sync::Arc::new(Bars::default()));
         opts.max_memory = self.max_memory.map(|m| m.0);
         let out = self.out_dir();
         if out.is_file() {
@@ -153,7 +153,7 @@ struct RunArgs {
     batch_size: Option<usize>,
     /// Run part K of N (0-based) of the batches; combine the parts with `attrpatch merge`.
     #[arg(long)]
-    shard: Option<job::Shard>,
+    shard: Option<attrpatch::Shard>,
     /// Reuse the batch files an interrupted run left in --out instead of recomputing them.
     #[arg(long)]
     resume: bool,
@@ -196,6 +196,38 @@ struct CompareArgs {
     rows_per_call: Option<usize>,
 }
 
+/// The CLI's progress: a bar per phase on stderr, the call sizing on stdout.
+#[derive(Default)]
+struct Bars(std::sync::Mutex<Option<indicatif::ProgressBar>>);
+
+impl attrpatch::Progress for Bars {
+    fn start(&self, total: u64, unit: &str) {
+        let bar = indicatif::ProgressBar::new(total);
+        if let Ok(style) = indicatif::ProgressStyle::with_template(&format!(
+            "{{bar:40}} {{pos}}/{{len}} {unit}, {{elapsed}} elapsed, eta {{eta}}"
+        )) {
+            bar.set_style(style);
+        }
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(bar);
+    }
+    fn advance(&self) {
+        if let Some(b) = self.0.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            b.inc(1);
+        }
+    }
+    fn finish(&self) {
+        if let Some(b) = self.0.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            b.finish_and_clear();
+        }
+    }
+    fn note(&self, line: &str) {
+        println!("{line}");
+    }
+    fn warn(&self, warning: &str) {
+        eprintln!("warning: {warning}");
+    }
+}
+
 /// The bundled model trained on IOI (models/ioi-gpt2/MODEL_CARD.md).
 fn default_model() -> PathBuf {
     let local = Path::new("models/ioi-gpt2/model.onnx");
@@ -234,8 +266,8 @@ fn run(args: RunArgs) -> Result<(), Error> {
                 "--ig-steps runs in one process: --shard and --resume are for plain attribution".into(),
             ));
         }
-        let e = patch::Estimator::IntegratedGradients { steps };
-        let r = patch::run_sized(&opts, e, args.rows_per_call)?;
+        let e = Estimator::IntegratedGradients { steps };
+        let r = job::run_patching(&opts, e, args.rows_per_call)?;
         return report_job(&opts, &r, out);
     }
     opts.batch_size = args.batch_size;
@@ -270,7 +302,7 @@ fn plural(n: usize) -> &'static str {
 }
 
 /// Prints a finished job's summary and timings, and writes its files.
-fn report_job(opts: &job::JobOptions, r: &job::JobResult, out: &Path) -> Result<(), Error> {
+fn report_job(opts: &JobOptions, r: &JobResult, out: &Path) -> Result<(), Error> {
     println!("model: {}", opts.model.display());
     println!("method: {}", r.manifest.method.label());
     println!(
@@ -284,7 +316,7 @@ fn report_job(opts: &job::JobOptions, r: &job::JobResult, out: &Path) -> Result<
         "time: load {:.2}s, rewrite {:.2}s, session {:.2}s, run {:.3}s",
         r.seconds.load, r.seconds.rewrite, r.seconds.session, r.seconds.run
     );
-    for w in report::write_results(r, out)? {
+    for w in job::write_results(r, out)? {
         println!("wrote {}", w.display());
     }
     Ok(())
@@ -293,17 +325,17 @@ fn report_job(opts: &job::JobOptions, r: &job::JobResult, out: &Path) -> Result<
 fn patch_cmd(args: PatchArgs) -> Result<(), Error> {
     at_least_one(&[("--rows-per-call", args.rows_per_call)])?;
     let opts = args.common.job_options()?;
-    let e = patch::Estimator::Exact { positions: args.positions };
-    let r = patch::run_sized(&opts, e, args.rows_per_call)?;
+    let e = Estimator::Exact { positions: args.positions };
+    let r = job::run_patching(&opts, e, args.rows_per_call)?;
     report_job(&opts, &r, &args.common.out_dir())
 }
 
 fn compare_cmd(args: CompareArgs) -> Result<(), Error> {
     at_least_one(&[("--ig-steps", args.ig_steps), ("--rows-per-call", args.rows_per_call)])?;
     let opts = args.common.job_options()?;
-    let c = compare::compare(
+    let c = job::compare(
         &opts,
-        &compare::CompareOptions {
+        &attrpatch::CompareOptions {
             positions: args.positions,
             ig_steps: args.ig_steps,
             rows_per_call: args.rows_per_call,
@@ -311,8 +343,8 @@ fn compare_cmd(args: CompareArgs) -> Result<(), Error> {
     )?;
     println!("model: {}", opts.model.display());
     print_summary(&c.exact);
-    print!("{}", compare::report(&c));
-    for w in compare::write(&c, &args.common.out_dir())? {
+    print!("{}", job::comparison_report(&c));
+    for w in job::write_comparison(&c, &args.common.out_dir())? {
         println!("wrote {}", w.display());
     }
     Ok(())
@@ -320,7 +352,7 @@ fn compare_cmd(args: CompareArgs) -> Result<(), Error> {
 
 // The baselines are printed as the tutorial computes them, x / x and (y - y) / (x - y).
 #[allow(clippy::eq_op)]
-fn print_summary(r: &job::JobResult) {
+fn print_summary(r: &JobResult) {
     let (clean, corr) = (r.clean_metric, r.corrupted_metric);
     let m = &r.manifest;
     let units = if m.n_heads > 0 { format!(" x {} heads", m.n_heads) } else { String::new() };
@@ -346,9 +378,9 @@ fn print_summary(r: &job::JobResult) {
 }
 
 fn merge_cmd(shards: &[PathBuf], out: &Path) -> Result<(), Error> {
-    let r = merge::merge(shards)?;
+    let r = job::merge(shards)?;
     print_summary(&r);
-    for w in report::write_results(&r, out)? {
+    for w in job::write_results(&r, out)? {
         println!("wrote {}", w.display());
     }
     Ok(())
@@ -357,8 +389,8 @@ fn merge_cmd(shards: &[PathBuf], out: &Path) -> Result<(), Error> {
 fn rewrite(
     model: &Path,
     output: &Path,
-    hooks: attrpatch::hooks::HookKind,
-    metric: attrpatch::augment::Metric,
+    hooks: attrpatch::HookKind,
+    metric: attrpatch::Metric,
     heads: Option<usize>,
 ) -> Result<(), Error> {
     let t0 = std::time::Instant::now();
@@ -404,7 +436,19 @@ fn name_flags(text: &str) -> String {
     FLAG_NAMES.iter().fold(text.to_string(), |t, (setting, flag)| t.replace(setting, flag))
 }
 
+/// tract's panics on malformed models come back as errors naming the model;
+/// the default hook would print each panic too, so it is skipped for those.
+fn quiet_guarded_panics() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if !attrpatch::in_guarded_call() {
+            default(info);
+        }
+    }));
+}
+
 fn main() -> ExitCode {
+    quiet_guarded_panics();
     let cli = Cli::parse();
     let result = match cli.cmd {
         Cmd::Run(a) => run(a),
@@ -429,6 +473,10 @@ fn main() -> ExitCode {
         }
     }
 }
+
+// The unit tests below reach into the library's internals.
+#[cfg(all(test, not(feature = "internals")))]
+compile_error!("the binary's tests need the library's internals: cargo test --features internals");
 
 #[cfg(test)]
 mod tests {

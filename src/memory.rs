@@ -194,16 +194,21 @@ fn parse_meminfo(text: &str) -> Option<u64> {
 /// How many rows a call holds, and why.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Sizing {
+    /// Pairs or rows per runtime call.
     pub per_call: usize,
     /// "pairs" or "rows".
     pub unit: String,
     /// Whether `--batch-size` / `--rows-per-call` gave it.
     pub explicit: bool,
+    /// The memory budget in bytes.
     pub budget_bytes: u64,
+    /// The memory available when the job started, when known.
     pub available_bytes: Option<u64>,
+    /// Whether the budget came from `--max-memory` (else 70% of what is available).
     pub budget_from_max_memory: bool,
     /// The estimate behind the choice.
     pub weight_bytes: u64,
+    /// Estimated bytes per pair or row.
     pub row_bytes: u64,
     /// Set when even one row exceeds the budget.
     pub warning: Option<String>,

@@ -50,6 +50,7 @@ fn batch_file(dirs: &[PathBuf], manifest: &Manifest, i: usize) -> Result<BatchRe
     )))
 }
 
+/// Combines the output folders of `run --shard K/N` into the result of one run.
 pub fn merge(dirs: &[PathBuf]) -> Result<JobResult> {
     let first = dirs.first().ok_or_else(|| Error::Input("merge needs at least one shard folder".into()))?;
     let mut manifest = read_manifest(first)?;

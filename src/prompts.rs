@@ -10,11 +10,14 @@ use crate::error::{Error, Result};
 /// One clean/corrupted prompt pair and the answers whose logit difference is the metric.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct PromptPair {
+    /// The clean prompt.
     pub clean: String,
+    /// The corrupted prompt (as many tokens as the clean one).
     pub corrupted: String,
     /// Empty when the file gives none (only `--metric kl` runs without answers).
     #[serde(default)]
     pub correct: String,
+    /// The incorrect answer (one token).
     #[serde(default)]
     pub incorrect: String,
     /// Where the pair was read ("pairs.jsonl:3"), for messages; not part of the pair.

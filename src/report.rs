@@ -5,7 +5,7 @@
 use crate::error::{Error, Result};
 use crate::fsutil::{write_atomic, write_atomic_with};
 use crate::job::JobResult;
-use crate::render::{grid_json, write_csv, write_heatmap, Grid};
+use crate::render::{grid_json, write_csv, Grid};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -50,6 +50,7 @@ pub fn positions_grid(r: &JobResult) -> Grid {
     }
 }
 
+/// Writes a result's files in `out_dir`: grids as CSV (and PNG/SVG with `figures`), results.json, report.html; returns them.
 pub fn write_results(r: &JobResult, out_dir: &Path) -> Result<Vec<PathBuf>> {
     std::fs::create_dir_all(out_dir).map_err(|e| Error::io(out_dir, e))?;
     let mut written = vec![];
@@ -62,7 +63,8 @@ pub fn write_results(r: &JobResult, out_dir: &Path) -> Result<Vec<PathBuf>> {
     let grids: Vec<&Grid> =
         [(has_heads, &heads), (has_positions, &positions)].into_iter().filter(|(on, _)| *on).map(|(_, g)| g).collect();
     for g in grids {
-        written.extend(write_heatmap(g, &out_dir.join(format!("{}.png", g.name)))?);
+        #[cfg(feature = "figures")]
+        written.extend(crate::render::write_heatmap(g, &out_dir.join(format!("{}.png", g.name)))?);
         let csv = out_dir.join(format!("{}.csv", g.name));
         write_csv(g, &csv)?;
         written.push(csv);

@@ -167,3 +167,45 @@ fn regression_reduce_axis_beyond_rank_panicked_in_tract() {
     assert!(e.to_string().contains("bad-axis.onnx"), "{e}");
     eprintln!("{e}");
 }
+
+/// A tract panic on a bad model comes back as an error through the facade,
+/// and the library leaves the process's panic hook alone: a hook installed
+/// here sees the panic (the library used to wrap the hook and swallow it) and
+/// is still the one installed afterwards.
+#[test]
+fn a_tract_panic_is_an_error_and_the_panic_hook_is_left_alone() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let src = std::fs::read(legacy_op14()).unwrap();
+    let mut m = ModelProto::decode(src.as_slice()).unwrap();
+    let g = m.graph.as_mut().unwrap();
+    let n = g.node.iter_mut().find(|n| n.op_type == "ReduceMean").unwrap();
+    n.attribute.iter_mut().find(|a| a.name == "axes").unwrap().ints = vec![7];
+
+    // Counts the panics of this test's thread; other threads' go to the previous hook.
+    let me = std::thread::current().id();
+    let seen = Arc::new(AtomicUsize::new(0));
+    let previous: Arc<dyn Fn(&std::panic::PanicHookInfo<'_>) + Send + Sync> = Arc::from(std::panic::take_hook());
+    let (count, prev) = (seen.clone(), previous.clone());
+    std::panic::set_hook(Box::new(move |info| {
+        if std::thread::current().id() == me {
+            count.fetch_add(1, Ordering::SeqCst);
+        } else {
+            prev(info);
+        }
+    }));
+
+    let e = attrpatch::inspect(m.encode_to_vec(), None).err().map(|e| e.to_string());
+    let during = seen.load(Ordering::SeqCst);
+    let probe = std::panic::catch_unwind(|| panic!("probe"));
+    let after = seen.load(Ordering::SeqCst);
+    let prev = previous.clone();
+    std::panic::set_hook(Box::new(move |info| prev(info)));
+
+    let e = e.expect("an error, not a result");
+    assert!(e.contains("tract failed while analysing"), "{e}");
+    assert!(probe.is_err());
+    assert_eq!(during, 1, "the installed hook must see tract's panic (the library must not replace it)");
+    assert_eq!(after, 2, "the installed hook must still be installed after the guarded call");
+    assert!(!attrpatch::in_guarded_call());
+}

@@ -1,6 +1,11 @@
 //! The integration tests, one binary (as ripgrep does): each module links tract and
 //! ONNX Runtime once instead of once per file. `cargo test -- MODULE::` runs one module.
 
+// The tests reach into the library's internals (onnx, runtime, augment, job, ...),
+// public only with the `internals` feature: fail here, never skip.
+#[cfg(not(feature = "internals"))]
+compile_error!("the integration tests need the library's internals: cargo test --features internals");
+
 mod common;
 
 mod architectures;

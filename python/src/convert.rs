@@ -133,7 +133,7 @@ pub fn pairs(kind: &str, value: &Bound<'_, PyAny>) -> PyResult<Pairs> {
         "default" => Pairs::Tutorial,
         "file" => {
             let path: String = value.extract()?;
-            Pairs::Prompts(attrpatch::prompts::read_jsonl(path.as_ref()).map_err(|e| to_py(py, e))?)
+            Pairs::Prompts(attrpatch::read_pairs(path.as_ref()).map_err(|e| to_py(py, e))?)
         }
         "texts" => {
             let texts: Vec<(String, String, String, String)> = value.extract()?;

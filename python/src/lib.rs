@@ -207,29 +207,22 @@ fn tokenize(
     let texts = match pairs(kind, value)? {
         attrpatch::Pairs::Tokens(_) => return Err(convert::internal(&"tokenize takes text pairs")),
         attrpatch::Pairs::Prompts(p) => p,
-        _ => attrpatch::prompts::ioi_default(),
+        _ => attrpatch::tutorial_pairs(),
     };
-    let answers = match convert::metric(py, metric)? {
-        attrpatch::Metric::Kl => attrpatch::prompts::Answers::Unused,
-        _ => attrpatch::prompts::Answers::Required,
+    let metric = convert::metric(py, metric)?;
+    let source = match tokenizer {
+        Model::Path(p) => attrpatch::TokenizerSource::Path(p.into()),
+        Model::Bytes(b) => attrpatch::TokenizerSource::Bytes(b),
     };
-    let t = without_gil(py, move || -> attrpatch::Result<_> {
-        let tok = match tokenizer {
-            Model::Path(p) => attrpatch::prompts::PromptTokenizer::from_file(p.as_ref())?,
-            Model::Bytes(b) => attrpatch::prompts::PromptTokenizer::from_bytes(&b, "<in-memory tokenizer.json>")?,
-        };
-        attrpatch::prompts::tokenize_for(&tok, &texts, bos, usize::MAX, answers)
-    })
-    .map_err(|e| to_py(py, e))?;
-    let unpad =
-        |rows: &[Vec<i64>]| -> Vec<Vec<i64>> { rows.iter().zip(&t.lengths).map(|(r, &n)| r[..n].to_vec()).collect() };
-    Ok((unpad(&t.clean_ids), unpad(&t.corrupted_ids), t.correct_ids.clone(), t.incorrect_ids.clone()))
+    let t = without_gil(py, move || attrpatch::Tokenizer::new(source)?.tokenize(&texts, bos, metric))
+        .map_err(|e| to_py(py, e))?;
+    Ok((t.clean, t.corrupted, t.correct, t.incorrect))
 }
 
 /// The tutorial's 8 IOI pairs (what `pairs=None` runs) as JSON.
 #[pyfunction]
 fn default_pairs() -> PyResult<String> {
-    let texts = attrpatch::prompts::ioi_default();
+    let texts = attrpatch::tutorial_pairs();
     serde_json::to_string(&texts).map_err(|e| convert::internal(&e))
 }
 

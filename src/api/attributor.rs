@@ -84,6 +84,12 @@ impl AttributorBuilder {
         self
     }
 
+    /// Where progress and the call sizing are reported [default: nowhere].
+    pub fn progress(mut self, p: std::sync::Arc<dyn crate::progress::Progress>) -> Self {
+        self.opts.progress = Some(p);
+        self
+    }
+
     /// The attributor (reads the tokenizer now; the graphs are built on first use).
     pub fn build(self) -> Result<Attributor> {
         let tokenizer_source = self.tokenizer.or_else(|| self.model.default_tokenizer().map(TokenizerSource::Path));

@@ -8,12 +8,14 @@ mod pairs;
 mod results;
 mod rewrite;
 mod source;
+mod tokenizer;
 
 pub use crate::inspect::{format_inspection, InspectedHook, Inspection};
 pub use attributor::{Attributor, AttributorBuilder};
 pub use describe::{DimSpec, TensorSpec};
 pub use inspect::inspect;
-pub use pairs::{pair, Pairs, TokenPairs};
+pub use pairs::{pair, read_pairs, tutorial_pairs, Pairs, TokenPairs};
 pub use results::LabeledGrid;
 pub use rewrite::{rewrite, AugmentedModel, RewriteOptions};
 pub use source::{ModelSource, TokenizerSource, IN_MEMORY_MODEL};
+pub use tokenizer::Tokenizer;

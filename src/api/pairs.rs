@@ -104,6 +104,16 @@ pub fn pair(clean: &str, corrupted: &str, correct: &str, incorrect: &str) -> Pro
     }
 }
 
+/// The tutorial's 8 IOI pairs (what `Pairs::Tutorial` runs).
+pub fn tutorial_pairs() -> Vec<PromptPair> {
+    crate::prompts::ioi_default()
+}
+
+/// Pairs from a JSONL file of `{"clean", "corrupted", "correct", "incorrect"}` lines.
+pub fn read_pairs(path: &std::path::Path) -> Result<Vec<PromptPair>> {
+    crate::prompts::read_jsonl(path)
+}
+
 impl Pairs {
     /// The texts of the pairs (empty texts for token ids: they name nothing).
     pub(crate) fn texts(&self) -> Vec<PromptPair> {

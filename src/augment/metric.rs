@@ -49,7 +49,8 @@ pub fn logits_source(
 }
 
 /// Which quantity the attribution explains.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 #[serde(rename_all = "kebab-case")]
 pub enum Metric {
     /// logit(correct) - logit(incorrect), the tutorial's.
@@ -64,6 +65,7 @@ pub enum Metric {
 }
 
 impl Metric {
+    /// How the metric is named in reports and figures.
     pub fn label(&self) -> &'static str {
         match self {
             Metric::LogitDiff => "logit diff",

@@ -5,9 +5,9 @@
 //! tensor used by several nodes sums its contributions. Rules live in
 //! `rules/`, one file per op family; `ctx` is what a rule may use.
 
-pub mod ctx;
+internal! { mod ctx; }
 mod differentiate;
-pub mod rules;
+internal! { mod rules; }
 
 pub use differentiate::{differentiate, Differentiated};
 
@@ -19,11 +19,16 @@ use crate::onnx::pb::GraphProto;
 use ctx::{ConstIndex, RuleCtx};
 use std::collections::{HashMap, HashSet};
 
-pub struct Backward<'a> {
-    pub graph: &'a GraphProto,
-    pub facts: &'a Facts,
-    /// Tensors treated as constants (stop-gradient), e.g. metric baselines.
-    pub stop: &'a HashSet<String>,
+internal_item! {
+    /// The backward pass of one graph: which facts the rules read, what is constant.
+    pub struct Backward<'a> {
+        /// The forward graph.
+        pub graph: &'a GraphProto,
+        /// Types and shapes of its tensors (the rules read ranks and dims).
+        pub facts: &'a Facts,
+        /// Tensors treated as constants (stop-gradient), e.g. metric baselines.
+        pub stop: &'a HashSet<String>,
+    }
 }
 
 impl Backward<'_> {

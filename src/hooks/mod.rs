@@ -15,11 +15,14 @@ use crate::onnx::OnnxModel;
 use regex::Regex;
 use std::collections::{BTreeMap, HashSet};
 
+/// A hook tensor: the activation attributed at one layer.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Hook {
+    /// The layer (the hooks' order in the graph).
     pub layer: usize,
     /// Name of the MatMul/Gemm node of the out-projection.
     pub node: String,
+    /// The node's op type (MatMul, Gemm, ...).
     pub op_type: String,
     /// The activation entering it: the tensor we read and differentiate.
     pub tensor: String,

@@ -21,10 +21,14 @@ pub enum Method {
     ExactPatching,
     /// Integrated gradients along the straight line from the corrupted to the
     /// clean activation of each layer, midpoint rule with `steps` points.
-    IntegratedGradients { steps: usize },
+    IntegratedGradients {
+        /// Points of the midpoint rule.
+        steps: usize,
+    },
 }
 
 impl Method {
+    /// How the method is named in reports and figures.
     pub fn label(&self) -> String {
         match self {
             Method::Attribution => "Attribution patching".into(),
@@ -40,8 +44,10 @@ impl Method {
 /// shards only when they agree.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Manifest {
+    /// How the grids were computed.
     #[serde(default)]
     pub method: Method,
+    /// The model's path (or `IN_MEMORY_MODEL`).
     pub model: String,
     /// `onnx::graph::model_hash` of the loaded model (graph and weights).
     #[serde(default)]
@@ -52,23 +58,35 @@ pub struct Manifest {
     /// Hash of every pair's token ids, lengths and answers.
     #[serde(default)]
     pub tokens_hash: String,
+    /// Whether BOS was prepended to every prompt.
     #[serde(default)]
     pub bos: bool,
+    /// The metric attributed.
     #[serde(default)]
     pub metric: crate::augment::Metric,
+    /// The hook choice.
     #[serde(default = "default_hooks")]
     pub hooks_kind: crate::hooks::HookKind,
+    /// What ran the graph, e.g. "onnxruntime 1.31.1 (CPU)".
     pub runtime: String,
+    /// Heads per hook (0 for hooks without heads).
     pub n_heads: usize,
+    /// The hooks, one per layer.
     pub hooks: Vec<Hook>,
+    /// Tokens per (padded) prompt.
     pub seq_len: usize,
     /// The shortest pair's length (pairs are right-padded to `seq_len`).
     #[serde(default)]
     pub min_len: usize,
+    /// The first clean prompt's tokens (the positions grid's labels).
     pub token_labels: Vec<String>,
+    /// The prompt pairs (empty texts when token ids were given).
     pub prompts: Vec<PromptPair>,
+    /// Pairs (or patching rows) per runtime call.
     pub batch_size: usize,
+    /// Runtime calls the job was split into.
     pub n_batches: usize,
+    /// The shard this process ran, if any.
     pub shard: Option<Shard>,
     /// How the rows per call were chosen (not part of the identity: the
     /// layout it gives is, through `batch_size`).

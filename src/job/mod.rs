@@ -31,14 +31,17 @@ pub const DEFAULT_BATCH_SIZE: usize = 64;
 /// What a job is asked to do: model, prompts, runtime, what to measure and where.
 #[derive(Clone)]
 pub struct JobOptions {
+    /// The ONNX model file.
     pub model: PathBuf,
     /// Defaults to tokenizer.json beside the model.
     pub tokenizer: Option<PathBuf>,
     /// JSONL prompt pairs; the tutorial's IOI prompts when None.
     pub prompts: Option<PathBuf>,
+    /// Prepend the tokenizer's BOS token to every prompt.
     pub bos: bool,
     /// Overrides the head count read from the graph.
     pub heads: Option<usize>,
+    /// Runtime, device and threads.
     pub runtime: RuntimeOptions,
     /// Pairs per runtime call (0: all); None: as many as the memory budget
     /// holds (`memory::choose`), at most `DEFAULT_BATCH_SIZE`.
@@ -51,11 +54,14 @@ pub struct JobOptions {
     pub shard: Option<Shard>,
     /// Where batch results are written and resumed from.
     pub work_dir: Option<PathBuf>,
+    /// The quantity attributed.
     pub metric: crate::augment::Metric,
+    /// Which activations are attributed.
     pub hooks: crate::hooks::HookKind,
     /// Token ids given directly (no tokenizer is read); `pairs` names them in the results.
     pub tokens: Option<(Vec<PromptPair>, TokenizedPrompts)>,
-    pub progress: bool,
+    /// Where progress and the call sizing are reported; None: a silent job.
+    pub progress: crate::progress::Reporter,
 }
 
 impl JobOptions {
@@ -82,6 +88,7 @@ impl JobOptions {
         self.tokens = Some((vec![unnamed; n], tokens));
     }
 
+    /// Every default for `model`: the tutorial's prompts, logit difference, attention hooks.
     pub fn new(model: PathBuf) -> Self {
         JobOptions {
             model,
@@ -98,7 +105,7 @@ impl JobOptions {
             tokens: None,
             metric: Default::default(),
             hooks: crate::hooks::HookKind::AttnOut,
-            progress: false,
+            progress: None,
         }
     }
 }
@@ -106,7 +113,9 @@ impl JobOptions {
 /// Shard `index` of `count` (0-based, as Slurm array and Kubernetes indexed jobs number them).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Shard {
+    /// This shard's index, 0-based.
     pub index: usize,
+    /// How many shards there are.
     pub count: usize,
 }
 
@@ -132,6 +141,7 @@ impl Shard {
 
 /// A finished job: its manifest, baselines and normalised grids.
 pub struct JobResult {
+    /// What was run, on what (model, prompts, hooks, runtime).
     pub manifest: Manifest,
     /// The clean prompts' mean metric (the chosen metric: logit difference, probability, ...).
     pub clean_metric: f64,
@@ -141,8 +151,11 @@ pub struct JobResult {
     pub grids: Grids,
     /// Each pair's share of `grids` (normalised), when asked for and kept in memory.
     pub per_pair: Vec<PairResult>,
+    /// Runtime calls made.
     pub runtime_calls: usize,
+    /// Batches read back from an interrupted run instead of recomputed.
     pub batches_resumed: usize,
+    /// Where the time went.
     pub seconds: Timings,
     /// Whether the baselines make the normalised grids meaningful, and the clean accuracy.
     pub baselines: crate::sanity::BaselineCheck,
@@ -150,11 +163,16 @@ pub struct JobResult {
     pub pair_metrics: Vec<(f64, f64)>,
 }
 
+/// Seconds spent in each step of a job (0 for steps a reused `Attributor` skipped).
 #[derive(Default, Debug, Clone, Serialize)]
 pub struct Timings {
+    /// Reading the model (and the prompts).
     pub load: f64,
+    /// Rewriting the graph and tokenizing.
     pub rewrite: f64,
+    /// Making the runtime session.
     pub session: f64,
+    /// The runtime calls.
     pub run: f64,
 }
 
@@ -206,7 +224,7 @@ pub fn run_prepared(
     }
     let mut rt: Option<&mut dyn Runtime> = session.as_deref_mut();
 
-    let bar = progress_bar(opts.progress && mine.len() > 1, mine.len() as u64, "batches");
+    let bar = crate::progress::bar(&opts.progress, mine.len() as u64, "batches");
     let clock = Instant::now();
     let mut calls = 0;
     let mut batches = vec![];
@@ -270,12 +288,7 @@ fn batch_sizing<G>(opts: &JobOptions, p: &Prepared<G>) -> Result<crate::memory::
             ));
         }
     }
-    if opts.progress {
-        println!("{}", sizing.line());
-        if let Some(w) = &sizing.warning {
-            eprintln!("warning: {w}");
-        }
-    }
+    crate::progress::sizing(&opts.progress, &sizing);
     Ok(sizing)
 }
 
@@ -325,19 +338,6 @@ pub fn save_manifest(dir: &Path, m: &Manifest) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let text = serde_json::to_vec_pretty(m).map_err(|e| Error::Runtime(format!("serialising job.json: {e}")))?;
     crate::fsutil::write_atomic(&dir.join("job.json"), &text)
-}
-
-pub(crate) fn progress_bar(show: bool, len: u64, unit: &str) -> indicatif::ProgressBar {
-    if !show {
-        return indicatif::ProgressBar::hidden();
-    }
-    let bar = indicatif::ProgressBar::new(len);
-    if let Ok(style) = indicatif::ProgressStyle::with_template(&format!(
-        "{{bar:40}} {{pos}}/{{len}} {unit}, {{elapsed}} elapsed, eta {{eta}}"
-    )) {
-        bar.set_style(style);
-    }
-    bar
 }
 
 fn run_batch(

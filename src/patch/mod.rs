@@ -31,14 +31,18 @@ pub fn workload(e: Estimator) -> Workload {
     }
 }
 
+/// What a patching job computes.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Estimator {
     /// Exact activation patching of every head at the last position, and of
     /// every position when `positions` (always, for hooks without heads).
     Exact {
+        /// Also patch every position (always, for hooks without heads).
         positions: bool,
     },
+    /// Integrated gradients along each layer's corrupted-to-clean line.
     IntegratedGradients {
+        /// Points of the midpoint rule.
         steps: usize,
     },
 }
@@ -103,15 +107,10 @@ pub fn run_prepared(
     let mut acc = Accumulator::new(&p.graph, plan, p.tokens.clean_ids.len(), p.tokens.seq_len);
     // A call feeds the clean prompts of the pairs its rows use; rows are in pair order.
     let sizing = choose(rows_per_call, rows.len(), &p.shape, workload(estimator), &Budget::new(opts.max_memory));
-    if opts.progress {
-        println!("{}", sizing.line());
-        if let Some(w) = &sizing.warning {
-            eprintln!("warning: {w}");
-        }
-    }
+    crate::progress::sizing(&opts.progress, &sizing);
     let rows_per_call = sizing.per_call;
     let chunks: Vec<&[Row]> = rows.chunks(rows_per_call).collect();
-    let bar = job::progress_bar(opts.progress && chunks.len() > 1, chunks.len() as u64, "calls");
+    let bar = crate::progress::bar(&opts.progress, chunks.len() as u64, "calls");
     let clock = Instant::now();
     for chunk in &chunks {
         run_chunk(rt, &p.graph, &p.tokens, chunk, &mut acc)?;

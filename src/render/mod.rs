@@ -1,20 +1,32 @@
 //! Writing attribution grids: heatmaps and scatter plots (drawn with plotters,
 //! each as PNG and SVG), CSV, JSON, and the self-contained report.html.
 
+// The figures (plotters) only with the `figures` feature; the data files and
+// report.html (drawn in the browser) always.
+#[cfg(feature = "figures")]
 mod colour;
 mod data;
+#[cfg(feature = "figures")]
 mod figure;
+#[cfg(feature = "figures")]
 mod font;
+#[cfg(feature = "figures")]
 mod heatmap;
 mod labels;
+#[cfg(feature = "figures")]
 mod pen;
 mod report_html;
+#[cfg(feature = "figures")]
 mod scatter;
+#[cfg(feature = "figures")]
 mod ticks;
 
+#[cfg(feature = "figures")]
 pub use colour::Colour;
 pub use data::{grid_json, write_csv, Grid};
+#[cfg(feature = "figures")]
 pub use heatmap::{write_heatmap, write_heatmaps};
 pub use labels::subtitle;
 pub use report_html::{write_compare_report_html, write_report_html};
+#[cfg(feature = "figures")]
 pub use scatter::{write_scatter, Scatter, Series, COLOURS};

@@ -12,8 +12,11 @@ use crate::error::{Error, Result};
 use ndarray::ArrayD;
 use std::collections::HashMap;
 
+/// A tensor fed to a graph.
 pub enum Value {
+    /// Floats (activations, selectors, weights).
     F32(ArrayD<f32>),
+    /// Integers (token ids, masks, positions).
     I64(ArrayD<i64>),
 }
 
@@ -29,10 +32,14 @@ pub fn take_output(out: &mut HashMap<String, ArrayD<f32>>, name: &str) -> Result
     out.remove(name).ok_or_else(|| Error::Runtime(format!("the runtime returned no '{name}'")))
 }
 
+/// Where the graph runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Device {
+    /// The CPU.
     Cpu,
+    /// The CUDA device with this index.
     Cuda(i32),
+    /// CUDA when the runtime has it, else the CPU.
     Auto,
 }
 
@@ -51,16 +58,24 @@ impl std::str::FromStr for Device {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+/// Which runtime executes the graph.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 pub enum RuntimeKind {
+    /// ONNX Runtime (the shared library, loaded at run time).
     Ort,
+    /// tract (pure Rust, in the binary).
     Tract,
 }
 
+/// How and where the graph runs.
 #[derive(Clone, Debug)]
 pub struct RuntimeOptions {
+    /// The runtime.
     pub kind: RuntimeKind,
+    /// The device.
     pub device: Device,
+    /// The ONNX Runtime shared library (or its folder); None: ORT_DYLIB_PATH, .ort/, Python's onnxruntime.
     pub ort_lib: Option<std::path::PathBuf>,
     /// Intra-op threads; 0 lets the runtime decide.
     pub threads: usize,

@@ -8,7 +8,7 @@
 # the first time and for (c). Usage: tools/bench/run.sh [THREADS] [OUT_DIR]
 set -euo pipefail
 source "$(dirname "$0")/common.sh" "$@"
-cargo build --release --quiet --example bench
+cargo build --release --quiet --features internals --example bench
 peers=()
 "$py" tools/bench/pytorch_bench.py --weights "${model%.onnx}.pt" --pairs 8 --seq 14 --threads "$threads" \
   --repeats 5 --json "$out/pytorch-8x14.json" >/dev/null

@@ -12,7 +12,7 @@ source "$(dirname "$0")/common.sh" "$@"
 repeats="${3:-3}"
 model="${4:-$model}"
 weights="${model%.onnx}.pt"
-cargo build --release --quiet --bin attrpatch --example bench
+cargo build --release --quiet --features internals --bin attrpatch --example bench
 bin="$root/target/release/attrpatch"
 wp="$root/tools/bench/whole_process.py"
 have_nnsight=$("$py" -c "import nnsight" 2>/dev/null && echo 1 || echo 0)

@@ -6,7 +6,7 @@
 
 use super::heads::{self, Masks};
 use super::{attr_float, attr_int, attr_ints_of, bind, input, refuse_used_output, required, Ctx};
-use crate::bail;
+use crate::error::bail;
 use crate::error::Result;
 use crate::onnx::builder::GraphBuilder;
 use crate::onnx::pb::NodeProto;

@@ -17,7 +17,7 @@
 use super::heads::{self, Masks};
 use super::rotary::{half_width, rotate};
 use super::{attr_float, attr_int, bind, input, refuse_used_output, required, Ctx};
-use crate::bail;
+use crate::error::bail;
 use crate::error::Result;
 use crate::onnx::builder::{attr_i, GraphBuilder};
 use crate::onnx::pb::NodeProto;

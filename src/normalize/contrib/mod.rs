@@ -12,7 +12,7 @@ mod heads;
 mod norm;
 mod rotary;
 
-use crate::bail;
+use crate::error::bail;
 use crate::error::Result;
 use crate::onnx::builder::GraphBuilder;
 use crate::onnx::graph::all_names;

@@ -4,7 +4,7 @@
 //! Add, Sqrt and Reciprocal over the last axis.
 
 use super::{attr_float, attr_int, bind, input, refuse_used_output, required, Ctx};
-use crate::bail;
+use crate::error::bail;
 use crate::error::Result;
 use crate::onnx::builder::GraphBuilder;
 use crate::onnx::consts::FLOAT;

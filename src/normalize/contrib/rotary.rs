@@ -4,7 +4,7 @@
 //! 2 * cos_cache.shape[1] features turn by the cached angles; the rest pass.
 
 use super::{attr_float, attr_int, bind, required, Ctx};
-use crate::bail;
+use crate::error::bail;
 use crate::error::Result;
 use crate::onnx::builder::GraphBuilder;
 use crate::onnx::pb::NodeProto;

@@ -86,7 +86,9 @@ def _answer_id(value: Any, where: str) -> int:
         return int(value.__index__())
     if hasattr(value, "__len__") and not isinstance(value, (str, bytes)) and len(value) == 1:
         return _answer_id(value[0], where)
-    raise InputError(f"{where}: with token-id prompts the answer is a token id (int), got {type(value).__name__} {value!r}")
+    raise InputError(
+        f"{where}: with token-id prompts the answer is a token id (int), got {type(value).__name__} {value!r}"
+    )
 
 
 TextPairs = List[Tuple[str, str, str, str]]

@@ -1,0 +1,180 @@
+"""The results handed to Python: numpy grids with their labels, baselines and per-pair values,
+built from the plain dicts the native module returns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+
+from ._errors import InputError
+
+
+def _grid(rows: Any) -> np.ndarray:
+    return np.asarray(rows, dtype=np.float64)
+
+
+@dataclass(frozen=True)
+class Result:
+    """One method's grids on one set of prompt pairs.
+
+    `heads[l, h]` and `positions[l, p]` are in units of the normalised metric (clean = 1,
+    corrupted = 0), as the command line's heads.csv and positions.csv."""
+
+    #: "attribution", "integrated gradients (N steps)" or "exact patching".
+    method: str
+    #: [layers, heads] at each pair's last position (empty when the hooks have no heads).
+    heads: np.ndarray
+    #: [layers, positions], summed over heads and features (empty when the job computed none:
+    #: exact patching without `positions=True`).
+    positions: np.ndarray
+    #: The metric's name: logit-diff, logprob-diff, prob or kl.
+    metric: str
+    #: Mean metric over the clean prompts, not normalised (the CLI's "Clean logit diff").
+    clean_metric: float
+    #: Mean metric over the corrupted prompts.
+    corrupted_metric: float
+    #: [pairs, 2]: each pair's (clean, corrupted) metric.
+    pair_metrics: np.ndarray
+    #: The first clean prompt's tokens, one per position (empty for token ids).
+    token_labels: List[str]
+    #: One label per positions column: "index token", as the CLI's positions.csv header.
+    position_labels: List[str]
+    #: One label per row: the layer numbers.
+    layer_labels: List[str]
+    #: One dict per layer: the hook tensor, its node, and how it was found.
+    hooks: List[Dict[str, Any]]
+    #: The prompt pairs as run (texts are empty for token-id pairs).
+    prompts: List[Dict[str, str]]
+    #: [pairs, layers, heads] and [pairs, layers, positions]: each pair's share of the grids
+    #: (they sum over the pairs to `heads` and `positions`), with `per_pair=True`; else None.
+    per_pair_heads: Optional[np.ndarray]
+    per_pair_positions: Optional[np.ndarray]
+    #: The baseline warnings the CLI prints (a small or reversed clean-corrupted gap, ...).
+    warnings: List[str]
+    #: What ran the graph, e.g. "onnxruntime 1.31.1 (CPU)".
+    runtime: str
+    #: Seconds spent in load, rewrite, session and run for this call (0 for what was reused).
+    timings: Dict[str, float]
+    #: Runtime calls this job made.
+    runtime_calls: int
+    #: Everything the native result holds, as a dict (the CLI's results.json fields).
+    raw: Dict[str, Any] = field(repr=False)
+
+    @classmethod
+    def _from_native(cls, d: Dict[str, Any]) -> "Result":
+        def opt(k: str) -> Optional[np.ndarray]:
+            return None if d.get(k) is None else _grid(d[k])
+
+        return cls(
+            method=d["method"],
+            heads=_grid(d["heads"]),
+            positions=_grid(d["positions"]),
+            metric=d["metric"],
+            clean_metric=float(d["clean_metric"]),
+            corrupted_metric=float(d["corrupted_metric"]),
+            pair_metrics=_grid(d["pair_metrics"]).reshape(-1, 2),
+            token_labels=list(d["token_labels"]),
+            position_labels=list(d["position_labels"]),
+            layer_labels=list(d["layer_labels"]),
+            hooks=list(d["hooks"]),
+            prompts=list(d["prompts"]),
+            per_pair_heads=opt("per_pair_heads"),
+            per_pair_positions=opt("per_pair_positions"),
+            warnings=list(d["warnings"]),
+            runtime=d["runtime"],
+            timings=dict(d["timings"]),
+            runtime_calls=int(d["runtime_calls"]),
+            raw=d,
+        )
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Exact patching beside attribution (and integrated gradients), as `attrpatch compare`."""
+
+    exact: Result
+    attribution: Result
+    #: With `ig_steps`, else None.
+    ig: Optional[Result]
+    #: Per estimate and grid: Pearson, Spearman, mean and largest errors (compare.json's fields).
+    stats: Dict[str, Any]
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """One input or output of an augmented model."""
+
+    name: str
+    #: ONNX element type name, e.g. "float32", "int64".
+    dtype: str
+    #: Dimensions: int for fixed ones, str for symbolic ones ("batch", "sequence"), None for
+    #: unknown ones; None when not even the rank is known.
+    shape: Optional[List[Any]]
+
+
+@dataclass(frozen=True)
+class Augmented:
+    """A rewritten model: the metric, the backward graph and the hook outputs added.
+
+    `model` is a standard ONNX model (`onnx.load_from_string(model)`,
+    `onnxruntime.InferenceSession(model)`); `feeds(pairs)` builds its inputs for token-id pairs,
+    the answer selectors following the model's metric.
+
+    Inputs: `clean.<model input>` and `corrupted.<model input>` (input_ids, attention_mask,
+    position_ids as the model has them), `attrpatch.last_position_onehot` [B, 1, S],
+    `attrpatch.answer_onehot` [B, V, 1], `attrpatch.pair_weights` [B, 1]. Outputs: the metric's
+    batch means `attrpatch.clean_logit_diff`, `attrpatch.corrupted_logit_diff` (names kept
+    whatever the metric), `attrpatch.metric`, per pair `attrpatch.clean_logit_diffs` and
+    `attrpatch.corrupted_logit_diffs` [1, B]; per layer L `attrpatch.clean_act.L`,
+    `attrpatch.corrupted_act.L` and `attrpatch.grad.L` (the gradient of the normalised metric),
+    and `attrpatch.heads.L` [B, H], `attrpatch.positions.L` [B, S]."""
+
+    #: The serialised augmented model.
+    model: bytes
+    metric: str
+    hook: str
+    #: Attention heads per layer (None when the hooks are not per-head).
+    heads: Optional[int]
+    #: The model's vocabulary size.
+    vocab: int
+    #: One dict per hook: layer, tensor and how it was matched.
+    hooks: List[Dict[str, Any]]
+    inputs: List[TensorInfo]
+    outputs: List[TensorInfo]
+    raw: Dict[str, Any] = field(repr=False)
+    _native: Any = field(repr=False, default=None)
+
+    def feeds(self, pairs: Any) -> Dict[str, np.ndarray]:
+        """Every input of one run over token-id `pairs` (a list of dicts or a dict of arrays, as
+        for `attrpatch.run`), by name, as numpy arrays to pass to onnxruntime."""
+        from . import _inputs
+
+        kind, value = _inputs.pair_source(pairs, self.metric)
+        if kind != "tokens":
+            raise InputError(
+                "Augmented.feeds takes token-id pairs (the augmented model has no tokenizer); got "
+                + ("the default text pairs" if kind == "default" else f"{kind} pairs")
+            )
+        raw = self._native.feeds(value)
+        return {name: np.frombuffer(b, dtype=np.dtype(dt).newbyteorder("<")).reshape(shape).astype(dt)
+                for name, (dt, shape, b) in raw.items()}
+
+    @classmethod
+    def _from_native(cls, model: bytes, d: Dict[str, Any], native: Any) -> "Augmented":
+        def infos(k: str) -> List[TensorInfo]:
+            return [TensorInfo(t["name"], t.get("dtype"), t.get("shape")) for t in d[k]]
+
+        return cls(
+            model=model,
+            metric=d["metric"],
+            hook=d["hook"],
+            heads=d.get("heads"),
+            vocab=int(d["vocab"]),
+            hooks=list(d["hooks"]),
+            inputs=infos("inputs"),
+            outputs=infos("outputs"),
+            raw=d,
+            _native=native,
+        )

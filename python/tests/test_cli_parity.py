@@ -1,0 +1,63 @@
+"""The package's grids equal the command line's on the bundled model (same library, same
+runtime version: CI installs onnxruntime 1.31.1, which tools/fetch-ort.sh also fetches).
+
+Tolerance: relative 1e-5, absolute 1e-7 of the normalised metric. The two processes run the same
+graph on the same ONNX Runtime version; only the order of float reductions inside ONNX Runtime can
+differ between processes, far below that."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import attrpatch
+from conftest import run_cli
+
+RTOL, ATOL = 1e-5, 1e-7
+
+
+def results(out_dir) -> dict:
+    return json.loads((out_dir / "results.json").read_text())
+
+
+def test_run_grids_equal_the_cli(cli, model_path, tmp_path):
+    run_cli(cli, "run", "--model", str(model_path), "--device", "cpu", "--out", str(tmp_path))
+    want = results(tmp_path)
+    got = attrpatch.run(model_path, device="cpu")
+    np.testing.assert_allclose(got.heads, np.array(want["heads"]["values"]), rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(got.positions, np.array(want["positions"]["values"]), rtol=RTOL, atol=ATOL)
+    assert got.heads.shape == (3, 4) and got.positions.shape == (3, 14)
+    assert got.clean_metric == pytest.approx(want["clean_logit_diff"], rel=RTOL)
+    assert got.corrupted_metric == pytest.approx(want["corrupted_logit_diff"], rel=RTOL)
+    assert got.position_labels == want["positions"]["cols"]
+    assert [p["clean"] for p in got.prompts] == [p["clean"] for p in want["prompts"]]
+    # The per-pair baselines average to the job's.
+    assert got.pair_metrics.shape == (8, 2)
+    assert got.pair_metrics[:, 0].mean() == pytest.approx(got.clean_metric, rel=1e-9)
+
+
+def test_patch_grids_equal_the_cli(cli, model_path, tmp_path):
+    run_cli(cli, "patch", "--positions", "--model", str(model_path), "--device", "cpu", "--out", str(tmp_path))
+    want = results(tmp_path)
+    got = attrpatch.patch(model_path, positions=True, device="cpu")
+    assert got.method == "Activation patching (exact)"
+    np.testing.assert_allclose(got.heads, np.array(want["heads"]["values"]), rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(got.positions, np.array(want["positions"]["values"]), rtol=RTOL, atol=ATOL)
+
+
+def test_integrated_gradients_equal_the_cli(cli, model_path, tmp_path):
+    run_cli(cli, "run", "--ig-steps", "4", "--model", str(model_path), "--device", "cpu", "--out", str(tmp_path))
+    want = results(tmp_path)
+    got = attrpatch.run(model_path, ig_steps=4, device="cpu")
+    assert got.method == "Integrated gradients (4 steps)"
+    np.testing.assert_allclose(got.heads, np.array(want["heads"]["values"]), rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(got.positions, np.array(want["positions"]["values"]), rtol=RTOL, atol=ATOL)
+
+
+def test_inspect_text_equals_the_cli(cli, model_path):
+    want = run_cli(cli, "inspect", str(model_path)).stdout
+    got = attrpatch.inspect(model_path)
+    assert got["text"].strip() == want.strip()
+    assert got["heads"] == 4 and len(got["hooks"]) == 3

@@ -1,0 +1,39 @@
+"""README's notebook cell runs as written (matplotlib, no display) and draws both grids."""
+
+from __future__ import annotations
+
+import re
+
+from conftest import ROOT, missing
+
+
+def notebook_cell() -> str:
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Python"):]
+    m = re.search(r"```python\n(.*?)```", section, re.S)
+    assert m, "README's Python section has no ```python cell"
+    return m.group(1)
+
+
+def test_readme_notebook_cell_runs(model_path, tmp_path, monkeypatch):
+    try:
+        import matplotlib
+    except ImportError:
+        missing("matplotlib is not installed (pip install matplotlib)")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    monkeypatch.chdir(ROOT)  # the cell names the bundled model relative to the repository
+    shown = []
+    monkeypatch.setattr(plt, "show", lambda: shown.append(plt.gcf()))
+    scope: dict = {}
+    exec(compile(notebook_cell(), "README.md (Python cell)", "exec"), scope)
+    assert len(shown) == 1
+    axes = [ax for ax in shown[0].axes if ax.get_title() in ("heads", "positions")]
+    assert sorted(ax.get_title() for ax in axes) == ["heads", "positions"]
+    r = scope["r"]
+    for ax in axes:
+        image = ax.get_images()[0].get_array()
+        want = r.heads if ax.get_title() == "heads" else r.positions
+        assert image.shape == want.shape
+    plt.close("all")

@@ -156,7 +156,7 @@ fn a_reader_gradient_matches_a_finite_difference_through_its_copy() {
         for (k, v) in p.slice_mut(ndarray::s![reader, .., .., ..]).iter_mut().enumerate() {
             *v = eps * dir[k];
         }
-        let mut inputs = pair_inputs(&g.token_inputs(), &tokens, o.metric);
+        let mut inputs = pair_inputs(&g.token_inputs(), &tokens);
         inputs.push((PERTURB.into(), Value::F32(p)));
         rt.run(inputs).unwrap()
     };
@@ -263,7 +263,7 @@ fn last_layer_query_readers_read_only_the_last_position() {
         let bytes = prost::Message::encode_to_vec(g.proto_mut());
         let ropts = RuntimeOptions { kind: RuntimeKind::Ort, device: Device::Cpu, ort_lib: None, threads: 1 };
         let mut rt = runtime::create(&bytes, &ropts).unwrap();
-        let mut outs = rt.run(pair_inputs(&g.token_inputs(), &tokens, o.metric)).unwrap();
+        let mut outs = rt.run(pair_inputs(&g.token_inputs(), &tokens)).unwrap();
         let grad = runtime::take_output(&mut outs, &out::reads_grad(last)).unwrap();
         let sh = grad.shape().to_vec();
         assert_eq!(sh.len(), 4, "{name}: reads are [R, B, S, d]");

@@ -62,9 +62,9 @@ fn sweep_ends(name: &str) {
         .iter()
         .any(|p| (p.faithfulness - 1.0).abs() > 1e-3 && p.faithfulness.abs() > 1e-3));
     let run = run_job(&o).unwrap().unwrap();
-    let tol = 1e-4 * run.clean_logit_diff.abs().max(run.corrupted_logit_diff.abs());
-    close(&format!("{name}: clean"), f.clean, run.clean_logit_diff, tol);
-    close(&format!("{name}: corrupted"), f.corrupted, run.corrupted_logit_diff, tol);
+    let tol = 1e-4 * run.clean_metric.abs().max(run.corrupted_metric.abs());
+    close(&format!("{name}: clean"), f.clean, run.clean_metric, tol);
+    close(&format!("{name}: corrupted"), f.corrupted, run.corrupted_metric, tol);
     // Every K is a row of each pair, in as few calls as the rows per call allow.
     assert_eq!(f.rows, 4 * (ks.len() + 1));
     assert_eq!(f.runtime_calls, f.rows.div_ceil(f.rows_per_call));
@@ -142,7 +142,7 @@ fn one_patched_edge_is_the_reader_input_edited_by_hand() {
                 }
             }
         }
-        let mut inputs = pair_inputs(&g.token_inputs(), &tokens, o.metric);
+        let mut inputs = pair_inputs(&g.token_inputs(), &tokens);
         inputs.push((PERTURB.into(), Value::F32(p)));
         let mut out = rt.run(inputs).unwrap();
         let v = runtime::take_output(&mut out, "attrpatch.corrupted_logit_diffs").unwrap();

@@ -11,6 +11,7 @@ use super::scores::{self, node_scores, EdgeScore, EdgeScores};
 use crate::compare::{fmt_corr, pearson, ranks, MISSES};
 use crate::error::{Error, Result};
 use crate::job::JobOptions;
+#[cfg(feature = "figures")]
 use crate::render::{write_scatter, Scatter, Series, COLOURS};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -211,6 +212,14 @@ pub fn write(c: &EdgeComparison, out: &Path) -> Result<Vec<PathBuf>> {
     let text = serde_json::to_vec_pretty(&summary).map_err(|e| Error::Runtime(format!("edge-compare.json: {e}")))?;
     crate::fsutil::write_atomic(&path, &text)?;
     written.push(path);
+    #[cfg(feature = "figures")]
+    written.extend(draw_scatter(c, out)?);
+    Ok(written)
+}
+
+/// scatter-edges.png/.svg: each estimate against exact edge patching.
+#[cfg(feature = "figures")]
+fn draw_scatter(c: &EdgeComparison, out: &Path) -> Result<Vec<PathBuf>> {
     let names: Vec<String> = c.exact.edges.iter().map(|e| format!("{}->{}", e.from, e.to)).collect();
     let series = c
         .estimates
@@ -232,6 +241,5 @@ pub fn write(c: &EdgeComparison, out: &Path) -> Result<Vec<PathBuf>> {
         y_label: format!("Exact ({value})"),
         series,
     };
-    written.extend(write_scatter(&plot, &out.join("scatter-edges.png"))?);
-    Ok(written)
+    write_scatter(&plot, &out.join("scatter-edges.png"))
 }

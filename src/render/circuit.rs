@@ -4,6 +4,7 @@
 //! the method and K, and a legend saying what width and colour mean.
 
 use super::circuit_layout::{
+    method_label,
     edge_curve, layout, BoxKey, CircuitLayout, NodeBox, GUTTER, MAX_EDGE_W, NEGATIVE, POSITIVE,
 };
 use super::colour::{rgb, FRAME, TEXT};
@@ -40,15 +41,6 @@ const END_FILL: RGBColor = RGBColor(234, 238, 244);
 pub fn write_circuit(dir: &Path, scores: &EdgeScores, top_k: usize) -> Result<Vec<PathBuf>> {
     let fig = CircuitFigure::new(scores, top_k)?;
     write_figure(&fig, &dir.join("circuit.png"))
-}
-
-/// "EAP" or "EAP-IG (N steps)".
-pub fn method_label(scores: &EdgeScores) -> String {
-    if scores.ig_steps > 1 {
-        format!("EAP-IG ({} steps)", scores.ig_steps)
-    } else {
-        "EAP".into()
-    }
 }
 
 /// What the title says: "Circuit: the top 20 of 32491 edges by |score|".

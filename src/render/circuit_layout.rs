@@ -391,6 +391,16 @@ pub fn layout(scores: &EdgeScores, k: usize) -> Result<CircuitLayout> {
     Ok(CircuitLayout { width: left + span + MARGIN, height, boxes, edges, bands, max_abs })
 }
 
+
+/// "EAP" or "EAP-IG (N steps)".
+pub fn method_label(scores: &EdgeScores) -> String {
+    if scores.ig_steps > 1 {
+        format!("EAP-IG ({} steps)", scores.ig_steps)
+    } else {
+        "EAP".into()
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;

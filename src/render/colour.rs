@@ -1,6 +1,7 @@
 //! Colours: plotly's RdBu diverging scale (red negative, blue positive, white
 //! at zero) and the few fixed colours of the figures.
 
+#[cfg(feature = "figures")]
 use plotters::style::RGBColor;
 
 pub type Colour = [u8; 3];
@@ -22,7 +23,9 @@ pub const RDBU: [Colour; 11] = [
 /// Cells whose value is NaN or infinite.
 pub const NAN_GREY: Colour = [150, 150, 150];
 /// plotly's default font colour.
+#[cfg(feature = "figures")]
 pub const TEXT: RGBColor = RGBColor(42, 63, 95);
+#[cfg(feature = "figures")]
 pub const FRAME: RGBColor = RGBColor(180, 180, 180);
 
 /// Colour of `v` on RdBu stretched over [-m, m]; grey for NaN and infinities.
@@ -37,6 +40,7 @@ pub fn rdbu(v: f64, m: f64) -> Colour {
     std::array::from_fn(|k| (a[k] as f64 + (b[k] as f64 - a[k] as f64) * f).round() as u8)
 }
 
+#[cfg(feature = "figures")]
 pub fn rgb(c: Colour) -> RGBColor {
     RGBColor(c[0], c[1], c[2])
 }

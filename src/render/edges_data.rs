@@ -3,8 +3,8 @@
 //! report.js only picks the top K edges and the boxes they touch, and draws
 //! them where the circuit figure would), and the faithfulness curve when measured.
 
-use super::circuit::method_label;
-use super::circuit_layout::{control_points, layout, top_edges, BoxKey, CircuitLayout, GUTTER};
+use super::circuit_layout::{method_label, control_points, layout, top_edges, BoxKey, CircuitLayout, GUTTER};
+#[cfg(feature = "figures")]
 use super::faithfulness::faithfulness_svg;
 use crate::edges::{EdgeScore, EdgeScores};
 use crate::error::{Error, Result};
@@ -104,7 +104,12 @@ fn edges_json_with(r: &EdgeReport, table_cap: usize) -> Result<Value> {
     let faithfulness = if r.faithfulness.is_empty() {
         Value::Null
     } else {
-        json!({"points": r.faithfulness, "svg": faithfulness_svg(r.faithfulness, s)?})
+        // The curve's SVG is drawn with plotters: without the `figures` feature the page lists the points.
+        #[cfg(feature = "figures")]
+        let svg = Value::String(faithfulness_svg(r.faithfulness, s)?);
+        #[cfg(not(feature = "figures"))]
+        let svg = Value::Null;
+        json!({"points": r.faithfulness, "svg": svg})
     };
     Ok(json!({
         "method": method_label(s),

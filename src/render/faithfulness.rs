@@ -3,7 +3,7 @@
 //! fraction of the clean-corrupted metric gap the circuit restores under exact
 //! edge patching, with guide lines at 0 (the corrupted run) and 1 (the clean run).
 
-use super::circuit::method_label;
+use super::circuit_layout::method_label;
 use super::colour::{rgb, FRAME};
 use super::figure::{write_figure, DrawResult, Figure};
 use super::font::{text_h, text_w, wrap};

@@ -7,7 +7,6 @@
 #[cfg(feature = "figures")]
 mod circuit;
 mod circuit_layout;
-#[cfg(feature = "figures")]
 mod colour;
 mod data;
 mod edges_data;
@@ -30,7 +29,6 @@ mod ticks;
 
 #[cfg(feature = "figures")]
 pub use circuit::write_circuit;
-#[cfg(feature = "figures")]
 pub use colour::Colour;
 pub use data::{grid_json, write_csv, Grid};
 pub use edges_data::{EdgeReport, K_MAX};

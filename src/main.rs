@@ -192,6 +192,10 @@ struct EdgesArgs {
     /// Patched rows per runtime call for --faithfulness [default: as many as --max-memory holds, at most 256].
     #[arg(long)]
     rows_per_call: Option<usize>,
+    /// Also run `run`'s node job into the same folder and write report.html with the edge table
+    /// and the circuit slider beside the grids (one more graph and session).
+    #[arg(long)]
+    report: bool,
 }
 
 #[derive(Args)]
@@ -409,8 +413,12 @@ fn edges_cmd(args: EdgesArgs) -> Result<(), Error> {
     let secs = clock.elapsed().as_secs_f64();
     println!("wrote {} ({} edges, with edges.csv, in {secs:.3}s)", out.join("edges.json").display(), s.edges.len());
     println!("wrote {}", out.join("edges.csv").display());
-    if args.faithfulness {
-        faithfulness_sweep(&opts, s, k, args.rows_per_call, &out)?;
+    let curve = match args.faithfulness {
+        true => faithfulness_sweep(&opts, s, k, args.rows_per_call, &out)?,
+        false => vec![],
+    };
+    if args.report {
+        edges_report(&opts, s, k, &curve, &out)?;
     }
     if k == 0 {
         println!("no edge has |score| >= the threshold: no circuit figure");
@@ -422,14 +430,33 @@ fn edges_cmd(args: EdgesArgs) -> Result<(), Error> {
     Ok(())
 }
 
-/// The faithfulness curve of the top-K circuits, the circuit's own K included.
+/// `edges --report`: the node job's files, then report.html with the Edges section.
+fn edges_report(
+    opts: &JobOptions,
+    s: &attrpatch::eap::EdgeScores,
+    k: usize,
+    curve: &[(usize, f64)],
+    out: &Path,
+) -> Result<(), Error> {
+    let Some(r) = job::run_job(opts)? else {
+        return Err(Error::Input("--report: the node job ran a shard only; drop --shard".into()));
+    };
+    report_job(opts, &r, out)?;
+    let edges = attrpatch::eap::EdgeReport { scores: s, top_k: k.max(1), faithfulness: curve };
+    let page = attrpatch::eap::write_report_html_with_edges(&r, out, Some(&edges))?;
+    println!("wrote {} (with the edge table and the circuit slider)", page.display());
+    Ok(())
+}
+
+/// The faithfulness curve of the top-K circuits, the circuit's own K included;
+/// returns the points drawn (K > 0).
 fn faithfulness_sweep(
     opts: &job::JobOptions,
     s: &attrpatch::eap::EdgeScores,
     k: usize,
     rows_per_call: Option<usize>,
     out: &Path,
-) -> Result<(), Error> {
+) -> Result<Vec<(usize, f64)>, Error> {
     use attrpatch::eap as faith;
     let ks = faith::sweep(s.edges.len(), &[k]);
     let f = faith::faithfulness(opts, s, &ks, rows_per_call)?;
@@ -454,7 +481,7 @@ fn faithfulness_sweep(
     for w in attrpatch::eap::draw_faithfulness(out, &drawn, s)? {
         println!("wrote {}", w.display());
     }
-    Ok(())
+    Ok(drawn)
 }
 
 fn patch_cmd(args: PatchArgs) -> Result<(), Error> {

@@ -68,6 +68,11 @@ fn identity_llama_gqa() {
 }
 
 #[test]
+fn identity_falcon_grouped() {
+    identity("falcon-legacy-op14");
+}
+
+#[test]
 fn identity_gptneox_parallel() {
     identity("gptneox-legacy-op14");
 }
@@ -174,4 +179,186 @@ fn a_reader_gradient_matches_a_finite_difference_through_its_copy() {
     // Another copy of the same residual has another gradient: they do not mix.
     let other: f64 = grad.slice(ndarray::s![0, .., .., ..]).iter().zip(&dir).map(|(a, b)| *a as f64 * *b as f64).sum();
     assert!((other - g_dir).abs() > 1e-3 * g_dir.abs(), "reader 0 and reader {reader} have the same gradient");
+}
+
+/// Every family the edge anatomy supports, each export: the identity holds.
+const SUPPORTED: &[&str] = &[
+    "bloom-dynamo-op18",
+    "bloom-legacy-op14",
+    "gemma-legacy-op14",
+    "gemma-sdpa-dynamo-op18",
+    "gpt2-dynamo-op18",
+    "gpt2-legacy-op17",
+    "gpt2-optimum",
+    "gptbigcode-legacy-op14",
+    "gptbigcode-sdpa-dynamo-op18",
+    "gptneo-dynamo-op18",
+    "gptneo-legacy-op14",
+    "gptneox-dynamo-op18",
+    "llama-dynamo-op18",
+    "llama-sdpa-dynamo-op18",
+    "llama-sdpa-dynamo-op23",
+    "llama-sdpa-legacy-op17",
+    "mistral-legacy-op14",
+    "mistral-sdpa-dynamo-op18",
+    "mixtral-legacy-op14",
+    "mixtral-sdpa-dynamo-op18",
+    "olmo-legacy-op14",
+    "olmo-sdpa-dynamo-op18",
+    "opt-legacy-op14",
+    "opt-sdpa-dynamo-op18",
+    "phi3-legacy-op14",
+    "phi3-sdpa-dynamo-op18",
+    "qwen2-legacy-op14",
+    "qwen2-sdpa-dynamo-op18",
+    "qwen3-legacy-op14",
+    "qwen3-sdpa-dynamo-op18",
+    "qwen3-sdpa-dynamo-op23",
+    "stablelm-legacy-op14",
+    "stablelm-sdpa-dynamo-op18",
+];
+
+#[test]
+fn identity_on_every_supported_export() {
+    for name in SUPPORTED {
+        identity(name);
+    }
+}
+
+/// Families whose blocks the edge definitions do not fit yet are refused with
+/// the layer, the node and what was expected.
+#[test]
+fn unsupported_blocks_are_refused_by_layer_and_node() {
+    for (name, says) in [
+        ("gemma2-legacy-op14", "/model/layers.0/post_attention_layernorm/Pow"),
+        ("olmo2-legacy-op14", "/model/layers.0/Add"),
+        ("gptj-legacy-op14", "/transformer/h.0/mlp/fc_in/MatMul"),
+        ("phi-legacy-op14", "/model/layers.0/mlp/fc1/MatMul"),
+    ] {
+        let (o, _) = fixture(name);
+        let e = run_edges_detailed(&o, 1).err().unwrap_or_else(|| panic!("{name}: edge scores ran")).to_string();
+        assert!(e.contains("layer 0") && e.contains(says) && e.contains("not supported"), "{name}: {e}");
+    }
+}
+
+/// Which columns a reader's copy feeds is checked through causality: the
+/// metric reads the last position, so in the last layer only that position's
+/// query matters, while keys and values are read at every earlier position.
+/// A column layout that mixed up queries with keys or values fails this.
+#[test]
+fn last_layer_query_readers_read_only_the_last_position() {
+    use attrpatch::edges::graph::{build, out, EdgeGraphOptions};
+    use attrpatch::job::{pair_inputs, JobGraph};
+    use attrpatch::runtime;
+    for name in
+        ["gpt2-legacy-op14", "llama-legacy-op14", "gptneox-dynamo-op18", "falcon-legacy-op14", "bloom-legacy-op14"]
+    {
+        let (o, _) = fixture(name);
+        let tokens = o.tokens.clone().unwrap().1;
+        let model = attrpatch::onnx::OnnxModel::load(&o.model).unwrap();
+        let mut g = build(model, &EdgeGraphOptions { reader_grads: true, ..Default::default() }).unwrap();
+        let (heads, last) = (g.anatomy.heads, g.anatomy.blocks.len() - 1);
+        let bytes = prost::Message::encode_to_vec(g.proto_mut());
+        let ropts = RuntimeOptions { kind: RuntimeKind::Ort, device: Device::Cpu, ort_lib: None, threads: 1 };
+        let mut rt = runtime::create(&bytes, &ropts).unwrap();
+        let mut outs = rt.run(pair_inputs(&g.token_inputs(), &tokens, o.metric)).unwrap();
+        let grad = runtime::take_output(&mut outs, &out::reads_grad(last)).unwrap();
+        let sh = grad.shape().to_vec();
+        assert_eq!(sh.len(), 4, "{name}: reads are [R, B, S, d]");
+        let (r, b, s) = (sh[0], sh[1], sh[2]);
+        let scale = grad.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        for i in 0..r {
+            let early = (0..b).flat_map(|bi| (0..s - 1).map(move |t| (bi, t)));
+            let early_max = early
+                .map(|(bi, t)| grad.slice(ndarray::s![i, bi, t, ..]).iter().fold(0.0f32, |m, v| m.max(v.abs())))
+                .fold(0.0f32, f32::max);
+            if i < heads {
+                assert!(
+                    early_max <= 1e-6 * scale,
+                    "{name}: query reader {i} has gradient {early_max} before the last position"
+                );
+            } else {
+                assert!(
+                    early_max > 1e-4 * scale,
+                    "{name}: key/value reader {i} has no gradient before the last position"
+                );
+            }
+        }
+    }
+}
+
+fn attrpatch_cli(args: &[&str]) -> (bool, String) {
+    let o =
+        std::process::Command::new(env!("CARGO_BIN_EXE_attrpatch")).args(args).current_dir(root()).output().unwrap();
+    (o.status.success(), format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)))
+}
+
+#[test]
+fn cli_writes_edges_json_and_csv() {
+    let out = fresh_dir("edges-cli");
+    let dir = out.to_str().unwrap();
+    let (ok, t) = attrpatch_cli(&[
+        "edges",
+        "--model",
+        "models/gpt2-tiny-random.onnx",
+        "--device",
+        "cpu",
+        "--out",
+        dir,
+        "--top-k",
+        "3",
+    ]);
+    assert!(ok, "{t}");
+    assert!(t.contains("1 runtime call"), "{t}");
+    let s: attrpatch::edges::EdgeScores =
+        serde_json::from_slice(&std::fs::read(out.join("edges.json")).unwrap()).unwrap();
+    let topo = Topology { layers: s.layers, heads: s.heads, kv_heads: s.kv_heads, parallel: s.parallel };
+    assert_eq!(s.edges.len(), topo.edges().len());
+    assert_eq!((s.method.as_str(), s.ig_steps), ("EAP", 1));
+    let csv = std::fs::read_to_string(out.join("edges.csv")).unwrap();
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines[0], "from,to,score");
+    assert_eq!(lines.len(), s.edges.len() + 1);
+    for (line, e) in lines[1..].iter().zip(&s.edges) {
+        assert_eq!(*line, format!("{},{},{}", e.from, e.to, e.score));
+    }
+    // The printed top edges are the largest by |score|.
+    let mut top: Vec<f64> = s.edges.iter().map(|e| e.score.abs()).collect();
+    top.sort_by(|a, b| b.total_cmp(a));
+    assert!(top[0] > 0.0);
+    let largest = s.edges.iter().find(|e| e.score.abs() == top[0]).unwrap();
+    assert!(t.contains(&format!("{} -> {}", largest.from, largest.to)), "{t}");
+}
+
+#[test]
+fn cli_refuses_bad_edge_options_by_flag() {
+    let m = ["--model", "models/gpt2-tiny-random.onnx", "--device", "cpu"];
+    for (extra, says) in [
+        (vec!["--ig-steps", "0"], "--ig-steps must be at least 1"),
+        (vec!["--top-k", "0"], "--top-k must be at least 1"),
+        (vec!["--hook", "mlp"], "--hook"),
+        (vec!["--per-prompt"], "--per-prompt"),
+    ] {
+        let out = fresh_dir("edges-bad");
+        let mut args = vec!["edges", "--out", out.to_str().unwrap()];
+        args.extend(m);
+        args.extend(extra.iter().copied());
+        let (ok, t) = attrpatch_cli(&args);
+        assert!(!ok && t.contains(says), "{extra:?}: {t}");
+        assert!(!out.join("edges.json").exists());
+    }
+    let out = fresh_dir("edges-gemma2");
+    let model = "tests/fixtures/arch/gemma2-legacy-op14.onnx";
+    let (ok, t) = attrpatch_cli(&[
+        "edges",
+        "--model",
+        model,
+        "--tokenizer",
+        "tests/fixtures/arch/tokenizer-128.json",
+        "--device",
+        "cpu",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(!ok && t.contains("layer 0") && t.contains("not supported"), "{t}");
 }

@@ -19,6 +19,9 @@ use std::collections::{HashMap, HashSet};
 
 /// Ops that only move or relabel values: followed when tracing a tensor.
 const LAYOUT: &[&str] = &["Reshape", "Transpose", "Identity", "Cast", "Flatten", "Squeeze", "Unsqueeze"];
+/// Ops that pass the residual stream on unchanged but for its layout (OPT
+/// flattens it to [batch*seq, d] around the MLP).
+const STREAM: &[&str] = &["Cast", "Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze"];
 /// Ops whose outputs are never float (whatever the facts say): they carry no gradient.
 const NO_FLOAT_OUTPUT: &[&str] = &[
     "Shape",
@@ -254,7 +257,7 @@ impl<'a> Index<'a> {
         t
     }
 
-    /// Whether `b` is `a`, or `a` through Cast/Identity nodes.
+    /// Whether `b` is `a`, or `a` through Cast/Identity/reshaping nodes.
     fn same_stream(&self, a: &str, b: &str) -> bool {
         let mut t = b.to_string();
         for _ in 0..4 {
@@ -262,7 +265,7 @@ impl<'a> Index<'a> {
                 return true;
             }
             match self.producer_of(&t) {
-                Some(n) if matches!(n.op_type.as_str(), "Cast" | "Identity") => t = n.input[0].clone(),
+                Some(n) if STREAM.contains(&n.op_type.as_str()) => t = n.input[0].clone(),
                 _ => return false,
             }
         }
@@ -360,15 +363,43 @@ enum FusedLayout {
     PerHead,
 }
 
-fn fused_layout(n: &NodeProto) -> Option<FusedLayout> {
-    let text = format!("{} {}", n.name, n.input.get(1).map(String::as_str).unwrap_or(""));
-    if ["c_attn", "qkv_proj", "Wqkv"].iter().any(|k| text.contains(k)) {
-        Some(FusedLayout::Blocks)
-    } else if text.contains("query_key_value") {
-        Some(FusedLayout::PerHead)
-    } else {
-        None
+/// The layout by the family's module name (in the node's, the weight's or the
+/// bias Add's names), else by what reads the output: a Split or Slices cut
+/// [q | k | v]; a Reshape to [.., heads, 3 head_dim] or [.., heads, 3, head_dim] is per head.
+fn fused_layout(ix: &Index, n: &NodeProto, heads: usize) -> Option<FusedLayout> {
+    let mut out = n.output[0].clone();
+    let mut text = format!("{} {}", n.name, n.input.get(1).map(String::as_str).unwrap_or(""));
+    // A separate bias add (dynamo exports keep the module name only there).
+    if let [c] = ix.float_consumers(&out).as_slice() {
+        let a = ix.node(*c);
+        if a.op_type == "Add" && a.input.iter().any(|x| ix.consts.contains(x)) {
+            text.push(' ');
+            text.push_str(&a.input.join(" "));
+            out = a.output[0].clone();
+        }
     }
+    if ["c_attn", "qkv_proj", "Wqkv"].iter().any(|k| text.contains(k)) {
+        return Some(FusedLayout::Blocks);
+    }
+    if text.contains("query_key_value") {
+        return Some(FusedLayout::PerHead);
+    }
+    let readers: Vec<&NodeProto> = ix.float_consumers(&out).into_iter().map(|c| ix.node(c)).collect();
+    if !readers.is_empty() && readers.iter().all(|r| matches!(r.op_type.as_str(), "Split" | "Slice")) {
+        return Some(FusedLayout::Blocks);
+    }
+    if let [r] = readers.as_slice() {
+        let dims = ix.dims_of(&r.output[0]).unwrap_or_default();
+        let per_head = match dims.as_slice() {
+            [.., h, three, _] if *h == heads && *three == 3 => true,
+            [.., h, _] if *h == heads && r.op_type == "Reshape" => true,
+            _ => false,
+        };
+        if per_head {
+            return Some(FusedLayout::PerHead);
+        }
+    }
+    None
 }
 
 /// Reads every block's anatomy. `hooks` are the attention out-projection
@@ -577,7 +608,9 @@ fn check_only_projections(ix: &Index, y: &str, projections: &[usize], layer: &st
             }
             return Err(ix.err(format!(
                 "{layer}: the attention layer-norm's output '{y}' is also read by {} node '{}', not only by the Q/K/V \
-                 projections (a norm shared by attention and MLP, as in GPT-J and Falcon-7B, is not supported yet)",
+                 projections; expected a layer-norm that feeds only the projections (a norm shared by attention and \
+                 MLP, as in GPT-J, Phi and Falcon-7B, and blocks without a norm before the attention, as in OLMo 2, \
+                 are not supported yet)",
                 n.op_type, n.name
             )));
         }
@@ -599,7 +632,7 @@ fn head_reads(
     if projections.len() == 1 {
         let p = &projections[0];
         let cols = p.width / dh;
-        if p.width % dh != 0 || cols < heads + 2 || (cols - heads) % 2 != 0 {
+        if !p.width.is_multiple_of(dh) || cols < heads + 2 || !(cols - heads).is_multiple_of(2) {
             return Err(ix.err(format!(
                 "{layer}: fused Q/K/V projection '{}' has {} columns, not (heads + 2 kv_heads) x head_dim with {heads} \
                  heads of {dh}",
@@ -607,7 +640,7 @@ fn head_reads(
             )));
         }
         let kv = (cols - heads) / 2;
-        let layout = fused_layout(ix.node(nodes[0])).ok_or_else(|| {
+        let layout = fused_layout(ix, ix.node(nodes[0]), heads).ok_or_else(|| {
             ix.err(format!(
                 "{layer}: fused Q/K/V projection '{}': its column layout is not known (known: GPT-2 c_attn, Phi-3 \
                  qkv_proj, OLMo Wqkv as [q | k | v]; GPT-NeoX and BLOOM query_key_value as [heads, 3, head_dim])",
@@ -623,10 +656,19 @@ fn head_reads(
             FusedLayout::PerHead if kv == heads => {
                 (0..3).flat_map(|which| (0..heads).map(move |h| (3 * h + which) * dh)).collect()
             }
+            // Falcon: [kv groups, (heads / kv) queries + key + value, head_dim].
+            FusedLayout::PerHead if kv > 0 && heads.is_multiple_of(kv) => {
+                let per = heads / kv;
+                let width = per + 2;
+                (0..heads)
+                    .map(|h| ((h / per) * width + h % per) * dh)
+                    .chain((0..kv).map(|g| (g * width + per) * dh))
+                    .chain((0..kv).map(|g| (g * width + per + 1) * dh))
+                    .collect()
+            }
             FusedLayout::PerHead => {
                 return Err(ix.err(format!(
-                    "{layer}: query_key_value '{}' has {kv} key/value heads for {heads} query heads; the [heads, 3, \
-                     head_dim] layout needs as many (Falcon's grouped layout is not supported yet)",
+                    "{layer}: query_key_value '{}' has {kv} key/value heads, which do not divide {heads} query heads",
                     p.node
                 )))
             }
@@ -676,9 +718,12 @@ fn finish_block(ix: &Index, b: &mut Block, next_in: Option<&str>, parallel: &mut
     let (a1, other) = loop {
         let cs = ix.float_consumers(&t);
         let [c] = cs.as_slice() else {
+            let names: Vec<&str> = cs.iter().map(|&c| ix.node(c).name.as_str()).collect();
             return Err(ix.err(format!(
-                "{layer}: the attention output '{t}' is read by {} nodes, expected one residual add",
-                cs.len()
+                "{layer}: the attention output '{t}' is read by {} nodes ({}); expected it to go straight into one \
+                 residual add (a norm after the attention, as in Gemma 2/3, is not supported)",
+                cs.len(),
+                names.join(", ")
             )));
         };
         let n = ix.node(*c);
@@ -724,11 +769,11 @@ fn finish_block(ix: &Index, b: &mut Block, next_in: Option<&str>, parallel: &mut
         (r, a2, other)
     } else {
         // residual + attn, then + mlp.
-        // Llama's RMSNorm casts its input and the residual add reads the cast.
+        // Llama's RMSNorm casts its input and the residual add reads the cast; OPT reshapes it.
         let mut mid = a1.output[0].clone();
         while let [c] = ix.float_consumers(&mid).as_slice() {
             let n = ix.node(*c);
-            if !matches!(n.op_type.as_str(), "Cast" | "Identity") {
+            if !STREAM.contains(&n.op_type.as_str()) {
                 break;
             }
             mid = n.output[0].clone();

@@ -372,8 +372,10 @@ fn edges_cmd(args: EdgesArgs) -> Result<(), Error> {
     for e in top.iter().take(k) {
         println!("  {:>10} -> {:<10} {:+.4}", e.from, e.to, e.score);
     }
+    let clock = std::time::Instant::now();
     attrpatch::edges::scores::write(&out, s)?;
-    println!("wrote {}", out.join("edges.json").display());
+    let secs = clock.elapsed().as_secs_f64();
+    println!("wrote {} ({} edges, with edges.csv, in {secs:.3}s)", out.join("edges.json").display(), s.edges.len());
     println!("wrote {}", out.join("edges.csv").display());
     if args.faithfulness {
         faithfulness_sweep(&opts, s, k, args.rows_per_call, &out)?;

@@ -191,6 +191,10 @@ const SUPPORTED: &[&str] = &[
     "gpt2-legacy-op17",
     "gpt2-optimum",
     "gptbigcode-legacy-op14",
+    "gptj-legacy-op14",
+    "gptj-sdpa-dynamo-op18",
+    "phi-legacy-op14",
+    "phi-sdpa-dynamo-op18",
     "gptbigcode-sdpa-dynamo-op18",
     "gptneo-dynamo-op18",
     "gptneo-legacy-op14",
@@ -232,8 +236,6 @@ fn unsupported_blocks_are_refused_by_layer_and_node() {
     for (name, says) in [
         ("gemma2-legacy-op14", "/model/layers.0/post_attention_layernorm/Pow"),
         ("olmo2-legacy-op14", "/model/layers.0/Add"),
-        ("gptj-legacy-op14", "/transformer/h.0/mlp/fc_in/MatMul"),
-        ("phi-legacy-op14", "/model/layers.0/mlp/fc1/MatMul"),
     ] {
         let (o, _) = fixture(name);
         let e = run_edges_detailed(&o, 1).err().unwrap_or_else(|| panic!("{name}: edge scores ran")).to_string();
@@ -361,4 +363,9 @@ fn cli_refuses_bad_edge_options_by_flag() {
         out.to_str().unwrap(),
     ]);
     assert!(!ok && t.contains("layer 0") && t.contains("not supported"), "{t}");
+}
+
+#[test]
+fn identity_gptj_shared_norm() {
+    identity("gptj-legacy-op14");
 }

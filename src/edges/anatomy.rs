@@ -108,8 +108,12 @@ pub struct Block {
     /// The tensor the MLP's layer-norm reads (the residual after attention,
     /// or `resid_in` in a parallel block).
     pub mlp_in: String,
-    /// The nodes reading `mlp_in` on the MLP's behalf (its layer-norm's first nodes).
+    /// The nodes reading `mlp_in` on the MLP's behalf (its layer-norm's first
+    /// nodes); with `shared_norm`, the nodes reading `attn_norm_out` on its behalf.
     pub mlp_readers: Vec<String>,
+    /// The MLP reads the attention layer-norm's output (GPT-J, Phi): its reader
+    /// is then one more copy of the batched residual, after the q/k/v readers'.
+    pub shared_norm: bool,
     /// The MLP's output as added to the residual (bias included).
     pub mlp_out: String,
     /// The residual stream after the block.
@@ -153,6 +157,12 @@ impl BlockAnatomy {
     /// Readers per layer that read through the attention layer-norm: H + 2 H_kv.
     pub fn head_readers(&self) -> usize {
         self.heads + 2 * self.kv_heads
+    }
+
+    /// Copies of the residual a block's batched reads hold: the q/k/v readers,
+    /// and the MLP's reader when it shares the attention's layer-norm.
+    pub fn copies(&self, block: &Block) -> usize {
+        self.head_readers() + block.shared_norm as usize
     }
 }
 
@@ -545,7 +555,7 @@ fn read_block(ix: &Index, hook: &Hook, heads: usize) -> Result<(Block, usize, (u
     }
     let y = inputs[0].clone();
     // The layer-norm output feeds the projections only (through layout ops).
-    check_only_projections(ix, &y, &all, &layer)?;
+    let shared = norm_users(ix, &y, &all, &layer)?;
     let (resid_in, norm) = ix.norm_region(&y, &layer, None)?;
 
     let (reads, kv) = head_reads(ix, &layer, &projections, &all, &behind, heads, head_dim)?;
@@ -558,7 +568,8 @@ fn read_block(ix: &Index, hook: &Hook, heads: usize) -> Result<(Block, usize, (u
         reads,
         out_proj,
         mlp_in: String::new(),
-        mlp_readers: vec![],
+        shared_norm: !shared.is_empty(),
+        mlp_readers: shared,
         mlp_out: String::new(),
         resid_out: String::new(),
     };
@@ -593,29 +604,33 @@ fn scores_matmul<'a>(ix: &Index<'a>, probs: &str) -> Option<&'a NodeProto> {
     None
 }
 
-/// The layer-norm output (and its layout copies) must feed the projections only.
-fn check_only_projections(ix: &Index, y: &str, projections: &[usize], layer: &str) -> Result<()> {
-    let mut stack = vec![y.to_string()];
-    while let Some(t) = stack.pop() {
-        for c in ix.float_consumers(&t) {
-            let n = ix.node(c);
-            if projections.contains(&c) {
-                continue;
-            }
-            if LAYOUT.contains(&n.op_type.as_str()) {
-                stack.push(n.output[0].clone());
-                continue;
-            }
+/// What reads the layer-norm output besides the projections (and the layout
+/// ops leading to them): nothing, or the MLP's first projections when the
+/// MLP shares the norm (GPT-J, Phi). Anything else is refused.
+fn norm_users(ix: &Index, y: &str, projections: &[usize], layer: &str) -> Result<Vec<String>> {
+    let leads_to_projections = |c: usize| {
+        let n = ix.node(c);
+        projections.contains(&c)
+            || (LAYOUT.contains(&n.op_type.as_str())
+                && ix.float_consumers(&n.output[0]).iter().all(|d| projections.contains(d)))
+    };
+    let mut users = vec![];
+    for c in ix.float_consumers(y) {
+        if leads_to_projections(c) {
+            continue;
+        }
+        let n = ix.node(c);
+        if !(ix.is_projection(n) || LAYOUT.contains(&n.op_type.as_str())) {
             return Err(ix.err(format!(
                 "{layer}: the attention layer-norm's output '{y}' is also read by {} node '{}', not only by the Q/K/V \
-                 projections; expected a layer-norm that feeds only the projections (a norm shared by attention and \
-                 MLP, as in GPT-J, Phi and Falcon-7B, and blocks without a norm before the attention, as in OLMo 2, \
-                 are not supported yet)",
+                 projections (or an MLP sharing the norm); expected a layer-norm before the attention (blocks \
+                 without one, as in OLMo 2, are not supported)",
                 n.op_type, n.name
             )));
         }
+        users.push(n.name.clone());
     }
-    Ok(())
+    Ok(users)
 }
 
 /// Each reader's columns. `behind[s]`: the projections behind the Q, K and V sides.
@@ -743,6 +758,13 @@ fn finish_block(ix: &Index, b: &mut Block, next_in: Option<&str>, parallel: &mut
         }
     };
     let is_parallel = !ix.same_stream(&b.resid_in, &other);
+    if b.shared_norm && !is_parallel {
+        return Err(ix.err(format!(
+            "{layer}: the MLP reads the attention's layer-norm ('{}') but runs after the attention; expected a \
+             parallel block",
+            b.attn_norm_out
+        )));
+    }
     if parallel.is_some_and(|p| p != is_parallel) {
         return Err(ix.err(format!("{layer}: mixes parallel and sequential blocks")));
     }
@@ -798,6 +820,12 @@ fn finish_block(ix: &Index, b: &mut Block, next_in: Option<&str>, parallel: &mut
             )));
         }
     }
+    b.mlp_in = mlp_in.clone();
+    b.mlp_out = mlp_out;
+    b.resid_out = resid_out;
+    if b.shared_norm {
+        return Ok(());
+    }
     // The MLP reads mlp_in through every float consumer that is not the residual add or the attention norm.
     let attn_norm: HashSet<&str> = b.attn_norm.iter().map(String::as_str).collect();
     let readers: Vec<String> = ix
@@ -813,10 +841,7 @@ fn finish_block(ix: &Index, b: &mut Block, next_in: Option<&str>, parallel: &mut
              (a norm shared with the attention, as in GPT-J, is not supported yet)"
         )));
     }
-    b.mlp_in = mlp_in;
     b.mlp_readers = readers;
-    b.mlp_out = mlp_out;
-    b.resid_out = resid_out;
     Ok(())
 }
 
@@ -827,7 +852,19 @@ fn leads_to(ix: &Index, t: &str, target: Option<&str>) -> bool {
 
 /// The final layer-norm: its input (checked against the last block's output) and readers.
 fn final_norm(ix: &Index, logits: &str, last_out: &str) -> Result<(String, Vec<String>)> {
-    let head = ix.producer_of(logits).filter(|n| ix.is_projection(n)).ok_or_else(|| {
+    // Through the lm_head's bias (GPT-J) and layout ops to its MatMul/Gemm.
+    let mut t = logits.to_string();
+    while let Some(n) = ix.producer_of(&t) {
+        let biased = n.op_type == "Add" && n.input.iter().filter(|x| ix.consts.contains(*x)).count() == 1;
+        if biased {
+            t = n.input.iter().find(|x| !ix.consts.contains(*x)).unwrap().clone();
+        } else if LAYOUT.contains(&n.op_type.as_str()) {
+            t = n.input[0].clone();
+        } else {
+            break;
+        }
+    }
+    let head = ix.producer_of(&t).filter(|n| ix.is_projection(n)).ok_or_else(|| {
         ix.err(format!("the logits '{logits}' should come from a MatMul/Gemm with a constant weight (the lm_head)"))
     })?;
     let y = ix.through_layout_back(&head.input[0]);

@@ -139,9 +139,10 @@ pub fn build(model: OnnxModel, opts: &EdgeGraphOptions) -> Result<EdgeGraph> {
     if opts.perturb.is_some() {
         let rank = blocks.resid_rank;
         let (pp, ps) = (skeleton::PROBE_PAIRS, skeleton::PROBE_SEQ);
-        let mut s = vec![blocks.head_readers(), pp, ps, blocks.d_model];
+        let copies = blocks.copies(&blocks.blocks[opts.perturb.unwrap_or(0)]);
+        let mut s = vec![copies, pp, ps, blocks.d_model];
         if rank == 2 {
-            s = vec![blocks.head_readers(), pp * ps, blocks.d_model];
+            s = vec![copies, pp * ps, blocks.d_model];
         }
         probe.push((PERTURB.to_string(), s));
     }
@@ -151,7 +152,9 @@ pub fn build(model: OnnxModel, opts: &EdgeGraphOptions) -> Result<EdgeGraph> {
     let mut wrt = vec![];
     for blk in &blocks.blocks {
         wrt.push(reads::head_reads(blk.layer));
-        wrt.push(reads::mlp_read(blk.layer));
+        if !blk.shared_norm {
+            wrt.push(reads::mlp_read(blk.layer));
+        }
     }
     wrt.push(reads::LOGITS_READ.to_string());
     if n == 1 {
@@ -341,8 +344,7 @@ fn score_nodes(
     let refs: Vec<&str> = writers.iter().map(String::as_str).collect();
     let dmat = b.concat(&refs, 0);
 
-    // Gradients: grads are [reads.l, mlp_read.l]* then logits_read, then (plain EAP) each z.
-    let r = anat.head_readers() as i64;
+    // Gradients: grads are [reads.l, mlp_read.l (unless the norm is shared)]* then logits_read, then (plain EAP) each z.
     let fold = |b: &mut GraphBuilder, gr: &str, copies_: i64| -> String {
         if n == 1 {
             let s = b.const_i64s(&[copies_, -1]);
@@ -354,15 +356,21 @@ fn score_nodes(
         b.reduce_sum(&v, &[1], false)
     };
     let mut readers = vec![];
-    for (k, blk) in anat.blocks.iter().enumerate() {
-        readers.push(fold(b, &grads[2 * k], r));
-        readers.push(fold(b, &grads[2 * k + 1], 1));
+    let mut k = 0;
+    for blk in &anat.blocks {
+        // With a shared norm the MLP's reader is the last copy: [R + 1, ..] is q, k, v, mlp.
+        readers.push(fold(b, &grads[k], anat.copies(blk) as i64));
         if reader_grads {
-            b.node_named("Identity", &[&grads[2 * k]], &out::reads_grad(blk.layer), vec![]);
+            b.node_named("Identity", &[&grads[k]], &out::reads_grad(blk.layer), vec![]);
             g.output.push(value_info(&out::reads_grad(blk.layer), dtype, &vec![Dim::Unknown; anat.resid_rank + 1]));
         }
+        k += 1;
+        if !blk.shared_norm {
+            readers.push(fold(b, &grads[k], 1));
+            k += 1;
+        }
     }
-    let last = 2 * anat.blocks.len();
+    let last = k;
     readers.push(fold(b, &grads[last], 1));
     let refs: Vec<&str> = readers.iter().map(String::as_str).collect();
     let gmat = b.concat(&refs, 0);

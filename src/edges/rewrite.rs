@@ -49,6 +49,9 @@ pub fn give_readers_copies(
 ) -> Result<()> {
     for block in &anat.blocks {
         head_copies(g, anat, block, facts, b, path)?;
+        if block.shared_norm {
+            continue;
+        }
         let readers: Vec<&str> = block.mlp_readers.iter().map(String::as_str).collect();
         identity_copy(g, &block.mlp_in, &names::mlp_read(block.layer), &readers, b);
     }
@@ -84,6 +87,7 @@ fn head_copies(
     let layer = block.layer;
     let err = |m: String| Error::Unsupported(format!("{}: edge scores: layer {layer}: {m}", path.display()));
     let r = anat.head_readers();
+    let copies = anat.copies(block);
     let dh = anat.head_dim;
     let rank =
         facts.rank(&block.resid_in).ok_or_else(|| err(format!("the rank of '{}' is unknown", block.resid_in)))?;
@@ -93,7 +97,7 @@ fn head_copies(
     // R copies of the residual.
     let xu = b.unsqueeze(&block.resid_in, &[0]);
     let mut reps = vec![1i64; rank + 1];
-    reps[0] = r as i64;
+    reps[0] = copies as i64;
     let reps = b.const_i64s(&reps);
     let reads = names::head_reads(layer);
     b.node_named("Expand", &[&xu, &reps], &reads, vec![]);
@@ -143,7 +147,20 @@ fn head_copies(
     if rank == 3 {
         stacked = b.unsqueeze(&stacked, &[1]);
     }
-    let per_head = b.matmul(&yb, &stacked);
+    let heads_in = if block.shared_norm {
+        // The last copy is the MLP's: it goes to the MLP's readers of the norm.
+        let mlp_copy = b.const_i64_scalar(r as i64);
+        let mlp_in = b.node("Gather", &[&yb, &mlp_copy], vec![attr_i("axis", 0)]);
+        for n in g.node.iter_mut().filter(|n| block.mlp_readers.contains(&n.name)) {
+            for i in n.input.iter_mut().filter(|i| **i == block.attn_norm_out) {
+                *i = mlp_in.clone();
+            }
+        }
+        b.slice_axis(&yb, 0, 0, r as i64)
+    } else {
+        yb.clone()
+    };
+    let per_head = b.matmul(&heads_in, &stacked);
 
     // Each projection's output, put back together from its heads' pieces.
     for (p, proj) in block.projections.iter().enumerate() {

@@ -596,8 +596,52 @@ fn edges_section_works_in_a_browser() {
         let want = format!("paths {k} marked {} nodes {}", k.min(100), nodes.join(","));
         assert_eq!(line(&format!("edges k {k}:")), want, "K = {k}");
     }
-    // The page opens at the report's K with the embedded curve.
+    // Hovering the top edge's writer lights exactly its edges among the 30 drawn.
+    let writer = &ranked[0].from;
+    let out = ranked[..30].iter().filter(|e| &e.from == writer).count();
+    let into = |e: &&&EdgeScore| e.to == *writer || e.to.starts_with(&format!("{writer}."));
+    let lit = out + ranked[..30].iter().filter(into).count();
+    let hover = line(&format!("edges hover {writer}:"));
+    assert_eq!(hover, format!("{lit} lit, {writer}: {out} edges out, {} in", lit - out));
+    // The page opens at the report's K with the embedded curve; edges and scores
+    // are coloured by sign (RdBu's blue end positive, red end negative).
     assert!(loaded.dom.contains(r#"data-k="30""#), "the circuit opens at K = 30");
+    let paths = Regex::new(r#"stroke="(rgb\([0-9,]+\))"[^>]*class="edge"[^>]*data-score="([^"]+)""#).unwrap();
+    let drawn: Vec<(String, f64)> =
+        paths.captures_iter(&loaded.dom).map(|c| (c[1].to_string(), c[2].parse().unwrap())).collect();
+    assert_eq!(drawn.len(), 30);
+    for (colour, score) in &drawn {
+        assert_eq!(colour, if *score < 0.0 { "rgb(178,24,43)" } else { "rgb(33,102,172)" }, "edge of score {score}");
+    }
+    let cells = Regex::new(
+        r#"data-score="([^"]+)"[^>]*><td class="num">\d+</td><td>[^<]*</td><td>[^<]*</td><td class="num (pos|neg)">"#,
+    )
+    .unwrap();
+    let rows: Vec<(f64, String)> =
+        cells.captures_iter(&loaded.dom).map(|c| (c[1].parse().unwrap(), c[2].to_string())).collect();
+    assert_eq!(rows.len(), 100, "one page of rows");
+    assert!(rows.iter().all(|(v, class)| class == if *v < 0.0 { "neg" } else { "pos" }), "score colours");
     assert!(loaded.dom.contains(r#"id="faithfulness""#) && loaded.dom.contains("clean (1)"), "no faithfulness curve");
     screenshot(&browser, &page, 4200);
+}
+
+/// A tiny grouped-query model with parallel blocks, every edge drawn: key/value
+/// readers on their own `a{l}.kv{g}` boxes, each MLP beside its layer's heads.
+#[test]
+fn grouped_query_parallel_circuit_is_drawn() {
+    let t = Topology { layers: 3, heads: 4, kv_heads: 2, parallel: true };
+    let s = synthetic_edges(t, "tiny circuit");
+    let dir = artifact_dir("circuit-gqa-parallel");
+    let written = write_circuit(&dir, &s, s.edges.len()).unwrap();
+    let svg = std::fs::read_to_string(&written[1]).unwrap();
+    assert_eq!(svg.matches("<polyline").count(), s.edges.len() + 5);
+    let texts: Vec<String> = svg_texts(&svg).into_iter().map(|(_, t)| t).collect();
+    for l in 0..3 {
+        for g in 0..2 {
+            assert!(texts.contains(&format!("a{l}.kv{g}")), "no box a{l}.kv{g}: {texts:?}");
+        }
+        assert!(texts.contains(&format!("a{l}.h3")) && texts.contains(&format!("m{l}")), "layer {l}: {texts:?}");
+    }
+    let img = image::open(&written[0]).unwrap().to_rgb8();
+    assert_eq!((img.width() as i64, img.height() as i64), svg_size(&svg));
 }

@@ -56,10 +56,34 @@ fn circuit_title(k: usize, n: usize) -> String {
     format!("Circuit: the top {} of {n} edges by |score|", k.min(n))
 }
 
-/// One legend line: an optional sample stroke, then text.
+/// What the boxes are: heads with their ports (key/value heads apart under
+/// grouped-query attention), MLPs, and whether blocks are parallel.
+fn boxes_legend(s: &EdgeScores) -> String {
+    let heads = if s.kv_heads < s.heads {
+        "heads a{layer}.h{head} read at port q, key/value heads a{layer}.kv{group} at ports k, v"
+    } else {
+        "heads a{layer}.h{head} read at ports q, k, v"
+    };
+    let parallel = if s.parallel { " (parallel blocks: beside their layer's heads)" } else { "" };
+    format!("boxes: {heads}; writers write from the top; MLPs m{{layer}}{parallel}")
+}
+
+/// One legend entry: sample strokes (maybe none), then text wrapped to the header.
 struct LegendLine {
     strokes: Vec<(RGBColor, u32)>,
     text: String,
+    /// `text` wrapped, filled in once the header's width is known.
+    lines: Vec<String>,
+}
+
+impl LegendLine {
+    fn new(strokes: Vec<(RGBColor, u32)>, text: String) -> Self {
+        LegendLine { strokes, text, lines: vec![] }
+    }
+
+    fn indent(&self) -> i32 {
+        self.strokes.len() as i32 * (SAMPLE + GAP)
+    }
 }
 
 struct CircuitFigure {
@@ -84,27 +108,26 @@ impl CircuitFigure {
         let subtitle = wrap(&subtitle, SUBTITLE, header_w as u32);
         let smallest = graph.edges.last().map_or(0.0, |e| e.score.abs());
         let (pos, neg) = (rgb(POSITIVE), rgb(NEGATIVE));
-        let legend = vec![
-            LegendLine {
-                strokes: vec![(pos, 3)],
-                text: "positive score: patching the edge to its clean value raises the metric".into(),
-            },
-            LegendLine { strokes: vec![(neg, 3)], text: "negative score: it lowers the metric".into() },
-            LegendLine {
-                strokes: vec![(pos, 1), (pos, MAX_EDGE_W / 2), (pos, MAX_EDGE_W)],
-                text: format!(
+        let mut legend = vec![
+            LegendLine::new(
+                vec![(pos, 3)],
+                "positive score: patching the edge to its clean value raises the metric".into(),
+            ),
+            LegendLine::new(vec![(neg, 3)], "negative score: it lowers the metric".into()),
+            LegendLine::new(
+                vec![(pos, 1), (pos, MAX_EDGE_W / 2), (pos, MAX_EDGE_W)],
+                format!(
                     "width ∝ |score|: from {} (the smallest drawn) to {} (the largest)",
                     fmt_tick(smallest),
                     fmt_tick(graph.max_abs)
                 ),
-            },
-            LegendLine {
-                strokes: vec![],
-                text: "boxes: heads a{layer}.h{head} read at ports q, k, v and write from the top; MLPs m{layer}"
-                    .into(),
-            },
+            ),
+            LegendLine::new(vec![], boxes_legend(scores)),
         ];
-        let legend_h = legend.len() as i32 * (text_h(LEGEND) + GAP);
+        for l in &mut legend {
+            l.lines = wrap(&l.text, LEGEND, (header_w - l.indent()) as u32);
+        }
+        let legend_h = legend.iter().map(|l| l.lines.len() as i32 * (text_h(LEGEND) + GAP)).sum::<i32>();
         let header_h = MARGIN
             + title.len() as i32 * (text_h(TITLE) + 4)
             + subtitle.len() as i32 * (text_h(SUBTITLE) + 3)
@@ -112,7 +135,7 @@ impl CircuitFigure {
             + legend_h
             + GAP;
         let legend_w =
-            legend.iter().map(|l| l.strokes.len() as i32 * (SAMPLE + GAP) + text_w(&l.text, LEGEND)).max().unwrap_or(0);
+            legend.iter().flat_map(|l| l.lines.iter().map(|line| l.indent() + text_w(line, LEGEND))).max().unwrap_or(0);
         let widest_header = title
             .iter()
             .map(|l| text_w(l, TITLE))
@@ -174,8 +197,11 @@ impl Figure for CircuitFigure {
                 area.draw(&PathElement::new(vec![(x, mid), (x + SAMPLE, mid)], colour.stroke_width(width)))?;
                 x += SAMPLE + GAP;
             }
-            pen.text(area, &line.text, Place::new((x, mid), LEGEND, HPos::Left, VPos::Center))?;
-            y += text_h(LEGEND) + GAP;
+            for text in &line.lines {
+                let mid = y + text_h(LEGEND) / 2;
+                pen.text(area, text, Place::new((x, mid), LEGEND, HPos::Left, VPos::Center))?;
+                y += text_h(LEGEND) + GAP;
+            }
         }
         let g = &self.graph;
         // Layer bands, every other one shaded, labelled in the gutter.

@@ -20,8 +20,9 @@ use crate::edges::{EdgeScore, EdgeScores};
 use crate::error::{Error, Result};
 use std::collections::{BTreeMap, BTreeSet};
 
-/// A head or MLP box.
+/// A head or MLP box's width.
 pub const BOX_W: i32 = 66;
+/// Every box's height.
 pub const BOX_H: i32 = 34;
 /// The `input` and `logits` boxes.
 pub const END_W: i32 = 110;
@@ -62,53 +63,73 @@ pub struct Port {
     pub label: &'static str,
     /// The reader's name, e.g. "a3.h7.q".
     pub reader: String,
+    /// Where edges into the reader end, on the box's lower edge.
     pub at: (i32, i32),
 }
 
 /// One node's box, in layout pixels (origin top left).
 #[derive(Debug, Clone, PartialEq)]
 pub struct NodeBox {
+    /// The node it stands for.
     pub key: BoxKey,
     /// What the box says: "a3.h7", "a3.kv1", "m3", "input", "logits".
     pub label: String,
+    /// Left edge.
     pub x: i32,
+    /// Upper edge.
     pub y: i32,
+    /// Width.
     pub w: i32,
+    /// Height.
     pub h: i32,
     /// The writer's name and where its edges leave (middle of the upper edge).
     pub writer: Option<(String, (i32, i32))>,
+    /// Its readers' inputs, left to right (none on `input`).
     pub ports: Vec<Port>,
 }
 
 /// A kept edge, placed: from its writer's anchor to its reader's port.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PlacedEdge {
+    /// Writer name.
     pub from: String,
+    /// Reader name.
     pub to: String,
+    /// The edge's score.
     pub score: f64,
-    /// Indices into `CircuitLayout::boxes`.
+    /// Index into `CircuitLayout::boxes` of the writer's box.
     pub from_box: usize,
+    /// Index of the reader's box.
     pub to_box: usize,
+    /// The writer's anchor (middle of its box's upper edge).
     pub start: (i32, i32),
+    /// The reader's port.
     pub end: (i32, i32),
+    /// By sign: `POSITIVE` or `NEGATIVE`.
     pub colour: Colour,
     /// Whole pixels (plotters strokes take integers), 1 to `MAX_EDGE_W`.
     pub width: u32,
+    /// Stroke opacity, higher for larger |score|.
     pub opacity: f64,
 }
 
 /// A layer's rows, shaded alternately behind the boxes and labelled in the gutter.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Band {
+    /// The layer.
     pub layer: usize,
+    /// Upper edge (half a row gap above its highest box).
     pub top: i32,
+    /// Lower edge.
     pub bottom: i32,
 }
 
 /// The top-K circuit, placed.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CircuitLayout {
+    /// Width in pixels, the layer labels' gutter included.
     pub width: i32,
+    /// Height in pixels.
     pub height: i32,
     /// Only the boxes a kept edge touches, plus `input` and `logits`.
     pub boxes: Vec<NodeBox>,

@@ -4,14 +4,19 @@
 //! them where the circuit figure would), and the faithfulness curve when measured.
 
 use super::circuit::method_label;
-use super::circuit_layout::{control_points, layout, BoxKey, CircuitLayout, GUTTER};
+use super::circuit_layout::{control_points, layout, top_edges, BoxKey, CircuitLayout, GUTTER};
 use super::faithfulness::faithfulness_svg;
-use crate::edges::EdgeScores;
+use crate::edges::{EdgeScore, EdgeScores};
 use crate::error::{Error, Result};
 use serde_json::{json, Value};
 
 /// The largest K the page's slider offers: beyond it a circuit is no longer readable.
 pub const K_MAX: usize = 500;
+
+/// At most this many edges go into the page's table, those of largest |score|
+/// (GPT-2 small has 32,491; a 7B model's million would make a page of tens of
+/// megabytes). edges.csv always has them all.
+pub const TABLE_MAX: usize = 100_000;
 
 /// What the report page's Edges section shows.
 #[derive(Debug, Clone, Copy)]
@@ -75,13 +80,27 @@ fn layout_json(g: &CircuitLayout) -> Value {
 
 /// The Edges section's data (see report.js, `renderEdges`).
 pub fn edges_json(r: &EdgeReport) -> Result<Value> {
+    edges_json_with(r, TABLE_MAX)
+}
+
+/// The table's rows: every edge in table order, or the `cap` of largest |score|.
+fn table_json(s: &EdgeScores, cap: usize) -> Result<Vec<Value>> {
+    let row = |e: &EdgeScore| json!([e.from, e.to, e.score]);
+    Ok(if s.edges.len() <= cap {
+        s.edges.iter().map(row).collect()
+    } else {
+        top_edges(s, cap)?.into_iter().map(row).collect()
+    })
+}
+
+fn edges_json_with(r: &EdgeReport, table_cap: usize) -> Result<Value> {
     let s = r.scores;
     let n = s.edges.len();
     if r.top_k == 0 {
         return Err(Error::Input("report: the circuit's K must be at least 1 edge".into()));
     }
     let k_max = n.min(K_MAX.max(r.top_k));
-    let table: Vec<Value> = s.edges.iter().map(|e| json!([e.from, e.to, e.score])).collect();
+    let table = table_json(s, table_cap)?;
     let faithfulness = if r.faithfulness.is_empty() {
         Value::Null
     } else {
@@ -128,5 +147,17 @@ mod tests {
         let v = edges_json(&EdgeReport { scores: &small, top_k: 3, faithfulness: &[] }).unwrap();
         assert_eq!(v["k_max"].as_u64(), Some(small.edges.len() as u64));
         assert!(v["faithfulness"].is_null());
+    }
+
+    #[test]
+    fn a_big_table_keeps_the_edges_of_largest_score() {
+        let s = synthetic(GPT2_SMALL, 8);
+        let v = edges_json_with(&EdgeReport { scores: &s, top_k: 10, faithfulness: &[] }, 1000).unwrap();
+        let kept: Vec<f64> = v["table"].as_array().unwrap().iter().map(|r| r[2].as_f64().unwrap()).collect();
+        assert_eq!(kept.len(), 1000);
+        assert_eq!(v["n_edges"].as_u64(), Some(32491));
+        let smallest_kept = kept.iter().fold(f64::INFINITY, |m, v| m.min(v.abs()));
+        let larger = s.edges.iter().filter(|e| e.score.abs() > smallest_kept).count();
+        assert!(larger < 1000, "{larger} edges outside the table beat its smallest");
     }
 }

@@ -245,7 +245,7 @@
       for (let j = edges.length - 1; j >= 0; j--) {
         const e = edges[j];
         const p = sv("path", { d: e.d, fill: "none", stroke: e.colour, "stroke-width": e.width, "stroke-opacity": e.opacity,
-          "class": "edge", "data-from": e.from, "data-to": e.to, "data-score": String(e.score) });
+          "class": "edge", "data-from": e.from, "data-to": e.to, "data-score": String(e.score), "data-a": e.a, "data-b": e.b });
         const what = `${e.from} → ${e.to}: ${fmt(e.score)} (rank ${j + 1})`;
         p.addEventListener("mouseover", ev => showTip(what, ev));
         p.addEventListener("mousemove", ev => showTip(what, ev));
@@ -254,7 +254,20 @@
       }
       L.boxes.forEach((b, i) => {
         if (!used.has(i)) return;
-        const g = sv("g", { "class": "node", "data-name": b.label });
+        const g = sv("g", { "class": "node", "data-name": b.label, "data-box": i });
+        // Hovering a box brings out its edges and fades the rest (dense circuits).
+        const mine = edges.filter(e => e.a === i || e.b === i);
+        const what = `${b.label}: ${mine.filter(e => e.a === i).length} edges out, ${mine.filter(e => e.b === i).length} in`;
+        g.addEventListener("mouseover", ev => {
+          s.classList.add("focus");
+          for (const p of s.querySelectorAll("path.edge")) if (Number(p.dataset.a) === i || Number(p.dataset.b) === i) p.classList.add("hi");
+          showTip(what, ev);
+        });
+        g.addEventListener("mouseout", () => {
+          s.classList.remove("focus");
+          for (const p of s.querySelectorAll("path.edge.hi")) p.classList.remove("hi");
+          hideTip();
+        });
         const end = b.kind === "input" || b.kind === "logits";
         g.append(sv("rect", { x: b.x, y: b.y, width: b.w, height: b.h, fill: end ? "#eaeef4" : "#ffffff", stroke: "#6a7f9f" }));
         const ported = b.ports.some(p => p.label);
@@ -306,7 +319,7 @@
       const lo = state.page * PAGE, hi = Math.min(n, lo + PAGE);
       tbody.replaceChildren(...view.slice(lo, hi).map(r => el("tr", Object.assign({ "data-rank": r.rank, "data-score": String(r.score) },
         r.rank <= k ? { "class": "in-circuit" } : {}), el("td", { "class": "num" }, r.rank), el("td", {}, r.from), el("td", {}, r.to),
-        el("td", { "class": "num" }, fmt(r.score)))));
+        el("td", { "class": r.score < 0 ? "num neg" : "num pos" }, fmt(r.score)))));
       tableEl.dataset.matches = String(n);
       info.textContent = n ? `rows ${lo + 1}–${hi} of ${n}${n < rows.length ? ` matching (of ${rows.length})` : ""}` : `no edge matches (of ${rows.length})`;
       prev.disabled = state.page === 0;
@@ -332,7 +345,9 @@
     prev.addEventListener("click", () => { state.page--; drawTable(); });
     next.addEventListener("click", () => { state.page++; drawTable(); });
     slider.addEventListener("input", () => { k = Number(slider.value); drawCircuit(); drawTable(); });
-    root.append(el("h3", {}, "Edge scores"), el("p", { "class": "controls" }, el("label", { "for": "edge-filter" }, "Filter: "), filter, " ", prev, " ", next, " ", info),
+    const partial = rows.length < E.n_edges ? [el("p", { "class": "note", id: "edge-table-partial" },
+      `The table holds the ${rows.length} edges of largest |score| of all ${E.n_edges}; edges.csv has every one.`)] : [];
+    root.append(el("h3", {}, "Edge scores"), ...partial, el("p", { "class": "controls" }, el("label", { "for": "edge-filter" }, "Filter: "), filter, " ", prev, " ", next, " ", info),
       el("p", { "class": "note" }, "Click a column to sort by it, again to reverse. A filter term matches a node or its parts (a9: layer 9's heads; a9.h9: that head and its q, k, v; .q: every query input); every term must match the edge's from or to. Rows in the circuit are shaded."),
       tableEl);
     drawCircuit();
@@ -496,6 +511,12 @@
     }
     slider.value = start;
     slider.dispatchEvent(new Event("input"));
+    // Hovering the strongest edge's writer box: its edges stand out, the others fade.
+    const top = document.querySelector("#circuit path.edge:last-of-type");
+    const box = document.querySelector(`#circuit g.node[data-box="${top.dataset.a}"]`);
+    box.dispatchEvent(new MouseEvent("mouseover", { bubbles: true }));
+    out.push(`edges hover ${box.dataset.name}: ${document.querySelectorAll("#circuit path.edge.hi").length} lit, ${tip.textContent}`);
+    box.dispatchEvent(new MouseEvent("mouseout", { bubbles: true }));
     // Not asserted (timings are no test); read when judging responsiveness.
     out.push(`edges ms: sort by score ${sortMs.toFixed(1)}, slowest slider move ${slideMs.toFixed(1)}`);
   }

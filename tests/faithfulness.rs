@@ -85,6 +85,17 @@ fn sweep_ends_llama_gqa() {
     sweep_ends("llama-legacy-op14");
 }
 
+#[test]
+fn sweep_ends_falcon_grouped_parallel() {
+    sweep_ends("falcon-legacy-op14");
+}
+
+/// GPT-J: attention and MLP read one layer-norm, so the MLP's reader is the last of the batched copies.
+#[test]
+fn sweep_ends_gptj_shared_norm() {
+    sweep_ends("gptj-legacy-op14");
+}
+
 /// The other direction: every edge carrying its clean value into the
 /// corrupted run is the clean run, none is the corrupted run; calls of two
 /// rows give what one call gives.

@@ -147,19 +147,25 @@ pub fn build(model: OnnxModel, opts: &EdgePatchOptions) -> Result<EdgePatchGraph
         b.node_named("Gather", &[&t.corrupted, names::ROW_PAIR], &rows_map[&t.model_name], vec![attr_i("axis", 0)]);
     }
 
-    // Every reader copy of the rows is read patched.
+    // Every reader copy of the rows is read patched. A layer whose MLP shares the
+    // attention's layer-norm (GPT-J, Phi) has no MLP copy of its own: the MLP's
+    // input is the last of the batched q/k/v copies (`rewrite`).
     let topo = blocks.topology();
     let groups = mask_groups(&topo);
-    let read_of = |gi: usize| -> String {
+    let shared = |l: usize| blocks.blocks[l].shared_norm;
+    // Per group: the reader tensor it patches (None: patched with its layer's heads).
+    let read_of = |gi: usize| -> Option<String> {
         let l = gi / 2;
         match (gi == groups.len() - 1, gi % 2) {
-            (true, _) => reads::LOGITS_READ.to_string(),
-            (false, 0) => reads::head_reads(l),
-            _ => reads::mlp_read(l),
+            (true, _) => Some(reads::LOGITS_READ.to_string()),
+            (false, 0) => Some(reads::head_reads(l)),
+            _ if shared(l) => None,
+            _ => Some(reads::mlp_read(l)),
         }
     };
-    let patched: HashMap<String, String> =
-        (0..groups.len()).map(|gi| (read_of(gi), format!("attrpatch.edge_patched.{}", groups[gi].name))).collect();
+    let patched: HashMap<String, String> = (0..groups.len())
+        .filter_map(|gi| Some((read_of(gi)?, format!("attrpatch.edge_patched.{}", groups[gi].name))))
+        .collect();
     copy::rename_inputs(&mut row_nodes, &patched);
 
     let ids = &token_inputs[0];
@@ -201,18 +207,31 @@ pub fn build(model: OnnxModel, opts: &EdgePatchOptions) -> Result<EdgePatchGraph
         let dm = delta(&mut b, &blk.mlp_out);
         pieces.push((1, b.unsqueeze(&dm, &[1])));
     }
-    // Each group: patched = read + (mask @ D_prefix), laid out as the read.
+    // Each group's sum mask @ D_prefix, [R, readers, S*d].
+    let sums: Vec<String> = groups
+        .iter()
+        .map(|grp| {
+            let (mut n, mut k) = (0, 0);
+            while n < grp.upstream {
+                n += pieces[k].0;
+                k += 1;
+            }
+            let refs: Vec<&str> = pieces[..k].iter().map(|(_, p)| p.as_str()).collect();
+            let dmat = if refs.len() == 1 { refs[0].to_string() } else { b.concat(&refs, 1) };
+            b.matmul(&names::mask(&grp.name), &dmat)
+        })
+        .collect();
+    // patched = read + the sums, laid out as the read.
     for (gi, grp) in groups.iter().enumerate() {
-        let (mut n, mut k) = (0, 0);
-        while n < grp.upstream {
-            n += pieces[k].0;
-            k += 1;
-        }
-        let refs: Vec<&str> = pieces[..k].iter().map(|(_, p)| p.as_str()).collect();
-        let dmat = if refs.len() == 1 { refs[0].to_string() } else { b.concat(&refs, 1) };
-        let sum = b.matmul(&names::mask(&grp.name), &dmat);
-        let read = read_of(gi);
-        let laid = if grp.name.starts_with("heads.") { b.transpose(&sum, &[1, 0, 2]) } else { sum };
+        let Some(read) = read_of(gi) else { continue };
+        let laid = if grp.name.starts_with("heads.") {
+            let l = gi / 2;
+            // A shared norm's MLP copy is the last: its sum goes after the heads'.
+            let all = if shared(l) { b.concat(&[&sums[gi], &sums[gi + 1]], 1) } else { sums[gi].clone() };
+            b.transpose(&all, &[1, 0, 2])
+        } else {
+            sums[gi].clone()
+        };
         let moved = b.reshape_like(&laid, &read);
         b.node_named("Add", &[&read, &moved], &patched[&read], vec![]);
     }

@@ -332,6 +332,43 @@ fn cli_writes_edges_json_and_csv() {
     assert!(t.contains(&format!("{} -> {}", largest.from, largest.to)), "{t}");
 }
 
+/// `edges --report`: the node job's files beside the edges, and report.html whose embedded data
+/// carries every edge, the circuit's K and the faithfulness points.
+#[test]
+fn cli_report_embeds_the_edges_and_the_node_grids() {
+    let out = fresh_dir("edges-cli-report");
+    let dir = out.to_str().unwrap();
+    let args = ["edges", "--model", "models/gpt2-tiny-random.onnx", "--device", "cpu", "--out", dir];
+    let (ok, t) = attrpatch_cli(&[&args[..], &["--top-k", "5", "--faithfulness", "--report"]].concat());
+    assert!(ok, "{t}");
+    for f in ["heads.csv", "positions.csv", "results.json", "circuit.png", "faithfulness.png"] {
+        assert!(out.join(f).is_file(), "{f} missing: {t}");
+    }
+    let page = std::fs::read_to_string(out.join("report.html")).unwrap();
+    let start = page.find(r#"<script type="application/json" id="data">"#).expect("data block") + 42;
+    let end = start + page[start..].find("</script>").unwrap();
+    let data: serde_json::Value = serde_json::from_str(&page[start..end]).unwrap();
+    let scores: attrpatch::edges::EdgeScores =
+        serde_json::from_slice(&std::fs::read(out.join("edges.json")).unwrap()).unwrap();
+    let edges = &data["edges"];
+    assert_eq!(edges["n_edges"].as_u64(), Some(scores.edges.len() as u64), "{edges}");
+    assert_eq!(edges["faithfulness"]["points"].as_array().map(|p| p.is_empty()), Some(false), "{edges}");
+    assert!(data["grids"].is_array() || data["grids"].is_object(), "the node grids are in the page too");
+    // Without --report there is no page.
+    let plain = fresh_dir("edges-cli-no-report");
+    let (ok, t) = attrpatch_cli(&[
+        "edges",
+        "--model",
+        "models/gpt2-tiny-random.onnx",
+        "--device",
+        "cpu",
+        "--out",
+        plain.to_str().unwrap(),
+    ]);
+    assert!(ok, "{t}");
+    assert!(!plain.join("report.html").exists());
+}
+
 #[test]
 fn cli_refuses_bad_edge_options_by_flag() {
     let m = ["--model", "models/gpt2-tiny-random.onnx", "--device", "cpu"];

@@ -4,43 +4,17 @@
 //! summed over the pairs and normalised as `run` normalises: by
 //! N (CLEAN - CORR) over the whole prompt set.
 
-use super::patch_graph::{self, mask_groups, names, EdgePatchGraph, EdgePatchOptions};
+use super::patch_graph::{self, mask_groups, names, EdgePatchOptions};
 use super::{Reader, Topology, Writer};
 use crate::augment::Metric;
 use crate::batches::Totals;
 use crate::error::{Error, Result};
-use crate::hooks::Hook;
-use crate::job::{pair_inputs, prepare, JobGraph, JobOptions, TokenInputs};
+use crate::job::{pair_inputs, prepare, JobGraph, JobOptions};
 use crate::memory::{choose, Budget, Sizing, Workload};
-use crate::onnx::pb::ModelProto;
 use crate::runtime::{take_output, Value};
 use ndarray::{Array1, Array2, Array3};
 use std::collections::HashMap;
 use std::time::Instant;
-
-impl JobGraph for EdgePatchGraph {
-    fn proto_mut(&mut self) -> &mut ModelProto {
-        &mut self.proto
-    }
-    fn vocab(&self) -> usize {
-        self.vocab
-    }
-    fn hooks(&self) -> &[Hook] {
-        &self.hooks
-    }
-    fn heads(&self) -> Option<usize> {
-        self.heads
-    }
-    fn token_inputs(&self) -> TokenInputs<'_> {
-        TokenInputs {
-            ids: &self.input_ids,
-            mask: self.attention_mask.as_ref(),
-            positions: self.position_ids.as_ref(),
-            vocab: self.vocab,
-            metric: self.metric,
-        }
-    }
-}
 
 /// Which prompts the rows run and which the patched edges carry values from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

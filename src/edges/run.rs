@@ -3,42 +3,16 @@
 //! the attribution of its pairs' summed metric, and the sum normalised as
 //! `run` normalises its grids: by N (CLEAN - CORR) over the whole prompt set.
 
-use super::graph::{self, out, EdgeGraph, EdgeGraphOptions};
+use super::graph::{self, out, EdgeGraphOptions};
 use super::scores::{node_scores, EdgeScore, EdgeScores};
 use super::{Reader, Writer};
 use crate::augment::names;
 use crate::batches::Totals;
 use crate::error::{Error, Result};
-use crate::hooks::Hook;
-use crate::job::{pair_inputs, prepare, JobGraph, JobOptions, TokenInputs};
+use crate::job::{pair_inputs, prepare, JobGraph, JobOptions};
 use crate::memory::{choose, Budget, Workload};
-use crate::onnx::pb::ModelProto;
 use crate::runtime::take_output;
 use std::collections::HashMap;
-
-impl JobGraph for EdgeGraph {
-    fn proto_mut(&mut self) -> &mut ModelProto {
-        &mut self.proto
-    }
-    fn vocab(&self) -> usize {
-        self.vocab
-    }
-    fn hooks(&self) -> &[Hook] {
-        &self.hooks
-    }
-    fn heads(&self) -> Option<usize> {
-        self.heads
-    }
-    fn token_inputs(&self) -> TokenInputs<'_> {
-        TokenInputs {
-            ids: &self.input_ids,
-            mask: self.attention_mask.as_ref(),
-            positions: self.position_ids.as_ref(),
-            vocab: self.vocab,
-            metric: self.metric,
-        }
-    }
-}
 
 /// An edge job's scores and what checks read beside them.
 pub struct EdgeRun {

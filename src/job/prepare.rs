@@ -84,8 +84,8 @@ pub trait JobGraph {
     fn token_inputs(&self) -> TokenInputs<'_>;
 }
 
-/// `JobGraph` for a rewritten graph struct with the fields both builders
-/// give theirs (`proto`, `vocab`, `hooks`, `heads`, `input_ids`,
+/// `JobGraph` for a rewritten graph struct with the fields every builder
+/// gives its (`proto`, `vocab`, `hooks`, `heads`, `metric`, `input_ids`,
 /// `attention_mask`, `position_ids`).
 macro_rules! impl_job_graph {
     ($graph:ty) => {
@@ -116,6 +116,8 @@ macro_rules! impl_job_graph {
 }
 impl_job_graph!(Augmented);
 impl_job_graph!(crate::patch::graph::PatchGraph);
+impl_job_graph!(crate::edges::graph::EdgeGraph);
+impl_job_graph!(crate::edges::patch_graph::EdgePatchGraph);
 
 /// A job ready to run: the model loaded, hashed and rewritten, the prompts
 /// tokenized, the graph handed over for a runtime session.

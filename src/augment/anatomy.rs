@@ -104,6 +104,20 @@ impl Anatomy {
         }
     }
 
+    /// The head count a graph that needs one uses: `given` once checked, else the
+    /// one read from the graph, else an error that asks for `--heads`.
+    pub fn required_heads(&self, model: &OnnxModel, given: Option<usize>) -> Result<usize> {
+        match given {
+            Some(h) => {
+                self.check_heads(model, h)?;
+                Ok(h)
+            }
+            None => self
+                .infer_heads(model)?
+                .ok_or_else(|| super::heads_unknown(&model.path, &self.hooks[0].tensor)),
+        }
+    }
+
     /// A head count must split every hook's width evenly.
     pub fn check_heads(&self, model: &OnnxModel, heads: usize) -> Result<()> {
         for h in &self.hooks {

@@ -97,15 +97,7 @@ pub fn build(model: OnnxModel, opts: &EdgeGraphOptions) -> Result<EdgeGraph> {
         return Err(Error::Input("the integration steps of EAP-IG must be at least 1 (1 is plain EAP)".into()));
     }
     let mut anat = Anatomy::read(&model, &HookKind::AttnOut)?;
-    let heads = match opts.heads {
-        Some(h) => {
-            anat.check_heads(&model, h)?;
-            h
-        }
-        None => anat
-            .infer_heads(&model)?
-            .ok_or_else(|| crate::augment::heads_unknown(&model.path, &anat.hooks[0].tensor))?,
-    };
+    let heads = anat.required_heads(&model, opts.heads)?;
     // Ranks at a probe size: the symbolic facts lose them in legacy exports' shape chains.
     let facts = probed_facts(&model)?;
     let blocks = anatomy::read(model.graph(), &anat.constants, &facts, &model.path, &anat.hooks, heads, &anat.logits)?;

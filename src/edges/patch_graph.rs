@@ -118,15 +118,7 @@ pub struct EdgePatchGraph {
 /// Builds the edge-patching graph (module doc). Takes the model by value, as `augment` does.
 pub fn build(model: OnnxModel, opts: &EdgePatchOptions) -> Result<EdgePatchGraph> {
     let mut anat = Anatomy::read(&model, &HookKind::AttnOut)?;
-    let heads = match opts.heads {
-        Some(h) => {
-            anat.check_heads(&model, h)?;
-            h
-        }
-        None => anat
-            .infer_heads(&model)?
-            .ok_or_else(|| crate::augment::heads_unknown(&model.path, &anat.hooks[0].tensor))?,
-    };
+    let heads = anat.required_heads(&model, opts.heads)?;
     let facts = probed_facts(&model)?;
     let blocks = anatomy::read(model.graph(), &anat.constants, &facts, &model.path, &anat.hooks, heads, &anat.logits)?;
     let (path, opset) = (model.path.clone(), model.opset);

@@ -65,9 +65,15 @@ fn sweep_ends(name: &str) {
     let tol = 1e-4 * run.clean_metric.abs().max(run.corrupted_metric.abs());
     close(&format!("{name}: clean"), f.clean, run.clean_metric, tol);
     close(&format!("{name}: corrupted"), f.corrupted, run.corrupted_metric, tol);
-    // Every K is a row of each pair, in as few calls as the rows per call allow.
-    assert_eq!(f.rows, 4 * (ks.len() + 1));
+    // Every K but all is a row of each pair, beside the baseline row (K = all
+    // patches nothing: it is the clean baseline), in as few calls as the rows
+    // per call allow.
+    assert_eq!(f.rows, 4 * ks.len());
     assert_eq!(f.runtime_calls, f.rows.div_ceil(f.rows_per_call));
+    // Asked alone, K = all is run as a patched row, and it is the clean run.
+    let all = faithfulness(&o, &s, &[n], None).unwrap();
+    assert_eq!(all.rows, 4 * 2);
+    close(&format!("{name}: K = all, run"), all.points[0].faithfulness, 1.0, 1e-4);
 }
 
 #[test]

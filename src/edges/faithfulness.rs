@@ -110,6 +110,11 @@ pub fn faithfulness(
     if let Some(&bad) = ks.iter().find(|&&k| k > total) {
         return Err(Error::Input(format!("a circuit of {bad} edges: the model has {total} edges")));
     }
+    // A circuit of every edge patches nothing: its row would repeat the clean
+    // baseline row, whose normalised metric is 1 by definition. Run only the
+    // others (unless no other is asked for: the baselines still need a call).
+    let runs: Vec<usize> = ks.iter().copied().filter(|&k| k < total).collect();
+    let runs = if runs.is_empty() { ks.to_vec() } else { runs };
     let r = patch_edges(opts, Direction::CorruptedIntoClean, rows_per_call, |topo| {
         if topo.edges().len() != total {
             return Err(Error::Input(format!(
@@ -118,7 +123,7 @@ pub fn faithfulness(
             )));
         }
         // Outside the circuit: patched to the corrupted value.
-        Ok(ks
+        Ok(runs
             .iter()
             .map(|&k| {
                 let mut inside = vec![false; total];
@@ -127,13 +132,17 @@ pub fn faithfulness(
             })
             .collect())
     })?;
+    let value = |k: usize| match runs.iter().position(|&r| r == k) {
+        Some(i) => r.normalised[i],
+        None => 1.0,
+    };
     Ok(Faithfulness {
         method: scores.method.clone(),
         metric: scores.metric.clone(),
         edges: total,
         clean: r.clean,
         corrupted: r.corrupted,
-        points: ks.iter().zip(&r.normalised).map(|(&k, &f)| Point { k, faithfulness: f }).collect(),
+        points: ks.iter().map(|&k| Point { k, faithfulness: value(k) }).collect(),
         rows: r.rows,
         rows_per_call: r.sizing.per_call,
         runtime_calls: r.runtime_calls,

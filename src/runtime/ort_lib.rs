@@ -120,9 +120,36 @@ pub fn init(explicit: Option<&Path>) -> Result<(&'static Path, ort::environment:
         Ok((path, env))
     });
     match r {
-        Ok((p, env)) => Ok((p.as_path(), env.clone())),
+        Ok((p, env)) => {
+            same_library(p, explicit)?;
+            Ok((p.as_path(), env.clone()))
+        }
         Err(e) => Err(Error::Runtime(e.clone())),
     }
+}
+
+/// A process loads one ONNX Runtime library: a later call naming another one
+/// is an error, not a silent reuse of the first.
+fn same_library(loaded: &Path, explicit: Option<&Path>) -> Result<()> {
+    let Some(asked) = explicit else { return Ok(()) };
+    let asked_file = resolve(asked).ok_or_else(|| {
+        Error::Runtime(format!(
+            "{EXPLICIT} points to {}, which is not an ONNX Runtime library or a folder holding one",
+            asked.display()
+        ))
+    })?;
+    let real = |p: &Path| p.canonicalize().unwrap_or_else(|_| p.to_path_buf());
+    if real(&asked_file) == real(loaded) {
+        return Ok(());
+    }
+    Err(Error::Runtime(format!(
+        "this process already loaded ONNX Runtime from {}; it cannot load a second library ({} was asked for). \
+         Use the same library for every job of a process, or start a new process (in Python, a new interpreter) \
+         for {}",
+        loaded.display(),
+        asked_file.display(),
+        asked.display()
+    )))
 }
 
 #[cfg(test)]
@@ -142,6 +169,24 @@ mod tests {
         assert_eq!(version_of(Path::new("/x/libonnxruntime.1.32.0.dylib")), Some((1, 32, 0)));
         assert_eq!(version_of(Path::new("/x/libonnxruntime.so")), None);
         assert_eq!(version_of(Path::new("/x/onnxruntime.dll")), None);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn asking_for_a_second_library_after_one_is_loaded_is_an_error() {
+        let dir = std::env::temp_dir().join(format!("attrpatch-ortsecond-{}", std::process::id()));
+        let (a, b) = (dir.join("a"), dir.join("b"));
+        for d in [&a, &b] {
+            std::fs::create_dir_all(d).unwrap();
+            std::fs::write(d.join("libonnxruntime.so.1.32.0"), b"").unwrap();
+        }
+        let loaded = a.join("libonnxruntime.so.1.32.0");
+        assert!(same_library(&loaded, None).is_ok());
+        assert!(same_library(&loaded, Some(&a)).is_ok(), "the folder of the loaded library is the same library");
+        let err = same_library(&loaded, Some(&b)).unwrap_err().to_string();
+        assert!(err.contains("already loaded") && err.contains(&b.display().to_string()), "{err}");
+        let err = same_library(&loaded, Some(&dir.join("missing"))).unwrap_err().to_string();
+        assert!(err.contains("not an ONNX Runtime library"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -82,7 +82,7 @@ pub struct Faithfulness {
     pub corrupted: f64,
     /// The curve, by K.
     pub points: Vec<Point>,
-    /// Patched rows run (pairs x (K values + 1 baseline)).
+    /// Patched rows run (pairs x (K values below all + 1 baseline)).
     pub rows: usize,
     /// Rows per runtime call.
     pub rows_per_call: usize,

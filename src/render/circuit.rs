@@ -8,7 +8,7 @@ use super::circuit_layout::{
     edge_curve, layout, BoxKey, CircuitLayout, NodeBox, GUTTER, MAX_EDGE_W, NEGATIVE, POSITIVE,
 };
 use super::colour::{rgb, FRAME, TEXT};
-use super::figure::{write_figure, DrawResult, Figure};
+use super::figure::{write_figure, DrawResult, Figure, draw_header, header_height, SUBTITLE, TITLE};
 use super::font::{text_h, text_w, wrap};
 use super::pen::{Pen, Place};
 use super::ticks::fmt_tick;
@@ -21,8 +21,6 @@ use std::path::{Path, PathBuf};
 
 const MARGIN: i32 = 14;
 const GAP: i32 = 6;
-const TITLE: f64 = 21.0;
-const SUBTITLE: f64 = 15.0;
 const LEGEND: f64 = 14.0;
 const NODE: f64 = 14.0;
 const PORT: f64 = 11.0;
@@ -121,8 +119,7 @@ impl CircuitFigure {
         }
         let legend_h = legend.iter().map(|l| l.lines.len() as i32 * (text_h(LEGEND) + GAP)).sum::<i32>();
         let header_h = MARGIN
-            + title.len() as i32 * (text_h(TITLE) + 4)
-            + subtitle.len() as i32 * (text_h(SUBTITLE) + 3)
+            + header_height(&title, &subtitle)
             + GAP * 2
             + legend_h
             + GAP;
@@ -171,16 +168,7 @@ impl Figure for CircuitFigure {
     }
 
     fn draw<DB: DrawingBackend>(&self, area: &DrawingArea<DB, Shift>, pen: Pen) -> DrawResult<DB> {
-        let mut y = MARGIN;
-        let centre = self.width / 2;
-        for line in &self.title {
-            pen.text(area, line, Place::new((centre, y), TITLE, HPos::Center, VPos::Top))?;
-            y += text_h(TITLE) + 4;
-        }
-        for line in &self.subtitle {
-            pen.text(area, line, Place::new((centre, y), SUBTITLE, HPos::Center, VPos::Top))?;
-            y += text_h(SUBTITLE) + 3;
-        }
+        let mut y = draw_header(area, pen, self.width / 2, MARGIN, &self.title, &self.subtitle)?;
         y += GAP * 2;
         for line in &self.legend {
             let mid = y + text_h(LEGEND) / 2;

@@ -5,7 +5,7 @@
 
 use super::circuit_layout::method_label;
 use super::colour::{rgb, FRAME};
-use super::figure::{write_figure, DrawResult, Figure};
+use super::figure::{write_figure, DrawResult, Figure, draw_header, header_height, SUBTITLE, TITLE};
 use super::font::{text_h, text_w, wrap};
 use super::pen::{Pen, Place};
 use super::scatter::COLOURS;
@@ -21,8 +21,6 @@ const PLOT_W: i32 = 520;
 const PLOT_H: i32 = 340;
 const MARGIN: i32 = 14;
 const GAP: i32 = 6;
-const TITLE: f64 = 21.0;
-const SUBTITLE: f64 = 15.0;
 const LABEL: f64 = 16.0;
 const TICK: f64 = 15.0;
 const NOTE: f64 = 13.0;
@@ -87,8 +85,7 @@ impl Curve {
         );
         let subtitle = wrap(&subtitle, SUBTITLE, header_w as u32);
         let header_h = MARGIN
-            + title.len() as i32 * (text_h(TITLE) + 4)
-            + subtitle.len() as i32 * (text_h(SUBTITLE) + 3)
+            + header_height(&title, &subtitle)
             + GAP * 3;
         let tick_w = y_ticks.iter().map(|&v| text_w(&fmt_tick(v), TICK)).max().unwrap_or(0);
         let plot_x = MARGIN + text_h(LABEL) + GAP * 2 + tick_w + GAP;
@@ -128,16 +125,7 @@ impl Figure for Curve {
     }
 
     fn draw<DB: DrawingBackend>(&self, area: &DrawingArea<DB, Shift>, pen: Pen) -> DrawResult<DB> {
-        let mut y = MARGIN;
-        let centre = self.width / 2;
-        for line in &self.title {
-            pen.text(area, line, Place::new((centre, y), TITLE, HPos::Center, VPos::Top))?;
-            y += text_h(TITLE) + 4;
-        }
-        for line in &self.subtitle {
-            pen.text(area, line, Place::new((centre, y), SUBTITLE, HPos::Center, VPos::Top))?;
-            y += text_h(SUBTITLE) + 3;
-        }
+        draw_header(area, pen, self.width / 2, MARGIN, &self.title, &self.subtitle)?;
         let (x0, y0, x1, y1) = (self.plot_x, self.plot_y, self.plot_x + PLOT_W, self.plot_y + PLOT_H);
         // Grid: every decade, lighter minor lines at 2..9 times it; y at round values.
         for p in self.x_lo as i32..=self.x_hi as i32 {

@@ -1,15 +1,49 @@
 //! One figure, two files: every figure is drawn by the same code onto plotters'
 //! SVG backend and its bitmap backend, and written as `stem.svg` and `stem.png`.
 
-use super::pen::Pen;
+use super::font::text_h;
+use super::pen::{Pen, Place};
 use crate::error::{Error, Result};
 use crate::fsutil::write_atomic;
 use plotters::coord::Shift;
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, VPos};
 use std::path::{Path, PathBuf};
 
 /// What drawing onto backend `DB` returns.
 pub type DrawResult<DB> = std::result::Result<(), DrawingAreaErrorKind<<DB as DrawingBackend>::ErrorType>>;
+
+/// Point sizes of a figure's title lines and its subtitle lines.
+pub const TITLE: f64 = 21.0;
+/// See [`TITLE`].
+pub const SUBTITLE: f64 = 15.0;
+
+/// The height of wrapped title and subtitle lines as [`draw_header`] draws them.
+pub fn header_height(title: &[String], subtitle: &[String]) -> i32 {
+    title.len() as i32 * (text_h(TITLE) + 4) + subtitle.len() as i32 * (text_h(SUBTITLE) + 3)
+}
+
+/// Draws the title and subtitle lines centred on `centre`, the first at `top`;
+/// returns the y below the last.
+pub fn draw_header<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    pen: Pen,
+    centre: i32,
+    top: i32,
+    title: &[String],
+    subtitle: &[String],
+) -> std::result::Result<i32, DrawingAreaErrorKind<DB::ErrorType>> {
+    let mut y = top;
+    for line in title {
+        pen.text(area, line, Place::new((centre, y), TITLE, HPos::Center, VPos::Top))?;
+        y += text_h(TITLE) + 4;
+    }
+    for line in subtitle {
+        pen.text(area, line, Place::new((centre, y), SUBTITLE, HPos::Center, VPos::Top))?;
+        y += text_h(SUBTITLE) + 3;
+    }
+    Ok(y)
+}
 
 /// A figure whose size is known before it is drawn (its layout is computed
 /// from the measured text, so the canvas is cropped to the content).

@@ -7,7 +7,7 @@
 
 use super::colour::{rdbu, rgb, FRAME};
 use super::data::Grid;
-use super::figure::{write_figure, DrawResult, Figure};
+use super::figure::{write_figure, DrawResult, Figure, draw_header, header_height, SUBTITLE, TITLE};
 use super::font::{text_h, text_w, wrap};
 use super::pen::{Pen, Place};
 use super::ticks::{fmt_tick, nice_ticks};
@@ -19,8 +19,6 @@ use std::path::{Path, PathBuf};
 
 const MARGIN: i32 = 14;
 const GAP: i32 = 6;
-const TITLE: f64 = 21.0;
-const SUBTITLE: f64 = 15.0;
 const PANEL_TITLE: f64 = 18.0;
 const LABEL: f64 = 16.0;
 const TICK: f64 = 15.0;
@@ -219,8 +217,7 @@ impl<'a> Heatmaps<'a> {
         let title = wrap(title, TITLE, header_w as u32);
         let subtitle = if subtitle.is_empty() { vec![] } else { wrap(subtitle, SUBTITLE, header_w as u32) };
         let header_h = MARGIN
-            + title.len() as i32 * (text_h(TITLE) + 4)
-            + subtitle.len() as i32 * (text_h(SUBTITLE) + 3)
+            + header_height(&title, &subtitle)
             + GAP * 2;
         let widest_header = title
             .iter()
@@ -347,16 +344,7 @@ impl Figure for Heatmaps<'_> {
     }
 
     fn draw<DB: DrawingBackend>(&self, area: &DrawingArea<DB, Shift>, pen: Pen) -> DrawResult<DB> {
-        let mut y = MARGIN;
-        let centre = self.width / 2;
-        for line in &self.title {
-            pen.text(area, line, Place::new((centre, y), TITLE, HPos::Center, VPos::Top))?;
-            y += text_h(TITLE) + 4;
-        }
-        for line in &self.subtitle {
-            pen.text(area, line, Place::new((centre, y), SUBTITLE, HPos::Center, VPos::Top))?;
-            y += text_h(SUBTITLE) + 3;
-        }
+        draw_header(area, pen, self.width / 2, MARGIN, &self.title, &self.subtitle)?;
         for (g, p) in self.grids.iter().zip(&self.panels) {
             self.draw_panel(area, pen, g, p)?;
         }

@@ -5,7 +5,7 @@
 //! the line is the diagonal.
 
 use super::colour::{rgb, Colour, FRAME};
-use super::figure::{write_figure, DrawResult, Figure};
+use super::figure::{write_figure, DrawResult, Figure, draw_header, header_height, SUBTITLE, TITLE};
 use super::font::{text_h, text_w, wrap};
 use super::pen::{Pen, Place};
 use super::ticks::{fmt_tick, nice_ticks};
@@ -43,8 +43,6 @@ pub const LABELLED_MISSES: usize = 4;
 const PLOT: i32 = 440;
 const MARGIN: i32 = 14;
 const GAP: i32 = 6;
-const TITLE: f64 = 21.0;
-const SUBTITLE: f64 = 15.0;
 const LABEL: f64 = 16.0;
 const TICK: f64 = 15.0;
 const NOTE: f64 = 14.0;
@@ -122,8 +120,7 @@ impl<'a> Layout<'a> {
         let title = wrap(&s.title, TITLE, header_w as u32);
         let subtitle = if s.subtitle.is_empty() { vec![] } else { wrap(&s.subtitle, SUBTITLE, header_w as u32) };
         let header_h = MARGIN
-            + title.len() as i32 * (text_h(TITLE) + 4)
-            + subtitle.len() as i32 * (text_h(SUBTITLE) + 3)
+            + header_height(&title, &subtitle)
             + GAP * 2;
         let plot_x = MARGIN + text_h(LABEL) + GAP * 2 + tick_w(&ticks) + GAP;
         let plot_y = header_h;
@@ -157,16 +154,7 @@ impl Figure for Layout<'_> {
 
     fn draw<DB: DrawingBackend>(&self, area: &DrawingArea<DB, Shift>, pen: Pen) -> DrawResult<DB> {
         let s = self.s;
-        let mut y = MARGIN;
-        let centre = self.width / 2;
-        for line in &self.title {
-            pen.text(area, line, Place::new((centre, y), TITLE, HPos::Center, VPos::Top))?;
-            y += text_h(TITLE) + 4;
-        }
-        for line in &self.subtitle {
-            pen.text(area, line, Place::new((centre, y), SUBTITLE, HPos::Center, VPos::Top))?;
-            y += text_h(SUBTITLE) + 3;
-        }
+        draw_header(area, pen, self.width / 2, MARGIN, &self.title, &self.subtitle)?;
         let (x0, y0, x1, y1) = (self.plot_x, self.plot_y, self.plot_x + PLOT, self.plot_y + PLOT);
         // Grid lines at the ticks, the zero lines darker, then y = x.
         for &v in &self.ticks {

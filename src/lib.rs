@@ -145,7 +145,7 @@ pub mod eap {
 /// feature PNG/SVG heatmaps and scatter plots).
 pub mod jobs {
     pub use crate::compare::{compare, report as comparison_report, write as write_comparison};
-    pub use crate::job::{run_job, JobOptions, DEFAULT_BATCH_SIZE};
+    pub use crate::job::{run_job, Dedup, JobOptions, RowsRun, DEFAULT_BATCH_SIZE};
     pub use crate::memory::MaxMemory;
     pub use crate::merge::merge;
     pub use crate::patch::run_sized as run_patching;

@@ -109,7 +109,7 @@ pub use compare::{Agreement, CompareOptions, Comparison, Estimate, Miss};
 pub use error::{Error, Result, UnsupportedOp};
 pub use grids::{Grids, PairGrid};
 pub use hooks::{Hook, HookKind};
-pub use job::{JobResult, Manifest, Method, Shard, Timings};
+pub use job::{Dedup, JobResult, Manifest, Method, RowsRun, Shard, Timings};
 pub use memory::Sizing;
 pub use onnx::guard::in_guarded_call;
 pub use onnx::pb::ModelProto;

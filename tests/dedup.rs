@@ -173,3 +173,26 @@ fn auto_shares_neighbour_swaps_and_keeps_two_copies_when_nothing_is_shared() {
     let r = run(&o, Dedup::Auto);
     assert_eq!(r.rows, RowsRun { shared: false, rows: 8, pairs: 4 });
 }
+
+/// The facade's `Attributor` builds the graph `dedup` asks for, and keeps it for later pairs.
+#[test]
+fn the_attributor_shares_rows_when_asked_and_keeps_the_graph() {
+    use attrpatch::{Attributor, Pairs};
+    let attributor = |d: Dedup| {
+        Attributor::builder(ioi_model())
+            .runtime(RuntimeOptions { kind: RuntimeKind::Ort, device: Device::Cpu, ort_lib: None, threads: 1 })
+            .dedup(d)
+            .build()
+            .unwrap()
+    };
+    let (mut on, mut off) = (attributor(Dedup::On), attributor(Dedup::Off));
+    let (a, b) = (on.attribute(&Pairs::Tutorial).unwrap(), off.attribute(&Pairs::Tutorial).unwrap());
+    assert_eq!((a.rows.shared, a.rows.rows, b.rows.shared, b.rows.rows), (true, 8, false, 16));
+    assert_grid_equal("heads", &a.grids.heads, &b.grids.heads);
+    // Pairs with nothing shared run on the same shared-rows graph and session: R = 2B.
+    let distinct = Pairs::Prompts(ioi_default().into_iter().step_by(2).collect());
+    let (a, b) = (on.attribute(&distinct).unwrap(), off.attribute(&distinct).unwrap());
+    assert_eq!((a.rows.shared, a.rows.rows, on.graphs_built()), (true, 8, 1));
+    assert_grid_equal("heads", &a.grids.heads, &b.grids.heads);
+    assert_grid_equal("positions", &a.grids.positions, &b.grids.positions);
+}

@@ -69,8 +69,8 @@ impl SharedRows {
         g.input.push(value_info(names::POSITION_ONEHOT, dtype, &[batch.clone(), Dim::Known(1), seq.clone()]));
         g.input.push(value_info(names::ANSWER_ONEHOT, dtype, &[batch.clone(), vocab, Dim::Known(1)]));
         g.input.push(value_info(names::PAIR_WEIGHTS, dtype, &[batch.clone(), Dim::Known(1)]));
-        g.input.push(value_info(names::CLEAN_ROWS, INT64, &[batch.clone()]));
-        g.input.push(value_info(names::CORRUPTED_ROWS, INT64, &[batch.clone()]));
+        g.input.push(value_info(names::CLEAN_ROWS, INT64, std::slice::from_ref(batch)));
+        g.input.push(value_info(names::CORRUPTED_ROWS, INT64, std::slice::from_ref(batch)));
         let metric_source = match &anat.src {
             LogitsSource::LmHead { hidden, .. } => hidden.clone(),
             LogitsSource::Opaque => anat.logits.clone(),

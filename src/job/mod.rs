@@ -207,7 +207,7 @@ pub fn run_job(opts: &JobOptions) -> Result<Option<JobResult>> {
 
 /// `opts.dedup` applied to the whole prompt set's rows (the tokens are read
 /// here without the vocabulary check, which the job makes afterwards).
-fn choose_shared(opts: &JobOptions, source: &PromptSource) -> Result<bool> {
+pub(crate) fn choose_shared(opts: &JobOptions, source: &PromptSource) -> Result<bool> {
     if opts.dedup != Dedup::Auto {
         return Ok(opts.dedup == Dedup::On);
     }

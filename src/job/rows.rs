@@ -22,9 +22,12 @@ use std::collections::HashMap;
 
 /// One row's backward (to the hook activations, no weight gradients) costs
 /// this many of its forwards. Measured on the GPT-2-small-sized export
-/// (release build, ONNX Runtime CPU, 2 threads, 8 pairs x 14 tokens) with
-/// `examples/bench.rs`: see README's Speed section.
-pub const BACKWARD_PER_FORWARD: f64 = 0.5;
+/// (release build, ONNX Runtime CPU, 2 threads, the tutorial's 8 pairs x 14
+/// tokens, R = B): from the run times of `attrpatch run --dedup on|off`
+/// (1.39 s shared, 1.92 s two-copy, medians of 3 alternated), forward
+/// (T2 - Ts) / B and backward Ts / B - forward give k = 1.6; the warm
+/// `examples/bench.rs` gave 2.1 on a loaded machine. See README's Speed section.
+pub const BACKWARD_PER_FORWARD: f64 = 1.6;
 
 /// Whether the attribution graph runs each distinct sequence once (`--dedup`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]

@@ -6,8 +6,8 @@
 //!
 //! tools/bench/run.sh builds the GPT-2-small-sized model and the PyTorch figures first.
 
-use attrpatch::augment::{augment_with, AugmentOptions};
-use attrpatch::job::{pair_inputs, JobGraph};
+use attrpatch::augment::{augment_shared, augment_with, AugmentOptions, Augmented};
+use attrpatch::job::{pair_inputs, shared_inputs, JobGraph, RowPlan};
 use attrpatch::onnx::OnnxModel;
 use attrpatch::prompts::TokenizedPrompts;
 use attrpatch::runtime::{create, Device, RuntimeKind, RuntimeOptions, Value};
@@ -102,6 +102,67 @@ fn prompts(pairs: usize, seq: usize, vocab: usize, seed: u64) -> TokenizedPrompt
     }
 }
 
+/// Neighbour-swapped pairs, as in the tutorial: pair i's clean prompt is
+/// sequence i, its corrupted prompt sequence i ^ 1 (another pair's clean prompt).
+fn swapped(pairs: usize, seq: usize, vocab: usize, seed: u64) -> TokenizedPrompts {
+    let mut t = prompts(pairs, seq, vocab, seed);
+    t.corrupted_ids = (0..pairs).map(|i| t.clean_ids[i ^ 1].clone()).collect();
+    t
+}
+
+/// The plain model's feeds: the clean prompts, then the corrupted ones (2B rows).
+fn plain_feeds(t: &TokenizedPrompts, mask: bool) -> Vec<(String, Value)> {
+    let (pairs, seq) = (t.clean_ids.len(), t.seq_len);
+    let ids = Array2::from_shape_fn((2 * pairs, seq), |(r, c)| {
+        if r < pairs {
+            t.clean_ids[r][c]
+        } else {
+            t.corrupted_ids[r - pairs][c]
+        }
+    });
+    let mut v = vec![("input_ids".to_string(), Value::I64(ids.into_dyn()))];
+    if mask {
+        v.push(("attention_mask".to_string(), Value::I64(ndarray::ArrayD::from_elem(vec![2 * pairs, seq], 1i64))));
+    }
+    v
+}
+
+/// Median seconds of (two-copy graph, shared-rows graph, plain forward of the
+/// 2B sequences) on neighbour-swapped pairs, the three alternated.
+#[allow(clippy::too_many_arguments)]
+fn measure_swapped(
+    two_copy_bytes: &[u8],
+    shared_bytes: &[u8],
+    plain_bytes: &[u8],
+    two_copy: &Augmented,
+    shared: &Augmented,
+    (pairs, seq): (usize, usize),
+    a: &Args,
+    repeats: usize,
+) -> (f64, f64, f64) {
+    let t = swapped(pairs, seq, two_copy.vocab, 11);
+    let plan = RowPlan::of(&t);
+    assert_eq!(plan.len(), pairs, "neighbour swaps run one row a pair");
+    let mut sessions = [two_copy_bytes, shared_bytes, plain_bytes].map(|bytes| create(bytes, &opts(a)).unwrap());
+    let feeds = |k: usize| match k {
+        0 => pair_inputs(&two_copy.token_inputs(), &t),
+        1 => shared_inputs(&shared.token_inputs(), &t, &plan),
+        _ => plain_feeds(&t, two_copy.attention_mask.is_some()),
+    };
+    let mut times = [vec![], vec![], vec![]];
+    for round in 0..=repeats {
+        for (k, s) in sessions.iter_mut().enumerate() {
+            let c = Instant::now();
+            s.run(feeds(k)).unwrap();
+            if round > 0 {
+                times[k].push(c.elapsed().as_secs_f64());
+            }
+        }
+    }
+    let [t2, ts, tp] = times.map(median);
+    (t2, ts, tp)
+}
+
 fn opts(a: &Args) -> RuntimeOptions {
     RuntimeOptions { kind: RuntimeKind::Ort, device: a.device, ort_lib: None, threads: a.threads }
 }
@@ -119,20 +180,7 @@ fn measure(
     let t = prompts(pairs, seq, aug.vocab, 7);
     let mut attr = create(aug_bytes, &opts(a)).unwrap();
     let mut plain = create(plain_bytes, &opts(a)).unwrap();
-    let plain_inputs = || {
-        let ids = Array2::from_shape_fn((2 * pairs, seq), |(r, c)| {
-            if r < pairs {
-                t.clean_ids[r][c]
-            } else {
-                t.corrupted_ids[r - pairs][c]
-            }
-        });
-        let mut v = vec![("input_ids".to_string(), Value::I64(ids.into_dyn()))];
-        if aug.attention_mask.is_some() {
-            v.push(("attention_mask".to_string(), Value::I64(ndarray::ArrayD::from_elem(vec![2 * pairs, seq], 1i64))));
-        }
-        v
-    };
+    let plain_inputs = || plain_feeds(&t, aug.attention_mask.is_some());
     // Warm-up, then alternate the two so drift on a noisy machine hits both.
     attr.run(pair_inputs(&aug.token_inputs(), &t)).unwrap();
     plain.run(plain_inputs()).unwrap();
@@ -180,7 +228,8 @@ fn main() {
     let load_s = c.elapsed().as_secs_f64();
     let c = Instant::now();
     let raw = std::env::var_os("BENCH_RAW").is_some();
-    let aug = augment_with(m, AugmentOptions { raw_outputs: raw, grid_outputs: !raw, ..Default::default() }).unwrap();
+    let aug_opts = AugmentOptions { raw_outputs: raw, grid_outputs: !raw, ..Default::default() };
+    let aug = augment_with(m, aug_opts.clone()).unwrap();
     let augment_s = c.elapsed().as_secs_f64();
     let rewrite_peak = peak_rss_mb();
     if a.rewrite_only {
@@ -222,6 +271,21 @@ fn main() {
         peers.push(peer);
     }
     report["pytorch"] = peers.into();
+    // (e) Distinct sequences run once: the tutorial's neighbour swaps, both graphs.
+    let shared = augment_shared(OnnxModel::load(&a.model).unwrap(), aug_opts).unwrap();
+    let shared_bytes = shared.proto.encode_to_vec();
+    let (t2, ts, tp) =
+        measure_swapped(&aug_bytes, &shared_bytes, &plain_bytes, &aug, &shared, (pairs, seq), &a, a.repeats);
+    // Two-copy: 2B forwards + B backwards; shared: B forwards + B backwards (R = B here).
+    let (fwd, bwd) = ((t2 - ts) / pairs as f64, (2.0 * ts - t2) / pairs as f64);
+    println!("(e) neighbour-swapped pairs ({pairs} pairs, {pairs} distinct sequences of {seq} tokens):");
+    println!("    two-copy graph (16 rows): {t2:.3} s; shared-rows graph (8 rows): {ts:.3} s; plain forward of the 16 sequences: {tp:.3} s");
+    println!("    shared / plain = {:.2} (goal <= 0.75); shared / two-copy = {:.2}", ts / tp, ts / t2);
+    println!("    backward / forward per row (the --dedup cost model's k) = {:.2}", bwd / fwd);
+    report["dedup"] = serde_json::json!({
+        "two_copy_s": t2, "shared_rows_s": ts, "plain_forward_2b_s": tp,
+        "shared_over_plain": ts / tp, "shared_over_two_copy": ts / t2, "backward_per_forward": bwd / fwd,
+    });
     println!(
         "(d) rewrite of the model: load {load_s:.2} s + augment {augment_s:.2} s = {:.2} s (target < 3 s)",
         load_s + augment_s

@@ -109,7 +109,7 @@ pub use compare::{Agreement, CompareOptions, Comparison, Estimate, Miss};
 pub use error::{Error, Result, UnsupportedOp};
 pub use grids::{Grids, PairGrid};
 pub use hooks::{Hook, HookKind};
-pub use job::{JobResult, Manifest, Method, Shard, Timings};
+pub use job::{Dedup, JobResult, Manifest, Method, RowsRun, Shard, Timings};
 pub use memory::Sizing;
 pub use onnx::guard::in_guarded_call;
 pub use onnx::pb::ModelProto;
@@ -145,7 +145,7 @@ pub mod eap {
 /// feature PNG/SVG heatmaps and scatter plots).
 pub mod jobs {
     pub use crate::compare::{compare, report as comparison_report, write as write_comparison};
-    pub use crate::job::{run_job, JobOptions, DEFAULT_BATCH_SIZE};
+    pub use crate::job::{run_job, Dedup, JobOptions, RowsRun, DEFAULT_BATCH_SIZE};
     pub use crate::memory::MaxMemory;
     pub use crate::merge::merge;
     pub use crate::patch::run_sized as run_patching;

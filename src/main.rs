@@ -159,6 +159,11 @@ struct RunArgs {
     /// Reuse the batch files an interrupted run left in --out instead of recomputing them.
     #[arg(long)]
     resume: bool,
+    /// Plain attribution: run each distinct token sequence once (one forward copy over the distinct
+    /// sequences, gathered per pair): on, off (a clean and a corrupted copy), or auto
+    /// (on when the cost model says it is cheaper, e.g. neighbour-swapped prompts).
+    #[arg(long, value_enum, default_value_t = job::Dedup::Auto)]
+    dedup: job::Dedup,
     /// Integrated gradients with N steps instead of plain attribution (N forward+backward
     /// passes of each layer's path from the corrupted to the clean activation).
     #[arg(long, value_name = "N")]
@@ -307,6 +312,7 @@ fn run(args: RunArgs) -> Result<(), Error> {
     }
     opts.batch_size = args.batch_size;
     opts.shard = args.shard;
+    opts.dedup = args.dedup;
     let batches_dir = out.join("batches");
     if !args.resume && batches_dir.exists() {
         std::fs::remove_dir_all(&batches_dir).map_err(|e| Error::io(&batches_dir, e))?;
@@ -347,8 +353,10 @@ fn report_job(opts: &JobOptions, r: &JobResult, out: &Path) -> Result<(), Error>
         if r.runtime_calls == 1 { "" } else { "s" }
     );
     print_summary(r);
+    // Only attribution jobs that ran calls count rows.
+    let rows = if r.rows.pairs > 0 { format!(" ({})", r.rows.describe()) } else { String::new() };
     println!(
-        "time: load {:.2}s, rewrite {:.2}s, session {:.2}s, run {:.3}s",
+        "time: load {:.2}s, rewrite {:.2}s, session {:.2}s, run {:.3}s{rows}",
         r.seconds.load, r.seconds.rewrite, r.seconds.session, r.seconds.run
     );
     for w in job::write_results(r, out)? {

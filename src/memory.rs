@@ -230,7 +230,20 @@ impl Sizing {
 /// even that does not fit; at most `needed`, the rows the job has, and the
 /// workload's cap).
 pub fn choose(explicit: Option<usize>, needed: usize, shape: &ModelShape, w: Workload, budget: &Budget) -> Sizing {
-    let row = row_bytes(shape, w);
+    choose_scaled(explicit, needed, shape, w, budget, 1.0)
+}
+
+/// `choose` with each row costing `scale` times `row_bytes`: a pair of the
+/// shared-rows attribution graph costs its share R/B of the call's rows.
+pub fn choose_scaled(
+    explicit: Option<usize>,
+    needed: usize,
+    shape: &ModelShape,
+    w: Workload,
+    budget: &Budget,
+    scale: f64,
+) -> Sizing {
+    let row = ((row_bytes(shape, w) as f64 * scale).ceil() as u64).max(1);
     let fixed = shape.weight_bytes + BASE_BYTES;
     let mut warning = None;
     let per_call = match explicit {

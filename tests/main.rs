@@ -15,6 +15,7 @@ mod bundled_model;
 mod cli;
 mod cli_usage;
 mod contrib;
+mod dedup;
 mod edge_reference;
 mod edges;
 mod edges_toy;

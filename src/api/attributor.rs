@@ -5,7 +5,7 @@
 
 use super::pairs::Pairs;
 use super::source::{ModelSource, TokenizerSource};
-use crate::augment::{augment_with, AugmentOptions, Augmented, Metric};
+use crate::augment::{augment_shared, augment_with, AugmentOptions, Augmented, Metric};
 use crate::compare::{CompareOptions, Comparison};
 use crate::error::{Error, Result};
 use crate::hooks::HookKind;
@@ -69,6 +69,14 @@ impl AttributorBuilder {
     /// Pairs per attribution call [default: as many as the memory budget holds, at most 64].
     pub fn batch_size(mut self, n: usize) -> Self {
         self.opts.batch_size = Some(n);
+        self
+    }
+
+    /// Whether attribution runs each distinct sequence once (the shared-rows
+    /// graph); `Dedup::Auto` (default) decides on the first call's pairs, and
+    /// the graph then serves every later call.
+    pub fn dedup(mut self, d: crate::Dedup) -> Self {
+        self.opts.dedup = d;
         self
     }
 
@@ -152,7 +160,11 @@ impl Attributor {
                 metric,
                 hooks: opts.hooks.clone(),
             };
-            let prepared = self.prepare(&opts, &source, |m| augment_with(m, aug))?;
+            let shared = job::choose_shared(&opts, &source)?;
+            let prepared = self.prepare(&opts, &source, |m| match shared {
+                true => augment_shared(m, aug),
+                false => augment_with(m, aug),
+            })?;
             self.attribution = Some(Slot { prepared, session: None });
         } else if let Some(s) = self.attribution.as_mut() {
             s.prepared.set_prompts(&opts, &source)?;

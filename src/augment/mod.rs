@@ -14,6 +14,7 @@ mod anatomy;
 pub(crate) mod copy;
 pub(crate) mod grid_nodes;
 pub(crate) mod metric;
+pub(crate) mod shared;
 pub(crate) mod skeleton;
 
 /// Re-exported from `onnx::graph`, where it lives, for callers of the old path.
@@ -43,6 +44,14 @@ pub mod names {
     /// Each pair's logit difference, [1, B].
     pub const CLEAN_LDS: &str = "attrpatch.clean_logit_diffs";
     pub const CORRUPTED_LDS: &str = "attrpatch.corrupted_logit_diffs";
+    /// Shared-rows graph: each pair's row of its clean prompt, int64 [B].
+    pub const CLEAN_ROWS: &str = "attrpatch.clean_rows";
+    /// Shared-rows graph: each pair's own row of its corrupted prompt, int64 [B].
+    pub const CORRUPTED_ROWS: &str = "attrpatch.corrupted_rows";
+    /// Shared-rows graph: a model input fed one row per distinct sequence, [R, S].
+    pub fn row_input(model_input: &str) -> String {
+        format!("rows.{model_input}")
+    }
     pub fn clean_input(model_input: &str) -> String {
         format!("clean.{model_input}")
     }
@@ -90,6 +99,10 @@ pub struct Augmented {
     pub lm_head_last_position_only: bool,
     /// The metric the graph computes: it decides the answer selectors fed to it.
     pub metric: Metric,
+    /// The shared-rows graph (`augment_shared`): one forward copy over the
+    /// distinct sequences, fed rows and per-pair row indices (`job::rows`);
+    /// false for the two-copy graph, fed clean and corrupted prompts.
+    pub shared_rows: bool,
 }
 
 /// What the augmented graph outputs besides the baselines.
@@ -123,20 +136,50 @@ pub fn augment(model: OnnxModel) -> Result<Augmented> {
     augment_with(model, AugmentOptions::default())
 }
 
+/// Builds the two-copy attribution graph: a clean copy (forward only) and the
+/// corrupted copy (forward and backward), one row per pair in each.
 pub fn augment_with(model: OnnxModel, opts: AugmentOptions) -> Result<Augmented> {
-    let anat = Anatomy::read(&model, &opts.hooks)?;
+    build(model, opts, false)
+}
+
+/// Builds the shared-rows attribution graph (`shared`): one forward copy over
+/// the distinct sequences, with the backward; its outputs are the two-copy
+/// graph's, names and [B, ...] shapes alike.
+pub fn augment_shared(model: OnnxModel, opts: AugmentOptions) -> Result<Augmented> {
+    build(model, opts, true)
+}
+
+/// The forward graph of either layout, as the metric and the outputs read it.
+enum Forward<'a> {
+    TwoCopy(Copies<'a>),
+    Shared(shared::SharedRows),
+}
+
+fn build(model: OnnxModel, opts: AugmentOptions, shared_rows: bool) -> Result<Augmented> {
+    let mut anat = Anatomy::read(&model, &opts.hooks)?;
     if let Some(h) = opts.heads {
         anat.check_heads(&model, h)?;
+    }
+    if shared_rows {
+        shared::rename_token_inputs(&mut anat);
     }
     let lm_head_last_position_only = matches!(anat.src, metric::LogitsSource::LmHead { .. });
     let (path, opset) = (model.path.clone(), model.opset);
     let mut proto = model.proto;
     let g = proto.graph.as_mut().unwrap();
 
-    let copies = Copies::make(g, &anat);
-    skeleton::declare_inputs(g, &anat);
+    let forward = if shared_rows {
+        Forward::Shared(shared::SharedRows::make(g, &anat))
+    } else {
+        let copies = Copies::make(g, &anat);
+        skeleton::declare_inputs(g, &anat);
+        Forward::TwoCopy(copies)
+    };
     let mut b = GraphBuilder::new(opset, "attrpatch/", all_names(g));
-    let stop = metric_nodes(&mut b, &anat, opts.metric, &copies);
+    let stop = match &forward {
+        Forward::TwoCopy(copies) => metric_nodes(&mut b, &anat, opts.metric, copies),
+        Forward::Shared(rows) => rows.metric_nodes(&mut b, &anat, opts.metric),
+    };
     b.apply(g);
     // The original outputs (full logits) are not needed: dropping them lets
     // the runtime skip the lm_head on every position but the last.
@@ -144,7 +187,11 @@ pub fn augment_with(model: OnnxModel, opts: AugmentOptions) -> Result<Augmented>
     declare_metric_outputs(g, &anat);
 
     // Facts of the graph with the metric, for the rules, at a probe shape.
-    let facts = skeleton::analyse_probed(&proto, &path, &skeleton::probe_inputs(&anat))?;
+    let probe = match &forward {
+        Forward::TwoCopy(_) => skeleton::probe_inputs(&anat),
+        Forward::Shared(_) => shared::probe_inputs(&anat),
+    };
+    let facts = skeleton::analyse_probed(&proto, &path, &probe)?;
     let g = proto.graph.as_mut().unwrap();
     let heads = if opts.hooks.has_heads() {
         opts.heads.or_else(|| crate::hooks::infer_heads(g, &facts, &anat.hooks[0].tensor))
@@ -162,7 +209,23 @@ pub fn augment_with(model: OnnxModel, opts: AugmentOptions) -> Result<Augmented>
         }
         _ => None,
     };
-    hook_outputs(&mut b, g, &anat, &copies, &grads, &opts, grid_heads);
+    let (views, shape_bs) = match &forward {
+        Forward::TwoCopy(copies) => {
+            let views = anat
+                .hooks
+                .iter()
+                .zip(&grads)
+                .map(|(h, gr)| HookViews {
+                    clean: copies.clean_name(&h.tensor),
+                    corrupted: h.tensor.clone(),
+                    grad: gr.clone(),
+                })
+                .collect();
+            (views, b.shape(&anat.ids_in.clean))
+        }
+        Forward::Shared(rows) => (rows.hook_views(&mut b, &anat, &grads), rows.pair_shape(&mut b, &anat)),
+    };
+    hook_outputs(&mut b, g, &anat, &views, &shape_bs, &opts, grid_heads);
     b.apply(g);
     skeleton::finish(&mut proto);
     Ok(Augmented {
@@ -175,6 +238,7 @@ pub fn augment_with(model: OnnxModel, opts: AugmentOptions) -> Result<Augmented>
         heads,
         lm_head_last_position_only,
         metric: opts.metric,
+        shared_rows,
     })
 }
 
@@ -211,10 +275,22 @@ impl<'a> Copies<'a> {
 /// `(corrupted - CORR) / (CLEAN - CORR)` the backward differentiates; returns
 /// the stop-gradient `Identity` outputs that hold the baselines constant.
 pub(crate) fn metric_nodes(b: &mut GraphBuilder, anat: &Anatomy, m: Metric, copies: &Copies) -> HashSet<String> {
+    metric_nodes_named(b, anat, m, &|t| copies.clean_name(t), &|t| copies.corrupted_name(t))
+}
+
+/// `metric_nodes` for any two views of the forward graph: `clean` and
+/// `corrupted` map an original tensor name to the [B, ...] tensor of that role.
+pub(crate) fn metric_nodes_named(
+    b: &mut GraphBuilder,
+    anat: &Anatomy,
+    m: Metric,
+    clean: &dyn Fn(&str) -> String,
+    corrupted: &dyn Fn(&str) -> String,
+) -> HashSet<String> {
     let pairs = metric::PAIR_SELECTORS;
     let (src, logits) = (&anat.src, &anat.logits);
-    let clean_sel = metric::last_logits(b, src, logits, &|t| copies.clean_name(t), pairs);
-    let corrupted_sel = metric::last_logits(b, src, logits, &|t| copies.corrupted_name(t), pairs);
+    let clean_sel = metric::last_logits(b, src, logits, clean, pairs);
+    let corrupted_sel = metric::last_logits(b, src, logits, corrupted, pairs);
     metric::metric_values(b, m, &clean_sel, &clean_sel, pairs, names::CLEAN_LDS, names::CLEAN_LD);
     metric::metric_values(b, m, &corrupted_sel, &clean_sel, pairs, names::CORRUPTED_LDS, names::CORRUPTED_LD);
     let clean_const = b.node("Identity", &[names::CLEAN_LD], vec![]);
@@ -236,36 +312,42 @@ pub(crate) fn declare_metric_outputs(g: &mut GraphProto, anat: &Anatomy) {
     }
 }
 
+/// One hook's three [B, ...] tensors, per pair: clean and corrupted activation and the gradient.
+pub(crate) struct HookViews {
+    pub clean: String,
+    pub corrupted: String,
+    pub grad: String,
+}
+
 /// Per hook: the raw activations and gradient (`raw_outputs`) and the grid
 /// rows (`grid_outputs`; the heads row only with `grid_heads`) as outputs.
-fn hook_outputs(
+/// `views` holds each hook's tensors; `shape_bs` is Shape = [B, S] of a per-pair token tensor.
+pub(crate) fn hook_outputs(
     b: &mut GraphBuilder,
     g: &mut GraphProto,
     anat: &Anatomy,
-    copies: &Copies,
-    grads: &[String],
+    views: &[HookViews],
+    shape_bs: &str,
     opts: &AugmentOptions,
     grid_heads: Option<usize>,
 ) {
     let (dtype, batch) = (anat.dtype, &anat.batch);
-    let shape_bs = b.shape(&anat.ids_in.clean);
-    for (h, gr) in anat.hooks.iter().zip(grads) {
-        let clean_act = copies.clean_name(&h.tensor);
+    for (h, v) in anat.hooks.iter().zip(views) {
         if opts.raw_outputs {
             // Declared with the symbolic facts: the probe's sizes are not the model's.
             let shape = anat.facts0.shape(&h.tensor).map(|s| s.to_vec()).unwrap_or_default();
             let outs = [
-                (names::clean_act(h.layer), clean_act.clone()),
-                (names::corrupted_act(h.layer), h.tensor.clone()),
-                (names::grad(h.layer), gr.clone()),
+                (names::clean_act(h.layer), &v.clean),
+                (names::corrupted_act(h.layer), &v.corrupted),
+                (names::grad(h.layer), &v.grad),
             ];
             for (out, from) in outs {
-                b.node_named("Identity", &[&from], &out, vec![]);
+                b.node_named("Identity", &[from], &out, vec![]);
                 g.output.push(value_info(&out, dtype, &shape));
             }
         }
         if opts.grid_outputs {
-            grid_nodes::emit(b, h.layer, &clean_act, &h.tensor, gr, &shape_bs, names::POSITION_ONEHOT, grid_heads);
+            grid_nodes::emit(b, h.layer, &v.clean, &v.corrupted, &v.grad, shape_bs, names::POSITION_ONEHOT, grid_heads);
             if let Some(n_heads) = grid_heads {
                 g.output.push(value_info(&names::heads(h.layer), dtype, &[batch.clone(), Dim::Known(n_heads as i64)]));
             }

@@ -23,18 +23,9 @@ pub struct TokenInputs<'a> {
 /// One row per pair: clean and corrupted token inputs, the last-position and
 /// answer one-hots (weighted for the graph's own metric), and equal weights.
 pub fn pair_inputs(inputs: &TokenInputs, t: &TokenizedPrompts) -> Vec<(String, Value)> {
-    let (w_correct, w_incorrect) = inputs.metric.answer_weights();
     let b = t.clean_ids.len();
     let s = t.seq_len;
     let ids = |rows: &Vec<Vec<i64>>| Array2::from_shape_fn((b, s), |(r, c)| rows[r][c]).into_dyn();
-    let mut pos = Array3::<f32>::zeros((b, 1, s));
-    let mut ans = Array3::<f32>::zeros((b, inputs.vocab, 1));
-    for p in 0..b {
-        pos[[p, 0, t.lengths[p] - 1]] = 1.0;
-        ans[[p, t.correct_ids[p] as usize, 0]] += w_correct;
-        ans[[p, t.incorrect_ids[p] as usize, 0]] += w_incorrect;
-    }
-    let weights = Array2::<f32>::from_elem((b, 1), 1.0 / b as f32);
     let mut v = vec![
         (inputs.ids.clean.clone(), Value::I64(ids(&t.clean_ids))),
         (inputs.ids.corrupted.clone(), Value::I64(ids(&t.corrupted_ids))),
@@ -49,10 +40,29 @@ pub fn pair_inputs(inputs: &TokenInputs, t: &TokenizedPrompts) -> Vec<(String, V
         v.push((p.clean.clone(), Value::I64(positions.clone())));
         v.push((p.corrupted.clone(), Value::I64(positions)));
     }
-    v.push((names::POSITION_ONEHOT.into(), Value::F32(pos.into_dyn())));
-    v.push((names::ANSWER_ONEHOT.into(), Value::F32(ans.into_dyn())));
-    v.push((names::PAIR_WEIGHTS.into(), Value::F32(weights.into_dyn())));
+    v.extend(selector_inputs(inputs, t));
     v
+}
+
+/// The metric's per-pair selectors: the last-position and answer one-hots
+/// (weighted for the graph's own metric) and equal weights.
+pub(crate) fn selector_inputs(inputs: &TokenInputs, t: &TokenizedPrompts) -> Vec<(String, Value)> {
+    let (w_correct, w_incorrect) = inputs.metric.answer_weights();
+    let b = t.clean_ids.len();
+    let s = t.seq_len;
+    let mut pos = Array3::<f32>::zeros((b, 1, s));
+    let mut ans = Array3::<f32>::zeros((b, inputs.vocab, 1));
+    for p in 0..b {
+        pos[[p, 0, t.lengths[p] - 1]] = 1.0;
+        ans[[p, t.correct_ids[p] as usize, 0]] += w_correct;
+        ans[[p, t.incorrect_ids[p] as usize, 0]] += w_incorrect;
+    }
+    let weights = Array2::<f32>::from_elem((b, 1), 1.0 / b as f32);
+    vec![
+        (names::POSITION_ONEHOT.into(), Value::F32(pos.into_dyn())),
+        (names::ANSWER_ONEHOT.into(), Value::F32(ans.into_dyn())),
+        (names::PAIR_WEIGHTS.into(), Value::F32(weights.into_dyn())),
+    ]
 }
 
 /// One layer's grid output of a run: `rows` rows of `width` values.

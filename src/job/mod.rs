@@ -6,13 +6,17 @@
 mod inputs;
 mod manifest;
 mod prepare;
+mod rows;
 
 pub(crate) use inputs::read_grid_rows;
 pub use inputs::{pair_inputs, TokenInputs};
 pub use manifest::{Manifest, Method};
-pub use prepare::{default_tokenizer, prepare, prepare_loaded, JobGraph, LoadedModel, Prepared, PromptSource};
+pub use prepare::{
+    default_tokenizer, prepare, prepare_choosing, prepare_loaded, JobGraph, LoadedModel, Prepared, PromptSource,
+};
+pub use rows::{shared_inputs, shared_is_cheaper, Dedup, RowPlan, RowsRun, BACKWARD_PER_FORWARD};
 
-use crate::augment::{augment_with, names, AugmentOptions, Augmented};
+use crate::augment::{augment_shared, augment_with, names, AugmentOptions, Augmented};
 use crate::batches::{resumable, BatchResult, PairResult, Totals};
 use crate::error::{Error, Result};
 use crate::grids::{scaled, Grids, PairGrid};
@@ -62,6 +66,8 @@ pub struct JobOptions {
     pub tokens: Option<(Vec<PromptPair>, TokenizedPrompts)>,
     /// Where progress and the call sizing are reported; None: a silent job.
     pub progress: crate::progress::Reporter,
+    /// Whether the attribution graph runs each distinct sequence once (`--dedup`).
+    pub dedup: Dedup,
 }
 
 impl JobOptions {
@@ -106,6 +112,7 @@ impl JobOptions {
             metric: Default::default(),
             hooks: crate::hooks::HookKind::AttnOut,
             progress: None,
+            dedup: Dedup::Auto,
         }
     }
 }
@@ -161,6 +168,8 @@ pub struct JobResult {
     pub baselines: crate::sanity::BaselineCheck,
     /// Each pair's raw (clean, corrupted) metric, in prompt order, always kept.
     pub pair_metrics: Vec<(f64, f64)>,
+    /// Which attribution graph ran, and its forward rows (this process's calls only).
+    pub rows: RowsRun,
 }
 
 /// Seconds spent in each step of a job (0 for steps a reused `Attributor` skipped).
@@ -177,20 +186,33 @@ pub struct Timings {
 }
 
 /// Runs the job; for a shard, returns None after writing its batches.
+/// The graph is the shared-rows one when `opts.dedup` says so for these prompts (`rows`).
 pub fn run_job(opts: &JobOptions) -> Result<Option<JobResult>> {
-    let mut p = prepare(opts, |model| {
-        augment_with(
-            model,
-            AugmentOptions {
-                raw_outputs: false,
-                grid_outputs: true,
-                heads: opts.heads,
-                metric: opts.metric,
-                hooks: opts.hooks.clone(),
-            },
-        )
+    let mut p = prepare_choosing(opts, |source, model| {
+        let aug = AugmentOptions {
+            raw_outputs: false,
+            grid_outputs: true,
+            heads: opts.heads,
+            metric: opts.metric,
+            hooks: opts.hooks.clone(),
+        };
+        if choose_shared(opts, source)? {
+            augment_shared(model, aug)
+        } else {
+            augment_with(model, aug)
+        }
     })?;
     run_prepared(opts, &mut p, &mut None)
+}
+
+/// `opts.dedup` applied to the whole prompt set's rows (the tokens are read
+/// here without the vocabulary check, which the job makes afterwards).
+pub(crate) fn choose_shared(opts: &JobOptions, source: &PromptSource) -> Result<bool> {
+    if opts.dedup != Dedup::Auto {
+        return Ok(opts.dedup == Dedup::On);
+    }
+    let t = source.tokenize(opts, usize::MAX)?;
+    Ok(opts.dedup.shared(RowPlan::of(&t).len(), t.clean_ids.len()))
 }
 
 /// Runs a prepared attribution job; `session` is the runtime session on its
@@ -202,7 +224,12 @@ pub fn run_prepared(
     p: &mut Prepared<Augmented>,
     session: &mut Option<Box<dyn Runtime>>,
 ) -> Result<Option<JobResult>> {
-    let sizing = batch_sizing(opts, p)?;
+    // A shared-rows pair costs its share of the rows, each costed as a two-copy pair (conservative).
+    let rows_per_pair = match p.graph.shared_rows {
+        true => RowPlan::of(&p.tokens).len() as f64 / p.pairs.len().max(1) as f64,
+        false => 1.0,
+    };
+    let sizing = batch_sizing(opts, p, rows_per_pair)?;
     let batch_size = sizing.per_call;
     let mut manifest = Manifest::new(opts, p, Method::Attribution, batch_size);
     manifest.memory = Some(sizing);
@@ -223,6 +250,7 @@ pub fn run_prepared(
         *session = Some(p.session(&opts.runtime)?);
     }
     let mut rt: Option<&mut dyn Runtime> = session.as_deref_mut();
+    let mut rows = RowsRun { shared: p.graph.shared_rows, rows: 0, pairs: 0 };
 
     let bar = crate::progress::bar(&opts.progress, mine.len() as u64, "batches");
     let clock = Instant::now();
@@ -234,7 +262,9 @@ pub fn run_prepared(
             (None, Some(rt)) => {
                 let range = i * batch_size..((i + 1) * batch_size).min(p.pairs.len());
                 calls += 1;
-                let b = run_batch(&mut **rt, p, opts, range, i, keys[i].clone())?;
+                let (b, r) = run_batch(&mut **rt, p, opts, range.clone(), i, keys[i].clone())?;
+                rows.rows += r;
+                rows.pairs += range.len();
                 if let Some(dir) = &opts.work_dir {
                     b.save(dir)?;
                 }
@@ -259,15 +289,17 @@ pub fn run_prepared(
     r.runtime_calls = calls;
     r.batches_resumed = resumed;
     r.seconds = p.seconds.clone();
+    r.rows = rows;
     Ok(Some(r))
 }
 
 /// Pairs per call: `--batch-size`; else the layout of the interrupted run
 /// being resumed; else 64 for a shard (shards on different machines must
 /// split alike); else what the memory budget holds. Printed when the job
-/// shows progress.
-fn batch_sizing<G>(opts: &JobOptions, p: &Prepared<G>) -> Result<crate::memory::Sizing> {
-    use crate::memory::{choose, Budget, Workload};
+/// shows progress. `rows_per_pair` scales the memory a pair needs.
+fn batch_sizing<G>(opts: &JobOptions, p: &Prepared<G>, rows_per_pair: f64) -> Result<crate::memory::Sizing> {
+    use crate::memory::{choose_scaled, Budget, Workload};
+    let choose = |explicit, n, shape, w, budget| choose_scaled(explicit, n, shape, w, budget, rows_per_pair);
     let n = p.pairs.len();
     let budget = Budget::new(opts.max_memory);
     let explicit = match opts.batch_size {
@@ -328,6 +360,7 @@ pub fn finish(manifest: Manifest, batches: &[BatchResult]) -> Result<JobResult> 
         corrupted_metric: totals.corrupted(),
         grids: Grids { heads: scaled(&totals.heads, k), positions: scaled(&totals.positions, k) },
         per_pair,
+        rows: RowsRun::default(),
         runtime_calls: 0,
         batches_resumed: 0,
         seconds: Timings::default(),
@@ -340,6 +373,7 @@ pub fn save_manifest(dir: &Path, m: &Manifest) -> Result<()> {
     crate::fsutil::write_atomic(&dir.join("job.json"), &text)
 }
 
+/// Runs one batch; returns its result and the forward rows the call held.
 fn run_batch(
     rt: &mut dyn Runtime,
     p: &Prepared<Augmented>,
@@ -347,9 +381,15 @@ fn run_batch(
     range: std::ops::Range<usize>,
     index: usize,
     key: String,
-) -> Result<BatchResult> {
+) -> Result<(BatchResult, usize)> {
     let t = p.tokens.slice(range.clone());
-    let mut out = rt.run(pair_inputs(&p.graph.token_inputs(), &t))?;
+    let (feeds, forward_rows) = if p.graph.shared_rows {
+        let plan = RowPlan::of(&t);
+        (shared_inputs(&p.graph.token_inputs(), &t, &plan), plan.len())
+    } else {
+        (pair_inputs(&p.graph.token_inputs(), &t), 2 * t.clean_ids.len())
+    };
+    let mut out = rt.run(feeds)?;
     let row = |out: &mut HashMap<String, ArrayD<f32>>, n: &str| -> Result<Vec<f64>> {
         let v: Vec<f64> = runtime::take_output(out, n)?.iter().map(|&v| v as f64).collect();
         if let Some(i) = v.iter().position(|x| !x.is_finite()) {
@@ -394,7 +434,7 @@ fn run_batch(
             grid,
         })
         .collect();
-    BatchResult::new(index, key, pairs, opts.per_prompt)
+    Ok((BatchResult::new(index, key, pairs, opts.per_prompt)?, forward_rows))
 }
 
 fn mean(v: &[f64]) -> f64 {

@@ -171,6 +171,15 @@ impl LoadedModel {
 /// Loads the model, rewrites it with `build` and tokenizes the prompts: the
 /// steps every job shares, timed.
 pub fn prepare<G: JobGraph>(opts: &JobOptions, build: impl FnOnce(OnnxModel) -> Result<G>) -> Result<Prepared<G>> {
+    prepare_choosing(opts, |_, model| build(model))
+}
+
+/// `prepare` with a `build` that also sees the prompts (read before the
+/// model), e.g. to choose the graph for them.
+pub fn prepare_choosing<G: JobGraph>(
+    opts: &JobOptions,
+    build: impl FnOnce(&PromptSource, OnnxModel) -> Result<G>,
+) -> Result<Prepared<G>> {
     // The model is named first in messages: its tokenizer is looked up beside it.
     std::fs::metadata(&opts.model).map_err(|e| Error::io(&opts.model, e))?;
     let clock = Instant::now();
@@ -178,7 +187,7 @@ pub fn prepare<G: JobGraph>(opts: &JobOptions, build: impl FnOnce(OnnxModel) -> 
     let source = PromptSource::read(opts)?;
     let model = LoadedModel::read(opts)?;
     let load = clock.elapsed().as_secs_f64();
-    let mut p = prepare_loaded(opts, &source, model, build)?;
+    let mut p = prepare_loaded(opts, &source, model, |m| build(&source, m))?;
     p.seconds.load = load;
     Ok(p)
 }

@@ -126,7 +126,11 @@ fn cuts_drop_the_layers_below_and_the_clean_copy() {
     for c in &cuts {
         let g = c.proto.graph.as_ref().unwrap();
         assert!(nodes(c) < full, "cut {} keeps {} of {full} nodes", c.start, nodes(c));
-        assert!(g.node.iter().all(|n| n.output.iter().all(|o| !o.starts_with("clean/"))), "cut {}: clean copy", c.start);
+        assert!(
+            g.node.iter().all(|n| n.output.iter().all(|o| !o.starts_with("clean/"))),
+            "cut {}: clean copy",
+            c.start
+        );
         // The hook's own corrupted activation comes from the cache, gathered per row.
         let hook = &pg.hooks[c.start].tensor;
         assert!(c.frontier.iter().any(|f| &f.name == hook && f.rows), "cut {}: frontier {:?}", c.start, c.frontier);

@@ -296,7 +296,8 @@ fn run_cut_chunk(
     if let Some(pair) = check {
         let (got, want) = (metric.iter().next().copied().unwrap_or(f32::NAN) as f64, acc.baseline[first + pair]);
         let want = want.expect("the cache run recorded every baseline of the block");
-        if !((got - want).abs() <= 1e-4 * want.abs().max(1.0)) {
+        let close = (got - want).abs() <= 1e-4 * want.abs().max(1.0);
+        if !close {
             let hook = &pg.hooks[stage.cut.start];
             return Err(Error::Model(format!(
                 "the patching graph cut at hook '{}' (layer {}) gives pair {} an unpatched metric of {got} where the \

@@ -13,6 +13,7 @@ use crate::error::{Error, Result};
 use crate::job::{self, JobGraph, JobOptions};
 use crate::prompts::TokenizedPrompts;
 use crate::runtime::{self, Runtime, Value};
+use crate::onnx::facts::Dim;
 use ndarray::{Array1, Array2, Array4, ArrayD};
 use std::collections::HashMap;
 use std::time::Instant;
@@ -125,15 +126,13 @@ pub(super) fn run_rows(
     let pairs = p.tokens.clean_ids.len();
     // The cache run feeds two copies of each pair: keep it within one call's rows.
     let block = (rows_per_call / 2).clamp(1, pairs.max(1));
-    let mut stages: Vec<Option<Stage>> = (0..n_hooks).map(|_| None).collect();
-    let mut cuts: Vec<Option<Cut>> = cuts.into_iter().map(Some).collect();
     let mut starts: Vec<usize> = vec![];
-    let bar = crate::progress::bar(&opts.progress, pairs.div_ceil(block) as u64, "blocks");
+    let mut blocks: Vec<Block> = vec![];
     for first in (0..pairs).step_by(block) {
         let range = first..(first + block).min(pairs);
         let t = p.tokens.slice(range.clone());
         let clock = Instant::now();
-        let cache = cache_run(cache_rt.as_mut(), pg, &t, first, acc, &frontier)?;
+        let mut cache = cache_run(cache_rt.as_mut(), pg, &t, first, acc, &frontier)?;
         stats.calls += 1;
         if starts.is_empty() {
             let b = range.len() as f64;
@@ -157,30 +156,40 @@ pub(super) fn run_rows(
                 ),
             );
         }
-        let block_rows: Vec<&Row> = rows.iter().filter(|r| range.contains(&r.pair)).collect();
-        for (k, &start) in starts.iter().enumerate() {
-            let end = starts.get(k + 1).copied().unwrap_or(n_hooks);
-            let group: Vec<Row> = block_rows
+        // Only the chosen cuts' frontier is kept for the blocks' later calls.
+        let needed: std::collections::HashSet<&str> =
+            starts.iter().flat_map(|&s| cuts[s].frontier.iter().map(|f| f.name.as_str())).collect();
+        cache.retain(|name, _| needed.contains(name.as_str()));
+        blocks.push(Block { first, t, cache });
+    }
+    // One cut graph's session at a time: each holds its own copy of the weights it reads.
+    drop(cache_rt);
+    let mut cuts: Vec<Option<Cut>> = cuts.into_iter().map(Some).collect();
+    let bar = crate::progress::bar(&opts.progress, starts.len() as u64, "layer groups");
+    for (k, &start) in starts.iter().enumerate() {
+        let end = starts.get(k + 1).copied().unwrap_or(n_hooks);
+        let in_group = |r: &&Row| rows_at_hook(r).is_some_and(|i| (start..end).contains(&i));
+        if !rows.iter().any(|r| in_group(&r)) {
+            continue;
+        }
+        let mut c = cuts[start].take().expect("each cut is staged once");
+        declare_frontier_shapes(&mut c, &blocks[0].cache, blocks[0].t.clean_ids.len());
+        let clock = Instant::now();
+        let session = runtime::create_from(base.derived(&c.proto), &opts.runtime)?;
+        stats.session_seconds += clock.elapsed().as_secs_f64();
+        let mut stage = Stage { cut: c, session };
+        for b in &blocks {
+            let n = b.t.clean_ids.len();
+            let group: Vec<Row> = rows
                 .iter()
-                .filter(|r| rows_at_hook(r).is_some_and(|i| (start..end).contains(&i)))
-                .map(|r| Row { pair: r.pair - first, ..**r })
+                .filter(|r| (b.first..b.first + n).contains(&r.pair))
+                .filter(in_group)
+                .map(|r| Row { pair: r.pair - b.first, ..*r })
                 .collect();
-            if group.is_empty() {
-                continue;
-            }
-            if stages[start].is_none() {
-                let c = cuts[start].take().expect("each cut is staged once");
-                let clock = Instant::now();
-                let m = base.derived(&c.proto);
-                let session = runtime::create_from(m, &opts.runtime)?;
-                stats.session_seconds += clock.elapsed().as_secs_f64();
-                stages[start] = Some(Stage { cut: c, session });
-            }
-            let stage = stages[start].as_mut().expect("made above");
             for (i, chunk) in group.chunks(rows_per_call).enumerate() {
                 // The block's first call of each cut graph also runs the last pair unpatched.
-                let check = (i == 0).then_some(range.len() - 1);
-                run_cut_chunk(stage, pg, &t, chunk, first, check, &cache, acc)?;
+                let check = (i == 0).then_some(n - 1);
+                run_cut_chunk(&mut stage, pg, &b.t, chunk, b.first, check, &b.cache, acc)?;
                 stats.calls += 1;
             }
         }
@@ -189,6 +198,13 @@ pub(super) fn run_rows(
     bar.finish_and_clear();
     stats.starts = starts;
     Ok((stats, describe))
+}
+
+/// One block of pairs and what its cache run returned.
+struct Block {
+    first: usize,
+    t: TokenizedPrompts,
+    cache: HashMap<String, ArrayD<f32>>,
 }
 
 /// The frontier tensors of every cut, once each: what the cache run returns.
@@ -315,6 +331,28 @@ fn run_cut_chunk(
         acc.add_metric(&global, v as f64);
     }
     Ok(())
+}
+
+/// Gives the cut graph's frontier inputs the shapes the cache run returned,
+/// the row (or pair) axis symbolic: ONNX Runtime's fusions and memory plan
+/// need the shapes it would have inferred in the whole graph.
+fn declare_frontier_shapes(c: &mut Cut, cache: &HashMap<String, ArrayD<f32>>, pairs: usize) {
+    let g = c.proto.graph.as_mut().expect("a cut has a graph");
+    for f in &c.frontier {
+        let shape = cache[&f.name].shape();
+        let per_pair = shape[0] / pairs;
+        let first = match (f.rows, per_pair) {
+            (true, 1) => Dim::Sym("rows".into()),
+            (true, k) => Dim::Sym(format!("rows_x{k}")),
+            (false, 1) => Dim::Sym("pairs".into()),
+            (false, k) => Dim::Sym(format!("pairs_x{k}")),
+        };
+        let dims: Vec<Dim> = std::iter::once(first).chain(shape[1..].iter().map(|&d| Dim::Known(d as i64))).collect();
+        if let Some(vi) = g.input.iter_mut().find(|i| i.name == f.name) {
+            let elem = crate::onnx::consts::FLOAT;
+            *vi = crate::onnx::graph::value_info(&f.name, elem, &dims);
+        }
+    }
 }
 
 /// Rows `pairs` of a per-pair cache whose axis 0 holds `b` equal blocks,

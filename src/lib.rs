@@ -148,6 +148,8 @@ pub mod jobs {
     pub use crate::job::{run_job, Dedup, JobOptions, RowsRun, DEFAULT_BATCH_SIZE};
     pub use crate::memory::MaxMemory;
     pub use crate::merge::merge;
+    pub use crate::patch::run_grouped as run_patching_grouped;
     pub use crate::patch::run_sized as run_patching;
+    pub use crate::patch::staged::Groups as LayerGroups;
     pub use crate::report::write_results;
 }

@@ -58,3 +58,10 @@ pub(crate) fn sizing(reporter: &Reporter, s: &Sizing) {
         }
     }
 }
+
+/// One line of information for the reporter, if any.
+pub(crate) fn note(reporter: &Reporter, line: &str) {
+    if let Some(p) = reporter {
+        p.note(line);
+    }
+}

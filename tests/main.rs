@@ -31,6 +31,7 @@ mod normalize;
 mod onnx_io;
 mod opset23;
 mod padding;
+mod patch_cut;
 mod patching;
 mod prompt_files;
 mod render;

@@ -65,12 +65,14 @@ fn a_small_budget_runs_several_calls_with_the_same_grids() {
 #[test]
 fn patching_rows_follow_the_budget_and_explicit_flags_win() {
     let (big, small, given) = (fresh_dir("memory-patch"), fresh_dir("memory-patch-small"), fresh_dir("memory-given"));
-    let out = ok(&["patch", "--device", "cpu", "--out", big.to_str().unwrap()]);
+    // The one patching graph: its calls are what the sizing counts (layer groups add a cache run per block).
+    let out = ok(&["patch", "--device", "cpu", "--layer-groups", "off", "--out", big.to_str().unwrap()]);
     // 8 pairs x (3 layers x 4 heads + 1 baseline) rows, all in one call.
     assert!(out.contains("patching: 104 rows per call (memory budget "), "{out}");
     let default = results(&big);
     let budget = budget_for(40, &default);
-    let out = ok(&["patch", "--device", "cpu", "--max-memory", &budget, "--out", small.to_str().unwrap()]);
+    let small_out = small.to_str().unwrap();
+    let out = ok(&["patch", "--device", "cpu", "--layer-groups", "off", "--max-memory", &budget, "--out", small_out]);
     assert!(out.contains("patching: 40 rows per call") && out.contains("(3 calls)"), "{out}");
     assert_grid_close("exact heads, 3 calls vs 1", &grid(&results(&small), "heads"), &grid(&default, "heads"));
 
@@ -79,6 +81,8 @@ fn patching_rows_follow_the_budget_and_explicit_flags_win() {
         "patch",
         "--device",
         "cpu",
+        "--layer-groups",
+        "off",
         "--max-memory",
         "1M",
         "--rows-per-call",

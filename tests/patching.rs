@@ -54,7 +54,8 @@ fn exact_patching_matches_patching_by_hand() {
 
 #[test]
 fn exact_patching_without_positions_writes_heads_only() {
-    let r = patch::run(&ioi_job(), Estimator::Exact { positions: false }, 1000).unwrap();
+    // The one patching graph (no layer groups): all rows in one call.
+    let r = patch::run_grouped(&ioi_job(), Estimator::Exact { positions: false }, Some(1000), None).unwrap();
     assert_eq!(r.grids.heads.len(), 3);
     assert!(r.grids.positions.is_empty());
     assert_eq!(r.runtime_calls, 1);

@@ -251,6 +251,15 @@ impl<G> Prepared<G> {
     }
 }
 
+impl<G> Prepared<G> {
+    /// The rewritten graph as handed to the runtime, for a job that makes its
+    /// sessions on graphs derived from it (`ModelForRuntime::derived`) instead
+    /// of on the graph itself (`session` fails afterwards).
+    pub fn take_runtime_model(&mut self) -> Result<ModelForRuntime> {
+        self.for_runtime.take().ok_or_else(|| Error::Runtime("the job's runtime session was already made".into()))
+    }
+}
+
 /// Token ids given directly must fit the model and form equal-length pairs.
 fn check_token_ids(t: &TokenizedPrompts, vocab: usize) -> Result<()> {
     let all = t.clean_ids.iter().chain(&t.corrupted_ids).flatten().chain(&t.correct_ids).chain(&t.incorrect_ids);

@@ -6,8 +6,10 @@
 //! the metric, summed over pairs and divided by N * (CLEAN - CORR) at the end
 //! (job::finish), so the three grids are directly comparable.
 
+pub mod cut;
 pub mod graph;
 pub mod plan;
+pub mod staged;
 
 use crate::augment::names as aug_names;
 use crate::batches::{BatchResult, PairResult};
@@ -54,10 +56,71 @@ pub fn run(opts: &JobOptions, estimator: Estimator, rows_per_call: usize) -> Res
 
 /// Runs `rows_per_call` rows per call, or (None) as many as the memory
 /// budget holds (`memory::choose`), printed when the job shows progress.
+/// Exact patching on ONNX Runtime runs in layer groups chosen by the cost
+/// model (`staged`); the rest on the one patching graph.
 pub fn run_sized(opts: &JobOptions, estimator: Estimator, rows_per_call: Option<usize>) -> Result<JobResult> {
+    run_grouped(opts, estimator, rows_per_call, Some(&staged::Groups::Auto))
+}
+
+/// `run_sized` with the layer grouping of exact patching given: None runs
+/// every row on the one patching graph; groups apply to exact patching on
+/// ONNX Runtime only (other jobs say so and run on the one graph).
+pub fn run_grouped(
+    opts: &JobOptions,
+    estimator: Estimator,
+    rows_per_call: Option<usize>,
+    groups: Option<&staged::Groups>,
+) -> Result<JobResult> {
     check_counts(estimator, rows_per_call)?;
     let mut p = job::prepare(opts, |model| graph::build(model, &graph_options(opts, estimator)))?;
-    run_prepared(opts, estimator, rows_per_call, &mut p, &mut None)
+    let Some(groups) = groups.filter(|_| matches!(estimator, Estimator::Exact { .. })) else {
+        return run_prepared(opts, estimator, rows_per_call, &mut p, &mut None);
+    };
+    if opts.runtime.kind != runtime::RuntimeKind::Ort {
+        crate::progress::note(
+            &opts.progress,
+            "exact patching on tract runs every row through all layers (layer groups need ONNX Runtime)",
+        );
+        return run_prepared(opts, estimator, rows_per_call, &mut p, &mut None);
+    }
+    run_staged(opts, estimator, rows_per_call, &mut p, groups)
+}
+
+/// Exact patching in layer groups (staged.rs).
+fn run_staged(
+    opts: &JobOptions,
+    estimator: Estimator,
+    rows_per_call: Option<usize>,
+    p: &mut job::Prepared<PatchGraph>,
+    groups: &staged::Groups,
+) -> Result<JobResult> {
+    let Estimator::Exact { positions } = estimator else {
+        return Err(Error::Input("layer groups apply to exact patching only".into()));
+    };
+    let has_heads = p.graph.heads.is_some();
+    let plan = Plan::Exact { heads: has_heads, positions: positions || !has_heads };
+    let layers: Vec<usize> = p.graph.hooks.iter().map(|h| h.layer).collect();
+    let rows = plan.rows(&layers, p.graph.units(), &p.tokens.lengths);
+    let mut acc = Accumulator::new(&p.graph, plan, p.tokens.clean_ids.len(), p.tokens.seq_len);
+    let sizing = choose(rows_per_call, rows.len(), &p.shape, workload(estimator), &Budget::new(opts.max_memory));
+    crate::progress::sizing(&opts.progress, &sizing);
+    let rows_per_call = sizing.per_call;
+    let clock = Instant::now();
+    let (stats, describe) = staged::run_rows(opts, p, &rows, rows_per_call, groups, &mut acc)?;
+    // Sessions are made as the groups first run: count them as session time, not run time.
+    p.seconds.session = stats.session_seconds;
+    p.seconds.run = clock.elapsed().as_secs_f64() - stats.session_seconds;
+
+    let pairs = acc.finish()?;
+    let mut manifest = Manifest::new(opts, p, Method::ExactPatching, rows_per_call);
+    manifest.n_batches = 1;
+    manifest.memory = Some(sizing);
+    manifest.runtime = describe;
+    let batch = BatchResult::new(0, manifest.batch_key(0), pairs, opts.per_prompt)?;
+    let mut r = job::finish(manifest, &[batch])?;
+    r.runtime_calls = stats.calls;
+    r.seconds = p.seconds.clone();
+    Ok(r)
 }
 
 /// Refuses zero rows per call and zero IG steps (before any slow work).

@@ -58,3 +58,15 @@ impl ModelForRuntime {
         ModelForRuntime { bytes: proto.encode_to_vec(), weights, external_dir: None }
     }
 }
+
+impl ModelForRuntime {
+    /// A graph derived from this one after its weights were split off (a
+    /// subgraph, or the graph with more outputs): it gets the weights its
+    /// initializers name and the same folder of external data.
+    pub fn derived(&self, proto: &ModelProto) -> ModelForRuntime {
+        let named: std::collections::HashSet<&str> =
+            proto.graph.iter().flat_map(|g| g.initializer.iter().map(|t| t.name.as_str())).collect();
+        let weights = self.weights.iter().filter(|(n, _)| named.contains(n.as_str())).cloned().collect();
+        ModelForRuntime { bytes: proto.encode_to_vec(), weights, external_dir: self.external_dir.clone() }
+    }
+}

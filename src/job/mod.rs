@@ -62,6 +62,8 @@ pub struct JobOptions {
     pub tokens: Option<(Vec<PromptPair>, TokenizedPrompts)>,
     /// Where progress and the call sizing are reported; None: a silent job.
     pub progress: crate::progress::Reporter,
+    /// The folder that keeps rewritten graphs between runs (`--cache`); None: no cache.
+    pub cache: Option<PathBuf>,
 }
 
 impl JobOptions {
@@ -106,6 +108,7 @@ impl JobOptions {
             metric: Default::default(),
             hooks: crate::hooks::HookKind::AttnOut,
             progress: None,
+            cache: None,
         }
     }
 }
@@ -174,22 +177,21 @@ pub struct Timings {
     pub session: f64,
     /// The runtime calls.
     pub run: f64,
+    /// Whether the graph came from the cache (`--cache`).
+    pub cache: crate::graph_cache::CacheUse,
 }
 
 /// Runs the job; for a shard, returns None after writing its batches.
 pub fn run_job(opts: &JobOptions) -> Result<Option<JobResult>> {
-    let mut p = prepare(opts, |model| {
-        augment_with(
-            model,
-            AugmentOptions {
-                raw_outputs: false,
-                grid_outputs: true,
-                heads: opts.heads,
-                metric: opts.metric,
-                hooks: opts.hooks.clone(),
-            },
-        )
-    })?;
+    let aug = AugmentOptions {
+        raw_outputs: false,
+        grid_outputs: true,
+        heads: opts.heads,
+        metric: opts.metric,
+        hooks: opts.hooks.clone(),
+    };
+    let key = crate::graph_cache::GraphKey::new("attribution", &aug);
+    let mut p = prepare(opts, key, |model| augment_with(model, aug))?;
     run_prepared(opts, &mut p, &mut None)
 }
 

@@ -56,7 +56,8 @@ pub fn run(opts: &JobOptions, estimator: Estimator, rows_per_call: usize) -> Res
 /// budget holds (`memory::choose`), printed when the job shows progress.
 pub fn run_sized(opts: &JobOptions, estimator: Estimator, rows_per_call: Option<usize>) -> Result<JobResult> {
     check_counts(estimator, rows_per_call)?;
-    let mut p = job::prepare(opts, |model| graph::build(model, &graph_options(opts, estimator)))?;
+    let g = graph_options(opts, estimator);
+    let mut p = job::prepare(opts, crate::graph_cache::GraphKey::new("patch", &g), |model| graph::build(model, &g))?;
     run_prepared(opts, estimator, rows_per_call, &mut p, &mut None)
 }
 

@@ -72,7 +72,7 @@ pub enum Read {
     /// An entry that cannot be used, and why.
     Invalid(String),
     /// A whole entry whose model files are unchanged.
-    Found(Contents),
+    Found(Box<Contents>),
 }
 
 /// Writes an entry: its files in a temporary folder beside `dir`, then one rename.
@@ -125,7 +125,7 @@ pub fn read(dir: &Path, key: &str, model_dir: &Path) -> Read {
         return if dir.exists() { Read::Invalid(format!("{META_FILE} is missing")) } else { Read::Missing };
     }
     match read_checked(dir, key, model_dir) {
-        Ok(c) => Read::Found(c),
+        Ok(c) => Read::Found(Box::new(c)),
         Err(why) => Read::Invalid(why),
     }
 }

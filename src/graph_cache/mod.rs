@@ -130,7 +130,7 @@ impl GraphCache {
         let c = match entry::read(&probe.entry, &probe.key, &probe.model_dir) {
             entry::Read::Missing => return Lookup::Miss,
             entry::Read::Invalid(why) => return Lookup::Invalid(why),
-            entry::Read::Found(c) => c,
+            entry::Read::Found(c) => *c,
         };
         let proto = match ModelProto::decode(c.graph_bytes.as_slice()) {
             Ok(p) => p,

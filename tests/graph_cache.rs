@@ -216,3 +216,21 @@ fn cli_second_run_prints_the_hit_and_writes_the_same_grids() {
     assert_eq!(r1["heads"], r2["heads"]);
     assert_eq!(r1["positions"], r2["positions"]);
 }
+
+#[test]
+fn edge_scores_are_cached_too() {
+    let cache = fresh_dir("cache-edges");
+    let (mut o, _) = options(&bundled_model(), Some(&cache));
+    o.tokenizer = None; // the one beside the bundled model
+    let first = attrpatch::eap::run_edges(&o, 1).unwrap();
+    let written = entries(&cache);
+    assert_eq!(written.len(), 1);
+    let stamp = || std::fs::metadata(written[0].join("meta.json")).unwrap().modified().unwrap();
+    let before = stamp();
+    let second = attrpatch::eap::run_edges(&o, 1).unwrap();
+    // A hit reads the entry; a miss or a rebuild would have written it again.
+    assert_eq!(stamp(), before, "the entry was written again: the second run did not use it");
+    assert_eq!(entries(&cache), written);
+    assert!(!first.edges.is_empty());
+    assert_eq!(first, second, "edge scores differ after a cache hit");
+}

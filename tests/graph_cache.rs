@@ -72,6 +72,26 @@ fn second_run_restores_the_graph_and_gives_the_same_grids() {
     assert_eq!(first.manifest.hooks, second.manifest.hooks);
     assert_eq!(first.pair_metrics, second.pair_metrics);
 
+    // ONNX Runtime's optimised graph was saved by the first session and loaded by the second.
+    let from_cache = "optimised graph from the cache";
+    assert!(!first.manifest.runtime.contains(from_cache), "{}", first.manifest.runtime);
+    assert!(second.manifest.runtime.contains(from_cache), "{}", second.manifest.runtime);
+    let saved = std::fs::read_dir(&entries(&cache)[0])
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("ort-"))
+        .expect("a folder of ONNX Runtime's optimised graph in the entry");
+    // Cut short, it is not used: the graph is optimised (and saved) again.
+    let data = saved.join("model.onnx.data");
+    let len = std::fs::metadata(&data).unwrap().len();
+    std::fs::OpenOptions::new().write(true).open(&data).unwrap().set_len(len / 2).unwrap();
+    let third = attribute(&o);
+    assert_eq!(third.seconds.cache, CacheUse::Hit);
+    assert!(!third.manifest.runtime.contains(from_cache), "{}", third.manifest.runtime);
+    assert_same("optimised again", &first.grids, &third.grids);
+    assert_eq!(std::fs::metadata(&data).unwrap().len(), len, "the optimised graph was not saved again");
+    assert!(attribute(&o).manifest.runtime.contains(from_cache));
+
     // And the same as without a cache.
     let (plain, _) = options(&tiny(), None);
     let uncached = attribute(&plain);

@@ -125,6 +125,11 @@ impl GraphCache {
         Ok(Probe { entry: self.dir.join(&key), key, model_dir, model_file })
     }
 
+    /// The entry's folder.
+    pub fn entry(probe: &Probe) -> &Path {
+        &probe.entry
+    }
+
     /// The entry for `probe`, checked and decoded.
     pub fn lookup<G: CachedGraph>(&self, probe: &Probe) -> Lookup<G> {
         let c = match entry::read(&probe.entry, &probe.key, &probe.model_dir) {
@@ -141,8 +146,12 @@ impl GraphCache {
             Err(e) => return Lookup::Invalid(format!("meta.json's graph metadata does not fit this job: {e}")),
         };
         *graph.proto_mut() = proto;
-        let for_runtime =
-            ModelForRuntime { bytes: c.graph_bytes, weights: c.weights, external_dir: Some(probe.model_dir.clone()) };
+        let for_runtime = ModelForRuntime {
+            bytes: c.graph_bytes,
+            weights: c.weights,
+            external_dir: Some(probe.model_dir.clone()),
+            saved_dir: Some(probe.entry.clone()),
+        };
         Lookup::Hit(Restored { graph, model_hash: c.meta.model_hash, shape: c.meta.shape, for_runtime })
     }
 

@@ -215,8 +215,13 @@ pub fn prepare<G: CachedGraph>(
         let clock = Instant::now();
         let for_runtime = p.for_runtime.as_ref().expect("made by prepare_loaded");
         // A cache that cannot be written costs the next run its speed, not this run its result.
-        if let Err(e) = c.store(probe, &p.graph, &p.model_hash, p.shape, for_runtime, &external) {
-            crate::progress::warn(&opts.progress, &format!("the graph was not cached: {e}"));
+        match c.store(probe, &p.graph, &p.model_hash, p.shape, for_runtime, &external) {
+            Ok(()) => {
+                // The session saves ONNX Runtime's optimised graph into the new entry.
+                let entry = GraphCache::entry(probe).to_path_buf();
+                p.for_runtime.as_mut().expect("made by prepare_loaded").saved_dir = Some(entry);
+            }
+            Err(e) => crate::progress::warn(&opts.progress, &format!("the graph was not cached: {e}")),
         }
         p.seconds.rewrite += clock.elapsed().as_secs_f64();
         p.seconds.cache = match invalid {

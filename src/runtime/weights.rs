@@ -20,12 +20,14 @@ pub struct ModelForRuntime {
     /// The folder that tensors left as external data (`OnnxModel::load_leaving_weights`)
     /// are read from by ONNX Runtime itself.
     pub external_dir: Option<std::path::PathBuf>,
+    /// The `--cache` entry where ONNX Runtime keeps its optimised graph (`ort_saved`).
+    pub saved_dir: Option<std::path::PathBuf>,
 }
 
 impl ModelForRuntime {
     /// Everything in the protobuf (for runtimes that read only that).
     pub fn inline(proto: &ModelProto) -> Self {
-        ModelForRuntime { bytes: proto.encode_to_vec(), weights: vec![], external_dir: None }
+        ModelForRuntime { bytes: proto.encode_to_vec(), weights: vec![], external_dir: None, saved_dir: None }
     }
 
     /// Takes large float32 weights out of `proto` (which keeps their names, types and shapes).
@@ -55,6 +57,6 @@ impl ModelForRuntime {
                 weights.push((t.name.clone(), arr));
             }
         }
-        ModelForRuntime { bytes: proto.encode_to_vec(), weights, external_dir: None }
+        ModelForRuntime { bytes: proto.encode_to_vec(), weights, external_dir: None, saved_dir: None }
     }
 }

@@ -5,6 +5,8 @@
 //!   memory (new ones, or ones small enough to have been read), raw little-endian;
 //! - `meta.json`: the job metadata the rewrite produced, and every file's size
 //!   and BLAKE3 hash (the entry's own and the model's external data).
+//! - `ort-VERSION-cpu/`: ONNX Runtime's optimised graph, added by the first
+//!   CPU session (`runtime::ort_saved`, which checks it itself).
 //!
 //! The folder is written under a temporary name and renamed whole, and every
 //! file is checked against `meta.json` when read, so a partial or damaged

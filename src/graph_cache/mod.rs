@@ -4,7 +4,8 @@
 //! model's .onnx file, attrpatch's version, the runtime and the job's graph
 //! options (`GraphKey`); the model's external-data files are hashed too and
 //! checked on every hit. A missing, partial or damaged entry is rebuilt (with a
-//! warning for the last two), never used. ONNX Runtime only: tract's graph
+//! warning for the last two), never used. On the CPU the entry also keeps ONNX
+//! Runtime's optimised graph (`runtime::ort_saved`). ONNX Runtime only: tract's graph
 //! holds every weight inline, so its entry would be a second copy of the model.
 
 pub mod entry;

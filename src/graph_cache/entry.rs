@@ -99,6 +99,7 @@ pub fn write(dir: &Path, mut meta: Meta, graph_bytes: &[u8], weights: &[(String,
             file: file.into(),
             bytes: bytes.len() as u64,
             blake3: hash_bytes(bytes),
+            modified_ns: None,
         };
         meta.graph_file = described(GRAPH_FILE, graph_bytes);
         meta.weights_file = described(WEIGHTS_FILE, &blob);
@@ -139,8 +140,12 @@ fn read_checked(dir: &Path, key: &str, model_dir: &Path) -> std::result::Result<
         return Err(format!("{META_FILE} is of format {} for key {}, not {FORMAT} for {key}", meta.format, meta.key));
     }
     for f in &meta.external {
-        let now = hash_file(&model_dir.join(&f.file), &f.file).map_err(|e| e.to_string())?;
-        if now != *f {
+        let path = model_dir.join(&f.file);
+        if f.unchanged_at(&path) {
+            continue;
+        }
+        let now = hash_file(&path, &f.file).map_err(|e| e.to_string())?;
+        if !now.same_content(f) {
             return Err(format!("the model's external data file {} changed since the entry was written", f.file));
         }
     }

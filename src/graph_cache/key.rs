@@ -40,14 +40,40 @@ pub struct FileHash {
     pub bytes: u64,
     /// BLAKE3 of its bytes, hex.
     pub blake3: String,
+    /// Its modification time when hashed (ns since the epoch): while the file keeps
+    /// this time and length, it is not hashed again (the model's GBs of external data).
+    #[serde(default)]
+    pub modified_ns: Option<u128>,
+}
+
+impl FileHash {
+    /// Whether `path` still has the modification time and length this hash was taken at.
+    pub fn unchanged_at(&self, path: &Path) -> bool {
+        self.modified_ns.is_some() && modified_ns(path).is_some_and(|(m, len)| Some(m) == self.modified_ns && len == self.bytes)
+    }
+
+    /// The same content (length and hash).
+    pub fn same_content(&self, other: &FileHash) -> bool {
+        self.bytes == other.bytes && self.blake3 == other.blake3
+    }
+}
+
+/// A file's modification time (ns since the epoch) and length.
+fn modified_ns(path: &Path) -> Option<(u128, u64)> {
+    let m = std::fs::metadata(path).ok()?;
+    let t = m.modified().ok()?.duration_since(std::time::UNIX_EPOCH).ok()?;
+    Some((t.as_nanos(), m.len()))
 }
 
 /// Hashes a file (memory-mapped when large): a multi-GB weight file at memory speed.
 pub fn hash_file(path: &Path, name: &str) -> Result<FileHash> {
+    // Taken before reading: a write during the hash leaves a time that will not match later.
+    let stamp = modified_ns(path);
     let mut h = blake3::Hasher::new();
     h.update_mmap(path).map_err(|e| Error::io(path, e))?;
     let bytes = std::fs::metadata(path).map_err(|e| Error::io(path, e))?.len();
-    Ok(FileHash { file: name.to_string(), bytes, blake3: h.finalize().to_hex().to_string() })
+    let modified_ns = stamp.filter(|&(_, len)| len == bytes).map(|(m, _)| m);
+    Ok(FileHash { file: name.to_string(), bytes, blake3: h.finalize().to_hex().to_string(), modified_ns })
 }
 
 /// BLAKE3 of bytes in memory, hex.
@@ -61,15 +87,15 @@ pub fn entry_key(model: &FileHash, graph: &GraphKey, runtime: RuntimeKind) -> St
     struct Fields<'a> {
         format: u32,
         attrpatch: &'static str,
-        // The rewritten graph names its weights' file by this name.
-        model: &'a FileHash,
+        // The rewritten graph names its weights' file by this name; its time is no part of the key.
+        model: (&'a str, u64, &'a str),
         runtime: String,
         graph: &'a GraphKey,
     }
     let fields = Fields {
         format: FORMAT,
         attrpatch: env!("CARGO_PKG_VERSION"),
-        model,
+        model: (&model.file, model.bytes, &model.blake3),
         runtime: format!("{runtime:?}"),
         graph,
     };

@@ -174,7 +174,7 @@ impl GraphCache {
             .filter(|f| **f != probe.model_file)
             .map(|f| key::hash_file(&probe.model_dir.join(f), f))
             .collect::<Result<Vec<FileHash>>>()?;
-        let empty = FileHash { file: String::new(), bytes: 0, blake3: String::new() };
+        let empty = FileHash { file: String::new(), bytes: 0, blake3: String::new(), modified_ns: None };
         let meta = entry::Meta {
             format: key::FORMAT,
             key: probe.key.clone(),

@@ -86,6 +86,7 @@ internal! { mod compare; }
 internal! { mod edges; }
 internal! { mod error; }
 internal! { mod fsutil; }
+internal! { mod graph_cache; }
 internal! { mod grids; }
 internal! { mod hooks; }
 internal! { mod inspect; }
@@ -145,6 +146,7 @@ pub mod eap {
 /// feature PNG/SVG heatmaps and scatter plots).
 pub mod jobs {
     pub use crate::compare::{compare, report as comparison_report, write as write_comparison};
+    pub use crate::graph_cache::{default_dir as default_cache_dir, CacheUse};
     pub use crate::job::{run_job, Dedup, JobOptions, RowsRun, DEFAULT_BATCH_SIZE};
     pub use crate::memory::MaxMemory;
     pub use crate::merge::merge;

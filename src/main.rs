@@ -107,6 +107,11 @@ struct CommonArgs {
     /// --batch-size / --rows-per-call is given [default: 70% of the memory available].
     #[arg(long, value_name = "SIZE")]
     max_memory: Option<job::MaxMemory>,
+    /// Keep the rewritten graph in DIR, so a later run on the same model with the same
+    /// graph options starts without loading and rewriting it (ONNX Runtime only)
+    /// [without DIR: $XDG_CACHE_HOME/attrpatch, else ~/.cache/attrpatch].
+    #[arg(long, value_name = "DIR", num_args = 0..=1)]
+    cache: Option<Option<PathBuf>>,
     /// The subcommand's default output folder (set after parsing).
     #[arg(skip = "attrpatch-out")]
     default_out: &'static str,
@@ -133,6 +138,11 @@ impl CommonArgs {
         opts.hooks = self.hook.clone();
         opts.progress = Some(std::sync::Arc::new(Bars::default()));
         opts.max_memory = self.max_memory.map(|m| m.0);
+        opts.cache = match &self.cache {
+            None => None,
+            Some(Some(dir)) => Some(dir.clone()),
+            Some(None) => Some(attrpatch::jobs::default_cache_dir()?),
+        };
         let out = self.out_dir();
         if out.is_file() {
             return Err(Error::Input(format!(
@@ -375,8 +385,12 @@ fn report_job(opts: &JobOptions, r: &JobResult, out: &Path) -> Result<(), Error>
     print_summary(r);
     // Only attribution jobs that ran calls count rows.
     let rows = if r.rows.pairs > 0 { format!(" ({})", r.rows.describe()) } else { String::new() };
+    let cache = match r.seconds.cache.label() {
+        "" => String::new(),
+        label => format!(" ({label})"),
+    };
     println!(
-        "time: load {:.2}s, rewrite {:.2}s, session {:.2}s, run {:.3}s{rows}",
+        "time: load {:.2}s, rewrite {:.2}s, session {:.2}s, run {:.3}s{rows}{cache}",
         r.seconds.load, r.seconds.rewrite, r.seconds.session, r.seconds.run
     );
     for w in job::write_results(r, out)? {

@@ -21,7 +21,7 @@ use crate::error::{Error, Result};
 use crate::onnx::pb::ModelProto;
 
 /// What the sizing needs to know of a rewritten model and its prompts.
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize, serde::Deserialize)]
 pub struct ModelShape {
     pub layers: usize,
     /// The hook's width (the model's hidden size for attention hooks).

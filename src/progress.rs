@@ -49,6 +49,13 @@ pub(crate) fn bar<'a>(reporter: &'a Reporter, len: u64, unit: &str) -> Bar<'a> {
     Bar(p)
 }
 
+/// Passes a warning on (a silent job drops it; what it concerns is in the result).
+pub(crate) fn warn(reporter: &Reporter, warning: &str) {
+    if let Some(p) = reporter {
+        p.warn(warning)
+    }
+}
+
 /// Reports how the calls were sized, and the sizing's warning.
 pub(crate) fn sizing(reporter: &Reporter, s: &Sizing) {
     if let Some(p) = reporter {

@@ -24,6 +24,7 @@ mod facade;
 mod faithfulness;
 mod fuzz;
 mod gradients;
+mod graph_cache;
 mod hooks;
 mod memory;
 mod metrics;

@@ -78,14 +78,17 @@ pub mod names {
 }
 
 /// A model input fed with tokens: its name in the clean and corrupted copies.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct TokenInput {
     pub model_name: String,
     pub clean: String,
     pub corrupted: String,
 }
 
+/// (The metadata round-trips through a cache entry; the graph is stored beside it.)
+#[derive(serde::Serialize, serde::Deserialize)]
 pub struct Augmented {
+    #[serde(skip)]
     pub proto: ModelProto,
     pub hooks: Vec<Hook>,
     pub input_ids: TokenInput,
@@ -106,7 +109,7 @@ pub struct Augmented {
 }
 
 /// What the augmented graph outputs besides the baselines.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct AugmentOptions {
     /// The hook activations (clean, corrupted) and gradients themselves.
     pub raw_outputs: bool,

@@ -45,7 +45,7 @@ const MAX_NORM_NODES: usize = 40;
 
 /// A Q/K/V projection: a MatMul or Gemm with a constant weight reading the
 /// attention layer-norm's output.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Projection {
     /// The node's name.
     pub node: String,
@@ -67,7 +67,7 @@ pub struct Projection {
 
 /// Where one q/k/v reader's columns are: `head_dim` columns of a projection's
 /// output starting at `column`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct HeadRead {
     /// Index into `Block::projections`.
     pub projection: usize,
@@ -76,7 +76,7 @@ pub struct HeadRead {
 }
 
 /// The attention out-projection: `z @ W_O (+ bias)`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct OutProjection {
     /// Node name.
     pub node: String,
@@ -89,7 +89,7 @@ pub struct OutProjection {
 }
 
 /// One transformer block.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Block {
     /// Layer number.
     pub layer: usize,
@@ -121,7 +121,7 @@ pub struct Block {
 }
 
 /// Every block, and the final layer-norm's input.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct BlockAnatomy {
     /// The blocks, by layer.
     pub blocks: Vec<Block>,

@@ -43,7 +43,7 @@ pub mod out {
 }
 
 /// What the edge graph computes.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct EdgeGraphOptions {
     /// The metric, as `run`'s.
     pub metric: Metric,
@@ -68,8 +68,10 @@ impl Default for EdgeGraphOptions {
 }
 
 /// The rewritten model and what reading its outputs needs.
+#[derive(serde::Serialize, serde::Deserialize)]
 pub struct EdgeGraph {
     /// The model.
+    #[serde(skip)]
     pub proto: ModelProto,
     /// The attention out-projection hooks.
     pub hooks: Vec<Hook>,

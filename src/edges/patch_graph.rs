@@ -85,7 +85,7 @@ pub fn mask_groups(t: &Topology) -> Vec<MaskGroup> {
 }
 
 /// What the edge-patching graph computes.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct EdgePatchOptions {
     /// The metric, as `run`'s.
     pub metric: Metric,
@@ -94,8 +94,10 @@ pub struct EdgePatchOptions {
 }
 
 /// The rewritten model and what feeding it needs.
+#[derive(serde::Serialize, serde::Deserialize)]
 pub struct EdgePatchGraph {
     /// The model.
+    #[serde(skip)]
     pub proto: ModelProto,
     /// The attention out-projection hooks.
     pub hooks: Vec<Hook>,

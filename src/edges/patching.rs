@@ -9,6 +9,7 @@ use super::{Reader, Topology, Writer};
 use crate::augment::Metric;
 use crate::batches::Totals;
 use crate::error::{Error, Result};
+use crate::graph_cache::GraphKey;
 use crate::job::{pair_inputs, prepare, JobGraph, JobOptions};
 use crate::memory::{choose, Budget, Sizing, Workload};
 use crate::runtime::{take_output, Value};
@@ -79,7 +80,7 @@ pub fn patch_edges(
         ));
     }
     let gopts = EdgePatchOptions { metric: opts.metric, heads: opts.heads };
-    let mut p = prepare(opts, |model| patch_graph::build(model, &gopts))?;
+    let mut p = prepare(opts, GraphKey::new("edge-patch", &gopts), |model| patch_graph::build(model, &gopts))?;
     let topo = p.graph.anatomy.topology();
     let variants = variants(&topo)?;
     let slots = EdgeSlots::new(&topo);

@@ -9,6 +9,7 @@ use super::{Reader, Writer};
 use crate::augment::names;
 use crate::batches::Totals;
 use crate::error::{Error, Result};
+use crate::graph_cache::GraphKey;
 use crate::job::{pair_inputs, prepare, JobGraph, JobOptions};
 use crate::memory::{choose, Budget, Workload};
 use crate::runtime::take_output;
@@ -40,7 +41,7 @@ pub fn run_edges_detailed(opts: &JobOptions, ig_steps: usize) -> Result<EdgeRun>
         return Err(Error::Input("edge scores run in one process: shards are not supported".into()));
     }
     let gopts = EdgeGraphOptions { metric: opts.metric, heads: opts.heads, ig_steps, ..Default::default() };
-    let mut p = prepare(opts, |model| graph::build(model, &gopts))?;
+    let mut p = prepare(opts, GraphKey::new("edges", &gopts), |model| graph::build(model, &gopts))?;
     let n = p.pairs.len();
     let explicit = match opts.batch_size {
         Some(0) => Some(n.max(1)),

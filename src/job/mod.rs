@@ -68,6 +68,8 @@ pub struct JobOptions {
     pub progress: crate::progress::Reporter,
     /// Whether the attribution graph runs each distinct sequence once (`--dedup`).
     pub dedup: Dedup,
+    /// The folder that keeps rewritten graphs between runs (`--cache`); None: no cache.
+    pub cache: Option<PathBuf>,
 }
 
 impl JobOptions {
@@ -113,6 +115,7 @@ impl JobOptions {
             hooks: crate::hooks::HookKind::AttnOut,
             progress: None,
             dedup: Dedup::Auto,
+            cache: None,
         }
     }
 }
@@ -183,25 +186,31 @@ pub struct Timings {
     pub session: f64,
     /// The runtime calls.
     pub run: f64,
+    /// Whether the graph came from the cache (`--cache`).
+    pub cache: crate::graph_cache::CacheUse,
 }
 
 /// Runs the job; for a shard, returns None after writing its batches.
 /// The graph is the shared-rows one when `opts.dedup` says so for these prompts (`rows`).
 pub fn run_job(opts: &JobOptions) -> Result<Option<JobResult>> {
-    let mut p = prepare_choosing(opts, |source, model| {
-        let aug = AugmentOptions {
-            raw_outputs: false,
-            grid_outputs: true,
-            heads: opts.heads,
-            metric: opts.metric,
-            hooks: opts.hooks.clone(),
-        };
-        if choose_shared(opts, source)? {
-            augment_shared(model, aug)
-        } else {
-            augment_with(model, aug)
-        }
-    })?;
+    let aug = AugmentOptions {
+        raw_outputs: false,
+        grid_outputs: true,
+        heads: opts.heads,
+        metric: opts.metric,
+        hooks: opts.hooks.clone(),
+    };
+    let mut p = prepare_choosing(
+        opts,
+        |source| {
+            let shared = choose_shared(opts, source)?;
+            Ok((crate::graph_cache::GraphKey::new("attribution", &(&aug, shared)), shared))
+        },
+        |shared, model| match shared {
+            true => augment_shared(model, aug.clone()),
+            false => augment_with(model, aug.clone()),
+        },
+    )?;
     run_prepared(opts, &mut p, &mut None)
 }
 

@@ -5,6 +5,8 @@ use super::inputs::TokenInputs;
 use super::{JobOptions, Timings};
 use crate::augment::Augmented;
 use crate::error::{Error, Result};
+use crate::graph_cache::key::external_files;
+use crate::graph_cache::{CacheUse, CachedGraph, GraphCache, GraphKey, Lookup, Restored};
 use crate::hooks::Hook;
 use crate::memory::ModelShape;
 use crate::onnx::graph::{model_hash, model_hash_external, ContentHash};
@@ -169,27 +171,114 @@ impl LoadedModel {
 }
 
 /// Loads the model, rewrites it with `build` and tokenizes the prompts: the
-/// steps every job shares, timed.
-pub fn prepare<G: JobGraph>(opts: &JobOptions, build: impl FnOnce(OnnxModel) -> Result<G>) -> Result<Prepared<G>> {
-    prepare_choosing(opts, |_, model| build(model))
+/// steps every job shares, timed. With `opts.cache`, the rewritten graph
+/// comes from the cache entry for the model and `key` when there is a valid
+/// one (load and rewrite skipped), and is stored there when not.
+pub fn prepare<G: CachedGraph>(
+    opts: &JobOptions,
+    key: GraphKey,
+    build: impl FnOnce(OnnxModel) -> Result<G>,
+) -> Result<Prepared<G>> {
+    prepare_choosing(opts, |_| Ok((key, ())), |(), model| build(model))
 }
 
-/// `prepare` with a `build` that also sees the prompts (read before the
-/// model), e.g. to choose the graph for them.
-pub fn prepare_choosing<G: JobGraph>(
+/// `prepare` for a job whose graph depends on its prompts (read before the
+/// model): `choose` sees them and returns the cache key and the choice that
+/// `build` gets, so the key covers the choice.
+pub fn prepare_choosing<G: CachedGraph, C>(
     opts: &JobOptions,
-    build: impl FnOnce(&PromptSource, OnnxModel) -> Result<G>,
+    choose: impl FnOnce(&PromptSource) -> Result<(GraphKey, C)>,
+    build: impl FnOnce(C, OnnxModel) -> Result<G>,
 ) -> Result<Prepared<G>> {
     // The model is named first in messages: its tokenizer is looked up beside it.
     std::fs::metadata(&opts.model).map_err(|e| Error::io(&opts.model, e))?;
     let clock = Instant::now();
     // Read before the model: a wrong tokenizer path fails before the slow part.
     let source = PromptSource::read(opts)?;
+    let (key, choice) = choose(&source)?;
+    let cache = job_cache(opts);
+    let mut invalid = None;
+    let probe = match &cache {
+        Some(c) => Some(c.probe(&opts.model, &key, opts.runtime.kind)?),
+        None => None,
+    };
+    if let (Some(c), Some(probe)) = (&cache, &probe) {
+        match c.lookup::<G>(probe) {
+            Lookup::Hit(r) => return prepare_restored(opts, &source, r, clock),
+            Lookup::Miss => {}
+            Lookup::Invalid(why) => {
+                crate::progress::warn(
+                    &opts.progress,
+                    &format!("the cache entry for this model and job in {} is unusable ({why}); rebuilding it", c.dir().display()),
+                );
+                invalid = Some(why);
+            }
+        }
+    }
     let model = LoadedModel::read(opts)?;
+    let external = match &probe {
+        Some(_) => external_files(&model.model.proto, &model_file_name(&opts.model)),
+        None => vec![],
+    };
     let load = clock.elapsed().as_secs_f64();
-    let mut p = prepare_loaded(opts, &source, model, |m| build(&source, m))?;
+    let mut p = prepare_loaded(opts, &source, model, |m| build(choice, m))?;
     p.seconds.load = load;
+    if let (Some(c), Some(probe)) = (&cache, &probe) {
+        let clock = Instant::now();
+        let for_runtime = p.for_runtime.as_ref().expect("made by prepare_loaded");
+        // A cache that cannot be written costs the next run its speed, not this run its result.
+        match c.store(probe, &p.graph, &p.model_hash, p.shape, for_runtime, &external) {
+            Ok(()) => {
+                // The session saves ONNX Runtime's optimised graph into the new entry.
+                let entry = GraphCache::entry(probe).to_path_buf();
+                p.for_runtime.as_mut().expect("made by prepare_loaded").saved_dir = Some(entry);
+            }
+            Err(e) => crate::progress::warn(&opts.progress, &format!("the graph was not cached: {e}")),
+        }
+        p.seconds.rewrite += clock.elapsed().as_secs_f64();
+        p.seconds.cache = match invalid {
+            Some(reason) => CacheUse::Rebuilt { reason },
+            None => CacheUse::Miss,
+        };
+    }
     Ok(p)
+}
+
+/// The job's cache: ONNX Runtime jobs with `opts.cache` set (tract's graph holds
+/// every weight inline, so an entry would be a second copy of the model).
+fn job_cache(opts: &JobOptions) -> Option<GraphCache> {
+    let dir = opts.cache.as_ref()?;
+    if opts.runtime.kind != runtime::RuntimeKind::Ort {
+        crate::progress::warn(&opts.progress, "--cache keeps ONNX Runtime graphs only; this tract job builds its graph");
+        return None;
+    }
+    Some(GraphCache::new(dir))
+}
+
+fn model_file_name(model: &Path) -> String {
+    model.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+}
+
+/// A job from a cache entry: the prompts tokenized for the restored graph.
+fn prepare_restored<G: JobGraph>(
+    opts: &JobOptions,
+    source: &PromptSource,
+    r: Restored<G>,
+    clock: Instant,
+) -> Result<Prepared<G>> {
+    let tokens = source.tokenize(opts, r.graph.vocab())?;
+    let shape = ModelShape { seq_len: tokens.seq_len, ..r.shape };
+    let seconds = Timings { load: clock.elapsed().as_secs_f64(), cache: CacheUse::Hit, ..Timings::default() };
+    Ok(Prepared {
+        graph: r.graph,
+        pairs: source.pairs.clone(),
+        tokens,
+        model_hash: r.model_hash,
+        tokenizer_hash: source.tokenizer_hash.clone(),
+        shape,
+        for_runtime: Some(r.for_runtime),
+        seconds,
+    })
 }
 
 /// `prepare` for a model already loaded (from a file or from memory) and

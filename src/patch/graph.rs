@@ -47,6 +47,7 @@ pub mod names {
     }
 }
 
+#[derive(serde::Serialize)]
 pub struct PatchGraphOptions {
     pub metric: Metric,
     pub hooks: HookKind,
@@ -56,7 +57,9 @@ pub struct PatchGraphOptions {
     pub gradients: bool,
 }
 
+#[derive(serde::Serialize, serde::Deserialize)]
 pub struct PatchGraph {
+    #[serde(skip)]
     pub proto: ModelProto,
     pub hooks: Vec<Hook>,
     /// Heads per hook; None for hooks that do not split into heads (one unit).

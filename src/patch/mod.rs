@@ -72,7 +72,8 @@ pub fn run_grouped(
     groups: Option<&staged::Groups>,
 ) -> Result<JobResult> {
     check_counts(estimator, rows_per_call)?;
-    let mut p = job::prepare(opts, |model| graph::build(model, &graph_options(opts, estimator)))?;
+    let g = graph_options(opts, estimator);
+    let mut p = job::prepare(opts, crate::graph_cache::GraphKey::new("patch", &g), |model| graph::build(model, &g))?;
     let Some(groups) = groups.filter(|_| matches!(estimator, Estimator::Exact { .. })) else {
         return run_prepared(opts, estimator, rows_per_call, &mut p, &mut None);
     };

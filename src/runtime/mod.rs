@@ -3,6 +3,7 @@
 
 pub mod ort_lib;
 pub mod ort_rt;
+pub mod ort_saved;
 pub mod tract_rt;
 pub mod weights;
 
@@ -89,7 +90,7 @@ impl Default for RuntimeOptions {
 
 /// A runtime for a model whose protobuf is all in `model_bytes`.
 pub fn create(model_bytes: &[u8], opts: &RuntimeOptions) -> Result<Box<dyn Runtime>> {
-    create_from(ModelForRuntime { bytes: model_bytes.to_vec(), weights: vec![], external_dir: None }, opts)
+    create_from(ModelForRuntime { bytes: model_bytes.to_vec(), weights: vec![], external_dir: None, saved_dir: None }, opts)
 }
 
 /// Prepares `proto` for the runtime `opts` names: ONNX Runtime gets the

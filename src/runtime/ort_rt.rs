@@ -1,6 +1,6 @@
 //! ONNX Runtime through the `ort` crate, CPU or CUDA execution provider.
 
-use super::{Device, Runtime, RuntimeOptions, Value};
+use super::{ort_saved, Device, Runtime, RuntimeOptions, Value};
 use crate::error::{Error, Result};
 use ndarray::ArrayD;
 use ort::ep::ExecutionProvider;
@@ -33,20 +33,21 @@ impl OrtRuntime {
             let t = Tensor::from_array(arr).map_err(|e| rt_err(&format!("weight '{name}'"), e))?;
             weights.push((name, std::sync::Arc::new(t.into_dyn())));
         }
-        let builder = || -> Result<ort::session::builder::SessionBuilder> {
+        // `saved`: load ONNX Runtime's own optimised graph (which holds every weight) as it is.
+        let builder_for = |saved: bool| -> Result<ort::session::builder::SessionBuilder> {
             let mut b = Session::builder(&env).map_err(|e| rt_err("session options", e))?;
-            for (name, w) in &weights {
+            let weights = if saved { &[][..] } else { &weights[..] };
+            for (name, w) in weights {
                 b = b.with_external_initializer(name, w.clone()).map_err(|e| rt_err(&format!("weight '{name}'"), e))?;
             }
-            b = b
-                .with_optimization_level(GraphOptimizationLevel::Level3)
-                .map_err(|e| rt_err("optimization level", e))?;
+            let level = if saved { GraphOptimizationLevel::Disable } else { GraphOptimizationLevel::Level3 };
+            b = b.with_optimization_level(level).map_err(|e| rt_err("optimization level", e))?;
             // Prepacking copies each weight once per consuming node (the clean copy, the
             // corrupted copy and the backward all consume it), while the weights handed over
             // above stay alive as well: on GPT-2 small it cost 3x the session time and 1.5x the
             // memory, for no faster run (MatMul/Gemm pack their operand per call anyway).
             b = b.with_prepacking(false).map_err(|e| rt_err("session.disable_prepacking", e))?;
-            if let Some(dir) = &external_dir {
+            if let (Some(dir), false) = (&external_dir, saved) {
                 b = b
                     .with_config_entry("session.model_external_initializers_file_folder_path", dir.to_string_lossy())
                     .map_err(|e| rt_err("the folder of the model's external data", e))?;
@@ -56,6 +57,7 @@ impl OrtRuntime {
             }
             Ok(b)
         };
+        let builder = || builder_for(false);
         let cuda_id = match opts.device {
             Device::Cpu => None,
             Device::Cuda(id) => Some(id),
@@ -77,11 +79,51 @@ impl OrtRuntime {
                 Err(e) => return Err(cuda_help(e, lib)),
             }
         }
+        let saved = model.saved_dir.as_deref().and_then(|entry| ort_saved::folder(entry, lib));
+        if let Some(path) = saved.as_deref().and_then(ort_saved::complete) {
+            match builder_for(true).and_then(|mut b| b.commit_from_file(&path).map_err(|e| rt_err("loading", e))) {
+                Ok(session) => {
+                    let provider = "CPU, its optimised graph from the cache".into();
+                    return Ok(OrtRuntime { session, provider, lib: lib.into() });
+                }
+                Err(e) => eprintln!("note: {} did not load ({e}); optimising the graph again", path.display()),
+            }
+        }
         let clock = std::time::Instant::now();
-        let session = builder()?.commit_from_memory(model_bytes).map_err(|e| rt_err("loading the model", e))?;
+        let mut b = builder()?;
+        // The first session on a cache entry saves its optimised graph for the next.
+        let staging = saved.as_deref().map(ort_saved::staging);
+        if let Some(s) = &staging {
+            b = save_optimised(b, s)?;
+        }
+        let session = b.commit_from_memory(model_bytes).map_err(|e| rt_err("loading the model", e))?;
         warn_if_slow_planner(lib, clock.elapsed().as_secs_f64());
+        if let (Some(s), Some(dir)) = (&staging, &saved) {
+            if let Err(e) = ort_saved::finish(s, dir) {
+                let _ = std::fs::remove_dir_all(s);
+                eprintln!("note: ONNX Runtime's optimised graph was not kept in {}: {e}", dir.display());
+            }
+        }
         Ok(OrtRuntime { session, provider: "CPU".into(), lib: lib.into() })
     }
+}
+
+/// Has the session save its optimised graph in `staging`, weights in a data file beside it.
+fn save_optimised(
+    b: ort::session::builder::SessionBuilder,
+    staging: &std::path::Path,
+) -> Result<ort::session::builder::SessionBuilder> {
+    if staging.exists() {
+        std::fs::remove_dir_all(staging).map_err(|e| Error::io(staging, e))?;
+    }
+    std::fs::create_dir_all(staging).map_err(|e| Error::io(staging, e))?;
+    let saving = |e| rt_err("saving the optimised graph", e);
+    b.with_optimized_model_path(staging.join(ort_saved::GRAPH))
+        .map_err(saving)?
+        .with_config_entry("session.optimized_model_external_initializers_file_name", ort_saved::DATA)
+        .map_err(saving)?
+        .with_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
+        .map_err(saving)
 }
 
 /// Session creation this slow (seconds) with an ONNX Runtime older than 1.32 gets a warning.

@@ -20,12 +20,14 @@ pub struct ModelForRuntime {
     /// The folder that tensors left as external data (`OnnxModel::load_leaving_weights`)
     /// are read from by ONNX Runtime itself.
     pub external_dir: Option<std::path::PathBuf>,
+    /// The `--cache` entry where ONNX Runtime keeps its optimised graph (`ort_saved`).
+    pub saved_dir: Option<std::path::PathBuf>,
 }
 
 impl ModelForRuntime {
     /// Everything in the protobuf (for runtimes that read only that).
     pub fn inline(proto: &ModelProto) -> Self {
-        ModelForRuntime { bytes: proto.encode_to_vec(), weights: vec![], external_dir: None }
+        ModelForRuntime { bytes: proto.encode_to_vec(), weights: vec![], external_dir: None, saved_dir: None }
     }
 
     /// Takes large float32 weights out of `proto` (which keeps their names, types and shapes).
@@ -55,7 +57,7 @@ impl ModelForRuntime {
                 weights.push((t.name.clone(), arr));
             }
         }
-        ModelForRuntime { bytes: proto.encode_to_vec(), weights, external_dir: None }
+        ModelForRuntime { bytes: proto.encode_to_vec(), weights, external_dir: None, saved_dir: None }
     }
 }
 
@@ -67,6 +69,7 @@ impl ModelForRuntime {
         let named: std::collections::HashSet<&str> =
             proto.graph.iter().flat_map(|g| g.initializer.iter().map(|t| t.name.as_str())).collect();
         let weights = self.weights.iter().filter(|(n, _)| named.contains(n.as_str())).cloned().collect();
-        ModelForRuntime { bytes: proto.encode_to_vec(), weights, external_dir: self.external_dir.clone() }
+        // Not the saved optimised graph: that is the whole graph's, not this one's.
+        ModelForRuntime { bytes: proto.encode_to_vec(), weights, external_dir: self.external_dir.clone(), saved_dir: None }
     }
 }

@@ -128,7 +128,29 @@ impl Workload {
             Workload::ForwardBackward => 64,
         }
     }
+
+    /// `cap` for prompts of `seq_len` tokens. Attribution pairs: about
+    /// [`ATTRIBUTION_TOKENS_PER_CALL`] tokens a call, 2 to 16 pairs. Past that
+    /// calls got no faster while ONNX Runtime's arena, which grows in
+    /// doublings, peaked far higher (GPT-2-small-sized export, release, 2
+    /// threads: 8 pairs of 256 tokens ran in 7.1-8.0 s at 3.5 GB as one call,
+    /// 6.4-7.0 s at 2.0 GB as 4 calls of 2; 64 pairs of 16 tokens 5.2 s at
+    /// 1.9 GB as one call, 4.0 s at 1.2 GB as 4 calls of 16). At least 2 keeps
+    /// a neighbour-swapped pair's partner in its call (its sequences are shared),
+    /// and so does an even count.
+    pub fn cap_for(self, seq_len: usize) -> usize {
+        match self {
+            Workload::AttributionPair => {
+                let n = (ATTRIBUTION_TOKENS_PER_CALL / seq_len.max(1)).clamp(2, 16);
+                n - n % 2
+            }
+            w => w.cap(),
+        }
+    }
 }
+
+/// Prompt tokens per attribution call (pairs x tokens) that `Workload::cap_for` aims at.
+pub const ATTRIBUTION_TOKENS_PER_CALL: usize = 512;
 
 /// The process's own memory besides weights and rows: the runtime library,
 /// the tokenizer, the graph (measured: 100-200 MB on the bundled model).
@@ -261,7 +283,7 @@ pub fn choose_scaled(
                     w.unit().trim_end_matches('s'),
                 ));
             }
-            (fits as usize).clamp(1, w.cap().min(needed.max(1)))
+            (fits as usize).clamp(1, w.cap_for(shape.seq_len).min(needed.max(1)))
         }
     };
     Sizing {
@@ -340,7 +362,7 @@ mod tests {
     fn a_budget_that_fits_k_rows_gives_k() {
         let s = gpt2_small();
         for w in [Workload::AttributionPair, Workload::PatchedForward, Workload::ForwardBackward] {
-            for k in [1, 3, 17] {
+            for k in [1, 3, 11] {
                 let b = budget(s.weight_bytes + BASE_BYTES + k * row_bytes(&s, w) + row_bytes(&s, w) / 2);
                 let c = choose(None, 1000, &s, w, &b);
                 assert_eq!(c.per_call, k as usize, "{w:?}");
@@ -356,6 +378,23 @@ mod tests {
         assert_eq!(choose(None, 5, &s, Workload::ForwardBackward, &huge).per_call, 5);
         assert_eq!(choose(None, 10_000, &s, Workload::ForwardBackward, &huge).per_call, 64);
         assert_eq!(choose(None, 10_000, &s, Workload::PatchedForward, &huge).per_call, 256);
+    }
+
+    #[test]
+    fn attribution_calls_hold_about_512_tokens_of_2_to_16_pairs() {
+        let huge = budget(1 << 50);
+        let pairs_at = |seq_len| {
+            let s = ModelShape { seq_len, ..gpt2_small() };
+            choose(None, 10_000, &s, Workload::AttributionPair, &huge).per_call
+        };
+        assert_eq!(pairs_at(14), 16);
+        assert_eq!(pairs_at(64), 8);
+        assert_eq!(pairs_at(100), 4);
+        assert_eq!(pairs_at(256), 2);
+        assert_eq!(pairs_at(4096), 2);
+        // The job's own pair count still caps it.
+        let s = gpt2_small();
+        assert_eq!(choose(None, 8, &s, Workload::AttributionPair, &huge).per_call, 8);
     }
 
     #[test]

@@ -13,7 +13,7 @@
 //! the clean role (KL reads the clean distribution).
 
 use super::metric::LogitsSource;
-use super::{metric_nodes_named, names, Anatomy, HookViews, Metric, TokenInput};
+use super::{metric_nodes_named, names, skeleton, Anatomy, HookViews, Metric, TokenInput};
 use crate::onnx::builder::{attr_i, GraphBuilder};
 use crate::onnx::consts::INT64;
 use crate::onnx::facts::Dim;
@@ -64,11 +64,8 @@ impl SharedRows {
         }
         g.input.retain(|i| !token_inputs.iter().any(|t| t.model_name == i.name));
         g.input.splice(0..0, inputs);
-        let (batch, seq, dtype) = (&anat.batch, &anat.seq, anat.dtype);
-        let vocab = Dim::Known(anat.vocab as i64);
-        g.input.push(value_info(names::POSITION_ONEHOT, dtype, &[batch.clone(), Dim::Known(1), seq.clone()]));
-        g.input.push(value_info(names::ANSWER_ONEHOT, dtype, &[batch.clone(), vocab, Dim::Known(1)]));
-        g.input.push(value_info(names::PAIR_WEIGHTS, dtype, &[batch.clone(), Dim::Known(1)]));
+        skeleton::declare_selector_inputs(g, anat);
+        let batch = &anat.batch;
         g.input.push(value_info(names::CLEAN_ROWS, INT64, std::slice::from_ref(batch)));
         g.input.push(value_info(names::CORRUPTED_ROWS, INT64, std::slice::from_ref(batch)));
         let metric_source = match &anat.src {

@@ -28,6 +28,12 @@ pub fn declare_inputs(g: &mut GraphProto, anat: &Anatomy) {
     }
     g.input.retain(|i| !token_inputs.iter().any(|t| t.model_name == i.name));
     g.input.splice(0..0, inputs);
+    declare_selector_inputs(g, anat);
+}
+
+/// The per-pair metric selectors every attribution graph takes: the last
+/// position's one-hot, the answers' one-hot and the pair weights.
+pub(crate) fn declare_selector_inputs(g: &mut GraphProto, anat: &Anatomy) {
     let (batch, seq, dtype) = (&anat.batch, &anat.seq, anat.dtype);
     let vocab = Dim::Known(anat.vocab as i64);
     g.input.push(value_info(names::POSITION_ONEHOT, dtype, &[batch.clone(), Dim::Known(1), seq.clone()]));

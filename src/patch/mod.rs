@@ -87,6 +87,23 @@ pub fn run_grouped(
     run_staged(opts, estimator, rows_per_call, &mut p, groups)
 }
 
+/// The plan's rows for the job's pairs, their accumulator, and the rows per
+/// call (given, or sized from the memory budget; printed with progress).
+fn plan_rows(
+    opts: &JobOptions,
+    estimator: Estimator,
+    plan: Plan,
+    rows_per_call: Option<usize>,
+    p: &job::Prepared<PatchGraph>,
+) -> (Vec<Row>, Accumulator, crate::memory::Sizing) {
+    let layers: Vec<usize> = p.graph.hooks.iter().map(|h| h.layer).collect();
+    let rows = plan.rows(&layers, p.graph.units(), &p.tokens.lengths);
+    let acc = Accumulator::new(&p.graph, plan, p.tokens.clean_ids.len(), p.tokens.seq_len);
+    let sizing = choose(rows_per_call, rows.len(), &p.shape, workload(estimator), &Budget::new(opts.max_memory));
+    crate::progress::sizing(&opts.progress, &sizing);
+    (rows, acc, sizing)
+}
+
 /// Exact patching in layer groups (staged.rs).
 fn run_staged(
     opts: &JobOptions,
@@ -100,11 +117,7 @@ fn run_staged(
     };
     let has_heads = p.graph.heads.is_some();
     let plan = Plan::Exact { heads: has_heads, positions: positions || !has_heads };
-    let layers: Vec<usize> = p.graph.hooks.iter().map(|h| h.layer).collect();
-    let rows = plan.rows(&layers, p.graph.units(), &p.tokens.lengths);
-    let mut acc = Accumulator::new(&p.graph, plan, p.tokens.clean_ids.len(), p.tokens.seq_len);
-    let sizing = choose(rows_per_call, rows.len(), &p.shape, workload(estimator), &Budget::new(opts.max_memory));
-    crate::progress::sizing(&opts.progress, &sizing);
+    let (rows, mut acc, sizing) = plan_rows(opts, estimator, plan, rows_per_call, p);
     let rows_per_call = sizing.per_call;
     let clock = Instant::now();
     let (stats, describe) = staged::run_rows(opts, p, &rows, rows_per_call, groups, &mut acc)?;
@@ -166,12 +179,8 @@ pub fn run_prepared(
             (Plan::IntegratedGradients { steps }, Method::IntegratedGradients { steps })
         }
     };
-    let layers: Vec<usize> = p.graph.hooks.iter().map(|h| h.layer).collect();
-    let rows = plan.rows(&layers, p.graph.units(), &p.tokens.lengths);
-    let mut acc = Accumulator::new(&p.graph, plan, p.tokens.clean_ids.len(), p.tokens.seq_len);
     // A call feeds the clean prompts of the pairs its rows use; rows are in pair order.
-    let sizing = choose(rows_per_call, rows.len(), &p.shape, workload(estimator), &Budget::new(opts.max_memory));
-    crate::progress::sizing(&opts.progress, &sizing);
+    let (rows, mut acc, sizing) = plan_rows(opts, estimator, plan, rows_per_call, p);
     let rows_per_call = sizing.per_call;
     let chunks: Vec<&[Row]> = rows.chunks(rows_per_call).collect();
     let bar = crate::progress::bar(&opts.progress, chunks.len() as u64, "calls");

@@ -31,10 +31,9 @@ use attrpatch::autodiff::Backward;
 use attrpatch::onnx::builder::{attr_f, attr_i, attr_ints, GraphBuilder};
 use attrpatch::onnx::consts::{float_tensor, i64_tensor, BOOL, DOUBLE, FLOAT};
 use attrpatch::onnx::facts::{analyse_with_probe, Dim};
-use attrpatch::onnx::graph::all_names;
+use attrpatch::onnx::graph::{all_names, value_info_unshaped};
 use attrpatch::onnx::pb::{
-    type_proto, AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto, TypeProto,
-    ValueInfoProto,
+    AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto, ValueInfoProto,
 };
 use ndarray::{ArrayD, IxDyn};
 use ort::session::{builder::GraphOptimizationLevel, Session};
@@ -116,17 +115,6 @@ macro_rules! grad_case {
             built.check();
         }
     };
-}
-
-fn vi_untyped_shape(name: &str, elem_type: i32) -> ValueInfoProto {
-    ValueInfoProto {
-        name: name.into(),
-        r#type: Some(TypeProto {
-            value: Some(type_proto::Value::TensorType(type_proto::Tensor { elem_type, shape: None })),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
 }
 
 fn known(shape: &[usize]) -> Vec<Dim> {
@@ -365,7 +353,7 @@ impl Case {
 
     /// Shapes of the loss tensors, from one forward run.
     fn output_shapes(&self) -> Vec<Vec<usize>> {
-        let outs = self.loss_from.iter().map(|o| vi_untyped_shape(o, self.dtype)).collect();
+        let outs = self.loss_from.iter().map(|o| value_info_unshaped(o, self.dtype)).collect();
         let m = self.model(self.nodes.clone(), self.inits.clone(), outs);
         let mut s = session(&m.encode_to_vec()).unwrap_or_else(|e| panic!("{}: forward model: {e}", self.label));
         let r = run(&mut s, self.dtype, &self.feeds(), &self.loss_from)

@@ -24,6 +24,19 @@ pub fn all_names(g: &GraphProto) -> HashSet<String> {
     s
 }
 
+/// A tensor declaration of `elem_type` with no shape at all (not even a
+/// rank): for tensors whose shape the runtime works out itself.
+pub fn value_info_unshaped(name: &str, elem_type: i32) -> ValueInfoProto {
+    ValueInfoProto {
+        name: name.into(),
+        r#type: Some(TypeProto {
+            value: Some(type_proto::Value::TensorType(type_proto::Tensor { elem_type, shape: None })),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
 /// A tensor declaration (graph input or output) of `elem_type` and `dims`;
 /// symbolic dims that are not identifiers (`batch*sequence`) are left unnamed.
 pub fn value_info(name: &str, elem_type: i32, dims: &[Dim]) -> ValueInfoProto {

@@ -20,7 +20,8 @@ use super::graph::names;
 use crate::augment::names as aug_names;
 use crate::error::{Error, Result};
 use crate::hooks::Hook;
-use crate::onnx::pb::{type_proto, GraphProto, ModelProto, NodeProto, TypeProto, ValueInfoProto};
+use crate::onnx::graph::value_info_unshaped;
+use crate::onnx::pb::{GraphProto, ModelProto, NodeProto, ValueInfoProto};
 use std::collections::{HashMap, HashSet};
 
 /// A tensor the cut graph reads from the cache run.
@@ -42,18 +43,6 @@ pub struct Cut {
     pub frontier: Vec<Frontier>,
     /// The graph's inputs, in order (a subset of the patching graph's, then the frontier's).
     pub inputs: Vec<String>,
-}
-
-/// A tensor of `elem_type` and unknown shape.
-fn untyped_shape(name: &str, elem_type: i32) -> ValueInfoProto {
-    ValueInfoProto {
-        name: name.into(),
-        r#type: Some(TypeProto {
-            value: Some(type_proto::Value::TensorType(type_proto::Tensor { elem_type, shape: None })),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
 }
 
 /// Tensors the seeds reach through `g`'s nodes; nodes of the ops in `blocked` do not pass it on.
@@ -138,7 +127,7 @@ pub fn cut(proto: &ModelProto, hooks: &[Hook], start: usize, dtype: i32) -> Resu
     nodes.extend(g.node.iter().zip(&keep).filter(|(_, &k)| k).map(|(n, _)| n.clone()));
     let read: HashSet<String> = nodes.iter().flat_map(|n| n.input.iter().cloned()).collect();
     let mut input: Vec<ValueInfoProto> = g.input.iter().filter(|i| used_inputs.contains(&i.name)).cloned().collect();
-    input.extend(frontier.iter().map(|f| untyped_shape(&f.name, dtype)));
+    input.extend(frontier.iter().map(|f| value_info_unshaped(&f.name, dtype)));
     let inputs = input.iter().map(|i| i.name.clone()).collect();
     let graph = GraphProto {
         name: format!("{}/cut{start}", g.name),
@@ -165,7 +154,7 @@ pub fn cache_graph(proto: &ModelProto, cuts: &[Cut], dtype: i32) -> ModelProto {
     let mut named: HashSet<String> = g.output.iter().map(|o| o.name.clone()).collect();
     for f in cuts.iter().flat_map(|c| &c.frontier) {
         if named.insert(f.name.clone()) {
-            g.output.push(untyped_shape(&f.name, dtype));
+            g.output.push(value_info_unshaped(&f.name, dtype));
         }
     }
     out

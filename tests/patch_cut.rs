@@ -136,3 +136,52 @@ fn cuts_drop_the_layers_below_and_the_clean_copy() {
         assert!(c.frontier.iter().any(|f| &f.name == hook && f.rows), "cut {}: frontier {:?}", c.start, c.frontier);
     }
 }
+
+/// Group starts that are not increasing hook indices from 0 are an error that
+/// names them and says what was expected.
+#[test]
+fn bad_group_starts_are_an_error_naming_them() {
+    let o = bundled_job();
+    for starts in [vec![1, 2], vec![0, 2, 2], vec![0, 99]] {
+        let e = patch::run_grouped(
+            &o,
+            Estimator::Exact { positions: false },
+            Some(64),
+            Some(&Groups::Starts(starts.clone())),
+        )
+        .err()
+        .unwrap_or_else(|| panic!("starts {starts:?} were accepted"))
+        .to_string();
+        assert!(
+            e.contains(&format!("{starts:?}")) && e.contains("expected increasing hook indices below"),
+            "{starts:?}: {e}"
+        );
+    }
+}
+
+/// A cut at a hook the model does not have is an error naming the hook count.
+#[test]
+fn a_cut_beyond_the_hooks_is_an_error() {
+    let o = bundled_job();
+    let model = attrpatch::onnx::OnnxModel::load(&o.model).unwrap();
+    let opts = PatchGraphOptions { metric: o.metric, hooks: o.hooks.clone(), heads: None, gradients: false };
+    let pg = graph::build(model, &opts).unwrap();
+    let n = pg.hooks.len();
+    let e = cut::cut(&pg.proto, &pg.hooks, n, attrpatch::onnx::consts::FLOAT).err().expect("an error").to_string();
+    assert!(e.contains(&format!("at hook {n}: the model has {n} hooks")), "{e}");
+}
+
+/// `--layer-groups` takes auto, off or a count of at least 1.
+#[test]
+fn cli_layer_groups_are_checked() {
+    for bad in ["0", "some"] {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_attrpatch"))
+            .args(["patch", "--device", "cpu", "--layer-groups", bad])
+            .current_dir(root())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "--layer-groups {bad} was accepted");
+        assert!(text.contains(&format!("'{bad}': expected auto, off or a number of groups of at least 1")), "{text}");
+    }
+}

@@ -22,6 +22,7 @@ mod edges_toy;
 mod end_to_end;
 mod facade;
 mod faithfulness;
+mod file_precision;
 mod fuzz;
 mod gradients;
 mod graph_cache;

@@ -146,12 +146,14 @@ impl GraphCache {
             Ok(g) => g,
             Err(e) => return Lookup::Invalid(format!("meta.json's graph metadata does not fit this job: {e}")),
         };
+        let keeps_file_precision = proto.graph.as_ref().is_some_and(crate::onnx::file_precision::holds_restored);
         *graph.proto_mut() = proto;
         let for_runtime = ModelForRuntime {
             bytes: c.graph_bytes,
             weights: c.weights,
             external_dir: Some(probe.model_dir.clone()),
             saved_dir: Some(probe.entry.clone()),
+            keeps_file_precision,
         };
         Lookup::Hit(Restored { graph, model_hash: c.meta.model_hash, shape: c.meta.shape, for_runtime })
     }

@@ -27,7 +27,7 @@ pub fn normalize(proto: &mut ModelProto, opset: i64, path: &Path) -> Result<i64>
     let cache = kv_cache::feed_empty_cache(proto, opset, path)?;
     let inlined = if_inline::inline_constant_ifs(proto, path)?;
     quant::refuse_activation_quantization(proto, path)?;
-    quant::dequantize_weights(proto, path)?;
+    quant::dequantize_weights(proto, opset, path)?;
     precision::compute_in_float32(proto);
     let opset = opset_upgrade::upgrade(proto, opset, path)?;
     opset23::decompose(proto, opset)?;

@@ -4,13 +4,14 @@
 //! weight, constant, Cast target and declared type becomes float32 at load
 //! (the values are exact: each half value is a float32 value).
 //!
-//! Why upcast at load rather than keep float16 weights with a Cast at each
-//! use: ONNX Runtime folds a Cast of an initializer into a new float32
-//! initializer when it optimises the session, so both ways end with the
-//! float32 weights in memory; upcasting at load is the simpler graph (the
-//! measurements are in README, "Files attrpatch normalises").
+//! Weights left in the model's files (external data, which ONNX Runtime reads
+//! in place) are not converted: they are declared float32 and marked with the
+//! type the file holds (`onnx::file_precision`), and the graph ONNX Runtime
+//! gets reads each through a Cast of its own at each use. Inline weights (a
+//! small file, or one read whole for tract) are converted here.
 
 use crate::onnx::consts::{BFLOAT16, FLOAT, FLOAT16};
+use crate::onnx::file_precision;
 use crate::onnx::pb::{type_proto, GraphProto, ModelProto, TensorProto, ValueInfoProto};
 
 fn is_half(t: i32) -> bool {
@@ -68,7 +69,13 @@ fn upcast_value_info(vi: &mut ValueInfoProto) {
 /// Rewrites a half-precision model (or the half-precision parts of one) to
 /// compute in float32. Returns whether anything changed.
 pub fn compute_in_float32(proto: &mut ModelProto) -> bool {
-    upcast_graph(proto.graph.as_mut().expect("checked by caller"))
+    let g = proto.graph.as_mut().expect("checked by caller");
+    let mut left = false;
+    for t in g.initializer.iter_mut().filter(|t| file_precision::is_left_half(t)) {
+        file_precision::mark_half(t);
+        left = true;
+    }
+    upcast_graph(g) || left
 }
 
 fn upcast_graph(g: &mut GraphProto) -> bool {

@@ -1,9 +1,14 @@
-//! Quantised models. Weight-only quantisation is undone at load: a
+//! Quantised models. `MatMulNBits` (com.microsoft; the GenAI builder's and
+//! `MatMulNBitsQuantizer`'s int2/4/8 blocks) whose weight stays in the model's
+//! files (external data, read by ONNX Runtime in place) stays as it is, packed:
+//! the forward is the op itself and its gradient rule (`autodiff`'s
+//! `matmul_nbits`) dequantises the blocks at run time for its one product.
+//! That needs 4 or 8 bits, integer zero points and opset 21 (the blocked
+//! DequantizeLinear); other weight-only quantisation is undone at load: a
 //! `DequantizeLinear` whose inputs are all constants (QDQ weights) becomes the
-//! float32 initializer it computes, and `MatMulNBits` (com.microsoft; the
-//! GenAI builder's and `MatMulNBitsQuantizer`'s int2/4/8 blocks) becomes a
-//! `MatMul` with that float32 weight, keeping the node's name (hooks are found
-//! by it). The values are exactly the kernels' `(q - zero_point) * scale`.
+//! float32 initializer it computes, and a `MatMulNBits` becomes a `MatMul` with
+//! that float32 weight, keeping the node's name (hooks are found by it). The
+//! values are exactly the kernels' `(q - zero_point) * scale`.
 //!
 //! Activation quantisation (`quantize_dynamic`, `quantize_static`: activations
 //! rounded to 8 bits at run time) is refused, naming the nodes: rounding has
@@ -12,8 +17,9 @@
 
 use crate::error::{Error, Result};
 use crate::onnx::consts::{find_constant, BFLOAT16, FLOAT, FLOAT16};
+use crate::onnx::file_precision;
 use crate::onnx::graph::all_names;
-use crate::onnx::pb::{GraphProto, ModelProto, NodeProto, TensorProto};
+use crate::onnx::pb::{tensor_proto::DataLocation, GraphProto, ModelProto, NodeProto, TensorProto};
 use std::collections::HashSet;
 use std::path::Path;
 
@@ -95,11 +101,110 @@ pub fn refuse_activation_quantization(proto: &ModelProto, path: &Path) -> Result
     )))
 }
 
-/// Dequantises every constant `DequantizeLinear` and every `MatMulNBits`.
-pub fn dequantize_weights(proto: &mut ModelProto, path: &Path) -> Result<()> {
+/// Whether a MatMulNBits node stays packed: its weight is left in the model's
+/// files and its gradient can be built from standard ops (see the module doc).
+fn stays_packed(g: &GraphProto, n: &NodeProto, opset: i64) -> bool {
+    let external = |k: usize| {
+        n.input.get(k).filter(|s| !s.is_empty()).and_then(|name| g.initializer.iter().find(|t| &t.name == name))
+    };
+    let b_left = external(1).is_some_and(|t| t.data_location == Some(DataLocation::External as i32));
+    let zp_ok = external(3).is_none_or(|z| z.data_type == UINT8) && n.input.get(3).is_none_or(|s| s.is_empty() || external(3).is_some());
+    let no_g_idx = n.input.get(4).is_none_or(|s| s.is_empty());
+    let bits = attr(n, "bits").unwrap_or(4);
+    b_left && zp_ok && no_g_idx && opset >= 21 && matches!(bits, 4 | 8)
+}
+
+/// Checks a packed MatMulNBits' inputs against its attributes, as ONNX Runtime's
+/// kernel reads them: B uint8 [N, blocks, blob] (or [N, blocks x blob]), scales
+/// N x blocks floats (flat or [N, blocks]), zero points N x ceil(blocks x bits / 8) bytes.
+fn check_packed(g: &GraphProto, n: &NodeProto) -> std::result::Result<(), String> {
+    let k = attr(n, "K").ok_or("no K attribute")?;
+    let nn = attr(n, "N").ok_or("no N attribute")?;
+    let bits = attr(n, "bits").unwrap_or(4);
+    let bs = attr(n, "block_size").ok_or("no block_size attribute")?;
+    if k <= 0 || nn <= 0 || bs < 16 || bs & (bs - 1) != 0 {
+        return Err(format!("K = {k}, N = {nn}, block_size = {bs}: need K, N > 0 and a power-of-two block_size >= 16"));
+    }
+    let blocks = (k + bs - 1) / bs;
+    let numel = |t: &TensorProto| t.dims.iter().product::<i64>();
+    let b = constant(g, n, 1)?.ok_or("no B input")?;
+    let want_b = nn * blocks * (bs * bits / 8);
+    if b.data_type != UINT8 || numel(b) != want_b {
+        return Err(format!(
+            "B '{}' must be uint8 holding N x blocks x blob = {nn} x {blocks} x {} = {want_b} bytes, found {} {:?}",
+            b.name,
+            bs * bits / 8,
+            crate::onnx::consts::type_name(b.data_type),
+            b.dims
+        ));
+    }
+    let s = constant(g, n, 2)?.ok_or("no scales input")?;
+    if !matches!(s.data_type, FLOAT | FLOAT16 | BFLOAT16) || numel(s) != nn * blocks {
+        return Err(format!(
+            "scales '{}' must be float32/float16/bfloat16 holding N x blocks = {} values, found {} {:?}",
+            s.name,
+            nn * blocks,
+            crate::onnx::consts::type_name(s.data_type),
+            s.dims
+        ));
+    }
+    if let Some(z) = constant(g, n, 3)? {
+        let want = nn * ((blocks * bits + 7) / 8);
+        if numel(z) != want {
+            return Err(format!(
+                "zero_points '{}' must hold N x ceil(blocks x bits / 8) = {want} bytes, found {:?}",
+                z.name, z.dims
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// What the stand-in of a packed MatMulNBits records (checked by `check_packed`).
+fn packed_record(n: &NodeProto) -> file_precision::Packed {
+    let input = |k: usize| n.input.get(k).filter(|s| !s.is_empty()).cloned();
+    file_precision::Packed {
+        node: n.name.clone(),
+        b: n.input[1].clone(),
+        scales: n.input[2].clone(),
+        zero_points: input(3),
+        k: attr(n, "K").unwrap_or(0),
+        n: attr(n, "N").unwrap_or(0),
+        bits: attr(n, "bits").unwrap_or(4),
+        block_size: attr(n, "block_size").unwrap_or(0),
+        accuracy_level: attr(n, "accuracy_level"),
+    }
+}
+
+/// Dequantises every constant `DequantizeLinear` and every `MatMulNBits` that
+/// does not stay packed (`stays_packed`); reads the external bytes this needs.
+pub fn dequantize_weights(proto: &mut ModelProto, opset: i64, path: &Path) -> Result<()> {
     let g = proto.graph.as_mut().expect("checked by caller");
     if !g.node.iter().any(|n| n.op_type == "DequantizeLinear" || n.op_type == "MatMulNBits") {
         return Ok(());
+    }
+    // Which nodes stay packed, and the tensors the others (and the packed ones'
+    // small zero points, which the gradient rule repacks) need read from the files.
+    let mut packed: HashSet<usize> = HashSet::new();
+    let mut read: HashSet<String> = HashSet::new();
+    for (i, n) in g.node.iter().enumerate() {
+        let here =
+            |msg: String| Error::Unsupported(format!("{}: {} node '{}': {msg}", path.display(), n.op_type, n.name));
+        if n.op_type == "MatMulNBits" && n.domain == "com.microsoft" {
+            if stays_packed(g, n, opset) {
+                check_packed(g, n).map_err(here)?;
+                packed.insert(i);
+                read.extend(n.input.get(3).cloned());
+            } else {
+                read.extend(n.input.iter().skip(1).cloned());
+            }
+        } else if n.op_type == "DequantizeLinear" {
+            read.extend(n.input.iter().cloned());
+        }
+    }
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    for t in g.initializer.iter_mut().filter(|t| read.contains(&t.name)) {
+        crate::onnx::external::inline_tensor(t, dir, path)?;
     }
     let mut taken = all_names(g);
     // Decided on the graph as it is (Constant nodes included), applied afterwards.
@@ -127,8 +232,13 @@ pub fn dequantize_weights(proto: &mut ModelProto, path: &Path) -> Result<()> {
             replace[i] = Some(vec![]);
             continue;
         }
-        let w = matmul_nbits_weight(g, n).map_err(here)?;
-        consumed.extend(n.input.iter().skip(1).cloned());
+        // Packed: a stand-in that records the node (its inputs stay); else the float32 weight.
+        let w = if packed.contains(&i) {
+            file_precision::packed_stand_in(String::new(), packed_record(n))
+        } else {
+            consumed.extend(n.input.iter().skip(1).cloned());
+            matmul_nbits_weight(g, n).map_err(here)?
+        };
         let mut wname = format!("{}.dequantized", n.input[1]);
         while !taken.insert(wname.clone()) {
             wname.push('_');

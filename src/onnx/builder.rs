@@ -13,6 +13,8 @@ pub struct GraphBuilder {
     prefix: String,
     counter: usize,
     taken: HashSet<String>,
+    /// `shared_initializer`'s key -> name.
+    shared: std::collections::HashMap<String, String>,
 }
 
 pub fn attr_i(name: &str, i: i64) -> AttributeProto {
@@ -31,7 +33,15 @@ pub fn attr_t(name: &str, t: TensorProto) -> AttributeProto {
 impl GraphBuilder {
     /// `taken`: every tensor and node name already in the graph, so new names never clash.
     pub fn new(opset: i64, prefix: &str, taken: HashSet<String>) -> Self {
-        GraphBuilder { opset, nodes: vec![], initializers: vec![], prefix: prefix.into(), counter: 0, taken }
+        GraphBuilder {
+            opset,
+            nodes: vec![],
+            initializers: vec![],
+            prefix: prefix.into(),
+            counter: 0,
+            taken,
+            shared: Default::default(),
+        }
     }
 
     /// Moves the nodes and initializers built so far to the end of `g`, so a
@@ -93,6 +103,18 @@ impl GraphBuilder {
     pub fn const_scalar(&mut self, data_type: i32, v: f64) -> String {
         let name = self.fresh("const_f");
         self.initializers.push(float_tensor(&name, data_type, &[], &[v]));
+        name
+    }
+
+    /// An initializer made once per `key` and shared by every caller that asks
+    /// with the same key (e.g. one default zero-point tensor per weight shape).
+    pub fn shared_initializer(&mut self, key: &str, make: impl FnOnce(String) -> TensorProto) -> String {
+        if let Some(name) = self.shared.get(key) {
+            return name.clone();
+        }
+        let name = self.fresh(key);
+        self.initializers.push(make(name.clone()));
+        self.shared.insert(key.to_string(), name.clone());
         name
     }
 

@@ -114,6 +114,15 @@ fn locate(t: &TensorProto, dir: &Path, model: &Path) -> Result<(std::path::PathB
     Ok((canon, offset, length))
 }
 
+/// Reads one external tensor's bytes into it (a no-op for an inline tensor):
+/// for a rewrite that needs the values of a weight otherwise left in its file.
+pub fn inline_tensor(t: &mut TensorProto, dir: &Path, model: &Path) -> Result<()> {
+    if t.data_location != Some(DataLocation::External as i32) {
+        return Ok(());
+    }
+    inline_one(t, dir, model)
+}
+
 fn inline_one(t: &mut TensorProto, dir: &Path, model: &Path) -> Result<()> {
     let (canon, offset, length) = locate(t, dir, model)?;
     use std::io::{Read, Seek, SeekFrom};
@@ -129,7 +138,9 @@ fn inline_one(t: &mut TensorProto, dir: &Path, model: &Path) -> Result<()> {
 
 /// Bytes a dense tensor of this shape and type occupies, when the type has a fixed size.
 fn expected_bytes(t: &TensorProto) -> Option<u64> {
-    let size = super::consts::elem_size(t.data_type)?;
+    // A half weight declared float32 (`file_precision`) holds its stored type's bytes.
+    let stored = super::file_precision::stored_type(t).unwrap_or(t.data_type);
+    let size = super::consts::elem_size(stored)?;
     let mut n: u64 = size;
     for &d in &t.dims {
         n = n.checked_mul(u64::try_from(d).ok()?)?;

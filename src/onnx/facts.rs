@@ -118,18 +118,23 @@ fn analyse_unguarded(proto: &ModelProto, file: &std::path::Path, probe: &[(&str,
 const SKELETON_MIN_ELEMENTS: i64 = 64;
 
 /// The model without its weights' bytes: large float initializers are
-/// replaced by graph inputs of the same name, type and shape.
+/// replaced by graph inputs of the same name, type and shape. Other weights
+/// left in the model's files (the codes a packed MatMulNBits' stand-in refers
+/// to, `file_precision`) are read by no node until restored: left out.
 fn skeleton(proto: &ModelProto) -> ModelProto {
     use super::consts::is_float;
-    use super::pb::GraphProto;
+    use super::pb::{tensor_proto::DataLocation, GraphProto};
     let Some(g) = proto.graph.as_ref() else { return proto.clone() };
     let mut small = vec![];
     let mut typed_inputs = vec![];
+    let read: std::collections::HashSet<&str> = g.node.iter().flat_map(|n| n.input.iter().map(|s| s.as_str())).collect();
     for t in &g.initializer {
         let n: i64 = t.dims.iter().product();
         if is_float(t.data_type) && n >= SKELETON_MIN_ELEMENTS && !g.input.iter().any(|i| i.name == t.name) {
             let dims: Vec<Dim> = t.dims.iter().map(|&d| Dim::Known(d)).collect();
             typed_inputs.push(super::graph::value_info(&t.name, t.data_type, &dims));
+        } else if !read.contains(t.name.as_str()) && t.data_location == Some(DataLocation::External as i32) {
+            continue;
         } else {
             small.push(t.clone());
         }

@@ -70,10 +70,11 @@ pub fn read_model(path: &Path) -> Result<(ModelProto, NodeScopes)> {
     read_model_with(path, None)
 }
 
-/// Float32 weights at least this big stay in the file with `read_model_leaving_weights`.
+/// Weights at least this big stay in the file with `read_model_leaving_weights`.
 pub const LEAVE_MIN_BYTES: usize = 1 << 16;
 
-/// As `read_model`, but the float32 weights of `LEAVE_MIN_BYTES` or more are not
+/// As `read_model`, but the weights of `LEAVE_MIN_BYTES` or more (float32, half
+/// precision or quantised codes: `LEFT_TYPES`) are not
 /// read: each becomes an external-data reference to its own bytes inside the
 /// model file (location = the file's name, offset, length), which ONNX Runtime
 /// reads itself. attrpatch then never holds a copy of the weights.
@@ -180,10 +181,15 @@ fn read_graph<R: BufRead>(
     Ok((g, NodeScopes::decode_graph(&rest)))
 }
 
+/// The element types a weight may be left in the file as: float32, the half
+/// types and the quantised codes (MatMulNBits' uint8 blocks, QDQ's 8- and 4-bit
+/// codes). ONNX Runtime reads them in place, at the file's precision.
+const LEFT_TYPES: [u64; 7] = [1, 10, 16, 2, 3, 21, 22];
+
 const TENSOR_DATA_TYPE: u64 = 2;
 const TENSOR_RAW_DATA: u64 = 9;
 
-/// A float32 tensor whose raw bytes (at file offset `start` + their place in
+/// A weight (of `LEFT_TYPES`) whose raw bytes (at file offset `start` + their place in
 /// `buf`) are big enough: decoded without them, as a reference to them. None
 /// for any other tensor, or one this scan cannot follow (decoded as usual).
 fn leave_in_file(buf: &[u8], start: u64, leave: &Leave) -> Option<std::io::Result<TensorProto>> {
@@ -213,7 +219,7 @@ fn leave_in_file(buf: &[u8], start: u64, leave: &Leave) -> Option<std::io::Resul
         }
     }
     let (field_start, payload, len) = raw?;
-    if data_type != Some(crate::onnx::consts::FLOAT as u64) || len < leave.min {
+    if !data_type.is_some_and(|t| LEFT_TYPES.contains(&t)) || len < leave.min {
         return None;
     }
     let mut rest = buf[..field_start].to_vec();

@@ -6,6 +6,7 @@ pub mod consts;
 pub mod dtypes;
 pub mod external;
 pub mod facts;
+pub mod file_precision;
 pub mod graph;
 pub mod guard;
 pub mod io;

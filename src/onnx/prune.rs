@@ -27,6 +27,8 @@ pub fn prune_dead(g: &mut GraphProto) -> usize {
     let before = g.node.len();
     let mut k = keep.iter();
     g.node.retain(|_| *k.next().unwrap());
+    // What stand-ins for packed weights refer to is read once they are restored.
+    live.extend(super::file_precision::referenced(g));
     g.initializer.retain(|t| live.contains(&t.name));
     before - g.node.len()
 }

@@ -90,7 +90,14 @@ impl Default for RuntimeOptions {
 
 /// A runtime for a model whose protobuf is all in `model_bytes`.
 pub fn create(model_bytes: &[u8], opts: &RuntimeOptions) -> Result<Box<dyn Runtime>> {
-    create_from(ModelForRuntime { bytes: model_bytes.to_vec(), weights: vec![], external_dir: None, saved_dir: None }, opts)
+    let model = ModelForRuntime {
+        bytes: model_bytes.to_vec(),
+        weights: vec![],
+        external_dir: None,
+        saved_dir: None,
+        keeps_file_precision: false,
+    };
+    create_from(model, opts)
 }
 
 /// Prepares `proto` for the runtime `opts` names: ONNX Runtime gets the

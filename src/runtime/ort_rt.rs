@@ -14,6 +14,11 @@ pub struct OrtRuntime {
     lib: std::path::PathBuf,
 }
 
+/// The graph optimizers that would undo weights held at the file's precision
+/// (the list is split on ';').
+const KEEP_PRECISION_DISABLED: &str =
+    "ConstantFolding;CommonSubexpressionElimination;FuseFp16InitializerToFp32NodeTransformer";
+
 fn rt_err(what: &str, e: impl std::fmt::Display) -> Error {
     Error::Runtime(format!("onnxruntime: {what}: {e}"))
 }
@@ -33,6 +38,7 @@ impl OrtRuntime {
             let t = Tensor::from_array(arr).map_err(|e| rt_err(&format!("weight '{name}'"), e))?;
             weights.push((name, std::sync::Arc::new(t.into_dyn())));
         }
+        let keeps_file_precision = model.keeps_file_precision;
         // `saved`: load ONNX Runtime's own optimised graph (which holds every weight) as it is.
         let builder_for = |saved: bool| -> Result<ort::session::builder::SessionBuilder> {
             let mut b = Session::builder(&env).map_err(|e| rt_err("session options", e))?;
@@ -47,6 +53,16 @@ impl OrtRuntime {
             // above stay alive as well: on GPT-2 small it cost 3x the session time and 1.5x the
             // memory, for no faster run (MatMul/Gemm pack their operand per call anyway).
             b = b.with_prepacking(false).map_err(|e| rt_err("session.disable_prepacking", e))?;
+            if keeps_file_precision && !saved {
+                // Each weight read at the file's precision is decompressed by a node of its
+                // own at each use (`onnx::file_precision`): constant folding would turn those
+                // into resident float32 initializers, CSE would merge the forward's and the
+                // backward's into one tensor alive between them, and the float16 fusion
+                // would fold the Casts into float32 weights (2-8x the file in memory).
+                b = b
+                    .with_config_entry("optimization.disable_specified_optimizers", KEEP_PRECISION_DISABLED)
+                    .map_err(|e| rt_err("optimization.disable_specified_optimizers", e))?;
+            }
             if let (Some(dir), false) = (&external_dir, saved) {
                 b = b
                     .with_config_entry("session.model_external_initializers_file_folder_path", dir.to_string_lossy())

@@ -22,18 +22,31 @@ pub struct ModelForRuntime {
     pub external_dir: Option<std::path::PathBuf>,
     /// The `--cache` entry where ONNX Runtime keeps its optimised graph (`ort_saved`).
     pub saved_dir: Option<std::path::PathBuf>,
+    /// Whether weights are read at the file's precision through decompressing
+    /// nodes (`onnx::file_precision`), which the session must not fold into
+    /// float32 initializers nor merge.
+    pub keeps_file_precision: bool,
 }
 
 impl ModelForRuntime {
     /// Everything in the protobuf (for runtimes that read only that).
     pub fn inline(proto: &ModelProto) -> Self {
-        ModelForRuntime { bytes: proto.encode_to_vec(), weights: vec![], external_dir: None, saved_dir: None }
+        ModelForRuntime {
+            bytes: proto.encode_to_vec(),
+            weights: vec![],
+            external_dir: None,
+            saved_dir: None,
+            keeps_file_precision: false,
+        }
     }
 
     /// Takes large float32 weights out of `proto` (which keeps their names, types and shapes).
+    /// Weights held at the file's precision are restored first (`onnx::file_precision`).
     pub fn split(proto: &mut ModelProto) -> Self {
         let mut weights = vec![];
+        let mut keeps_file_precision = false;
         if let Some(g) = proto.graph.as_mut() {
+            keeps_file_precision = crate::onnx::file_precision::restore(g);
             for t in g.initializer.iter_mut() {
                 if t.data_type != FLOAT || t.raw_data.len() < MIN_BYTES || t.raw_data.len() % 4 != 0 {
                     continue;
@@ -57,7 +70,7 @@ impl ModelForRuntime {
                 weights.push((t.name.clone(), arr));
             }
         }
-        ModelForRuntime { bytes: proto.encode_to_vec(), weights, external_dir: None, saved_dir: None }
+        ModelForRuntime { bytes: proto.encode_to_vec(), weights, external_dir: None, saved_dir: None, keeps_file_precision }
     }
 }
 
@@ -70,6 +83,12 @@ impl ModelForRuntime {
             proto.graph.iter().flat_map(|g| g.initializer.iter().map(|t| t.name.as_str())).collect();
         let weights = self.weights.iter().filter(|(n, _)| named.contains(n.as_str())).cloned().collect();
         // Not the saved optimised graph: that is the whole graph's, not this one's.
-        ModelForRuntime { bytes: proto.encode_to_vec(), weights, external_dir: self.external_dir.clone(), saved_dir: None }
+        ModelForRuntime {
+            bytes: proto.encode_to_vec(),
+            weights,
+            external_dir: self.external_dir.clone(),
+            saved_dir: None,
+            keeps_file_precision: self.keeps_file_precision,
+        }
     }
 }

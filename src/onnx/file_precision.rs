@@ -1,0 +1,420 @@
+//! Weights held at the file's precision. A weight left in the model's files
+//! (external data, which ONNX Runtime reads in place) is never converted at
+//! load; the rewrite sees it as the float32 tensor it stands for, so hooks,
+//! gradient rules and edges work on a plain float32 graph:
+//!
+//! - a float16/bfloat16 weight is declared float32, marked with its stored type;
+//! - a packed `MatMulNBits` (int4/int8 blocks) becomes `MatMul(A, W)` by a
+//!   stand-in `W` `[K, N]` without bytes, which records the node (its codes,
+//!   scales and zero points stay in the graph as they are).
+//!
+//! `restore`, run on the finished graph just before ONNX Runtime gets it (and
+//! before `rewrite` writes it), puts the file's precision back: every use of a
+//! half weight reads it through a `Cast` of its own (a Gather gathers the half
+//! rows, then casts them), a forward `MatMul` by a stand-in is the
+//! `MatMulNBits` node again, and any other use (the backward's `Gemm(G, W,
+//! transB)`, dA = G @ W^T) reads W through a blocked `DequantizeLinear` of the
+//! same codes at run time, one per use. So a float32 copy of a weight exists
+//! only while its one consumer runs, and the session must neither fold those
+//! nodes into float32 initializers nor merge them (`ModelForRuntime::keeps_file_precision`).
+
+use super::builder::attr_i;
+use super::consts::{BFLOAT16, FLOAT, FLOAT16};
+use super::pb::{tensor_proto::DataLocation, GraphProto, NodeProto, TensorProto};
+use std::collections::{HashMap, HashSet};
+
+/// The doc_string prefix of a marked tensor.
+const MARK: &str = "attrpatch.file-precision:";
+const UINT8: i32 = 2;
+const UINT4: i32 = 21;
+
+/// What a packed MatMulNBits stand-in records of its node.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Packed {
+    /// The node's name (kept by the MatMul that stands for it, and restored).
+    pub node: String,
+    pub b: String,
+    pub scales: String,
+    pub zero_points: Option<String>,
+    pub k: i64,
+    pub n: i64,
+    pub bits: i64,
+    pub block_size: i64,
+    pub accuracy_level: Option<i64>,
+}
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+enum Mark {
+    /// A half weight declared float32; the file holds this element type.
+    Stored(i32),
+    /// A MatMulNBits weight.
+    Packed(Packed),
+}
+
+fn mark_of(t: &TensorProto) -> Option<Mark> {
+    serde_json::from_str(t.doc_string.strip_prefix(MARK)?).ok()
+}
+
+fn set_mark(t: &mut TensorProto, m: &Mark) {
+    t.doc_string = format!("{MARK}{}", serde_json::to_string(m).expect("plain data"));
+}
+
+/// Whether `t` is a half-precision weight left in the model's files.
+pub fn is_left_half(t: &TensorProto) -> bool {
+    matches!(t.data_type, FLOAT16 | BFLOAT16) && t.data_location == Some(DataLocation::External as i32)
+}
+
+/// Declares a half weight left in the files as float32, recording its stored type.
+pub fn mark_half(t: &mut TensorProto) {
+    let stored = t.data_type;
+    t.data_type = FLOAT;
+    set_mark(t, &Mark::Stored(stored));
+}
+
+/// The element type the file holds for a marked half weight.
+pub fn stored_type(t: &TensorProto) -> Option<i32> {
+    match mark_of(t)? {
+        Mark::Stored(s) => Some(s),
+        Mark::Packed(_) => None,
+    }
+}
+
+/// The stand-in `W` `[K, N]` (float32, no bytes) for a packed MatMulNBits.
+pub fn packed_stand_in(name: String, p: Packed) -> TensorProto {
+    let mut t = TensorProto { name, data_type: FLOAT, dims: vec![p.k, p.n], ..Default::default() };
+    set_mark(&mut t, &Mark::Packed(p));
+    t
+}
+
+/// The node a stand-in records, if `t` is one.
+pub fn packed(t: &TensorProto) -> Option<Packed> {
+    match mark_of(t)? {
+        Mark::Packed(p) => Some(p),
+        Mark::Stored(_) => None,
+    }
+}
+
+/// The initializers stand-ins refer to (which no node reads until `restore`):
+/// passes that drop unread initializers keep these.
+pub fn referenced(g: &GraphProto) -> HashSet<String> {
+    g.initializer
+        .iter()
+        .filter_map(packed)
+        .flat_map(|p| [Some(p.b), Some(p.scales), p.zero_points].into_iter().flatten())
+        .collect()
+}
+
+/// Bytes the runtime holds for `t`: the file's element size for a marked half
+/// weight, nothing for a stand-in (its codes are counted as themselves);
+/// None for an unmarked tensor.
+pub fn held_bytes(t: &TensorProto) -> Option<u64> {
+    let numel = t.dims.iter().map(|&d| d.max(0) as u64).product::<u64>();
+    match mark_of(t)? {
+        Mark::Stored(_) => Some(numel * 2),
+        Mark::Packed(_) => Some(0),
+    }
+}
+
+/// Bytes of the largest float32 copy a marked weight becomes while its
+/// consumer runs (0 when none is marked): what the memory sizing adds.
+pub fn largest_transient(g: &GraphProto) -> u64 {
+    g.initializer
+        .iter()
+        .filter(|t| mark_of(t).is_some())
+        .map(|t| t.dims.iter().map(|&d| d.max(0) as u64).product::<u64>() * 4)
+        .max()
+        .unwrap_or(0)
+}
+
+/// Puts the file's precision back into a finished graph (see the module doc).
+/// Returns whether the graph held any marked weight.
+pub fn restore(g: &mut GraphProto) -> bool {
+    let mut halves: HashSet<String> = HashSet::new();
+    let mut stand_ins: HashMap<String, Packed> = HashMap::new();
+    for t in &mut g.initializer {
+        match mark_of(t) {
+            Some(Mark::Stored(s)) => {
+                t.data_type = s;
+                t.doc_string.clear();
+                halves.insert(t.name.clone());
+            }
+            Some(Mark::Packed(p)) => {
+                stand_ins.insert(t.name.clone(), p);
+            }
+            None => {}
+        }
+    }
+    if halves.is_empty() && stand_ins.is_empty() {
+        return false;
+    }
+    g.initializer.retain(|t| !stand_ins.contains_key(&t.name));
+    // Declared as the float32 they stood for: the restored types are the file's.
+    g.value_info.retain(|v| !halves.contains(&v.name) && !stand_ins.contains_key(&v.name));
+    let consts: HashMap<String, TensorProto> = g
+        .initializer
+        .iter()
+        .filter(|t| stand_ins.values().any(|p| [&p.b, &p.scales].contains(&&t.name) || p.zero_points.as_ref() == Some(&t.name)))
+        .map(|t| (t.name.clone(), t.clone()))
+        .collect();
+    let mut r = Restorer { taken: super::graph::all_names(g), new_inits: vec![], shared: HashMap::new() };
+    let mut nodes = Vec::with_capacity(g.node.len());
+    for mut n in std::mem::take(&mut g.node) {
+        // A forward MatMul by a stand-in is the MatMulNBits node again.
+        if n.op_type == "MatMul" && n.input.len() == 2 {
+            if let Some(p) = stand_ins.get(&n.input[1]) {
+                nodes.push(matmul_nbits(&n, p));
+                continue;
+            }
+        }
+        if n.op_type == "Gather" && n.input.first().is_some_and(|x| halves.contains(x)) && !n.output.is_empty() {
+            let out = n.output[0].clone();
+            let half = r.fresh(&format!("{out}.half"));
+            n.output[0] = half.clone();
+            let cast = r.cast_node(&n.name, half, out);
+            nodes.push(n);
+            nodes.push(cast);
+            continue;
+        }
+        for k in 0..n.input.len() {
+            let x = n.input[k].clone();
+            if halves.contains(&x) {
+                let f = r.fresh(&format!("{x}.float32_"));
+                nodes.push(r.cast_node(&x, x.clone(), f.clone()));
+                n.input[k] = f;
+            } else if let Some(p) = stand_ins.get(&x) {
+                // dA = G @ W^T as Gemm(G, W, transB): W^T is the dequantised [N, K] itself.
+                let gemm_bt = n.op_type == "Gemm"
+                    && k == 1
+                    && n.input.len() == 2
+                    && n.attribute.iter().any(|a| a.name == "transB" && a.i == 1)
+                    && !n.attribute.iter().any(|a| a.name == "transA" && a.i != 0);
+                let wt = r.dequantized_nk(&mut nodes, p, &consts);
+                if gemm_bt {
+                    let padded = (p.k + p.block_size - 1) / p.block_size * p.block_size;
+                    n.attribute.retain(|a| a.name != "transB");
+                    n.input[1] = wt;
+                    if padded != p.k {
+                        // G @ [N, Kpad] gives Kpad columns: the last block's padding goes.
+                        let out = n.output[0].clone();
+                        let full = r.fresh(&format!("{out}.padded"));
+                        n.output[0] = full.clone();
+                        let name = n.name.clone();
+                        nodes.push(n);
+                        r.slice_last(&mut nodes, &name, &full, p.k, &out);
+                        n = NodeProto::default();
+                        break;
+                    }
+                } else {
+                    // Any other use reads W [K, N] itself.
+                    let t = r.fresh(&format!("{x}.kn"));
+                    nodes.push(NodeProto {
+                        name: r.fresh(&format!("{}/transpose", p.node)),
+                        op_type: "Transpose".into(),
+                        input: vec![wt],
+                        output: vec![t.clone()],
+                        attribute: vec![super::builder::attr_ints("perm", &[1, 0])],
+                        ..Default::default()
+                    });
+                    let padded = (p.k + p.block_size - 1) / p.block_size * p.block_size;
+                    n.input[k] = if padded != p.k {
+                        let sliced = r.fresh(&format!("{x}.k"));
+                        r.slice_axis(&mut nodes, &p.node, &t, 0, p.k, &sliced);
+                        sliced
+                    } else {
+                        t
+                    };
+                }
+            }
+        }
+        if !n.op_type.is_empty() {
+            nodes.push(n);
+        }
+    }
+    g.node = nodes;
+    g.initializer.append(&mut r.new_inits);
+    true
+}
+
+/// Whether a restored graph reads weights through decompressing nodes (a Cast
+/// or DequantizeLinear of an initializer left in the model's files): for a
+/// graph that comes back from the cache already restored.
+pub fn holds_restored(g: &GraphProto) -> bool {
+    let external: HashSet<&str> = g
+        .initializer
+        .iter()
+        .filter(|t| t.data_location == Some(DataLocation::External as i32))
+        .map(|t| t.name.as_str())
+        .collect();
+    g.node.iter().any(|n| {
+        matches!(n.op_type.as_str(), "Cast" | "DequantizeLinear") && n.input.first().is_some_and(|x| external.contains(x.as_str()))
+    }) || g.node.iter().any(|n| n.op_type == "MatMulNBits")
+}
+
+fn matmul_nbits(n: &NodeProto, p: &Packed) -> NodeProto {
+    let mut attribute = vec![attr_i("K", p.k), attr_i("N", p.n), attr_i("bits", p.bits), attr_i("block_size", p.block_size)];
+    if let Some(a) = p.accuracy_level {
+        attribute.push(attr_i("accuracy_level", a));
+    }
+    let mut input = vec![n.input[0].clone(), p.b.clone(), p.scales.clone()];
+    if let Some(z) = &p.zero_points {
+        input.push(z.clone());
+    }
+    NodeProto {
+        name: n.name.clone(),
+        op_type: "MatMulNBits".into(),
+        domain: "com.microsoft".into(),
+        input,
+        output: n.output.clone(),
+        attribute,
+        ..Default::default()
+    }
+}
+
+struct Restorer {
+    taken: HashSet<String>,
+    new_inits: Vec<TensorProto>,
+    /// Default zero points, one tensor per (bits, N, blocks).
+    shared: HashMap<(i64, i64, i64), String>,
+}
+
+impl Restorer {
+    fn fresh(&mut self, base: &str) -> String {
+        let mut k = 0;
+        loop {
+            let name = if k == 0 { base.to_string() } else { format!("{base}_{k}") };
+            if self.taken.insert(name.clone()) {
+                return name;
+            }
+            k += 1;
+        }
+    }
+
+    fn cast_node(&mut self, hint: &str, from: String, to: String) -> NodeProto {
+        NodeProto {
+            name: self.fresh(&format!("{hint}/to_float32")),
+            op_type: "Cast".into(),
+            input: vec![from],
+            output: vec![to],
+            attribute: vec![attr_i("to", FLOAT as i64)],
+            ..Default::default()
+        }
+    }
+
+    fn const_i64(&mut self, v: i64) -> String {
+        let name = self.fresh("attrpatch.restore/i64");
+        self.new_inits.push(super::consts::i64_tensor(&name, &[1], &[v]));
+        name
+    }
+
+    fn slice_axis(&mut self, nodes: &mut Vec<NodeProto>, hint: &str, x: &str, axis: i64, end: i64, out: &str) {
+        let (s, e, a) = (self.const_i64(0), self.const_i64(end), self.const_i64(axis));
+        nodes.push(NodeProto {
+            name: self.fresh(&format!("{hint}/slice")),
+            op_type: "Slice".into(),
+            input: vec![x.into(), s, e, a],
+            output: vec![out.into()],
+            ..Default::default()
+        });
+    }
+
+    fn slice_last(&mut self, nodes: &mut Vec<NodeProto>, hint: &str, x: &str, end: i64, out: &str) {
+        self.slice_axis(nodes, hint, x, -1, end, out)
+    }
+
+    /// W^T `[N, blocks x block_size]` float32: the codes seen as uint4/uint8
+    /// `[N, Kpad]` (the same bytes: ONNX packs 4-bit values low nibble first,
+    /// as MatMulNBits does), scales `[N, blocks]` and zero points `[N, blocks]`
+    /// (default 2^(bits-1), as in the kernel), through one blocked
+    /// DequantizeLinear (opset 21) emitted just before its consumer.
+    fn dequantized_nk(&mut self, nodes: &mut Vec<NodeProto>, p: &Packed, consts: &HashMap<String, TensorProto>) -> String {
+        let blocks = (p.k + p.block_size - 1) / p.block_size;
+        let code_type = if p.bits == 8 { UINT8 } else { UINT4 };
+        // The same bytes under another type and shape (external references stay references).
+        let alias = |t: &TensorProto, name: String, data_type: i32, dims: Vec<i64>| TensorProto {
+            name,
+            data_type,
+            dims,
+            raw_data: t.raw_data.clone(),
+            external_data: t.external_data.clone(),
+            data_location: t.data_location,
+            float_data: t.float_data.clone(),
+            int32_data: t.int32_data.clone(),
+            ..Default::default()
+        };
+        let codes = self.fresh(&format!("{}.codes_nk", p.b));
+        if let Some(b) = consts.get(&p.b) {
+            self.new_inits.push(alias(b, codes.clone(), code_type, vec![p.n, blocks * p.block_size]));
+        }
+        let scales = self.fresh(&format!("{}.nk", p.scales));
+        let scale_type = consts.get(&p.scales).map(|s| s.data_type).unwrap_or(FLOAT);
+        if let Some(s) = consts.get(&p.scales) {
+            self.new_inits.push(alias(s, scales.clone(), scale_type, vec![p.n, blocks]));
+        }
+        let zero = match p.zero_points.as_ref().and_then(|z| consts.get(z)) {
+            Some(z) if p.bits == 8 || blocks % 2 == 0 => {
+                // Rows of whole bytes: the packed zero points are the uint4 [N, blocks] tensor.
+                let name = self.fresh(&format!("{}.nk", z.name));
+                self.new_inits.push(alias(z, name.clone(), code_type, vec![p.n, blocks]));
+                name
+            }
+            Some(z) => {
+                // An odd number of 4-bit blocks pads each row to a byte: repack (read at load).
+                let row = (blocks + 1) / 2;
+                let mut packed = vec![0u8; ((p.n * blocks + 1) / 2) as usize];
+                for r in 0..p.n {
+                    for blk in 0..blocks {
+                        let byte = z.raw_data.get((r * row + blk / 2) as usize).copied().unwrap_or(0);
+                        let v = (byte >> (4 * (blk % 2))) & 0xf;
+                        let at = (r * blocks + blk) as usize;
+                        packed[at / 2] |= v << (4 * (at % 2));
+                    }
+                }
+                let name = self.fresh(&format!("{}.nk", z.name));
+                self.new_inits.push(TensorProto {
+                    name: name.clone(),
+                    data_type: UINT4,
+                    dims: vec![p.n, blocks],
+                    raw_data: packed,
+                    ..Default::default()
+                });
+                name
+            }
+            None => {
+                let key = (p.bits, p.n, blocks);
+                if let Some(name) = self.shared.get(&key) {
+                    name.clone()
+                } else {
+                    let name = self.fresh(&format!("attrpatch.restore/zero_point_{}b_{}x{blocks}", p.bits, p.n));
+                    let count = (p.n * blocks) as usize;
+                    let raw = if p.bits == 4 { vec![0x88u8; count.div_ceil(2)] } else { vec![0x80u8; count] };
+                    self.new_inits.push(TensorProto {
+                        name: name.clone(),
+                        data_type: code_type,
+                        dims: vec![p.n, blocks],
+                        raw_data: raw,
+                        ..Default::default()
+                    });
+                    self.shared.insert(key, name.clone());
+                    name
+                }
+            }
+        };
+        let mut w = self.fresh(&format!("{}.dequantized_nk", p.b));
+        nodes.push(NodeProto {
+            name: self.fresh(&format!("{}/dequantize", p.node)),
+            op_type: "DequantizeLinear".into(),
+            input: vec![codes, scales, zero],
+            output: vec![w.clone()],
+            attribute: vec![attr_i("axis", 1), attr_i("block_size", p.block_size)],
+            ..Default::default()
+        });
+        if matches!(scale_type, FLOAT16 | BFLOAT16) {
+            let f = self.fresh(&format!("{w}.float32"));
+            let cast = self.cast_node(&p.node, w, f.clone());
+            nodes.push(cast);
+            w = f;
+        }
+        w
+    }
+}

@@ -1,0 +1,174 @@
+//! Weights held at the file's precision (src/onnx/file_precision.rs). For ONNX
+//! Runtime a weight left in external data is never converted at load: int4
+//! `MatMulNBits` stays packed (the forward is the op, the backward's product
+//! dequantises the blocks at run time) and a float16 weight stays float16
+//! (a Cast at each use). The grids must equal those of the same file read
+//! whole, its weights converted to float32 at load (tract's path, checked
+//! against PyTorch float64 in tests/normalize.rs and tests/contrib.rs).
+
+use crate::common::*;
+use attrpatch::hooks::HookKind;
+use attrpatch::job::{run_job, JobOptions, JobResult};
+use attrpatch::onnx::pb::ModelProto;
+use attrpatch::onnx::OnnxModel;
+use attrpatch::runtime::{Device, RuntimeKind, RuntimeOptions};
+use prost::Message;
+use std::path::{Path, PathBuf};
+
+/// The llama-genai fixture's prompts and answers, on another model file.
+fn options(model: &Path, kind: RuntimeKind) -> JobOptions {
+    let json = root().join("tests/fixtures/contrib/llama-genai.json");
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(json).unwrap()).unwrap();
+    let ids = |k: &str| -> Vec<Vec<i64>> { serde_json::from_value(v[k].clone()).unwrap() };
+    let mut o = JobOptions::new(model.to_path_buf());
+    o.with_token_ids(ids("input_ids"), ids("corrupted_ids"), &ids("answer_ids"));
+    o.heads = v["n_heads"].as_u64().map(|h| h as usize);
+    o.hooks = HookKind::AttnOut;
+    o.runtime = RuntimeOptions { kind, device: Device::Cpu, ort_lib: None, threads: 1 };
+    o
+}
+
+fn run(o: &JobOptions) -> JobResult {
+    run_job(o).unwrap_or_else(|e| panic!("{}: {e}", o.model.display())).unwrap()
+}
+
+/// Largest |a - b| over both grids, relative to the largest |b|.
+fn grid_gap(a: &JobResult, b: &JobResult) -> f64 {
+    let mut scale = 0f64;
+    let mut gap = 0f64;
+    for (ga, gb) in [(&a.grids.heads, &b.grids.heads), (&a.grids.positions, &b.grids.positions)] {
+        assert_eq!(ga.len(), gb.len());
+        for (ra, rb) in ga.iter().zip(gb.iter()) {
+            assert_eq!(ra.len(), rb.len());
+            for (x, y) in ra.iter().zip(rb) {
+                scale = scale.max(y.abs());
+                gap = gap.max((x - y).abs());
+            }
+        }
+    }
+    gap / scale.max(1e-12)
+}
+
+/// The file precision path (ONNX Runtime, weights left in the file) against
+/// weights converted at load (tract reads the file whole).
+fn kept_equals_converted(model: &Path) -> f64 {
+    let kept = run(&options(model, RuntimeKind::Ort));
+    let converted = run(&options(model, RuntimeKind::Tract));
+    assert!(
+        close(kept.clean_metric, converted.clean_metric),
+        "clean ld {} vs {}",
+        kept.clean_metric,
+        converted.clean_metric
+    );
+    assert!(close(kept.corrupted_metric, converted.corrupted_metric), "corrupted ld");
+    let gap = grid_gap(&kept, &converted);
+    assert!(gap < 1e-4, "{}: grids differ by {gap:.2e} of their scale", model.display());
+    gap
+}
+
+fn fixture(name: &str) -> PathBuf {
+    root().join("tests/fixtures/file_precision").join(name).join("model.onnx")
+}
+
+/// The graph ONNX Runtime gets for an attribution job on `model`.
+fn runtime_graph(model: &Path) -> (ModelProto, bool) {
+    let m = OnnxModel::load_leaving_weights(model).unwrap();
+    let mut aug = attrpatch::augment::augment(m).unwrap();
+    let rt = attrpatch::runtime::prepare(&mut aug.proto, &RuntimeOptions::default());
+    (ModelProto::decode(rt.bytes.as_slice()).unwrap(), rt.keeps_file_precision)
+}
+
+#[test]
+fn int4_symmetric_stays_packed_and_matches_weights_converted_at_load() {
+    let gap = kept_equals_converted(&fixture("llama-genai-int4sym"));
+    eprintln!("int4 symmetric: packed vs converted at load {gap:.2e}");
+}
+
+#[test]
+fn int4_with_zero_points_stays_packed_and_matches_weights_converted_at_load() {
+    let gap = kept_equals_converted(&fixture("llama-genai-int4asym"));
+    eprintln!("int4 with zero points: packed vs converted at load {gap:.2e}");
+}
+
+/// What ONNX Runtime gets holds the packed codes and no float32 copy of any
+/// weight: MatMulNBits forwards, DequantizeLinear for the backward's products.
+#[test]
+fn the_runtime_graph_of_an_int4_file_holds_no_float32_weight() {
+    let model = fixture("llama-genai-int4asym");
+    let (proto, keeps) = runtime_graph(&model);
+    assert!(keeps, "the session is not told to keep the file's precision");
+    let g = proto.graph.unwrap();
+    let count = |op: &str| g.node.iter().filter(|n| n.op_type == op).count();
+    // 2 layers x (qkv, o, gate/up, down) + lm_head, twice (clean and corrupted copies).
+    assert!(count("MatMulNBits") >= 2 * 9, "MatMulNBits nodes: {}", count("MatMulNBits"));
+    assert!(count("DequantizeLinear") > 0, "no run-time dequantisation for the backward");
+    // Float32 weights are those the file holds as float32 (its embedding table), no more.
+    let file = OnnxModel::load_leaving_weights(&model).unwrap();
+    let in_file: Vec<&str> = file
+        .graph()
+        .initializer
+        .iter()
+        .filter(|t| t.data_type == 1 && t.doc_string.is_empty())
+        .map(|t| t.name.as_str())
+        .collect();
+    let big_float: Vec<&str> = g
+        .initializer
+        .iter()
+        .filter(|t| {
+            t.data_type == 1 && t.dims.iter().product::<i64>() >= 64 * 64 && !in_file.contains(&t.name.as_str())
+        })
+        .map(|t| t.name.as_str())
+        .collect();
+    assert!(big_float.is_empty(), "float32 weights in the runtime graph the file does not hold: {big_float:?}");
+    // Every DequantizeLinear output has exactly one reader (its float32 copy lives for one node).
+    for n in g.node.iter().filter(|n| n.op_type == "DequantizeLinear") {
+        let readers = g.node.iter().filter(|m| m.input.contains(&n.output[0])).count();
+        assert_eq!(readers, 1, "'{}' is read by {readers} nodes", n.output[0]);
+    }
+}
+
+/// A float16 file with its weights in external data: float16 stays float16,
+/// each use casts its own copy.
+#[test]
+fn float16_weights_stay_float16_and_match_weights_converted_at_load() {
+    let src = root().join("tests/fixtures/normalize/gpt2-fp16-keep-io.onnx");
+    let d = fresh_dir("file-precision-fp16");
+    let model = d.join("model.onnx");
+    let mut proto = ModelProto::decode(std::fs::read(&src).unwrap().as_slice()).unwrap();
+    attrpatch::onnx::io::save_model(&mut proto, &model, true).unwrap();
+    std::fs::copy(root().join("tests/fixtures/normalize/gpt2-fp16-keep-io.json"), d.join("ref.json")).unwrap();
+
+    let (rt, keeps) = runtime_graph(&model);
+    assert!(keeps);
+    let g = rt.graph.unwrap();
+    let halves: Vec<&str> = g
+        .initializer
+        .iter()
+        .filter(|t| t.data_type == 10 && t.data_location == Some(1))
+        .map(|t| t.name.as_str())
+        .collect();
+    assert!(!halves.is_empty(), "no float16 weight left in the file");
+    for w in &halves {
+        let readers: Vec<&str> =
+            g.node.iter().filter(|n| n.input.iter().any(|i| i == w)).map(|n| n.op_type.as_str()).collect();
+        assert!(readers.iter().all(|op| *op == "Cast" || *op == "Gather"), "'{w}' is read by {readers:?}");
+    }
+
+    // Against the PyTorch float64 reference of the fixture and the weights converted at load.
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(d.join("ref.json")).unwrap()).unwrap();
+    let ids = |k: &str| -> Vec<Vec<i64>> { serde_json::from_value(v[k].clone()).unwrap() };
+    let opts = |kind| {
+        let mut o = JobOptions::new(model.clone());
+        o.with_token_ids(ids("input_ids"), ids("corrupted_ids"), &ids("answer_ids"));
+        o.heads = v["n_heads"].as_u64().map(|h| h as usize);
+        o.runtime = RuntimeOptions { kind, device: Device::Cpu, ort_lib: None, threads: 1 };
+        o
+    };
+    let kept = run(&opts(RuntimeKind::Ort));
+    let grid = |k: &str| -> Vec<Vec<f64>> { serde_json::from_value(v[k].clone()).unwrap() };
+    let eh = assert_grid_close("fp16 heads", &kept.grids.heads, &grid("heads"));
+    let ep = assert_grid_close("fp16 positions", &kept.grids.positions, &grid("positions"));
+    let gap = grid_gap(&kept, &run(&opts(RuntimeKind::Tract)));
+    assert!(gap < 1e-4, "float16 kept vs converted at load: {gap:.2e}");
+    eprintln!("fp16: vs PyTorch heads {eh:.2e}, positions {ep:.2e}; vs converted at load {gap:.2e}");
+}

@@ -10,8 +10,10 @@
 //! row_bytes = 4 x (a x layers x seq x width + b x layers x heads x seq^2 + c x vocab)
 //! ```
 //!
-//! `weights` counts every initializer once (ONNX Runtime reads them from the
-//! file; attrpatch holds no copy). `a` counts the width-sized float tensors a
+//! `weights` counts every initializer once, at the precision the runtime holds
+//! it (ONNX Runtime reads them from the file; attrpatch holds no copy), plus
+//! twice the largest float32 copy a weight held at the file's precision
+//! becomes while one node runs (`onnx::file_precision`). `a` counts the width-sized float tensors a
 //! row keeps alive per layer and token (the MLP's are 4 wide), `b` the
 //! attention's `heads x seq x seq` score tensors, `c` the logits row. A row
 //! with a backward pass keeps its forward tensors for the gradients, so its
@@ -49,11 +51,21 @@ impl ModelShape {
                 ..Default::default()
             };
         };
+        // Weights held at the file's precision count as the file holds them, plus the
+        // float32 copies that exist while one node runs (up to two at once: a forward
+        // MatMulNBits' and a backward DequantizeLinear's).
+        use crate::onnx::file_precision;
         let weight_bytes: u64 = g
             .initializer
             .iter()
-            .map(|t| t.dims.iter().map(|&d| d.max(0) as u64).product::<u64>() * elem_bytes(t.data_type))
-            .sum();
+            .map(|t| {
+                file_precision::held_bytes(t).unwrap_or_else(|| {
+                    let numel = t.dims.iter().map(|&d| d.max(0) as u64).product::<u64>();
+                    (numel * elem_bits(t.data_type)).div_ceil(8)
+                })
+            })
+            .sum::<u64>()
+            + 2 * file_precision::largest_transient(g);
         let width = hook_nodes
             .first()
             .and_then(|name| g.node.iter().find(|n| n.name == *name))
@@ -69,12 +81,13 @@ impl ModelShape {
 }
 
 /// Bytes per element of an ONNX tensor data type (4 when unknown).
-fn elem_bytes(data_type: i32) -> u64 {
+fn elem_bits(data_type: i32) -> u64 {
     match data_type {
-        2 | 3 | 9 => 1,       // uint8, int8, bool
-        4 | 5 | 10 | 16 => 2, // uint16, int16, float16, bfloat16
-        7 | 11 | 13 => 8,     // int64, double, uint64
-        _ => 4,
+        21 | 22 => 4,                // uint4, int4
+        2 | 3 | 9 => 8,              // uint8, int8, bool
+        4 | 5 | 10 | 16 => 16,       // uint16, int16, float16, bfloat16
+        7 | 11 | 13 => 64,           // int64, double, uint64
+        _ => 32,
     }
 }
 

@@ -1,0 +1,455 @@
+#!/usr/bin/env python3
+"""Big benchmark files for issue 22 (not CI): random Llama checkpoints built by onnxruntime-genai's
+builder, and 32-layer 7B-shaped files streamed from a 2-layer build of the 7B widths.
+
+    PY=/work/venv-torch/bin/python
+    $PY tools/make_big_models.py checkpoint 1b /work/big/hf-llama1b          # float16 safetensors
+    $PY tools/make_big_models.py build /work/big/hf-llama1b /work/big/llama1b-int4 -p int4
+    $PY tools/make_big_models.py build /work/big/hf-llama1b /work/big/llama1b-fp16 -p fp16
+    $PY tools/make_big_models.py build /work/big/hf-llama1b /work/big/llama1b-fp32 -p fp32
+    $PY tools/make_big_models.py checkpoint 7b-2layer /work/big/hf-llama7b-2layer
+    $PY tools/make_big_models.py build /work/big/hf-llama7b-2layer /work/big/llama7b-2layer-int4 -p int4
+    $PY tools/make_big_models.py build /work/big/hf-llama7b-2layer /work/big/llama7b-2layer-fp16 -p fp16
+    $PY tools/make_big_models.py reference /work/big/llama7b-2layer-int4 /work/big/hf-llama7b-2layer
+    $PY tools/make_big_models.py reference /work/big/llama7b-2layer-fp16 /work/big/hf-llama7b-2layer
+    $PY tools/make_big_models.py stream /work/big/llama7b-2layer-int4 /work/big/llama7b-int4 --layers 32
+    $PY tools/make_big_models.py stream /work/big/llama7b-2layer-fp16 /work/big/llama7b-fp16 --layers 32
+    $PY tools/make_big_models.py verify /work/big/llama7b-int4
+
+Every step except `verify` runs its work in a child process under /usr/bin/time -v and appends
+{step, wall_s, peak_rss_mb, ...} to /work/big/measurements.jsonl (BIG_LOG overrides), so the
+numbers below come from that file. `build` runs `python -m onnxruntime_genai.models.builder -i HF
+-o OUT -p P -e cpu` (fp16: also -e cpu, which the builder accepts: MultiHeadAttention +
+RotaryEmbedding; `-e cuda` gives the GPU file, GroupQueryAttention). Shapes:
+
+- 1b: Llama-3.2-1B: hidden 2048, 16 layers, 32 query / 8 key-value heads (head 64), MLP 8192, vocab
+  32000, tied embeddings (1.04 B parameters with the tie, as Llama-3.2-1B), rope_theta 500000 without
+  the llama3 rope scaling, 4096 positions (the builder's cos/sin caches stay small), rms eps 1e-5.
+- 7b-2layer: Llama-2-7B widths: hidden 4096, 32 heads (no GQA), MLP 11008, vocab 32000, untied,
+  4096 positions, rope_theta 10000, 2 layers (0.67 B parameters). The builder was killed for memory
+  (23.6 GB) on a full 7B checkpoint on this 24 GB machine, so the 32-layer files are streamed.
+- Weights: Hugging Face's init under torch.manual_seed(0) (std 0.02), the 1-D ones perturbed as
+  tools/fixtures/models.py does, saved as float16 safetensors. A word-level tokenizer.json of the
+  vocabulary (w0 ... w31999) goes beside it, so the builder copies it next to the model.
+
+`stream SRC OUT --layers N`: the builder's exact 2-layer graph, extended to N layers: the last layer's
+nodes are copied for layers 2..N-1 with their tensors renamed (layers.1 -> layers.k, its reads of
+layers.0 -> layers.k-1, past_key_values.1 / present.1 -> k), fresh random initializers for each copy
+(int4: uniform random packed codes (and zero points), the template layer's scales shuffled; float16:
+N(0, std of the template tensor); norms copied), the final norm renamed to layers.N, graph inputs
+and outputs past_key_values.k.* / present.k.* added in the builder's order, genai_config.json's
+num_hidden_layers set. Initializers are written straight to OUT/model.onnx.data one at a time (the
+template's read from SRC's data file by offset), 4096-byte aligned; at most one tensor is in memory.
+
+`reference FOLDER HF`: FOLDER/reference.json, the JSON of tools/fixtures/genai_fixtures.py (same keys
+as tests/fixtures/genai/*.json) on the 2-layer file: the PyTorch float64 grids of an untied
+LlamaForCausalLM holding the file's dequantised / float16 weights and its rotary caches, prompts of
+ids < 32000 (seed 2024), and the ORT checks; a word-level tokenizer.json (vocab 32000) beside it.
+
+`verify FOLDER`: ONNX Runtime (CPU, 2 threads) loads FOLDER/model.onnx and runs one 1 x 8 prompt with
+an empty cache; fails unless the logits are finite; prints session/run time and peak RSS.
+
+Measured on this machine (2 cores, 24 GB; other processes shared the cores), onnxruntime-genai 0.18.0,
+onnxruntime 1.32.0: see MEASURED below (filled from measurements.jsonl).
+
+MEASURED
+"""
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+LOG = os.environ.get("BIG_LOG", "/work/big/measurements.jsonl")
+
+SHAPES = {
+    "1b": dict(hidden_size=2048, num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8,
+               intermediate_size=8192, vocab_size=32000, tie_word_embeddings=True, rope_theta=500000.0,
+               max_position_embeddings=4096, rms_norm_eps=1e-5),
+    "7b-2layer": dict(hidden_size=4096, num_hidden_layers=2, num_attention_heads=32, num_key_value_heads=32,
+                      intermediate_size=11008, vocab_size=32000, tie_word_embeddings=False, rope_theta=10000.0,
+                      max_position_embeddings=4096, rms_norm_eps=1e-5),
+}
+
+
+def record(entry):
+    os.makedirs(os.path.dirname(LOG), exist_ok=True)
+    entry = dict(entry, at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    with open(LOG, "a") as f:
+        f.write(json.dumps(entry) + "\n")
+    print("measured:", json.dumps(entry), flush=True)
+
+
+def timed(step, cmd, **extra):
+    """Runs cmd under /usr/bin/time -v; records wall time and peak RSS; raises naming the step."""
+    if not os.path.exists("/usr/bin/time"):
+        raise SystemExit("/usr/bin/time not found (apt-get install time)")
+    tfile = f"/tmp/make_big_models.{os.getpid()}.time"
+    t0 = time.time()
+    p = subprocess.run(["/usr/bin/time", "-v", "-o", tfile, *cmd])
+    wall = time.time() - t0
+    txt = open(tfile).read()
+    os.remove(tfile)
+    peak = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", txt).group(1)) / 1024
+    entry = dict(step=step, wall_s=round(wall, 1), peak_rss_mb=round(peak), rc=p.returncode,
+                 command=" ".join(cmd), **extra)
+    record(entry)
+    if p.returncode != 0:
+        raise SystemExit(f"{step} failed (exit {p.returncode}): {' '.join(cmd)}")
+    return entry
+
+
+def folder_bytes(folder):
+    return sum(os.path.getsize(os.path.join(folder, f)) for f in os.listdir(folder)
+               if os.path.isfile(os.path.join(folder, f)))
+
+
+def word_tokenizer(folder, vocab):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    tok = Tokenizer(models.WordLevel(vocab={f"w{i}": i for i in range(vocab)}, unk_token="w0"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.save(os.path.join(folder, "tokenizer.json"))
+    with open(os.path.join(folder, "tokenizer_config.json"), "w") as f:
+        json.dump({"tokenizer_class": "PreTrainedTokenizerFast", "unk_token": "w0", "bos_token": "w1",
+                   "eos_token": "w2"}, f)
+
+
+# ------------------------------------------------------------------ checkpoint --
+
+def checkpoint_child(shape, out):
+    import torch
+    import transformers as T
+    from fixtures import models as M
+    kw = SHAPES[shape]
+    cfg = T.LlamaConfig(head_dim=kw["hidden_size"] // kw["num_attention_heads"], hidden_act="silu",
+                        attention_dropout=0.0, bos_token_id=1, eos_token_id=2, pad_token_id=None, **kw)
+    torch.manual_seed(0)
+    model = T.LlamaForCausalLM(cfg)
+    M.perturb_1d(model)
+    n = sum(p.numel() for p in model.parameters())
+    model = model.half()
+    model.save_pretrained(out)
+    word_tokenizer(out, kw["vocab_size"])
+    print(f"{shape}: {n / 1e9:.3f} B parameters (tied counted once) -> {out}")
+
+
+def cmd_checkpoint(args):
+    timed(f"checkpoint {args.shape}", [sys.executable, __file__, "_checkpoint", args.shape, args.out], out=args.out)
+    record(dict(step=f"checkpoint {args.shape} size", bytes=folder_bytes(args.out), out=args.out))
+
+
+# ------------------------------------------------------------------ build --
+
+def cmd_build(args):
+    import onnxruntime_genai as g
+    cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", args.hf, "-o", args.out,
+           "-p", args.precision, "-e", args.ep, "-c", os.path.join(os.path.dirname(args.out), "builder-cache")]
+    if args.extra:
+        cmd += ["--extra_options", *args.extra]
+    timed(f"build {os.path.basename(args.out)}", cmd, builder=g.__version__)
+    args_only = ["-p", args.precision, "-e", args.ep] + (["--extra_options", *args.extra] if args.extra else [])
+    with open(os.path.join(args.out, "build.json"), "w") as f:
+        json.dump({"args": args_only, "hf": os.path.abspath(args.hf), "builder": g.__version__}, f)
+    record(dict(step=f"build {os.path.basename(args.out)} size", bytes=folder_bytes(args.out),
+                onnx_bytes=sum(os.path.getsize(os.path.join(args.out, f)) for f in os.listdir(args.out)
+                               if f.startswith("model.onnx"))))
+    subprocess.run(["rm", "-rf", os.path.join(os.path.dirname(args.out), "builder-cache")], check=True)
+
+
+# ------------------------------------------------------------------ stream --
+
+LAYER_NODE = re.compile(r"^/model/layers\.(\d+)/")
+INDEXED = re.compile(r"(layers\.|past_key_values\.|present\.)(\d+)(?=[./])")
+
+
+def renamer(mapping):
+    def rename(s):
+        return INDEXED.sub(lambda m: m.group(1) + str(mapping.get(int(m.group(2)), int(m.group(2)))), s)
+    return rename
+
+
+def renamed_node(n, rename):
+    import onnx
+    c = onnx.NodeProto()
+    c.CopyFrom(n)
+    c.name = rename(n.name)
+    c.input[:] = [rename(i) for i in n.input]
+    c.output[:] = [rename(o) for o in n.output]
+    return c
+
+
+def stream_child(src, dst, n_layers, seed):
+    import onnx
+    from onnx import TensorProto, helper
+
+    with open(os.path.join(src, "genai_config.json")) as f:
+        genai = json.load(f)
+    L0 = genai["model"]["decoder"]["num_hidden_layers"]
+    if L0 < 2 or n_layers <= L0:
+        raise SystemExit(f"stream: source has {L0} layers, target {n_layers}: need 2 <= source < target")
+    T_ = L0 - 1  # template: the last layer (it reads the previous layer's outputs like every later one)
+    proto = onnx.load(os.path.join(src, "model.onnx"), load_external_data=False)
+    g = proto.graph
+    rng = np.random.default_rng(seed)
+    inits = {t.name: t for t in g.initializer}
+
+    # nodes: as they are up to the template's last node, then the copies, then the rest renamed
+    last_t = max(i for i, n in enumerate(g.node) if (m := LAYER_NODE.match(n.name)) and int(m.group(1)) == T_)
+    tmpl = [n for n in g.node if (m := LAYER_NODE.match(n.name)) and int(m.group(1)) == T_]
+    final = renamer({L0: n_layers, T_: n_layers - 1})
+    nodes = list(g.node[:last_t + 1])
+    new_inits = []  # (new name, template initializer)
+    for k in range(L0, n_layers):
+        rn = renamer({T_: k, T_ - 1: k - 1})
+        for n in tmpl:
+            nodes.append(renamed_node(n, rn))
+            for i in n.input:
+                if i in inits and rn(i) != i:
+                    new_inits.append((rn(i), inits[i]))
+    for n in g.node[last_t + 1:]:
+        if (m := LAYER_NODE.match(n.name)) and int(m.group(1)) < T_:
+            raise SystemExit(f"stream: node '{n.name}' of layer {m.group(1)} after the template layer")
+        nodes.append(renamed_node(n, final))
+    seen = set()
+    new_inits = [(nm, t) for nm, t in new_inits if not (nm in seen or seen.add(nm))]
+
+    # graph inputs / outputs: the caches of every layer, in the builder's order
+    def caches(vs, prefix):
+        plain = [v for v in vs if not v.name.startswith(prefix)]
+        cache = [v for v in vs if v.name.startswith(prefix)]
+        kinds = [v.name.rsplit(".", 1)[1] for v in cache]
+        grouped = kinds == sorted(kinds, key=lambda s: (s != "key", s))
+        tmpl_of = {v.name.rsplit(".", 1)[1]: v for v in cache if f"{prefix}{T_}." in v.name}
+        out = []
+
+        def vi(kind, k):
+            c = onnx.ValueInfoProto()
+            c.CopyFrom(tmpl_of[kind])
+            c.name = f"{prefix}{k}.{kind}"
+            return c
+        order = ([(kd, k) for kd in ("key", "value") for k in range(n_layers)] if grouped
+                 else [(kd, k) for k in range(n_layers) for kd in ("key", "value")])
+        out = [vi(kd, k) for kd, k in order]
+        return plain, out, grouped
+    pin, cin, grouped_in = caches(g.input, "past_key_values.")
+    pout, cout, _ = caches(g.output, "present.")
+    value_info = []
+    for v in g.value_info:
+        m = INDEXED.search(v.name)
+        value_info.append(v)
+        if m and m.group(1) == "layers." and int(m.group(2)) == T_:
+            for k in range(L0, n_layers):
+                c = onnx.ValueInfoProto()
+                c.CopyFrom(v)
+                c.name = renamer({T_: k, T_ - 1: k - 1})(v.name)
+                value_info.append(c)
+    for v in value_info:
+        m = INDEXED.search(v.name)
+        if m and int(m.group(2)) == L0 and m.group(1) == "layers.":
+            v.name = final(v.name)
+
+    os.makedirs(dst, exist_ok=True)
+    data_path = os.path.join(dst, "model.onnx.data")
+    src_data = {}
+    written = 0
+
+    def src_bytes(t):
+        ext = {e.key: e.value for e in t.external_data}
+        loc = ext["location"]
+        if loc not in src_data:
+            src_data[loc] = open(os.path.join(src, loc), "rb")
+        f = src_data[loc]
+        f.seek(int(ext.get("offset", 0)))
+        return f.read(int(ext["length"]))
+
+    def fresh(name, t):
+        """Random bytes for a copy of template initializer t (one tensor in memory)."""
+        from onnx import numpy_helper
+        dims = tuple(t.dims)
+        if t.data_type == TensorProto.UINT8:  # packed int4 codes / zero points
+            return rng.integers(0, 256, size=dims, dtype=np.uint8).tobytes()
+        arr = np.frombuffer(src_bytes(t), dtype=helper.tensor_dtype_to_np_dtype(t.data_type)).reshape(dims)
+        if "scales" in name:
+            return rng.permutation(arr.ravel()).astype(arr.dtype).tobytes()
+        if arr.ndim == 1 or "layernorm" in name:
+            return arr.tobytes()
+        if t.data_type in (TensorProto.FLOAT16, TensorProto.FLOAT):
+            std = float(arr.astype(np.float32).std())
+            out = np.empty(dims, dtype=arr.dtype)
+            for r in range(0, dims[0], 1024):  # chunks: no float64 copy of the whole tensor
+                out[r:r + 1024] = (rng.standard_normal((min(1024, dims[0] - r),) + dims[1:], dtype=np.float32)
+                                   * std).astype(arr.dtype)
+            return out.tobytes()
+        del numpy_helper
+        raise SystemExit(f"stream: no rule for initializer '{name}' of type {t.data_type} {dims}")
+
+    out_inits = []
+    with open(data_path, "wb") as out:
+        def put(t, payload):
+            nonlocal written
+            pad = (-written) % 4096
+            out.write(b"\0" * pad)
+            written += pad
+            out.write(payload)
+            del t.external_data[:]
+            for k, v in (("location", "model.onnx.data"), ("offset", str(written)), ("length", str(len(payload)))):
+                e = t.external_data.add()
+                e.key, e.value = k, v
+            t.data_location = TensorProto.EXTERNAL
+            t.ClearField("raw_data")
+            written += len(payload)
+
+        for t in g.initializer:
+            c = TensorProto()
+            c.CopyFrom(t)
+            c.name = final(t.name) if INDEXED.search(t.name) and int(INDEXED.search(t.name).group(2)) == L0 else t.name
+            if t.data_location == TensorProto.EXTERNAL:
+                put(c, src_bytes(t))
+            out_inits.append(c)
+        for name, t in new_inits:
+            c = TensorProto()
+            c.CopyFrom(t)
+            c.name = name
+            put(c, fresh(name, t))
+            out_inits.append(c)
+    for f in src_data.values():
+        f.close()
+    # every renamed initializer name a node reads must exist
+    have = {t.name for t in out_inits} | {v.name for v in pin + cin}
+    produced = {o for n in nodes for o in n.output}
+    for n in nodes:
+        for i in n.input:
+            if i and i not in have and i not in produced:
+                raise SystemExit(f"stream: node '{n.name}' reads '{i}', which nothing provides")
+
+    del g.node[:]
+    g.node.extend(nodes)
+    del g.initializer[:]
+    g.initializer.extend(out_inits)
+    del g.input[:]
+    g.input.extend(pin + cin)
+    del g.output[:]
+    g.output.extend(pout + cout)
+    del g.value_info[:]
+    g.value_info.extend(value_info)
+    onnx.save(proto, os.path.join(dst, "model.onnx"))
+    genai["model"]["decoder"]["num_hidden_layers"] = n_layers
+    with open(os.path.join(dst, "genai_config.json"), "w") as f:
+        json.dump(genai, f, indent=4)
+    for extra in ("tokenizer.json", "tokenizer_config.json"):
+        if os.path.exists(os.path.join(src, extra)):
+            with open(os.path.join(src, extra), "rb") as a, open(os.path.join(dst, extra), "wb") as b:
+                b.write(a.read())
+    print(f"stream: {L0} -> {n_layers} layers, {len(nodes)} nodes, {len(out_inits)} initializers, "
+          f"{written / 2**30:.2f} GiB of external data ({'grouped' if grouped_in else 'interleaved'} caches)")
+
+
+def cmd_stream(args):
+    timed(f"stream {os.path.basename(args.out)}",
+          [sys.executable, __file__, "_stream", args.src, args.out, str(args.layers), str(args.seed)])
+    record(dict(step=f"stream {os.path.basename(args.out)} size", bytes=folder_bytes(args.out)))
+
+
+# ------------------------------------------------------------------ verify --
+
+def verify_child(folder):
+    import resource
+    import onnxruntime as ort
+    from fixtures import genai_fixtures as G
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 2
+    t0 = time.perf_counter()
+    sess = ort.InferenceSession(os.path.join(folder, "model.onnx"), so, providers=["CPUExecutionProvider"])
+    t_s = time.perf_counter() - t0
+    vocab = json.load(open(os.path.join(folder, "genai_config.json")))["model"]["vocab_size"]
+    ids = np.array([[1, 450, 4996, 17354, 1701, 29916, 432, 17204]], dtype=np.int64) % vocab
+    t0 = time.perf_counter()
+    logits = sess.run(["logits"], G.genai_feeds(sess, ids, G.kv_shape(folder)))[0]
+    t_r = time.perf_counter() - t0
+    ok = bool(np.isfinite(logits.astype(np.float32)).all())
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"verify {folder}: logits {logits.dtype} {logits.shape} finite={ok} max |logit| "
+          f"{float(np.abs(logits.astype(np.float32)).max()):.4g}; session {t_s:.1f} s, run {t_r:.1f} s, "
+          f"peak RSS {peak:.0f} MB")
+    if not ok:
+        raise SystemExit(f"{folder}: logits not finite")
+
+
+def cmd_verify(args):
+    onnx_bytes = sum(os.path.getsize(os.path.join(args.folder, f)) for f in os.listdir(args.folder)
+                     if f.startswith("model.onnx"))
+    timed(f"verify {os.path.basename(args.folder)}", [sys.executable, __file__, "_verify", args.folder],
+          onnx_bytes=onnx_bytes)
+
+
+# ------------------------------------------------------------------ reference --
+
+def reference_child(folder, hf):
+    import tempfile
+    import torch
+    import transformers as T
+    from fixtures import genai_fixtures as G
+    torch.set_num_threads(2)
+    cfg = T.AutoConfig.from_pretrained(hf)
+    with tempfile.TemporaryDirectory() as tmp:
+        hf_model = type("HF", (), {"config": cfg})()
+        builder = json.load(open(os.path.join(folder, "build.json"))) if os.path.exists(
+            os.path.join(folder, "build.json")) else {}
+        out = G.describe(os.path.basename(folder), folder, hf_model, cfg.tie_word_embeddings,
+                         builder.get("args", ["(see measurements.jsonl)"]), G.genai_version(), tmp,
+                         vocab=cfg.vocab_size)
+    out["hf_checkpoint"] = os.path.abspath(hf)
+    with open(os.path.join(folder, "reference.json"), "w") as f:
+        json.dump(out, f, indent=1)
+        f.write("\n")
+    word_tokenizer(folder, cfg.vocab_size)
+    print(f"{folder}/reference.json: ORT as is {out['ort_max_abs_diff']:.2e} (logits up to "
+          f"{out['ort_logits_max_abs']:.2e}), exact copy {out['ort_exact_max_abs_diff']:.2e} {out['ort_check']}; "
+          f"CLEAN {out['clean_logit_diff']:.5g} CORR {out['corrupted_logit_diff']:.5g}; f32 vs f64 {out['f32_vs_f64_max_rel']}")
+    if out["ort_check"] != "pass":
+        raise SystemExit(f"{folder}: ORT float32-compute copy differs by {out['ort_exact_max_abs_diff']:.3g}")
+
+
+def cmd_reference(args):
+    timed(f"reference {os.path.basename(args.folder)}", [sys.executable, __file__, "_reference", args.folder, args.hf])
+
+
+def main():
+    if len(sys.argv) > 1 and sys.argv[1].startswith("_"):
+        child = {"_checkpoint": checkpoint_child, "_stream": lambda s, d, n, seed: stream_child(s, d, int(n), int(seed)),
+                 "_verify": verify_child, "_reference": reference_child}[sys.argv[1]]
+        return child(*sys.argv[2:])
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    a = sub.add_parser("checkpoint")
+    a.add_argument("shape", choices=list(SHAPES))
+    a.add_argument("out")
+    a = sub.add_parser("build")
+    a.add_argument("hf")
+    a.add_argument("out")
+    a.add_argument("-p", "--precision", required=True, choices=["int4", "fp16", "fp32"])
+    a.add_argument("-e", "--ep", default="cpu")
+    a.add_argument("--extra", nargs="*")
+    a = sub.add_parser("stream")
+    a.add_argument("src")
+    a.add_argument("out")
+    a.add_argument("--layers", type=int, default=32)
+    a.add_argument("--seed", type=int, default=7)
+    a = sub.add_parser("verify")
+    a.add_argument("folder")
+    a = sub.add_parser("reference")
+    a.add_argument("folder")
+    a.add_argument("hf")
+    args = ap.parse_args()
+    {"checkpoint": cmd_checkpoint, "build": cmd_build, "stream": cmd_stream, "verify": cmd_verify,
+     "reference": cmd_reference}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    main()

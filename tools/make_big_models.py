@@ -15,6 +15,7 @@ builder, and 32-layer 7B-shaped files streamed from a 2-layer build of the 7B wi
     $PY tools/make_big_models.py stream /work/big/llama7b-2layer-int4 /work/big/llama7b-int4 --layers 32
     $PY tools/make_big_models.py stream /work/big/llama7b-2layer-fp16 /work/big/llama7b-fp16 --layers 32
     $PY tools/make_big_models.py verify /work/big/llama7b-int4
+    $PY tools/make_big_models.py plain /work/big/llama1b-int4     # tools/bench/plain_forward.py, timed
 
 Every step except `verify` runs its work in a child process under /usr/bin/time -v and appends
 {step, wall_s, peak_rss_mb, ...} to /work/big/measurements.jsonl (BIG_LOG overrides), so the
@@ -420,6 +421,20 @@ def cmd_reference(args):
     timed(f"reference {os.path.basename(args.folder)}", [sys.executable, __file__, "_reference", args.folder, args.hf])
 
 
+def cmd_plain(args):
+    """tools/bench/plain_forward.py on FOLDER/model.onnx under /usr/bin/time -v (the 16 sequences)."""
+    onnx_bytes = sum(os.path.getsize(os.path.join(args.folder, f)) for f in os.listdir(args.folder)
+                     if f.startswith("model.onnx"))
+    out_json = f"/tmp/plain_forward.{os.getpid()}.json"
+    e = timed(f"plain forward {os.path.basename(args.folder)}",
+              [sys.executable, os.path.join(HERE, "bench", "plain_forward.py"), os.path.join(args.folder, "model.onnx"),
+               "--threads", str(args.threads), "--json", out_json], onnx_bytes=onnx_bytes)
+    res = json.load(open(out_json))
+    os.remove(out_json)
+    record(dict(step=f"plain forward {os.path.basename(args.folder)} detail", session_s=round(res["session_s"], 2),
+                run_s=round(res["run_s"], 2), time_wall_s=e["wall_s"], time_peak_rss_mb=e["peak_rss_mb"]))
+
+
 def main():
     if len(sys.argv) > 1 and sys.argv[1].startswith("_"):
         child = {"_checkpoint": checkpoint_child, "_stream": lambda s, d, n, seed: stream_child(s, d, int(n), int(seed)),
@@ -443,12 +458,15 @@ def main():
     a.add_argument("--seed", type=int, default=7)
     a = sub.add_parser("verify")
     a.add_argument("folder")
+    a = sub.add_parser("plain")
+    a.add_argument("folder")
+    a.add_argument("--threads", type=int, default=2)
     a = sub.add_parser("reference")
     a.add_argument("folder")
     a.add_argument("hf")
     args = ap.parse_args()
     {"checkpoint": cmd_checkpoint, "build": cmd_build, "stream": cmd_stream, "verify": cmd_verify,
-     "reference": cmd_reference}[args.cmd](args)
+     "reference": cmd_reference, "plain": cmd_plain}[args.cmd](args)
 
 
 if __name__ == "__main__":

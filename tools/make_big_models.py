@@ -426,12 +426,13 @@ def cmd_plain(args):
     onnx_bytes = sum(os.path.getsize(os.path.join(args.folder, f)) for f in os.listdir(args.folder)
                      if f.startswith("model.onnx"))
     out_json = f"/tmp/plain_forward.{os.getpid()}.json"
-    e = timed(f"plain forward {os.path.basename(args.folder)}",
-              [sys.executable, os.path.join(HERE, "bench", "plain_forward.py"), os.path.join(args.folder, "model.onnx"),
-               "--threads", str(args.threads), "--json", out_json], onnx_bytes=onnx_bytes)
+    label = f"plain forward {os.path.basename(args.folder)}" + ("" if args.graph_opt == "all" else f" graph-opt {args.graph_opt}")
+    e = timed(label, [sys.executable, os.path.join(HERE, "bench", "plain_forward.py"), os.path.join(args.folder, "model.onnx"),
+                      "--threads", str(args.threads), "--graph-opt", args.graph_opt, "--json", out_json],
+              onnx_bytes=onnx_bytes)
     res = json.load(open(out_json))
     os.remove(out_json)
-    record(dict(step=f"plain forward {os.path.basename(args.folder)} detail", session_s=round(res["session_s"], 2),
+    record(dict(step=f"{label} detail", session_s=round(res["session_s"], 2),
                 run_s=round(res["run_s"], 2), time_wall_s=e["wall_s"], time_peak_rss_mb=e["peak_rss_mb"]))
 
 
@@ -461,6 +462,7 @@ def main():
     a = sub.add_parser("plain")
     a.add_argument("folder")
     a.add_argument("--threads", type=int, default=2)
+    a.add_argument("--graph-opt", default="all", choices=["all", "extended", "basic", "disable"])
     a = sub.add_parser("reference")
     a.add_argument("folder")
     a.add_argument("hf")

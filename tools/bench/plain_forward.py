@@ -30,6 +30,8 @@ REPO = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 import whole_process as W  # noqa: E402
 
+OPT_LEVELS = {"all": "ORT_ENABLE_ALL", "extended": "ORT_ENABLE_EXTENDED", "basic": "ORT_ENABLE_BASIC",
+              "disable": "ORT_DISABLE_ALL"}
 NP = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(bfloat16)": "bfloat16",
       "tensor(int64)": "int64", "tensor(int32)": "int32"}
 
@@ -73,6 +75,10 @@ def main():
     ap.add_argument("--tokenizer", default=os.path.join(REPO, "models", "tokenizer.json"))
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json")
+    ap.add_argument("--graph-opt", choices=list(OPT_LEVELS), default="all",
+                    help="session graph_optimization_level [all: ONNX Runtime's default]; 'disable' keeps "
+                         "the CPU's inserted float16->float32 Casts of a float16 file from being folded into "
+                         "float32 copies of the weights")
     args = ap.parse_args()
     W.TOKENIZER = args.tokenizer
     prompts = args.prompts
@@ -88,6 +94,7 @@ def main():
     import onnxruntime as ort
     so = ort.SessionOptions()
     so.intra_op_num_threads = args.threads
+    so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, OPT_LEVELS[args.graph_opt])
     t0 = time.perf_counter()
     sess = ort.InferenceSession(args.model, so, providers=["CPUExecutionProvider"])
     t_session = time.perf_counter() - t0
@@ -106,10 +113,10 @@ def main():
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     wall = time.time() - T_START
     res = {"model": args.model, "sequences": int(ids.shape[0]), "tokens": int(ids.shape[1]),
-           "threads": args.threads, "session_s": t_session, "run_s": t_run, "wall_s": wall,
+           "threads": args.threads, "graph_opt": args.graph_opt, "session_s": t_session, "run_s": t_run, "wall_s": wall,
            "peak_rss_mb": peak_mb, "clean_logit_diff": float(ld[:n].mean()),
            "corrupted_logit_diff": float(ld[n:].mean()), "onnxruntime": ort.__version__}
-    print(f"plain forward {os.path.basename(os.path.dirname(os.path.abspath(args.model)))}: "
+    print(f"plain forward {os.path.basename(os.path.dirname(os.path.abspath(args.model)))} (graph opt {args.graph_opt}): "
           f"{ids.shape[0]} x {ids.shape[1]} tokens, session {t_session:.2f} s, run {t_run:.2f} s, "
           f"process wall {wall:.2f} s, peak RSS {peak_mb:.0f} MB; clean ld {res['clean_logit_diff']:.5g}, "
           f"corrupted {res['corrupted_logit_diff']:.5g}")

@@ -50,10 +50,38 @@ ids < 32000 (seed 2024), and the ORT checks; a word-level tokenizer.json (vocab 
 `verify FOLDER`: ONNX Runtime (CPU, 2 threads) loads FOLDER/model.onnx and runs one 1 x 8 prompt with
 an empty cache; fails unless the logits are finite; prints session/run time and peak RSS.
 
-Measured on this machine (2 cores, 24 GB; other processes shared the cores), onnxruntime-genai 0.18.0,
-onnxruntime 1.32.0: see MEASURED below (filled from measurements.jsonl).
+Measured on this machine (2 cores shared with other builds, 24 GB, no GPU), onnxruntime-genai 0.18.0,
+onnxruntime 1.32.0, 2026-12-06 (from /work/big/measurements.jsonl; sizes = model.onnx + model.onnx.data;
+plain forward = `plain` (tools/bench/plain_forward.py: session + one run of the 16 sequences of 14
+tokens, 2 threads), two runs each, whole process under /usr/bin/time -v):
 
-MEASURED
+| file | size | made by: wall, peak RSS | plain forward wall | session / run | plain peak RSS |
+|---|---|---|---|---|---|
+| hf-llama1b (float16 safetensors, 1.039 B params) | 2.08 GB | checkpoint 18.8 s, 5.0 GB | | | |
+| llama1b-int4 | 0.651 GB | build 23.8 s, 8.0 GB | 3.4 / 5.5 s | 1.0-1.1 / 1.9-4.0 s | 1068 / 1062 MB |
+| llama1b-fp16 | 2.078 GB | build 14.6 s, 3.0 GB | 16.5 / 16.2 s | 9.6-10.2 / 5.5-5.7 s | 4448 / 4444 MB |
+| llama1b-fp32 | 4.156 GB | build 19.4 s, 3.6 GB | 11.5 / 17.6 s | 4.9-11.6 / 5.3-5.9 s | 4565 / 4559 MB |
+| hf-llama7b-2layer (float16, 0.667 B params) | 1.33 GB | checkpoint 29.9 s, 3.6 GB | | | |
+| llama7b-2layer-int4 | 0.861 GB | build 46.1 s, 6.0 GB; reference 52 s, 9.2 GB | 3.5 s | 0.8 / 2.3 s | 637 MB |
+| llama7b-2layer-fp16 | 1.335 GB | build 17.1 s, 2.4 GB; reference 81 s, 9.0 GB | 8.1 s | 4.3 / 3.1 s | 2640 MB |
+| llama7b-int4 (32 layers) | 4.657 GB | stream 19.7 s, 0.56 GB | 31.2 / 32.3 s | 6.1-13.2 / 18.0-24.3 s | 5962 / 5920 MB |
+| llama7b-fp16 (32 layers) | 13.48 GB | stream 158 s, 0.52 GB | fails | | see below |
+
+- 1B int4 with session.disable_prepacking=1: peak 1094 MB, run 11.0 s (so the ~1.6x of the file
+  is not MatMulNBits prepacking). The 2-layer 7B-width int4 file peaks below its size: its float32
+  embedding (524 MB) is memory-mapped and only the prompts' rows are touched.
+- `verify llama7b-int4`: session 8.1 s, 1 x 8 prompt 1.1 s, finite logits (max |logit| 5.8),
+  peak RSS 6208 MB for the 4.66 GB file (1.33x).
+- Float16 on the CPU is upcast: 1B fp16 peaks at 4.4 GB (2.1x its 2.08 GB, about the float32 file's
+  4.6 GB; 4.9 GB with --graph-opt basic or disable). The 7B fp16 plain forward under `ulimit -v
+  20971520` (20 GiB, so the machine's other work is not OOM-killed) fails in session creation with
+  std::bad_alloc after 80 s at 19.9 GB peak RSS. A 4-layer stream of the same widths (2.14 GB) verifies
+  (finite logits) at 4.6 GB peak, i.e. ~2.2x: the 32-layer file would need ~29 GB, more than this
+  24 GB machine. The 32-layer fp16 file itself is therefore checked only by the stream's own checks
+  and the tiny-model stream check (tools/fixtures/genai_facts.md).
+- The 2-layer 7B-width references: ORT float32-compute copies vs the reference model's float32
+  logits 3.7e-5 (int4, accuracy_level 0 copy) and 1.3e-5 (fp16, float32 copy), logits up to ~7;
+  the files as built: 0.16 (int4, accuracy_level 4) and 6.4e-3 (fp16 computing in float16).
 """
 import argparse
 import json
@@ -427,8 +455,9 @@ def cmd_plain(args):
                      if f.startswith("model.onnx"))
     out_json = f"/tmp/plain_forward.{os.getpid()}.json"
     label = f"plain forward {os.path.basename(args.folder)}" + ("" if args.graph_opt == "all" else f" graph-opt {args.graph_opt}")
+    label += "".join(f" {c}" for c in args.config)
     e = timed(label, [sys.executable, os.path.join(HERE, "bench", "plain_forward.py"), os.path.join(args.folder, "model.onnx"),
-                      "--threads", str(args.threads), "--graph-opt", args.graph_opt, "--json", out_json],
+                      "--threads", str(args.threads), "--graph-opt", args.graph_opt, "--json", out_json] + (["--config", *args.config] if args.config else []),
               onnx_bytes=onnx_bytes)
     res = json.load(open(out_json))
     os.remove(out_json)
@@ -463,6 +492,7 @@ def main():
     a.add_argument("folder")
     a.add_argument("--threads", type=int, default=2)
     a.add_argument("--graph-opt", default="all", choices=["all", "extended", "basic", "disable"])
+    a.add_argument("--config", nargs="*", default=[], metavar="KEY=VALUE")
     a = sub.add_parser("reference")
     a.add_argument("folder")
     a.add_argument("hf")

@@ -79,6 +79,8 @@ def main():
                     help="session graph_optimization_level [all: ONNX Runtime's default]; 'disable' keeps "
                          "the CPU's inserted float16->float32 Casts of a float16 file from being folded into "
                          "float32 copies of the weights")
+    ap.add_argument("--config", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="session config entries, e.g. session.disable_prepacking=1")
     args = ap.parse_args()
     W.TOKENIZER = args.tokenizer
     prompts = args.prompts
@@ -95,6 +97,10 @@ def main():
     so = ort.SessionOptions()
     so.intra_op_num_threads = args.threads
     so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, OPT_LEVELS[args.graph_opt])
+    for kv_ in args.config:
+        if "=" not in kv_:
+            raise SystemExit(f"--config {kv_!r}: need KEY=VALUE")
+        so.add_session_config_entry(*kv_.split("=", 1))
     t0 = time.perf_counter()
     sess = ort.InferenceSession(args.model, so, providers=["CPUExecutionProvider"])
     t_session = time.perf_counter() - t0
@@ -113,7 +119,7 @@ def main():
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     wall = time.time() - T_START
     res = {"model": args.model, "sequences": int(ids.shape[0]), "tokens": int(ids.shape[1]),
-           "threads": args.threads, "graph_opt": args.graph_opt, "session_s": t_session, "run_s": t_run, "wall_s": wall,
+           "threads": args.threads, "graph_opt": args.graph_opt, "config": args.config, "session_s": t_session, "run_s": t_run, "wall_s": wall,
            "peak_rss_mb": peak_mb, "clean_logit_diff": float(ld[:n].mean()),
            "corrupted_logit_diff": float(ld[n:].mean()), "onnxruntime": ort.__version__}
     print(f"plain forward {os.path.basename(os.path.dirname(os.path.abspath(args.model)))} (graph opt {args.graph_opt}): "

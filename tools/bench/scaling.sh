@@ -3,7 +3,9 @@
 # Runtime forward process (whole_process.py ort-forward), the tutorial's 8 pairs of 14 tokens,
 # release build, alternated, median of REPEATS. For each process: wall time, CPU time
 # (user + system: steadier than wall when other processes share the cores), peak RSS, and
-# the session time (attrpatch's `time:` line; ort-forward's `session` line).
+# the session time (attrpatch's `time:` line; ort-forward's `session` line). A model with a
+# genai_config.json beside it (the GenAI builder's files, tools/make_big_models.py) is compared with
+# tools/bench/plain_forward.py instead (same prompts; it feeds the empty past_key_values).
 # Usage: tools/bench/scaling.sh THREADS OUT_DIR REPEATS MODEL.onnx... 
 # ORT_LIBS="lib1 lib2" runs attrpatch once per ONNX Runtime library (--ort-lib) instead of .ort/.
 # Writes OUT_DIR/scaling.tsv (every run) and OUT_DIR/scaling.md (the medians).
@@ -46,7 +48,13 @@ for r in $(seq "$repeats"); do
       measure "$label" "$m" "$bin" run --model "$m" --tokenizer models/tokenizer.json --prompts "$prompts" \
         --threads "$threads" --out "$out/attrpatch" "${extra[@]}"
     done
-    measure ort-forward "$m" "$py" "$wp" ort-forward --model "$m" --prompts "$prompts" --threads "$threads"
+    if [ -f "$(dirname "$m")/genai_config.json" ]; then
+      # a GenAI-built file (tools/make_big_models.py): the plain forward with an empty KV cache
+      measure plain-forward "$m" "$py" "$root/tools/bench/plain_forward.py" "$m" --prompts "$prompts" \
+        --tokenizer models/tokenizer.json --threads "$threads"
+    else
+      measure ort-forward "$m" "$py" "$wp" ort-forward --model "$m" --prompts "$prompts" --threads "$threads"
+    fi
   done
 done
 "$py" - "$tsv" > "$out/scaling.md" <<'PY'

@@ -160,6 +160,152 @@ fn check_packed(g: &GraphProto, n: &NodeProto) -> std::result::Result<(), String
     Ok(())
 }
 
+/// GatherBlockQuantized (com.microsoft): the builder's embedding when it shares
+/// the lm_head's int4 codes, `GBQ(Reshape(B, [vocab, row bytes]), ids, scales)`.
+/// It becomes `Gather(table, ids)`: the table is a stand-in `[vocab, hidden]`
+/// recording the node when B stays in the model's files (the node comes back
+/// for ONNX Runtime, `file_precision::restore`), else the float32 table
+/// dequantised here (the same blocks as MatMulNBits' B, whose default zero
+/// point 2^(bits-1) the builder's sharing relies on).
+fn gathered_tables(g: &mut GraphProto, opset: i64, path: &Path) -> Result<()> {
+    let at: Vec<usize> = (0..g.node.len())
+        .filter(|&i| g.node[i].op_type == "GatherBlockQuantized" && g.node[i].domain == "com.microsoft")
+        .collect();
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
+    let mut drop_nodes: HashSet<usize> = HashSet::new();
+    for i in at {
+        let n = g.node[i].clone();
+        let here = |msg: String| Error::Unsupported(format!("{}: GatherBlockQuantized node '{}': {msg}", path.display(), n.name));
+        let a = |name: &str, default: i64| attr(&n, name).unwrap_or(default);
+        let (bits, bs, gather_axis, quantize_axis) = (a("bits", 4), a("block_size", 128), a("gather_axis", 0), a("quantize_axis", 1));
+        if n.input.len() < 3 || n.output.is_empty() {
+            return Err(here("needs data, indices and scales inputs and an output".into()));
+        }
+        if gather_axis != 0 || quantize_axis != 1 || !matches!(bits, 4 | 8) {
+            return Err(here(format!(
+                "gather_axis {gather_axis}, quantize_axis {quantize_axis}, bits {bits}: attrpatch reads the embedding \
+                 layout (gather_axis 0, quantize_axis 1, 4 or 8 bits)"
+            )));
+        }
+        // The codes: the data input itself, or the constant a Reshape gives it its 2-D shape from.
+        let reshape = g.node.iter().position(|m| m.op_type == "Reshape" && m.output.first() == Some(&n.input[0]));
+        let b_name = match reshape {
+            Some(r) => g.node[r].input[0].clone(),
+            None => n.input[0].clone(),
+        };
+        let b = find_constant(g, &b_name).ok_or_else(|| here(format!("data '{b_name}' is not a constant")))?.clone();
+        let typed = matches!(b.data_type, INT4 | UINT4) && b.dims.len() == 2 && reshape.is_none() && bits == 4;
+        if !(typed || b.data_type == UINT8) || b.dims.is_empty() {
+            return Err(here(format!(
+                "data '{b_name}' must be uint8 packed codes or an int4/uint4 [vocab, hidden] tensor, found type {} {:?}",
+                b.data_type, b.dims
+            )));
+        }
+        let vocab = b.dims[0];
+        let row_bytes: i64 = b.dims[1..].iter().product();
+        let hidden = if typed { b.dims[1] } else { row_bytes * 8 / bits };
+        let input = |k: usize| n.input.get(k).filter(|s| !s.is_empty()).cloned();
+        let zp = input(3);
+        let zp_type = if typed { b.data_type } else { UINT8 };
+        let zp_uint8 = zp.as_ref().is_none_or(|z| find_constant(g, z).is_some_and(|t| t.data_type == zp_type));
+        let kept = b.data_location == Some(DataLocation::External as i32) && zp_uint8 && opset >= 21;
+        let record = file_precision::Packed {
+            node: n.name.clone(),
+            b: b_name.clone(),
+            scales: n.input[2].clone(),
+            zero_points: zp.clone(),
+            k: hidden,
+            n: vocab,
+            bits,
+            block_size: bs,
+            accuracy_level: None,
+            table: true,
+            typed_codes: typed.then_some(b.data_type),
+        };
+        let mut taken = all_names(g);
+        let mut tname = format!("{b_name}.table");
+        while !taken.insert(tname.clone()) {
+            tname.push('_');
+        }
+        let table = if kept {
+            // Small zero points are read (the run-time dequantisation may repack them).
+            for t in g.initializer.iter_mut().filter(|t| Some(&t.name) == zp.as_ref()) {
+                crate::onnx::external::inline_tensor(t, &dir, path)?;
+            }
+            TensorProto { name: tname.clone(), ..file_precision::packed_stand_in(String::new(), record) }
+        } else {
+            for t in g.initializer.iter_mut().filter(|t| t.name == b_name || Some(&t.name) == zp.as_ref() || t.name == n.input[2]) {
+                crate::onnx::external::inline_tensor(t, &dir, path)?;
+            }
+            if typed {
+                // (q - zero point) * scale per block of `bs` along the row; the default zero
+                // point is 0 for int4, 8 for uint4 (as for packed codes).
+                let q = int_values(&b).map_err(here)?;
+                let scale = float_values(find_constant(g, &n.input[2]).ok_or_else(|| here("scales are not a constant".into()))?)
+                    .map_err(here)?;
+                let zpv = match &zp {
+                    Some(z) => int_values(find_constant(g, z).ok_or_else(|| here(format!("zero points '{z}' are not a constant")))?)
+                        .map_err(here)?,
+                    None => vec![if b.data_type == INT4 { 0 } else { 8 }; scale.len()],
+                };
+                let (h, bpr) = (hidden as usize, (hidden as usize).div_ceil(bs as usize));
+                if scale.len() < vocab as usize * bpr || zpv.len() < vocab as usize * bpr {
+                    return Err(here(format!("scales/zero points hold fewer than vocab x blocks = {} values", vocab as usize * bpr)));
+                }
+                let mut t = vec![0f32; vocab as usize * h];
+                for (i, v) in t.iter_mut().enumerate() {
+                    let blk = (i / h) * bpr + (i % h) / bs as usize;
+                    *v = (q[i] - zpv[blk]) as f32 * scale[blk];
+                }
+                f32_tensor(&tname, &[vocab, hidden], &t)
+            } else {
+            // The same blocks as a MatMulNBits by W [hidden, vocab]; the table is W^T.
+            let as_matmul = NodeProto {
+                op_type: "MatMulNBits".into(),
+                input: vec![String::new(), b_name.clone(), n.input[2].clone(), zp.clone().unwrap_or_default()],
+                attribute: vec![
+                    crate::onnx::builder::attr_i("K", hidden),
+                    crate::onnx::builder::attr_i("N", vocab),
+                    crate::onnx::builder::attr_i("bits", bits),
+                    crate::onnx::builder::attr_i("block_size", bs),
+                ],
+                ..Default::default()
+            };
+            let w = matmul_nbits_weight(g, &as_matmul).map_err(here)?;
+            let wv: Vec<f32> = w.raw_data.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+            let (k, nn) = (hidden as usize, vocab as usize);
+            let mut t = vec![0f32; k * nn];
+            for kk in 0..k {
+                for c in 0..nn {
+                    t[c * k + kk] = wv[kk * nn + c];
+                }
+            }
+            f32_tensor(&tname, &[vocab, hidden], &t)
+            }
+        };
+        g.initializer.push(table);
+        g.node[i] = NodeProto {
+            name: n.name.clone(),
+            op_type: "Gather".into(),
+            input: vec![tname, n.input[1].clone()],
+            output: vec![n.output[0].clone()],
+            attribute: vec![crate::onnx::builder::attr_i("axis", 0)],
+            ..Default::default()
+        };
+        if let Some(r) = reshape {
+            let out = &g.node[r].output[0];
+            if !g.node.iter().any(|m| m.input.contains(out)) {
+                drop_nodes.insert(r);
+            }
+        }
+    }
+    if !drop_nodes.is_empty() {
+        let mut k = 0..;
+        g.node.retain(|_| !drop_nodes.contains(&k.next().unwrap()));
+    }
+    Ok(())
+}
+
 /// What the stand-in of a packed MatMulNBits records (checked by `check_packed`).
 fn packed_record(n: &NodeProto) -> file_precision::Packed {
     let input = |k: usize| n.input.get(k).filter(|s| !s.is_empty()).cloned();
@@ -173,6 +319,8 @@ fn packed_record(n: &NodeProto) -> file_precision::Packed {
         bits: attr(n, "bits").unwrap_or(4),
         block_size: attr(n, "block_size").unwrap_or(0),
         accuracy_level: attr(n, "accuracy_level"),
+        table: false,
+        typed_codes: None,
     }
 }
 
@@ -180,6 +328,7 @@ fn packed_record(n: &NodeProto) -> file_precision::Packed {
 /// does not stay packed (`stays_packed`); reads the external bytes this needs.
 pub fn dequantize_weights(proto: &mut ModelProto, opset: i64, path: &Path) -> Result<()> {
     let g = proto.graph.as_mut().expect("checked by caller");
+    gathered_tables(g, opset, path)?;
     if !g.node.iter().any(|n| n.op_type == "DequantizeLinear" || n.op_type == "MatMulNBits") {
         return Ok(());
     }

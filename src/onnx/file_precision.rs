@@ -8,15 +8,22 @@
 //!   stand-in `W` `[K, N]` without bytes, which records the node (its codes,
 //!   scales and zero points stay in the graph as they are).
 //!
-//! `restore`, run on the finished graph just before ONNX Runtime gets it (and
-//! before `rewrite` writes it), puts the file's precision back: every use of a
-//! half weight reads it through a `Cast` of its own (a Gather gathers the half
-//! rows, then casts them), a forward `MatMul` by a stand-in is the
-//! `MatMulNBits` node again, and any other use (the backward's `Gemm(G, W,
-//! transB)`, dA = G @ W^T) reads W through a blocked `DequantizeLinear` of the
-//! same codes at run time, one per use. So a float32 copy of a weight exists
-//! only while its one consumer runs, and the session must neither fold those
-//! nodes into float32 initializers nor merge them (`ModelForRuntime::keeps_file_precision`).
+//! `restore`, run on the finished graph just before ONNX Runtime gets it,
+//! puts the file's precision back: every use of a half weight reads it through
+//! a `Cast` of its own (a Gather gathers the half rows, then casts them); every
+//! use of packed codes reads W^T `[N, K]` through a blocked `DequantizeLinear`
+//! (opset 21) of them at run time, one per use: the forward as `Gemm(X, W^T,
+//! transB)`, the backward's `Gemm(G, W, transB)` (dA = G @ W^T) as `Gemm(G,
+//! W^T)`, and a Gather of a shared embedding's rows as the file's
+//! `GatherBlockQuantized`. So a float32 copy of a weight exists only while its
+//! one consumer runs, and the session must neither fold those nodes into
+//! float32 initializers nor merge them (`ModelForRuntime::keeps_file_precision`).
+//!
+//! Why not the `MatMulNBits` node for the forward: it reads the codes as
+//! uint8 `[N, blocks, blob]` and the DequantizeLinear as uint4 `[N, K]`, two
+//! initializers over the same bytes, which ONNX Runtime would hold twice; and
+//! without prepacking (which copies them a third time) the node dequantises all
+//! of B per call anyway.
 
 use super::builder::attr_i;
 use super::consts::{BFLOAT16, FLOAT, FLOAT16};
@@ -27,6 +34,7 @@ use std::collections::{HashMap, HashSet};
 const MARK: &str = "attrpatch.file-precision:";
 const UINT8: i32 = 2;
 const UINT4: i32 = 21;
+const INT4: i32 = 22;
 
 /// What a packed MatMulNBits stand-in records of its node.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -41,6 +49,14 @@ pub struct Packed {
     pub bits: i64,
     pub block_size: i64,
     pub accuracy_level: Option<i64>,
+    /// A GatherBlockQuantized embedding: the stand-in is the table `[N, K]`
+    /// (W^T) read by a Gather, not W `[K, N]` read by a MatMul.
+    #[serde(default)]
+    pub table: bool,
+    /// Codes stored as an ONNX 4-bit tensor `[N, K]` (int4 or uint4) rather
+    /// than packed uint8 blocks: its element type.
+    #[serde(default)]
+    pub typed_codes: Option<i32>,
 }
 
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -157,13 +173,22 @@ pub fn restore(g: &mut GraphProto) -> bool {
         .filter(|t| stand_ins.values().any(|p| [&p.b, &p.scales].contains(&&t.name) || p.zero_points.as_ref() == Some(&t.name)))
         .map(|t| (t.name.clone(), t.clone()))
         .collect();
-    let mut r = Restorer { taken: super::graph::all_names(g), new_inits: vec![], shared: HashMap::new() };
+    let mut r =
+        Restorer { taken: super::graph::all_names(g), new_inits: vec![], shared: HashMap::new(), views: HashMap::new() };
     let mut nodes = Vec::with_capacity(g.node.len());
     for mut n in std::mem::take(&mut g.node) {
         // A forward MatMul by a stand-in is the MatMulNBits node again.
         if n.op_type == "MatMul" && n.input.len() == 2 {
-            if let Some(p) = stand_ins.get(&n.input[1]) {
-                nodes.push(matmul_nbits(&n, p));
+            if let Some(p) = stand_ins.get(&n.input[1]).filter(|p| !p.table) {
+                r.matmul_by_dequantized(&mut nodes, &n, p, &consts);
+                continue;
+            }
+        }
+        // A Gather of rows of a table stand-in is the GatherBlockQuantized node again.
+        let axis0 = !n.attribute.iter().any(|a| a.name == "axis" && a.i != 0);
+        if n.op_type == "Gather" && axis0 && n.input.len() == 2 {
+            if let Some(p) = stand_ins.get(&n.input[0]).filter(|p| p.table) {
+                r.gather_block_quantized(&mut nodes, &n, p);
                 continue;
             }
         }
@@ -182,6 +207,17 @@ pub fn restore(g: &mut GraphProto) -> bool {
                 let f = r.fresh(&format!("{x}.float32_"));
                 nodes.push(r.cast_node(&x, x.clone(), f.clone()));
                 n.input[k] = f;
+            } else if let Some(p) = stand_ins.get(&x).filter(|p| p.table) {
+                // Any other use of a table reads it [N, K] whole, dequantised for that use.
+                let wt = r.dequantized_nk(&mut nodes, p, &consts, first_other(&n, k));
+                let padded = (p.k + p.block_size - 1) / p.block_size * p.block_size;
+                n.input[k] = if padded != p.k {
+                    let sliced = r.fresh(&format!("{x}.nk"));
+                    r.slice_axis(&mut nodes, &p.node, &wt, 1, p.k, &sliced);
+                    sliced
+                } else {
+                    wt
+                };
             } else if let Some(p) = stand_ins.get(&x) {
                 // dA = G @ W^T as Gemm(G, W, transB): W^T is the dequantised [N, K] itself.
                 let gemm_bt = n.op_type == "Gemm"
@@ -189,7 +225,7 @@ pub fn restore(g: &mut GraphProto) -> bool {
                     && n.input.len() == 2
                     && n.attribute.iter().any(|a| a.name == "transB" && a.i == 1)
                     && !n.attribute.iter().any(|a| a.name == "transA" && a.i != 0);
-                let wt = r.dequantized_nk(&mut nodes, p, &consts);
+                let wt = r.dequantized_nk(&mut nodes, p, &consts, first_other(&n, k));
                 if gemm_bt {
                     let padded = (p.k + p.block_size - 1) / p.block_size * p.block_size;
                     n.attribute.retain(|a| a.name != "transB");
@@ -251,31 +287,20 @@ pub fn holds_restored(g: &GraphProto) -> bool {
     }) || g.node.iter().any(|n| n.op_type == "MatMulNBits")
 }
 
-fn matmul_nbits(n: &NodeProto, p: &Packed) -> NodeProto {
-    let mut attribute = vec![attr_i("K", p.k), attr_i("N", p.n), attr_i("bits", p.bits), attr_i("block_size", p.block_size)];
-    if let Some(a) = p.accuracy_level {
-        attribute.push(attr_i("accuracy_level", a));
-    }
-    let mut input = vec![n.input[0].clone(), p.b.clone(), p.scales.clone()];
-    if let Some(z) = &p.zero_points {
-        input.push(z.clone());
-    }
-    NodeProto {
-        name: n.name.clone(),
-        op_type: "MatMulNBits".into(),
-        domain: "com.microsoft".into(),
-        input,
-        output: n.output.clone(),
-        attribute,
-        ..Default::default()
-    }
+/// The first input of `n` other than input `k` (the activation beside a weight).
+fn first_other(n: &NodeProto, k: usize) -> Option<&str> {
+    n.input.iter().enumerate().find(|(i, x)| *i != k && !x.is_empty()).map(|(_, x)| x.as_str())
 }
+
 
 struct Restorer {
     taken: HashSet<String>,
     new_inits: Vec<TensorProto>,
     /// Default zero points, one tensor per (bits, N, blocks).
     shared: HashMap<(i64, i64, i64), String>,
+    /// The `[N, Kpad]` views of codes, scales and zero points, one per tensor:
+    /// two initializers over the same bytes would hold (or map) them twice.
+    views: HashMap<String, String>,
 }
 
 impl Restorer {
@@ -288,6 +313,133 @@ impl Restorer {
             }
             k += 1;
         }
+    }
+
+    /// `Reshape(B, [N, row bytes])` and `GatherBlockQuantized` on it, as the builder wrote them.
+    fn gather_block_quantized(&mut self, nodes: &mut Vec<NodeProto>, gather: &NodeProto, p: &Packed) {
+        if p.typed_codes.is_some() {
+            // Already [N, K] 4-bit values: the node reads them as they are.
+            let mut input = vec![p.b.clone(), gather.input[1].clone(), p.scales.clone()];
+            input.extend(p.zero_points.clone());
+            nodes.push(NodeProto {
+                name: gather.name.clone(),
+                op_type: "GatherBlockQuantized".into(),
+                domain: "com.microsoft".into(),
+                input,
+                output: gather.output.clone(),
+                attribute: vec![
+                    attr_i("bits", p.bits),
+                    attr_i("block_size", p.block_size),
+                    attr_i("gather_axis", 0),
+                    attr_i("quantize_axis", 1),
+                ],
+                ..Default::default()
+            });
+            return;
+        }
+        let row_bytes = (p.k + p.block_size - 1) / p.block_size * p.block_size * p.bits / 8;
+        let shape = self.fresh(&format!("{}/shape", p.node));
+        self.new_inits.push(super::consts::i64_tensor(&shape, &[2], &[p.n, row_bytes]));
+        let data = self.fresh(&format!("{}/codes", p.node));
+        nodes.push(NodeProto {
+            name: self.fresh(&format!("{}/reshape", p.node)),
+            op_type: "Reshape".into(),
+            input: vec![p.b.clone(), shape],
+            output: vec![data.clone()],
+            ..Default::default()
+        });
+        let mut input = vec![data, gather.input[1].clone(), p.scales.clone()];
+        if let Some(z) = &p.zero_points {
+            input.push(z.clone());
+        }
+        nodes.push(NodeProto {
+            name: gather.name.clone(),
+            op_type: "GatherBlockQuantized".into(),
+            domain: "com.microsoft".into(),
+            input,
+            output: gather.output.clone(),
+            attribute: vec![
+                attr_i("bits", p.bits),
+                attr_i("block_size", p.block_size),
+                attr_i("gather_axis", 0),
+                attr_i("quantize_axis", 1),
+            ],
+            ..Default::default()
+        });
+    }
+
+    /// The forward Y = X @ W as `Gemm(X [rows, K], W^T [N, K], transB)` on the
+    /// blocks dequantised for this use, X flattened and Y reshaped back. Not
+    /// the MatMulNBits node itself: it reads the codes as uint8 and the
+    /// backward's DequantizeLinear as uint4, two initializers that would hold
+    /// the codes twice (and without prepacking, which copies them again, the
+    /// node dequantises all of B per call anyway).
+    fn matmul_by_dequantized(
+        &mut self,
+        nodes: &mut Vec<NodeProto>,
+        mm: &NodeProto,
+        p: &Packed,
+        consts: &HashMap<String, TensorProto>,
+    ) {
+        let mut wt = self.dequantized_nk(nodes, p, consts, Some(mm.input[0].as_str()));
+        let padded = (p.k + p.block_size - 1) / p.block_size * p.block_size;
+        if padded != p.k {
+            let sliced = self.fresh(&format!("{wt}.k"));
+            self.slice_axis(nodes, &p.node, &wt, 1, p.k, &sliced);
+            wt = sliced;
+        }
+        let node = |r: &mut Self, op: &str, input: Vec<String>, attribute| -> (NodeProto, String) {
+            let out = r.fresh(&format!("{}/{op}_out", mm.name));
+            let n = NodeProto {
+                name: r.fresh(&format!("{}/{op}", mm.name)),
+                op_type: op.into(),
+                input,
+                output: vec![out.clone()],
+                attribute,
+                ..Default::default()
+            };
+            (n, out)
+        };
+        let flat_shape = self.fresh(&format!("{}/rows_k", mm.name));
+        self.new_inits.push(super::consts::i64_tensor(&flat_shape, &[2], &[-1, p.k]));
+        let (n1, x2) = node(self, "Reshape", vec![mm.input[0].clone(), flat_shape], vec![]);
+        let (n2, y2) = node(self, "Gemm", vec![x2, wt], vec![attr_i("transB", 1)]);
+        let (n3, sx) = node(self, "Shape", vec![mm.input[0].clone()], vec![]);
+        let (zero, minus1, last) = (self.const_i64(0), self.const_i64(-1), self.const_i64(p.n));
+        let (n4, lead) = node(self, "Slice", vec![sx, zero, minus1], vec![]);
+        let (n5, shape) = node(self, "Concat", vec![lead, last], vec![attr_i("axis", 0)]);
+        nodes.extend([n1, n2, n3, n4, n5]);
+        nodes.push(NodeProto {
+            name: mm.name.clone(),
+            op_type: "Reshape".into(),
+            input: vec![y2, shape],
+            output: mm.output.clone(),
+            ..Default::default()
+        });
+    }
+
+    /// `Expand(scales, Shape(after)[:1] * 0 + [N, blocks])`: the scales' values,
+    /// available only once `after` is.
+    fn scales_after(&mut self, nodes: &mut Vec<NodeProto>, hint: &str, scales: &str, after: &str, dims: [i64; 2]) -> String {
+        let mut op = |r: &mut Self, op: &str, input: Vec<String>| -> String {
+            let out = r.fresh(&format!("{hint}/{op}_order"));
+            nodes.push(NodeProto {
+                name: r.fresh(&format!("{hint}/{op}_order_node")),
+                op_type: op.into(),
+                input,
+                output: vec![out.clone()],
+                ..Default::default()
+            });
+            out
+        };
+        let (zero, one) = (self.const_i64(0), self.const_i64(1));
+        let dims_t = self.fresh(&format!("{hint}/scale_dims"));
+        self.new_inits.push(super::consts::i64_tensor(&dims_t, &[2], &dims));
+        let shape = op(self, "Shape", vec![after.to_string()]);
+        let first = op(self, "Slice", vec![shape, zero.clone(), one]);
+        let nothing = op(self, "Mul", vec![first, zero]);
+        let target = op(self, "Add", vec![nothing, dims_t]);
+        op(self, "Expand", vec![scales.to_string(), target])
     }
 
     fn cast_node(&mut self, hint: &str, from: String, to: String) -> NodeProto {
@@ -327,7 +479,20 @@ impl Restorer {
     /// as MatMulNBits does), scales `[N, blocks]` and zero points `[N, blocks]`
     /// (default 2^(bits-1), as in the kernel), through one blocked
     /// DequantizeLinear (opset 21) emitted just before its consumer.
-    fn dequantized_nk(&mut self, nodes: &mut Vec<NodeProto>, p: &Packed, consts: &HashMap<String, TensorProto>) -> String {
+    ///
+    /// `after`: the activation the consumer reads. The scales go through an
+    /// Expand whose shape is computed from it, so the DequantizeLinear cannot
+    /// run before that activation exists: ONNX Runtime may otherwise schedule
+    /// a node that reads only initializers long before its consumer, and keep
+    /// its float32 output alive all the while (measured: 1.4 GB on a 1B int4
+    /// model, against one weight's copy).
+    fn dequantized_nk(
+        &mut self,
+        nodes: &mut Vec<NodeProto>,
+        p: &Packed,
+        consts: &HashMap<String, TensorProto>,
+        after: Option<&str>,
+    ) -> String {
         let blocks = (p.k + p.block_size - 1) / p.block_size;
         let code_type = if p.bits == 8 { UINT8 } else { UINT4 };
         // The same bytes under another type and shape (external references stay references).
@@ -342,21 +507,29 @@ impl Restorer {
             int32_data: t.int32_data.clone(),
             ..Default::default()
         };
-        let codes = self.fresh(&format!("{}.codes_nk", p.b));
-        if let Some(b) = consts.get(&p.b) {
-            self.new_inits.push(alias(b, codes.clone(), code_type, vec![p.n, blocks * p.block_size]));
-        }
-        let scales = self.fresh(&format!("{}.nk", p.scales));
+        let view = |r: &mut Self, t: &TensorProto, suffix: &str, data_type: i32, dims: Vec<i64>| -> String {
+            if let Some(v) = r.views.get(&t.name) {
+                return v.clone();
+            }
+            let name = r.fresh(&format!("{}.{suffix}", t.name));
+            r.new_inits.push(alias(t, name.clone(), data_type, dims));
+            r.views.insert(t.name.clone(), name.clone());
+            name
+        };
+        let codes = match (consts.get(&p.b), p.typed_codes) {
+            (Some(b), None) => view(self, b, "codes_nk", code_type, vec![p.n, blocks * p.block_size]),
+            _ => p.b.clone(),
+        };
+        let code_type = p.typed_codes.unwrap_or(code_type);
         let scale_type = consts.get(&p.scales).map(|s| s.data_type).unwrap_or(FLOAT);
-        if let Some(s) = consts.get(&p.scales) {
-            self.new_inits.push(alias(s, scales.clone(), scale_type, vec![p.n, blocks]));
-        }
+        let scales = match consts.get(&p.scales) {
+            Some(s) => view(self, s, "nk", scale_type, vec![p.n, blocks]),
+            None => p.scales.clone(),
+        };
         let zero = match p.zero_points.as_ref().and_then(|z| consts.get(z)) {
             Some(z) if p.bits == 8 || blocks % 2 == 0 => {
                 // Rows of whole bytes: the packed zero points are the uint4 [N, blocks] tensor.
-                let name = self.fresh(&format!("{}.nk", z.name));
-                self.new_inits.push(alias(z, name.clone(), code_type, vec![p.n, blocks]));
-                name
+                view(self, z, "nk", code_type, vec![p.n, blocks])
             }
             Some(z) => {
                 // An odd number of 4-bit blocks pads each row to a byte: repack (read at load).
@@ -380,6 +553,8 @@ impl Restorer {
                 });
                 name
             }
+            // Signed 4-bit codes: DequantizeLinear's default zero point, 0.
+            None if code_type == INT4 => String::new(),
             None => {
                 let key = (p.bits, p.n, blocks);
                 if let Some(name) = self.shared.get(&key) {
@@ -400,11 +575,15 @@ impl Restorer {
                 }
             }
         };
+        let scales = match after {
+            Some(a) => self.scales_after(nodes, &p.node, &scales, a, [p.n, blocks]),
+            None => scales,
+        };
         let mut w = self.fresh(&format!("{}.dequantized_nk", p.b));
         nodes.push(NodeProto {
             name: self.fresh(&format!("{}/dequantize", p.node)),
             op_type: "DequantizeLinear".into(),
-            input: vec![codes, scales, zero],
+            input: [codes, scales, zero].into_iter().filter(|x| !x.is_empty()).collect(),
             output: vec![w.clone()],
             attribute: vec![attr_i("axis", 1), attr_i("block_size", p.block_size)],
             ..Default::default()

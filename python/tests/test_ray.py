@@ -95,6 +95,8 @@ def assert_grids_equal(got, want):
     for name in ("heads", "positions"):
         g, w = getattr(got, name), getattr(want, name)
         assert g.shape == w.shape, f"{name}: shape {g.shape} vs {w.shape}"
+        if w.size == 0:
+            continue
         err = np.abs(g - w)
         bound = RTOL * np.maximum(np.abs(w), np.abs(w).max())
         worst = np.unravel_index(np.argmax(err / bound), err.shape)
@@ -146,6 +148,11 @@ def test_patch_and_integrated_gradients_equal_one_process(ray_mod, model_path, t
     want = attrpatch.patch(model_path, f, positions=True, device="cpu")
     got = apr.patch(f, model_path, positions=True, actors=2, block_size=4, device="cpu")
     assert got.method == "Activation patching (exact)"
+    assert_grids_equal(got, want)
+    # Without positions: heads only, the position labels still the whole set's.
+    want = attrpatch.patch(model_path, f, device="cpu")
+    got = apr.patch(f, model_path, actors=1, block_size=5, device="cpu")
+    assert got.positions.size == 0 and len(got.position_labels) > 0
     assert_grids_equal(got, want)
     want = attrpatch.run(model_path, f, ig_steps=3, device="cpu")
     got = apr.attribute(f, model_path, ig_steps=3, actors=2, block_size=3, device="cpu")

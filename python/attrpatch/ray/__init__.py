@@ -33,6 +33,7 @@ import json
 import math
 import os
 import re
+import time
 import warnings
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Tuple
@@ -101,10 +102,12 @@ class _PairBlocks:
     def _block(self, batch: Any) -> Any:
         import pyarrow as pa
 
+        started = time.time()
         rows = sorted(batch.to_pylist(), key=lambda r: r["pair_id"])
         result = self._run(rows)
         k = _block_normaliser(result)
         meta = _block_meta(result, self._attributor.stats, self._pid)
+        meta["started"], meta["seconds"] = started, time.time() - started
         n = len(rows)
         per_heads = _per_pair(result.per_pair_heads, n)
         per_positions = _per_pair(result.per_pair_positions, n)
@@ -173,6 +176,7 @@ def _block_meta(r: Result, stats: Dict[str, int], pid: int) -> Dict[str, Any]:
         "head_labels": raw.get("head_labels", []), "token_labels": r.token_labels,
         "timings": {k: v for k, v in r.timings.items() if isinstance(v, (int, float))},
         "runtime_calls": r.runtime_calls, "graphs_built": stats["graphs_built"], "worker_pid": pid,
+        "seq_len": len(r.position_labels),
     }
 
 
@@ -254,7 +258,8 @@ def pair_rows(pairs: Any, model: Any, *, method: str = "attribution", ig_steps: 
     `heads_raw` [layers][heads] and `positions_raw` [layers][positions] (the pair's grids in units of
     its metric, not normalised: divide their sum by N * (CLEAN - CORR) for the normalised grids, as
     `combine` does), `worker_pid` and `block_meta` (JSON on a block's first row: labels, hooks,
-    timings). `method` is "attribution" (with `ig_steps`: integrated gradients) or "patch" (exact
+    timings, and `started`/`seconds`: when the block began in the actor, as time.time(), and how long
+    it took there). `method` is "attribution" (with `ig_steps`: integrated gradients) or "patch" (exact
     patching, `positions` and `rows_per_call` as `attrpatch.patch`). `threads` is each actor's CPUs
     and ONNX Runtime's intra-op threads; `actors` defaults to the cluster's CPUs less one, divided by
     `threads`; `max_restarts` how often Ray restarts a crashed actor (and retries its block). Other
@@ -356,12 +361,13 @@ def combine(rows: Any, *, per_pair: bool = False) -> Result:
             "the corrupted prompts differ from the clean ones and that the answers are right")
     norm = 1.0 / (n * (c - k))
     heads_pp = _stack(table.column("heads_raw").to_pylist())
-    positions_pp = _stack(table.column("positions_raw").to_pylist())
+    # Positions as one process pads them: to the longest prompt of the whole set.
+    width = max(int(m.get("seq_len", 0)) for m in metas)
+    positions_pp = _stack(table.column("positions_raw").to_pylist(), width=width)
     heads = heads_pp.sum(axis=0) * norm if heads_pp.size else np.zeros((0, 0))
     positions = positions_pp.sum(axis=0) * norm if positions_pp.size else np.zeros((0, 0))
     warnings, accuracy = _native.baseline_check(first_meta["metric"], clean.tolist(), corrupted.tolist())
     tokens = first_meta["token_labels"]
-    width = positions.shape[1] if positions.ndim == 2 else 0
     timings: Dict[str, float] = {}
     for m in metas:
         for key, v in m["timings"].items():

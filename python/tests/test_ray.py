@@ -203,6 +203,30 @@ def test_data_error_names_the_line_as_the_cli(ray_mod, model_path, tmp_path, cli
     del got
 
 
+def test_cli_writes_the_results_and_resumes(ray_mod, model_path, pairs_file, one_process, tmp_path):
+    """`python -m attrpatch.ray run` on this cluster: results.json and heads.csv hold the
+    one-process grids; a second run computes no block again."""
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "attrpatch.ray", "run", "--model", str(model_path), "--prompts", str(pairs_file),
+           "--out", str(out), "--address", ray_mod.get_runtime_context().gcs_address, "--actors", "1",
+           "--block-size", "10"]
+    p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "37 pairs" in p.stdout
+    results = json.loads((out / "results.json").read_text())
+    got = np.array(results["heads"])
+    assert got.shape == one_process.heads.shape
+    assert np.abs(got - one_process.heads).max() <= RTOL * np.abs(one_process.heads).max()
+    assert results["pair_ids"][:11] == list(range(1, 11)) + [12]
+    header = (out / "heads.csv").read_text().splitlines()[0]
+    assert header == "Layer,0,1,2,3"
+    files = block_files(out)
+    assert len(files) == 4
+    p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert block_files(out) == files
+
+
 def block_files(out: Path) -> dict:
     return {p.name: p.stat().st_mtime_ns for p in sorted((out / "blocks").glob("block-*.parquet"))}
 

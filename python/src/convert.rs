@@ -126,6 +126,9 @@ pub fn token_pairs(value: &Bound<'_, PyAny>) -> PyResult<TokenPairs> {
     Ok(TokenPairs { clean, corrupted, correct, incorrect })
 }
 
+/// A text pair with where it was read: (clean, corrupted, correct, incorrect, origin).
+pub type TextAt = (String, String, String, String, String);
+
 /// The pairs of one job, from the Python layer's (kind, value).
 pub fn pairs(kind: &str, value: &Bound<'_, PyAny>) -> PyResult<Pairs> {
     let py = value.py();
@@ -138,6 +141,20 @@ pub fn pairs(kind: &str, value: &Bound<'_, PyAny>) -> PyResult<Pairs> {
         "texts" => {
             let texts: Vec<(String, String, String, String)> = value.extract()?;
             Pairs::Prompts(texts.iter().map(|(a, b, c, d)| attrpatch::pair(a, b, c, d)).collect())
+        }
+        // Texts with where each pair was read ("pairs.jsonl:3"), which its messages name, as a
+        // job on the file itself does (attrpatch.ray runs a file's pairs in blocks).
+        "texts_at" => {
+            let texts: Vec<TextAt> = value.extract()?;
+            Pairs::Prompts(
+                texts
+                    .into_iter()
+                    .map(|(a, b, c, d, origin)| attrpatch::PromptPair {
+                        origin: Some(origin),
+                        ..attrpatch::pair(&a, &b, &c, &d)
+                    })
+                    .collect(),
+            )
         }
         "tokens" => Pairs::Tokens(token_pairs(value)?),
         _ => return Err(internal(&format!("unknown kind of pairs '{kind}'"))),

@@ -219,6 +219,35 @@ fn tokenize(
     Ok((t.clean, t.corrupted, t.correct, t.incorrect))
 }
 
+/// The pairs of a JSONL file (or JSON array) read as a job reads them, each with where it was
+/// read ("FILE:LINE" or "FILE: array element K"): the messages of a bad file are the CLI's.
+#[pyfunction]
+fn read_pairs(py: Python<'_>, path: String) -> PyResult<Vec<convert::TextAt>> {
+    let pairs = without_gil(py, || attrpatch::read_pairs(path.as_ref())).map_err(|e| to_py(py, e))?;
+    Ok(pairs
+        .into_iter()
+        .map(|p| {
+            let origin = p.origin.unwrap_or_default();
+            (p.clean, p.corrupted, p.correct, p.incorrect, origin)
+        })
+        .collect())
+}
+
+/// The baseline checks of a job over every pair's clean and corrupted metric values (the
+/// warnings a job gives, and the share of clean prompts preferring the correct answer), for
+/// results combined from parts (attrpatch.ray).
+#[pyfunction]
+fn baseline_check(
+    py: Python<'_>,
+    metric: &str,
+    clean: Vec<f64>,
+    corrupted: Vec<f64>,
+) -> PyResult<(Vec<String>, Option<f64>)> {
+    let metric = convert::metric(py, metric)?;
+    let c = attrpatch::check_baselines(metric, &clean, &corrupted);
+    Ok((c.warnings, c.clean_accuracy))
+}
+
 /// The tutorial's 8 IOI pairs (what `pairs=None` runs) as JSON.
 #[pyfunction]
 fn default_pairs() -> PyResult<String> {
@@ -236,5 +265,7 @@ fn _attrpatch(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(inspect, m)?)?;
     m.add_function(wrap_pyfunction!(default_pairs, m)?)?;
     m.add_function(wrap_pyfunction!(tokenize, m)?)?;
+    m.add_function(wrap_pyfunction!(read_pairs, m)?)?;
+    m.add_function(wrap_pyfunction!(baseline_check, m)?)?;
     Ok(())
 }

@@ -11,6 +11,7 @@ mod source;
 mod tokenizer;
 
 pub use crate::inspect::{format_inspection, InspectedHook, Inspection};
+pub use crate::sanity::check_baselines;
 pub use attributor::{Attributor, AttributorBuilder};
 pub use describe::{DimSpec, TensorSpec};
 pub use inspect::inspect;

@@ -148,6 +148,21 @@ fn dim_from_consumers(b: &mut GraphBuilder, g: &GraphProto, past: &str, k: usize
                 return Ok(first_dim(b, other, k as i64));
             }
         }
+        // MultiHeadAttention's past_key/past_value [B, heads, past, head size] (the GenAI
+        // builder's float16 CPU layout without grouped keys): heads and the key's width.
+        if n.op_type == "MultiHeadAttention" {
+            if let Some(h) = attr_int(n, "num_heads") {
+                if k == 1 {
+                    return Ok(b.const_i64s(&[h]));
+                }
+                let width_of = n.input.get(1).filter(|s| !s.is_empty()).or(n.input.first());
+                if let (3, Some(width_of)) = (k, width_of) {
+                    let w = first_dim(b, width_of, 2);
+                    let d = b.const_i64s(&[h]);
+                    return Ok(b.div(&w, &d));
+                }
+            }
+        }
         if n.op_type == "GroupQueryAttention" {
             let (heads, kv_heads) = (attr_int(n, "num_heads"), attr_int(n, "kv_num_heads"));
             if let (Some(h), Some(kv)) = (heads, kv_heads) {

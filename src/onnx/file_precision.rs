@@ -164,6 +164,8 @@ pub fn restore(g: &mut GraphProto) -> bool {
     if halves.is_empty() && stand_ins.is_empty() {
         return false;
     }
+    let half_dims: HashMap<String, Vec<i64>> =
+        g.initializer.iter().filter(|t| halves.contains(&t.name)).map(|t| (t.name.clone(), t.dims.clone())).collect();
     g.initializer.retain(|t| !stand_ins.contains_key(&t.name));
     // Declared as the float32 they stood for: the restored types are the file's.
     g.value_info.retain(|v| !halves.contains(&v.name) && !stand_ins.contains_key(&v.name));
@@ -204,8 +206,14 @@ pub fn restore(g: &mut GraphProto) -> bool {
         for k in 0..n.input.len() {
             let x = n.input[k].clone();
             if halves.contains(&x) {
+                // Cast once the consumer's activation exists (as for the DequantizeLinear below:
+                // a Cast of an initializer alone may run at the start and keep its copy alive).
+                let from = match (first_other(&n, k), half_dims.get(&x)) {
+                    (Some(a), Some(dims)) => r.after(&mut nodes, &x, &x, a, dims),
+                    _ => x.clone(),
+                };
                 let f = r.fresh(&format!("{x}.float32_"));
-                nodes.push(r.cast_node(&x, x.clone(), f.clone()));
+                nodes.push(r.cast_node(&x, from, f.clone()));
                 n.input[k] = f;
             } else if let Some(p) = stand_ins.get(&x).filter(|p| p.table) {
                 // Any other use of a table reads it [N, K] whole, dequantised for that use.
@@ -418,9 +426,9 @@ impl Restorer {
         });
     }
 
-    /// `Expand(scales, Shape(after)[:1] * 0 + [N, blocks])`: the scales' values,
-    /// available only once `after` is.
-    fn scales_after(&mut self, nodes: &mut Vec<NodeProto>, hint: &str, scales: &str, after: &str, dims: [i64; 2]) -> String {
+    /// `Expand(t, Shape(after)[:1] * 0 + dims)`: the values of `t` (of shape
+    /// `dims`), available only once `after` is.
+    fn after(&mut self, nodes: &mut Vec<NodeProto>, hint: &str, scales: &str, after: &str, dims: &[i64]) -> String {
         let mut op = |r: &mut Self, op: &str, input: Vec<String>| -> String {
             let out = r.fresh(&format!("{hint}/{op}_order"));
             nodes.push(NodeProto {
@@ -434,7 +442,7 @@ impl Restorer {
         };
         let (zero, one) = (self.const_i64(0), self.const_i64(1));
         let dims_t = self.fresh(&format!("{hint}/scale_dims"));
-        self.new_inits.push(super::consts::i64_tensor(&dims_t, &[2], &dims));
+        self.new_inits.push(super::consts::i64_tensor(&dims_t, &[dims.len() as i64], dims));
         let shape = op(self, "Shape", vec![after.to_string()]);
         let first = op(self, "Slice", vec![shape, zero.clone(), one]);
         let nothing = op(self, "Mul", vec![first, zero]);
@@ -576,7 +584,7 @@ impl Restorer {
             }
         };
         let scales = match after {
-            Some(a) => self.scales_after(nodes, &p.node, &scales, a, [p.n, blocks]),
+            Some(a) => self.after(nodes, &p.node, &scales, a, &[p.n, blocks]),
             None => scales,
         };
         let mut w = self.fresh(&format!("{}.dequantized_nk", p.b));

@@ -76,15 +76,49 @@ impl Ctx<'_> {
     /// from one through Cast/Identity nodes (how exporters feed masks).
     pub(crate) fn declared_rank(&self, name: &str) -> Option<usize> {
         let mut cur = name.to_string();
-        for _ in 0..8 {
+        // Axes a Gather of a table adds on the way back to a declared input.
+        let mut extra = 0;
+        // Through every layer's residual stream back to the embedding (bounded: no cycles in a DAG).
+        for _ in 0..self.nodes.len() + 1 {
             if let Some(v) = self.graph_input(&cur) {
                 return v.r#type.as_ref().and_then(|t| match &t.value {
-                    Some(crate::onnx::pb::type_proto::Value::TensorType(tt)) => tt.shape.as_ref().map(|s| s.dim.len()),
+                    Some(crate::onnx::pb::type_proto::Value::TensorType(tt)) => {
+                        tt.shape.as_ref().map(|s| s.dim.len() + extra)
+                    }
                     _ => None,
                 });
             }
             let p = self.producer(&cur)?;
-            if !matches!(p.op_type.as_str(), "Cast" | "Identity") {
+            // Ops whose first output has their first input's rank: casts, the
+            // norms, a projection by a matrix, element-wise ops by a weight
+            // (the builder's float16 layout feeds RotaryEmbedding a q_proj output).
+            let keeps_rank = matches!(
+                p.op_type.as_str(),
+                "Cast"
+                    | "Identity"
+                    | "LayerNormalization"
+                    | "SimplifiedLayerNormalization"
+                    | "SkipLayerNormalization"
+                    | "SkipSimplifiedLayerNormalization"
+                    | "RMSNormalization"
+            ) || (matches!(p.op_type.as_str(), "Add" | "Mul" | "Sub" | "Div")
+                && p.input.get(1).is_some_and(|w| self.constant_dims(w).is_none_or(|d| d.len() <= 1)))
+                || (p.op_type == "MatMul" && p.input.get(1).is_some_and(|w| self.constant_dims(w).is_some_and(|d| d.len() == 2)));
+            // A table: a 2-D constant, or the transposed lm_head weight of tied embeddings.
+            let matrix = |t: &str| {
+                self.constant_dims(t).is_some_and(|d| d.len() == 2)
+                    || self.producer(t).is_some_and(|q| {
+                        q.op_type == "Transpose" && self.constant_dims(&q.input[0]).is_some_and(|d| d.len() == 2)
+                    })
+            };
+            if p.op_type == "Gather" && p.output.first() == Some(&cur) && matrix(&p.input[0]) {
+                extra += 1;
+                cur = p.input.get(1)?.clone();
+                continue;
+            }
+            // The skip norms' other outputs (the residual sum) keep the rank too.
+            let skip_norm = p.op_type.starts_with("Skip");
+            if !keeps_rank || (!skip_norm && p.output.first() != Some(&cur)) {
                 return None;
             }
             cur = p.input.first()?.clone();

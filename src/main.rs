@@ -296,6 +296,13 @@ impl attrpatch::Progress for Bars {
     fn warn(&self, warning: &str) {
         eprintln!("warning: {warning}");
     }
+    /// On a terminal only, as the bars: a log or a pipe gets the timing line at the end.
+    fn stage(&self, what: &str) {
+        use std::io::IsTerminal;
+        if std::io::stderr().is_terminal() {
+            eprintln!("{what} ...");
+        }
+    }
 }
 
 /// The bundled model trained on IOI (models/ioi-gpt2/MODEL_CARD.md).

@@ -16,6 +16,9 @@ pub trait Progress: Send + Sync {
     fn note(&self, _line: &str) {}
     /// Something the user should know (the result is still computed).
     fn warn(&self, _warning: &str) {}
+    /// A long stage begins (reading the model, rewriting it, creating the
+    /// session), so a user waiting a minute sees where the job is.
+    fn stage(&self, _what: &str) {}
 }
 
 /// Where a job reports: a shared `Progress`, or None for a silent job.
@@ -63,6 +66,13 @@ pub(crate) fn sizing(reporter: &Reporter, s: &Sizing) {
         if let Some(w) = &s.warning {
             p.warn(w);
         }
+    }
+}
+
+/// A long stage begins, for the reporter, if any.
+pub(crate) fn stage(reporter: &Reporter, what: &str) {
+    if let Some(p) = reporter {
+        p.stage(what);
     }
 }
 

@@ -279,3 +279,29 @@ fn grids_at_real_widths_match_pytorch() {
         eprintln!("{name}: max relative error heads {eh:.2e}, positions {ep:.2e}");
     }
 }
+
+/// Collects the long stages a job reports.
+#[derive(Default)]
+struct Stages(std::sync::Mutex<Vec<String>>);
+
+impl attrpatch::Progress for Stages {
+    fn stage(&self, what: &str) {
+        self.0.lock().unwrap().push(what.to_string());
+    }
+}
+
+/// Issue 22 item 4: a job on a big file reports each long stage as it begins
+/// (the CLI prints them on a terminal), in order: read, rewrite, session, run.
+#[test]
+fn a_job_reports_its_long_stages_in_order() {
+    let mut o = options(&fixture("llama-genai-int4sym"), RuntimeKind::Ort);
+    let s = std::sync::Arc::new(Stages::default());
+    o.progress = Some(s.clone());
+    run(&o);
+    let got = s.0.lock().unwrap().clone();
+    let at = |needle: &str| {
+        got.iter().position(|l| l.contains(needle)).unwrap_or_else(|| panic!("no '{needle}' in {got:?}"))
+    };
+    assert!(at("reading") < at("rewriting") && at("rewriting") < at("creating the runtime session"), "{got:?}");
+    assert!(at("creating the runtime session") < at("running"), "{got:?}");
+}

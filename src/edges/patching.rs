@@ -106,6 +106,7 @@ pub fn patch_edges(
     if direction == Direction::CorruptedIntoClean {
         std::mem::swap(&mut tokens.clean_ids, &mut tokens.corrupted_ids);
     }
+    crate::progress::stage(&opts.progress, "creating the runtime session");
     let mut rt = p.session(&opts.runtime)?;
     let mut source = vec![f64::NAN; n];
     let mut baseline = vec![f64::NAN; n];

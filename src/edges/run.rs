@@ -51,6 +51,7 @@ pub fn run_edges_detailed(opts: &JobOptions, ig_steps: usize) -> Result<EdgeRun>
     let topo = p.graph.anatomy.topology();
     let (u, r) = (topo.writers().len(), topo.readers().len());
     let layers = topo.layers;
+    crate::progress::stage(&opts.progress, "creating the runtime session");
     let mut rt = p.session(&opts.runtime)?;
     let mut scores = vec![0.0f64; u * r];
     let mut heads = vec![vec![0.0f64; topo.heads]; layers];

@@ -256,7 +256,9 @@ pub fn run_prepared(
     }
     let resumed = done.len();
     if session.is_none() && done.len() < mine.len() {
+        crate::progress::stage(&opts.progress, "creating the runtime session");
         *session = Some(p.session(&opts.runtime)?);
+        crate::progress::stage(&opts.progress, &format!("session ready in {:.1} s; running", p.seconds.session));
     }
     let mut rt: Option<&mut dyn Runtime> = session.as_deref_mut();
     let mut rows = RowsRun { shared: p.graph.shared_rows, rows: 0, pairs: 0 };

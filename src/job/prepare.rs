@@ -215,7 +215,9 @@ pub fn prepare_choosing<G: CachedGraph, C>(
             }
         }
     }
+    crate::progress::stage(&opts.progress, &format!("reading {}", opts.model.display()));
     let model = LoadedModel::read(opts)?;
+    crate::progress::stage(&opts.progress, &format!("read in {:.1} s; rewriting the graph", clock.elapsed().as_secs_f64()));
     let external = match &probe {
         Some(_) => external_files(&model.model.proto, &model_file_name(&opts.model)),
         None => vec![],

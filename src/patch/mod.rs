@@ -166,6 +166,7 @@ pub fn run_prepared(
 ) -> Result<JobResult> {
     check_counts(estimator, rows_per_call)?;
     if session.is_none() {
+        crate::progress::stage(&opts.progress, "creating the runtime session");
         *session = Some(p.session(&opts.runtime)?);
     }
     let rt: &mut dyn Runtime = session.as_deref_mut().expect("made above");

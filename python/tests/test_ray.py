@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -23,36 +22,11 @@ import pytest
 
 import attrpatch
 from conftest import ROOT, missing
+from ioi_pairs import ioi_pairs
 
 # Grids: every cell within 1e-6 of the one-process cell, relative to it or to the grid's largest
 # cell (a cell near 0 is a difference of large terms, so its own scale is not the float noise's).
 RTOL = 1e-6
-
-NAMES = [" John", " Mary", " Tom", " James", " Dan", " Sid", " Martin", " Amy"]
-PLACES = ["shops", "park", "school", "station"]
-OBJECTS = ["the bag", "a drink", "an apple", "the ball"]
-TEMPLATES = [
-    "When{X} and{Y} went to the {P},{S} gave {O} to",
-    "Then,{X} and{Y} had a long argument. Afterwards{S} said to",
-    "After the lunch,{X} and{Y} went to the {P}.{S} gave {O} to",
-    "Friends{X} and{Y} found {O} at the {P}.{S} gave it to",
-]
-
-
-def ioi_pairs(n: int, seed: int = 0) -> list:
-    """IOI pairs of several lengths: the subject repeated in the clean prompt, the indirect object
-    in the corrupted one (as the tutorial's), the answer the name not repeated."""
-    rng = random.Random(seed)
-    out = []
-    for _ in range(n):
-        t = rng.choice(TEMPLATES)
-        io, s = rng.sample(NAMES, 2)
-        x, y = (io, s) if rng.random() < 0.5 else (s, io)
-        fill = {"X": x, "Y": y, "P": rng.choice(PLACES), "O": rng.choice(OBJECTS)}
-        out.append({"clean": t.format(S=s, **fill), "corrupted": t.format(S=io, **fill),
-                    "correct": io, "incorrect": s})
-    return out
-
 
 def write_jsonl(path: Path, pairs: list, blank_after: int = -1) -> Path:
     lines = []

@@ -171,7 +171,7 @@ fn gathered_tables(g: &mut GraphProto, opset: i64, path: &Path) -> Result<()> {
     let at: Vec<usize> = (0..g.node.len())
         .filter(|&i| g.node[i].op_type == "GatherBlockQuantized" && g.node[i].domain == "com.microsoft")
         .collect();
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
+    let dir = crate::onnx::model::model_dir(path).to_path_buf();
     let mut drop_nodes: HashSet<usize> = HashSet::new();
     for i in at {
         let n = g.node[i].clone();
@@ -351,7 +351,7 @@ pub fn dequantize_weights(proto: &mut ModelProto, opset: i64, path: &Path) -> Re
             read.extend(n.input.iter().cloned());
         }
     }
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = crate::onnx::model::model_dir(path);
     for t in g.initializer.iter_mut().filter(|t| read.contains(&t.name)) {
         crate::onnx::external::inline_tensor(t, dir, path)?;
     }

@@ -59,6 +59,13 @@ pub struct Packed {
     pub typed_codes: Option<i32>,
 }
 
+impl Packed {
+    /// K rounded up to whole blocks: the columns of the dequantised W^T `[N, Kpad]`.
+    fn padded_k(&self) -> i64 {
+        (self.k + self.block_size - 1) / self.block_size * self.block_size
+    }
+}
+
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 enum Mark {
@@ -121,13 +128,16 @@ pub fn referenced(g: &GraphProto) -> HashSet<String> {
         .collect()
 }
 
+fn numel(t: &TensorProto) -> u64 {
+    t.dims.iter().map(|&d| d.max(0) as u64).product()
+}
+
 /// Bytes the runtime holds for `t`: the file's element size for a marked half
 /// weight, nothing for a stand-in (its codes are counted as themselves);
 /// None for an unmarked tensor.
 pub fn held_bytes(t: &TensorProto) -> Option<u64> {
-    let numel = t.dims.iter().map(|&d| d.max(0) as u64).product::<u64>();
     match mark_of(t)? {
-        Mark::Stored(_) => Some(numel * 2),
+        Mark::Stored(_) => Some(numel(t) * 2),
         Mark::Packed(_) => Some(0),
     }
 }
@@ -138,7 +148,7 @@ pub fn largest_transient(g: &GraphProto) -> u64 {
     g.initializer
         .iter()
         .filter(|t| mark_of(t).is_some())
-        .map(|t| t.dims.iter().map(|&d| d.max(0) as u64).product::<u64>() * 4)
+        .map(|t| numel(t) * 4)
         .max()
         .unwrap_or(0)
 }
@@ -179,7 +189,7 @@ pub fn restore(g: &mut GraphProto) -> bool {
         Restorer { taken: super::graph::all_names(g), new_inits: vec![], shared: HashMap::new(), views: HashMap::new() };
     let mut nodes = Vec::with_capacity(g.node.len());
     for mut n in std::mem::take(&mut g.node) {
-        // A forward MatMul by a stand-in is the MatMulNBits node again.
+        // A forward MatMul by a stand-in: Gemm by the blocks dequantised for it.
         if n.op_type == "MatMul" && n.input.len() == 2 {
             if let Some(p) = stand_ins.get(&n.input[1]).filter(|p| !p.table) {
                 r.matmul_by_dequantized(&mut nodes, &n, p, &consts);
@@ -218,14 +228,7 @@ pub fn restore(g: &mut GraphProto) -> bool {
             } else if let Some(p) = stand_ins.get(&x).filter(|p| p.table) {
                 // Any other use of a table reads it [N, K] whole, dequantised for that use.
                 let wt = r.dequantized_nk(&mut nodes, p, &consts, first_other(&n, k));
-                let padded = (p.k + p.block_size - 1) / p.block_size * p.block_size;
-                n.input[k] = if padded != p.k {
-                    let sliced = r.fresh(&format!("{x}.nk"));
-                    r.slice_axis(&mut nodes, &p.node, &wt, 1, p.k, &sliced);
-                    sliced
-                } else {
-                    wt
-                };
+                n.input[k] = r.trim_k(&mut nodes, p, &wt, 1);
             } else if let Some(p) = stand_ins.get(&x) {
                 // dA = G @ W^T as Gemm(G, W, transB): W^T is the dequantised [N, K] itself.
                 let gemm_bt = n.op_type == "Gemm"
@@ -235,17 +238,16 @@ pub fn restore(g: &mut GraphProto) -> bool {
                     && !n.attribute.iter().any(|a| a.name == "transA" && a.i != 0);
                 let wt = r.dequantized_nk(&mut nodes, p, &consts, first_other(&n, k));
                 if gemm_bt {
-                    let padded = (p.k + p.block_size - 1) / p.block_size * p.block_size;
                     n.attribute.retain(|a| a.name != "transB");
                     n.input[1] = wt;
-                    if padded != p.k {
+                    if p.padded_k() != p.k {
                         // G @ [N, Kpad] gives Kpad columns: the last block's padding goes.
                         let out = n.output[0].clone();
                         let full = r.fresh(&format!("{out}.padded"));
                         n.output[0] = full.clone();
                         let name = n.name.clone();
                         nodes.push(n);
-                        r.slice_last(&mut nodes, &name, &full, p.k, &out);
+                        r.slice_axis(&mut nodes, &name, &full, -1, p.k, &out);
                         n = NodeProto::default();
                         break;
                     }
@@ -260,14 +262,7 @@ pub fn restore(g: &mut GraphProto) -> bool {
                         attribute: vec![super::builder::attr_ints("perm", &[1, 0])],
                         ..Default::default()
                     });
-                    let padded = (p.k + p.block_size - 1) / p.block_size * p.block_size;
-                    n.input[k] = if padded != p.k {
-                        let sliced = r.fresh(&format!("{x}.k"));
-                        r.slice_axis(&mut nodes, &p.node, &t, 0, p.k, &sliced);
-                        sliced
-                    } else {
-                        t
-                    };
+                    n.input[k] = r.trim_k(&mut nodes, p, &t, 0);
                 }
             }
         }
@@ -281,8 +276,9 @@ pub fn restore(g: &mut GraphProto) -> bool {
 }
 
 /// Whether a restored graph reads weights through decompressing nodes (a Cast
-/// or DequantizeLinear of an initializer left in the model's files): for a
-/// graph that comes back from the cache already restored.
+/// or DequantizeLinear of an initializer left in the model's files, or the
+/// Expand that orders one): for a graph that comes back from the cache already
+/// restored.
 pub fn holds_restored(g: &GraphProto) -> bool {
     let external: HashSet<&str> = g
         .initializer
@@ -291,15 +287,15 @@ pub fn holds_restored(g: &GraphProto) -> bool {
         .map(|t| t.name.as_str())
         .collect();
     g.node.iter().any(|n| {
-        matches!(n.op_type.as_str(), "Cast" | "DequantizeLinear") && n.input.first().is_some_and(|x| external.contains(x.as_str()))
-    }) || g.node.iter().any(|n| n.op_type == "MatMulNBits")
+        matches!(n.op_type.as_str(), "Cast" | "DequantizeLinear" | "Expand")
+            && n.input.first().is_some_and(|x| external.contains(x.as_str()))
+    })
 }
 
 /// The first input of `n` other than input `k` (the activation beside a weight).
 fn first_other(n: &NodeProto, k: usize) -> Option<&str> {
     n.input.iter().enumerate().find(|(i, x)| *i != k && !x.is_empty()).map(|(_, x)| x.as_str())
 }
-
 
 struct Restorer {
     taken: HashSet<String>,
@@ -325,41 +321,26 @@ impl Restorer {
 
     /// `Reshape(B, [N, row bytes])` and `GatherBlockQuantized` on it, as the builder wrote them.
     fn gather_block_quantized(&mut self, nodes: &mut Vec<NodeProto>, gather: &NodeProto, p: &Packed) {
-        if p.typed_codes.is_some() {
-            // Already [N, K] 4-bit values: the node reads them as they are.
-            let mut input = vec![p.b.clone(), gather.input[1].clone(), p.scales.clone()];
-            input.extend(p.zero_points.clone());
+        // Codes already [N, K] 4-bit values are read as they are; packed uint8 blocks
+        // get their 2-D [N, row bytes] shape back first.
+        let data = if p.typed_codes.is_some() {
+            p.b.clone()
+        } else {
+            let row_bytes = p.padded_k() * p.bits / 8;
+            let shape = self.fresh(&format!("{}/shape", p.node));
+            self.new_inits.push(super::consts::i64_tensor(&shape, &[2], &[p.n, row_bytes]));
+            let data = self.fresh(&format!("{}/codes", p.node));
             nodes.push(NodeProto {
-                name: gather.name.clone(),
-                op_type: "GatherBlockQuantized".into(),
-                domain: "com.microsoft".into(),
-                input,
-                output: gather.output.clone(),
-                attribute: vec![
-                    attr_i("bits", p.bits),
-                    attr_i("block_size", p.block_size),
-                    attr_i("gather_axis", 0),
-                    attr_i("quantize_axis", 1),
-                ],
+                name: self.fresh(&format!("{}/reshape", p.node)),
+                op_type: "Reshape".into(),
+                input: vec![p.b.clone(), shape],
+                output: vec![data.clone()],
                 ..Default::default()
             });
-            return;
-        }
-        let row_bytes = (p.k + p.block_size - 1) / p.block_size * p.block_size * p.bits / 8;
-        let shape = self.fresh(&format!("{}/shape", p.node));
-        self.new_inits.push(super::consts::i64_tensor(&shape, &[2], &[p.n, row_bytes]));
-        let data = self.fresh(&format!("{}/codes", p.node));
-        nodes.push(NodeProto {
-            name: self.fresh(&format!("{}/reshape", p.node)),
-            op_type: "Reshape".into(),
-            input: vec![p.b.clone(), shape],
-            output: vec![data.clone()],
-            ..Default::default()
-        });
+            data
+        };
         let mut input = vec![data, gather.input[1].clone(), p.scales.clone()];
-        if let Some(z) = &p.zero_points {
-            input.push(z.clone());
-        }
+        input.extend(p.zero_points.clone());
         nodes.push(NodeProto {
             name: gather.name.clone(),
             op_type: "GatherBlockQuantized".into(),
@@ -389,13 +370,8 @@ impl Restorer {
         p: &Packed,
         consts: &HashMap<String, TensorProto>,
     ) {
-        let mut wt = self.dequantized_nk(nodes, p, consts, Some(mm.input[0].as_str()));
-        let padded = (p.k + p.block_size - 1) / p.block_size * p.block_size;
-        if padded != p.k {
-            let sliced = self.fresh(&format!("{wt}.k"));
-            self.slice_axis(nodes, &p.node, &wt, 1, p.k, &sliced);
-            wt = sliced;
-        }
+        let wt = self.dequantized_nk(nodes, p, consts, Some(mm.input[0].as_str()));
+        let wt = self.trim_k(nodes, p, &wt, 1);
         let node = |r: &mut Self, op: &str, input: Vec<String>, attribute| -> (NodeProto, String) {
             let out = r.fresh(&format!("{}/{op}_out", mm.name));
             let n = NodeProto {
@@ -478,8 +454,14 @@ impl Restorer {
         });
     }
 
-    fn slice_last(&mut self, nodes: &mut Vec<NodeProto>, hint: &str, x: &str, end: i64, out: &str) {
-        self.slice_axis(nodes, hint, x, -1, end, out)
+    /// `x` with its K axis (`axis`) cut from Kpad back to K; `x` itself when no block is padded.
+    fn trim_k(&mut self, nodes: &mut Vec<NodeProto>, p: &Packed, x: &str, axis: i64) -> String {
+        if p.padded_k() == p.k {
+            return x.to_string();
+        }
+        let out = self.fresh(&format!("{x}.k"));
+        self.slice_axis(nodes, &p.node, x, axis, p.k, &out);
+        out
     }
 
     /// W^T `[N, blocks x block_size]` float32: the codes seen as uint4/uint8
@@ -603,5 +585,42 @@ impl Restorer {
             w = f;
         }
         w
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A graph restored with a half weight (its Cast ordered by an Expand) is
+    /// recognised as restored, as a graph that comes back from the cache is.
+    #[test]
+    fn a_restored_half_weight_is_recognised_as_held_at_file_precision() {
+        let mut w = TensorProto {
+            name: "w".into(),
+            data_type: FLOAT16,
+            dims: vec![4, 4],
+            data_location: Some(DataLocation::External as i32),
+            ..Default::default()
+        };
+        assert!(is_left_half(&w));
+        mark_half(&mut w);
+        let mut g = GraphProto {
+            initializer: vec![w],
+            node: vec![NodeProto {
+                name: "mm".into(),
+                op_type: "MatMul".into(),
+                input: vec!["x".into(), "w".into()],
+                output: vec!["y".into()],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        assert!(!holds_restored(&g), "a marked graph is not restored yet");
+        assert!(restore(&mut g));
+        assert_eq!(g.initializer.iter().find(|t| t.name == "w").unwrap().data_type, FLOAT16);
+        let ops: Vec<&str> = g.node.iter().map(|n| n.op_type.as_str()).collect();
+        assert!(ops.contains(&"Expand") && ops.contains(&"Cast"), "{ops:?}");
+        assert!(holds_restored(&g), "{ops:?}");
     }
 }

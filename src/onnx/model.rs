@@ -88,7 +88,8 @@ fn no_graph(path: &Path) -> Error {
     Error::Model(format!("{}: the ONNX model has no graph (is this an ONNX model file?)", path.display()))
 }
 
-fn model_dir(path: &Path) -> &Path {
+/// The folder a model's external data paths are relative to.
+pub(crate) fn model_dir(path: &Path) -> &Path {
     path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."))
 }
 

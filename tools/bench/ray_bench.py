@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import statistics
 import subprocess
 import sys
@@ -32,29 +31,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-NAMES = [" John", " Mary", " Tom", " James", " Dan", " Sid", " Martin", " Amy"]
-PLACES = ["shops", "park", "school", "station"]
-OBJECTS = ["the bag", "a drink", "an apple", "the ball"]
-TEMPLATES = [
-    "When{X} and{Y} went to the {P},{S} gave {O} to",
-    "Then,{X} and{Y} had a long argument. Afterwards{S} said to",
-    "After the lunch,{X} and{Y} went to the {P}.{S} gave {O} to",
-    "Friends{X} and{Y} found {O} at the {P}.{S} gave it to",
-]
-
-
-def ioi_pairs(n: int, seed: int = 0) -> list:
-    """IOI pairs of several lengths (the generator of python/tests/test_ray.py)."""
-    rng = random.Random(seed)
-    out = []
-    for _ in range(n):
-        t = rng.choice(TEMPLATES)
-        io, s = rng.sample(NAMES, 2)
-        x, y = (io, s) if rng.random() < 0.5 else (s, io)
-        fill = {"X": x, "Y": y, "P": rng.choice(PLACES), "O": rng.choice(OBJECTS)}
-        out.append({"clean": t.format(S=s, **fill), "corrupted": t.format(S=io, **fill),
-                    "correct": io, "incorrect": s})
-    return out
+# The pairs generator the Ray tests use.
+sys.path.insert(0, str(ROOT / "python" / "tests"))
+from ioi_pairs import ioi_pairs  # noqa: E402
 
 
 ONE_PROCESS = """

@@ -305,3 +305,44 @@ fn a_job_reports_its_long_stages_in_order() {
     assert!(at("reading") < at("rewriting") && at("rewriting") < at("creating the runtime session"), "{got:?}");
     assert!(at("creating the runtime session") < at("running"), "{got:?}");
 }
+
+/// A copy of fixture `dir`'s model beside its data file, with `edit` applied to the graph.
+fn edited_copy(dir: &Path, name: &str, edit: impl FnOnce(&mut attrpatch::onnx::pb::GraphProto)) -> PathBuf {
+    let d = fresh_dir(name);
+    let mut proto = ModelProto::decode(std::fs::read(dir.join("model.onnx")).unwrap().as_slice()).unwrap();
+    edit(proto.graph.as_mut().unwrap());
+    std::fs::write(d.join("model.onnx"), proto.encode_to_vec()).unwrap();
+    std::fs::copy(dir.join("model.onnx.data"), d.join("model.onnx.data")).unwrap();
+    d.join("model.onnx")
+}
+
+fn set_attr(n: &mut attrpatch::onnx::pb::NodeProto, name: &str, v: i64) {
+    n.attribute.iter_mut().find(|a| a.name == name).unwrap().i = v;
+}
+
+/// A MatMulNBits whose codes do not fit its attributes is refused naming the node,
+/// the tensor, what was expected and what was found.
+#[test]
+fn packed_codes_that_do_not_fit_n_are_refused_by_name() {
+    let dir = root().join("tests/fixtures/genai/int4-sym");
+    let model = edited_copy(&dir, "file-precision-bad-n", |g| {
+        let n = g.node.iter_mut().find(|n| n.op_type == "MatMulNBits").unwrap();
+        let real = n.attribute.iter().find(|a| a.name == "N").unwrap().i;
+        set_attr(n, "N", real + 1);
+    });
+    let e = OnnxModel::load_leaving_weights(&model).err().expect("a bad N loaded").to_string();
+    assert!(e.contains("MatMulNBits node '/model/layers.0/attn/qkv_proj/MatMul_Q4'"), "{e}");
+    assert!(e.contains("must be uint8 holding N x blocks x blob") && e.contains("found uint8"), "{e}");
+}
+
+/// A GatherBlockQuantized of another layout than the embedding's is refused naming it.
+#[test]
+fn gather_block_quantized_on_another_axis_is_refused_by_name() {
+    let dir = root().join("tests/fixtures/genai/int4-tied-shared-gbq");
+    let model = edited_copy(&dir, "file-precision-bad-gbq", |g| {
+        let n = g.node.iter_mut().find(|n| n.op_type == "GatherBlockQuantized").unwrap();
+        set_attr(n, "gather_axis", 1);
+    });
+    let e = OnnxModel::load_leaving_weights(&model).err().expect("gather_axis 1 loaded").to_string();
+    assert!(e.contains("GatherBlockQuantized node") && e.contains("gather_axis 1"), "{e}");
+}

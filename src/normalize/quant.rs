@@ -197,8 +197,9 @@ fn gathered_tables(g: &mut GraphProto, opset: i64, path: &Path) -> Result<()> {
         let typed = matches!(b.data_type, INT4 | UINT4) && b.dims.len() == 2 && reshape.is_none() && bits == 4;
         if !(typed || b.data_type == UINT8) || b.dims.is_empty() {
             return Err(here(format!(
-                "data '{b_name}' must be uint8 packed codes or an int4/uint4 [vocab, hidden] tensor, found type {} {:?}",
-                b.data_type, b.dims
+                "data '{b_name}' must be uint8 packed codes or an int4/uint4 [vocab, hidden] tensor, found {} {:?}",
+                crate::onnx::consts::type_name(b.data_type),
+                b.dims
             )));
         }
         let vocab = b.dims[0];

@@ -30,6 +30,10 @@ pub fn type_name(data_type: i32) -> &'static str {
         INT64 => "int64",
         INT32 => "int32",
         BOOL => "bool",
+        2 => "uint8",
+        3 => "int8",
+        21 => "uint4",
+        22 => "int4",
         _ => "another type",
     }
 }

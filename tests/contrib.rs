@@ -910,6 +910,14 @@ mod fixtures {
         check("gpt2-ortopt", "gpt2-ortopt.onnx", HookKind::AttnOut);
     }
 
+    /// ONNX Runtime's own GPT-2 converter: opset 11, int32 inputs, fused
+    /// Attention fed one stacked `past_N` [2, batch, heads, past, head size]
+    /// per layer (regression: "input 'past_0' is not supported").
+    #[test]
+    fn gpt2_converted_by_ort_with_stacked_past_and_int32_inputs() {
+        check("gpt2-ortconv", "gpt2-ortconv.onnx", HookKind::AttnOut);
+    }
+
     #[test]
     fn gptneox_fused_by_the_ort_optimizer() {
         check("gptneox-ortopt", "gptneox-ortopt.onnx", HookKind::AttnOut);
@@ -919,7 +927,11 @@ mod fixtures {
     /// through the plain (normalised) model, as tests/architectures.rs does.
     #[test]
     fn exact_patching_matches_patching_by_hand_on_the_fused_gpt2_and_gptneox() {
-        for (name, model) in [("gpt2-ortopt", "gpt2-ortopt.onnx"), ("gptneox-ortopt", "gptneox-ortopt.onnx")] {
+        for (name, model) in [
+            ("gpt2-ortopt", "gpt2-ortopt.onnx"),
+            ("gptneox-ortopt", "gptneox-ortopt.onnx"),
+            ("gpt2-ortconv", "gpt2-ortconv.onnx"),
+        ] {
             let (o, v) = options(name, model, HookKind::AttnOut);
             let ids = |k: &str| -> Vec<Vec<i64>> { serde_json::from_value(v[k].clone()).unwrap() };
             let pairs = by_hand::Pairs::new(&ids("input_ids"), &ids("corrupted_ids"), &ids("answer_ids"));
@@ -965,6 +977,7 @@ mod fixtures {
     #[test]
     fn fused_fixtures_on_tract() {
         check_on("gpt2-ortopt", "gpt2-ortopt.onnx", HookKind::AttnOut, RuntimeKind::Tract);
+        check_on("gpt2-ortconv", "gpt2-ortconv.onnx", HookKind::AttnOut, RuntimeKind::Tract);
         check_on("gptneox-ortopt", "gptneox-ortopt.onnx", HookKind::AttnOut, RuntimeKind::Tract);
         check_on("llama-genai", "llama-genai/model.onnx", HookKind::AttnOut, RuntimeKind::Tract);
         check_on("bert-ortopt", "bert-ortopt.onnx", HookKind::AttnOut, RuntimeKind::Tract);

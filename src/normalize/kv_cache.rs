@@ -5,6 +5,9 @@
 //! the plain decoder's logits, so the past becomes an in-graph empty tensor,
 //! the `present.*` outputs are dropped and a merged decoder's
 //! `use_cache_branch` becomes the constant `false` (its `If` is then inlined).
+//! ONNX Runtime's own GPT-2 converter (`onnxruntime.transformers.models.gpt2.
+//! convert_to_onnx`) names its caches `past_0`, `past_1`, ... with keys and
+//! values stacked: [2, batch, heads, past, head size].
 
 use crate::error::{Error, Result};
 use crate::onnx::builder::{attr_t, GraphBuilder};
@@ -20,7 +23,8 @@ pub const NAME_PREFIX: &str = "attrpatch/kv_cache/";
 
 /// Whether a graph input is a cache of earlier tokens.
 pub fn is_past_input(name: &str) -> bool {
-    name.starts_with("past_key_values") || name.starts_with("past_key.") || name.starts_with("past_value.")
+    let stacked = name.strip_prefix("past_").is_some_and(|n| !n.is_empty() && n.bytes().all(|c| c.is_ascii_digit()));
+    stacked || name.starts_with("past_key_values") || name.starts_with("past_key.") || name.starts_with("past_value.")
 }
 
 /// Whether a graph output is the grown cache.
@@ -69,11 +73,12 @@ pub fn feed_empty_cache(proto: &mut ModelProto, opset: i64, path: &Path) -> Resu
             )));
         }
         let seq_axis = sequence_axis(&dims);
+        let batch_axis = batch_axis(&dims);
         let mut parts = vec![];
         for (k, d) in dims.iter().enumerate() {
             let part = if Some(k) == seq_axis {
                 b.const_i64s(&[0])
-            } else if k == 0 {
+            } else if k == batch_axis {
                 batch.get_or_insert_with(|| first_dim(&mut b, &tokens, 0)).clone()
             } else {
                 match d {
@@ -124,6 +129,14 @@ fn sequence_axis(dims: &[Dim]) -> Option<usize> {
         _ => false,
     });
     named.or(if dims.len() == 4 { Some(2) } else { None })
+}
+
+/// The cache's batch axis: the dim whose name speaks of a batch, else axis 1
+/// of the GPT-2 converter's stacked [2, batch, heads, past, head size], else 0.
+fn batch_axis(dims: &[Dim]) -> usize {
+    let named = dims.iter().position(|d| matches!(d, Dim::Sym(s) if s.to_lowercase().contains("batch")));
+    let stacked = dims.len() == 5 && matches!(dims[0], Dim::Known(2));
+    named.unwrap_or(if stacked { 1 } else { 0 })
 }
 
 /// `Shape(x)[k]` as a 1-element int64 tensor.

@@ -11,6 +11,7 @@ pub mod opset23;
 pub mod opset_upgrade;
 pub mod precision;
 pub mod quant;
+pub mod token_types;
 
 use crate::error::Result;
 use crate::onnx::pb::ModelProto;
@@ -25,6 +26,7 @@ use std::path::Path;
 /// contrib decompositions, which emit opset-13+ forms.
 pub fn normalize(proto: &mut ModelProto, opset: i64, path: &Path) -> Result<i64> {
     let cache = kv_cache::feed_empty_cache(proto, opset, path)?;
+    token_types::widen_int32_token_inputs(proto, opset);
     let inlined = if_inline::inline_constant_ifs(proto, path)?;
     quant::refuse_activation_quantization(proto, path)?;
     quant::dequantize_weights(proto, opset, path)?;

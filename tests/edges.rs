@@ -40,9 +40,12 @@ fn assert_close(what: &str, a: f64, b: f64, scale: f64) {
 /// summed over positions (gradient at z, from the same graph); per layer, the
 /// heads' outgoing edges sum to `run`'s positions-grid row summed over positions.
 fn identity(name: &str) {
-    let r = edges_of(name, 1);
-    let (o, _) = fixture(name);
-    let run = run_job(&o).unwrap().unwrap();
+    identity_on(name, &fixture(name).0);
+}
+
+fn identity_on(name: &str, o: &JobOptions) {
+    let r = run_edges_detailed(o, 1).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let run = run_job(o).unwrap().unwrap();
     let scale = r.head_attribution.iter().flatten().fold(0.0f64, |m, v| m.max(v.abs()));
     assert!(scale > 0.0, "{name}: every head attribution is zero");
     for (l, row) in r.head_attribution.iter().enumerate() {
@@ -60,6 +63,26 @@ fn identity(name: &str) {
 #[test]
 fn identity_gpt2() {
     identity("gpt2-legacy-op14");
+}
+
+/// The GenAI builder's Llama (GroupQueryAttention, SkipSimplifiedLayerNormalization
+/// whose residual sum leaves through its own output): float32, and int4 with the
+/// embedding sharing the lm_head's codes (regression: "no residual add after the
+/// MLP found").
+#[test]
+fn identity_llama_built_by_genai_float32_and_int4() {
+    let contrib = root().join("tests/fixtures/contrib");
+    let v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(contrib.join("llama-genai.json")).unwrap()).unwrap();
+    let ids = |k: &str| -> Vec<Vec<i64>> { serde_json::from_value(v[k].clone()).unwrap() };
+    for model in
+        [contrib.join("llama-genai/model.onnx"), root().join("tests/fixtures/genai/int4-tied-shared-gbq/model.onnx")]
+    {
+        let mut o = JobOptions::new(model.clone());
+        o.with_token_ids(ids("input_ids"), ids("corrupted_ids"), &ids("answer_ids"));
+        o.runtime = RuntimeOptions { kind: RuntimeKind::Ort, device: Device::Cpu, ort_lib: None, threads: 1 };
+        identity_on(&model.display().to_string(), &o);
+    }
 }
 
 #[test]

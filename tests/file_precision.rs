@@ -15,14 +15,22 @@ use attrpatch::runtime::{Device, RuntimeKind, RuntimeOptions};
 use prost::Message;
 use std::path::{Path, PathBuf};
 
-/// The llama-genai fixture's prompts and answers, on another model file.
-fn options(model: &Path, kind: RuntimeKind) -> JobOptions {
+type Ids = Vec<Vec<i64>>;
+
+/// The llama-genai fixture's clean and corrupted ids, answers and head count.
+fn prompt_ids() -> (Ids, Ids, Ids, Option<usize>) {
     let json = root().join("tests/fixtures/contrib/llama-genai.json");
     let v: serde_json::Value = serde_json::from_slice(&std::fs::read(json).unwrap()).unwrap();
-    let ids = |k: &str| -> Vec<Vec<i64>> { serde_json::from_value(v[k].clone()).unwrap() };
+    let ids = |k: &str| -> Ids { serde_json::from_value(v[k].clone()).unwrap() };
+    (ids("input_ids"), ids("corrupted_ids"), ids("answer_ids"), v["n_heads"].as_u64().map(|h| h as usize))
+}
+
+/// The llama-genai fixture's prompts and answers, on another model file.
+fn options(model: &Path, kind: RuntimeKind) -> JobOptions {
+    let (clean, corrupted, answers, heads) = prompt_ids();
     let mut o = JobOptions::new(model.to_path_buf());
-    o.with_token_ids(ids("input_ids"), ids("corrupted_ids"), &ids("answer_ids"));
-    o.heads = v["n_heads"].as_u64().map(|h| h as usize);
+    o.with_token_ids(clean, corrupted, &answers);
+    o.heads = heads;
     o.hooks = HookKind::AttnOut;
     o.runtime = RuntimeOptions { kind, device: Device::Cpu, ort_lib: None, threads: 1 };
     o
@@ -245,6 +253,54 @@ fn builder_float16_cpu_and_cuda_layouts() {
     builder_fixture_both("fp16-cpu");
 }
 
+/// Largest |a - b| of two edge-score lists (same edges, same order), relative
+/// to the largest |b|.
+fn edge_gap(a: &attrpatch::edges::EdgeScores, b: &attrpatch::edges::EdgeScores) -> f64 {
+    assert_eq!(a.edges.len(), b.edges.len());
+    let scale = b.edges.iter().fold(0f64, |m, e| m.max(e.score.abs()));
+    let gap = a.edges.iter().zip(&b.edges).fold(0f64, |m, (x, y)| {
+        assert_eq!((&x.from, &x.to), (&y.from, &y.to));
+        m.max((x.score - y.score).abs())
+    });
+    gap / scale.max(1e-12)
+}
+
+/// Item 5 of issue 22: edges and exact patching use the same weight handling
+/// as `run`. Edge scores with weights kept for ONNX Runtime equal those with
+/// weights converted at load (tract); exact patching with weights kept equals
+/// patching by hand through the model converted at load.
+fn edges_and_patching_kept_equal_converted(model: &Path, o: &JobOptions, ids: (&Ids, &Ids, &Ids)) -> (f64, f64) {
+    let edges = |kind: RuntimeKind| {
+        let mut o = o.clone();
+        o.runtime.kind = kind;
+        attrpatch::edges::run_edges(&o, 1).unwrap_or_else(|e| panic!("{}: edges: {e}", model.display()))
+    };
+    let eg = edge_gap(&edges(RuntimeKind::Ort), &edges(RuntimeKind::Tract));
+    assert!(eg < 1e-4, "{}: edge scores kept vs converted differ by {eg:.2e} of their scale", model.display());
+    let pairs = by_hand::Pairs::new(ids.0, ids.1, ids.2);
+    let (want_heads, want_positions) = by_hand::exact_grids(model, &pairs, o.heads.unwrap());
+    let exact = attrpatch::patch::run(o, attrpatch::patch::Estimator::Exact { positions: true }, 64)
+        .unwrap_or_else(|e| panic!("{}: patch: {e}", model.display()));
+    let scale = want_positions.iter().flatten().fold(1f64, |m, v| m.max(v.abs()));
+    let what = model.display().to_string();
+    let eh = by_hand::assert_abs_close(&format!("{what} heads"), &exact.grids.heads, &want_heads, 1e-4 * scale);
+    let ep =
+        by_hand::assert_abs_close(&format!("{what} positions"), &exact.grids.positions, &want_positions, 1e-4 * scale);
+    (eg, eh.max(ep) / scale)
+}
+
+#[test]
+fn edges_and_exact_patching_on_kept_int4_and_float16_weights() {
+    let dir = root().join("tests/fixtures/genai");
+    for name in ["int4-tied-shared-gbq", "int4-asym-acc4-b16", "fp16-cpu"] {
+        let model = dir.join(name).join("model.onnx");
+        let (clean, corrupted, answers, _) = prompt_ids();
+        let o = options(&model, RuntimeKind::Ort);
+        let (eg, pg) = edges_and_patching_kept_equal_converted(&model, &o, (&clean, &corrupted, &answers));
+        eprintln!("{name}: edges kept vs converted {eg:.2e}, exact patching vs by hand {pg:.2e} (relative)");
+    }
+}
+
 /// Act-order quantisation is refused by name (ONNX Runtime's own kernels disagree on it).
 #[test]
 fn builder_int4_g_idx_is_refused_by_name() {
@@ -259,6 +315,7 @@ fn builder_int4_g_idx_is_refused_by_name() {
 /// `tools/make_big_models.py` writes (0.9 and 1.3 GB: too big for the
 /// repository), against their PyTorch float64 references. Run with
 /// `ATTRPATCH_BIG=/work/big cargo test --release --features internals -- --ignored real_widths`.
+/// Edges and exact patching are checked on them too (as on the small builder files).
 #[test]
 #[ignore = "needs the 7B-width files of tools/make_big_models.py in $ATTRPATCH_BIG"]
 fn grids_at_real_widths_match_pytorch() {
@@ -277,6 +334,13 @@ fn grids_at_real_widths_match_pytorch() {
         let eh = assert_grid_close(&format!("{name} heads"), &r.grids.heads, &grid("heads"));
         let ep = assert_grid_close(&format!("{name} positions"), &r.grids.positions, &grid("positions"));
         eprintln!("{name}: max relative error heads {eh:.2e}, positions {ep:.2e}");
+        let model = dir.join("model.onnx");
+        let (eg, pg) = edges_and_patching_kept_equal_converted(
+            &model,
+            &o,
+            (&ids("input_ids"), &ids("corrupted_ids"), &ids("answer_ids")),
+        );
+        eprintln!("{name}: edges kept vs converted {eg:.2e}, exact patching vs by hand {pg:.2e} (relative)");
     }
 }
 

@@ -769,6 +769,8 @@ fn finish_block(ix: &Index, b: &mut Block, next_in: Option<&str>, parallel: &mut
         return Err(ix.err(format!("{layer}: mixes parallel and sequential blocks")));
     }
     *parallel = Some(is_parallel);
+    // Layout ops between the MLP's read point and the residual add: not MLP readers.
+    let mut route_to_add: Vec<String> = vec![];
     let (mlp_in, a2, mlp_out) = if is_parallel {
         // attn + mlp first, then + residual.
         let cs = ix.float_consumers(&a1.output[0]);
@@ -800,16 +802,30 @@ fn finish_block(ix: &Index, b: &mut Block, next_in: Option<&str>, parallel: &mut
             }
             mid = n.output[0].clone();
         }
-        let adds: Vec<&NodeProto> = ix
-            .float_consumers(&mid)
-            .into_iter()
-            .map(|c| ix.node(c))
-            .filter(|n| n.op_type == "Add" && leads_to(ix, &n.output[0], next_in))
-            .collect();
-        let [a2] = adds.as_slice() else {
+        // The add may read `mid` through layout ops of its own: the GenAI builder's
+        // SkipSimplifiedLayerNormalization returns the sum (decomposed: an Identity)
+        // beside the norm that the MLP reads.
+        let mut adds: Vec<(&NodeProto, String, Vec<String>)> = vec![];
+        let mut frontier = vec![(mid.clone(), vec![])];
+        while let Some((t, via)) = frontier.pop() {
+            for n in ix.float_consumers(&t).into_iter().map(|c| ix.node(c)) {
+                if STREAM.contains(&n.op_type.as_str()) && via.len() < 4 {
+                    let mut via = via.clone();
+                    via.push(n.name.clone());
+                    frontier.push((n.output[0].clone(), via));
+                } else if n.op_type == "Add"
+                    && leads_to(ix, &n.output[0], next_in)
+                    && !adds.iter().any(|(a, _, _)| a.name == n.name)
+                {
+                    adds.push((n, t.clone(), via.clone()));
+                }
+            }
+        }
+        let [(a2, read, via)] = adds.as_slice() else {
             return Err(ix.err(format!("{layer}: no residual add after the MLP found reading '{mid}'")));
         };
-        let m = a2.input.iter().find(|x| **x != mid).cloned().unwrap_or_default();
+        route_to_add = via.clone();
+        let m = a2.input.iter().find(|x| *x != read).cloned().unwrap_or_default();
         (mid, *a2, m)
     };
     let resid_out = a2.output[0].clone();
@@ -832,7 +848,8 @@ fn finish_block(ix: &Index, b: &mut Block, next_in: Option<&str>, parallel: &mut
         .float_consumers(&mlp_in)
         .into_iter()
         .map(|c| ix.node(c))
-        .filter(|n| n.name != a2.name && n.name != a1.name && !(is_parallel && attn_norm.contains(n.name.as_str())))
+        .filter(|n| n.name != a2.name && n.name != a1.name && !route_to_add.contains(&n.name))
+        .filter(|n| !(is_parallel && attn_norm.contains(n.name.as_str())))
         .map(|n| n.name.clone())
         .collect();
     if readers.is_empty() {

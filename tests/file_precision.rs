@@ -266,38 +266,54 @@ fn edge_gap(a: &attrpatch::edges::EdgeScores, b: &attrpatch::edges::EdgeScores) 
 }
 
 /// Item 5 of issue 22: edges and exact patching use the same weight handling
-/// as `run`. Edge scores with weights kept for ONNX Runtime equal those with
-/// weights converted at load (tract); exact patching with weights kept equals
-/// patching by hand through the model converted at load.
-fn edges_and_patching_kept_equal_converted(model: &Path, o: &JobOptions, ids: (&Ids, &Ids, &Ids)) -> (f64, f64) {
-    let edges = |kind: RuntimeKind| {
+/// as `run`. With weights kept for ONNX Runtime they equal the same job with
+/// weights converted at load (tract). Returns the edge and patching gaps.
+fn edges_and_patching_kept_equal_converted(o: &JobOptions) -> (f64, f64) {
+    let what = o.model.display().to_string();
+    let on = |kind: RuntimeKind| {
         let mut o = o.clone();
         o.runtime.kind = kind;
-        attrpatch::edges::run_edges(&o, 1).unwrap_or_else(|e| panic!("{}: edges: {e}", model.display()))
+        o
     };
+    let edges = |kind| attrpatch::edges::run_edges(&on(kind), 1).unwrap_or_else(|e| panic!("{what}: edges: {e}"));
     let eg = edge_gap(&edges(RuntimeKind::Ort), &edges(RuntimeKind::Tract));
-    assert!(eg < 1e-4, "{}: edge scores kept vs converted differ by {eg:.2e} of their scale", model.display());
-    let pairs = by_hand::Pairs::new(ids.0, ids.1, ids.2);
-    let (want_heads, want_positions) = by_hand::exact_grids(model, &pairs, o.heads.unwrap());
-    let exact = attrpatch::patch::run(o, attrpatch::patch::Estimator::Exact { positions: true }, 64)
-        .unwrap_or_else(|e| panic!("{}: patch: {e}", model.display()));
-    let scale = want_positions.iter().flatten().fold(1f64, |m, v| m.max(v.abs()));
-    let what = model.display().to_string();
-    let eh = by_hand::assert_abs_close(&format!("{what} heads"), &exact.grids.heads, &want_heads, 1e-4 * scale);
-    let ep =
-        by_hand::assert_abs_close(&format!("{what} positions"), &exact.grids.positions, &want_positions, 1e-4 * scale);
-    (eg, eh.max(ep) / scale)
+    assert!(eg < 1e-4, "{what}: edge scores kept vs converted differ by {eg:.2e} of their scale");
+    let exact = |kind| {
+        attrpatch::patch::run(&on(kind), attrpatch::patch::Estimator::Exact { positions: true }, 64)
+            .unwrap_or_else(|e| panic!("{what}: patch: {e}"))
+    };
+    let (kept, converted) = (exact(RuntimeKind::Ort), exact(RuntimeKind::Tract));
+    let mut scale = 0f64;
+    let mut gap = 0f64;
+    for (a, b) in [(&kept.grids.heads, &converted.grids.heads), (&kept.grids.positions, &converted.grids.positions)] {
+        for (x, y) in a.iter().flatten().zip(b.iter().flatten()) {
+            scale = scale.max(y.abs());
+            gap = gap.max((x - y).abs());
+        }
+    }
+    let pg = gap / scale.max(1e-12);
+    assert!(pg < 1e-4, "{what}: exact patching kept vs converted differs by {pg:.2e} of its scale");
+    (eg, pg)
 }
 
+/// On the builder's files: edges and exact patching with kept weights equal
+/// those with weights converted at load, and exact patching equals patching by
+/// hand through the converted model.
 #[test]
 fn edges_and_exact_patching_on_kept_int4_and_float16_weights() {
     let dir = root().join("tests/fixtures/genai");
+    let (clean, corrupted, answers, heads) = prompt_ids();
+    let pairs = by_hand::Pairs::new(&clean, &corrupted, &answers);
     for name in ["int4-tied-shared-gbq", "int4-asym-acc4-b16", "fp16-cpu"] {
         let model = dir.join(name).join("model.onnx");
-        let (clean, corrupted, answers, _) = prompt_ids();
         let o = options(&model, RuntimeKind::Ort);
-        let (eg, pg) = edges_and_patching_kept_equal_converted(&model, &o, (&clean, &corrupted, &answers));
-        eprintln!("{name}: edges kept vs converted {eg:.2e}, exact patching vs by hand {pg:.2e} (relative)");
+        let (eg, pg) = edges_and_patching_kept_equal_converted(&o);
+        let (want_heads, want_positions) = by_hand::exact_grids(&model, &pairs, heads.unwrap());
+        let exact = attrpatch::patch::run(&o, attrpatch::patch::Estimator::Exact { positions: true }, 64).unwrap();
+        let scale = want_positions.iter().flatten().fold(1f64, |m, v| m.max(v.abs()));
+        by_hand::assert_abs_close(&format!("{name} heads"), &exact.grids.heads, &want_heads, 1e-4 * scale);
+        by_hand::assert_abs_close(&format!("{name} positions"), &exact.grids.positions, &want_positions, 1e-4 * scale);
+        eprintln!("{name}: kept vs converted at load: edges {eg:.2e}, exact patching {pg:.2e} (relative)");
     }
 }
 
@@ -334,13 +350,8 @@ fn grids_at_real_widths_match_pytorch() {
         let eh = assert_grid_close(&format!("{name} heads"), &r.grids.heads, &grid("heads"));
         let ep = assert_grid_close(&format!("{name} positions"), &r.grids.positions, &grid("positions"));
         eprintln!("{name}: max relative error heads {eh:.2e}, positions {ep:.2e}");
-        let model = dir.join("model.onnx");
-        let (eg, pg) = edges_and_patching_kept_equal_converted(
-            &model,
-            &o,
-            (&ids("input_ids"), &ids("corrupted_ids"), &ids("answer_ids")),
-        );
-        eprintln!("{name}: edges kept vs converted {eg:.2e}, exact patching vs by hand {pg:.2e} (relative)");
+        let (eg, pg) = edges_and_patching_kept_equal_converted(&o);
+        eprintln!("{name}: kept vs converted at load: edges {eg:.2e}, exact patching {pg:.2e} (relative)");
     }
 }
 

@@ -99,7 +99,8 @@ fn int4_with_zero_points_stays_packed_and_matches_weights_converted_at_load() {
 }
 
 /// What ONNX Runtime gets holds the packed codes and no float32 copy of any
-/// weight: a DequantizeLinear per use (forward and backward), each read once.
+/// weight: a GatherBlockQuantized of all rows per use (forward and backward),
+/// each read once.
 #[test]
 fn the_runtime_graph_of_an_int4_file_holds_no_float32_weight() {
     let model = fixture("llama-genai-int4asym");
@@ -109,10 +110,15 @@ fn the_runtime_graph_of_an_int4_file_holds_no_float32_weight() {
     let count = |op: &str| g.node.iter().filter(|n| n.op_type == op).count();
     // 2 layers x (qkv, o, gate, up, down) + lm_head: a forward use each, and backward uses.
     assert_eq!(count("MatMulNBits"), 0);
-    assert!(count("DequantizeLinear") > 11, "DequantizeLinear nodes: {}", count("DequantizeLinear"));
-    // One uint4 view per weight's codes, shared by its uses.
-    let views = g.initializer.iter().filter(|t| t.data_type == 21 && t.name.ends_with(".codes_nk")).count();
-    assert_eq!(views, 11, "uint4 views of the codes");
+    let dequantize = |n: &&attrpatch::onnx::pb::NodeProto| n.op_type == "GatherBlockQuantized";
+    let uses = g.node.iter().filter(dequantize).count();
+    assert!(uses > 11, "GatherBlockQuantized nodes: {uses}");
+    // One [N, row bytes] view per weight's codes, shared by its uses.
+    let views = g.initializer.iter().filter(|t| t.data_type == 2 && t.name.ends_with(".rows")).count();
+    assert!(views >= 11, "uint8 views of the codes: {views}");
+    let codes: std::collections::HashSet<&str> =
+        g.node.iter().filter(dequantize).map(|n| n.input[0].as_str()).collect();
+    assert_eq!(codes.len(), 11, "codes read by the dequantising nodes: {codes:?}");
     // Float32 weights are those the file holds as float32 (its embedding table), no more.
     let file = OnnxModel::load_leaving_weights(&model).unwrap();
     let in_file: Vec<&str> = file
@@ -131,8 +137,8 @@ fn the_runtime_graph_of_an_int4_file_holds_no_float32_weight() {
         .map(|t| t.name.as_str())
         .collect();
     assert!(big_float.is_empty(), "float32 weights in the runtime graph the file does not hold: {big_float:?}");
-    // Every DequantizeLinear output has exactly one reader (its float32 copy lives for one node).
-    for n in g.node.iter().filter(|n| n.op_type == "DequantizeLinear") {
+    // Every dequantised output has exactly one reader (its float32 copy lives for one node).
+    for n in g.node.iter().filter(dequantize) {
         let readers = g.node.iter().filter(|m| m.input.contains(&n.output[0])).count();
         assert_eq!(readers, 1, "'{}' is read by {readers} nodes", n.output[0]);
     }

@@ -394,6 +394,7 @@ def combine(rows: Any, *, per_pair: bool = False) -> Any:
                 raise InputError(f"rows: blocks of different jobs: their {key} differs "
                                  f"({first_meta[key]!r} vs {m[key]!r})")
     clean, corrupted, c, k, norm = _baselines(table)
+    n = len(clean)
     heads_pp = _stack(table.column("heads_raw").to_pylist())
     # Positions as one process pads them: to the longest prompt of the whole set.
     width = max(int(m.get("seq_len", 0)) for m in metas)

@@ -10,7 +10,8 @@
 //! - [`Attributor`]: a model (path, bytes or [`ModelProto`]) with its rewritten
 //!   graphs and runtime sessions kept between calls: [`Attributor::attribute`],
 //!   [`Attributor::integrated_gradients`], [`Attributor::patch`],
-//!   [`Attributor::compare`], on [`Pairs`] (texts, token ids or the tutorial's).
+//!   [`Attributor::compare`], [`Attributor::edges`] (edge scores, EAP and
+//!   EAP-IG: [`eap::EdgeRun`]), on [`Pairs`] (texts, token ids or the tutorial's).
 //! - [`rewrite`]: the augmented model as an ordinary ONNX model
 //!   ([`AugmentedModel`]: its metric, hooks, inputs and outputs, bytes, feeds).
 //! - [`inspect`]: what attrpatch sees in a model, as data.

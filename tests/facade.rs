@@ -107,6 +107,39 @@ fn patching_and_compare_through_the_attributor_match_the_job_functions() {
     assert!(agreement.pearson.unwrap() > 0.5, "{:?}", agreement.pearson);
 }
 
+#[test]
+fn edges_through_the_attributor_equal_the_cli_job_and_keep_a_graph_per_step_count() {
+    let mut o = JobOptions::new(ioi_model());
+    o.runtime = cpu();
+    let cli = attrpatch::eap::run_edges_detailed(&o, 1).unwrap();
+    let mut a = attributor(ioi_model()).build().unwrap();
+    let mine = a.edges(&Pairs::Tutorial, 1).unwrap();
+    assert_eq!(mine.scores, cli.scores);
+    assert_eq!(mine.head_attribution, cli.head_attribution);
+    assert_eq!(mine.pair_metrics.len(), 8);
+    assert!(mine.seconds.session > 0.0, "{:?}", mine.seconds);
+    // The unnormalised sums over N (CLEAN - CORR) are the scores.
+    let k = 1.0 / (8.0 * (mine.clean_metric - mine.corrupted_metric));
+    for (e, raw) in mine.scores.edges.iter().zip(&mine.unnormalised) {
+        assert!((e.score - k * raw).abs() <= 1e-12 * e.score.abs().max(1e-12), "{} -> {}", e.from, e.to);
+    }
+    // EAP-IG builds its own graph; a second EAP call reuses the first one and its session.
+    let ig = a.edges(&Pairs::Tutorial, 3).unwrap();
+    assert_eq!(ig.scores, attrpatch::eap::run_edges(&o, 3).unwrap());
+    let again = a.edges(&Pairs::Tutorial, 1).unwrap();
+    assert_eq!(a.graphs_built(), 2);
+    assert_eq!((again.seconds.load, again.seconds.rewrite, again.seconds.session), (0.0, 0.0, 0.0));
+    assert_eq!(again.scores, cli.scores);
+    // Other pairs on the kept graph: their own scores, and only theirs.
+    let two = Pairs::Prompts(attrpatch::prompts::ioi_default()[..2].to_vec());
+    assert_ne!(a.edges(&two, 1).unwrap().scores, cli.scores);
+    let e = a.edges(&Pairs::Tutorial, 0).err().expect("0 steps refused").to_string();
+    assert!(e.contains("at least 1 (1 is plain EAP)"), "{e}");
+    let mut mlp = attributor(ioi_model()).hooks(attrpatch::HookKind::Mlp).build().unwrap();
+    let e = mlp.edges(&Pairs::Tutorial, 1).err().expect("a hook choice refused").to_string();
+    assert!(e.contains("hook: edge scores are defined by"), "{e}");
+}
+
 /// The answer selectors follow the metric the graph was built with: `prob`
 /// weights only the correct answer, logit difference both (+1, -1). Before,
 /// the caller passed a metric of its own to the feed builder.

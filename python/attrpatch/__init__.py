@@ -4,6 +4,8 @@
     r = attrpatch.run("models/ioi-gpt2/model.onnx")     # the tutorial's 8 IOI pairs
     r.heads        # numpy [layers, heads]
     r.positions    # numpy [layers, positions], columns labelled by r.token_labels
+    e = attrpatch.edges("models/ioi-gpt2/model.onnx")   # every edge's score (EAP), as `attrpatch edges`
+    e.top(5)       # [(from, to, score), ...] by |score|
 
 `model` is a path, bytes or an onnx.ModelProto; `pairs` a JSONL path, a list of
 {"clean", "corrupted", "correct", "incorrect"} dicts (texts, or token-id lists with answer ids),
@@ -19,7 +21,7 @@ from typing import Any, Dict, Optional
 
 from . import _inputs
 from ._errors import BackendError, Error, InputError, ModelError, NumericError
-from ._results import Augmented, Comparison, Result, TensorInfo
+from ._results import Augmented, Comparison, EdgeResult, Result, TensorInfo
 
 from . import _attrpatch as _native  # noqa: E402  (after _errors: the native module imports it)
 
@@ -30,6 +32,7 @@ __all__ = [
     "Augmented",
     "BackendError",
     "Comparison",
+    "EdgeResult",
     "Error",
     "InputError",
     "ModelError",
@@ -38,6 +41,7 @@ __all__ = [
     "TensorInfo",
     "compare",
     "default_pairs",
+    "edges",
     "inspect",
     "patch",
     "rewrite",
@@ -56,7 +60,7 @@ def default_pairs() -> list:
 
 class Attributor:
     """A model rewritten once for a metric and hook choice, with its runtime session kept, so
-    repeated `run`/`patch`/`compare` calls pay the set-up once.
+    repeated `run`/`patch`/`compare`/`edges` calls pay the set-up once.
 
     Args:
         model: path, bytes or onnx.ModelProto.
@@ -142,10 +146,17 @@ class Attributor:
             stats=d["stats"],
         )
 
+    def edges(self, pairs: PairsLike = None, *, ig_steps: int = 1) -> EdgeResult:
+        """Every edge's score: EAP, or EAP-IG-inputs with `ig_steps` > 1 (as `attrpatch edges
+        [--ig-steps N]`). Summed over the pairs (`per_pair` does not apply); needs the default hook."""
+        job = {"ig_steps": _count(ig_steps, "ig_steps")}
+        kind, value = _inputs.pair_source(pairs, self._metric)
+        return EdgeResult._from_native(json.loads(self._native.edges(kind, value, job)))
+
     @property
     def stats(self) -> Dict[str, int]:
         """How often the set-up ran: {"graphs_built": one rewrite and session per kind of job used
-        (attribution, exact patching, IG), "jobs": jobs run}."""
+        (attribution, exact patching, IG, edges per ig_steps), "jobs": jobs run}."""
         return dict(self._native.stats())
 
 
@@ -165,6 +176,12 @@ def compare(model: ModelLike, pairs: PairsLike = None, *, positions: bool = Fals
     """Exact patching beside attribution (and IG). Options as for `Attributor`."""
     return Attributor(model, **options).compare(pairs, positions=positions, ig_steps=ig_steps,
                                                  rows_per_call=rows_per_call)
+
+
+def edges(model: ModelLike, pairs: PairsLike = None, *, ig_steps: int = 1, **options: Any) -> EdgeResult:
+    """Every edge's score on `pairs` (EAP; EAP-IG with `ig_steps` > 1), as `attrpatch edges`.
+    Options as for `Attributor`."""
+    return Attributor(model, **options).edges(pairs, ig_steps=ig_steps)
 
 
 def rewrite(model: ModelLike, *, metric: str = "logit-diff", hook: str = "attn",

@@ -4,7 +4,7 @@ built from the plain dicts the native module returns."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -82,6 +82,97 @@ class Result:
             prompts=list(d["prompts"]),
             per_pair_heads=opt("per_pair_heads"),
             per_pair_positions=opt("per_pair_positions"),
+            warnings=list(d["warnings"]),
+            runtime=d["runtime"],
+            timings=dict(d["timings"]),
+            runtime_calls=int(d["runtime_calls"]),
+            raw=d,
+        )
+
+
+@dataclass(frozen=True)
+class EdgeResult:
+    """Every edge's score (EAP, or EAP-IG with `ig_steps` > 1), as `attrpatch edges` writes them
+    in edges.json: the same names, order and numbers.
+
+    `scores[i]` is edge `edges[i]`'s score, in units of the normalised metric (summed over the
+    pairs, divided by N (CLEAN - CORR), as the grids are). Writers are `input`, `a{l}.h{h}` and
+    `m{l}`; readers `a{l}.h{h}.q|k|v`, `m{l}` and `logits` (README, "Edges")."""
+
+    #: "EAP", or "EAP-IG" with ig_steps > 1.
+    method: str
+    #: Integration steps (1 = plain EAP).
+    ig_steps: int
+    #: The metric's name as edges.json gives it, e.g. "logit diff".
+    metric: str
+    layers: int
+    #: Query heads per layer.
+    heads: int
+    #: Key/value heads per layer (= heads without grouped-query attention).
+    kv_heads: int
+    #: Whether attention and MLP read the same residual (GPT-J, GPT-NeoX, Falcon).
+    parallel: bool
+    #: (from, to) of every edge: writers in residual order, then readers in residual order.
+    edges: List[Tuple[str, str]]
+    #: [edges]: each edge's score.
+    scores: np.ndarray
+    #: Every writer, in residual order.
+    nodes: List[str]
+    #: [nodes]: the sum of each writer's outgoing edge scores.
+    node_scores: np.ndarray
+    #: [layers, heads] (plain EAP only; empty with EAP-IG): each head's node attribution summed over
+    #: positions, which equals the sum of its outgoing edge scores.
+    head_attribution: np.ndarray
+    #: Mean metric over the clean prompts, not normalised.
+    clean_metric: float
+    #: Mean metric over the corrupted prompts.
+    corrupted_metric: float
+    #: [pairs, 2]: each pair's (clean, corrupted) metric.
+    pair_metrics: np.ndarray
+    #: The baseline warnings `run` gives for these pairs.
+    warnings: List[str]
+    #: What ran the graph, e.g. "onnxruntime 1.31.1 (CPU)".
+    runtime: str
+    #: Seconds spent in load, rewrite, session and run for this call (0 for what was reused).
+    timings: Dict[str, Any]
+    #: Runtime calls this job made.
+    runtime_calls: int
+    #: Everything the native result holds (edges.json's fields, and `unnormalised`: each edge's
+    #: sum before the division by N (CLEAN - CORR)).
+    raw: Dict[str, Any] = field(repr=False)
+
+    def top(self, k: int = 20) -> List[Tuple[str, str, float]]:
+        """The `k` edges of largest |score| as (from, to, score), largest first (ties in edge
+        order, as `attrpatch edges` prints them)."""
+        order = sorted(range(len(self.edges)), key=lambda i: -abs(self.scores[i]))
+        return [(*self.edges[i], float(self.scores[i])) for i in order[:k]]
+
+    def score(self, source: str, target: str) -> float:
+        """The score of edge `source -> target` (e.g. "a0.h2", "a1.h0.v")."""
+        for (a, b), v in zip(self.edges, self.scores):
+            if a == source and b == target:
+                return float(v)
+        raise InputError(f"no edge {source} -> {target} in this model's {len(self.edges)} edges; writers are "
+                         "input, a{l}.h{h} and m{l}, readers a{l}.h{h}.q|k|v, m{l} and logits")
+
+    @classmethod
+    def _from_native(cls, d: Dict[str, Any]) -> "EdgeResult":
+        return cls(
+            method=d["method"],
+            ig_steps=int(d["ig_steps"]),
+            metric=d["metric"],
+            layers=int(d["layers"]),
+            heads=int(d["heads"]),
+            kv_heads=int(d["kv_heads"]),
+            parallel=bool(d["parallel"]),
+            edges=[(e["from"], e["to"]) for e in d["edges"]],
+            scores=np.array([e["score"] for e in d["edges"]], dtype=np.float64),
+            nodes=[n["node"] for n in d["nodes"]],
+            node_scores=np.array([n["score"] for n in d["nodes"]], dtype=np.float64),
+            head_attribution=_grid(d["head_attribution"]),
+            clean_metric=float(d["clean_metric"]),
+            corrupted_metric=float(d["corrupted_metric"]),
+            pair_metrics=_grid(d["pair_metrics"]).reshape(-1, 2),
             warnings=list(d["warnings"]),
             runtime=d["runtime"],
             timings=dict(d["timings"]),

@@ -208,6 +208,28 @@ pub fn result_json(r: &JobResult) -> Json {
     })
 }
 
+/// An edge job's result: edges.json's fields (the `EdgeScores`), with the baselines, each
+/// edge's unnormalised sum, the head attributions (EAP), timings and runtime.
+pub fn edges_json(r: &attrpatch::eap::EdgeRun) -> PyResult<Json> {
+    let mut out = serde_json::to_value(&r.scores).map_err(|e| internal(&e))?;
+    let extra = json!({
+        "unnormalised": r.unnormalised,
+        "head_attribution": r.head_attribution,
+        "clean_metric": r.clean_metric,
+        "corrupted_metric": r.corrupted_metric,
+        "pair_metrics": r.pair_metrics.iter().map(|&(c, k)| vec![c, k]).collect::<Vec<_>>(),
+        "warnings": r.baselines.warnings,
+        "clean_accuracy": r.baselines.clean_accuracy,
+        "timings": r.seconds,
+        "runtime_calls": r.runtime_calls,
+        "runtime": r.runtime,
+    });
+    if let (Json::Object(o), Json::Object(e)) = (&mut out, extra) {
+        o.extend(e);
+    }
+    Ok(out)
+}
+
 /// A comparison as {"exact", "attribution", "ig", "stats"}.
 pub fn comparison_json(c: &Comparison) -> Json {
     let mut out = json!({ "exact": result_json(&c.exact), "ig": Json::Null, "stats": {} });

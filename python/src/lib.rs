@@ -107,6 +107,22 @@ impl Attributor {
         Ok(convert::result_json(&r).to_string())
     }
 
+    /// Every edge's score (EAP; EAP-IG with `ig_steps` > 1): the result as JSON.
+    fn edges(
+        &mut self,
+        py: Python<'_>,
+        kind: &str,
+        value: &Bound<'_, PyAny>,
+        job: &Bound<'_, PyDict>,
+    ) -> PyResult<String> {
+        let p = pairs(kind, value)?;
+        let steps: usize = convert::get(job, "ig_steps")?.unwrap_or(1);
+        let inner = &mut self.inner;
+        let r = without_gil(py, move || inner.edges(&p, steps)).map_err(|e| to_py(py, e))?;
+        self.jobs += 1;
+        Ok(convert::edges_json(&r)?.to_string())
+    }
+
     /// Exact patching beside attribution (and IG): the comparison as JSON.
     fn compare(
         &mut self,
@@ -248,6 +264,23 @@ fn baseline_check(
     Ok((c.warnings, c.clean_accuracy))
 }
 
+/// Every edge of a model of this shape as (from, to), in the order edge scores list them (for
+/// scores combined from parts: attrpatch.ray).
+#[pyfunction]
+fn edge_names(layers: usize, heads: usize, kv_heads: usize, parallel: bool) -> Vec<(String, String)> {
+    let t = attrpatch::eap::Topology { layers, heads, kv_heads, parallel };
+    t.edges().into_iter().map(|(w, r)| (w.to_string(), r.to_string())).collect()
+}
+
+/// `edges.json` and `edges.csv` in `dir`, as `attrpatch edges` writes them, from the edge
+/// scores as JSON (edges.json's fields: method, ig_steps, metric, layers, ..., edges, nodes).
+#[pyfunction]
+fn write_edges(py: Python<'_>, dir: String, scores: &str) -> PyResult<()> {
+    let s: attrpatch::eap::EdgeScores = serde_json::from_str(scores)
+        .map_err(|e| to_py(py, attrpatch::Error::Input(format!("edge scores to write: {e}"))))?;
+    without_gil(py, || attrpatch::eap::write_edges(dir.as_ref(), &s)).map_err(|e| to_py(py, e))
+}
+
 /// The tutorial's 8 IOI pairs (what `pairs=None` runs) as JSON.
 #[pyfunction]
 fn default_pairs() -> PyResult<String> {
@@ -267,5 +300,7 @@ fn _attrpatch(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(tokenize, m)?)?;
     m.add_function(wrap_pyfunction!(read_pairs, m)?)?;
     m.add_function(wrap_pyfunction!(baseline_check, m)?)?;
+    m.add_function(wrap_pyfunction!(edge_names, m)?)?;
+    m.add_function(wrap_pyfunction!(write_edges, m)?)?;
     Ok(())
 }

@@ -61,3 +61,40 @@ def test_inspect_text_equals_the_cli(cli, model_path):
     got = attrpatch.inspect(model_path)
     assert got["text"].strip() == want.strip()
     assert got["heads"] == 4 and len(got["hooks"]) == 3
+
+
+def edges_json(out_dir) -> dict:
+    return json.loads((out_dir / "edges.json").read_text())
+
+
+@pytest.mark.parametrize("ig_steps", [1, 3])
+def test_edges_equal_the_cli(cli, model_path, tmp_path, ig_steps):
+    """Names, order and scores of edges.json (EAP, and EAP-IG with 3 steps) on the tutorial's pairs."""
+    run_cli(cli, "edges", "--ig-steps", str(ig_steps), "--model", str(model_path), "--device", "cpu",
+            "--out", str(tmp_path))
+    want = edges_json(tmp_path)
+    got = attrpatch.edges(model_path, ig_steps=ig_steps, device="cpu")
+    assert got.method == want["method"] == ("EAP" if ig_steps == 1 else "EAP-IG")
+    for key in ("ig_steps", "metric", "layers", "heads", "kv_heads", "parallel"):
+        assert getattr(got, key) == want[key], key
+    assert got.edges == [(e["from"], e["to"]) for e in want["edges"]]
+    assert len(got.edges) == 262
+    np.testing.assert_allclose(got.scores, [e["score"] for e in want["edges"]], rtol=RTOL, atol=ATOL)
+    assert got.nodes == [n["node"] for n in want["nodes"]]
+    np.testing.assert_allclose(got.node_scores, [n["score"] for n in want["nodes"]], rtol=RTOL, atol=ATOL)
+    # edges.csv holds the same edges; the top ones by |score| in the same order.
+    rows = [line.split(",") for line in (tmp_path / "edges.csv").read_text().splitlines()[1:]]
+    assert [(a, b) for a, b, _ in rows] == got.edges
+    by_size = sorted(rows, key=lambda r: -abs(float(r[2])))[:5]
+    assert [(a, b) for a, b, _ in got.top(5)] == [(a, b) for a, b, _ in by_size]
+    assert got.score("a2.h2", "logits") == pytest.approx(got.scores[got.edges.index(("a2.h2", "logits"))])
+    assert got.pair_metrics.shape == (8, 2)
+    # Plain EAP's identity: each head's outgoing edges sum to its node attribution.
+    if ig_steps == 1:
+        for layer in range(3):
+            for head in range(4):
+                name = f"a{layer}.h{head}"
+                assert got.node_scores[got.nodes.index(name)] == pytest.approx(got.head_attribution[layer, head],
+                                                                              rel=1e-4, abs=1e-6)
+    else:
+        assert got.head_attribution.size == 0

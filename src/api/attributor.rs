@@ -1,12 +1,14 @@
 //! `Attributor`: a model rewritten once and kept, with its runtime session,
 //! for any number of jobs (attribution, integrated gradients, exact patching,
-//! comparison) on any prompt pairs. The CLI's run, patch and compare run the
-//! same job code (`job::run_prepared`, `patch::run_prepared`).
+//! comparison, edge scores) on any prompt pairs. The CLI's run, patch, compare
+//! and edges run the same job code (`job::run_prepared`, `patch::run_prepared`,
+//! `edges::run::run_prepared`).
 
 use super::pairs::Pairs;
 use super::source::{ModelSource, TokenizerSource};
 use crate::augment::{augment_shared, augment_with, AugmentOptions, Augmented, Metric};
 use crate::compare::{CompareOptions, Comparison};
+use crate::edges::{self, graph::EdgeGraph, EdgeRun};
 use crate::error::{Error, Result};
 use crate::hooks::HookKind;
 use crate::job::{self, JobOptions, JobResult, LoadedModel, Prepared, PromptSource};
@@ -113,7 +115,16 @@ impl AttributorBuilder {
         };
         let mut opts = self.opts;
         opts.model = self.model.name();
-        Ok(Attributor { model: self.model, tokenizer, opts, attribution: None, exact: None, ig: None, builds: 0 })
+        Ok(Attributor {
+            model: self.model,
+            tokenizer,
+            opts,
+            attribution: None,
+            exact: None,
+            ig: None,
+            edges: vec![],
+            builds: 0,
+        })
     }
 }
 
@@ -128,6 +139,8 @@ pub struct Attributor {
     attribution: Option<Slot<Augmented>>,
     exact: Option<Slot<PatchGraph>>,
     ig: Option<Slot<PatchGraph>>,
+    /// One edge graph per integration step count (EAP-IG tiles its corrupted runs).
+    edges: Vec<(usize, Slot<EdgeGraph>)>,
     builds: usize,
 }
 
@@ -209,6 +222,39 @@ impl Attributor {
         }
         let slot = self.slot_of(is_ig).as_mut().expect("built above");
         patch::run_prepared(&opts, e, rows_per_call, &mut slot.prepared, &mut slot.session)
+    }
+
+    /// Every edge's score: EAP with `ig_steps` = 1, EAP-IG-inputs with more (as
+    /// `attrpatch edges [--ig-steps N]`: the same names, order and numbers). The
+    /// scores are summed over the pairs (`per_pair` does not apply); the edge graph
+    /// for `ig_steps` is built on first use and kept.
+    pub fn edges(&mut self, pairs: &Pairs, ig_steps: usize) -> Result<EdgeRun> {
+        if ig_steps == 0 {
+            // graph::build's message, before the model is read.
+            return Err(Error::Input("the integration steps of EAP-IG must be at least 1 (1 is plain EAP)".into()));
+        }
+        if self.opts.hooks != crate::hooks::HookKind::AttnOut {
+            return Err(Error::Input(
+                "hook: edge scores are defined by the attention heads, MLPs and residual stream, not by hooks; make \
+                 the attributor without a hook choice"
+                    .into(),
+            ));
+        }
+        let (opts, source) = self.job_inputs(pairs)?;
+        let i = match self.edges.iter().position(|(steps, _)| *steps == ig_steps) {
+            Some(i) => {
+                self.edges[i].1.prepared.set_prompts(&opts, &source)?;
+                i
+            }
+            None => {
+                let g = edges::run::graph_options(&opts, ig_steps);
+                let prepared = self.prepare(&opts, &source, |m| edges::graph::build(m, &g))?;
+                self.edges.push((ig_steps, Slot { prepared, session: None }));
+                self.edges.len() - 1
+            }
+        };
+        let slot = &mut self.edges[i].1;
+        edges::run::run_prepared(&opts, ig_steps, &mut slot.prepared, &mut slot.session)
     }
 
     fn slot_of(&mut self, ig: bool) -> &mut Option<Slot<PatchGraph>> {

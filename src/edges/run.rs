@@ -3,16 +3,16 @@
 //! the attribution of its pairs' summed metric, and the sum normalised as
 //! `run` normalises its grids: by N (CLEAN - CORR) over the whole prompt set.
 
-use super::graph::{self, out, EdgeGraphOptions};
+use super::graph::{self, out, EdgeGraph, EdgeGraphOptions};
 use super::scores::{node_scores, EdgeScore, EdgeScores};
 use super::{Reader, Writer};
 use crate::augment::names;
 use crate::batches::Totals;
 use crate::error::{Error, Result};
 use crate::graph_cache::GraphKey;
-use crate::job::{pair_inputs, prepare, JobGraph, JobOptions};
+use crate::job::{pair_inputs, prepare, JobGraph, JobOptions, Prepared};
 use crate::memory::{choose, Budget, Workload};
-use crate::runtime::take_output;
+use crate::runtime::{take_output, Runtime};
 use std::collections::HashMap;
 
 /// An edge job's scores and what checks read beside them.
@@ -23,10 +23,26 @@ pub struct EdgeRun {
     /// attribution summed over positions, normalised alike. The identity says it
     /// equals the sum of the head's outgoing edge scores.
     pub head_attribution: Vec<Vec<f64>>,
+    /// Each edge's score before the normalisation, in `scores.edges` order: the
+    /// attribution of the pairs' summed metric change. Sums of jobs on disjoint
+    /// pairs add up; divided by N (CLEAN - CORR) of their union they are its scores.
+    pub unnormalised: Vec<f64>,
+    /// Each pair's raw (clean, corrupted) metric, in prompt order.
+    pub pair_metrics: Vec<(f64, f64)>,
+    /// The clean prompts' mean metric.
+    pub clean_metric: f64,
+    /// The corrupted prompts' mean metric.
+    pub corrupted_metric: f64,
+    /// Whether the baselines make the normalised scores meaningful (`run`'s checks).
+    pub baselines: crate::sanity::BaselineCheck,
     /// Runtime calls made.
     pub runtime_calls: usize,
     /// Seconds spent in runtime calls.
     pub run_seconds: f64,
+    /// Where the time went (load, rewrite and session are 0 when a kept graph ran).
+    pub seconds: crate::job::Timings,
+    /// What ran the graph, e.g. "onnxruntime 1.31.1 (CPU)".
+    pub runtime: String,
 }
 
 /// Every edge's score (EAP with `ig_steps` = 1, EAP-IG-inputs with more):
@@ -35,13 +51,35 @@ pub fn run_edges(opts: &JobOptions, ig_steps: usize) -> Result<EdgeScores> {
     Ok(run_edges_detailed(opts, ig_steps)?.scores)
 }
 
+/// The edge graph's options for a job (what its cache key covers).
+pub fn graph_options(opts: &JobOptions, ig_steps: usize) -> EdgeGraphOptions {
+    EdgeGraphOptions { metric: opts.metric, heads: opts.heads, ig_steps, ..Default::default() }
+}
+
 /// `run_edges`, with the head attributions and call count.
 pub fn run_edges_detailed(opts: &JobOptions, ig_steps: usize) -> Result<EdgeRun> {
+    check_options(opts)?;
+    let gopts = graph_options(opts, ig_steps);
+    let mut p = prepare(opts, GraphKey::new("edges", &gopts), |model| graph::build(model, &gopts))?;
+    run_prepared(opts, ig_steps, &mut p, &mut None)
+}
+
+fn check_options(opts: &JobOptions) -> Result<()> {
     if opts.shard.is_some() {
         return Err(Error::Input("edge scores run in one process: shards are not supported".into()));
     }
-    let gopts = EdgeGraphOptions { metric: opts.metric, heads: opts.heads, ig_steps, ..Default::default() };
-    let mut p = prepare(opts, GraphKey::new("edges", &gopts), |model| graph::build(model, &gopts))?;
+    Ok(())
+}
+
+/// Runs a prepared edge job; `session` is the runtime session on its graph,
+/// made here when None and kept for the next call (the facade's `Attributor`).
+pub fn run_prepared(
+    opts: &JobOptions,
+    ig_steps: usize,
+    p: &mut Prepared<EdgeGraph>,
+    session: &mut Option<Box<dyn Runtime>>,
+) -> Result<EdgeRun> {
+    check_options(opts)?;
     let n = p.pairs.len();
     let explicit = match opts.batch_size {
         Some(0) => Some(n.max(1)),
@@ -51,11 +89,15 @@ pub fn run_edges_detailed(opts: &JobOptions, ig_steps: usize) -> Result<EdgeRun>
     let topo = p.graph.anatomy.topology();
     let (u, r) = (topo.writers().len(), topo.readers().len());
     let layers = topo.layers;
-    crate::progress::stage(&opts.progress, "creating the runtime session");
-    let mut rt = p.session(&opts.runtime)?;
+    if session.is_none() {
+        crate::progress::stage(&opts.progress, "creating the runtime session");
+        *session = Some(p.session(&opts.runtime)?);
+    }
+    let rt = session.as_deref_mut().expect("made above");
     let mut scores = vec![0.0f64; u * r];
     let mut heads = vec![vec![0.0f64; topo.heads]; layers];
     let mut totals = Totals::default();
+    let mut pair_metrics = Vec::with_capacity(n);
     let mut calls = 0;
     let clock = std::time::Instant::now();
     for start in (0..n).step_by(per_call.max(1)) {
@@ -98,24 +140,26 @@ pub fn run_edges_detailed(opts: &JobOptions, ig_steps: usize) -> Result<EdgeRun>
                 }
             }
         }
+        pair_metrics.extend(clean.iter().copied().zip(corrupted.iter().copied()));
         totals.pairs += rows;
         totals.sum_clean += clean.iter().sum::<f64>();
         totals.sum_corrupted += corrupted.iter().sum::<f64>();
     }
     let run_seconds = clock.elapsed().as_secs_f64();
+    p.seconds.run = run_seconds;
     let k = totals.normaliser()?;
     let writers: HashMap<Writer, usize> = topo.writers().into_iter().enumerate().map(|(i, w)| (w, i)).collect();
     let readers: HashMap<Reader, usize> = topo.readers().into_iter().enumerate().map(|(i, r)| (r, i)).collect();
-    let edges: Vec<EdgeScore> = topo
-        .edges()
-        .into_iter()
-        .map(|(w, rd)| EdgeScore {
-            from: w.to_string(),
-            to: rd.to_string(),
-            score: k * scores[writers[&w] * r + readers[&rd]],
-        })
+    let order = topo.edges();
+    let unnormalised: Vec<f64> = order.iter().map(|(w, rd)| scores[writers[w] * r + readers[rd]]).collect();
+    let edges: Vec<EdgeScore> = order
+        .iter()
+        .zip(&unnormalised)
+        .map(|((w, rd), v)| EdgeScore { from: w.to_string(), to: rd.to_string(), score: k * v })
         .collect();
     let nodes = node_scores(&edges);
+    let (clean, corrupted): (Vec<f64>, Vec<f64>) = pair_metrics.iter().copied().unzip();
+    let baselines = crate::sanity::check_baselines(opts.metric, &clean, &corrupted);
     let head_attribution =
         if ig_steps == 1 { heads.iter().map(|row| row.iter().map(|v| k * v).collect()).collect() } else { vec![] };
     Ok(EdgeRun {
@@ -131,7 +175,14 @@ pub fn run_edges_detailed(opts: &JobOptions, ig_steps: usize) -> Result<EdgeRun>
             nodes,
         },
         head_attribution,
+        unnormalised,
+        pair_metrics,
+        baselines,
+        clean_metric: totals.clean(),
+        corrupted_metric: totals.corrupted(),
         runtime_calls: calls,
         run_seconds,
+        seconds: p.seconds.clone(),
+        runtime: rt.describe(),
     })
 }

@@ -1,20 +1,20 @@
 #!/usr/bin/env python3
 """One process against attrpatch.ray with 1 and 2 actors on the same prompt pairs.
 
-    python tools/bench/ray_bench.py [--model models/ioi-gpt2/model.onnx] [--pairs 256]
+    python tools/bench/ray_bench.py [--job run|edges] [--model models/ioi-gpt2/model.onnx] [--pairs 256]
                                     [--block-size 32] [--repeats 3] [--json out.json]
 
 Measures, on a local Ray cluster of 2 CPUs (`ray.init(num_cpus=2)`):
-- one process: `attrpatch.run` in a fresh interpreter (threads 1 and 2), wall time with set-up and
+- one process: `attrpatch.run` (`--job edges`: `attrpatch.edges`, EAP) in a fresh interpreter (threads 1 and 2), wall time with set-up and
   the peak RSS of that process;
 - Ray start-up: `ray.init` until the cluster answers;
-- `attrpatch.ray.attribute` with 1 and 2 actors of 1 CPU (a fresh actor pool each call, so each
+- `attrpatch.ray.attribute` (`attrpatch.ray.edges`) with 1 and 2 actors of 1 CPU (a fresh actor pool each call, so each
   call pays the actors' start and session), wall time, and every actor's peak RSS (VmHWM of the
   ray::MapWorker processes, sampled while they live);
 - the parts of each Ray call, from when each block began and ended in its actor: start-up (call to
   first block), graph and session set-up (in the first block), the gap between blocks on one actor
   (Ray's per-block overhead), the tail (last block to the result); also with blocks of 8 pairs.
-Every Ray grid is checked against the one-process grid (1e-6 of its largest cell) before timing counts.
+Every Ray grid (edge scores) is checked against one process's (1e-6 of its largest cell) before timing counts.
 Needs attrpatch with the [ray] extra installed in this interpreter. Linux (reads /proc).
 """
 
@@ -40,15 +40,23 @@ ONE_PROCESS = """
 import json, resource, sys, time
 t0 = time.perf_counter()
 import attrpatch
-r = attrpatch.run(sys.argv[1], sys.argv[2], device="cpu", threads=int(sys.argv[3]))
+if sys.argv[4] == "edges":
+    r = attrpatch.edges(sys.argv[1], sys.argv[2], device="cpu", threads=int(sys.argv[3]))
+    grids = {"scores": r.scores.tolist()}
+else:
+    r = attrpatch.run(sys.argv[1], sys.argv[2], device="cpu", threads=int(sys.argv[3]))
+    grids = {"heads": r.heads.tolist(), "positions": r.positions.tolist()}
 wall = time.perf_counter() - t0
-print(json.dumps({"wall": wall, "timings": r.timings, "heads": r.heads.tolist(), "positions": r.positions.tolist(),
+print(json.dumps({"wall": wall, "timings": {k: v for k, v in r.timings.items() if isinstance(v, float)}, **grids,
                   "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
 
+# What each job compares against one process.
+GRIDS = {"run": ("heads", "positions"), "edges": ("scores",)}
 
-def one_process(model: str, pairs: str, threads: int) -> dict:
-    p = subprocess.run([sys.executable, "-c", ONE_PROCESS, model, pairs, str(threads)], capture_output=True,
+
+def one_process(model: str, pairs: str, threads: int, job: str) -> dict:
+    p = subprocess.run([sys.executable, "-c", ONE_PROCESS, model, pairs, str(threads), job], capture_output=True,
                        text=True, check=True)
     return json.loads(p.stdout.strip().splitlines()[-1])
 
@@ -95,6 +103,7 @@ def max_rel_err(got, want) -> float:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--job", choices=sorted(GRIDS), default="run", help="run (attribution) or edges (EAP)")
     ap.add_argument("--model", default=str(ROOT / "models" / "ioi-gpt2" / "model.onnx"))
     ap.add_argument("--pairs", type=int, default=256)
     ap.add_argument("--block-size", type=int, default=32)
@@ -105,10 +114,10 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="ray-bench-"))
     pairs = tmp / "pairs.jsonl"
     pairs.write_text("".join(json.dumps(p) + "\n" for p in ioi_pairs(args.pairs)))
-    out: dict = {"pairs": args.pairs, "block_size": args.block_size, "model": args.model}
+    out: dict = {"job": args.job, "pairs": args.pairs, "block_size": args.block_size, "model": args.model}
 
     for threads in (1, 2):
-        runs = [one_process(args.model, str(pairs), threads) for _ in range(args.repeats)]
+        runs = [one_process(args.model, str(pairs), threads, args.job) for _ in range(args.repeats)]
         out[f"one_process_threads{threads}"] = {
             "wall_s": statistics.median(r["wall"] for r in runs),
             "run_s": statistics.median(r["timings"]["run"] for r in runs),
@@ -136,11 +145,12 @@ def main() -> int:
         for _ in range(args.repeats):
             with ActorMemory() as mem:
                 t = time.time()
-                r, rows = apr.attribute(str(pairs), args.model, actors=actors, threads=1, block_size=block,
-                                        device="cpu", return_rows=True)
+                entry = apr.edges if args.job == "edges" else apr.attribute
+                r, rows = entry(str(pairs), args.model, actors=actors, threads=1, block_size=block,
+                                device="cpu", return_rows=True)
                 wall = time.time() - t
             peaks.update(mem.peak_mb)
-            err = max(max_rel_err(r.heads, ref["heads"]), max_rel_err(r.positions, ref["positions"]))
+            err = max(max_rel_err(getattr(r, g), ref[g]) for g in GRIDS[args.job])
             assert err <= 1e-6, f"actors {actors}, block {block}: grids differ from one process by {err:.2e}"
             metas = [json.loads(m["block_meta"]) for m in rows.select_columns(["block_meta"]).take_all()
                      if m["block_meta"]]

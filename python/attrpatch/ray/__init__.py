@@ -1,9 +1,10 @@
-"""attrpatch on a Ray cluster: attribution, integrated gradients and exact patching of a prompt set
-too large for one machine, with the numbers one process gives.
+"""attrpatch on a Ray cluster: attribution, integrated gradients, exact patching and edge scores of a
+prompt set too large for one machine, with the numbers one process gives.
 
     import attrpatch.ray
     r = attrpatch.ray.attribute("pairs.jsonl", "gpt2.onnx", actors=4, threads=4, out="results/")
     r.heads, r.positions, r.clean_metric, r.warnings      # an attrpatch.Result, as attrpatch.run's
+    e = attrpatch.ray.edges("pairs.jsonl", "gpt2.onnx", actors=4, out="edges/")   # as attrpatch.edges
 
 How it runs: the pairs become a Ray Dataset (one row a pair, `pair_id` the line of the JSONL
 file), `map_batches` sends blocks of `block_size` pairs to a pool of `actors` actors
@@ -14,6 +15,9 @@ per pair with the pair's metric values and its grids *not normalised* (the attri
 pair's own metric change, as the command line's batch files hold them); the grids are normalised
 once over the whole set, `sum / (N * (CLEAN - CORR))`, with CLEAN and CORR the means over every
 pair, as `attrpatch merge` combines shards. Block boundaries therefore do not change the result.
+Edge scores are sums over a block's pairs, not per pair: each block returns its unnormalised edge
+sums once, on its first row, and they are added over the blocks and normalised over the whole set
+the same way (`_edges.py`).
 
 With `out=DIR` every block is written as `DIR/blocks/block-FIRST-LAST-HASH.parquet` (named by its
 pair ids) beside `DIR/settings.json` (what decides the numbers: model and tokenizer content, pairs,
@@ -45,6 +49,7 @@ from attrpatch import _inputs
 from attrpatch import _attrpatch as _native
 from attrpatch._errors import Error, InputError, NumericError
 from attrpatch._results import Result
+from attrpatch.ray import _edges
 
 try:
     import ray  # noqa: F401  (the top-level ray package, not this module)
@@ -56,7 +61,7 @@ except ImportError as e:  # pragma: no cover - exercised where ray is missing
         "(or pip install 'ray[data]')"
     ) from e
 
-__all__ = ["attribute", "patch", "pair_rows", "combine", "read_rows", "DEFAULT_BLOCK_SIZE"]
+__all__ = ["attribute", "patch", "edges", "pair_rows", "combine", "read_rows", "DEFAULT_BLOCK_SIZE"]
 
 #: Pairs per block (one actor call) when `block_size` is not given.
 DEFAULT_BLOCK_SIZE = 32
@@ -69,8 +74,13 @@ _OPTION_KEYS = ("metric", "hook", "tokenizer", "heads", "bos", "device", "runtim
 # --- the per-pair rows ---------------------------------------------------------------------------
 
 def _job(method: str, ig_steps: Optional[int], positions: bool, rows_per_call: Optional[int]) -> Dict[str, Any]:
-    if method not in ("attribution", "patch"):
-        raise InputError(f"method: expected 'attribution' or 'patch', got {method!r}")
+    if method not in ("attribution", "patch", "edges"):
+        raise InputError(f"method: expected 'attribution', 'patch' or 'edges', got {method!r}")
+    if method == "edges":
+        if positions or rows_per_call is not None:
+            raise InputError("positions and rows_per_call: exact patching's (patch); edge scores take ig_steps only")
+        # Edge jobs always have a step count (1: plain EAP), so the fingerprint names it.
+        return {"method": method, "ig_steps": ig_steps or 1, "positions": False, "rows_per_call": None}
     if method == "attribution" and positions:
         raise InputError("positions: only exact patching (patch) takes positions=True; attribution always "
                          "computes the positions grid")
@@ -92,6 +102,7 @@ class _PairBlocks:
         self._attributor = self._thread.submit(
             lambda: attrpatch.Attributor(model, threads=threads, per_pair=True, **options)).result()
         self._job = job
+        self._metric = options.get("metric", "logit-diff")
         self._out = out
         self._fingerprint = fingerprint
         self._pid = os.getpid()
@@ -104,6 +115,13 @@ class _PairBlocks:
 
         started = time.time()
         rows = sorted(batch.to_pylist(), key=lambda r: r["pair_id"])
+        if self._job["method"] == "edges":
+            table = _edges.block_table(rows, self._run(rows), text_keys=_PAIR_TEXT, metric_option=self._metric,
+                                       graphs_built=self._attributor.stats["graphs_built"], pid=self._pid,
+                                       started=started)
+            if self._out is not None:
+                _write_block(Path(self._out), table, self._fingerprint)
+            return table
         result = self._run(rows)
         k = _block_normaliser(result)
         meta = _block_meta(result, self._attributor.stats, self._pid)
@@ -130,9 +148,13 @@ class _PairBlocks:
             _write_block(Path(self._out), table, self._fingerprint)
         return table
 
-    def _run(self, rows: List[Dict[str, Any]]) -> Result:
+    def _run(self, rows: List[Dict[str, Any]]) -> Any:
+        """The block's Result; for edges the native result's dict (its sums are what blocks add)."""
         texts = [tuple(r[k] or "" for k in _PAIR_TEXT) + (r["origin"],) for r in rows]
         try:
+            if self._job["method"] == "edges":
+                return json.loads(self._attributor._native.edges("texts_at", texts,
+                                                                 {"ig_steps": self._job["ig_steps"]}))
             if self._job["method"] == "attribution":
                 job = {"ig_steps": self._job["ig_steps"]}
                 return Result._from_native(json.loads(self._attributor._native.run("texts_at", texts, job)))
@@ -259,9 +281,11 @@ def pair_rows(pairs: Any, model: Any, *, method: str = "attribution", ig_steps: 
     its metric, not normalised: divide their sum by N * (CLEAN - CORR) for the normalised grids, as
     `combine` does), `worker_pid` and `block_meta` (JSON on a block's first row: labels, hooks,
     timings, and `started`/`seconds`: when the block began in the actor, as time.time(), and how long
-    it took there). `method` is "attribution" (with `ig_steps`: integrated gradients) or "patch" (exact
-    patching, `positions` and `rows_per_call` as `attrpatch.patch`). `threads` is each actor's CPUs
-    and ONNX Runtime's intra-op threads; `actors` defaults to the cluster's CPUs less one, divided by
+    it took there). `method` is "attribution" (with `ig_steps`: integrated gradients), "patch" (exact
+    patching, `positions` and `rows_per_call` as `attrpatch.patch`) or "edges" (EAP; EAP-IG with
+    `ig_steps`: the rows have no grids but, on each block's first row, `edges_raw`, the block's
+    unnormalised edge sums in `attrpatch.edges` order, and `head_attribution_raw`). `threads` is
+    each actor's CPUs and ONNX Runtime's intra-op threads; `actors` defaults to the cluster's CPUs less one, divided by
     `threads`; `max_restarts` how often Ray restarts a crashed actor (and retries its block). Other
     options are `attrpatch.Attributor`'s (metric, hook, tokenizer, heads, bos, device, ...)."""
     job = _job(method, attrpatch._count(ig_steps, "ig_steps"), positions,
@@ -314,11 +338,30 @@ def _stack(grids: List[Any], width: Optional[int] = None) -> np.ndarray:
     return out
 
 
-def combine(rows: Any, *, per_pair: bool = False) -> Result:
+def _baselines(table: Any) -> Tuple[np.ndarray, np.ndarray, float, float, float]:
+    """Every pair's clean and corrupted metric, their means CLEAN and CORR, and 1 / (N (CLEAN - CORR)):
+    Totals::normaliser over the whole set, with its refusals."""
+    clean = np.asarray(table.column("clean_metric").to_pylist(), dtype=np.float64)
+    corrupted = np.asarray(table.column("corrupted_metric").to_pylist(), dtype=np.float64)
+    n = len(clean)
+    # As Totals: sums in pair order, then the means.
+    c, k = math.fsum(clean) / n, math.fsum(corrupted) / n
+    if not (math.isfinite(c) and math.isfinite(k)):
+        raise NumericError(f"the baselines are not finite (clean logit diff {c}, corrupted {k})")
+    if _indistinguishable(c, k):
+        raise NumericError(
+            f"the clean and corrupted logit differences are equal ({c} and {k}, within float32 precision); "
+            "the normalised metric (ld - corrupted) / (clean - corrupted) divides by their difference. Check that "
+            "the corrupted prompts differ from the clean ones and that the answers are right")
+    return clean, corrupted, c, k, 1.0 / (n * (c - k))
+
+
+def combine(rows: Any, *, per_pair: bool = False) -> Any:
     """The job's `attrpatch.Result` from its per-pair rows (a `ray.data.Dataset` from `pair_rows`,
     a pyarrow Table, or the folder `out=` wrote): baselines CLEAN and CORR are the means over every
     pair, the grids the sum of the pairs' raw grids over N * (CLEAN - CORR), the warnings the
-    single-process job's. Every pair must appear once."""
+    single-process job's. Every pair must appear once. Rows of an edge job give its
+    `attrpatch.EdgeResult` (the blocks' edge sums added, over N * (CLEAN - CORR))."""
     import pyarrow as pa
 
     if isinstance(rows, (str, os.PathLike)):
@@ -341,25 +384,17 @@ def combine(rows: Any, *, per_pair: bool = False) -> Result:
     metas = [json.loads(m) for m in table.column("block_meta").to_pylist() if m]
     if not metas:
         raise InputError("rows: no block_meta; these are not attrpatch.ray rows")
+    if "edges_raw" in table.column_names:
+        _first_block_meta(table)
+        return _edges.combine(table, metas, *_baselines(table))
     first_meta = _first_block_meta(table)
     for m in metas:
         for key in ("method", "metric", "hook", "layer_labels", "head_labels"):
             if m[key] != first_meta[key]:
                 raise InputError(f"rows: blocks of different jobs: their {key} differs "
                                  f"({first_meta[key]!r} vs {m[key]!r})")
-    clean = np.asarray(table.column("clean_metric").to_pylist(), dtype=np.float64)
-    corrupted = np.asarray(table.column("corrupted_metric").to_pylist(), dtype=np.float64)
+    clean, corrupted, c, k, norm = _baselines(table)
     n = len(clean)
-    # As Totals: sums in pair order, then the means.
-    c, k = math.fsum(clean) / n, math.fsum(corrupted) / n
-    if not (math.isfinite(c) and math.isfinite(k)):
-        raise NumericError(f"the baselines are not finite (clean logit diff {c}, corrupted {k})")
-    if _indistinguishable(c, k):
-        raise NumericError(
-            f"the clean and corrupted logit differences are equal ({c} and {k}, within float32 precision); "
-            "the normalised metric (ld - corrupted) / (clean - corrupted) divides by their difference. Check that "
-            "the corrupted prompts differ from the clean ones and that the answers are right")
-    norm = 1.0 / (n * (c - k))
     heads_pp = _stack(table.column("heads_raw").to_pylist())
     # Positions as one process pads them: to the longest prompt of the whole set.
     width = max(int(m.get("seq_len", 0)) for m in metas)
@@ -675,5 +710,24 @@ def patch(pairs: Any, model: Any, *, positions: bool = False, rows_per_call: Opt
     for the positions grid). Arguments and result as `attribute`."""
     job = _job("patch", None, positions, attrpatch._count(rows_per_call, "rows_per_call"))
     return _job_run(pairs, model, job, out=out, per_pair=per_pair, return_rows=return_rows, actors=actors,
+                    threads=threads, block_size=block_size, max_restarts=max_restarts, address=address,
+                    options=options)
+
+
+_EDGE_HOOK = ("hook: edge scores are defined by the attention heads, MLPs and residual stream, not by hooks; "
+              "drop hook=")
+
+
+def edges(pairs: Any, model: Any, *, ig_steps: int = 1, out: Any = None, actors: Optional[int] = None,
+          threads: int = 1, block_size: int = DEFAULT_BLOCK_SIZE, return_rows: bool = False, max_restarts: int = 3,
+          address: Optional[str] = None, **options: Any) -> Any:
+    """Every edge's score (EAP; EAP-IG-inputs with `ig_steps` > 1) of `pairs` on a Ray cluster: the
+    `attrpatch.EdgeResult` `attrpatch.edges` gives on the same pairs (names, order and scores of
+    `attrpatch edges`), with `raw["pair_ids"]`. Each block's edge sums are added and normalised once
+    over every pair, so block sizes and actors do not change the scores. Arguments as `attribute`."""
+    if options.get("hook", "attn") != "attn":
+        raise InputError(_EDGE_HOOK)
+    job = _job("edges", attrpatch._count(ig_steps, "ig_steps"), False, None)
+    return _job_run(pairs, model, job, out=out, per_pair=False, return_rows=return_rows, actors=actors,
                     threads=threads, block_size=block_size, max_restarts=max_restarts, address=address,
                     options=options)

@@ -82,27 +82,12 @@ fn rename_uses(nodes: &mut [NodeProto], map: &HashMap<String, String>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::onnx::pb::{tensor_shape_proto, TensorShapeProto, TypeProto, ValueInfoProto};
+    use crate::onnx::facts::Dim;
+    use crate::onnx::graph::value_info;
+    use crate::onnx::pb::ValueInfoProto;
 
     fn input(name: &str, elem: i32) -> ValueInfoProto {
-        let dims = ["b", "s"]
-            .iter()
-            .map(|d| tensor_shape_proto::Dimension {
-                value: Some(tensor_shape_proto::dimension::Value::DimParam(d.to_string())),
-                ..Default::default()
-            })
-            .collect();
-        ValueInfoProto {
-            name: name.into(),
-            r#type: Some(TypeProto {
-                value: Some(type_proto::Value::TensorType(type_proto::Tensor {
-                    elem_type: elem,
-                    shape: Some(TensorShapeProto { dim: dims }),
-                })),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }
+        value_info(name, elem, &[Dim::Sym("b".into()), Dim::Sym("s".into())])
     }
 
     #[test]

@@ -503,6 +503,25 @@ impl Restorer {
         name
     }
 
+    /// The scales as `[N, blocks]` (a view of a flat tensor), and their type.
+    fn scales_nk(&mut self, p: &Packed, consts: &HashMap<String, TensorProto>, blocks: i64) -> (String, i32) {
+        match consts.get(&p.scales) {
+            Some(s) => (self.view(s, "nk", s.data_type, vec![p.n, blocks]), s.data_type),
+            None => (p.scales.clone(), FLOAT),
+        }
+    }
+
+    /// `w` dequantised in the scales' type, cast to float32 if that is half.
+    fn half_to_float32(&mut self, nodes: &mut Vec<NodeProto>, p: &Packed, w: String, scale_type: i32) -> String {
+        if !matches!(scale_type, FLOAT16 | BFLOAT16) {
+            return w;
+        }
+        let f = self.fresh(&format!("{w}.float32"));
+        let cast = self.cast_node(&p.node, w, f.clone());
+        nodes.push(cast);
+        f
+    }
+
     /// Packed uint8 codes `[N, blocks, blob]` as the `[N, row bytes]` rows
     /// GatherBlockQuantized reads.
     fn rows_view(&mut self, b: &TensorProto, p: &Packed) -> String {
@@ -525,11 +544,7 @@ impl Restorer {
     ) -> String {
         let blocks = (p.k + p.block_size - 1) / p.block_size;
         let codes = self.rows_view(&consts[&p.b], p);
-        let scale_type = consts.get(&p.scales).map(|s| s.data_type).unwrap_or(FLOAT);
-        let scales = match consts.get(&p.scales) {
-            Some(s) => self.view(s, "nk", scale_type, vec![p.n, blocks]),
-            None => p.scales.clone(),
-        };
+        let (scales, scale_type) = self.scales_nk(p, consts, blocks);
         let zero = match p.zero_points.as_ref().and_then(|z| consts.get(z)) {
             Some(z) => self.view(z, "rows", UINT8, vec![p.n, (blocks * p.bits + 7) / 8]),
             None => p.zero_points.clone().unwrap_or_default(),
@@ -548,7 +563,7 @@ impl Restorer {
             Some(a) => self.after(nodes, &p.node, &rows, a, &[p.n]),
             None => rows,
         };
-        let mut w = self.fresh(&format!("{}.dequantized_nk", p.b));
+        let w = self.fresh(&format!("{}.dequantized_nk", p.b));
         let mut input = vec![codes, rows, scales];
         if !zero.is_empty() {
             input.push(zero);
@@ -567,13 +582,7 @@ impl Restorer {
             ],
             ..Default::default()
         });
-        if matches!(scale_type, FLOAT16 | BFLOAT16) {
-            let f = self.fresh(&format!("{w}.float32"));
-            let cast = self.cast_node(&p.node, w, f.clone());
-            nodes.push(cast);
-            w = f;
-        }
-        w
+        self.half_to_float32(nodes, p, w, scale_type)
     }
 
     /// W^T `[N, blocks x block_size]` float32: the codes seen as uint4/uint8
@@ -600,24 +609,16 @@ impl Restorer {
         }
         let blocks = (p.k + p.block_size - 1) / p.block_size;
         let code_type = if p.bits == 8 { UINT8 } else { UINT4 };
-        // The same bytes under another type and shape (external references stay references).
-        let view = |r: &mut Self, t: &TensorProto, suffix: &str, data_type: i32, dims: Vec<i64>| -> String {
-            r.view(t, suffix, data_type, dims)
-        };
         let codes = match (consts.get(&p.b), p.typed_codes) {
-            (Some(b), None) => view(self, b, "codes_nk", code_type, vec![p.n, blocks * p.block_size]),
+            (Some(b), None) => self.view(b, "codes_nk", code_type, vec![p.n, blocks * p.block_size]),
             _ => p.b.clone(),
         };
         let code_type = p.typed_codes.unwrap_or(code_type);
-        let scale_type = consts.get(&p.scales).map(|s| s.data_type).unwrap_or(FLOAT);
-        let scales = match consts.get(&p.scales) {
-            Some(s) => view(self, s, "nk", scale_type, vec![p.n, blocks]),
-            None => p.scales.clone(),
-        };
+        let (scales, scale_type) = self.scales_nk(p, consts, blocks);
         let zero = match p.zero_points.as_ref().and_then(|z| consts.get(z)) {
             Some(z) if p.bits == 8 || blocks % 2 == 0 => {
                 // Rows of whole bytes: the packed zero points are the uint4 [N, blocks] tensor.
-                view(self, z, "nk", code_type, vec![p.n, blocks])
+                self.view(z, "nk", code_type, vec![p.n, blocks])
             }
             Some(z) => {
                 // An odd number of 4-bit blocks pads each row to a byte: repack (read at load).
@@ -667,7 +668,7 @@ impl Restorer {
             Some(a) => self.after(nodes, &p.node, &scales, a, &[p.n, blocks]),
             None => scales,
         };
-        let mut w = self.fresh(&format!("{}.dequantized_nk", p.b));
+        let w = self.fresh(&format!("{}.dequantized_nk", p.b));
         nodes.push(NodeProto {
             name: self.fresh(&format!("{}/dequantize", p.node)),
             op_type: "DequantizeLinear".into(),
@@ -676,13 +677,7 @@ impl Restorer {
             attribute: vec![attr_i("axis", 1), attr_i("block_size", p.block_size)],
             ..Default::default()
         });
-        if matches!(scale_type, FLOAT16 | BFLOAT16) {
-            let f = self.fresh(&format!("{w}.float32"));
-            let cast = self.cast_node(&p.node, w, f.clone());
-            nodes.push(cast);
-            w = f;
-        }
-        w
+        self.half_to_float32(nodes, p, w, scale_type)
     }
 }
 

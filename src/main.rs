@@ -201,7 +201,8 @@ struct EdgesArgs {
     #[arg(long, value_name = "T")]
     threshold: Option<f64>,
     /// Measure circuit faithfulness by exact edge patching for K = 0, 1, 2, 4, ..., all
-    /// edges and the circuit's K (faithfulness.json, .csv, .png).
+    /// edges, MIB's sizes (0.1% .. 100% of the edges, with CPR and CMD) and the circuit's K
+    /// (faithfulness.json, .csv, .png).
     #[arg(long)]
     faithfulness: bool,
     /// Patched rows per runtime call for --faithfulness [default: as many as --max-memory holds, at most 256].
@@ -522,12 +523,20 @@ fn faithfulness_sweep(
         let mark = if p.k == k { "  <- the circuit" } else { "" };
         println!("  K = {:>6}: {:+.4}{mark}", p.k, p.faithfulness);
     }
+    if let Some(m) = &f.mib {
+        let grid: Vec<String> = m.k_percent.iter().zip(&m.f).map(|(p, f)| format!("{p}%: {f:+.3}")).collect();
+        println!("MIB (top K by |score|, K = int(fraction x edges)): {}", grid.join(", "));
+        println!(
+            "MIB CPR (area under f, higher is better) = {:.4}, CMD (area under |1 - f|, lower is better) = {:.4}",
+            m.cpr, m.cmd
+        );
+    }
     faith::write_faithfulness(out, &f)?;
     println!("wrote {}", out.join("faithfulness.json").display());
     println!("wrote {}", out.join("faithfulness.csv").display());
     // The figure's K axis is logarithmic: K = 0 (the corrupted run, 0 by definition) is in the files only.
     let drawn: Vec<(usize, f64)> = f.curve().into_iter().filter(|&(k, _)| k > 0).collect();
-    for w in attrpatch::eap::draw_faithfulness(out, &drawn, s)? {
+    for w in attrpatch::eap::draw_faithfulness_mib(out, &drawn, f.mib.as_ref(), s)? {
         println!("wrote {}", w.display());
     }
     Ok(drawn)

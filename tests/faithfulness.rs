@@ -76,6 +76,35 @@ fn sweep_ends(name: &str) {
     close(&format!("{name}: K = all, run"), all.points[0].faithfulness, 1.0, 1e-4);
 }
 
+/// The sweep carries MIB's sizes: its curve is the sweep's own points at
+/// K = int(fraction x edges), f = 1 at 100% and 0 where K = 0 (the
+/// normalisation), CPR and CMD its trapezoids.
+#[test]
+fn the_sweep_reports_mibs_curve_cpr_and_cmd() {
+    use attrpatch::eap::{mib_areas, mib_ks, MIB_FRACTIONS};
+    let o = fixture("gpt2-legacy-op14");
+    let s = run_edges(&o, 1).unwrap();
+    let n = s.edges.len();
+    assert!(mib_ks(n).iter().any(|&k| k > 0 && k < n), "{n} edges: MIB's sizes are not only the ends");
+    let f = faithfulness(&o, &s, &sweep(n, &[]), None).unwrap();
+    let m = f.mib.as_ref().expect("the sweep includes MIB's sizes");
+    assert_eq!(m.k_percent, [0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0]);
+    assert_eq!(m.k, mib_ks(n));
+    for (&k, &v) in m.k.iter().zip(&m.f) {
+        let p = f.points.iter().find(|p| p.k == k).unwrap();
+        assert_eq!(p.faithfulness, v, "K = {k}");
+        if k == 0 {
+            close("MIB f at K = 0", v, 0.0, 1e-4);
+        }
+    }
+    close("MIB f at 100%", m.f[9], 1.0, 1e-4);
+    let (cpr, cmd) = mib_areas(&MIB_FRACTIONS, &m.f);
+    assert_eq!((m.cpr, m.cmd), (cpr, cmd));
+    assert!(m.cpr.is_finite() && m.cmd >= 0.0, "{m:?}");
+    // Without MIB's sizes in the K asked for there is no MIB curve.
+    assert!(faithfulness(&o, &s, &[0, n], None).unwrap().mib.is_none());
+}
+
 #[test]
 fn sweep_ends_gpt2() {
     sweep_ends("gpt2-legacy-op14");
@@ -278,6 +307,14 @@ fn cli_edges_faithfulness_writes_the_curve() {
     close("K = all", last["faithfulness"].as_f64().unwrap(), 1.0, 1e-4);
     let csv = std::fs::read_to_string(out.join("faithfulness.csv")).unwrap();
     assert_eq!(csv.lines().count(), points.len() + 1);
+    // MIB's block: 10 sizes, f = 1 at 100%, CPR and CMD printed and in the legend.
+    let mib = &v["mib"];
+    assert_eq!(mib["f"].as_array().map(Vec::len), Some(10), "{v}");
+    close("MIB f at 100%", mib["f"][9].as_f64().unwrap(), 1.0, 1e-4);
+    let cpr = mib["cpr"].as_f64().unwrap();
+    assert!(t.contains(&format!("CPR (area under f, higher is better) = {cpr:.4}")), "{t}");
+    let svg = std::fs::read_to_string(out.join("faithfulness.svg")).unwrap();
+    assert!(svg.contains(&format!("CPR {cpr:.3}")), "the legend lacks CPR");
 }
 
 #[test]

@@ -341,3 +341,35 @@ fn cli_compare_edges_writes_the_agreement() {
     let v: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("edge-compare.json")).unwrap()).unwrap();
     assert!(v["estimates"][0]["pearson"].as_f64().unwrap() > 0.9, "{v}");
 }
+
+/// `edges --mib OUT` writes EAP-IG's Graph.to_json layout; `--circuit-from` reads
+/// it back as the ranking, so the same scores give the same circuits and curve.
+#[test]
+fn cli_mib_importance_files_round_trip_into_the_faithfulness_sweep() {
+    let out = fresh_dir("faithfulness-mib-cli");
+    let (a, b, file) = (out.join("eap"), out.join("from-file"), out.join("importances.json"));
+    let (a, b, file) = (a.to_str().unwrap(), b.to_str().unwrap(), file.to_str().unwrap());
+    let base = ["edges", "--model", TINY, "--device", "cpu", "--faithfulness", "--top-k", "6"];
+    let (ok, t) = attrpatch(&[&base[..], &["--mib", file, "-o", a]].concat());
+    assert!(ok && t.contains("MIB importance file"), "{t}");
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(file).unwrap()).unwrap();
+    assert_eq!(v["cfg"]["n_layers"].as_u64(), Some(2), "{}", v["cfg"]);
+    assert!(v["cfg"]["d_model"].as_u64().is_some_and(|d| d > 0), "{}", v["cfg"]);
+    assert!(v["edges"]["input->a0.h2<v>"]["score"].is_f64());
+    let (ok, t) = attrpatch(&[&base[..], &["--circuit-from", file, "-o", b]].concat());
+    assert!(ok && t.contains("110 of the model's 110 edges listed"), "{t}");
+    let read = |dir: &str, f: &str| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(std::path::Path::new(dir).join(f)).unwrap()).unwrap()
+    };
+    let (ea, eb) = (read(a, "edges.json"), read(b, "edges.json"));
+    assert_eq!(ea["edges"], eb["edges"], "the file's scores are the run's");
+    assert_eq!(eb["method"], "MIB file");
+    assert_eq!(read(a, "faithfulness.json")["mib"], read(b, "faithfulness.json")["mib"]);
+    // A file naming a node the model lacks is refused, naming file, node and what is expected.
+    let bad = out.join("bad.json");
+    let mut w = v.clone();
+    w["edges"].as_object_mut().unwrap().insert("a0.h9->logits".into(), serde_json::json!({"score": 1.0}));
+    std::fs::write(&bad, w.to_string()).unwrap();
+    let (ok, t) = attrpatch(&[&base[..5], &["--circuit-from", bad.to_str().unwrap(), "-o", b]].concat());
+    assert!(!ok && t.contains("bad.json") && t.contains("'a0.h9'") && t.contains("h < 4 heads"), "{t}");
+}

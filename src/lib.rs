@@ -132,12 +132,18 @@ pub mod eap {
         check_threshold, circuit, faithfulness, k_for_threshold, sweep, write as write_faithfulness, Faithfulness,
         Point,
     };
+    pub use crate::edges::mib::{
+        areas as mib_areas, edge_name as mib_edge_name, importances as mib_importances, ks as mib_ks, read_importances,
+        write_importances, Imported, MibCurve, FRACTIONS as MIB_FRACTIONS,
+    };
     pub use crate::edges::scores::{node_scores, write as write_edges};
     pub use crate::edges::{run_edges, run_edges_detailed, EdgeRun, EdgeScore, EdgeScores, NodeScore};
     pub use crate::edges::{Qkv, Reader, Topology, Writer};
     /// The circuit figure (PNG, SVG) and the faithfulness curve.
     #[cfg(feature = "figures")]
-    pub use crate::render::{write_circuit, write_faithfulness as draw_faithfulness};
+    pub use crate::render::{
+        write_circuit, write_faithfulness as draw_faithfulness, write_faithfulness_mib as draw_faithfulness_mib,
+    };
     pub use crate::render::{write_report_html_with_edges, EdgeReport};
 }
 

@@ -201,12 +201,21 @@ struct EdgesArgs {
     #[arg(long, value_name = "T")]
     threshold: Option<f64>,
     /// Measure circuit faithfulness by exact edge patching for K = 0, 1, 2, 4, ..., all
-    /// edges and the circuit's K (faithfulness.json, .csv, .png).
+    /// edges, MIB's sizes (0.1% .. 100% of the edges, with CPR and CMD) and the circuit's K
+    /// (faithfulness.json, .csv, .png).
     #[arg(long)]
     faithfulness: bool,
     /// Patched rows per runtime call for --faithfulness [default: as many as --max-memory holds, at most 256].
     #[arg(long)]
     rows_per_call: Option<usize>,
+    /// Also write the edge scores as a MIB / EAP-IG importance file (Graph.to_json's layout),
+    /// the circuit's edges marked in_graph. Not for grouped-query attention.
+    #[arg(long, value_name = "OUT")]
+    mib: Option<PathBuf>,
+    /// Rank edges by the scores of a MIB / EAP-IG importance file (e.g. another tool's circuit)
+    /// instead of attrpatch's EAP scores; with --faithfulness they are scored by exact edge patching.
+    #[arg(long, value_name = "FILE")]
+    circuit_from: Option<PathBuf>,
     /// Also run `run`'s node job into the same folder and write report.html with the edge table
     /// and the circuit slider beside the grids (one more graph and session).
     #[arg(long)]
@@ -432,7 +441,22 @@ fn edges_cmd(args: EdgesArgs) -> Result<(), Error> {
     let mut opts = args.common.job_options()?;
     opts.batch_size = args.batch_size;
     let out = args.common.out_dir();
-    let r = attrpatch::eap::run_edges_detailed(&opts, args.ig_steps)?;
+    if args.circuit_from.is_some() && args.ig_steps != 1 {
+        return Err(Error::Input("--circuit-from takes the scores from its file; drop --ig-steps".into()));
+    }
+    let mut r = attrpatch::eap::run_edges_detailed(&opts, args.ig_steps)?;
+    if let Some(file) = &args.circuit_from {
+        // The run gave the model's edges; the file gives their scores.
+        let imported = attrpatch::eap::read_importances(file, &r.scores)?;
+        println!(
+            "scores: {} ({} of the model's {} edges listed{})",
+            file.display(),
+            r.scores.edges.len() - imported.missing,
+            r.scores.edges.len(),
+            if imported.missing > 0 { "; the others score 0, as EAP-IG's Graph.from_json leaves them" } else { "" }
+        );
+        r.scores = imported.scores;
+    }
     let s = &r.scores;
     println!("model: {}", opts.model.display());
     println!(
@@ -462,6 +486,10 @@ fn edges_cmd(args: EdgesArgs) -> Result<(), Error> {
     let secs = clock.elapsed().as_secs_f64();
     println!("wrote {} ({} edges, with edges.csv, in {secs:.3}s)", out.join("edges.json").display(), s.edges.len());
     println!("wrote {}", out.join("edges.csv").display());
+    if let Some(path) = &args.mib {
+        attrpatch::eap::write_importances(path, s, &attrpatch::eap::circuit(s, k), r.d_model)?;
+        println!("wrote {} (MIB importance file, the top {k} edges in_graph)", path.display());
+    }
     let curve = match args.faithfulness {
         true => faithfulness_sweep(&opts, s, k, args.rows_per_call, &out)?,
         false => vec![],
@@ -522,12 +550,20 @@ fn faithfulness_sweep(
         let mark = if p.k == k { "  <- the circuit" } else { "" };
         println!("  K = {:>6}: {:+.4}{mark}", p.k, p.faithfulness);
     }
+    if let Some(m) = &f.mib {
+        let grid: Vec<String> = m.k_percent.iter().zip(&m.f).map(|(p, f)| format!("{p}%: {f:+.3}")).collect();
+        println!("MIB (top K by |score|, K = int(fraction x edges)): {}", grid.join(", "));
+        println!(
+            "MIB CPR (area under f, higher is better) = {:.4}, CMD (area under |1 - f|, lower is better) = {:.4}",
+            m.cpr, m.cmd
+        );
+    }
     faith::write_faithfulness(out, &f)?;
     println!("wrote {}", out.join("faithfulness.json").display());
     println!("wrote {}", out.join("faithfulness.csv").display());
     // The figure's K axis is logarithmic: K = 0 (the corrupted run, 0 by definition) is in the files only.
     let drawn: Vec<(usize, f64)> = f.curve().into_iter().filter(|&(k, _)| k > 0).collect();
-    for w in attrpatch::eap::draw_faithfulness(out, &drawn, s)? {
+    for w in attrpatch::eap::draw_faithfulness_mib(out, &drawn, f.mib.as_ref(), s)? {
         println!("wrote {}", w.display());
     }
     Ok(drawn)

@@ -76,6 +76,35 @@ fn sweep_ends(name: &str) {
     close(&format!("{name}: K = all, run"), all.points[0].faithfulness, 1.0, 1e-4);
 }
 
+/// The sweep carries MIB's sizes: its curve is the sweep's own points at
+/// K = int(fraction x edges), f = 1 at 100% and 0 where K = 0 (the
+/// normalisation), CPR and CMD its trapezoids.
+#[test]
+fn the_sweep_reports_mibs_curve_cpr_and_cmd() {
+    use attrpatch::eap::{mib_areas, mib_ks, MIB_FRACTIONS};
+    let o = fixture("gpt2-legacy-op14");
+    let s = run_edges(&o, 1).unwrap();
+    let n = s.edges.len();
+    assert!(mib_ks(n).iter().any(|&k| k > 0 && k < n), "{n} edges: MIB's sizes are not only the ends");
+    let f = faithfulness(&o, &s, &sweep(n, &[]), None).unwrap();
+    let m = f.mib.as_ref().expect("the sweep includes MIB's sizes");
+    assert_eq!(m.k_percent, [0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0]);
+    assert_eq!(m.k, mib_ks(n));
+    for (&k, &v) in m.k.iter().zip(&m.f) {
+        let p = f.points.iter().find(|p| p.k == k).unwrap();
+        assert_eq!(p.faithfulness, v, "K = {k}");
+        if k == 0 {
+            close("MIB f at K = 0", v, 0.0, 1e-4);
+        }
+    }
+    close("MIB f at 100%", m.f[9], 1.0, 1e-4);
+    let (cpr, cmd) = mib_areas(&MIB_FRACTIONS, &m.f);
+    assert_eq!((m.cpr, m.cmd), (cpr, cmd));
+    assert!(m.cpr.is_finite() && m.cmd >= 0.0, "{m:?}");
+    // Without MIB's sizes in the K asked for there is no MIB curve.
+    assert!(faithfulness(&o, &s, &[0, n], None).unwrap().mib.is_none());
+}
+
 #[test]
 fn sweep_ends_gpt2() {
     sweep_ends("gpt2-legacy-op14");
@@ -278,6 +307,14 @@ fn cli_edges_faithfulness_writes_the_curve() {
     close("K = all", last["faithfulness"].as_f64().unwrap(), 1.0, 1e-4);
     let csv = std::fs::read_to_string(out.join("faithfulness.csv")).unwrap();
     assert_eq!(csv.lines().count(), points.len() + 1);
+    // MIB's block: 10 sizes, f = 1 at 100%, CPR and CMD printed and in the legend.
+    let mib = &v["mib"];
+    assert_eq!(mib["f"].as_array().map(Vec::len), Some(10), "{v}");
+    close("MIB f at 100%", mib["f"][9].as_f64().unwrap(), 1.0, 1e-4);
+    let cpr = mib["cpr"].as_f64().unwrap();
+    assert!(t.contains(&format!("CPR (area under f, higher is better) = {cpr:.4}")), "{t}");
+    let svg = std::fs::read_to_string(out.join("faithfulness.svg")).unwrap();
+    assert!(svg.contains(&format!("CPR {cpr:.3}")), "the legend lacks CPR");
 }
 
 #[test]
@@ -303,4 +340,36 @@ fn cli_compare_edges_writes_the_agreement() {
     }
     let v: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("edge-compare.json")).unwrap()).unwrap();
     assert!(v["estimates"][0]["pearson"].as_f64().unwrap() > 0.9, "{v}");
+}
+
+/// `edges --mib OUT` writes EAP-IG's Graph.to_json layout; `--circuit-from` reads
+/// it back as the ranking, so the same scores give the same circuits and curve.
+#[test]
+fn cli_mib_importance_files_round_trip_into_the_faithfulness_sweep() {
+    let out = fresh_dir("faithfulness-mib-cli");
+    let (a, b, file) = (out.join("eap"), out.join("from-file"), out.join("importances.json"));
+    let (a, b, file) = (a.to_str().unwrap(), b.to_str().unwrap(), file.to_str().unwrap());
+    let base = ["edges", "--model", TINY, "--device", "cpu", "--faithfulness", "--top-k", "6"];
+    let (ok, t) = attrpatch(&[&base[..], &["--mib", file, "-o", a]].concat());
+    assert!(ok && t.contains("MIB importance file"), "{t}");
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(file).unwrap()).unwrap();
+    assert_eq!(v["cfg"]["n_layers"].as_u64(), Some(2), "{}", v["cfg"]);
+    assert!(v["cfg"]["d_model"].as_u64().is_some_and(|d| d > 0), "{}", v["cfg"]);
+    assert!(v["edges"]["input->a0.h2<v>"]["score"].is_f64());
+    let (ok, t) = attrpatch(&[&base[..], &["--circuit-from", file, "-o", b]].concat());
+    assert!(ok && t.contains("110 of the model's 110 edges listed"), "{t}");
+    let read = |dir: &str, f: &str| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(std::path::Path::new(dir).join(f)).unwrap()).unwrap()
+    };
+    let (ea, eb) = (read(a, "edges.json"), read(b, "edges.json"));
+    assert_eq!(ea["edges"], eb["edges"], "the file's scores are the run's");
+    assert_eq!(eb["method"], "MIB file");
+    assert_eq!(read(a, "faithfulness.json")["mib"], read(b, "faithfulness.json")["mib"]);
+    // A file naming a node the model lacks is refused, naming file, node and what is expected.
+    let bad = out.join("bad.json");
+    let mut w = v.clone();
+    w["edges"].as_object_mut().unwrap().insert("a0.h9->logits".into(), serde_json::json!({"score": 1.0}));
+    std::fs::write(&bad, w.to_string()).unwrap();
+    let (ok, t) = attrpatch(&[&base[..5], &["--circuit-from", bad.to_str().unwrap(), "-o", b]].concat());
+    assert!(!ok && t.contains("bad.json") && t.contains("'a0.h9'") && t.contains("h < 4 heads"), "{t}");
 }

@@ -15,6 +15,7 @@
 //! and K = all edges 1, up to float error. Every K of a sweep is a variant of
 //! one patching job: rows of as few runtime calls as memory allows.
 
+use super::mib::{self, MibCurve};
 use super::patching::{patch_edges, Direction};
 use super::scores::EdgeScores;
 use crate::error::{Error, Result};
@@ -47,10 +48,12 @@ pub fn check_threshold(threshold: f64) -> Result<()> {
     Ok(())
 }
 
-/// The sweep's K: 0, the powers of two below `edges`, `edges`, and `extra`
-/// (e.g. the --top-k circuit), sorted without repeats.
+/// The sweep's K: 0, the powers of two below `edges`, `edges`, MIB's sizes
+/// (`mib::ks`: 0.1% .. 100% of the edges) and `extra` (e.g. the --top-k
+/// circuit), sorted without repeats.
 pub fn sweep(edges: usize, extra: &[usize]) -> Vec<usize> {
     let mut ks = vec![0, edges];
+    ks.extend(mib::ks(edges));
     ks.extend(std::iter::successors(Some(1usize), |k| k.checked_mul(2)).take_while(|&k| k < edges));
     ks.extend(extra.iter().copied());
     ks.sort();
@@ -90,6 +93,10 @@ pub struct Faithfulness {
     pub runtime_calls: usize,
     /// Seconds in runtime calls.
     pub run_seconds: f64,
+    /// The curve at MIB's sizes with CPR and CMD, when the sweep's K include
+    /// MIB's (`mib::ks`; `sweep` adds them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mib: Option<MibCurve>,
 }
 
 impl Faithfulness {
@@ -136,17 +143,20 @@ pub fn faithfulness(
         Some(i) => r.normalised[i],
         None => 1.0,
     };
+    let points: Vec<Point> = ks.iter().map(|&k| Point { k, faithfulness: value(k) }).collect();
+    let mib = MibCurve::from_points(total, |k| points.iter().find(|p| p.k == k).map(|p| p.faithfulness));
     Ok(Faithfulness {
         method: scores.method.clone(),
         metric: scores.metric.clone(),
         edges: total,
         clean: r.clean,
         corrupted: r.corrupted,
-        points: ks.iter().map(|&k| Point { k, faithfulness: value(k) }).collect(),
+        points,
         rows: r.rows,
         rows_per_call: r.sizing.per_call,
         runtime_calls: r.runtime_calls,
         run_seconds: r.run_seconds,
+        mib,
     })
 }
 
@@ -202,7 +212,8 @@ mod tests {
 
     #[test]
     fn the_sweep_has_zero_powers_of_two_and_all() {
-        assert_eq!(sweep(10, &[]), vec![0, 1, 2, 4, 8, 10]);
+        // MIB's sizes of 10 edges: 0, 0, 0, 0, 0, 0, 1, 2, 5, 10.
+        assert_eq!(sweep(10, &[]), vec![0, 1, 2, 4, 5, 8, 10]);
         assert_eq!(sweep(8, &[3, 8]), vec![0, 1, 2, 3, 4, 8]);
         assert_eq!(sweep(0, &[]), vec![0]);
     }

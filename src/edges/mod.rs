@@ -11,6 +11,7 @@ pub mod anatomy;
 pub mod compare;
 pub mod faithfulness;
 pub mod graph;
+pub mod mib;
 pub mod patch_graph;
 pub mod patching;
 pub mod rewrite;

@@ -35,6 +35,8 @@ pub struct EdgeRun {
     pub corrupted_metric: f64,
     /// Whether the baselines make the normalised scores meaningful (`run`'s checks).
     pub baselines: crate::sanity::BaselineCheck,
+    /// Width of the residual stream (MIB's importance files record it).
+    pub d_model: usize,
     /// Runtime calls made.
     pub runtime_calls: usize,
     /// Seconds spent in runtime calls.
@@ -180,6 +182,7 @@ pub fn run_prepared(
         baselines,
         clean_metric: totals.clean(),
         corrupted_metric: totals.corrupted(),
+        d_model: p.graph.anatomy.d_model,
         runtime_calls: calls,
         run_seconds,
         seconds: p.seconds.clone(),

@@ -2,6 +2,8 @@
 //! circuit-performance plots: x = edges in the circuit (log scale), y = the
 //! fraction of the clean-corrupted metric gap the circuit restores under exact
 //! edge patching, with guide lines at 0 (the corrupted run) and 1 (the clean run).
+//! With MIB's curve (`edges::mib`), its sizes are marked with squares and the
+//! legend below the plot gives its CPR and CMD.
 
 use super::circuit_layout::method_label;
 use super::colour::{rgb, FRAME};
@@ -10,6 +12,7 @@ use super::font::{text_h, text_w, wrap};
 use super::pen::{Pen, Place};
 use super::scatter::COLOURS;
 use super::ticks::{fmt_tick, nice_ticks};
+use crate::edges::mib::MibCurve;
 use crate::edges::EdgeScores;
 use crate::error::{Error, Result};
 use plotters::coord::Shift;
@@ -25,6 +28,8 @@ const LABEL: f64 = 16.0;
 const TICK: f64 = 15.0;
 const NOTE: f64 = 13.0;
 const RADIUS: i32 = 4;
+/// The legend's line sample, in pixels.
+const LEGEND_KEY: i32 = 24;
 const GUIDE: RGBColor = RGBColor(150, 150, 150);
 const GRID: RGBColor = RGBColor(238, 238, 238);
 
@@ -32,7 +37,18 @@ const GRID: RGBColor = RGBColor(238, 238, 238);
 /// restored) as `dir/faithfulness.png` and `.svg`; `scores` names the metric,
 /// the method and the number of edges. Points are drawn in order of K.
 pub fn write_faithfulness(dir: &Path, points: &[(usize, f64)], scores: &EdgeScores) -> Result<Vec<PathBuf>> {
-    write_figure(&Curve::new(points, scores)?, &dir.join("faithfulness.png"))
+    write_faithfulness_mib(dir, points, None, scores)
+}
+
+/// As `write_faithfulness`, with MIB's sizes marked on the curve and its CPR
+/// and CMD in the legend when `mib` is given.
+pub fn write_faithfulness_mib(
+    dir: &Path,
+    points: &[(usize, f64)],
+    mib: Option<&MibCurve>,
+    scores: &EdgeScores,
+) -> Result<Vec<PathBuf>> {
+    write_figure(&Curve::new(points, scores)?.with_mib(mib), &dir.join("faithfulness.png"))
 }
 
 /// The SVG text of the same figure, for pages that embed it.
@@ -42,6 +58,8 @@ pub fn faithfulness_svg(points: &[(usize, f64)], scores: &EdgeScores) -> Result<
 
 struct Curve {
     points: Vec<(usize, f64)>,
+    /// MIB's points that a log axis can show (K >= 1), and the legend's text.
+    mib: Option<(Vec<(usize, f64)>, String)>,
     /// log10 of the x range's ends (whole decades).
     x_lo: f64,
     x_hi: f64,
@@ -98,7 +116,35 @@ impl Curve {
             .unwrap_or(0);
         let width = (plot_x + PLOT_W + GAP + guide_w).max(2 * MARGIN + widest) + MARGIN;
         let height = header_h + PLOT_H + GAP + text_h(TICK) + GAP * 2 + text_h(LABEL) + MARGIN;
-        Ok(Curve { points, x_lo, x_hi, y_lo, y_hi, y_ticks, title, subtitle, plot_x, plot_y: header_h, width, height })
+        Ok(Curve {
+            points,
+            mib: None,
+            x_lo,
+            x_hi,
+            y_lo,
+            y_hi,
+            y_ticks,
+            title,
+            subtitle,
+            plot_x,
+            plot_y: header_h,
+            width,
+            height,
+        })
+    }
+
+    /// Marks MIB's sizes and adds the legend row below the plot. Its points
+    /// are already on the curve (the sweep measures them); only K >= 1 can be
+    /// drawn, and f beyond the y range is clamped to it by `new`'s range.
+    fn with_mib(mut self, mib: Option<&MibCurve>) -> Self {
+        let Some(m) = mib else { return self };
+        let drawn: Vec<(usize, f64)> =
+            m.k.iter().zip(&m.f).filter(|(&k, f)| k > 0 && f.is_finite()).map(|(&k, &f)| (k, f)).collect();
+        let text = format!("MIB sizes 0.1% .. 100% of the edges: CPR {:.3} (area under f), CMD {:.3} (area under |1 - f|)", m.cpr, m.cmd);
+        self.width = self.width.max(self.plot_x + 3 * LEGEND_KEY + text_w(&text, NOTE) + MARGIN);
+        self.height += 2 * (text_h(NOTE) + GAP);
+        self.mib = Some((drawn, text));
+        self
     }
 
     fn px(&self, k: f64) -> i32 {
@@ -161,6 +207,24 @@ impl Figure for Curve {
         pen.text(area, x_label, Place::new(((x0 + x1) / 2, label_y), LABEL, HPos::Center, VPos::Top))?;
         let at = (MARGIN + text_h(LABEL) / 2, (y0 + y1) / 2);
         pen.text(area, "fraction of the gap restored", Place::new(at, LABEL, HPos::Center, VPos::Center).upwards())?;
+        if let Some((mib, text)) = &self.mib {
+            let mib_colour = rgb(COLOURS[1]);
+            let (lo, hi) = (self.py(self.y_lo), self.py(self.y_hi));
+            let at: Vec<(i32, i32)> = mib.iter().map(|&(k, f)| (self.px(k as f64), self.py(f).clamp(hi, lo))).collect();
+            for &(x, y) in &at {
+                area.draw(&Rectangle::new([(x - RADIUS - 1, y - RADIUS - 1), (x + RADIUS + 1, y + RADIUS + 1)], mib_colour.stroke_width(2)))?;
+            }
+            // Legend: the curve's line, then MIB's square with CPR and CMD.
+            let row1 = label_y + text_h(LABEL) + GAP + text_h(NOTE) / 2;
+            let row2 = row1 + text_h(NOTE) + GAP;
+            let kx = x0 + LEGEND_KEY / 2;
+            area.draw(&PathElement::new(vec![(x0, row1), (x0 + LEGEND_KEY, row1)], colour.stroke_width(2)))?;
+            area.draw(&Circle::new((kx, row1), RADIUS, colour.filled()))?;
+            let note = |t: &str, y: i32| pen.text(area, t, Place::new((x0 + LEGEND_KEY + GAP, y), NOTE, HPos::Left, VPos::Center));
+            note("top-K circuits (every K measured)", row1)?;
+            area.draw(&Rectangle::new([(kx - RADIUS - 1, row2 - RADIUS - 1), (kx + RADIUS + 1, row2 + RADIUS + 1)], mib_colour.stroke_width(2)))?;
+            note(text, row2)?;
+        }
         Ok(())
     }
 }
@@ -192,6 +256,29 @@ mod tests {
         let img = image::open(&written[0]).unwrap().to_rgb8();
         let p = img.get_pixel(c.px(100.0) as u32, c.py(0.8) as u32).0;
         assert_eq!(p, COLOURS[0], "the point (100, 0.8)");
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    /// MIB's sizes are squares on the curve, its CPR and CMD in the legend.
+    #[test]
+    fn the_mib_curve_is_marked_with_cpr_and_cmd_in_the_legend() {
+        let s = synthetic(GPT2_SMALL, 3);
+        let n = s.edges.len();
+        let mib = MibCurve::from_points(n, |k| Some(k as f64 / n as f64)).unwrap();
+        let points: Vec<(usize, f64)> = mib.k.iter().zip(&mib.f).map(|(&k, &f)| (k, f)).collect();
+        let dir = std::env::temp_dir().join(format!("attrpatch-faith-mib-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let written = write_faithfulness_mib(&dir, &points, Some(&mib), &s).unwrap();
+        let svg = std::fs::read_to_string(&written[1]).unwrap();
+        for want in [format!("CPR {:.3}", mib.cpr), format!("CMD {:.3}", mib.cmd), "top-K circuits".into()] {
+            assert!(svg.contains(&want), "faithfulness.svg lacks '{want}'");
+        }
+        // The background, the frame, one square per MIB point and the legend's.
+        assert_eq!(svg.matches("<rect").count(), 2 + points.len() + 1, "rectangles");
+        let c = Curve::new(&points, &s).unwrap().with_mib(Some(&mib));
+        let img = image::open(&written[0]).unwrap().to_rgb8();
+        let (x, y) = (c.px(points[5].0 as f64) + RADIUS + 1, c.py(points[5].1));
+        assert_eq!(img.get_pixel(x as u32, y as u32).0, COLOURS[1], "the square's edge at {:?}", points[5]);
         std::fs::remove_dir_all(dir).ok();
     }
 

@@ -33,7 +33,7 @@ pub use colour::Colour;
 pub use data::{grid_json, write_csv, Grid};
 pub use edges_data::{EdgeReport, K_MAX};
 #[cfg(feature = "figures")]
-pub use faithfulness::write_faithfulness;
+pub use faithfulness::{write_faithfulness, write_faithfulness_mib};
 #[cfg(feature = "figures")]
 pub use heatmap::{write_heatmap, write_heatmaps};
 pub use labels::subtitle;

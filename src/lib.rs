@@ -128,10 +128,12 @@ pub mod eap {
     pub use crate::edges::compare::{
         compare_edges, report as comparison_report, write as write_comparison, EdgeAgreement, EdgeComparison, EdgeMiss,
     };
+    pub use crate::edges::convention::{Ablation, Convention};
     pub use crate::edges::faithfulness::{
         check_threshold, circuit, faithfulness, k_for_threshold, sweep, write as write_faithfulness, Faithfulness,
         Point,
     };
+    pub use crate::edges::run::{check_method, run_edges_method, EdgeMethod};
     pub use crate::edges::scores::{node_scores, write as write_edges};
     pub use crate::edges::{run_edges, run_edges_detailed, EdgeRun, EdgeScore, EdgeScores, NodeScore};
     pub use crate::edges::{Qkv, Reader, Topology, Writer};

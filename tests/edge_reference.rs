@@ -4,7 +4,8 @@
 //! differences and the identity), on a GPT-2, a Llama with grouped-query
 //! attention, a GPT-NeoX with parallel attention and MLP, a Gemma (embedding
 //! scale, grouped-query attention), a GPTBigCode (multi-query attention) and a
-//! Falcon (parallel block and grouped-query attention).
+//! Falcon (parallel block and grouped-query attention); the noising convention
+//! (the EAP-IG codebase's) with every ablation on the GPT-2, Llama and GPT-NeoX ones.
 //!
 //! Tolerance (issue 14): |ours - ref| <= 1e-3 |ref| + 1e-2 max|ref|. Edge
 //! scores are sums whose terms cancel; float32 misses a tighter floor.

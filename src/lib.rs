@@ -128,6 +128,7 @@ pub mod eap {
     pub use crate::edges::compare::{
         compare_edges, report as comparison_report, write as write_comparison, EdgeAgreement, EdgeComparison, EdgeMiss,
     };
+    pub use crate::edges::convention::{Ablation, Convention};
     pub use crate::edges::faithfulness::{
         check_threshold, circuit, faithfulness, k_for_threshold, sweep, write as write_faithfulness, Faithfulness,
         Point,
@@ -136,6 +137,7 @@ pub mod eap {
         areas as mib_areas, edge_name as mib_edge_name, importances as mib_importances, ks as mib_ks, read_importances,
         write_importances, Imported, MibCurve, FRACTIONS as MIB_FRACTIONS,
     };
+    pub use crate::edges::run::{check_method, run_edges_method, EdgeMethod};
     pub use crate::edges::scores::{node_scores, write as write_edges};
     pub use crate::edges::{run_edges, run_edges_detailed, EdgeRun, EdgeScore, EdgeScores, NodeScore};
     pub use crate::edges::{Qkv, Reader, Topology, Writer};

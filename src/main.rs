@@ -194,6 +194,14 @@ struct EdgesArgs {
     /// EAP-IG with N steps (the input writer's output moved from corrupted to clean); 1 is plain EAP.
     #[arg(long, value_name = "N", default_value_t = 1)]
     ig_steps: usize,
+    /// denoising: gradient at the corrupted run, Δ = clean - corrupted, the normalised metric;
+    /// noising (the EAP-IG codebase's): gradient at the clean run, Δ = ablated - clean, the raw metric.
+    #[arg(long, value_enum, default_value_t = attrpatch::eap::Convention::Denoising)]
+    convention: attrpatch::eap::Convention,
+    /// Each writer's counterfactual with --convention noising: patching (its corrupted activation),
+    /// zero, mean (over every pair and position of the corrupted prompts), mean-positional (per position).
+    #[arg(long, value_enum, default_value_t = attrpatch::eap::Ablation::Patching)]
+    ablation: attrpatch::eap::Ablation,
     /// The K edges of largest |score| printed (and drawn, with the circuit figure): the circuit.
     #[arg(long, value_name = "K", default_value_t = 20)]
     top_k: usize,
@@ -438,13 +446,26 @@ fn edges_cmd(args: EdgesArgs) -> Result<(), Error> {
     if args.common.per_prompt {
         return Err(Error::Input("--per-prompt: edge scores are summed over the pairs; drop --per-prompt".into()));
     }
+    if args.faithfulness && args.ablation != attrpatch::eap::Ablation::Patching {
+        return Err(Error::Input(format!(
+            "--faithfulness with --ablation {}: exact edge patching swaps edges for their corrupted activations only; \
+             drop --faithfulness, or use --ablation patching",
+            args.ablation.label()
+        )));
+    }
+    let method =
+        attrpatch::eap::EdgeMethod { ig_steps: args.ig_steps, convention: args.convention, ablation: args.ablation };
+    attrpatch::eap::check_method(&method, args.common.metric)?;
     let mut opts = args.common.job_options()?;
     opts.batch_size = args.batch_size;
     let out = args.common.out_dir();
-    if args.circuit_from.is_some() && args.ig_steps != 1 {
-        return Err(Error::Input("--circuit-from takes the scores from its file; drop --ig-steps".into()));
+    if args.circuit_from.is_some() && (args.ig_steps != 1 || method.convention != attrpatch::eap::Convention::Denoising)
+    {
+        return Err(Error::Input(
+            "--circuit-from takes the scores from its file; drop --ig-steps and --convention".into(),
+        ));
     }
-    let mut r = attrpatch::eap::run_edges_detailed(&opts, args.ig_steps)?;
+    let mut r = attrpatch::eap::run_edges_method(&opts, &method)?;
     if let Some(file) = &args.circuit_from {
         // The run gave the model's edges; the file gives their scores.
         let imported = attrpatch::eap::read_importances(file, &r.scores)?;
@@ -460,8 +481,10 @@ fn edges_cmd(args: EdgesArgs) -> Result<(), Error> {
     let s = &r.scores;
     println!("model: {}", opts.model.display());
     println!(
-        "method: {} ({} layers x {} heads, {} key/value heads{}), {} edges, {} runtime call{} ({:.3}s)",
+        "method: {} ({}, {} ablation; {} layers x {} heads, {} key/value heads{}), {} edges, {} runtime call{} ({:.3}s)",
         s.method,
+        s.convention,
+        s.ablation,
         s.layers,
         s.heads,
         s.kv_heads,

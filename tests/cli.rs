@@ -374,3 +374,22 @@ fn pearson(x: &[f64], y: &[f64]) -> f64 {
     let vy: f64 = y.iter().map(|b| (b - my).powi(2)).sum();
     cov / (vx * vy).sqrt()
 }
+
+/// `edges --ablation` without `--convention noising`, and with `--faithfulness`, are refused
+/// before any work, naming the flag and what to use instead.
+#[test]
+fn edges_refuses_an_ablation_without_a_base_run() {
+    for (args, fix) in [
+        (vec!["edges", "--ablation", "zero"], "--convention noising"),
+        (vec!["edges", "--convention", "noising", "--ablation", "mean", "--ig-steps", "3"], "drop --ig-steps"),
+        (
+            vec!["edges", "--convention", "noising", "--ablation", "mean-positional", "--faithfulness"],
+            "--ablation patching",
+        ),
+    ] {
+        let o = attrpatch(&args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{args:?} ran");
+        assert!(err.contains("--ablation") && err.contains(fix), "{args:?}: {err}");
+    }
+}

@@ -4,13 +4,15 @@
 //! differences and the identity), on a GPT-2, a Llama with grouped-query
 //! attention, a GPT-NeoX with parallel attention and MLP, a Gemma (embedding
 //! scale, grouped-query attention), a GPTBigCode (multi-query attention) and a
-//! Falcon (parallel block and grouped-query attention).
+//! Falcon (parallel block and grouped-query attention); the noising convention
+//! (the EAP-IG codebase's) with every ablation on the GPT-2, Llama and GPT-NeoX ones.
 //!
 //! Tolerance (issue 14): |ours - ref| <= 1e-3 |ref| + 1e-2 max|ref|. Edge
 //! scores are sums whose terms cancel; float32 misses a tighter floor.
 
 use crate::common::*;
-use attrpatch::edges::{EdgeScores, Topology};
+use attrpatch::edges::convention::{Ablation, Convention};
+use attrpatch::edges::{run_edges_method, EdgeMethod, EdgeScores, Topology};
 use attrpatch::job::JobOptions;
 use attrpatch::runtime::{Device, RuntimeKind, RuntimeOptions};
 use serde_json::Value;
@@ -238,4 +240,109 @@ other_exports! {
     gptneox_dynamo_op18 => "gptneox-dynamo-op18" of "gptneox-legacy-op14",
     gptbigcode_sdpa_dynamo_op18 => "gptbigcode-sdpa-dynamo-op18" of "gptbigcode-legacy-op14",
     falcon_sdpa_dynamo_op18 => "falcon-sdpa-dynamo-op18" of "falcon-legacy-op14",
+}
+
+/// Whether `values` miss `want` by more than the tolerance anywhere.
+fn misses_reference(values: &[f64], want: &[(String, String, f64)]) -> bool {
+    let scale = want.iter().map(|w| w.2.abs()).fold(0.0, f64::max);
+    values.iter().zip(want).any(|(v, w)| over((v - w.2).abs() / (REL * w.2.abs() + FLOOR * scale)))
+}
+
+const ABLATIONS: [(Ablation, &str); 4] = [
+    (Ablation::Patching, "patching"),
+    (Ablation::Zero, "zero"),
+    (Ablation::Mean, "mean"),
+    (Ablation::MeanPositional, "mean-positional"),
+];
+
+/// The noising convention (the EAP-IG codebase's) for every ablation, and its
+/// EAP-IG-inputs, against the reference's "noising" lists.
+fn check_noising(name: &str) {
+    let r = reference(name);
+    let o = options(name, &r);
+    let mut seen: Vec<(&str, Vec<f64>)> = vec![];
+    for (ablation, key) in ABLATIONS {
+        let what = format!("{name} noising EAP, --ablation {key}");
+        let m = EdgeMethod { ig_steps: 1, convention: Convention::Noising, ablation };
+        let run = run_edges_method(&o, &m).unwrap_or_else(|e| panic!("{what}: {e}"));
+        let ours = &run.scores;
+        assert_eq!((ours.convention.as_str(), ours.ablation.as_str()), ("noising", key), "{what}: labels");
+        let want = ref_edges(&r["noising"][key]);
+        let worst = assert_edges_close(&what, ours, &want);
+        // The identity on our side: each head's outgoing edges sum to its node attribution.
+        for (l, row) in run.head_attribution.iter().enumerate() {
+            for (h, a) in row.iter().enumerate() {
+                let node = ours.nodes.iter().find(|n| n.node == format!("a{l}.h{h}")).unwrap().score;
+                assert!((node - a).abs() <= 1e-4 * (1.0 + a.abs()), "{what}: a{l}.h{h}: edges {node} vs node {a}");
+            }
+        }
+        eprintln!("{what}: {} edges, worst {worst:.2e} of the tolerance", want.len());
+        if ablation.is_mean() {
+            // One pair per call: the means are the data set's, summed over the calls' first pass.
+            let mut one = options(name, &r);
+            one.batch_size = Some(1);
+            let split = run_edges_method(&one, &m).unwrap_or_else(|e| panic!("{what}, one pair per call: {e}"));
+            assert_eq!(split.runtime_calls, 2 * r["input_ids"].as_array().unwrap().len(), "{what}: two passes");
+            assert_edges_close(&format!("{what}, one pair per call"), &split.scores, &want);
+        }
+        seen.push((key, ours.edges.iter().map(|e| e.score).collect()));
+    }
+    // The test can fail: a sign error, or any other ablation's (a per-position mean for the
+    // mean, the whole data set's for mean-positional), misses each reference.
+    for (key, values) in &seen {
+        let want = ref_edges(&r["noising"][*key]);
+        let negated: Vec<f64> = values.iter().map(|v| -v).collect();
+        assert!(misses_reference(&negated, &want), "{name} {key}: the negated scores pass too");
+        for (other, theirs) in &seen {
+            if other != key {
+                assert!(misses_reference(theirs, &want), "{name}: --ablation {other}'s scores pass {key}'s reference");
+            }
+        }
+    }
+    let steps = r["noising_eap_ig"]["steps"].as_u64().unwrap() as usize;
+    let what = format!("{name} noising EAP-IG (ig_steps {steps})");
+    let m = EdgeMethod { ig_steps: steps, convention: Convention::Noising, ablation: Ablation::Patching };
+    let ours = run_edges_method(&o, &m).unwrap_or_else(|e| panic!("{what}: {e}")).scores;
+    let worst = assert_edges_close(&what, &ours, &ref_edges(&r["noising_eap_ig"]["edges"]));
+    eprintln!("{what}: worst {worst:.2e} of the tolerance");
+    let passed: Vec<&str> = r["checks"]["passed"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    for c in ["noising_edge_fd", "noising_ig_vs_denoising"] {
+        assert!(passed.contains(&c), "{name}: the reference did not record its {c} check");
+    }
+}
+
+mod noising {
+    #[test]
+    fn gpt2_legacy_op14() {
+        super::check_noising("gpt2-legacy-op14");
+    }
+    #[test]
+    fn llama_legacy_op14() {
+        super::check_noising("llama-legacy-op14");
+    }
+    #[test]
+    fn gptneox_legacy_op14() {
+        super::check_noising("gptneox-legacy-op14");
+    }
+}
+
+/// Combinations without a definition are refused before any work, naming the flag and the fix.
+#[test]
+fn refused_combinations_say_what_to_use() {
+    let r = reference("gpt2-legacy-op14");
+    let o = options("gpt2-legacy-op14", &r);
+    let cases = [
+        (
+            EdgeMethod { ig_steps: 1, convention: Convention::Denoising, ablation: Ablation::Mean },
+            "--convention noising",
+        ),
+        (EdgeMethod { ig_steps: 4, convention: Convention::Noising, ablation: Ablation::Zero }, "drop --ig-steps"),
+    ];
+    for (m, fix) in cases {
+        let e = match run_edges_method(&o, &m) {
+            Ok(_) => panic!("{m:?} ran"),
+            Err(e) => e.to_string(),
+        };
+        assert!(e.contains("--ablation") && e.contains(fix), "{m:?}: {e}");
+    }
 }

@@ -487,6 +487,8 @@ fn synthetic_edges(t: Topology, label: &str) -> EdgeScores {
     EdgeScores {
         method: "EAP-IG".into(),
         ig_steps: 5,
+        convention: "denoising".into(),
+        ablation: "patching".into(),
         metric: "logit diff".into(),
         layers: t.layers,
         heads: t.heads,

@@ -12,6 +12,15 @@ reader gets its own copy of its residual input. No attrpatch code is used.
   EAP-IG   = the same with g_v averaged over x(alpha) = corr + alpha (clean - corr) at `input`,
              alpha = k/N, k = 0..N-1 (N = 1 is EAP)
 
+The noising convention (the EAP-IG codebase's get_scores_eap / get_scores_eap_ig, written here
+from its definitions, not its code), keys "noising" and "noising_eap_ig":
+  h_v      = d ld / d(copy of reader v), by autograd on the clean run (ld raw, not normalised)
+  score    = sum over positions of (a_cf[u] - a_clean[u]) . h_v, ld the mean over the pairs
+             (so: the mean over pairs of each pair's sum over positions)
+  a_cf     = patching: a_corr[u]; zero: 0; mean: the mean of a_corr[u] over pairs and positions;
+             mean-positional: the mean of a_corr[u] over pairs, per position
+  EAP-IG   = patching only: h_v averaged over the same x(alpha), delta = a_corr - a_clean
+
 Self-checks (any failure exits non-zero and writes nothing):
   - the hand-written forward's logits equal the Hugging Face model's (float64);
   - the identity: per head, the sum of its outgoing edge scores equals its node attribution summed
@@ -19,7 +28,10 @@ Self-checks (any failure exits non-zero and writes nothing):
   - every edge's score against a central finite difference of M along (a_clean[u] - a_corr[u])
     through reader v's copy alone, and every reader's g_v against a central finite difference
     along a random direction through its copy alone;
-  - EAP-IG with N = 1 equals EAP.
+  - EAP-IG with N = 1 equals EAP;
+  - noising: every edge against a central finite difference of ld on the clean run along
+    (a_cf[u] - a_clean[u]) through v's copy alone, per ablation; noising EAP-IG equals
+    -(CLEAN - CORR) times denoising EAP-IG (the same gradients, the other sign and scale).
 
 Usage:
   /work/venv-torch/bin/python tools/edge_reference.py                       # the default fixtures
@@ -53,6 +65,10 @@ IDENTITY_REL = 1e-9        # per head, relative to the largest |node attribution
 FD_EPS = 1e-6              # finite-difference step (direction scaled to unit RMS; error ~ step^2)
 FD_REL = 1e-6              # |fd - autograd| <= FD_REL * |autograd| + FD_FLOOR * scale
 FD_FLOOR = 1e-7
+
+
+# The noising convention's counterfactuals (the EAP-IG codebase's `intervention`).
+ABLATIONS = ["patching", "zero", "mean", "mean-positional"]
 
 
 class CheckFailed(Exception):
@@ -143,6 +159,8 @@ class Scorer:
             self.CLEAN = logit_diff(fam.forward(self.x_clean, record=rc), answers).item()
             self.CORR = logit_diff(fam.forward(self.x_corr, record=rr), answers).item()
         self.delta = {u: (rc["writers"][u] - rr["writers"][u]).detach() for u in rc["writers"]}
+        self.clean_writers = {u: t.detach() for u, t in rc["writers"].items()}
+        self.corr_writers = {u: t.detach() for u, t in rr["writers"].items()}
         self.feeds = rr["feeds"]
         self.edges = [(u, v) for u in fam.writers() for v in fam.readers() if u in self.feeds[v]]
 
@@ -166,6 +184,53 @@ class Scorer:
             mean = g if mean is None else {v: mean[v] + g[v] for v in g}
         mean = {v: t / steps for v, t in mean.items()}
         return [(u, v, (self.delta[u] * mean[v]).sum().item()) for u, v in self.edges]
+
+    def raw_grads(self, x0):
+        """{reader: d ld / d(copy)} on the run from x0 (the raw metric)."""
+        probe = {v: torch.zeros_like(x0, requires_grad=True) for v in self.fam.readers()}
+        logit_diff(self.fam.forward(x0, probe=probe), self.answers).backward()
+        return {v: p.grad.detach() for v, p in probe.items()}
+
+    def counterfactual(self, ablation):
+        """{writer: a_cf - a_clean} of an ablation (module doc)."""
+        out = {}
+        for u, corr in self.corr_writers.items():
+            if ablation == "patching":
+                cf = corr
+            elif ablation == "zero":
+                cf = torch.zeros_like(corr)
+            elif ablation == "mean":
+                cf = corr.mean(dim=(0, 1), keepdim=True).expand_as(corr)
+            elif ablation == "mean-positional":
+                cf = corr.mean(dim=0, keepdim=True).expand_as(corr)
+            else:
+                raise ValueError(ablation)
+            out[u] = cf - self.clean_writers[u]
+        return out
+
+    def noising(self, ablation, steps=1):
+        """[(u, v, score)] of the noising convention (steps > 1: EAP-IG-inputs, patching only)."""
+        delta = self.counterfactual(ablation)
+        if steps == 1:
+            g = self.raw_grads(self.x_clean)
+        else:
+            g = None
+            for k in range(steps):
+                gk = self.raw_grads(self.x_corr + k / steps * (self.x_clean - self.x_corr))
+                g = gk if g is None else {v: g[v] + gk[v] for v in gk}
+            g = {v: t / steps for v, t in g.items()}
+        return [(u, v, (delta[u] * g[v]).sum().item()) for u, v in self.edges], delta
+
+    def fd_clean(self, reader, direction):
+        """`fd` of the raw ld on the clean run."""
+        rms = direction.pow(2).mean().sqrt().item()
+        if rms == 0.0:
+            return 0.0
+        step = FD_EPS / rms
+        with torch.no_grad():
+            up = logit_diff(self.fam.forward(self.x_clean, probe={reader: step * direction}), self.answers).item()
+            down = logit_diff(self.fam.forward(self.x_clean, probe={reader: -step * direction}), self.answers).item()
+        return (up - down) / (2 * step)
 
     def fd(self, reader, direction):
         """Central finite difference of M on the corrupted run along `direction`, added to
@@ -266,6 +331,21 @@ def reference(name, steps, seed=0):
             f"{name}: reader {v}'s gradient along a random direction vs finite difference",
             float((g[v] * d).sum()), fd, g_scale, FD_REL, FD_FLOOR))
 
+    # Noising, per ablation: every edge against a finite difference of ld on the clean run.
+    noising, noising_fd = {}, {}
+    for ablation in ABLATIONS:
+        rows, delta = sc.noising(ablation)
+        n_scale = max(abs(x) for _u, _v, x in rows)
+        worst = 0.0
+        for u, v, x in rows:
+            worst = max(worst, check_close(f"{name}: noising ({ablation}) edge {u} -> {v} vs finite difference",
+                                           x, sc.fd_clean(v, delta[u]), n_scale, FD_REL, FD_FLOOR))
+        noising[ablation], noising_fd[ablation] = rows, worst
+    noising_ig, _ = sc.noising("patching", steps)
+    rel_err = max(abs(a[2] + (sc.CLEAN - sc.CORR) * b[2]) for a, b in zip(noising_ig, eap_ig))
+    if rel_err > 1e-12 * max(abs(a[2]) for a in noising_ig):
+        raise CheckFailed(f"{name}: noising EAP-IG differs from -(CLEAN - CORR) x denoising EAP-IG by {rel_err:.3e}")
+
     def edge_list(rows):
         return [{"from": u, "to": v, "score": s} for u, v, s in rows]
     return {
@@ -286,6 +366,9 @@ def reference(name, steps, seed=0):
         "node_attribution": {f"a{l}.h{h}": s for (l, h), s in nodes.items()},
         "eap": edge_list(eap),
         "eap_ig": {"steps": steps, "edges": edge_list(eap_ig)},
+        "noising_metric": "logit_diff (raw, mean over pairs), gradient on the clean run",
+        "noising": {a: edge_list(noising[a]) for a in ABLATIONS},
+        "noising_eap_ig": {"steps": steps, "edges": edge_list(noising_ig)},
         "checks": {
             "onnx_logits_max_abs": onnx_err,
             "hf_logits_max_abs": hf_err,
@@ -301,15 +384,17 @@ def reference(name, steps, seed=0):
             "fd_tol": {"rel": FD_REL, "floor_times_max": FD_FLOOR},
             "ig1_equals_eap_max_abs": ig1_err,
             "max_abs_score": scale,
+            "noising_edge_fd_worst_share_of_tol": noising_fd,
+            "noising_ig_vs_denoising_max_abs": rel_err,
             "passed": ["onnx_logits", "hf_logits", "clean_corr", "identity", "positions_grid",
-                       "edge_fd", "reader_fd", "ig1_equals_eap"],
+                       "edge_fd", "reader_fd", "ig1_equals_eap", "noising_edge_fd", "noising_ig_vs_denoising"],
         },
     }
 
 
 def dump(ref):
     """JSON with one edge per line (small diffs when regenerated)."""
-    edges_key = {"eap", "eap_ig"}
+    edges_key = {"eap", "eap_ig", "noising", "noising_eap_ig"}
     head = {k: v for k, v in ref.items() if k not in edges_key}
     # token id rows on one line each
     text = re.sub(r"\[\s+([-0-9][-0-9,\s]*?)\s+\]", lambda m: "[" + ", ".join(m.group(1).split()).replace(",,", ",") + "]",
@@ -318,7 +403,12 @@ def dump(ref):
     def rows(edges):
         return ",\n".join("  " + json.dumps(e) for e in edges)
     text += (f',\n "eap": [\n{rows(ref["eap"])}\n ],\n "eap_ig": {{"steps": {ref["eap_ig"]["steps"]}, '
-             f'"edges": [\n{rows(ref["eap_ig"]["edges"])}\n ]}}\n}}\n')
+             f'"edges": [\n{rows(ref["eap_ig"]["edges"])}\n ]}}')
+    if "noising" in ref:
+        parts = ",\n".join(f'  {json.dumps(a)}: [\n{rows(e)}\n  ]' for a, e in ref["noising"].items())
+        text += (f',\n "noising": {{\n{parts}\n }},\n "noising_eap_ig": {{"steps": {ref["noising_eap_ig"]["steps"]}, '
+                 f'"edges": [\n{rows(ref["noising_eap_ig"]["edges"])}\n ]}}')
+    text += "\n}\n"
     json.loads(text)  # well-formed
     return text
 

@@ -107,6 +107,8 @@ pub fn exact_edges(opts: &JobOptions, rows_per_call: Option<usize>) -> Result<(E
     let table = EdgeScores {
         method: "exact edge patching".into(),
         ig_steps: 0,
+        convention: "denoising".into(),
+        ablation: "patching".into(),
         metric: opts.metric.label().to_string(),
         layers: t.layers,
         heads: t.heads,

@@ -185,6 +185,8 @@ mod tests {
         EdgeScores {
             method: "EAP".into(),
             ig_steps: 1,
+            convention: "denoising".into(),
+            ablation: "patching".into(),
             metric: "logit diff".into(),
             layers: 1,
             heads: 1,

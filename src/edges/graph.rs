@@ -12,8 +12,16 @@
 //! to corrupted + k/N (clean - corrupted); the metric averages the N runs, so
 //! each reader's gradient, summed over the runs, is the mean over alpha. The
 //! writers' differences come from run 0 (alpha = 0: the plain corrupted run).
+//!
+//! Noising (`convention`, the EAP-IG codebase's): the same two copies, the
+//! backward swapped onto the clean copy's reader copies from the clean raw
+//! metric (`CLEAN_LD`; with EAP-IG the tiled runs' raw metric), and
+//!   D = [counterfactual - clean of every writer]
+//! the counterfactual the corrupted activation, zero, or the `ABLATION` input
+//! (the data set's means, fed per batch).
 
 use super::anatomy::{self, BlockAnatomy};
+use super::convention::{self, Ablation, Convention};
 use super::rewrite::{self, names as reads};
 use crate::augment::{metric, names, skeleton, Anatomy, Copies, Metric, TokenInput};
 use crate::autodiff::Backward;
@@ -36,6 +44,9 @@ pub mod out {
     pub fn head_attribution(layer: usize) -> String {
         format!("attrpatch.edges.head_attribution.{layer}")
     }
+    /// With a mean ablation: every writer's corrupted activation, [writers, B*S*d]
+    /// (`Topology` order; rows as the score's D), for the data set's means.
+    pub const CORRUPTED_WRITERS: &str = "attrpatch.edges.corrupted_writers";
     /// With `EdgeGraphOptions::reader_grads`: the gradient at layer l's q/k/v reader copies.
     pub fn reads_grad(layer: usize) -> String {
         format!("attrpatch.edges.reads_grad.{layer}")
@@ -56,14 +67,29 @@ pub struct EdgeGraphOptions {
     /// Add this input ([R, .., d], named `PERTURB`) to layer `perturb`'s q/k/v reader
     /// copies in the corrupted run: a finite difference through those readers alone.
     pub perturb: Option<usize>,
+    /// Which run is differentiated and the sign of Δ.
+    pub convention: Convention,
+    /// The counterfactual of each writer (noising only).
+    pub ablation: Ablation,
 }
 
 /// The perturbation input of `EdgeGraphOptions::perturb`.
 pub const PERTURB: &str = "attrpatch.edges.perturb";
 
+/// With a mean ablation: each writer's counterfactual per position, [writers, S, d].
+pub const ABLATION: &str = "attrpatch.edges.ablation";
+
 impl Default for EdgeGraphOptions {
     fn default() -> Self {
-        EdgeGraphOptions { metric: Metric::LogitDiff, heads: None, ig_steps: 1, reader_grads: false, perturb: None }
+        EdgeGraphOptions {
+            metric: Metric::LogitDiff,
+            heads: None,
+            ig_steps: 1,
+            reader_grads: false,
+            perturb: None,
+            convention: Convention::Denoising,
+            ablation: Ablation::Patching,
+        }
     }
 }
 
@@ -91,6 +117,10 @@ pub struct EdgeGraph {
     pub metric: Metric,
     /// Integration steps built in.
     pub ig_steps: usize,
+    /// The convention built in.
+    pub convention: Convention,
+    /// The ablation built in.
+    pub ablation: Ablation,
 }
 
 /// Builds the edge graph (module doc). Takes the model by value, as `augment` does.
@@ -98,6 +128,7 @@ pub fn build(model: OnnxModel, opts: &EdgeGraphOptions) -> Result<EdgeGraph> {
     if opts.ig_steps == 0 {
         return Err(Error::Input("the integration steps of EAP-IG must be at least 1 (1 is plain EAP)".into()));
     }
+    convention::check(opts.convention, opts.ablation, opts.ig_steps, opts.metric)?;
     let mut anat = Anatomy::read(&model, &HookKind::AttnOut)?;
     let heads = anat.required_heads(&model, opts.heads)?;
     // Ranks at a probe size: the symbolic facts lose them in legacy exports' shape chains.
@@ -121,6 +152,9 @@ pub fn build(model: OnnxModel, opts: &EdgeGraphOptions) -> Result<EdgeGraph> {
         tile_corrupted(g, &anat, &blocks, &copies, n, &mut b);
     }
     skeleton::declare_inputs(g, &anat);
+    if opts.ablation.is_mean() {
+        g.input.push(value_info(ABLATION, anat.dtype, &[Dim::Unknown, Dim::Unknown, Dim::Unknown]));
+    }
     if opts.perturb.is_some() {
         let rank = blocks.resid_rank;
         g.input.push(value_info(PERTURB, anat.dtype, &vec![Dim::Unknown; rank + 1]));
@@ -142,6 +176,10 @@ pub fn build(model: OnnxModel, opts: &EdgeGraphOptions) -> Result<EdgeGraph> {
         }
         probe.push((PERTURB.to_string(), s));
     }
+    if opts.ablation.is_mean() {
+        let u = blocks.topology().writers().len();
+        probe.push((ABLATION.to_string(), vec![u, skeleton::PROBE_SEQ, blocks.d_model]));
+    }
     let facts = skeleton::analyse_probed(&proto, &path, &probe)?;
     let g = proto.graph.as_mut().unwrap();
     let seed = b.const_tensor(anat.dtype, &[1, 1], &[1.0]);
@@ -156,8 +194,18 @@ pub fn build(model: OnnxModel, opts: &EdgeGraphOptions) -> Result<EdgeGraph> {
     if n == 1 {
         wrt.extend(blocks.blocks.iter().map(|blk| blk.out_proj.z.clone()));
     }
-    let grads = Backward { graph: g, facts: &facts, stop: &stop }.build(&mut b, &wrt, names::METRIC, &seed)?;
-    score_nodes(&mut b, g, &blocks, &copies, &grads, n, opts.reader_grads, anat.dtype);
+    // Noising differentiates the raw metric; plain EAP's at the clean copy.
+    let target = match (opts.convention, n) {
+        (Convention::Denoising, _) => names::METRIC,
+        (Convention::Noising, 1) => {
+            wrt = wrt.iter().map(|t| copies.clean_name(t)).collect();
+            names::CLEAN_LD
+        }
+        (Convention::Noising, _) => names::CORRUPTED_LD,
+    };
+    let grads = Backward { graph: g, facts: &facts, stop: &stop }.build(&mut b, &wrt, target, &seed)?;
+    let kind = Scoring { n, convention: opts.convention, ablation: opts.ablation };
+    score_nodes(&mut b, g, &blocks, &copies, &grads, kind, opts.reader_grads, anat.dtype);
     b.apply(g);
     skeleton::finish(&mut proto);
     Ok(EdgeGraph {
@@ -171,6 +219,8 @@ pub fn build(model: OnnxModel, opts: &EdgeGraphOptions) -> Result<EdgeGraph> {
         anatomy: blocks,
         metric: opts.metric,
         ig_steps: n,
+        convention: opts.convention,
+        ablation: opts.ablation,
     })
 }
 
@@ -301,6 +351,55 @@ fn dim1(b: &mut GraphBuilder, x: &str, axis: i64) -> String {
     b.unsqueeze(&d, &[0])
 }
 
+/// What `score_nodes` builds: the runs, and how Δ is formed.
+#[derive(Clone, Copy)]
+struct Scoring {
+    n: usize,
+    convention: Convention,
+    ablation: Ablation,
+}
+
+/// Every writer's activation as one [writers, B*S*d] matrix, writers in
+/// `Topology` order (heads projected by their out-projection slice), `view`
+/// mapping an original tensor name to the run's tensor.
+fn writer_matrix(b: &mut GraphBuilder, anat: &BlockAnatomy, view: &dyn Fn(&mut GraphBuilder, &str) -> String) -> String {
+    let row = b.const_i64s(&[1, -1]);
+    let (h, dh, d) = (anat.heads as i64, anat.head_dim as i64, anat.d_model as i64);
+    let mut writers = vec![];
+    let x0 = view(b, &anat.blocks[0].resid_in);
+    writers.push(b.reshape(&x0, &row));
+    let per_head_shape = b.const_i64s(&[-1, h, dh]);
+    let heads_rows = b.const_i64s(&[h, -1]);
+    let w_shape = b.const_i64s(&[h, dh, d]);
+    for blk in &anat.blocks {
+        let z = view(b, &blk.out_proj.z);
+        let z3 = b.reshape(&z, &per_head_shape);
+        let zh = b.transpose(&z3, &[1, 0, 2]);
+        let w =
+            if blk.out_proj.trans_b { b.transpose(&blk.out_proj.weight, &[1, 0]) } else { blk.out_proj.weight.clone() };
+        let wh = b.reshape(&w, &w_shape);
+        let out = b.matmul(&zh, &wh);
+        writers.push(b.reshape(&out, &heads_rows));
+        let m = view(b, &blk.mlp_out);
+        writers.push(b.reshape(&m, &row));
+    }
+    let refs: Vec<&str> = writers.iter().map(String::as_str).collect();
+    b.concat(&refs, 0)
+}
+
+/// `ABLATION` [U, S, d] broadcast over the batch of `clean` [U, B*S*d], minus it.
+fn mean_minus(b: &mut GraphBuilder, clean: &str, u: i64) -> String {
+    let s = dim1(b, ABLATION, 1);
+    let d = dim1(b, ABLATION, 2);
+    let head = b.const_i64s(&[u, -1]);
+    let shape = b.concat(&[&head, &s, &d], 0);
+    let c4 = b.reshape(clean, &shape);
+    let a4 = b.unsqueeze(ABLATION, &[1]);
+    let diff = b.sub(&a4, &c4);
+    let flat = b.const_i64s(&[u, -1]);
+    b.reshape(&diff, &flat)
+}
+
 /// Writer differences, reader gradients, their product, and the outputs.
 #[allow(clippy::too_many_arguments)]
 fn score_nodes(
@@ -309,37 +408,42 @@ fn score_nodes(
     anat: &BlockAnatomy,
     copies: &Copies,
     grads: &[String],
-    n: usize,
+    kind: Scoring,
     reader_grads: bool,
     dtype: i32,
 ) {
-    let row = b.const_i64s(&[1, -1]);
-    let (h, dh, d) = (anat.heads as i64, anat.head_dim as i64, anat.d_model as i64);
+    let n = kind.n;
+    let (h, dh) = (anat.heads as i64, anat.head_dim as i64);
+    let writers_n = anat.topology().writers().len() as i64;
+    let clean_of = |_: &mut GraphBuilder, t: &str| copies.clean_name(t);
+    let corr_of = |b: &mut GraphBuilder, t: &str| first_rows(b, t, &copies.clean_name(t), n);
+    let clean = writer_matrix(b, anat, &clean_of);
+    let needs_corrupted = kind.convention == Convention::Denoising || kind.ablation != Ablation::Zero;
+    let corr = if needs_corrupted { Some(writer_matrix(b, anat, &corr_of)) } else { None };
+    let corr_m = corr.as_deref().unwrap_or_default();
+    let dmat = match (kind.convention, kind.ablation) {
+        (Convention::Denoising, _) => b.sub(&clean, corr_m),
+        (Convention::Noising, Ablation::Patching) => b.sub(corr_m, &clean),
+        (Convention::Noising, Ablation::Zero) => b.node("Neg", &[&clean], vec![]),
+        (Convention::Noising, Ablation::Mean | Ablation::MeanPositional) => mean_minus(b, &clean, writers_n),
+    };
+    if kind.ablation.is_mean() {
+        b.node_named("Identity", &[corr_m], out::CORRUPTED_WRITERS, vec![]);
+        g.output.push(value_info(out::CORRUPTED_WRITERS, dtype, &[Dim::Known(writers_n), Dim::Unknown]));
+    }
+    // Δ of one tensor (z, for the head attribution), as D's rows are formed.
     let delta = |b: &mut GraphBuilder, t: &str| -> String {
         let clean = copies.clean_name(t);
-        let corr = first_rows(b, t, &clean, n);
-        b.sub(&clean, &corr)
+        match kind.convention {
+            Convention::Denoising => {
+                let corr = first_rows(b, t, &clean, n);
+                b.sub(&clean, &corr)
+            }
+            Convention::Noising if kind.ablation == Ablation::Zero => b.node("Neg", &[&clean], vec![]),
+            Convention::Noising => b.sub(t, &clean),
+        }
     };
-    let mut writers = vec![];
-    let x0 = delta(b, &anat.blocks[0].resid_in);
-    writers.push(b.reshape(&x0, &row));
     let per_head_shape = b.const_i64s(&[-1, h, dh]);
-    let heads_rows = b.const_i64s(&[h, -1]);
-    let w_shape = b.const_i64s(&[h, dh, d]);
-    for blk in &anat.blocks {
-        let dz = delta(b, &blk.out_proj.z);
-        let z3 = b.reshape(&dz, &per_head_shape);
-        let zh = b.transpose(&z3, &[1, 0, 2]);
-        let w =
-            if blk.out_proj.trans_b { b.transpose(&blk.out_proj.weight, &[1, 0]) } else { blk.out_proj.weight.clone() };
-        let wh = b.reshape(&w, &w_shape);
-        let out = b.matmul(&zh, &wh);
-        writers.push(b.reshape(&out, &heads_rows));
-        let dm = delta(b, &blk.mlp_out);
-        writers.push(b.reshape(&dm, &row));
-    }
-    let refs: Vec<&str> = writers.iter().map(String::as_str).collect();
-    let dmat = b.concat(&refs, 0);
 
     // Gradients: grads are [reads.l, mlp_read.l (unless the norm is shared)]* then logits_read, then (plain EAP) each z.
     let fold = |b: &mut GraphBuilder, gr: &str, copies_: i64| -> String {
@@ -372,11 +476,11 @@ fn score_nodes(
     let refs: Vec<&str> = readers.iter().map(String::as_str).collect();
     let gmat = b.concat(&refs, 0);
     b.node_named("Gemm", &[&dmat, &gmat], out::SCORES, vec![attr_i("transB", 1)]);
-    let writers_n = anat.topology().writers().len() as i64;
     let readers_n = anat.topology().readers().len() as i64;
     g.output.push(value_info(out::SCORES, dtype, &[Dim::Known(writers_n), Dim::Known(readers_n)]));
 
-    if n == 1 {
+    // The head attribution's Δ is on z: a mean ablation's means are of the projected rows.
+    if n == 1 && !kind.ablation.is_mean() {
         for (k, blk) in anat.blocks.iter().enumerate() {
             let dz = delta(b, &blk.out_proj.z);
             let p = b.mul(&dz, &grads[last + 1 + k]);

@@ -9,8 +9,10 @@
 
 pub mod anatomy;
 pub mod compare;
+pub mod convention;
 pub mod faithfulness;
 pub mod graph;
+pub mod means;
 pub mod mib;
 pub mod patch_graph;
 pub mod patching;
@@ -18,7 +20,7 @@ pub mod rewrite;
 pub mod run;
 pub mod scores;
 
-pub use run::{run_edges, run_edges_detailed, EdgeRun};
+pub use run::{run_edges, run_edges_detailed, run_edges_method, EdgeMethod, EdgeRun};
 pub use scores::{EdgeScore, EdgeScores, NodeScore};
 
 /// A writer: a node whose output is added to the residual stream.

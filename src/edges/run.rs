@@ -2,8 +2,13 @@
 //! many runtime calls as `run` makes), each batch's score matrix turned into
 //! the attribution of its pairs' summed metric, and the sum normalised as
 //! `run` normalises its grids: by N (CLEAN - CORR) over the whole prompt set.
+//! Noising scores are the raw metric's, divided by N alone (the EAP-IG
+//! codebase's mean over items); a mean ablation first runs every batch once
+//! for the corrupted activations' means (`means`).
 
+use super::convention::{Ablation, Convention};
 use super::graph::{self, out, EdgeGraph, EdgeGraphOptions};
+use super::means::WriterMeans;
 use super::scores::{node_scores, EdgeScore, EdgeScores};
 use super::{Reader, Writer};
 use crate::augment::names;
@@ -47,6 +52,29 @@ pub struct EdgeRun {
     pub runtime: String,
 }
 
+/// How the edges are scored: the method's steps, the convention and the ablation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EdgeMethod {
+    /// Integration steps (1: plain EAP; more: EAP-IG-inputs).
+    pub ig_steps: usize,
+    /// Which run is differentiated.
+    pub convention: Convention,
+    /// Each writer's counterfactual (noising only).
+    pub ablation: Ablation,
+}
+
+impl EdgeMethod {
+    /// Denoising with corrupted activations (attrpatch's default), `ig_steps` steps.
+    pub fn steps(ig_steps: usize) -> Self {
+        EdgeMethod { ig_steps, convention: Convention::Denoising, ablation: Ablation::Patching }
+    }
+}
+
+/// Refuses a method without a definition (`convention::check`), before any work.
+pub fn check_method(m: &EdgeMethod, metric: crate::augment::Metric) -> Result<()> {
+    super::convention::check(m.convention, m.ablation, m.ig_steps, metric)
+}
+
 /// Every edge's score (EAP with `ig_steps` = 1, EAP-IG-inputs with more):
 /// edges in `Topology::edges` order, nodes aggregated from them.
 pub fn run_edges(opts: &JobOptions, ig_steps: usize) -> Result<EdgeScores> {
@@ -55,15 +83,33 @@ pub fn run_edges(opts: &JobOptions, ig_steps: usize) -> Result<EdgeScores> {
 
 /// The edge graph's options for a job (what its cache key covers).
 pub fn graph_options(opts: &JobOptions, ig_steps: usize) -> EdgeGraphOptions {
-    EdgeGraphOptions { metric: opts.metric, heads: opts.heads, ig_steps, ..Default::default() }
+    graph_options_for(opts, &EdgeMethod::steps(ig_steps))
+}
+
+/// `graph_options` for any method.
+pub fn graph_options_for(opts: &JobOptions, m: &EdgeMethod) -> EdgeGraphOptions {
+    EdgeGraphOptions {
+        metric: opts.metric,
+        heads: opts.heads,
+        ig_steps: m.ig_steps,
+        convention: m.convention,
+        ablation: m.ablation,
+        ..Default::default()
+    }
 }
 
 /// `run_edges`, with the head attributions and call count.
 pub fn run_edges_detailed(opts: &JobOptions, ig_steps: usize) -> Result<EdgeRun> {
+    run_edges_method(opts, &EdgeMethod::steps(ig_steps))
+}
+
+/// `run_edges_detailed` with a convention and an ablation.
+pub fn run_edges_method(opts: &JobOptions, m: &EdgeMethod) -> Result<EdgeRun> {
     check_options(opts)?;
-    let gopts = graph_options(opts, ig_steps);
+    check_method(m, opts.metric)?;
+    let gopts = graph_options_for(opts, m);
     let mut p = prepare(opts, GraphKey::new("edges", &gopts), |model| graph::build(model, &gopts))?;
-    run_prepared(opts, ig_steps, &mut p, &mut None)
+    run_prepared(opts, m.ig_steps, &mut p, &mut None)
 }
 
 fn check_options(opts: &JobOptions) -> Result<()> {
@@ -101,11 +147,33 @@ pub fn run_prepared(
     let mut totals = Totals::default();
     let mut pair_metrics = Vec::with_capacity(n);
     let mut calls = 0;
+    let (convention, ablation) = (p.graph.convention, p.graph.ablation);
+    let with_heads = ig_steps == 1 && !ablation.is_mean();
     let clock = std::time::Instant::now();
-    for start in (0..n).step_by(per_call.max(1)) {
-        let range = start..(start + per_call).min(n);
+    let batches: Vec<std::ops::Range<usize>> =
+        (0..n).step_by(per_call.max(1)).map(|start| start..(start + per_call).min(n)).collect();
+    // A mean ablation's first pass: every batch's corrupted writers (the fed ABLATION unused).
+    let mut means = WriterMeans::new(u, p.graph.anatomy.d_model);
+    if ablation.is_mean() {
+        crate::progress::stage(&opts.progress, "averaging the writers' corrupted activations");
+        for range in &batches {
+            let t = p.tokens.slice(range.clone());
+            let mut inputs = pair_inputs(&p.graph.token_inputs(), &t);
+            let zeros = ndarray::Array3::<f32>::zeros((u, t.seq_len, p.graph.anatomy.d_model));
+            inputs.push((graph::ABLATION.into(), crate::runtime::Value::F32(zeros.into_dyn())));
+            let mut outs = rt.run(inputs)?;
+            calls += 1;
+            means.add(&take_output(&mut outs, out::CORRUPTED_WRITERS)?, &t.lengths, t.seq_len)?;
+        }
+    }
+    for range in batches {
         let t = p.tokens.slice(range.clone());
-        let mut outs = rt.run(pair_inputs(&p.graph.token_inputs(), &t))?;
+        let mut inputs = pair_inputs(&p.graph.token_inputs(), &t);
+        if ablation.is_mean() {
+            let a = means.input(ablation, t.seq_len)?;
+            inputs.push((graph::ABLATION.into(), crate::runtime::Value::F32(a.into_dyn())));
+        }
+        let mut outs = rt.run(inputs)?;
         calls += 1;
         let rows = range.len();
         let clean = take_output(&mut outs, names::CLEAN_LDS)?;
@@ -115,15 +183,19 @@ pub fn run_prepared(
         let corrupted: Vec<f64> = corrupted.iter().take(rows).map(|&v| v as f64).collect();
         let graph_clean = take_output(&mut outs, names::CLEAN_LD)?.iter().next().copied().unwrap_or(f32::NAN) as f64;
         let graph_corr = take_output(&mut outs, names::CORRUPTED_LD)?.iter().next().copied().unwrap_or(f32::NAN) as f64;
-        if crate::batches::indistinguishable(graph_clean, graph_corr) {
+        if convention == Convention::Denoising && crate::batches::indistinguishable(graph_clean, graph_corr) {
             return Err(Error::Numeric(format!(
                 "pairs {}..{}: the clean and corrupted metric are equal ({graph_clean} and {graph_corr}); the normalised \
                  metric divides by their difference. Check that the corrupted prompts differ from the clean ones",
                 range.start, range.end
             )));
         }
-        // The graph differentiates (mean - CORR) / (CLEAN - CORR) over its rows: undo it.
-        let scale = rows as f64 * (graph_clean - graph_corr);
+        // The graph differentiates (mean - CORR) / (CLEAN - CORR) over its rows (noising: the
+        // raw mean): undo it, to the attribution of the rows' summed metric.
+        let scale = match convention {
+            Convention::Denoising => rows as f64 * (graph_clean - graph_corr),
+            Convention::Noising => rows as f64,
+        };
         let s = take_output(&mut outs, out::SCORES)?;
         if s.len() != u * r {
             return Err(Error::Runtime(format!("'{}' has {} values, expected {u} x {r}", out::SCORES, s.len())));
@@ -134,7 +206,7 @@ pub fn run_prepared(
             }
             *acc += scale * *v as f64;
         }
-        if ig_steps == 1 {
+        if with_heads {
             for (l, row) in heads.iter_mut().enumerate() {
                 let a = take_output(&mut outs, &out::head_attribution(l))?;
                 for (acc, v) in row.iter_mut().zip(a.iter()) {
@@ -149,7 +221,10 @@ pub fn run_prepared(
     }
     let run_seconds = clock.elapsed().as_secs_f64();
     p.seconds.run = run_seconds;
-    let k = totals.normaliser()?;
+    let k = match convention {
+        Convention::Denoising => totals.normaliser()?,
+        Convention::Noising => 1.0 / totals.pairs.max(1) as f64,
+    };
     let writers: HashMap<Writer, usize> = topo.writers().into_iter().enumerate().map(|(i, w)| (w, i)).collect();
     let readers: HashMap<Reader, usize> = topo.readers().into_iter().enumerate().map(|(i, r)| (r, i)).collect();
     let order = topo.edges();
@@ -163,11 +238,13 @@ pub fn run_prepared(
     let (clean, corrupted): (Vec<f64>, Vec<f64>) = pair_metrics.iter().copied().unzip();
     let baselines = crate::sanity::check_baselines(opts.metric, &clean, &corrupted);
     let head_attribution =
-        if ig_steps == 1 { heads.iter().map(|row| row.iter().map(|v| k * v).collect()).collect() } else { vec![] };
+        if with_heads { heads.iter().map(|row| row.iter().map(|v| k * v).collect()).collect() } else { vec![] };
     Ok(EdgeRun {
         scores: EdgeScores {
             method: if ig_steps == 1 { "EAP".into() } else { "EAP-IG".into() },
             ig_steps,
+            convention: convention.label().to_string(),
+            ablation: ablation.label().to_string(),
             metric: opts.metric.label().to_string(),
             layers,
             heads: topo.heads,

@@ -6,15 +6,17 @@ use serde::{Deserialize, Serialize};
 use std::fmt::Write as _;
 use std::path::Path;
 
-/// One edge's score: sum over pairs and positions of
-/// (a_clean[from] - a_corrupted[from]) . dM/d(input of `to`).
+/// One edge's score. Denoising: sum over pairs and positions of
+/// (a_clean[from] - a_corrupted[from]) . dM/d(input of `to`) on the corrupted run,
+/// M normalised. Noising: mean over pairs of the sum over positions of
+/// (a_ablated[from] - a_clean[from]) . dm/d(input of `to`) on the clean run, m raw.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EdgeScore {
     /// Writer name, e.g. "a3.h7".
     pub from: String,
     /// Reader name, e.g. "a5.h1.q".
     pub to: String,
-    /// The score, in units of the normalised metric.
+    /// The score, in units of the normalised metric (noising: of the raw metric).
     pub score: f64,
 }
 
@@ -34,6 +36,13 @@ pub struct EdgeScores {
     pub method: String,
     /// Integration steps (1 = plain EAP).
     pub ig_steps: usize,
+    /// "denoising" (gradient at the corrupted run, normalised metric) or "noising"
+    /// (the EAP-IG codebase's: gradient at the clean run, raw metric over the pairs).
+    #[serde(default = "denoising")]
+    pub convention: String,
+    /// Each writer's counterfactual: "patching" (corrupted), "zero", "mean", "mean-positional".
+    #[serde(default = "patching")]
+    pub ablation: String,
     /// The metric's name, as `run` names it.
     pub metric: String,
     /// Layers, heads and key/value heads of the model.
@@ -48,6 +57,14 @@ pub struct EdgeScores {
     pub edges: Vec<EdgeScore>,
     /// Every writer, in residual order, its score aggregated from `edges`.
     pub nodes: Vec<NodeScore>,
+}
+
+fn denoising() -> String {
+    "denoising".into()
+}
+
+fn patching() -> String {
+    "patching".into()
 }
 
 /// Sum each writer's outgoing edge scores, writers in first-seen order.

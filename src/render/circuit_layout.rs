@@ -431,6 +431,8 @@ pub(crate) mod tests {
         EdgeScores {
             method: "EAP-IG".into(),
             ig_steps: 5,
+            convention: "denoising".into(),
+            ablation: "patching".into(),
             metric: "logit diff".into(),
             layers: t.layers,
             heads: t.heads,

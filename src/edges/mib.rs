@@ -267,6 +267,8 @@ mod tests {
             method: "EAP".into(),
             ig_steps: 1,
             metric: "logit diff".into(),
+            convention: "denoising".into(),
+            ablation: "patching".into(),
             layers: 2,
             heads: 2,
             kv_heads,

@@ -298,6 +298,25 @@ pub fn holds_restored(g: &GraphProto) -> bool {
     })
 }
 
+/// A GatherBlockQuantized of `p`'s codes along rows (axis 0), blocks along K
+/// (axis 1), as the builder writes it and as the products read all rows.
+fn gather_block_quantized_node(name: String, input: Vec<String>, output: Vec<String>, p: &Packed) -> NodeProto {
+    NodeProto {
+        name,
+        op_type: "GatherBlockQuantized".into(),
+        domain: "com.microsoft".into(),
+        input,
+        output,
+        attribute: vec![
+            attr_i("bits", p.bits),
+            attr_i("block_size", p.block_size),
+            attr_i("gather_axis", 0),
+            attr_i("quantize_axis", 1),
+        ],
+        ..Default::default()
+    }
+}
+
 /// The first input of `n` other than input `k` (the activation beside a weight).
 fn first_other(n: &NodeProto, k: usize) -> Option<&str> {
     n.input.iter().enumerate().find(|(i, x)| *i != k && !x.is_empty()).map(|(_, x)| x.as_str())
@@ -357,28 +376,12 @@ impl Restorer {
         };
         let mut input = vec![data, gather.input[1].clone(), p.scales.clone()];
         input.extend(p.zero_points.clone());
-        nodes.push(NodeProto {
-            name: gather.name.clone(),
-            op_type: "GatherBlockQuantized".into(),
-            domain: "com.microsoft".into(),
-            input,
-            output: gather.output.clone(),
-            attribute: vec![
-                attr_i("bits", p.bits),
-                attr_i("block_size", p.block_size),
-                attr_i("gather_axis", 0),
-                attr_i("quantize_axis", 1),
-            ],
-            ..Default::default()
-        });
+        nodes.push(gather_block_quantized_node(gather.name.clone(), input, gather.output.clone(), p));
     }
 
     /// The forward Y = X @ W as `Gemm(X [rows, K], W^T [N, K], transB)` on the
     /// blocks dequantised for this use, X flattened and Y reshaped back. Not
-    /// the MatMulNBits node itself: it reads the codes as uint8 and the
-    /// backward's DequantizeLinear as uint4, two initializers that would hold
-    /// the codes twice (and without prepacking, which copies them again, the
-    /// node dequantises all of B per call anyway).
+    /// the MatMulNBits node itself: see the module doc.
     fn matmul_by_dequantized(
         &mut self,
         nodes: &mut Vec<NodeProto>,
@@ -568,20 +571,8 @@ impl Restorer {
         if !zero.is_empty() {
             input.push(zero);
         }
-        nodes.push(NodeProto {
-            name: self.fresh(&format!("{}/dequantize", p.node)),
-            op_type: "GatherBlockQuantized".into(),
-            domain: "com.microsoft".into(),
-            input,
-            output: vec![w.clone()],
-            attribute: vec![
-                attr_i("bits", p.bits),
-                attr_i("block_size", p.block_size),
-                attr_i("gather_axis", 0),
-                attr_i("quantize_axis", 1),
-            ],
-            ..Default::default()
-        });
+        let name = self.fresh(&format!("{}/dequantize", p.node));
+        nodes.push(gather_block_quantized_node(name, input, vec![w.clone()], p));
         self.half_to_float32(nodes, p, w, scale_type)
     }
 

@@ -6,7 +6,7 @@
 use crate::error::{Error, Result};
 use crate::onnx::builder::GraphBuilder;
 use crate::onnx::consts::{find_constant, tensor_i64s, BOOL};
-use crate::onnx::graph::all_names;
+use crate::onnx::graph::{all_names, rename_uses};
 use crate::onnx::pb::{GraphProto, ModelProto, NodeProto, TensorProto};
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -102,7 +102,7 @@ fn inline(
         n.output.iter_mut().for_each(map);
         for a in &mut n.attribute {
             for sub in a.g.iter_mut().chain(a.graphs.iter_mut()) {
-                rename_uses(sub, &rename);
+                rename_uses(&mut sub.node, &rename);
             }
         }
     }
@@ -117,18 +117,3 @@ fn inline(
     (nodes, branch.initializer, branch.value_info)
 }
 
-/// Renames the outer-scope names a nested subgraph reads.
-fn rename_uses(g: &mut GraphProto, rename: &HashMap<String, String>) {
-    for n in &mut g.node {
-        for s in &mut n.input {
-            if let Some(r) = rename.get(s.as_str()) {
-                *s = r.clone();
-            }
-        }
-        for a in &mut n.attribute {
-            for sub in a.g.iter_mut().chain(a.graphs.iter_mut()) {
-                rename_uses(sub, rename);
-            }
-        }
-    }
-}

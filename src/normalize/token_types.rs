@@ -7,8 +7,8 @@
 
 use crate::onnx::builder::{attr_i, GraphBuilder};
 use crate::onnx::consts::{INT32, INT64};
-use crate::onnx::graph::all_names;
-use crate::onnx::pb::{type_proto, GraphProto, ModelProto, NodeProto};
+use crate::onnx::graph::{all_names, rename_uses};
+use crate::onnx::pb::{type_proto, GraphProto, ModelProto};
 use std::collections::HashMap;
 
 /// Prefix of the Cast nodes this pass adds.
@@ -55,36 +55,12 @@ pub fn widen_int32_token_inputs(proto: &mut ModelProto, opset: i64) -> Vec<Strin
     narrow
 }
 
-/// Renames uses in `nodes` and in the subgraphs of their attributes, except
-/// where a subgraph declares the name itself.
-fn rename_uses(nodes: &mut [NodeProto], map: &HashMap<String, String>) {
-    for n in nodes {
-        for i in n.input.iter_mut() {
-            if let Some(new) = map.get(i.as_str()) {
-                *i = new.clone();
-            }
-        }
-        for a in n.attribute.iter_mut() {
-            for sub in a.g.iter_mut().chain(a.graphs.iter_mut()) {
-                let declares = |k: &String| {
-                    sub.input.iter().any(|i| &i.name == k)
-                        || sub.initializer.iter().any(|t| &t.name == k)
-                        || sub.node.iter().any(|n| n.output.contains(k))
-                };
-                let inner: HashMap<String, String> =
-                    map.iter().filter(|(k, _)| !declares(k)).map(|(k, v)| (k.clone(), v.clone())).collect();
-                rename_uses(&mut sub.node, &inner);
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::onnx::facts::Dim;
     use crate::onnx::graph::value_info;
-    use crate::onnx::pb::ValueInfoProto;
+    use crate::onnx::pb::{NodeProto, ValueInfoProto};
 
     fn input(name: &str, elem: i32) -> ValueInfoProto {
         value_info(name, elem, &[Dim::Sym("b".into()), Dim::Sym("s".into())])

@@ -5,9 +5,9 @@
 use super::facts::Dim;
 use super::pb::{
     tensor_shape_proto::{dimension, Dimension},
-    type_proto, GraphProto, TensorShapeProto, TypeProto, ValueInfoProto,
+    type_proto, GraphProto, NodeProto, TensorShapeProto, TypeProto, ValueInfoProto,
 };
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 /// Every node, tensor, initializer, input and output name of `g`, so that a
 /// rewrite can pick fresh ones.
@@ -34,6 +34,24 @@ pub fn value_info_unshaped(name: &str, elem_type: i32) -> ValueInfoProto {
             ..Default::default()
         }),
         ..Default::default()
+    }
+}
+
+/// Renames the uses of names in `nodes` and in the subgraphs of their
+/// attributes (which read outer names by reference; ONNX forbids a subgraph
+/// to redefine them).
+pub fn rename_uses(nodes: &mut [NodeProto], map: &HashMap<String, String>) {
+    for n in nodes {
+        for i in n.input.iter_mut() {
+            if let Some(new) = map.get(i.as_str()) {
+                *i = new.clone();
+            }
+        }
+        for a in n.attribute.iter_mut() {
+            for sub in a.g.iter_mut().chain(a.graphs.iter_mut()) {
+                rename_uses(&mut sub.node, map);
+            }
+        }
     }
 }
 

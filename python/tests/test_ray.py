@@ -147,34 +147,38 @@ def test_dataset_input(ray_mod, model_path, pairs_file, one_process):
                       model_path, actors=1)
 
 
-def test_data_error_names_the_line_as_the_cli(ray_mod, model_path, tmp_path, cli):
-    import attrpatch.ray as apr
-
+def _data_error_names_the_line(ray_mod, model_path, tmp_path, cli, job, one_process, on_ray):
+    """A two-token answer on line 7: one process, the Rust binary, the Ray command line (run first:
+    the failed job below keeps its actors, and the module's 2 CPUs, until its traceback is freed)
+    and the Python API on Ray all give the same message naming the line, with no traceback."""
     pairs = ioi_pairs(12, seed=5)
     pairs[6] = dict(pairs[6], correct=" Mary Poppins")  # line 7 of the file: two tokens
     f = write_jsonl(tmp_path / "bad.jsonl", pairs)
     with pytest.raises(attrpatch.InputError) as one:
-        attrpatch.run(model_path, f, device="cpu")
+        one_process(model_path, f, device="cpu")
     want = str(one.value)
     assert f"{f}:7: pair 6: correct answer \" Mary Poppins\"" in want
-    # The Rust binary gives that message too.
-    rust = subprocess.run([str(cli), "run", "--model", str(model_path), "--prompts", str(f), "--device", "cpu",
+    rust = subprocess.run([str(cli), job, "--model", str(model_path), "--prompts", str(f), "--device", "cpu",
                            "--out", str(tmp_path / "rust")], capture_output=True, text=True, cwd=ROOT)
     assert rust.returncode != 0 and want in rust.stderr
-    # The command line on this cluster prints that message, no traceback, and fails. (Run first: the
-    # failed job below keeps its actors, and the module's 2 CPUs, until its traceback is freed.)
     address = ray_mod.get_runtime_context().gcs_address
-    p = subprocess.run([sys.executable, "-m", "attrpatch.ray", "run", "--model", str(model_path), "--prompts",
+    p = subprocess.run([sys.executable, "-m", "attrpatch.ray", job, "--model", str(model_path), "--prompts",
                         str(f), "--out", str(tmp_path / "out"), "--address", address, "--actors", "1"],
                        capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert p.returncode == 1, p.stdout + p.stderr
     assert f"error: {want}" in p.stderr
     assert "Traceback" not in p.stderr and "RayTaskError" not in p.stderr
-    # The Python API raises the same class with the same message.
     with pytest.raises(attrpatch.InputError) as got:
-        apr.attribute(f, model_path, actors=2, block_size=5, device="cpu")
+        on_ray(f, model_path, actors=2, block_size=5, device="cpu")
     assert str(got.value) == want
     del got
+    return f
+
+
+def test_data_error_names_the_line_as_the_cli(ray_mod, model_path, tmp_path, cli):
+    import attrpatch.ray as apr
+
+    _data_error_names_the_line(ray_mod, model_path, tmp_path, cli, "run", attrpatch.run, apr.attribute)
 
 
 def test_cli_writes_the_results_and_resumes(ray_mod, model_path, pairs_file, one_process, tmp_path):
@@ -481,26 +485,6 @@ def test_edges_cli_writes_the_cli_files(ray_mod, model_path, pairs_file, one_pro
 def test_edges_data_error_names_the_line(ray_mod, model_path, tmp_path, cli):
     import attrpatch.ray as apr
 
-    pairs = ioi_pairs(12, seed=5)
-    pairs[6] = dict(pairs[6], correct=" Mary Poppins")  # line 7 of the file: two tokens
-    f = write_jsonl(tmp_path / "bad.jsonl", pairs)
-    with pytest.raises(attrpatch.InputError) as one:
-        attrpatch.edges(model_path, f, device="cpu")
-    want = str(one.value)
-    assert f"{f}:7: pair 6: correct answer \" Mary Poppins\"" in want
-    rust = subprocess.run([str(cli), "edges", "--model", str(model_path), "--prompts", str(f), "--device", "cpu",
-                           "--out", str(tmp_path / "rust")], capture_output=True, text=True, cwd=ROOT)
-    assert rust.returncode != 0 and want in rust.stderr
-    address = ray_mod.get_runtime_context().gcs_address
-    p = subprocess.run([sys.executable, "-m", "attrpatch.ray", "edges", "--model", str(model_path), "--prompts",
-                        str(f), "--out", str(tmp_path / "out"), "--address", address, "--actors", "1"],
-                       capture_output=True, text=True, cwd=ROOT, timeout=300)
-    assert p.returncode == 1, p.stdout + p.stderr
-    assert f"error: {want}" in p.stderr
-    assert "Traceback" not in p.stderr and "RayTaskError" not in p.stderr
-    with pytest.raises(attrpatch.InputError) as got:
-        apr.edges(f, model_path, actors=2, block_size=5, device="cpu")
-    assert str(got.value) == want
-    del got
+    f = _data_error_names_the_line(ray_mod, model_path, tmp_path, cli, "edges", attrpatch.edges, apr.edges)
     with pytest.raises(attrpatch.InputError, match="hook: edge scores are defined by"):
         apr.edges(f, model_path, hook="mlp", actors=1)

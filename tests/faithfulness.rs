@@ -372,4 +372,9 @@ fn cli_mib_importance_files_round_trip_into_the_faithfulness_sweep() {
     std::fs::write(&bad, w.to_string()).unwrap();
     let (ok, t) = attrpatch(&[&base[..5], &["--circuit-from", bad.to_str().unwrap(), "-o", b]].concat());
     assert!(!ok && t.contains("bad.json") && t.contains("'a0.h9'") && t.contains("h < 4 heads"), "{t}");
+    // The file's scores are the ranking: a convention or integration steps of attrpatch's own are refused.
+    for extra in [&["--ig-steps", "2"][..], &["--convention", "noising"][..]] {
+        let (ok, t) = attrpatch(&[&base[..5], &["--circuit-from", file, "-o", b], extra].concat());
+        assert!(!ok && t.contains("--circuit-from takes the scores from its file"), "{extra:?}: {t}");
+    }
 }

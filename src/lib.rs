@@ -128,7 +128,7 @@ pub mod eap {
     pub use crate::edges::compare::{
         compare_edges, report as comparison_report, write as write_comparison, EdgeAgreement, EdgeComparison, EdgeMiss,
     };
-    pub use crate::edges::convention::{Ablation, Convention};
+    pub use crate::edges::convention::{resolve as resolve_method, Ablation, Convention, Method, DEFAULT_IG_STEPS};
     pub use crate::edges::faithfulness::{
         check_threshold, circuit, faithfulness, k_for_threshold, sweep, write as write_faithfulness, Faithfulness,
         Point,

@@ -191,9 +191,16 @@ struct EdgesArgs {
     /// Prompt pairs per runtime call [default: as run chooses].
     #[arg(long)]
     batch_size: Option<usize>,
-    /// EAP-IG with N steps (the input writer's output moved from corrupted to clean); 1 is plain EAP.
-    #[arg(long, value_name = "N", default_value_t = 1)]
-    ig_steps: usize,
+    /// eap (the gradient at the base run), eap-ig-inputs (averaged over N runs with the input
+    /// interpolated), eap-ig-activations (averaged over N runs per component, that component's
+    /// output alone interpolated), clean-corrupted (averaged over the clean and the corrupted run)
+    /// [default: eap, or eap-ig-inputs with --ig-steps N > 1].
+    #[arg(long, value_enum)]
+    method: Option<attrpatch::eap::Method>,
+    /// The steps N of eap-ig-inputs and eap-ig-activations [default: 5 with such a --method];
+    /// alone, N > 1 means --method eap-ig-inputs.
+    #[arg(long, value_name = "N")]
+    ig_steps: Option<usize>,
     /// denoising: gradient at the corrupted run, Δ = clean - corrupted, the normalised metric;
     /// noising (the EAP-IG codebase's): gradient at the clean run, Δ = ablated - clean, the raw metric.
     #[arg(long, value_enum, default_value_t = attrpatch::eap::Convention::Denoising)]
@@ -425,7 +432,7 @@ fn report_job(opts: &JobOptions, r: &JobResult, out: &Path) -> Result<(), Error>
 
 fn edges_cmd(args: EdgesArgs) -> Result<(), Error> {
     at_least_one(&[
-        ("--ig-steps", Some(args.ig_steps)),
+        ("--ig-steps", args.ig_steps),
         ("--top-k", Some(args.top_k)),
         ("--batch-size", args.batch_size),
         ("--rows-per-call", args.rows_per_call),
@@ -446,23 +453,20 @@ fn edges_cmd(args: EdgesArgs) -> Result<(), Error> {
     if args.common.per_prompt {
         return Err(Error::Input("--per-prompt: edge scores are summed over the pairs; drop --per-prompt".into()));
     }
-    if args.faithfulness && args.ablation != attrpatch::eap::Ablation::Patching {
-        return Err(Error::Input(format!(
-            "--faithfulness with --ablation {}: exact edge patching swaps edges for their corrupted activations only; \
-             drop --faithfulness, or use --ablation patching",
-            args.ablation.label()
-        )));
-    }
+    let (kind, ig_steps) = attrpatch::eap::resolve_method(args.method, args.ig_steps)?;
     let method =
-        attrpatch::eap::EdgeMethod { ig_steps: args.ig_steps, convention: args.convention, ablation: args.ablation };
+        attrpatch::eap::EdgeMethod { method: kind, ig_steps, convention: args.convention, ablation: args.ablation };
     attrpatch::eap::check_method(&method, args.common.metric)?;
     let mut opts = args.common.job_options()?;
     opts.batch_size = args.batch_size;
     let out = args.common.out_dir();
-    if args.circuit_from.is_some() && (args.ig_steps != 1 || method.convention != attrpatch::eap::Convention::Denoising)
+    if args.circuit_from.is_some()
+        && (args.ig_steps.is_some()
+            || args.method.is_some()
+            || method.convention != attrpatch::eap::Convention::Denoising)
     {
         return Err(Error::Input(
-            "--circuit-from takes the scores from its file; drop --ig-steps and --convention".into(),
+            "--circuit-from takes the scores from its file; drop --method, --ig-steps and --convention".into(),
         ));
     }
     let mut r = attrpatch::eap::run_edges_method(&opts, &method)?;
@@ -480,8 +484,9 @@ fn edges_cmd(args: EdgesArgs) -> Result<(), Error> {
     }
     let s = &r.scores;
     println!("model: {}", opts.model.display());
+    let steps = if s.ig_steps > 1 { format!("{} steps, ", s.ig_steps) } else { String::new() };
     println!(
-        "method: {} ({}, {} ablation; {} layers x {} heads, {} key/value heads{}), {} edges, {} runtime call{} ({:.3}s)",
+        "method: {} ({steps}{}, {} ablation; {} layers x {} heads, {} key/value heads{}), {} edges, {} runtime call{} ({:.3}s)",
         s.method,
         s.convention,
         s.ablation,

@@ -132,7 +132,7 @@ fn eap_ig_one_step_is_eap_and_more_steps_differ() {
     let ig1 = edges_of(name, 1);
     assert_eq!(eap.scores.edges, ig1.scores.edges);
     let ig = edges_of(name, 3);
-    assert_eq!((ig.scores.method.as_str(), ig.scores.ig_steps), ("EAP-IG", 3));
+    assert_eq!((ig.scores.method.as_str(), ig.scores.ig_steps), ("EAP-IG-inputs", 3));
     assert_eq!(ig.scores.edges.len(), eap.scores.edges.len());
     let scale = eap.scores.edges.iter().fold(0.0f64, |m, e| m.max(e.score.abs()));
     let moved =

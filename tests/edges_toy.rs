@@ -302,7 +302,7 @@ fn eap_equals_exact_edge_patching_on_a_linear_toy() {
     // The gradients of a linear model do not depend on where the input writer
     // stands: EAP-IG (input interpolated over 3 steps, gradients averaged) is exact too.
     let ig = run_edges_detailed(&o, 3).unwrap();
-    assert_eq!(ig.scores.method, "EAP-IG");
+    assert_eq!(ig.scores.method, "EAP-IG-inputs");
     for (e, want) in ig.scores.edges.iter().zip(&exact) {
         assert!((e.score - want).abs() <= 1e-4 * scale, "{} -> {}: EAP-IG {} vs exact {want}", e.from, e.to, e.score);
     }

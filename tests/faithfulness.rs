@@ -243,7 +243,7 @@ fn eap_correlates_with_exact_edge_patching_on_gpt2() {
         assert!(a.max_abs_error > 0.0);
     }
     let text = attrpatch::edges::compare::report(&c);
-    assert!(text.contains("EAP-IG (5)") && text.contains("largest misses, EAP:"), "{text}");
+    assert!(text.contains("EAP-IG-inputs (5)") && text.contains("largest misses, EAP:"), "{text}");
 }
 
 /// The top-K circuit of the exact effects restores more of the gap than a
@@ -334,7 +334,7 @@ fn cli_compare_edges_writes_the_agreement() {
     let o = out.to_str().unwrap();
     let (ok, t) = attrpatch(&["compare", "--edges", "--ig-steps", "3", "--model", TINY, "--device", "cpu", "-o", o]);
     assert!(ok, "{t}");
-    assert!(t.contains("exact edge patching: 110 edges") && t.contains("EAP-IG (3)"), "{t}");
+    assert!(t.contains("exact edge patching: 110 edges") && t.contains("EAP-IG-inputs (3)"), "{t}");
     for f in ["edge-compare.json", "exact/edges.csv", "eap/edges.json", "eap-ig/edges.csv", "scatter-edges.png"] {
         assert!(out.join(f).is_file(), "{f} missing:\n{t}");
     }

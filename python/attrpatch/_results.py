@@ -99,7 +99,7 @@ class EdgeResult:
     pairs, divided by N (CLEAN - CORR), as the grids are). Writers are `input`, `a{l}.h{h}` and
     `m{l}`; readers `a{l}.h{h}.q|k|v`, `m{l}` and `logits` (README, "Edges")."""
 
-    #: "EAP", or "EAP-IG" with ig_steps > 1.
+    #: "EAP", "EAP-IG-inputs", "EAP-IG-activations" or "clean-corrupted".
     method: str
     #: Integration steps (1 = plain EAP).
     ig_steps: int

@@ -74,7 +74,7 @@ def test_edges_equal_the_cli(cli, model_path, tmp_path, ig_steps):
             "--out", str(tmp_path))
     want = edges_json(tmp_path)
     got = attrpatch.edges(model_path, ig_steps=ig_steps, device="cpu")
-    assert got.method == want["method"] == ("EAP" if ig_steps == 1 else "EAP-IG")
+    assert got.method == want["method"] == ("EAP" if ig_steps == 1 else "EAP-IG-inputs")
     for key in ("ig_steps", "metric", "layers", "heads", "kv_heads", "parallel"):
         assert getattr(got, key) == want[key], key
     assert got.edges == [(e["from"], e["to"]) for e in want["edges"]]

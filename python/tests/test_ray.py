@@ -418,7 +418,7 @@ def test_eap_ig_edges_equal_one_process(ray_mod, model_path, tmp_path):
     f = write_jsonl(tmp_path / "p.jsonl", ioi_pairs(11, seed=3))
     want = attrpatch.edges(model_path, f, ig_steps=3, device="cpu")
     got = apr.edges(f, model_path, ig_steps=3, actors=2, block_size=4, device="cpu")
-    assert got.method == "EAP-IG" and got.ig_steps == 3
+    assert got.method == "EAP-IG-inputs" and got.ig_steps == 3
     assert_edges_equal(got, want)
 
 

@@ -30,7 +30,7 @@ pub struct EdgeMiss {
 /// How well one estimator's edge scores match the exact effects.
 #[derive(Debug, Clone, Serialize)]
 pub struct EdgeAgreement {
-    /// "EAP" or "EAP-IG".
+    /// The method (`Method::label`).
     pub method: String,
     /// Integration steps (1 = EAP).
     pub ig_steps: usize,

@@ -73,7 +73,7 @@ pub struct Point {
 /// A faithfulness sweep and what it cost.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Faithfulness {
-    /// The scores the circuits were picked by ("EAP", "EAP-IG").
+    /// The scores the circuits were picked by (`Method::label`, or the file's).
     pub method: String,
     /// The metric, as `run` names it.
     pub metric: String,

@@ -13,6 +13,12 @@
 //! each reader's gradient, summed over the runs, is the mean over alpha. The
 //! writers' differences come from run 0 (alpha = 0: the plain corrupted run).
 //!
+//! EAP-IG-activations: the corrupted copy's rows as `interpolate` builds them,
+//! the reader gradients summed over the rows (each the mean over the C N runs).
+//!
+//! Clean-corrupted: plain EAP's two copies, the backward taken from the mean of
+//! the clean and the corrupted metric to the reader copies of both, G their sum.
+//!
 //! Noising (`convention`, the EAP-IG codebase's): the same two copies, the
 //! backward swapped onto the clean copy's reader copies from the clean raw
 //! metric (`CLEAN_LD`; with EAP-IG the tiled runs' raw metric), and
@@ -21,7 +27,8 @@
 //! (the data set's means, fed per batch).
 
 use super::anatomy::{self, BlockAnatomy};
-use super::convention::{self, Ablation, Convention};
+use super::convention::{self, Ablation, Convention, Method};
+use super::interpolate::{self, ABLATION_Z};
 use super::rewrite::{self, names as reads};
 use crate::augment::{metric, names, skeleton, Anatomy, Copies, Metric, TokenInput};
 use crate::autodiff::Backward;
@@ -47,6 +54,9 @@ pub mod out {
     /// With a mean ablation: every writer's corrupted activation, [writers, B*S*d]
     /// (`Topology` order; rows as the score's D), for the data set's means.
     pub const CORRUPTED_WRITERS: &str = "attrpatch.edges.corrupted_writers";
+    /// With EAP-IG-activations and a mean ablation: each layer's corrupted
+    /// out-projection input, [layers, B*S*heads*head_dim], for `ABLATION_Z`.
+    pub const CORRUPTED_Z: &str = "attrpatch.edges.corrupted_z";
     /// With `EdgeGraphOptions::reader_grads`: the gradient at layer l's q/k/v reader copies.
     pub fn reads_grad(layer: usize) -> String {
         format!("attrpatch.edges.reads_grad.{layer}")
@@ -60,7 +70,9 @@ pub struct EdgeGraphOptions {
     pub metric: Metric,
     /// Overrides the head count read from the graph.
     pub heads: Option<usize>,
-    /// Integration steps (1: plain EAP).
+    /// How the reader gradients are taken.
+    pub method: Method,
+    /// Integration steps of the IG methods (1 otherwise).
     pub ig_steps: usize,
     /// Also output the gradient at each layer's q/k/v reader copies (for checks).
     pub reader_grads: bool,
@@ -84,6 +96,7 @@ impl Default for EdgeGraphOptions {
         EdgeGraphOptions {
             metric: Metric::LogitDiff,
             heads: None,
+            method: Method::Eap,
             ig_steps: 1,
             reader_grads: false,
             perturb: None,
@@ -115,6 +128,8 @@ pub struct EdgeGraph {
     pub anatomy: BlockAnatomy,
     /// The metric the graph computes: its answer weights are fed.
     pub metric: Metric,
+    /// The method built in.
+    pub method: Method,
     /// Integration steps built in.
     pub ig_steps: usize,
     /// The convention built in.
@@ -128,7 +143,7 @@ pub fn build(model: OnnxModel, opts: &EdgeGraphOptions) -> Result<EdgeGraph> {
     if opts.ig_steps == 0 {
         return Err(Error::Input("the integration steps of EAP-IG must be at least 1 (1 is plain EAP)".into()));
     }
-    convention::check(opts.convention, opts.ablation, opts.ig_steps, opts.metric)?;
+    convention::check(opts.method, opts.convention, opts.ablation, opts.ig_steps, opts.metric)?;
     let mut anat = Anatomy::read(&model, &HookKind::AttnOut)?;
     let heads = anat.required_heads(&model, opts.heads)?;
     // Ranks at a probe size: the symbolic facts lose them in legacy exports' shape chains.
@@ -148,18 +163,38 @@ pub fn build(model: OnnxModel, opts: &EdgeGraphOptions) -> Result<EdgeGraph> {
         perturb_reads(g, &blocks, l, &mut b)?;
     }
     let n = opts.ig_steps;
-    if n > 1 {
-        tile_corrupted(g, &anat, &blocks, &copies, n, &mut b);
+    // Rows of the corrupted copy per pair.
+    let rows = match opts.method {
+        Method::EapIgInputs => n,
+        Method::EapIgActivations => interpolate::rows(&blocks, n),
+        Method::Eap | Method::CleanCorrupted => 1,
+    };
+    let mut held = HashSet::new();
+    match opts.method {
+        Method::EapIgInputs if n > 1 => tile_corrupted(g, &anat, &blocks, &copies, n, &mut b),
+        Method::EapIgActivations => {
+            held = interpolate::rewrite(g, &anat, &blocks, &copies, n, opts.convention, opts.ablation, &mut b)
+        }
+        _ => {}
     }
+    let z_means = opts.method == Method::EapIgActivations && opts.ablation.is_mean();
     skeleton::declare_inputs(g, &anat);
     if opts.ablation.is_mean() {
         g.input.push(value_info(ABLATION, anat.dtype, &[Dim::Unknown, Dim::Unknown, Dim::Unknown]));
+    }
+    if z_means {
+        g.input.push(value_info(ABLATION_Z, anat.dtype, &[Dim::Unknown, Dim::Unknown, Dim::Unknown]));
     }
     if opts.perturb.is_some() {
         let rank = blocks.resid_rank;
         g.input.push(value_info(PERTURB, anat.dtype, &vec![Dim::Unknown; rank + 1]));
     }
-    let stop = metric_nodes(&mut b, &anat, opts.metric, &copies, n);
+    let first_free = opts.method == Method::EapIgActivations;
+    let mut stop = metric_nodes(&mut b, &anat, opts.metric, &copies, rows, first_free);
+    stop.extend(held);
+    if opts.method == Method::CleanCorrupted {
+        stop.extend(two_point_target(&mut b, opts.convention, anat.dtype));
+    }
     b.apply(g);
     g.output.clear();
     crate::augment::declare_metric_outputs(g, &anat);
@@ -180,6 +215,10 @@ pub fn build(model: OnnxModel, opts: &EdgeGraphOptions) -> Result<EdgeGraph> {
         let u = blocks.topology().writers().len();
         probe.push((ABLATION.to_string(), vec![u, skeleton::PROBE_SEQ, blocks.d_model]));
     }
+    if z_means {
+        let width = blocks.heads * blocks.head_dim;
+        probe.push((ABLATION_Z.to_string(), vec![blocks.blocks.len(), skeleton::PROBE_SEQ, width]));
+    }
     let facts = skeleton::analyse_probed(&proto, &path, &probe)?;
     let g = proto.graph.as_mut().unwrap();
     let seed = b.const_tensor(anat.dtype, &[1, 1], &[1.0]);
@@ -191,20 +230,33 @@ pub fn build(model: OnnxModel, opts: &EdgeGraphOptions) -> Result<EdgeGraph> {
         }
     }
     wrt.push(reads::LOGITS_READ.to_string());
-    if n == 1 {
+    let with_heads = opts.method == Method::Eap && !opts.ablation.is_mean();
+    if opts.method == Method::Eap {
         wrt.extend(blocks.blocks.iter().map(|blk| blk.out_proj.z.clone()));
     }
     // Noising differentiates the raw metric; plain EAP's at the clean copy.
-    let target = match (opts.convention, n) {
-        (Convention::Denoising, _) => names::METRIC,
-        (Convention::Noising, 1) => {
+    let target = match (opts.method, opts.convention) {
+        (Method::CleanCorrupted, _) => {
+            let clean: Vec<String> = wrt.iter().map(|t| copies.clean_name(t)).collect();
+            wrt.extend(clean);
+            TWO_POINT_TARGET
+        }
+        (_, Convention::Denoising) => names::METRIC,
+        (Method::Eap, Convention::Noising) => {
             wrt = wrt.iter().map(|t| copies.clean_name(t)).collect();
             names::CLEAN_LD
         }
-        (Convention::Noising, _) => names::CORRUPTED_LD,
+        (_, Convention::Noising) => names::CORRUPTED_LD,
     };
     let grads = Backward { graph: g, facts: &facts, stop: &stop }.build(&mut b, &wrt, target, &seed)?;
-    let kind = Scoring { n, convention: opts.convention, ablation: opts.ablation };
+    let kind = Scoring {
+        rows,
+        two_points: opts.method == Method::CleanCorrupted,
+        with_heads,
+        z_means,
+        convention: opts.convention,
+        ablation: opts.ablation,
+    };
     score_nodes(&mut b, g, &blocks, &copies, &grads, kind, opts.reader_grads, anat.dtype);
     b.apply(g);
     skeleton::finish(&mut proto);
@@ -218,6 +270,7 @@ pub fn build(model: OnnxModel, opts: &EdgeGraphOptions) -> Result<EdgeGraph> {
         heads: Some(heads),
         anatomy: blocks,
         metric: opts.metric,
+        method: opts.method,
         ig_steps: n,
         convention: opts.convention,
         ablation: opts.ablation,
@@ -306,8 +359,47 @@ fn tile_corrupted(
     b.apply(g);
 }
 
-/// `augment`'s metric, with the corrupted side's selectors tiled for EAP-IG's n runs.
-fn metric_nodes(b: &mut GraphBuilder, anat: &Anatomy, m: Metric, copies: &Copies, n: usize) -> HashSet<String> {
+/// Clean-corrupted's backward target: the mean of the corrupted and the clean
+/// metric, each normalised as `METRIC` (denoising) or raw (noising). Returns the
+/// baselines' constant copies.
+fn two_point_target(b: &mut GraphBuilder, convention: Convention, dtype: i32) -> HashSet<String> {
+    let half = |b: &mut GraphBuilder, x: &str, y: &str| {
+        let sum = b.add(x, y);
+        let h = b.const_scalar(dtype, 0.5);
+        let mean = b.mul(&sum, &h);
+        b.node_named("Identity", &[&mean], TWO_POINT_TARGET, vec![]);
+    };
+    match convention {
+        Convention::Noising => {
+            half(b, names::CLEAN_LD, names::CORRUPTED_LD);
+            HashSet::new()
+        }
+        Convention::Denoising => {
+            let clean_const = b.node("Identity", &[names::CLEAN_LD], vec![]);
+            let corr_const = b.node("Identity", &[names::CORRUPTED_LD], vec![]);
+            let num = b.sub(names::CLEAN_LD, &corr_const);
+            let den = b.sub(&clean_const, &corr_const);
+            let clean_metric = b.div(&num, &den);
+            half(b, names::METRIC, &clean_metric);
+            [clean_const, corr_const].into_iter().collect()
+        }
+    }
+}
+
+/// Clean-corrupted's backward target (`two_point_target`).
+const TWO_POINT_TARGET: &str = "attrpatch.edges.two_point_target";
+
+/// `augment`'s metric, with the corrupted side's selectors tiled for the `rows` runs
+/// (EAP-IG's); with `first_free` the first run is weighted 0 and the others equally.
+fn metric_nodes(
+    b: &mut GraphBuilder,
+    anat: &Anatomy,
+    m: Metric,
+    copies: &Copies,
+    rows: usize,
+    first_free: bool,
+) -> HashSet<String> {
+    let n = rows;
     if n == 1 {
         return crate::augment::metric_nodes(b, anat, m, copies);
     }
@@ -316,12 +408,18 @@ fn metric_nodes(b: &mut GraphBuilder, anat: &Anatomy, m: Metric, copies: &Copies
     let clean_sel = metric::last_logits(b, src, logits, &|t| copies.clean_name(t), pairs);
     metric::metric_values(b, m, &clean_sel, &clean_sel, pairs, names::CLEAN_LDS, names::CLEAN_LD);
     let r3 = b.const_i64s(&[n as i64, 1, 1]);
-    let r2 = b.const_i64s(&[n as i64, 1]);
     let position = b.node("Tile", &[pairs.position, &r3], vec![]);
     let answer = b.node("Tile", &[pairs.answer, &r3], vec![]);
-    let w = b.node("Tile", &[pairs.weights, &r2], vec![]);
-    let inv_n = b.const_scalar(anat.dtype, 1.0 / n as f64);
-    let weights = b.mul(&w, &inv_n);
+    let weighted = if first_free { n - 1 } else { n };
+    let reps = b.const_i64s(&[weighted as i64, 1]);
+    let w = b.node("Tile", &[pairs.weights, &reps], vec![]);
+    let inv_n = b.const_scalar(anat.dtype, 1.0 / weighted as f64);
+    let mut weights = b.mul(&w, &inv_n);
+    if first_free {
+        let zero = b.const_scalar(anat.dtype, 0.0);
+        let none = b.mul(pairs.weights, &zero);
+        weights = b.concat(&[&none, &weights], 0);
+    }
     let tiled = metric::Selectors { position: &position, answer: &answer, weights: &weights };
     let corrupted_sel = metric::last_logits(b, src, logits, &|t| t.to_string(), tiled);
     let clean_tiled = b.node("Tile", &[&clean_sel, &r3], vec![]);
@@ -354,7 +452,14 @@ fn dim1(b: &mut GraphBuilder, x: &str, axis: i64) -> String {
 /// What `score_nodes` builds: the runs, and how Δ is formed.
 #[derive(Clone, Copy)]
 struct Scoring {
-    n: usize,
+    /// Rows of the corrupted copy per pair (its run 0 the plain corrupted run).
+    rows: usize,
+    /// Clean-corrupted: the gradients of both copies' readers, summed.
+    two_points: bool,
+    /// Plain EAP without a mean: each head's node attribution as well.
+    with_heads: bool,
+    /// EAP-IG-activations with a mean: the corrupted z's as an output.
+    z_means: bool,
     convention: Convention,
     ablation: Ablation,
 }
@@ -412,7 +517,7 @@ fn score_nodes(
     reader_grads: bool,
     dtype: i32,
 ) {
-    let n = kind.n;
+    let n = kind.rows;
     let (h, dh) = (anat.heads as i64, anat.head_dim as i64);
     let writers_n = anat.topology().writers().len() as i64;
     let clean_of = |_: &mut GraphBuilder, t: &str| copies.clean_name(t);
@@ -430,6 +535,22 @@ fn score_nodes(
     if kind.ablation.is_mean() {
         b.node_named("Identity", &[corr_m], out::CORRUPTED_WRITERS, vec![]);
         g.output.push(value_info(out::CORRUPTED_WRITERS, dtype, &[Dim::Known(writers_n), Dim::Unknown]));
+    }
+    if kind.z_means {
+        let row = b.const_i64s(&[1, -1]);
+        let zs: Vec<String> = anat
+            .blocks
+            .iter()
+            .map(|blk| {
+                let z = corr_of(b, &blk.out_proj.z);
+                b.reshape(&z, &row)
+            })
+            .collect();
+        let refs: Vec<&str> = zs.iter().map(String::as_str).collect();
+        let all = b.concat(&refs, 0);
+        b.node_named("Identity", &[&all], out::CORRUPTED_Z, vec![]);
+        let layers = Dim::Known(anat.blocks.len() as i64);
+        g.output.push(value_info(out::CORRUPTED_Z, dtype, &[layers, Dim::Unknown]));
     }
     // Δ of one tensor (z, for the head attribution), as D's rows are formed.
     let delta = |b: &mut GraphBuilder, t: &str| -> String {
@@ -456,23 +577,34 @@ fn score_nodes(
         let v = b.reshape(gr, &s);
         b.reduce_sum(&v, &[1], false)
     };
+    // Clean-corrupted's second half of `grads` is the clean copy's readers, in the same order.
+    let clean_half = if kind.two_points { grads.len() / 2 } else { 0 };
+    let reader = |b: &mut GraphBuilder, k: usize, copies_: i64| -> String {
+        let corr = fold(b, &grads[k], copies_);
+        if !kind.two_points {
+            return corr;
+        }
+        let s = b.const_i64s(&[copies_, -1]);
+        let clean = b.reshape(&grads[clean_half + k], &s);
+        b.add(&corr, &clean)
+    };
     let mut readers = vec![];
     let mut k = 0;
     for blk in &anat.blocks {
         // With a shared norm the MLP's reader is the last copy: [R + 1, ..] is q, k, v, mlp.
-        readers.push(fold(b, &grads[k], anat.copies(blk) as i64));
+        readers.push(reader(b, k, anat.copies(blk) as i64));
         if reader_grads {
             b.node_named("Identity", &[&grads[k]], &out::reads_grad(blk.layer), vec![]);
             g.output.push(value_info(&out::reads_grad(blk.layer), dtype, &vec![Dim::Unknown; anat.resid_rank + 1]));
         }
         k += 1;
         if !blk.shared_norm {
-            readers.push(fold(b, &grads[k], 1));
+            readers.push(reader(b, k, 1));
             k += 1;
         }
     }
     let last = k;
-    readers.push(fold(b, &grads[last], 1));
+    readers.push(reader(b, last, 1));
     let refs: Vec<&str> = readers.iter().map(String::as_str).collect();
     let gmat = b.concat(&refs, 0);
     b.node_named("Gemm", &[&dmat, &gmat], out::SCORES, vec![attr_i("transB", 1)]);
@@ -480,7 +612,7 @@ fn score_nodes(
     g.output.push(value_info(out::SCORES, dtype, &[Dim::Known(writers_n), Dim::Known(readers_n)]));
 
     // The head attribution's Δ is on z: a mean ablation's means are of the projected rows.
-    if n == 1 && !kind.ablation.is_mean() {
+    if kind.with_heads {
         for (k, blk) in anat.blocks.iter().enumerate() {
             let dz = delta(b, &blk.out_proj.z);
             let p = b.mul(&dz, &grads[last + 1 + k]);

@@ -12,6 +12,7 @@ pub mod compare;
 pub mod convention;
 pub mod faithfulness;
 pub mod graph;
+pub mod interpolate;
 pub mod means;
 pub mod mib;
 pub mod patch_graph;

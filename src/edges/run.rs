@@ -6,7 +6,7 @@
 //! codebase's mean over items); a mean ablation first runs every batch once
 //! for the corrupted activations' means (`means`).
 
-use super::convention::{Ablation, Convention};
+use super::convention::{Ablation, Convention, Method};
 use super::graph::{self, out, EdgeGraph, EdgeGraphOptions};
 use super::means::WriterMeans;
 use super::scores::{node_scores, EdgeScore, EdgeScores};
@@ -52,10 +52,12 @@ pub struct EdgeRun {
     pub runtime: String,
 }
 
-/// How the edges are scored: the method's steps, the convention and the ablation.
+/// How the edges are scored: the method, its steps, the convention and the ablation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EdgeMethod {
-    /// Integration steps (1: plain EAP; more: EAP-IG-inputs).
+    /// How the reader gradients are taken.
+    pub method: Method,
+    /// Integration steps of EAP-IG-inputs and EAP-IG-activations (1 for the others).
     pub ig_steps: usize,
     /// Which run is differentiated.
     pub convention: Convention,
@@ -64,15 +66,29 @@ pub struct EdgeMethod {
 }
 
 impl EdgeMethod {
-    /// Denoising with corrupted activations (attrpatch's default), `ig_steps` steps.
+    /// Denoising with corrupted activations (attrpatch's default): EAP with
+    /// `ig_steps` = 1, EAP-IG-inputs with more.
     pub fn steps(ig_steps: usize) -> Self {
-        EdgeMethod { ig_steps, convention: Convention::Denoising, ablation: Ablation::Patching }
+        let method = if ig_steps > 1 { Method::EapIgInputs } else { Method::Eap };
+        EdgeMethod { method, ig_steps, convention: Convention::Denoising, ablation: Ablation::Patching }
+    }
+
+    /// Denoising with corrupted activations, `method` with `ig_steps` steps.
+    pub fn new(method: Method, ig_steps: usize) -> Self {
+        EdgeMethod { method, ..EdgeMethod::steps(ig_steps) }
+    }
+
+    /// What edges.json and the printed method line call it, e.g. "EAP-IG-activations
+    /// (5 steps, noising, zero ablation)".
+    pub fn describe(&self) -> String {
+        let steps = if self.method.has_steps() { format!("{} steps, ", self.ig_steps) } else { String::new() };
+        format!("{} ({steps}{}, {} ablation)", self.method.label(), self.convention.label(), self.ablation.label())
     }
 }
 
 /// Refuses a method without a definition (`convention::check`), before any work.
 pub fn check_method(m: &EdgeMethod, metric: crate::augment::Metric) -> Result<()> {
-    super::convention::check(m.convention, m.ablation, m.ig_steps, metric)
+    super::convention::check(m.method, m.convention, m.ablation, m.ig_steps, metric)
 }
 
 /// Every edge's score (EAP with `ig_steps` = 1, EAP-IG-inputs with more):
@@ -91,6 +107,7 @@ pub fn graph_options_for(opts: &JobOptions, m: &EdgeMethod) -> EdgeGraphOptions 
     EdgeGraphOptions {
         metric: opts.metric,
         heads: opts.heads,
+        method: m.method,
         ig_steps: m.ig_steps,
         convention: m.convention,
         ablation: m.ablation,
@@ -147,23 +164,35 @@ pub fn run_prepared(
     let mut totals = Totals::default();
     let mut pair_metrics = Vec::with_capacity(n);
     let mut calls = 0;
-    let (convention, ablation) = (p.graph.convention, p.graph.ablation);
-    let with_heads = ig_steps == 1 && !ablation.is_mean();
+    let (method, convention, ablation) = (p.graph.method, p.graph.convention, p.graph.ablation);
+    let with_heads = method == Method::Eap && !ablation.is_mean();
+    let z_means = method == Method::EapIgActivations && ablation.is_mean();
+    let anat = &p.graph.anatomy;
+    let z_width = anat.heads * anat.head_dim;
     let clock = std::time::Instant::now();
     let batches: Vec<std::ops::Range<usize>> =
         (0..n).step_by(per_call.max(1)).map(|start| start..(start + per_call).min(n)).collect();
     // A mean ablation's first pass: every batch's corrupted writers (the fed ABLATION unused).
-    let mut means = WriterMeans::new(u, p.graph.anatomy.d_model);
+    let mut means = WriterMeans::new(u, anat.d_model);
+    let mut z_sums = WriterMeans::new(layers, z_width);
+    let zeros = |rows: usize, seq: usize, width: usize| {
+        crate::runtime::Value::F32(ndarray::Array3::<f32>::zeros((rows, seq, width)).into_dyn())
+    };
     if ablation.is_mean() {
         crate::progress::stage(&opts.progress, "averaging the writers' corrupted activations");
         for range in &batches {
             let t = p.tokens.slice(range.clone());
             let mut inputs = pair_inputs(&p.graph.token_inputs(), &t);
-            let zeros = ndarray::Array3::<f32>::zeros((u, t.seq_len, p.graph.anatomy.d_model));
-            inputs.push((graph::ABLATION.into(), crate::runtime::Value::F32(zeros.into_dyn())));
+            inputs.push((graph::ABLATION.into(), zeros(u, t.seq_len, anat.d_model)));
+            if z_means {
+                inputs.push((super::interpolate::ABLATION_Z.into(), zeros(layers, t.seq_len, z_width)));
+            }
             let mut outs = rt.run(inputs)?;
             calls += 1;
             means.add(&take_output(&mut outs, out::CORRUPTED_WRITERS)?, &t.lengths, t.seq_len)?;
+            if z_means {
+                z_sums.add(&take_output(&mut outs, out::CORRUPTED_Z)?, &t.lengths, t.seq_len)?;
+            }
         }
     }
     for range in batches {
@@ -172,6 +201,10 @@ pub fn run_prepared(
         if ablation.is_mean() {
             let a = means.input(ablation, t.seq_len)?;
             inputs.push((graph::ABLATION.into(), crate::runtime::Value::F32(a.into_dyn())));
+        }
+        if z_means {
+            let a = z_sums.input(ablation, t.seq_len)?;
+            inputs.push((super::interpolate::ABLATION_Z.into(), crate::runtime::Value::F32(a.into_dyn())));
         }
         let mut outs = rt.run(inputs)?;
         calls += 1;
@@ -241,7 +274,7 @@ pub fn run_prepared(
         if with_heads { heads.iter().map(|row| row.iter().map(|v| k * v).collect()).collect() } else { vec![] };
     Ok(EdgeRun {
         scores: EdgeScores {
-            method: if ig_steps == 1 { "EAP".into() } else { "EAP-IG".into() },
+            method: method.label().to_string(),
             ig_steps,
             convention: convention.label().to_string(),
             ablation: ablation.label().to_string(),

@@ -32,9 +32,9 @@ pub struct NodeScore {
 /// Every edge's score for one job, with what produced them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EdgeScores {
-    /// "EAP", or "EAP-IG" with `ig_steps` > 1.
+    /// "EAP", "EAP-IG-inputs", "EAP-IG-activations" or "clean-corrupted" (`Method::label`).
     pub method: String,
-    /// Integration steps (1 = plain EAP).
+    /// Integration steps of the IG methods (1 for the others).
     pub ig_steps: usize,
     /// "denoising" (gradient at the corrupted run, normalised metric) or "noising"
     /// (the EAP-IG codebase's: gradient at the clean run, raw metric over the pairs).

@@ -392,12 +392,12 @@ pub fn layout(scores: &EdgeScores, k: usize) -> Result<CircuitLayout> {
 }
 
 
-/// "EAP" or "EAP-IG (N steps)".
+/// The method, e.g. "EAP" or "EAP-IG-inputs (N steps)".
 pub fn method_label(scores: &EdgeScores) -> String {
     if scores.ig_steps > 1 {
-        format!("EAP-IG ({} steps)", scores.ig_steps)
+        format!("{} ({} steps)", scores.method, scores.ig_steps)
     } else {
-        "EAP".into()
+        scores.method.clone()
     }
 }
 

@@ -11,7 +11,7 @@
 //! scores are sums whose terms cancel; float32 misses a tighter floor.
 
 use crate::common::*;
-use attrpatch::edges::convention::{Ablation, Convention};
+use attrpatch::edges::convention::{Ablation, Convention, Method};
 use attrpatch::edges::{run_edges_method, EdgeMethod, EdgeScores, Topology};
 use attrpatch::job::JobOptions;
 use attrpatch::runtime::{Device, RuntimeKind, RuntimeOptions};
@@ -263,7 +263,7 @@ fn check_noising(name: &str) {
     let mut seen: Vec<(&str, Vec<f64>)> = vec![];
     for (ablation, key) in ABLATIONS {
         let what = format!("{name} noising EAP, --ablation {key}");
-        let m = EdgeMethod { ig_steps: 1, convention: Convention::Noising, ablation };
+        let m = EdgeMethod { method: Method::Eap, ig_steps: 1, convention: Convention::Noising, ablation };
         let run = run_edges_method(&o, &m).unwrap_or_else(|e| panic!("{what}: {e}"));
         let ours = &run.scores;
         assert_eq!((ours.convention.as_str(), ours.ablation.as_str()), ("noising", key), "{what}: labels");
@@ -301,7 +301,12 @@ fn check_noising(name: &str) {
     }
     let steps = r["noising_eap_ig"]["steps"].as_u64().unwrap() as usize;
     let what = format!("{name} noising EAP-IG (ig_steps {steps})");
-    let m = EdgeMethod { ig_steps: steps, convention: Convention::Noising, ablation: Ablation::Patching };
+    let m = EdgeMethod {
+        method: Method::EapIgInputs,
+        ig_steps: steps,
+        convention: Convention::Noising,
+        ablation: Ablation::Patching,
+    };
     let ours = run_edges_method(&o, &m).unwrap_or_else(|e| panic!("{what}: {e}")).scores;
     let worst = assert_edges_close(&what, &ours, &ref_edges(&r["noising_eap_ig"]["edges"]));
     eprintln!("{what}: worst {worst:.2e} of the tolerance");
@@ -326,6 +331,100 @@ mod noising {
     }
 }
 
+/// EAP-IG-activations (both conventions; noising with every ablation) and
+/// clean-corrupted (both conventions) against the reference's lists, each in as
+/// many runtime calls as plain EAP (a mean ablation: twice as many, its first pass).
+fn check_family(name: &str) {
+    let r = reference(name);
+    let o = options(name, &r);
+    let steps = r["ig_activations"]["steps"].as_u64().expect("ig_activations.steps") as usize;
+    let plain = run_edges_method(&o, &EdgeMethod::steps(1)).unwrap_or_else(|e| panic!("{name} EAP: {e}"));
+    let mut cases = vec![(
+        Method::EapIgActivations,
+        steps,
+        Convention::Denoising,
+        Ablation::Patching,
+        &r["ig_activations"]["denoising"],
+    )];
+    for (ablation, key) in ABLATIONS {
+        cases.push((
+            Method::EapIgActivations,
+            steps,
+            Convention::Noising,
+            ablation,
+            &r["ig_activations"]["noising"][key],
+        ));
+    }
+    for (convention, key) in [(Convention::Denoising, "denoising"), (Convention::Noising, "noising")] {
+        cases.push((Method::CleanCorrupted, 1, convention, Ablation::Patching, &r["clean_corrupted"][key]));
+    }
+    for (method, ig_steps, convention, ablation, list) in cases {
+        let m = EdgeMethod { method, ig_steps, convention, ablation };
+        let what = format!("{name} {}", m.describe());
+        let run = run_edges_method(&o, &m).unwrap_or_else(|e| panic!("{what}: {e}"));
+        let s = &run.scores;
+        let labels = (s.method.as_str(), s.ig_steps, s.convention.as_str(), s.ablation.as_str());
+        assert_eq!(labels, (method.label(), ig_steps, convention.label(), ablation.label()), "{what}: labels");
+        let calls = plain.runtime_calls * if ablation.is_mean() { 2 } else { 1 };
+        assert_eq!(run.runtime_calls, calls, "{what}: runtime calls");
+        let want = ref_edges(list);
+        let worst = assert_edges_close(&what, s, &want);
+        eprintln!("{what}: {} edges, worst {worst:.2e} of the tolerance", want.len());
+        // The test can fail: plain EAP of the same convention and ablation, or the negated
+        // scores, miss this reference.
+        let values: Vec<f64> = s.edges.iter().map(|e| e.score).collect();
+        let negated: Vec<f64> = values.iter().map(|v| -v).collect();
+        assert!(misses_reference(&negated, &want), "{what}: the negated scores pass too");
+        let base = EdgeMethod { method: Method::Eap, ig_steps: 1, convention, ablation };
+        let eap = run_edges_method(&o, &base).unwrap_or_else(|e| panic!("{what}, EAP: {e}")).scores;
+        let eap: Vec<f64> = eap.edges.iter().map(|e| e.score).collect();
+        assert!(misses_reference(&eap, &want), "{what}: plain EAP's scores pass its reference");
+    }
+    let passed: Vec<&str> = r["checks"]["passed"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    for c in ["ig_activations_held", "ig_activations_reader_fd", "clean_corrupted_noising_vs_denoising"] {
+        assert!(passed.contains(&c), "{name}: the reference did not record its {c} check");
+    }
+}
+
+mod family {
+    #[test]
+    fn gpt2_legacy_op14() {
+        super::check_family("gpt2-legacy-op14");
+    }
+    #[test]
+    fn llama_legacy_op14() {
+        super::check_family("llama-legacy-op14");
+    }
+    #[test]
+    fn gptneox_legacy_op14() {
+        super::check_family("gptneox-legacy-op14");
+    }
+}
+
+/// EAP-IG-activations with a mean ablation, one pair per call: the means are the
+/// whole set's (the first pass sums over the calls), the scores the same.
+#[test]
+fn ig_activations_mean_one_pair_per_call() {
+    let name = "gpt2-legacy-op14";
+    let r = reference(name);
+    let mut o = options(name, &r);
+    o.batch_size = Some(1);
+    let steps = r["ig_activations"]["steps"].as_u64().unwrap() as usize;
+    let m = EdgeMethod {
+        method: Method::EapIgActivations,
+        ig_steps: steps,
+        convention: Convention::Noising,
+        ablation: Ablation::MeanPositional,
+    };
+    let run = run_edges_method(&o, &m).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(run.runtime_calls, 2 * r["input_ids"].as_array().unwrap().len(), "two passes of one pair each");
+    assert_edges_close(
+        "one pair per call",
+        &run.scores,
+        &ref_edges(&r["ig_activations"]["noising"]["mean-positional"]),
+    );
+}
+
 /// Combinations without a definition are refused before any work, naming the flag and the fix.
 #[test]
 fn refused_combinations_say_what_to_use() {
@@ -333,10 +432,23 @@ fn refused_combinations_say_what_to_use() {
     let o = options("gpt2-legacy-op14", &r);
     let cases = [
         (
-            EdgeMethod { ig_steps: 1, convention: Convention::Denoising, ablation: Ablation::Mean },
+            EdgeMethod {
+                method: Method::Eap,
+                ig_steps: 1,
+                convention: Convention::Denoising,
+                ablation: Ablation::Mean,
+            },
             "--convention noising",
         ),
-        (EdgeMethod { ig_steps: 4, convention: Convention::Noising, ablation: Ablation::Zero }, "drop --ig-steps"),
+        (
+            EdgeMethod {
+                method: Method::EapIgInputs,
+                ig_steps: 4,
+                convention: Convention::Noising,
+                ablation: Ablation::Zero,
+            },
+            "drop --ig-steps",
+        ),
     ];
     for (m, fix) in cases {
         let e = match run_edges_method(&o, &m) {

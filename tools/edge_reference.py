@@ -21,6 +21,19 @@ from its definitions, not its code), keys "noising" and "noising_eap_ig":
              mean-positional: the mean of a_corr[u] over pairs, per position
   EAP-IG   = patching only: h_v averaged over the same x(alpha), delta = a_corr - a_clean
 
+EAP-IG-activations (get_scores_ig_activations, written from its definition), keys
+"ig_activations" {"steps", "denoising": edges, "noising": {ablation: edges}}:
+  components c: input, each layer's attention (all heads' out-projection input z at once), each MLP
+  point    = cf_c + alpha (clean_c - cf_c), held constant (no gradient through c), every other
+             component computed by the run: denoising on the corrupted run, alpha = k/N, k = 0..N-1,
+             the normalised metric; noising on the clean run, alpha = k/N, k = 1..N, the raw ld
+  G_v      = the gradient at v's copy averaged over the C N runs
+  score    = sum over positions of delta[u] . G_v, delta as EAP's (denoising: a_clean - a_corr;
+             noising: a_cf - a_clean, cf of z the mean of z for mean ablations)
+clean-corrupted (get_scores_clean_corrupted), keys "clean_corrupted" {"denoising", "noising"}:
+  G_v      = (g_v on the corrupted run + g_v on the clean run) / 2 (denoising: M; noising: raw ld)
+  score    = sum over positions of delta[u] . G_v (patching only)
+
 Self-checks (any failure exits non-zero and writes nothing):
   - the hand-written forward's logits equal the Hugging Face model's (float64);
   - the identity: per head, the sum of its outgoing edge scores equals its node attribution summed
@@ -32,6 +45,10 @@ Self-checks (any failure exits non-zero and writes nothing):
   - noising: every edge against a central finite difference of ld on the clean run along
     (a_cf[u] - a_clean[u]) through v's copy alone, per ablation; noising EAP-IG equals
     -(CLEAN - CORR) times denoising EAP-IG (the same gradients, the other sign and scale).
+  - EAP-IG-activations: on one run per component (the middle step), every reader's gradient along a
+    random direction against a central finite difference with the component held; the held
+    component's own readers get exactly zero gradient (an MLP's input, an attention's q/k/v);
+  - clean-corrupted: noising equals -(CLEAN - CORR) times denoising.
 
 Usage:
   /work/venv-torch/bin/python tools/edge_reference.py                       # the default fixtures
@@ -158,6 +175,7 @@ class Scorer:
             rc, rr = {}, {}
             self.CLEAN = logit_diff(fam.forward(self.x_clean, record=rc), answers).item()
             self.CORR = logit_diff(fam.forward(self.x_corr, record=rr), answers).item()
+        self.clean_parts, self.corr_parts = self.parts(rc), self.parts(rr)
         self.delta = {u: (rc["writers"][u] - rr["writers"][u]).detach() for u in rc["writers"]}
         self.clean_writers = {u: t.detach() for u, t in rc["writers"].items()}
         self.corr_writers = {u: t.detach() for u, t in rr["writers"].items()}
@@ -221,6 +239,73 @@ class Scorer:
             g = {v: t / steps for v, t in g.items()}
         return [(u, v, (delta[u] * g[v]).sum().item()) for u, v in self.edges], delta
 
+    def parts(self, rec):
+        """{component: its output} of a run's record: `input`, `a{l}` (z of every head,
+        [B, S, heads, hd]), `m{l}`."""
+        out = {"input": rec["writers"]["input"].detach()}
+        for l in range(self.fam.n_layers):
+            out[f"a{l}"] = torch.stack([rec["z"][(l, h)] for h in range(self.fam.n_heads)], dim=2).detach()
+            out[f"m{l}"] = rec["writers"][f"m{l}"].detach()
+        return out
+
+    def components(self):
+        return ["input"] + [c for l in range(self.fam.n_layers) for c in (f"a{l}", f"m{l}")]
+
+    def held_grads(self, base, component, point, raw):
+        """{reader: gradient at its copy} on the run from `base` with `component` held at `point`."""
+        x0 = point if component == "input" else base
+        override = {} if component == "input" else {component: point}
+        probe = {v: torch.zeros_like(base, requires_grad=True) for v in self.fam.readers()}
+        logits = self.fam.forward(x0, probe=probe, override=override)
+        (logit_diff(logits, self.answers) if raw else self.metric(logits)).backward()
+        # A held component's own readers reach nothing: autograd leaves their grad None.
+        return {v: torch.zeros_like(base) if p.grad is None else p.grad.detach() for v, p in probe.items()}
+
+    def ig_activations_runs(self, convention, ablation, steps):
+        """[(component, base, point, raw)] of EAP-IG-activations' C N runs (module doc)."""
+        runs = []
+        for c in self.components():
+            corr = self.corr_parts[c]
+            cf = mean_like(corr, ablation) if ablation != "zero" else torch.zeros_like(corr)
+            clean = self.clean_parts[c]
+            ks = range(steps) if convention == "denoising" else range(1, steps + 1)
+            base = self.x_corr if convention == "denoising" else self.x_clean
+            for k in ks:
+                runs.append((c, base, cf + k / steps * (clean - cf), convention == "noising"))
+        return runs
+
+    def ig_activations(self, convention, ablation, steps):
+        """[(u, v, score)] of EAP-IG-activations."""
+        total, runs = None, self.ig_activations_runs(convention, ablation, steps)
+        for c, base, point, raw in runs:
+            g = self.held_grads(base, c, point, raw)
+            total = g if total is None else {v: total[v] + g[v] for v in g}
+        G = {v: t / len(runs) for v, t in total.items()}
+        delta = self.delta if convention == "denoising" else self.counterfactual(ablation)
+        return [(u, v, (delta[u] * G[v]).sum().item()) for u, v in self.edges]
+
+    def clean_corrupted(self, convention):
+        """[(u, v, score)] of clean-corrupted."""
+        if convention == "denoising":
+            a, b, delta = self.grads(self.x_corr), self.grads(self.x_clean), self.delta
+        else:
+            a, b = self.raw_grads(self.x_clean), self.raw_grads(self.x_corr)
+            delta = self.counterfactual("patching")
+        return [(u, v, (delta[u] * (a[v] + b[v]) / 2).sum().item()) for u, v in self.edges]
+
+    def fd_held(self, base, component, point, raw, reader, direction):
+        """`fd` with `component` held at `point` on the run from `base`."""
+        rms = direction.pow(2).mean().sqrt().item()
+        step = FD_EPS / rms
+        x0 = point if component == "input" else base
+        override = {} if component == "input" else {component: point}
+        vals = []
+        with torch.no_grad():
+            for sgn in (1, -1):
+                logits = self.fam.forward(x0, probe={reader: sgn * step * direction}, override=override)
+                vals.append((logit_diff(logits, self.answers) if raw else self.metric(logits)).item())
+        return (vals[0] - vals[1]) / (2 * step)
+
     def fd_clean(self, reader, direction):
         """`fd` of the raw ld on the clean run."""
         rms = direction.pow(2).mean().sqrt().item()
@@ -243,6 +328,40 @@ class Scorer:
             up = self.metric(self.fam.forward(self.x_corr, probe={reader: step * direction})).item()
             down = self.metric(self.fam.forward(self.x_corr, probe={reader: -step * direction})).item()
         return (up - down) / (2 * step)
+
+
+def mean_like(corr, ablation):
+    """The counterfactual of a corrupted activation [B, S, ...] (`Scorer.counterfactual`'s)."""
+    if ablation == "patching":
+        return corr
+    if ablation == "mean":
+        return corr.mean(dim=(0, 1), keepdim=True).expand_as(corr)
+    if ablation == "mean-positional":
+        return corr.mean(dim=0, keepdim=True).expand_as(corr)
+    raise ValueError(ablation)
+
+
+def check_ig_activations(name, sc, fam, steps, gen):
+    """EAP-IG-activations' self-checks (module doc); returns the worst share of the fd tolerance."""
+    worst = 0.0
+    for convention, ablation in (("denoising", "patching"), ("noising", "patching"), ("noising", "mean")):
+        runs = sc.ig_activations_runs(convention, ablation, steps)
+        for i, c in enumerate(sc.components()):
+            comp, base, point, raw = runs[i * steps + steps // 2]
+            g = sc.held_grads(base, comp, point, raw)
+            own = [] if comp == "input" else ([comp] if comp[0] == "m" else
+                                               [v for v in fam.readers() if v.startswith(comp + ".")])
+            for v in own:
+                if float(g[v].abs().max()) != 0.0:
+                    raise CheckFailed(f"{name}: EAP-IG-activations held {comp}, yet its reader {v} has a gradient")
+            g_scale = max(float(t.norm()) for t in g.values())
+            for v in fam.readers():
+                d = torch.randn(base.shape, generator=gen, dtype=torch.float64)
+                fd = sc.fd_held(base, comp, point, raw, v, d)
+                worst = max(worst, check_close(
+                    f"{name}: EAP-IG-activations ({convention}, {ablation}) held {comp}: reader {v} vs finite difference",
+                    float((g[v] * d).sum()), fd, g_scale, FD_REL, FD_FLOOR))
+    return worst
 
 
 def check_close(what, got, want, scale, rel, floor):
@@ -346,6 +465,15 @@ def reference(name, steps, seed=0):
     if rel_err > 1e-12 * max(abs(a[2]) for a in noising_ig):
         raise CheckFailed(f"{name}: noising EAP-IG differs from -(CLEAN - CORR) x denoising EAP-IG by {rel_err:.3e}")
 
+    # EAP-IG-activations and clean-corrupted.
+    ig_act_fd = check_ig_activations(name, sc, fam, steps, gen)
+    ig_act = {"steps": steps, "denoising": sc.ig_activations("denoising", "patching", steps),
+              "noising": {a: sc.ig_activations("noising", a, steps) for a in ABLATIONS}}
+    cc = {c: sc.clean_corrupted(c) for c in ("denoising", "noising")}
+    cc_err = max(abs(a[2] + (sc.CLEAN - sc.CORR) * b[2]) for a, b in zip(cc["noising"], cc["denoising"]))
+    if cc_err > 1e-12 * max(abs(a[2]) for a in cc["noising"]):
+        raise CheckFailed(f"{name}: noising clean-corrupted differs from -(CLEAN - CORR) x denoising by {cc_err:.3e}")
+
     def edge_list(rows):
         return [{"from": u, "to": v, "score": s} for u, v, s in rows]
     return {
@@ -369,6 +497,9 @@ def reference(name, steps, seed=0):
         "noising_metric": "logit_diff (raw, mean over pairs), gradient on the clean run",
         "noising": {a: edge_list(noising[a]) for a in ABLATIONS},
         "noising_eap_ig": {"steps": steps, "edges": edge_list(noising_ig)},
+        "ig_activations": {"steps": steps, "denoising": edge_list(ig_act["denoising"]),
+                           "noising": {a: edge_list(ig_act["noising"][a]) for a in ABLATIONS}},
+        "clean_corrupted": {c: edge_list(rows) for c, rows in cc.items()},
         "checks": {
             "onnx_logits_max_abs": onnx_err,
             "hf_logits_max_abs": hf_err,
@@ -386,15 +517,18 @@ def reference(name, steps, seed=0):
             "max_abs_score": scale,
             "noising_edge_fd_worst_share_of_tol": noising_fd,
             "noising_ig_vs_denoising_max_abs": rel_err,
+            "ig_activations_reader_fd_worst_share_of_tol": ig_act_fd,
+            "clean_corrupted_noising_vs_denoising_max_abs": cc_err,
             "passed": ["onnx_logits", "hf_logits", "clean_corr", "identity", "positions_grid",
-                       "edge_fd", "reader_fd", "ig1_equals_eap", "noising_edge_fd", "noising_ig_vs_denoising"],
+                       "edge_fd", "reader_fd", "ig1_equals_eap", "noising_edge_fd", "noising_ig_vs_denoising",
+                       "ig_activations_held", "ig_activations_reader_fd", "clean_corrupted_noising_vs_denoising"],
         },
     }
 
 
 def dump(ref):
     """JSON with one edge per line (small diffs when regenerated)."""
-    edges_key = {"eap", "eap_ig", "noising", "noising_eap_ig"}
+    edges_key = {"eap", "eap_ig", "noising", "noising_eap_ig", "ig_activations", "clean_corrupted"}
     head = {k: v for k, v in ref.items() if k not in edges_key}
     # token id rows on one line each
     text = re.sub(r"\[\s+([-0-9][-0-9,\s]*?)\s+\]", lambda m: "[" + ", ".join(m.group(1).split()).replace(",,", ",") + "]",
@@ -408,6 +542,14 @@ def dump(ref):
         parts = ",\n".join(f'  {json.dumps(a)}: [\n{rows(e)}\n  ]' for a, e in ref["noising"].items())
         text += (f',\n "noising": {{\n{parts}\n }},\n "noising_eap_ig": {{"steps": {ref["noising_eap_ig"]["steps"]}, '
                  f'"edges": [\n{rows(ref["noising_eap_ig"]["edges"])}\n ]}}')
+    if "ig_activations" in ref:
+        ia = ref["ig_activations"]
+        parts = ",\n".join(f'   {json.dumps(a)}: [\n{rows(e)}\n   ]' for a, e in ia["noising"].items())
+        text += (f',\n "ig_activations": {{"steps": {ia["steps"]}, "denoising": [\n{rows(ia["denoising"])}\n ], '
+                 f'"noising": {{\n{parts}\n }}}}')
+        cc = ref["clean_corrupted"]
+        text += (f',\n "clean_corrupted": {{"denoising": [\n{rows(cc["denoising"])}\n ], '
+                 f'"noising": [\n{rows(cc["noising"])}\n ]}}')
     text += "\n}\n"
     json.loads(text)  # well-formed
     return text

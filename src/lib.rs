@@ -130,13 +130,14 @@ pub mod eap {
     };
     pub use crate::edges::convention::{resolve as resolve_method, Ablation, Convention, Method, DEFAULT_IG_STEPS};
     pub use crate::edges::faithfulness::{
-        check_threshold, circuit, faithfulness, k_for_threshold, sweep, write as write_faithfulness, Faithfulness,
-        Point,
+        check_threshold, circuit, faithfulness, faithfulness_with, k_for_threshold, sweep, write as write_faithfulness,
+        Faithfulness, Point,
     };
     pub use crate::edges::mib::{
         areas as mib_areas, edge_name as mib_edge_name, importances as mib_importances, ks as mib_ks, read_importances,
         write_importances, Imported, MibCurve, FRACTIONS as MIB_FRACTIONS,
     };
+    pub use crate::edges::patching::Intervention;
     pub use crate::edges::run::{check_method, run_edges_method, EdgeMethod};
     pub use crate::edges::scores::{node_scores, write as write_edges};
     pub use crate::edges::{run_edges, run_edges_detailed, EdgeRun, EdgeScore, EdgeScores, NodeScore};

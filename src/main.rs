@@ -519,7 +519,10 @@ fn edges_cmd(args: EdgesArgs) -> Result<(), Error> {
         println!("wrote {} (MIB importance file, the top {k} edges in_graph)", path.display());
     }
     let curve = match args.faithfulness {
-        true => faithfulness_sweep(&opts, s, k, args.rows_per_call, &out)?,
+        true => {
+            let carried = attrpatch::eap::Intervention { ablation: method.ablation, means: r.means.as_ref() };
+            faithfulness_sweep(&opts, s, k, args.rows_per_call, carried, &out)?
+        }
         false => vec![],
     };
     if args.report {
@@ -560,14 +563,16 @@ fn faithfulness_sweep(
     s: &attrpatch::eap::EdgeScores,
     k: usize,
     rows_per_call: Option<usize>,
+    carried: attrpatch::eap::Intervention,
     out: &Path,
 ) -> Result<Vec<(usize, f64)>, Error> {
     use attrpatch::eap as faith;
     let ks = faith::sweep(s.edges.len(), &[k]);
-    let f = faith::faithfulness(opts, s, &ks, rows_per_call)?;
+    let f = faith::faithfulness_with(opts, s, &ks, rows_per_call, carried)?;
     println!(
-        "faithfulness: {} circuits ({} rows, {} per call, {} runtime call{}, {:.3}s)",
+        "faithfulness: {} circuits, edges outside carrying the {} value ({} rows, {} per call, {} runtime call{}, {:.3}s)",
         ks.len(),
+        if f.ablation == "patching" { "corrupted" } else { &f.ablation },
         f.rows,
         f.rows_per_call,
         f.runtime_calls,

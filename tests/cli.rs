@@ -375,16 +375,16 @@ fn pearson(x: &[f64], y: &[f64]) -> f64 {
     cov / (vx * vy).sqrt()
 }
 
-/// `edges --ablation` without `--convention noising`, and with `--faithfulness`, are refused
-/// before any work, naming the flag and what to use instead.
+/// `edges --ablation` without `--convention noising`, or with a method that has no
+/// ablated form, is refused before any work, naming the flag and what to use instead.
 #[test]
 fn edges_refuses_an_ablation_without_a_base_run() {
     for (args, fix) in [
         (vec!["edges", "--ablation", "zero"], "--convention noising"),
         (vec!["edges", "--convention", "noising", "--ablation", "mean", "--ig-steps", "3"], "drop --ig-steps"),
         (
-            vec!["edges", "--convention", "noising", "--ablation", "mean-positional", "--faithfulness"],
-            "--ablation patching",
+            vec!["edges", "--convention", "noising", "--ablation", "zero", "--method", "clean-corrupted"],
+            "--method eap or eap-ig-activations",
         ),
     ] {
         let o = attrpatch(&args);
@@ -392,4 +392,71 @@ fn edges_refuses_an_ablation_without_a_base_run() {
         assert!(!o.status.success(), "{args:?} ran");
         assert!(err.contains("--ablation") && err.contains(fix), "{args:?}: {err}");
     }
+}
+
+/// `--method` with `--ig-steps` it cannot take is refused naming both flags; `--ig-steps 0` too.
+#[test]
+fn edges_refuses_steps_the_method_does_not_take() {
+    for (args, want) in [
+        (vec!["edges", "--method", "eap", "--ig-steps", "5"], "--method eap with --ig-steps 5"),
+        (vec!["edges", "--method", "clean-corrupted", "--ig-steps", "2"], "--method clean-corrupted with --ig-steps 2"),
+        (vec!["edges", "--method", "eap-ig-activations", "--ig-steps", "0"], "--ig-steps must be at least 1"),
+    ] {
+        let o = attrpatch(&args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{args:?} ran");
+        assert!(err.contains(want), "{args:?}: {err}");
+    }
+}
+
+/// `edges --method eap-ig-activations` (5 steps by default) names its method, steps,
+/// convention and ablation in edges.json and on its method line, in one runtime call;
+/// `--ig-steps 3` alone is still EAP-IG-inputs; `--faithfulness` under a mean
+/// ablation runs and records it.
+#[test]
+fn edges_method_is_named_in_edges_json_and_the_method_line() {
+    let dir = fresh_dir("cli-edges-method");
+    let out = dir.to_str().unwrap();
+    let read =
+        |sub: &str| -> serde_json::Value { serde_json::from_slice(&std::fs::read(dir.join(sub)).unwrap()).unwrap() };
+    let o = attrpatch(&[
+        "edges",
+        "--method",
+        "eap-ig-activations",
+        "--convention",
+        "noising",
+        "--ablation",
+        "zero",
+        "-o",
+        out,
+    ]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(t.contains("method: EAP-IG-activations (5 steps, noising, zero ablation;"), "{t}");
+    let j = read("edges.json");
+    assert_eq!(
+        (j["method"].as_str(), j["ig_steps"].as_u64(), j["convention"].as_str(), j["ablation"].as_str()),
+        (Some("EAP-IG-activations"), Some(5), Some("noising"), Some("zero"))
+    );
+    let o = attrpatch(&["edges", "--ig-steps", "3", "-o", out]);
+    assert!(
+        o.status.success() && text(&o).contains("method: EAP-IG-inputs (3 steps, denoising, patching ablation;"),
+        "{}",
+        text(&o)
+    );
+    let o = attrpatch(&["edges", "--method", "clean-corrupted", "-o", out]);
+    assert!(
+        o.status.success() && text(&o).contains("method: clean-corrupted (denoising, patching ablation;"),
+        "{}",
+        text(&o)
+    );
+    let o = attrpatch(&["edges", "--convention", "noising", "--ablation", "mean", "--faithfulness", "-o", out]);
+    let t = text(&o);
+    assert!(o.status.success() && t.contains("carrying the mean value"), "{t}");
+    let f = read("faithfulness.json");
+    assert_eq!(f["ablation"], "mean");
+    let pts = f["points"].as_array().unwrap();
+    let first = pts[0]["faithfulness"].as_f64().unwrap();
+    let last = pts[pts.len() - 1]["faithfulness"].as_f64().unwrap();
+    assert!(first.abs() < 1e-9 && (last - 1.0).abs() < 1e-9, "{pts:?}");
 }

@@ -208,6 +208,114 @@ fn one_patched_edge_is_the_reader_input_edited_by_hand() {
     close("input -> a1.h1.k", r.normalised[0], naive, 1e-5);
 }
 
+/// Exact edge patching under each ablation, one edge by hand: the edge graph's
+/// corrupted copy fed the clean prompts, its layer-0 v reader copy of key/value
+/// head 0 moved by (ablated - clean) of the `input` writer (token plus position
+/// embeddings, read from the weights; the means worked out here over the
+/// corrupted prompts), against the patching graph's row for input -> a0.h0.v
+/// carrying the ablated value into the clean run. Then the faithfulness curve
+/// under the ablation: 0 at the empty circuit, 1 at all edges, the rest
+/// (row - empty) / (1 - empty) of the same rows.
+#[test]
+fn one_ablated_edge_is_the_reader_input_edited_by_hand() {
+    use attrpatch::edges::convention::{Ablation, Convention, Method};
+    use attrpatch::edges::faithfulness::faithfulness_with;
+    use attrpatch::edges::graph::{build, EdgeGraphOptions, PERTURB};
+    use attrpatch::edges::patching::{patch_edges_with, Intervention};
+    use attrpatch::edges::{run_edges_method, EdgeMethod};
+    use attrpatch::job::{pair_inputs, JobGraph};
+    use attrpatch::onnx::consts::tensor_f64s;
+    use attrpatch::runtime::{self, Value};
+    use ndarray::{ArrayD, IxDyn};
+    let o = fixture("gpt2-legacy-op14");
+    let tokens = o.tokens.clone().unwrap().1;
+    let model = attrpatch::onnx::OnnxModel::load(&o.model).unwrap();
+    let weight = |name: &str| tensor_f64s(model.graph().initializer.iter().find(|t| t.name == name).unwrap()).unwrap();
+    let (wte, wpe) = (weight("transformer.wte.weight"), weight("transformer.wpe.weight"));
+    let mut g = build(model, &EdgeGraphOptions { perturb: Some(0), ..Default::default() }).unwrap();
+    let (r, d) = (g.anatomy.head_readers(), g.anatomy.d_model);
+    let reader = g.anatomy.heads + g.anatomy.kv_heads; // a0.h0.v
+    let bytes = prost::Message::encode_to_vec(g.proto_mut());
+    let mut rt = runtime::create(&bytes, &one_thread()).unwrap();
+    let (b, s) = (tokens.clean_ids.len(), tokens.seq_len);
+    let x0 = |tok: i64, pos: usize, i: usize| wte[tok as usize * d + i] + wpe[pos * d + i];
+    // The corrupted `input` writer's means, by hand: overall and per position.
+    let mean_at = |pos: Option<usize>, i: usize| {
+        let cells: Vec<(usize, usize)> =
+            (0..b).flat_map(|p| (0..s).map(move |q| (p, q))).filter(|&(_, q)| pos.is_none_or(|w| w == q)).collect();
+        cells.iter().map(|&(p, q)| x0(tokens.corrupted_ids[p][q], q, i)).sum::<f64>() / cells.len() as f64
+    };
+    let mut run = |feed_clean: bool, edit: Option<Ablation>| {
+        let mut p = ArrayD::<f32>::zeros(IxDyn(&[r, b, s, d]));
+        for (pair, pos, i) in (0..b).flat_map(|p| (0..s).flat_map(move |q| (0..d).map(move |i| (p, q, i)))) {
+            let clean = x0(tokens.clean_ids[pair][pos], pos, i);
+            let ablated = match edit {
+                None => continue,
+                Some(Ablation::Zero) => 0.0,
+                Some(Ablation::Mean) => mean_at(None, i),
+                Some(Ablation::MeanPositional) => mean_at(Some(pos), i),
+                Some(Ablation::Patching) => x0(tokens.corrupted_ids[pair][pos], pos, i),
+            };
+            p[[reader, pair, pos, i]] = (ablated - clean) as f32;
+        }
+        let mut t = tokens.clone();
+        if feed_clean {
+            t.corrupted_ids = t.clean_ids.clone();
+        }
+        let mut inputs = pair_inputs(&g.token_inputs(), &t);
+        inputs.push((PERTURB.into(), Value::F32(p)));
+        let mut out = rt.run(inputs).unwrap();
+        let v = runtime::take_output(&mut out, "attrpatch.corrupted_logit_diffs").unwrap();
+        let c = runtime::take_output(&mut out, "attrpatch.clean_logit_diffs").unwrap();
+        (v.iter().map(|&x| x as f64).sum::<f64>(), c.iter().map(|&x| x as f64).sum::<f64>())
+    };
+    let (corr, clean) = run(false, None);
+    let ablations = [Ablation::Patching, Ablation::Zero, Ablation::Mean, Ablation::MeanPositional];
+    let mut seen = vec![];
+    for ablation in ablations {
+        let what = format!("input -> a0.h0.v, --ablation {}", ablation.label());
+        let (edited, _) = run(true, Some(ablation));
+        let naive = (edited - corr) / (clean - corr);
+        assert!((naive - 1.0).abs() > 1e-3, "{what}: the edge's effect is too small to test: {naive}");
+        let m = EdgeMethod { method: Method::Eap, ig_steps: 1, convention: Convention::Noising, ablation };
+        let scored = run_edges_method(&o, &m).unwrap();
+        let carried = Intervention { ablation, means: scored.means.as_ref() };
+        let e = |t: &attrpatch::edges::Topology| {
+            t.edges().iter().position(|&e| e == (Writer::Input, Reader::Head(0, 0, Qkv::V))).unwrap()
+        };
+        let rows = patch_edges_with(&o, Direction::CorruptedIntoClean, None, carried, |t| Ok(vec![vec![e(t)], vec![]]))
+            .unwrap();
+        // float32 metrics of a few units differ by ~1e-6 of themselves: 1e-5 of the clean-corrupted gap.
+        close(&what, rows.normalised[0], naive, 1e-5);
+        close(&format!("{what}: nothing patched is the clean run"), rows.normalised[1], 1.0, 1e-5);
+        seen.push(naive);
+        // The curve: normalised by its empty circuit, from the same rows.
+        let n = scored.scores.edges.len();
+        let f = faithfulness_with(&o, &scored.scores, &[0, 3, n], None, carried).unwrap();
+        assert_eq!(f.ablation, ablation.label(), "{what}");
+        close(&format!("{what}: K = 0"), f.points[0].faithfulness, 0.0, 1e-5);
+        close(&format!("{what}: K = all"), f.points[2].faithfulness, 1.0, 1e-5);
+        let k3 = attrpatch::edges::faithfulness::circuit(&scored.scores, 3);
+        let raw = patch_edges_with(&o, Direction::CorruptedIntoClean, None, carried, |t| {
+            let all: Vec<usize> = (0..t.edges().len()).collect();
+            Ok(vec![all.clone(), all.into_iter().filter(|e| !k3.contains(e)).collect()])
+        })
+        .unwrap();
+        let want = (raw.normalised[1] - raw.normalised[0]) / (1.0 - raw.normalised[0]);
+        close(&format!("{what}: K = 3"), f.points[1].faithfulness, want, 1e-5);
+    }
+    // The ablations carry different values: the test tells them apart.
+    for i in 0..seen.len() {
+        for j in 0..i {
+            assert!((seen[i] - seen[j]).abs() > 1e-3, "ablations {i} and {j} give the same edge effect: {seen:?}");
+        }
+    }
+    // A mean without the means is refused, naming the flag.
+    let carried = Intervention { ablation: Ablation::Mean, means: None };
+    let e = patch_edges_with(&o, Direction::CorruptedIntoClean, None, carried, |_| Ok(vec![vec![]])).unwrap_err();
+    assert!(e.to_string().contains("--ablation mean"), "{e}");
+}
+
 /// With no nonlinearity between the writers and the metric (and one-token
 /// prompts, so softmax is 1), the metric is affine in every reader's input:
 /// EAP's first-order estimate is exact edge patching, edge by edge.

@@ -14,9 +14,16 @@
 //! summed over the pairs before dividing, as `run` normalises: K = 0 gives 0
 //! and K = all edges 1, up to float error. Every K of a sweep is a variant of
 //! one patching job: rows of as few runtime calls as memory allows.
+//!
+//! With an ablation (zero, mean, mean-positional: the scores' own) the edges
+//! outside the circuit carry the ablated value instead, and the curve is
+//! normalised by the empty circuit (every edge ablated) as MIB's is:
+//!   (M_circuit - M_empty) / (M_clean - M_empty),
+//! so K = 0 is 0 and K = all 1 again. With patching M_empty is M_corr.
 
 use super::mib::{self, MibCurve};
-use super::patching::{patch_edges, Direction};
+use super::convention::Ablation;
+use super::patching::{patch_edges_with, Direction, Intervention};
 use super::scores::EdgeScores;
 use crate::error::{Error, Result};
 use crate::job::JobOptions;
@@ -93,6 +100,10 @@ pub struct Faithfulness {
     pub runtime_calls: usize,
     /// Seconds in runtime calls.
     pub run_seconds: f64,
+    /// What the edges outside a circuit carry: "patching" (their corrupted value),
+    /// "zero", "mean", "mean-positional".
+    #[serde(default = "patching")]
+    pub ablation: String,
     /// The curve at MIB's sizes with CPR and CMD, when the sweep's K include
     /// MIB's (`mib::ks`; `sweep` adds them).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -106,6 +117,10 @@ impl Faithfulness {
     }
 }
 
+fn patching() -> String {
+    "patching".into()
+}
+
 /// The faithfulness of the top-K circuit for every K of `ks`.
 pub fn faithfulness(
     opts: &JobOptions,
@@ -113,16 +128,34 @@ pub fn faithfulness(
     ks: &[usize],
     rows_per_call: Option<usize>,
 ) -> Result<Faithfulness> {
+    faithfulness_with(opts, scores, ks, rows_per_call, Intervention::PATCHING)
+}
+
+/// `faithfulness` with the edges outside each circuit carrying what `carried` says (module doc).
+pub fn faithfulness_with(
+    opts: &JobOptions,
+    scores: &EdgeScores,
+    ks: &[usize],
+    rows_per_call: Option<usize>,
+    carried: Intervention,
+) -> Result<Faithfulness> {
     let total = scores.edges.len();
+    let ablated = carried.ablation != Ablation::Patching;
     if let Some(&bad) = ks.iter().find(|&&k| k > total) {
         return Err(Error::Input(format!("a circuit of {bad} edges: the model has {total} edges")));
     }
     // A circuit of every edge patches nothing: its row would repeat the clean
     // baseline row, whose normalised metric is 1 by definition. Run only the
     // others (unless no other is asked for: the baselines still need a call).
-    let runs: Vec<usize> = ks.iter().copied().filter(|&k| k < total).collect();
-    let runs = if runs.is_empty() { ks.to_vec() } else { runs };
-    let r = patch_edges(opts, Direction::CorruptedIntoClean, rows_per_call, |topo| {
+    let mut runs: Vec<usize> = ks.iter().copied().filter(|&k| k < total).collect();
+    if runs.is_empty() {
+        runs = ks.to_vec();
+    }
+    // An ablation's 0 is the empty circuit: run it when it was not asked for.
+    if ablated && !runs.contains(&0) {
+        runs.push(0);
+    }
+    let r = patch_edges_with(opts, Direction::CorruptedIntoClean, rows_per_call, carried, |topo| {
         if topo.edges().len() != total {
             return Err(Error::Input(format!(
                 "the edge scores list {total} edges, the model has {} (scores of another model?)",
@@ -139,10 +172,19 @@ pub fn faithfulness(
             })
             .collect())
     })?;
-    let value = |k: usize| match runs.iter().position(|&r| r == k) {
+    let raw = |k: usize| match runs.iter().position(|&r| r == k) {
         Some(i) => r.normalised[i],
         None => 1.0,
     };
+    let empty = if ablated { raw(0) } else { 0.0 };
+    if ablated && crate::batches::indistinguishable(empty, 1.0) {
+        return Err(Error::Numeric(format!(
+            "--ablation {}: the empty circuit's metric equals the clean run's ({empty} of the clean-corrupted gap), \
+             so the faithfulness (M - M_empty) / (M_clean - M_empty) is undefined; use another --ablation",
+            carried.ablation.label()
+        )));
+    }
+    let value = |k: usize| (raw(k) - empty) / (1.0 - empty);
     let points: Vec<Point> = ks.iter().map(|&k| Point { k, faithfulness: value(k) }).collect();
     let mib = MibCurve::from_points(total, |k| points.iter().find(|p| p.k == k).map(|p| p.faithfulness));
     Ok(Faithfulness {
@@ -156,6 +198,7 @@ pub fn faithfulness(
         rows_per_call: r.sizing.per_call,
         runtime_calls: r.runtime_calls,
         run_seconds: r.run_seconds,
+        ablation: carried.ablation.label().to_string(),
         mib,
     })
 }

@@ -7,6 +7,7 @@ use crate::error::{Error, Result};
 use ndarray::{Array3, ArrayD};
 
 /// Running sums of every writer's corrupted activation per position.
+#[derive(Debug, Clone)]
 pub struct WriterMeans {
     writers: usize,
     d: usize,

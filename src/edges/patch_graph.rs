@@ -15,8 +15,14 @@
 //! of a reader are always a prefix of `Topology::writers` (input, then per
 //! layer its heads and its MLP), so each reader group's mask is
 //! [R, readers, prefix length] and every entry is an edge.
+//!
+//! With an ablation (`EdgePatchOptions::ablation`) a patched edge carries the
+//! ablated value instead of the source copy's: a_u^source is 0 (zero) or the
+//! data set's mean of a_u (`ABLATION`, [writers, S, d], as the edge graph's),
+//! so x_v = resid_v + sum_u mask_v[r, v, u] (a_u^ablated - a_u^row).
 
 use super::anatomy::{self, BlockAnatomy};
+use super::convention::Ablation;
 use super::graph::{probed_facts, topo_sort};
 use super::rewrite::{self, names as reads};
 use super::{Reader, Topology};
@@ -91,6 +97,9 @@ pub struct EdgePatchOptions {
     pub metric: Metric,
     /// Overrides the head count read from the graph.
     pub heads: Option<usize>,
+    /// What a patched edge carries: the source copy's value (patching), zero,
+    /// or the fed mean (`ABLATION`; mean and mean-positional feed it alike).
+    pub ablation: Ablation,
 }
 
 /// The rewritten model and what feeding it needs.
@@ -115,6 +124,8 @@ pub struct EdgePatchGraph {
     pub anatomy: BlockAnatomy,
     /// The metric the graph computes: its answer weights are fed.
     pub metric: Metric,
+    /// What a patched edge carries.
+    pub ablation: Ablation,
 }
 
 /// Builds the edge-patching graph (module doc). Takes the model by value, as `augment` does.
@@ -172,12 +183,22 @@ pub fn build(model: OnnxModel, opts: &EdgePatchOptions) -> Result<EdgePatchGraph
     let pairs_flat = b.concat(&[&b_dim, &minus_one], 0);
     let r_dim = shape_of(&mut b, &rows_map[&ids.model_name]);
     let rows_flat = b.concat(&[&r_dim, &minus_one], 0);
-    // Source minus row of a writer tensor, [R, N].
+    // Source (zero: nothing) minus row of a writer tensor, [R, N].
     let delta = |b: &mut GraphBuilder, t: &str| -> String {
+        let r = b.reshape(t, &rows_flat);
+        if opts.ablation == Ablation::Zero {
+            return b.neg(&r);
+        }
         let s = b.reshape(&source.name(t), &pairs_flat);
         let s_rows = b.node("Gather", &[&s, names::ROW_PAIR], vec![attr_i("axis", 0)]);
-        let r = b.reshape(t, &rows_flat);
         b.sub(&s_rows, &r)
+    };
+    let mean = opts.ablation.is_mean();
+    // With a mean: writers [first, first + n) of `ABLATION` as [1, n, S*d].
+    let means = |b: &mut GraphBuilder, first: usize, n: usize| -> String {
+        let rows = b.slice_axis(super::graph::ABLATION, 0, first as i64, (first + n) as i64);
+        let shape = b.const_i64s(&[1, n as i64, -1]);
+        b.reshape(&rows, &shape)
     };
     let (h, dh, d) = (blocks.heads as i64, blocks.head_dim as i64, blocks.d_model as i64);
     let rs = b.shape(&rows_map[&ids.model_name]);
@@ -186,20 +207,43 @@ pub fn build(model: OnnxModel, opts: &EdgePatchOptions) -> Result<EdgePatchGraph
     let w_shape = b.const_i64s(&[h, dh, d]);
     let heads_rows = b.const_i64s(&[0, h, -1]);
     // Writer differences in `Topology::writers` order, each [R, n, S*d].
+    // One writer's piece [R, 1, S*d]: with a mean, its mean minus its row.
+    let single = |b: &mut GraphBuilder, t: &str, writer: usize| -> String {
+        if !mean {
+            let d = delta(b, t);
+            return b.unsqueeze(&d, &[1]);
+        }
+        let r = b.reshape(t, &rows_flat);
+        let r = b.unsqueeze(&r, &[1]);
+        let m = means(b, writer, 1);
+        b.sub(&m, &r)
+    };
+    let per_layer = blocks.heads + 1;
     let mut pieces = vec![];
-    let x0 = delta(&mut b, &blocks.blocks[0].resid_in);
-    pieces.push((1usize, b.unsqueeze(&x0, &[1])));
-    for blk in &blocks.blocks {
-        let dz = delta(&mut b, &blk.out_proj.z);
+    let x0 = single(&mut b, &blocks.blocks[0].resid_in, 0);
+    pieces.push((1usize, x0));
+    for (l, blk) in blocks.blocks.iter().enumerate() {
+        // The heads' z difference (with a mean: minus the row's z, the mean added after the projection).
+        let dz = if mean {
+            let r = b.reshape(&blk.out_proj.z, &rows_flat);
+            b.neg(&r)
+        } else {
+            delta(&mut b, &blk.out_proj.z)
+        };
         let z4 = b.reshape(&dz, &rshd);
         let zh = b.transpose(&z4, &[0, 2, 1, 3]);
         let w =
             if blk.out_proj.trans_b { b.transpose(&blk.out_proj.weight, &[1, 0]) } else { blk.out_proj.weight.clone() };
         let wh = b.reshape(&w, &w_shape);
         let out = b.matmul(&zh, &wh);
-        pieces.push((blocks.heads, b.reshape(&out, &heads_rows)));
-        let dm = delta(&mut b, &blk.mlp_out);
-        pieces.push((1, b.unsqueeze(&dm, &[1])));
+        let mut heads = b.reshape(&out, &heads_rows);
+        if mean {
+            let m = means(&mut b, 1 + l * per_layer, blocks.heads);
+            heads = b.add(&m, &heads);
+        }
+        pieces.push((blocks.heads, heads));
+        let mlp = single(&mut b, &blk.mlp_out, 1 + l * per_layer + blocks.heads);
+        pieces.push((1, mlp));
     }
     // Each group's sum mask @ D_prefix, [R, readers, S*d].
     let sums: Vec<String> = groups
@@ -251,6 +295,10 @@ pub fn build(model: OnnxModel, opts: &EdgePatchOptions) -> Result<EdgePatchGraph
     let (dtype, rows) = (anat.dtype, Dim::Sym("rows".into()));
     g.input.push(value_info(names::ROW_PAIR, INT64, std::slice::from_ref(&rows)));
     g.input.push(value_info(names::ROW_WEIGHTS, dtype, &[rows.clone(), Dim::Known(1)]));
+    if mean {
+        let u = Dim::Known(topo.writers().len() as i64);
+        g.input.push(value_info(super::graph::ABLATION, dtype, &[u, Dim::Unknown, Dim::Known(blocks.d_model as i64)]));
+    }
     for grp in &groups {
         let dims = [rows.clone(), Dim::Known(grp.readers.len() as i64), Dim::Known(grp.upstream as i64)];
         g.input.push(value_info(&names::mask(&grp.name), dtype, &dims));
@@ -269,6 +317,7 @@ pub fn build(model: OnnxModel, opts: &EdgePatchOptions) -> Result<EdgePatchGraph
         heads: Some(heads),
         anatomy: blocks,
         metric: opts.metric,
+        ablation: opts.ablation,
     })
 }
 

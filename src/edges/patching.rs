@@ -2,8 +2,12 @@
 //! run on every pair as rows of the edge-patching graph (`patch_graph`), as
 //! many rows per runtime call as memory allows, and each variant's metric
 //! summed over the pairs and normalised as `run` normalises: by
-//! N (CLEAN - CORR) over the whole prompt set.
+//! N (CLEAN - CORR) over the whole prompt set. With an ablation
+//! (`Intervention`) a patched edge carries zero or the data set's mean
+//! instead of the source prompt's value.
 
+use super::convention::Ablation;
+use super::means::WriterMeans;
 use super::patch_graph::{self, mask_groups, names, EdgePatchOptions};
 use super::{Reader, Topology, Writer};
 use crate::augment::Metric;
@@ -26,6 +30,20 @@ pub enum Direction {
     /// Rows run the clean prompts; a patched edge carries its corrupted writer's
     /// value (every edge outside a circuit: the circuit's faithfulness).
     CorruptedIntoClean,
+}
+
+/// What a patched edge carries into its reader.
+#[derive(Clone, Copy)]
+pub struct Intervention<'a> {
+    /// Patching: the source prompt's value; zero; or the mean of `means`.
+    pub ablation: Ablation,
+    /// The writers' means (the edge job's `EdgeRun::means`), for mean and mean-positional.
+    pub means: Option<&'a WriterMeans>,
+}
+
+impl Intervention<'_> {
+    /// The source prompt's value (plain exact patching).
+    pub const PATCHING: Intervention<'static> = Intervention { ablation: Ablation::Patching, means: None };
 }
 
 /// Every variant's normalised metric and what the run cost.
@@ -66,6 +84,37 @@ pub fn patch_edges(
     rows_per_call: Option<usize>,
     variants: impl FnOnce(&Topology) -> Result<Vec<Vec<usize>>>,
 ) -> Result<EdgePatchResult> {
+    patch_edges_with(opts, direction, rows_per_call, Intervention::PATCHING, variants)
+}
+
+/// `patch_edges` with the patched edges carrying what `carried` says (an
+/// ablation only into the clean run: `Direction::CorruptedIntoClean`).
+pub fn patch_edges_with(
+    opts: &JobOptions,
+    direction: Direction,
+    rows_per_call: Option<usize>,
+    carried: Intervention,
+    variants: impl FnOnce(&Topology) -> Result<Vec<Vec<usize>>>,
+) -> Result<EdgePatchResult> {
+    let ablation = carried.ablation;
+    if ablation != Ablation::Patching && direction != Direction::CorruptedIntoClean {
+        return Err(Error::Input(format!(
+            "exact edge patching with --ablation {}: an ablated edge is defined on the clean run only (circuit \
+             faithfulness); use --ablation patching",
+            ablation.label()
+        )));
+    }
+    let means = match (ablation.is_mean(), carried.means) {
+        (true, None) => {
+            return Err(Error::Input(format!(
+                "exact edge patching with --ablation {}: the writers' means are needed (the edge job's first pass \
+                 computes them: run the scores with the same --ablation)",
+                ablation.label()
+            )))
+        }
+        (true, Some(m)) => Some(m),
+        (false, _) => None,
+    };
     if opts.shard.is_some() {
         return Err(Error::Input("exact edge patching runs in one process: shards are not supported".into()));
     }
@@ -79,7 +128,7 @@ pub fn patch_edges(
                 .into(),
         ));
     }
-    let gopts = EdgePatchOptions { metric: opts.metric, heads: opts.heads };
+    let gopts = EdgePatchOptions { metric: opts.metric, heads: opts.heads, ablation };
     let mut p = prepare(opts, GraphKey::new("edge-patch", &gopts), |model| patch_graph::build(model, &gopts))?;
     let topo = p.graph.anatomy.topology();
     let variants = variants(&topo)?;
@@ -120,6 +169,9 @@ pub fn patch_edges(
         let row_pair = Array1::from_iter(chunk.iter().map(|r| (r.pair - first) as i64)).into_dyn();
         inputs.push((names::ROW_PAIR.into(), Value::I64(row_pair)));
         inputs.push((names::ROW_WEIGHTS.into(), Value::F32(Array2::<f32>::ones((chunk.len(), 1)).into_dyn())));
+        if let Some(m) = means {
+            inputs.push((super::graph::ABLATION.into(), Value::F32(m.input(ablation, t.seq_len)?.into_dyn())));
+        }
         for (gi, m) in slots.masks(chunk, &variants).into_iter().enumerate() {
             inputs.push((names::mask(&slots.groups[gi]), Value::F32(m.into_dyn())));
         }

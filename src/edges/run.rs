@@ -50,6 +50,9 @@ pub struct EdgeRun {
     pub seconds: crate::job::Timings,
     /// What ran the graph, e.g. "onnxruntime 1.31.1 (CPU)".
     pub runtime: String,
+    /// With a mean ablation: the writers' corrupted activations summed over the set,
+    /// for exact edge patching under the same ablation (`patching::Intervention`).
+    pub means: Option<WriterMeans>,
 }
 
 /// How the edges are scored: the method, its steps, the convention and the ablation.
@@ -297,5 +300,6 @@ pub fn run_prepared(
         run_seconds,
         seconds: p.seconds.clone(),
         runtime: rt.describe(),
+        means: if ablation.is_mean() { Some(means) } else { None },
     })
 }

@@ -140,6 +140,36 @@ fn edges_through_the_attributor_equal_the_cli_job_and_keep_a_graph_per_step_coun
     assert!(e.contains("hook: edge scores are defined by"), "{e}");
 }
 
+/// Every method through `Attributor::edges_method` equals the job's, each on its own kept
+/// graph; a method without a definition is refused before any graph is built.
+#[test]
+fn edge_methods_through_the_attributor_equal_the_cli_job() {
+    use attrpatch::eap::{Ablation, Convention, EdgeMethod, Method};
+    let mut o = JobOptions::new(ioi_model());
+    o.runtime = cpu();
+    let mut a = attributor(ioi_model()).build().unwrap();
+    let methods = [
+        EdgeMethod::new(Method::EapIgActivations, 2),
+        EdgeMethod {
+            convention: Convention::Noising,
+            ablation: Ablation::Mean,
+            ..EdgeMethod::new(Method::EapIgActivations, 2)
+        },
+        EdgeMethod::new(Method::CleanCorrupted, 1),
+    ];
+    for m in &methods {
+        let mine = a.edges_method(&Pairs::Tutorial, m).unwrap();
+        let job = attrpatch::eap::run_edges_method(&o, m).unwrap();
+        assert_eq!(mine.scores, job.scores, "{}", m.describe());
+        assert_eq!(mine.scores.method, m.method.label());
+    }
+    assert_eq!(a.graphs_built(), methods.len());
+    let bad = EdgeMethod { ablation: Ablation::Zero, ..EdgeMethod::new(Method::CleanCorrupted, 1) };
+    let e = a.edges_method(&Pairs::Tutorial, &bad).err().expect("refused").to_string();
+    assert!(e.contains("--ablation zero"), "{e}");
+    assert_eq!(a.graphs_built(), methods.len());
+}
+
 /// The answer selectors follow the metric the graph was built with: `prob`
 /// weights only the correct answer, logit difference both (+1, -1). Before,
 /// the caller passed a metric of its own to the feed builder.

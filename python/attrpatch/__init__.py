@@ -146,10 +146,14 @@ class Attributor:
             stats=d["stats"],
         )
 
-    def edges(self, pairs: PairsLike = None, *, ig_steps: int = 1) -> EdgeResult:
-        """Every edge's score: EAP, or EAP-IG-inputs with `ig_steps` > 1 (as `attrpatch edges
-        [--ig-steps N]`). Summed over the pairs (`per_pair` does not apply); needs the default hook."""
-        job = {"ig_steps": _count(ig_steps, "ig_steps")}
+    def edges(self, pairs: PairsLike = None, *, ig_steps: Optional[int] = None, method: Optional[str] = None,
+              convention: str = "denoising", ablation: str = "patching") -> EdgeResult:
+        """Every edge's score (as `attrpatch edges [--method M] [--ig-steps N] [--convention C]
+        [--ablation A]`): `method` "eap", "eap-ig-inputs", "eap-ig-activations" or "clean-corrupted"
+        (default: EAP, or EAP-IG-inputs with `ig_steps` > 1; the IG methods take 5 steps unless
+        `ig_steps` says). Summed over the pairs (`per_pair` does not apply); needs the default hook."""
+        job = {"ig_steps": _count(ig_steps, "ig_steps"), "method": None if method is None else _str(method, "method"),
+               "convention": _str(convention, "convention"), "ablation": _str(ablation, "ablation")}
         kind, value = _inputs.pair_source(pairs, self._metric)
         return EdgeResult._from_native(json.loads(self._native.edges(kind, value, job)))
 
@@ -178,10 +182,13 @@ def compare(model: ModelLike, pairs: PairsLike = None, *, positions: bool = Fals
                                                  rows_per_call=rows_per_call)
 
 
-def edges(model: ModelLike, pairs: PairsLike = None, *, ig_steps: int = 1, **options: Any) -> EdgeResult:
-    """Every edge's score on `pairs` (EAP; EAP-IG with `ig_steps` > 1), as `attrpatch edges`.
-    Options as for `Attributor`."""
-    return Attributor(model, **options).edges(pairs, ig_steps=ig_steps)
+def edges(model: ModelLike, pairs: PairsLike = None, *, ig_steps: Optional[int] = None,
+          method: Optional[str] = None, convention: str = "denoising", ablation: str = "patching",
+          **options: Any) -> EdgeResult:
+    """Every edge's score on `pairs`, as `attrpatch edges` (method, steps, convention and ablation
+    as `Attributor.edges`). Options as for `Attributor`."""
+    return Attributor(model, **options).edges(pairs, ig_steps=ig_steps, method=method, convention=convention,
+                                              ablation=ablation)
 
 
 def rewrite(model: ModelLike, *, metric: str = "logit-diff", hook: str = "attn",

@@ -116,9 +116,9 @@ impl Attributor {
         job: &Bound<'_, PyDict>,
     ) -> PyResult<String> {
         let p = pairs(kind, value)?;
-        let steps: usize = convert::get(job, "ig_steps")?.unwrap_or(1);
+        let m = edge_method(job).map_err(|e| to_py(py, e))?;
         let inner = &mut self.inner;
-        let r = without_gil(py, move || inner.edges(&p, steps)).map_err(|e| to_py(py, e))?;
+        let r = without_gil(py, move || inner.edges_method(&p, &m)).map_err(|e| to_py(py, e))?;
         self.jobs += 1;
         Ok(convert::edges_json(&r)?.to_string())
     }
@@ -270,6 +270,20 @@ fn baseline_check(
 fn edge_names(layers: usize, heads: usize, kv_heads: usize, parallel: bool) -> Vec<(String, String)> {
     let t = attrpatch::eap::Topology { layers, heads, kv_heads, parallel };
     t.edges().into_iter().map(|(w, r)| (w.to_string(), r.to_string())).collect()
+}
+
+/// The edge method of a job dict: "method", "ig_steps", "convention", "ablation"
+/// (strings as the command line spells them), resolved as `attrpatch edges` resolves them.
+fn edge_method(job: &Bound<'_, PyDict>) -> Result<attrpatch::eap::EdgeMethod, attrpatch::Error> {
+    let text = |key: &str| -> Result<Option<String>, attrpatch::Error> {
+        convert::get(job, key).map_err(|e| attrpatch::Error::Input(format!("{key}: {e}")))
+    };
+    let method = text("method")?.map(|m| m.parse()).transpose()?;
+    let steps = convert::get(job, "ig_steps").map_err(|e| attrpatch::Error::Input(format!("ig_steps: {e}")))?;
+    let (method, ig_steps) = attrpatch::eap::resolve_method(method, steps)?;
+    let convention = text("convention")?.map(|c| c.parse()).transpose()?.unwrap_or_default();
+    let ablation = text("ablation")?.map(|a| a.parse()).transpose()?.unwrap_or_default();
+    Ok(attrpatch::eap::EdgeMethod { method, ig_steps, convention, ablation })
 }
 
 /// `edges.json` and `edges.csv` in `dir`, as `attrpatch edges` writes them, from the edge

@@ -140,7 +140,7 @@ pub struct Attributor {
     exact: Option<Slot<PatchGraph>>,
     ig: Option<Slot<PatchGraph>>,
     /// One edge graph per integration step count (EAP-IG tiles its corrupted runs).
-    edges: Vec<(usize, Slot<EdgeGraph>)>,
+    edges: Vec<(edges::EdgeMethod, Slot<EdgeGraph>)>,
     builds: usize,
 }
 
@@ -233,6 +233,14 @@ impl Attributor {
             // graph::build's message, before the model is read.
             return Err(Error::Input("the integration steps of EAP-IG must be at least 1 (1 is plain EAP)".into()));
         }
+        self.edges_method(pairs, &edges::EdgeMethod::steps(ig_steps))
+    }
+
+    /// Every edge's score by any method, convention and ablation (as `attrpatch edges
+    /// --method M --ig-steps N --convention C --ablation A`); one edge graph is built per
+    /// method on first use and kept.
+    pub fn edges_method(&mut self, pairs: &Pairs, method: &edges::EdgeMethod) -> Result<EdgeRun> {
+        edges::run::check_method(method, self.opts.metric)?;
         if self.opts.hooks != crate::hooks::HookKind::AttnOut {
             return Err(Error::Input(
                 "hook: edge scores are defined by the attention heads, MLPs and residual stream, not by hooks; make \
@@ -241,20 +249,20 @@ impl Attributor {
             ));
         }
         let (opts, source) = self.job_inputs(pairs)?;
-        let i = match self.edges.iter().position(|(steps, _)| *steps == ig_steps) {
+        let i = match self.edges.iter().position(|(m, _)| m == method) {
             Some(i) => {
                 self.edges[i].1.prepared.set_prompts(&opts, &source)?;
                 i
             }
             None => {
-                let g = edges::run::graph_options(&opts, ig_steps);
+                let g = edges::run::graph_options_for(&opts, method);
                 let prepared = self.prepare(&opts, &source, |m| edges::graph::build(m, &g))?;
-                self.edges.push((ig_steps, Slot { prepared, session: None }));
+                self.edges.push((*method, Slot { prepared, session: None }));
                 self.edges.len() - 1
             }
         };
         let slot = &mut self.edges[i].1;
-        edges::run::run_prepared(&opts, ig_steps, &mut slot.prepared, &mut slot.session)
+        edges::run::run_prepared(&opts, method.ig_steps, &mut slot.prepared, &mut slot.session)
     }
 
     fn slot_of(&mut self, ig: bool) -> &mut Option<Slot<PatchGraph>> {

@@ -53,6 +53,37 @@ impl Method {
     }
 }
 
+/// One of `names` (the flags' spellings), or an error naming `what` and the choices.
+fn parse_choice<T: Copy>(value: &str, what: &str, choices: &[(&str, T)]) -> Result<T> {
+    choices.iter().find(|(name, _)| *name == value).map(|(_, v)| *v).ok_or_else(|| {
+        let names: Vec<&str> = choices.iter().map(|(n, _)| *n).collect();
+        Error::Input(format!("{what} '{value}': expected one of {}", names.join(", ")))
+    })
+}
+
+impl std::str::FromStr for Method {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        let all = [Method::Eap, Method::EapIgInputs, Method::EapIgActivations, Method::CleanCorrupted];
+        parse_choice(s, "method", &all.map(|m| (m.flag(), m)))
+    }
+}
+
+impl std::str::FromStr for Convention {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        parse_choice(s, "convention", &[Convention::Denoising, Convention::Noising].map(|c| (c.label(), c)))
+    }
+}
+
+impl std::str::FromStr for Ablation {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        let all = [Ablation::Patching, Ablation::Zero, Ablation::Mean, Ablation::MeanPositional];
+        parse_choice(s, "ablation", &all.map(|a| (a.label(), a)))
+    }
+}
+
 /// The steps of an IG method given without `--ig-steps`.
 pub const DEFAULT_IG_STEPS: usize = 5;
 
@@ -202,6 +233,17 @@ mod tests {
         assert!(check(ig, Convention::Noising, Ablation::Patching, 4, Metric::Prob).is_ok());
         assert!(check(act, Convention::Noising, Ablation::Zero, 4, ld).is_ok());
         assert!(check(act, Convention::Noising, Ablation::Mean, 4, ld).is_ok());
+    }
+
+    #[test]
+    fn names_parse_back() {
+        for m in [Method::Eap, Method::EapIgInputs, Method::EapIgActivations, Method::CleanCorrupted] {
+            assert_eq!(m.flag().parse::<Method>().unwrap(), m);
+        }
+        assert_eq!("mean-positional".parse::<Ablation>().unwrap(), Ablation::MeanPositional);
+        assert_eq!("noising".parse::<Convention>().unwrap(), Convention::Noising);
+        let e = "eap-ig".parse::<Method>().unwrap_err().to_string();
+        assert!(e.contains("method 'eap-ig'") && e.contains("eap-ig-activations"), "{e}");
     }
 
     #[test]

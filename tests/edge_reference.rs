@@ -242,10 +242,39 @@ other_exports! {
     falcon_sdpa_dynamo_op18 => "falcon-sdpa-dynamo-op18" of "falcon-legacy-op14",
 }
 
+/// The reference recorded each of `checks` as passed.
+fn assert_reference_checked(name: &str, r: &Value, checks: &[&str]) {
+    let passed: Vec<&str> = r["checks"]["passed"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    for c in checks {
+        assert!(passed.contains(c), "{name}: the reference did not record its {c} check");
+    }
+}
+
 /// Whether `values` miss `want` by more than the tolerance anywhere.
 fn misses_reference(values: &[f64], want: &[(String, String, f64)]) -> bool {
     let scale = want.iter().map(|w| w.2.abs()).fold(0.0, f64::max);
     values.iter().zip(want).any(|(v, w)| over((v - w.2).abs() / (REL * w.2.abs() + FLOOR * scale)))
+}
+
+/// One test module of `check` on each fixture the conventions are held on: GPT-2,
+/// Llama (grouped-query) and GPT-NeoX (parallel).
+macro_rules! per_fixture {
+    ($module:ident, $check:ident) => {
+        mod $module {
+            #[test]
+            fn gpt2_legacy_op14() {
+                super::$check("gpt2-legacy-op14");
+            }
+            #[test]
+            fn llama_legacy_op14() {
+                super::$check("llama-legacy-op14");
+            }
+            #[test]
+            fn gptneox_legacy_op14() {
+                super::$check("gptneox-legacy-op14");
+            }
+        }
+    };
 }
 
 const ABLATIONS: [(Ablation, &str); 4] = [
@@ -310,26 +339,10 @@ fn check_noising(name: &str) {
     let ours = run_edges_method(&o, &m).unwrap_or_else(|e| panic!("{what}: {e}")).scores;
     let worst = assert_edges_close(&what, &ours, &ref_edges(&r["noising_eap_ig"]["edges"]));
     eprintln!("{what}: worst {worst:.2e} of the tolerance");
-    let passed: Vec<&str> = r["checks"]["passed"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
-    for c in ["noising_edge_fd", "noising_ig_vs_denoising"] {
-        assert!(passed.contains(&c), "{name}: the reference did not record its {c} check");
-    }
+    assert_reference_checked(name, &r, &["noising_edge_fd", "noising_ig_vs_denoising"]);
 }
 
-mod noising {
-    #[test]
-    fn gpt2_legacy_op14() {
-        super::check_noising("gpt2-legacy-op14");
-    }
-    #[test]
-    fn llama_legacy_op14() {
-        super::check_noising("llama-legacy-op14");
-    }
-    #[test]
-    fn gptneox_legacy_op14() {
-        super::check_noising("gptneox-legacy-op14");
-    }
-}
+per_fixture!(noising, check_noising);
 
 /// EAP-IG-activations (both conventions; noising with every ablation) and
 /// clean-corrupted (both conventions) against the reference's lists, each in as
@@ -380,26 +393,11 @@ fn check_family(name: &str) {
         let eap: Vec<f64> = eap.edges.iter().map(|e| e.score).collect();
         assert!(misses_reference(&eap, &want), "{what}: plain EAP's scores pass its reference");
     }
-    let passed: Vec<&str> = r["checks"]["passed"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
-    for c in ["ig_activations_held", "ig_activations_reader_fd", "clean_corrupted_noising_vs_denoising"] {
-        assert!(passed.contains(&c), "{name}: the reference did not record its {c} check");
-    }
+    let checks = ["ig_activations_held", "ig_activations_reader_fd", "clean_corrupted_noising_vs_denoising"];
+    assert_reference_checked(name, &r, &checks);
 }
 
-mod family {
-    #[test]
-    fn gpt2_legacy_op14() {
-        super::check_family("gpt2-legacy-op14");
-    }
-    #[test]
-    fn llama_legacy_op14() {
-        super::check_family("llama-legacy-op14");
-    }
-    #[test]
-    fn gptneox_legacy_op14() {
-        super::check_family("gptneox-legacy-op14");
-    }
-}
+per_fixture!(family, check_family);
 
 /// EAP-IG-activations with a mean ablation, one pair per call: the means are the
 /// whole set's (the first pass sums over the calls), the scores the same.

@@ -154,6 +154,24 @@ fn all_edges_patched_into_the_corrupted_run_is_the_clean_run() {
     }
 }
 
+/// The edge graph (built with a `perturb` layer) run on `tokens` with `PERTURB` = `p`:
+/// the corrupted and the clean copy's metric summed over the pairs.
+fn perturbed_sums(
+    rt: &mut dyn attrpatch::runtime::Runtime,
+    g: &attrpatch::edges::graph::EdgeGraph,
+    tokens: &attrpatch::prompts::TokenizedPrompts,
+    p: ndarray::ArrayD<f32>,
+) -> (f64, f64) {
+    use attrpatch::job::{pair_inputs, JobGraph};
+    use attrpatch::runtime::{take_output, Value};
+    let mut inputs = pair_inputs(&g.token_inputs(), tokens);
+    inputs.push((attrpatch::edges::graph::PERTURB.into(), Value::F32(p)));
+    let mut out = rt.run(inputs).unwrap();
+    let v = take_output(&mut out, "attrpatch.corrupted_logit_diffs").unwrap();
+    let c = take_output(&mut out, "attrpatch.clean_logit_diffs").unwrap();
+    (v.iter().map(|&x| x as f64).sum::<f64>(), c.iter().map(|&x| x as f64).sum::<f64>())
+}
+
 /// A naive implementation of one edge: the edge graph (edges::graph) with
 /// the corrupted run's layer-1 q/k/v reader copies perturbed by hand, the
 /// k reader of key/value head 1 moved by the `input` writer's clean-minus-
@@ -161,10 +179,10 @@ fn all_edges_patched_into_the_corrupted_run_is_the_clean_run() {
 /// cancel), against the patching graph's row for input -> a1.h1.k.
 #[test]
 fn one_patched_edge_is_the_reader_input_edited_by_hand() {
-    use attrpatch::edges::graph::{build, EdgeGraphOptions, PERTURB};
-    use attrpatch::job::{pair_inputs, JobGraph};
+    use attrpatch::edges::graph::{build, EdgeGraphOptions};
+    use attrpatch::job::JobGraph;
     use attrpatch::onnx::consts::tensor_f64s;
-    use attrpatch::runtime::{self, Value};
+    use attrpatch::runtime;
     use ndarray::{ArrayD, IxDyn};
     let o = fixture("gpt2-legacy-op14");
     let tokens = o.tokens.clone().unwrap().1;
@@ -188,12 +206,7 @@ fn one_patched_edge_is_the_reader_input_edited_by_hand() {
                 }
             }
         }
-        let mut inputs = pair_inputs(&g.token_inputs(), &tokens);
-        inputs.push((PERTURB.into(), Value::F32(p)));
-        let mut out = rt.run(inputs).unwrap();
-        let v = runtime::take_output(&mut out, "attrpatch.corrupted_logit_diffs").unwrap();
-        let c = runtime::take_output(&mut out, "attrpatch.clean_logit_diffs").unwrap();
-        (v.iter().map(|&x| x as f64).sum::<f64>(), c.iter().map(|&x| x as f64).sum::<f64>())
+        perturbed_sums(rt.as_mut(), &g, &tokens, p)
     };
     let (corr, clean) = run(false);
     let (edited, _) = run(true);
@@ -220,12 +233,12 @@ fn one_patched_edge_is_the_reader_input_edited_by_hand() {
 fn one_ablated_edge_is_the_reader_input_edited_by_hand() {
     use attrpatch::edges::convention::{Ablation, Convention, Method};
     use attrpatch::edges::faithfulness::faithfulness_with;
-    use attrpatch::edges::graph::{build, EdgeGraphOptions, PERTURB};
+    use attrpatch::edges::graph::{build, EdgeGraphOptions};
     use attrpatch::edges::patching::{patch_edges_with, Intervention};
     use attrpatch::edges::{run_edges_method, EdgeMethod};
-    use attrpatch::job::{pair_inputs, JobGraph};
+    use attrpatch::job::JobGraph;
     use attrpatch::onnx::consts::tensor_f64s;
-    use attrpatch::runtime::{self, Value};
+    use attrpatch::runtime;
     use ndarray::{ArrayD, IxDyn};
     let o = fixture("gpt2-legacy-op14");
     let tokens = o.tokens.clone().unwrap().1;
@@ -262,12 +275,7 @@ fn one_ablated_edge_is_the_reader_input_edited_by_hand() {
         if feed_clean {
             t.corrupted_ids = t.clean_ids.clone();
         }
-        let mut inputs = pair_inputs(&g.token_inputs(), &t);
-        inputs.push((PERTURB.into(), Value::F32(p)));
-        let mut out = rt.run(inputs).unwrap();
-        let v = runtime::take_output(&mut out, "attrpatch.corrupted_logit_diffs").unwrap();
-        let c = runtime::take_output(&mut out, "attrpatch.clean_logit_diffs").unwrap();
-        (v.iter().map(|&x| x as f64).sum::<f64>(), c.iter().map(|&x| x as f64).sum::<f64>())
+        perturbed_sums(rt.as_mut(), &g, &t, p)
     };
     let (corr, clean) = run(false, None);
     let ablations = [Ablation::Patching, Ablation::Zero, Ablation::Mean, Ablation::MeanPositional];

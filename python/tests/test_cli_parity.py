@@ -67,6 +67,31 @@ def edges_json(out_dir) -> dict:
     return json.loads((out_dir / "edges.json").read_text())
 
 
+@pytest.mark.parametrize("flags,kwargs,label", [
+    (["--method", "eap-ig-activations", "--ig-steps", "2"], dict(method="eap-ig-activations", ig_steps=2),
+     "EAP-IG-activations"),
+    (["--method", "clean-corrupted", "--convention", "noising"], dict(method="clean-corrupted", convention="noising"),
+     "clean-corrupted"),
+    (["--method", "eap-ig-activations", "--convention", "noising", "--ablation", "mean-positional"],
+     dict(method="eap-ig-activations", convention="noising", ablation="mean-positional"), "EAP-IG-activations"),
+])
+def test_edge_methods_equal_the_cli(cli, model_path, tmp_path, flags, kwargs, label):
+    """`method`, `convention` and `ablation` as the command line's flags: the same edges.json."""
+    run_cli(cli, "edges", *flags, "--model", str(model_path), "--device", "cpu", "--out", str(tmp_path))
+    want = edges_json(tmp_path)
+    got = attrpatch.edges(model_path, device="cpu", **kwargs)
+    assert got.method == want["method"] == label
+    assert got.ig_steps == want["ig_steps"] == kwargs.get("ig_steps", 5 if "ig" in kwargs["method"] else 1)
+    np.testing.assert_allclose(got.scores, [e["score"] for e in want["edges"]], rtol=RTOL, atol=ATOL)
+
+
+def test_edge_method_errors_name_the_argument(model_path):
+    with pytest.raises(attrpatch.InputError, match="method 'eap-ig'"):
+        attrpatch.edges(model_path, method="eap-ig", device="cpu")
+    with pytest.raises(attrpatch.InputError, match="--method eap with --ig-steps 4"):
+        attrpatch.edges(model_path, method="eap", ig_steps=4, device="cpu")
+
+
 @pytest.mark.parametrize("ig_steps", [1, 3])
 def test_edges_equal_the_cli(cli, model_path, tmp_path, ig_steps):
     """Names, order and scores of edges.json (EAP, and EAP-IG with 3 steps) on the tutorial's pairs."""

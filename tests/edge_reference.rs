@@ -456,3 +456,23 @@ fn refused_combinations_say_what_to_use() {
         assert!(e.contains("--ablation") && e.contains(fix), "{m:?}: {e}");
     }
 }
+
+/// EAP-IG-activations runs 1 + C N rows per pair: the pairs per call shrink with it.
+/// Under a budget that holds every pair of plain EAP in one call it takes more calls,
+/// to the same scores.
+#[test]
+fn ig_activations_sizes_its_calls_by_its_rows() {
+    let mut o = JobOptions::new(bundled_model());
+    o.runtime = RuntimeOptions { kind: RuntimeKind::Ort, device: Device::Cpu, ort_lib: None, threads: 1 };
+    let m = EdgeMethod::new(Method::EapIgActivations, 5);
+    let free = run_edges_method(&o, &m).unwrap();
+    o.max_memory = Some(300 << 20);
+    let eap = run_edges_method(&o, &EdgeMethod::steps(1)).unwrap();
+    assert_eq!(eap.runtime_calls, 1, "plain EAP fits 300 MiB in one call");
+    let tight = run_edges_method(&o, &m).unwrap();
+    assert!(tight.runtime_calls > 1, "EAP-IG-activations ran {} call under 300 MiB", tight.runtime_calls);
+    let scale = free.scores.edges.iter().map(|e| e.score.abs()).fold(0.0, f64::max);
+    for (a, b) in tight.scores.edges.iter().zip(&free.scores.edges) {
+        assert!((a.score - b.score).abs() <= 1e-5 * scale, "{} -> {}: {} vs {}", a.from, a.to, a.score, b.score);
+    }
+}

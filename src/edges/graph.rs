@@ -277,6 +277,18 @@ pub fn build(model: OnnxModel, opts: &EdgeGraphOptions) -> Result<EdgeGraph> {
     })
 }
 
+impl EdgeGraph {
+    /// Rows the corrupted copy runs per pair: N for EAP-IG-inputs, 1 + C N for
+    /// EAP-IG-activations (`interpolate`), 1 otherwise.
+    pub fn corrupted_rows(&self) -> usize {
+        match self.method {
+            Method::EapIgInputs => self.ig_steps,
+            Method::EapIgActivations => interpolate::rows(&self.anatomy, self.ig_steps),
+            Method::Eap | Method::CleanCorrupted => 1,
+        }
+    }
+}
+
 /// The model's facts with its token inputs at the probe size.
 pub(crate) fn probed_facts(model: &OnnxModel) -> Result<crate::onnx::facts::Facts> {
     let g = model.graph();

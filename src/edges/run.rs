@@ -16,7 +16,7 @@ use crate::batches::Totals;
 use crate::error::{Error, Result};
 use crate::graph_cache::GraphKey;
 use crate::job::{pair_inputs, prepare, JobGraph, JobOptions, Prepared};
-use crate::memory::{choose, Budget, Workload};
+use crate::memory::{choose_scaled, Budget, Workload};
 use crate::runtime::{take_output, Runtime};
 use std::collections::HashMap;
 
@@ -153,7 +153,12 @@ pub fn run_prepared(
         Some(0) => Some(n.max(1)),
         other => other,
     };
-    let per_call = choose(explicit, n, &p.shape, Workload::AttributionPair, &Budget::new(opts.max_memory)).per_call;
+    // A pair's corrupted copy runs `rows` rows (EAP-IG); an attribution pair is one clean
+    // and one corrupted row, so it costs about (1 + rows) / 2 pairs.
+    let rows = p.graph.corrupted_rows();
+    let scale = (1 + rows) as f64 / 2.0;
+    let budget = Budget::new(opts.max_memory);
+    let per_call = choose_scaled(explicit, n, &p.shape, Workload::AttributionPair, &budget, scale).per_call;
     let topo = p.graph.anatomy.topology();
     let (u, r) = (topo.writers().len(), topo.readers().len());
     let layers = topo.layers;

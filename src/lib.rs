@@ -81,6 +81,7 @@ macro_rules! internal_item {
 mod api;
 pub mod autodiff;
 
+internal! { mod atp_star; }
 internal! { mod augment; }
 internal! { mod batches; }
 internal! { mod compare; }
@@ -147,6 +148,12 @@ pub mod eap {
         write_circuit, write_faithfulness as draw_faithfulness, write_faithfulness_mib as draw_faithfulness_mib,
     };
     pub use crate::render::{write_report_html_with_edges, EdgeReport};
+}
+
+/// AtP* (the QK-fix of queries and keys, GradDrop): the `run --method
+/// atp-star` job as a library call. Definitions: README.md, "AtP*".
+pub mod atp {
+    pub use crate::atp_star::{grad_drop_grids, run_atp_star, write, AtpStarRun, SiteGrids};
 }
 
 /// Jobs on files, as the CLI runs them: a model file, a JSONL prompt file,

@@ -182,6 +182,23 @@ struct RunArgs {
     /// [default: as many as --max-memory holds, at most 64].
     #[arg(long)]
     rows_per_call: Option<usize>,
+    /// atp: attribution patching; atp-star: AtP* (each head's query and key scored with the exact
+    /// attention pattern they give, the QK-fix, and GradDrop's layers - 1 backward sweeps), in
+    /// atp_star.json and query_*/key_* grids beside the head grids.
+    #[arg(long, value_enum, default_value_t = RunMethod::Atp)]
+    method: RunMethod,
+    /// With --method atp-star: the QK-fix alone, without GradDrop's backward sweeps.
+    #[arg(long)]
+    no_grad_drop: bool,
+}
+
+/// `run --method`.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum RunMethod {
+    /// Attribution patching (the tutorial's).
+    Atp,
+    /// AtP* (Kramár et al. 2024): QK-fix and GradDrop.
+    AtpStar,
 }
 
 #[derive(Args)]
@@ -354,6 +371,12 @@ fn run(args: RunArgs) -> Result<(), Error> {
     }
     let mut opts = args.common.job_options()?;
     let out = &args.common.out_dir();
+    if args.no_grad_drop && args.method != RunMethod::AtpStar {
+        return Err(Error::Input("--no-grad-drop is an option of --method atp-star".into()));
+    }
+    if args.method == RunMethod::AtpStar {
+        return atp_star(args, opts, out);
+    }
     if let Some(steps) = args.ig_steps {
         if args.shard.is_some() || args.resume {
             return Err(Error::Input(
@@ -385,6 +408,35 @@ fn run(args: RunArgs) -> Result<(), Error> {
     // What --resume and merge read, written as the batches finished.
     println!("wrote {}", out.join("job.json").display());
     println!("wrote {}/ ({} batch file{})", batches_dir.display(), r.manifest.n_batches, plural(r.manifest.n_batches));
+    Ok(())
+}
+
+/// `run --method atp-star`: AtP* in one process.
+fn atp_star(args: RunArgs, mut opts: JobOptions, out: &Path) -> Result<(), Error> {
+    let given = [
+        ("--ig-steps", args.ig_steps.is_some()),
+        ("--rows-per-call", args.rows_per_call.is_some()),
+        ("--shard", args.shard.is_some()),
+        ("--resume", args.resume),
+    ];
+    if let Some((flag, _)) = given.iter().find(|(_, on)| *on) {
+        return Err(Error::Input(format!("{flag} is not an option of --method atp-star (it runs in one process)")));
+    }
+    if args.dedup == job::Dedup::On {
+        return Err(Error::Input("--method atp-star runs a clean and a corrupted copy: drop --dedup on".into()));
+    }
+    opts.batch_size = args.batch_size;
+    opts.dedup = job::Dedup::Off;
+    let r = attrpatch::atp::run_atp_star(&opts, !args.no_grad_drop)?;
+    report_job(&opts, &r.result, out)?;
+    for f in attrpatch::atp::write(&r, out)? {
+        println!("wrote {}", f.display());
+    }
+    let sweeps = match r.sweeps {
+        0 => "GradDrop off".to_string(),
+        n => format!("GradDrop: {n} backward sweep{} in the same call", plural(n)),
+    };
+    println!("AtP*: queries and keys with the QK-fix; {sweeps}");
     Ok(())
 }
 

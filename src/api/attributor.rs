@@ -172,6 +172,7 @@ impl Attributor {
                 heads: opts.heads,
                 metric,
                 hooks: opts.hooks.clone(),
+                atp_star: None,
             };
             let shared = job::choose_shared(&opts, &source)?;
             let prepared = self.prepare(&opts, &source, |m| match shared {

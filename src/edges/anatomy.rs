@@ -105,6 +105,15 @@ pub struct Block {
     pub reads: Vec<HeadRead>,
     /// The out-projection.
     pub out_proj: OutProjection,
+    /// The attention's `Q K^T` MatMul node (AtP*'s QK-fix recomputes it).
+    #[serde(default)]
+    pub scores: String,
+    /// The attention's Softmax node.
+    #[serde(default)]
+    pub softmax: String,
+    /// The attention's output as added to the residual (bias included).
+    #[serde(default)]
+    pub attn_write: String,
     /// The tensor the MLP's layer-norm reads (the residual after attention,
     /// or `resid_in` in a parallel block).
     pub mlp_in: String,
@@ -507,7 +516,7 @@ fn read_block(ix: &Index, hook: &Hook, heads: usize) -> Result<(Block, usize, (u
             hook.tensor
         ))
     })?;
-    let qk = scores_matmul(ix, &pv.input[0]).ok_or_else(|| {
+    let (sm, qk) = scores_matmul(ix, &pv.input[0]).ok_or_else(|| {
         ix.err(format!("{layer}: no Softmax(Q K^T) found behind '{}' (node '{}')", pv.input[0], pv.name))
     })?;
     let sides = [&qk.input[0], &qk.input[1], &pv.input[1]];
@@ -567,6 +576,9 @@ fn read_block(ix: &Index, hook: &Hook, heads: usize) -> Result<(Block, usize, (u
         projections,
         reads,
         out_proj,
+        scores: qk.name.clone(),
+        softmax: sm.name.clone(),
+        attn_write: String::new(),
         mlp_in: String::new(),
         shared_norm: !shared.is_empty(),
         mlp_readers: shared,
@@ -576,8 +588,9 @@ fn read_block(ix: &Index, hook: &Hook, heads: usize) -> Result<(Block, usize, (u
     Ok((block, kv, (head_dim, d_model)))
 }
 
-/// From the attention probabilities back to Softmax, then to the MatMul of Q and K^T.
-fn scores_matmul<'a>(ix: &Index<'a>, probs: &str) -> Option<&'a NodeProto> {
+/// From the attention probabilities back to Softmax, then to the MatMul of
+/// Q and K^T: (the Softmax, the MatMul).
+fn scores_matmul<'a>(ix: &Index<'a>, probs: &str) -> Option<(&'a NodeProto, &'a NodeProto)> {
     let mut t = probs.to_string();
     let sm = loop {
         let n = ix.producer_of(&t)?;
@@ -595,7 +608,7 @@ fn scores_matmul<'a>(ix: &Index<'a>, probs: &str) -> Option<&'a NodeProto> {
         for t in &frontier {
             let Some(n) = ix.producer_of(t) else { continue };
             if n.op_type == "MatMul" && n.input.iter().all(|x| ix.active(x)) {
-                return Some(n);
+                return Some((sm, n));
             }
             next.extend(ix.data_inputs(n).into_iter().cloned());
         }
@@ -757,6 +770,7 @@ fn finish_block(ix: &Index, b: &mut Block, next_in: Option<&str>, parallel: &mut
             }
         }
     };
+    let attn_write = t.clone();
     let is_parallel = !ix.same_stream(&b.resid_in, &other);
     if b.shared_norm && !is_parallel {
         return Err(ix.err(format!(
@@ -837,6 +851,7 @@ fn finish_block(ix: &Index, b: &mut Block, next_in: Option<&str>, parallel: &mut
         }
     }
     b.mlp_in = mlp_in.clone();
+    b.attn_write = attn_write;
     b.mlp_out = mlp_out;
     b.resid_out = resid_out;
     if b.shared_norm {

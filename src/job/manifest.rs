@@ -25,6 +25,12 @@ pub enum Method {
         /// Points of the midpoint rule.
         steps: usize,
     },
+    /// AtP* (`atp_star`): the QK-fix of queries and keys, and GradDrop's
+    /// sweeps when `grad_drop`.
+    AtpStar {
+        /// Whether GradDrop's sweeps ran.
+        grad_drop: bool,
+    },
 }
 
 impl Method {
@@ -34,6 +40,8 @@ impl Method {
             Method::Attribution => "Attribution patching".into(),
             Method::ExactPatching => "Activation patching (exact)".into(),
             Method::IntegratedGradients { steps } => format!("Integrated gradients ({steps} steps)"),
+            Method::AtpStar { grad_drop: true } => "AtP* (QK-fix, GradDrop)".into(),
+            Method::AtpStar { grad_drop: false } => "AtP* (QK-fix only)".into(),
         }
     }
 }

@@ -199,6 +199,7 @@ pub fn run_job(opts: &JobOptions) -> Result<Option<JobResult>> {
         heads: opts.heads,
         metric: opts.metric,
         hooks: opts.hooks.clone(),
+        atp_star: None,
     };
     let mut p = prepare_choosing(
         opts,

@@ -31,7 +31,7 @@ impl Pairs {
     }
 
     /// Mean logit difference at the last position, from full logits [B, S, V].
-    fn mean_ld(&self, logits: &ArrayD<f32>) -> f64 {
+    pub fn mean_ld(&self, logits: &ArrayD<f32>) -> f64 {
         let last = self.clean.ncols() - 1;
         let sum: f64 = self
             .answers
@@ -43,7 +43,8 @@ impl Pairs {
     }
 }
 
-struct Plain {
+/// The plain model on ONNX Runtime, with chosen tensors fed instead of computed.
+pub struct Plain {
     rt: Box<dyn Runtime>,
     inputs: Vec<String>,
 }
@@ -51,7 +52,7 @@ struct Plain {
 impl Plain {
     /// The model with the `fed` tensors (name, rank) cut from their producers and taken as
     /// inputs, and `exposed` as outputs.
-    fn new(model: &OnnxModel, fed: &[(String, usize)], exposed: &[String]) -> Self {
+    pub fn new(model: &OnnxModel, fed: &[(String, usize)], exposed: &[String]) -> Self {
         let mut proto = model.proto.clone();
         let g = proto.graph.as_mut().unwrap();
         for o in g.node.iter_mut().flat_map(|n| n.output.iter_mut()) {
@@ -63,12 +64,13 @@ impl Plain {
         g.input.extend(
             fed.iter().map(|(t, rank)| attrpatch::onnx::graph::value_info(t, FLOAT, &vec![Dim::Unknown; *rank])),
         );
-        g.output.extend(exposed.iter().map(|t| attrpatch::onnx::graph::value_info(t, FLOAT, &[])));
+        g.output.extend(exposed.iter().map(|t| attrpatch::onnx::graph::value_info_unshaped(t, FLOAT)));
         let opts = RuntimeOptions { kind: RuntimeKind::Ort, device: Device::Cpu, ort_lib: None, threads: 1 };
         Plain { rt: runtime::create(&proto.encode_to_vec(), &opts).unwrap(), inputs }
     }
 
-    fn run(&mut self, ids: &Array2<i64>, fed: Vec<(String, ArrayD<f32>)>) -> HashMap<String, ArrayD<f32>> {
+    /// Runs `ids` (full-length rows) with the `fed` tensors' values.
+    pub fn run(&mut self, ids: &Array2<i64>, fed: Vec<(String, ArrayD<f32>)>) -> HashMap<String, ArrayD<f32>> {
         let mut inputs = vec![];
         for name in &self.inputs {
             let v = match name.as_str() {

@@ -87,7 +87,7 @@ fn check_qk_fix(name: &str) {
         let rank = a.ndim();
 
         // Queries: row t of the pattern depends on q_t alone, so one run patches every row.
-        let mut cut_q = Plain::new(&model, &[(q.clone(), clean[&q].ndim())], &[probs.clone()]);
+        let mut cut_q = Plain::new(&model, &[(q.clone(), clean[&q].ndim())], std::slice::from_ref(&probs));
         let aq = cut_q.run(&pairs.corrupted, vec![(q.clone(), clean[&q].clone())]).remove(&probs).unwrap();
         let want_q = weighted_change(g, &aq, a, &[rank - 1]);
         let (err, scale) = max_abs_diff(&outs[&raw("query", p.layer)], &want_q);
@@ -96,7 +96,7 @@ fn check_qk_fix(name: &str) {
         // Keys: one run per key position, the keys' last axis.
         let kts = corrupted[&kt].shape().to_vec();
         let keys = *kts.last().unwrap();
-        let mut cut_k = Plain::new(&model, &[(kt.clone(), kts.len())], &[probs.clone()]);
+        let mut cut_k = Plain::new(&model, &[(kt.clone(), kts.len())], std::slice::from_ref(&probs));
         let got_k = &outs[&raw("key", p.layer)];
         let mut worst = (0f64, 0f64);
         for s in 0..keys {
@@ -138,4 +138,243 @@ fn the_qk_fix_equals_the_pattern_recomputed_with_the_patched_query_or_key() {
     ] {
         check_qk_fix(name);
     }
+}
+
+/// GradDrop's sweep l: each head's estimate (at the last position) of the
+/// layers below l equals the directional derivative, by central differences,
+/// of the metric of the plain model whose layer-l attention and MLP outputs
+/// are fed their corrupted values (held constant). Random-weight fixtures:
+/// their metric is smooth enough for differences in float32.
+fn check_grad_drop((model, pairs, tokens, heads): (OnnxModel, Pairs, TokenizedPrompts, usize), name: &str) {
+    use attrpatch::atp_star::names::{output, Grid, Kind, Site};
+    let outs = atp_star_outputs(&model, &tokens, heads, true);
+    let residual: Vec<[String; 2]> =
+        plan(&model, heads, true).residual().iter().map(|(w, _)| w.map(|s| s.to_string())).collect();
+    let hooks: Vec<String> =
+        attrpatch::hooks::find_hooks(&model, &HookKind::AttnOut).unwrap().iter().map(|h| h.tensor.clone()).collect();
+    let logits = model.graph().output[0].name.clone();
+    let mut exposed: Vec<String> = hooks.clone();
+    exposed.extend(residual.iter().flatten().cloned());
+    let mut plain = Plain::new(&model, &[], &exposed);
+    let clean = plain.run(&pairs.clean, vec![]);
+    let corrupted = plain.run(&pairs.corrupted, vec![]);
+    let (ld_clean, ld_corr) = (pairs.mean_ld(&clean[&logits]), pairs.mean_ld(&corrupted[&logits]));
+    let (b, s) = pairs.clean.dim();
+    let (mut worst, mut moved, mut scale) = (0f64, 0f64, 0f64);
+    for (l, writes) in residual.iter().enumerate().skip(1) {
+        for (j, z) in hooks.iter().enumerate().take(l) {
+            let mut fed: Vec<(String, usize)> = vec![(z.clone(), corrupted[z].ndim())];
+            fed.extend(writes.iter().map(|w| (w.clone(), corrupted[w].ndim())));
+            let mut cut = Plain::new(&model, &fed, &[]);
+            let shape = corrupted[z].shape().to_vec();
+            let d = corrupted[z].len() / (b * s);
+            let view = |a: &ArrayD<f32>| a.clone().into_shape_with_order(ndarray::IxDyn(&[b, s, d])).unwrap();
+            let (c, x) = (view(&clean[z]), view(&corrupted[z]));
+            let sweep = &outs[&output(Kind::Sweep(l), Site::Output, Grid::Heads, j)];
+            let plain_grid = &outs[&attrpatch::augment::names::heads(j)];
+            let dh = d / heads;
+            for h in 0..heads {
+                let mut metric = |step: f32| {
+                    let mut a = x.clone();
+                    for i in 0..b {
+                        for k in h * dh..(h + 1) * dh {
+                            a[[i, s - 1, k]] += step * (c[[i, s - 1, k]] - x[[i, s - 1, k]]);
+                        }
+                    }
+                    let mut feeds = vec![(z.clone(), a.into_shape_with_order(ndarray::IxDyn(&shape)).unwrap())];
+                    feeds.extend(writes.iter().map(|w| (w.clone(), corrupted[w].clone())));
+                    pairs.mean_ld(&cut.run(&pairs.corrupted, feeds)[&logits])
+                };
+                let eps = 1e-2f32;
+                let fd = (metric(eps) - metric(-eps)) / (2.0 * eps as f64) / (ld_clean - ld_corr);
+                let est: f64 = (0..b).map(|i| sweep[[i, h]] as f64).sum();
+                let plain_est: f64 = (0..b).map(|i| plain_grid[[i, h]] as f64).sum();
+                worst = worst.max((est - fd).abs());
+                moved = moved.max((plain_est - fd).abs());
+                scale = scale.max(fd.abs());
+                eprintln!(
+                    "{name}: sweep {l}, layer {j} head {h}: sweep {est:.6}, differences {fd:.6}, plain {plain_est:.6}"
+                );
+            }
+        }
+    }
+    assert!(
+        worst <= 1e-3 * scale.max(1e-2),
+        "{name}: GradDrop sweeps off finite differences by {worst:.2e} (scale {scale:.2e})"
+    );
+    // The held writes matter: the plain gradient is far from these derivatives.
+    assert!(moved > 20.0 * worst, "{name}: the sweeps look like the plain gradient ({moved:.2e} vs {worst:.2e})");
+}
+
+#[test]
+fn grad_drop_sweeps_equal_finite_differences_with_the_layers_writes_held() {
+    for name in ["gpt2-legacy-op14", "llama-sdpa-dynamo-op18", "gptneox-dynamo-op18"] {
+        check_grad_drop(fixture(name), name);
+    }
+}
+
+/// The saturated-head fixture (tools/fixtures/saturated_head.py): layer 1
+/// head 0 attends nearly one-hot, and patching its last-position query moves
+/// that attention to another token. Exact patching of each head's query (by
+/// hand: the plain model fed the query with that head's last row clean) sees
+/// it; AtP scores it near zero; AtP*'s QK-fix ranks it where exact patching does.
+#[test]
+fn atp_star_ranks_a_saturated_heads_query_where_exact_patching_does_and_atp_misses_it() {
+    use attrpatch::atp_star::names::{output, Grid, Kind, Site};
+    let dir = root().join("tests/fixtures/atp_star");
+    let v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("saturated-gpt2.json")).unwrap()).unwrap();
+    let ids = |k: &str| -> Vec<Vec<i64>> { serde_json::from_value(v[k].clone()).unwrap() };
+    let (clean_ids, corrupted_ids, answers) = (ids("input_ids"), ids("corrupted_ids"), ids("answer_ids"));
+    let pairs = Pairs::new(&clean_ids, &corrupted_ids, &answers);
+    let mut o = attrpatch::job::JobOptions::new(dir.join("saturated-gpt2.onnx"));
+    o.with_token_ids(clean_ids, corrupted_ids, &answers);
+    let tokens = o.tokens.take().unwrap().1;
+    let model = OnnxModel::load(&o.model).unwrap();
+    let heads = v["n_heads"].as_u64().unwrap() as usize;
+    let target =
+        (v["saturated"]["layer"].as_u64().unwrap() as usize, v["saturated"]["head"].as_u64().unwrap() as usize);
+    let outs = atp_star_outputs(&model, &tokens, heads, false);
+    let logits = model.graph().output[0].name.clone();
+    let patterns = plan(&model, heads, false);
+    let queries: Vec<String> = patterns.patterns().iter().map(|p| p.q.clone()).collect();
+    let mut plain = Plain::new(&model, &[], &queries);
+    let clean = plain.run(&pairs.clean, vec![]);
+    let corrupted = plain.run(&pairs.corrupted, vec![]);
+    let (ld_clean, ld_corr) = (pairs.mean_ld(&clean[&logits]), pairs.mean_ld(&corrupted[&logits]));
+    let (b, s) = pairs.clean.dim();
+    let (mut exact, mut atp, mut fixed) = (vec![], vec![], vec![]);
+    for (layer, q) in queries.iter().enumerate() {
+        assert_eq!(corrupted[q].shape()[1], heads, "queries of layer {layer} as [B, H, T, d]");
+        let mut cut = Plain::new(&model, &[(q.clone(), 4)], &[]);
+        let sum = |kind: Kind, h: usize| -> f64 {
+            let g = &outs[&output(kind, Site::Query, Grid::Heads, layer)];
+            (0..b).map(|i| g[[i, h]] as f64).sum()
+        };
+        for h in 0..heads {
+            let mut fed = corrupted[q].clone();
+            for i in 0..b {
+                let row = clean[q].slice(ndarray::s![i, h, s - 1, ..]).to_owned();
+                fed.slice_mut(ndarray::s![i, h, s - 1, ..]).assign(&row);
+            }
+            let ld = pairs.mean_ld(&cut.run(&pairs.corrupted, vec![(q.clone(), fed)])[&logits]);
+            exact.push(((layer, h), (ld - ld_corr) / (ld_clean - ld_corr)));
+            atp.push(((layer, h), sum(Kind::Atp, h)));
+            fixed.push(((layer, h), sum(Kind::QkFix, h)));
+        }
+    }
+    let value = |grid: &[((usize, usize), f64)]| grid.iter().find(|(n, _)| *n == target).unwrap().1;
+    let rank = |grid: &[((usize, usize), f64)]| grid.iter().filter(|(_, v)| v.abs() > value(grid).abs()).count();
+    let (e, a, f) = (value(&exact), value(&atp), value(&fixed));
+    eprintln!(
+        "saturated head {target:?}: exact {e:.4} (rank {}), AtP {a:.4} (rank {}), AtP* {f:.4} (rank {})",
+        rank(&exact),
+        rank(&atp),
+        rank(&fixed)
+    );
+    assert!(e.abs() > 0.05, "the fixture's saturated head should matter: exact {e}");
+    assert!(a.abs() < 0.1 * e.abs(), "AtP should miss the saturated head: {a} against exact {e}");
+    assert!((f - e).abs() < 0.25 * e.abs(), "AtP* should see it: {f} against exact {e}");
+    assert_eq!(rank(&fixed), rank(&exact), "AtP* ranks it where exact patching does");
+    assert!(rank(&atp) > rank(&exact), "AtP ranks it lower than exact patching does");
+}
+
+fn cli(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_attrpatch")).args(args).current_dir(root()).output().unwrap()
+}
+
+fn json(path: &std::path::Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
+fn grid(v: &serde_json::Value) -> Vec<Vec<f64>> {
+    serde_json::from_value(v.clone()).unwrap()
+}
+
+/// `run --method atp-star` on the bundled model: its files, its head
+/// outputs' AtP equal to `run`'s grids, GradDrop's top layer equal to |AtP|
+/// (no sweep reaches it: (L - 1) |c| / (L - 1)), and without GradDrop the
+/// AtP* grids are the QK-fix's.
+#[test]
+fn run_method_atp_star_writes_its_grids_beside_runs() {
+    let (star, plain, fix) = (
+        crate::common::fresh_dir("atp-star"),
+        crate::common::fresh_dir("atp-plain"),
+        crate::common::fresh_dir("atp-fix"),
+    );
+    let model = "models/ioi-gpt2/model.onnx";
+    for (dir, extra) in [
+        (&star, &["--method", "atp-star"][..]),
+        (&plain, &[][..]),
+        (&fix, &["--method", "atp-star", "--no-grad-drop"][..]),
+    ] {
+        let mut args = vec!["run", "--model", model, "--out", dir.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        let o = cli(&args);
+        assert!(o.status.success(), "{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    }
+    for f in [
+        "atp_star.json",
+        "query_heads.csv",
+        "query_positions.csv",
+        "key_heads.csv",
+        "key_positions.csv",
+        "heads.png",
+        "query_heads.png",
+    ] {
+        assert!(star.join(f).is_file(), "{f} not written");
+    }
+    let s = json(&star.join("atp_star.json"));
+    let run_heads = grid(&json(&plain.join("results.json"))["heads"]["values"]);
+    crate::common::by_hand::assert_abs_close(
+        "output AtP vs run",
+        &grid(&s["output"]["atp"]["heads"]),
+        &run_heads,
+        1e-6,
+    );
+    let (atp, gd) = (grid(&s["output"]["atp"]["heads"]), grid(&s["output"]["atp_star"]["heads"]));
+    let top = atp.len() - 1;
+    let abs: Vec<f64> = atp[top].iter().map(|v| v.abs()).collect();
+    crate::common::by_hand::assert_abs_close("top layer", &gd[top..], &[abs], 1e-9);
+    assert!(gd.iter().flatten().all(|v| *v >= 0.0), "GradDrop scores are magnitudes: {gd:?}");
+    assert_eq!(s["grad_drop_sweeps"], atp.len() - 1);
+    let f = json(&fix.join("atp_star.json"));
+    assert_eq!(f["grad_drop_sweeps"], 0);
+    for site in ["query", "key"] {
+        assert_eq!(f[site]["atp_star"], f[site]["qk_fix"], "{site}: without GradDrop AtP* is the QK-fix");
+        // GradDrop needs no second session: the QK-fix is the same either way.
+        let (a, b) = (grid(&f[site]["qk_fix"]["positions"]), grid(&s[site]["qk_fix"]["positions"]));
+        crate::common::by_hand::assert_abs_close(site, &a, &b, 1e-7);
+    }
+}
+
+#[test]
+fn atp_star_options_that_do_not_apply_are_refused_by_name() {
+    let model = "models/ioi-gpt2/model.onnx";
+    for (args, says) in [
+        (vec!["run", "--model", model, "--no-grad-drop"], "--no-grad-drop is an option of --method atp-star"),
+        (
+            vec!["run", "--model", model, "--method", "atp-star", "--shard", "0/2"],
+            "--shard is not an option of --method atp-star",
+        ),
+        (vec!["run", "--model", model, "--method", "atp-star", "--ig-steps", "4"], "--ig-steps is not an option"),
+        (vec!["run", "--model", model, "--method", "atp-star", "--dedup", "on"], "drop --dedup on"),
+    ] {
+        let o = cli(&args);
+        let t = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+        assert!(!o.status.success() && t.contains(says), "{args:?}: {t}");
+    }
+}
+
+/// GradDrop's combination on a hand-made 3-layer grid: layer 0 sees sweeps
+/// 1 and 2, layer 1 sees sweep 2 and its plain value once, layer 2 its plain value twice.
+#[test]
+fn grad_drop_combines_the_sweeps_as_the_paper_defines() {
+    use attrpatch::grids::Grids;
+    let plain = Grids { heads: vec![vec![1.0], vec![-2.0], vec![3.0]], positions: vec![vec![0.0]; 3] };
+    let sweep1 = Grids { heads: vec![vec![-4.0]], positions: vec![vec![0.0]] };
+    let sweep2 = Grids { heads: vec![vec![5.0], vec![6.0]], positions: vec![vec![0.0]; 2] };
+    let g = attrpatch::atp_star::grad_drop_grids(&plain, &[sweep1, sweep2]);
+    // layer 0: (|-4| + |5|) / 2; layer 1: (|-2| + |6|) / 2; layer 2: (3 + 3) / 2.
+    assert_eq!(g.heads, vec![vec![4.5], vec![4.0], vec![3.0]]);
 }

@@ -12,9 +12,9 @@
 //!   e_j = exp(x_tj - m_t), Z = sum_j e_j, Z_-s = sum_{j != s} e_j and
 //!   N_-s = sum_{j != s} g_tj e_j (exclusive sums both ways, so nothing
 //!   cancels when A_ts is near 1), and e', c the new and old exponentials in
-//!   a common scale m' = max(m_t, x'_ts):
-//!       sum_j g_tj (A'_tj - A_tj) = (e' - c e_s) (g_ts Z_-s - N_-s) / ((c Z_-s + e') Z)
-//!   exactly, summed over the rows t. AtP's is sum_t (dL/dx)_ts (x'_ts - x_ts).
+//!   a common scale m' = max(m_t, x'_ts), exactly
+//!   `sum_j g_tj (A'_tj - A_tj) = (e' - c e_s) (g_ts Z_-s - N_-s) / ((c Z_-s + e') Z)`,
+//!   summed over the rows t. AtP's is sum_t (dL/dx)_ts (x'_ts - x_ts).
 //!
 //! Both are exact in the pattern and linear after it (g), at no extra
 //! forward pass of the model: one more Q K^T product each for queries and

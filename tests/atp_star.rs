@@ -20,12 +20,16 @@ use std::collections::HashMap;
 /// A fixture of tests/fixtures/arch: its model, pairs and head count.
 fn fixture(name: &str) -> (OnnxModel, Pairs, TokenizedPrompts, usize) {
     let dir = root().join("tests/fixtures/arch");
-    let v: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.join(format!("{name}.json"))).unwrap()).unwrap();
+    fixture_at(&dir.join(format!("{name}.json")), &dir.join(format!("{name}.onnx")))
+}
+
+/// A fixture from its JSON (token ids, head count) and model file.
+fn fixture_at(json: &std::path::Path, model: &std::path::Path) -> (OnnxModel, Pairs, TokenizedPrompts, usize) {
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(json).unwrap()).unwrap();
     let ids = |k: &str| -> Vec<Vec<i64>> { serde_json::from_value(v[k].clone()).unwrap() };
     let (clean, corrupted, answers) = (ids("input_ids"), ids("corrupted_ids"), ids("answer_ids"));
     let pairs = Pairs::new(&clean, &corrupted, &answers);
-    let mut o = attrpatch::job::JobOptions::new(dir.join(format!("{name}.onnx")));
+    let mut o = attrpatch::job::JobOptions::new(model.to_path_buf());
     o.with_token_ids(clean, corrupted, &answers);
     let tokens = o.tokens.take().unwrap().1;
     let model = OnnxModel::load(&o.model).unwrap();
@@ -74,7 +78,10 @@ fn max_abs_diff(got: &ArrayD<f32>, want: &ArrayD<f64>) -> (f64, f64) {
 /// Each query's and each key's QK-fix equals sum g (A' - A), A' the pattern
 /// the plain model computes with that query (key) fed its clean value.
 fn check_qk_fix(name: &str) {
-    let (model, pairs, tokens, heads) = fixture(name);
+    check_qk_fix_on(fixture(name), name)
+}
+
+fn check_qk_fix_on((model, pairs, tokens, heads): (OnnxModel, Pairs, TokenizedPrompts, usize), name: &str) {
     let outs = atp_star_outputs(&model, &tokens, heads, false);
     for p in plan(&model, heads, false).patterns() {
         let (q, kt, probs) = (p.q.clone(), p.kt.clone(), p.probs().to_string());
@@ -137,6 +144,23 @@ fn the_qk_fix_equals_the_pattern_recomputed_with_the_patched_query_or_key() {
         "falcon-sdpa-dynamo-op18",
     ] {
         check_qk_fix(name);
+    }
+}
+
+/// ONNX Runtime's fused attention (its GPT-2 converter and optimizer,
+/// decomposed at load) and onnxruntime-genai builder files (GroupQueryAttention,
+/// float16 and int4 weights kept).
+#[test]
+fn the_qk_fix_holds_on_fused_attention_and_builder_files() {
+    let dir = root().join("tests/fixtures");
+    for (json, model) in [
+        ("contrib/gpt2-ortconv.json", "contrib/gpt2-ortconv.onnx"),
+        ("contrib/gptneox-ortopt.json", "contrib/gptneox-ortopt.onnx"),
+        ("contrib/llama-genai.json", "contrib/llama-genai/model.onnx"),
+        ("genai/int4-sym.json", "genai/int4-sym/model.onnx"),
+        ("genai/fp16-cpu.json", "genai/fp16-cpu/model.onnx"),
+    ] {
+        check_qk_fix_on(fixture_at(&dir.join(json), &dir.join(model)), json);
     }
 }
 
@@ -377,4 +401,17 @@ fn grad_drop_combines_the_sweeps_as_the_paper_defines() {
     let g = attrpatch::atp_star::grad_drop_grids(&plain, &[sweep1, sweep2]);
     // layer 0: (|-4| + |5|) / 2; layer 1: (|-2| + |6|) / 2; layer 2: (3 + 3) / 2.
     assert_eq!(g.heads, vec![vec![4.5], vec![4.0], vec![3.0]]);
+}
+
+/// GradDrop needs each block's residual writes; where the edge anatomy
+/// cannot read them (ONNX Runtime's GPT-2 converter fuses the MLP's residual
+/// add into SkipLayerNormalization), the error says so and offers the QK-fix alone.
+#[test]
+fn grad_drop_on_a_file_without_readable_blocks_names_no_grad_drop() {
+    let dir = root().join("tests/fixtures/contrib");
+    let (model, _, _, heads) = fixture_at(&dir.join("gpt2-ortconv.json"), &dir.join("gpt2-ortconv.onnx"));
+    let anat = Anatomy::read(&model, &HookKind::AttnOut).unwrap();
+    let e = Plan::read(&model, &anat, heads, true).err().expect("GradDrop should be refused here").to_string();
+    assert!(e.contains("residual") && e.contains("--no-grad-drop"), "{e}");
+    assert!(Plan::read(&model, &anat, heads, false).is_ok());
 }

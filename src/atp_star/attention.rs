@@ -1,12 +1,11 @@
 //! One layer's attention as the QK-fix needs it: the `Q K^T` product, the
 //! nodes between it and the Softmax (scale, masks, ALiBi, views), and the
-//! Softmax itself, read from the edge anatomy's block. `recompute` replays
+//! Softmax itself, found behind each hook (`edges::anatomy::attention_of`). `recompute` replays
 //! those nodes on another score product, so a patched query or key gets the
 //! pattern the model itself would compute: every attention form the tool
 //! reads (eager, SDPA decompositions, GQA, ALiBi, rotary) alike, since rotary
 //! and the head expansion of GQA come before the product.
 
-use crate::edges::anatomy::Block;
 use crate::error::{Error, Result};
 use crate::onnx::builder::GraphBuilder;
 use crate::onnx::pb::{GraphProto, NodeProto};
@@ -30,14 +29,13 @@ pub struct Pattern {
 }
 
 impl Pattern {
-    /// Reads layer `block.layer`'s attention from `g` (the original graph).
-    pub fn read(g: &GraphProto, block: &Block) -> Result<Pattern> {
-        let layer = block.layer;
+    /// Reads a layer's attention from `g` (the original graph), given its
+    /// `Q K^T` MatMul and its Softmax by node name.
+    pub fn read(g: &GraphProto, layer: usize, scores: &str, softmax: &str) -> Result<Pattern> {
         let find = |name: &str| g.node.iter().find(|n| n.name == name);
-        let (Some(qk), Some(sm)) = (find(&block.scores), find(&block.softmax)) else {
+        let (Some(qk), Some(sm)) = (find(scores), find(softmax)) else {
             return Err(Error::Model(format!(
-                "layer {layer}: the attention's Q K^T MatMul '{}' or Softmax '{}' is not in the graph",
-                block.scores, block.softmax
+                "layer {layer}: the attention's Q K^T MatMul '{scores}' or Softmax '{softmax}' is not in the graph"
             )));
         };
         let product = qk.output[0].clone();

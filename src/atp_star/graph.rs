@@ -48,25 +48,32 @@ impl Plan {
     pub fn read(model: &OnnxModel, anat: &Anatomy, heads: usize, grad_drop: bool) -> Result<Plan> {
         let facts = crate::edges::graph::probed_facts(model)?;
         let g = model.graph();
-        let blocks =
-            crate::edges::anatomy::read(g, &anat.constants, &facts, &model.path, &anat.hooks, heads, &anat.logits)
-                .map_err(|e| Error::Unsupported(format!("AtP*: {e}")))?;
+        let path = &model.path;
+        // GradDrop needs every block's residual writes (the edge anatomy);
+        // the QK-fix only each hook's attention.
+        let blocks = match grad_drop {
+            true => Some(crate::edges::anatomy::read(g, &anat.constants, &facts, path, &anat.hooks, heads, &anat.logits).map_err(
+                |e| Error::Unsupported(format!("AtP*'s GradDrop reads every block's residual writes: {e}; --no-grad-drop runs the QK-fix alone")),
+            )?),
+            false => None,
+        };
         let mut layers = vec![];
-        for (b, h) in blocks.blocks.iter().zip(&anat.hooks) {
-            let pattern = Pattern::read(g, b)?;
+        for (i, h) in anat.hooks.iter().enumerate() {
+            let (softmax, scores) = crate::edges::anatomy::attention_of(g, &anat.constants, &facts, path, h)
+                .map_err(|e| Error::Unsupported(format!("AtP*: {e}")))?;
+            let pattern = Pattern::read(g, h.layer, &scores, &softmax)?;
             if let Some(n) = pattern.chain.iter().find(|n| !n.domain.is_empty() && n.domain != "ai.onnx") {
                 return Err(Error::Unsupported(format!(
                     "AtP*: layer {}: node '{}' ({} of domain {}) between the attention scores and the Softmax cannot \
                      be replayed for the QK-fix; expected standard ONNX ops there",
-                    b.layer, n.name, n.op_type, n.domain
+                    h.layer, n.name, n.op_type, n.domain
                 )));
             }
-            layers.push(Layer {
-                pattern,
-                hook: h.tensor.clone(),
-                writes: [b.attn_write.clone(), b.mlp_out.clone()],
-                resid_out: b.resid_out.clone(),
-            });
+            let (writes, resid_out) = match &blocks {
+                Some(b) => ([b.blocks[i].attn_write.clone(), b.blocks[i].mlp_out.clone()], b.blocks[i].resid_out.clone()),
+                None => Default::default(),
+            };
+            layers.push(Layer { pattern, hook: h.tensor.clone(), writes, resid_out });
         }
         Ok(Plan { layers, heads, grad_drop })
     }

@@ -105,12 +105,6 @@ pub struct Block {
     pub reads: Vec<HeadRead>,
     /// The out-projection.
     pub out_proj: OutProjection,
-    /// The attention's `Q K^T` MatMul node (AtP*'s QK-fix recomputes it).
-    #[serde(default)]
-    pub scores: String,
-    /// The attention's Softmax node.
-    #[serde(default)]
-    pub softmax: String,
     /// The attention's output as added to the residual (bias included).
     #[serde(default)]
     pub attn_write: String,
@@ -470,6 +464,31 @@ pub fn read(
     })
 }
 
+/// The attention behind a hook alone, for graphs whose blocks `read` cannot
+/// describe (AtP*'s QK-fix needs no more): (the Softmax node, the `Q K^T`
+/// MatMul node), by name.
+pub fn attention_of(
+    g: &GraphProto,
+    consts: &HashSet<String>,
+    facts: &Facts,
+    path: &std::path::Path,
+    hook: &Hook,
+) -> Result<(String, String)> {
+    let ix = Index::new(g, consts, facts, path.display().to_string());
+    let layer = format!("layer {}", hook.layer);
+    let pv_t = ix.through_layout_back(&hook.tensor);
+    let pv = ix.producer_of(&pv_t).filter(|n| n.op_type == "MatMul").ok_or_else(|| {
+        ix.err(format!(
+            "{layer}: '{}' should be the heads merged from a MatMul of the attention probabilities with V",
+            hook.tensor
+        ))
+    })?;
+    let (sm, qk) = scores_matmul(&ix, &pv.input[0]).ok_or_else(|| {
+        ix.err(format!("{layer}: no Softmax(Q K^T) found behind '{}' (node '{}')", pv.input[0], pv.name))
+    })?;
+    Ok((sm.name.clone(), qk.name.clone()))
+}
+
 /// The attention half of a block: layer-norm, projections, head reads, out-projection.
 /// Returns the block (MLP fields empty), the key/value heads and (head_dim, d_model).
 fn read_block(ix: &Index, hook: &Hook, heads: usize) -> Result<(Block, usize, (usize, usize))> {
@@ -516,7 +535,7 @@ fn read_block(ix: &Index, hook: &Hook, heads: usize) -> Result<(Block, usize, (u
             hook.tensor
         ))
     })?;
-    let (sm, qk) = scores_matmul(ix, &pv.input[0]).ok_or_else(|| {
+    let (_, qk) = scores_matmul(ix, &pv.input[0]).ok_or_else(|| {
         ix.err(format!("{layer}: no Softmax(Q K^T) found behind '{}' (node '{}')", pv.input[0], pv.name))
     })?;
     let sides = [&qk.input[0], &qk.input[1], &pv.input[1]];
@@ -576,8 +595,6 @@ fn read_block(ix: &Index, hook: &Hook, heads: usize) -> Result<(Block, usize, (u
         projections,
         reads,
         out_proj,
-        scores: qk.name.clone(),
-        softmax: sm.name.clone(),
         attn_write: String::new(),
         mlp_in: String::new(),
         shared_norm: !shared.is_empty(),

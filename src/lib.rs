@@ -99,6 +99,7 @@ internal! { mod onnx; }
 internal! { mod patch; }
 internal! { mod progress; }
 internal! { mod prompts; }
+internal! { mod recall; }
 internal! { mod render; }
 internal! { mod report; }
 internal! { mod runtime; }

@@ -160,6 +160,10 @@ pub mod jobs {
     pub use crate::job::{run_job, Dedup, JobOptions, RowsRun, DEFAULT_BATCH_SIZE};
     pub use crate::memory::MaxMemory;
     pub use crate::merge::merge;
+    pub use crate::patch::diagnostic::{
+        run as run_diagnostic, write as write_diagnostic, Diagnostic, DiagnosticOptions,
+        DEFAULT_SEED as DIAGNOSTIC_SEED, DEFAULT_TOP as DIAGNOSTIC_TOP,
+    };
     pub use crate::patch::run_grouped as run_patching_grouped;
     pub use crate::patch::run_sized as run_patching;
     pub use crate::patch::staged::Groups as LayerGroups;

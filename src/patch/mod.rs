@@ -7,6 +7,7 @@
 //! (job::finish), so the three grids are directly comparable.
 
 pub mod cut;
+pub mod diagnostic;
 pub mod graph;
 pub mod plan;
 pub mod staged;

@@ -282,6 +282,41 @@ fn compare_writes_grids_scatter_plots_and_correlations() {
     let exact: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("exact/results.json")).unwrap()).unwrap();
     assert_eq!(exact["method"]["kind"], "exact-patching");
+    // The recall curves, recomputed from the grids: verify cells in the order of
+    // |estimate|; full recall of the top k is the last of exact's top k reached.
+    let by_size = |v: &[f64]| {
+        let mut o: Vec<usize> = (0..v.len()).collect();
+        o.sort_by(|&a, &b| v[b].abs().total_cmp(&v[a].abs()));
+        o
+    };
+    let recall = v["recall"].as_array().unwrap();
+    assert_eq!(recall.iter().map(|g| g["grid"].as_str().unwrap()).collect::<Vec<_>>(), ["heads", "positions"]);
+    for g in recall {
+        let grid = g["grid"].as_str().unwrap();
+        let truth = by_size(&grid_of("exact", grid));
+        assert_eq!(g["nodes"].as_u64().unwrap() as usize, truth.len());
+        let ks: Vec<usize> = serde_json::from_value(g["ks"].clone()).unwrap();
+        // 1, 5, 10 and 10% of the 12 heads (2) or of the 3 x 14 positions (5).
+        assert_eq!(ks, if grid == "heads" { vec![1, 2, 5, 10] } else { vec![1, 5, 10] }, "{grid}");
+        for (m, est) in g["methods"].as_array().unwrap().iter().zip(["attribution", "ig"]) {
+            assert_eq!(m["key"], est);
+            let order = by_size(&grid_of(est, grid));
+            for (c, &k) in m["curves"].as_array().unwrap().iter().zip(&ks) {
+                let at = truth[..k].iter().map(|t| order.iter().position(|o| o == t).unwrap() + 1).max().unwrap();
+                assert_eq!(c["full_recall_at"].as_u64().unwrap() as usize, at, "{est} {grid} top {k}");
+                let curve: Vec<f64> = serde_json::from_value(c["recall"].clone()).unwrap();
+                if at >= 2 {
+                    let found = order[..at - 1].iter().filter(|o| truth[..k].contains(o)).count();
+                    assert_eq!(curve[at - 2], found as f64 / k as f64, "{est} {grid} top {k} before full recall");
+                }
+                assert_eq!((curve.len(), curve[at - 1]), (truth.len(), 1.0));
+            }
+        }
+    }
+    assert!(t.contains("full recall of exact's top k, heads, Attribution patching: top 1 after"), "{t}");
+    for f in ["recall-heads.png", "recall-heads.svg", "recall-positions.png"] {
+        assert!(out.join(f).is_file(), "{f} not written");
+    }
 }
 
 #[test]

@@ -410,6 +410,20 @@
     section("Timings", seconds(data.seconds));
   }
 
+  // Recall of exact patching's top k against nodes verified in each estimate's order.
+  function renderRecall(R) {
+    root.append(el("h3", {}, "Recall of exact patching's top nodes"), el("p", { "class": "note" },
+      `Verify the ${R.nodes} nodes by exact patching in the order of |estimate|, largest first: the curve is the fraction of exact patching's top k ` +
+      "(largest |effect|) found so far. The table gives the nodes verified until all of the top k are found (k at best)."));
+    if (R.svg) {
+      const fig = el("div", { "class": "figure recall" });
+      fig.innerHTML = R.svg;
+      root.append(fig);
+    }
+    root.append(table(["estimate", ...R.ks.map(k => `top ${k}`)], R.methods.map(m => [m.label, ...m.full_recall_at.map(String)]),
+      [0, ...R.ks.map(() => 1)]));
+  }
+
   function renderCompare() {
     root.append(el("h1", {}, data.title), el("p", { "class": "subtitle" }, data.subtitle));
     section("Baselines", table(["", "logit diff"], [["clean", fmt(data.clean_logit_diff)], ["corrupted", fmt(data.corrupted_logit_diff)]], [0, 1]));
@@ -426,6 +440,7 @@
           e.agreement.largest_misses.map(m => [m.layer, m.token === null ? m.index : `${m.index} '${m.token}'`, fmt(m.estimate), fmt(m.exact), fmt(m.estimate - m.exact)]), [1, 0, 1, 1, 1]));
       }
       void exact;
+      if (kind.recall) renderRecall(kind.recall);
     }
     section("Methods", table(["method", "time", "runtime calls", "report"], data.methods.map(m => [m.label,
       (m.seconds.load + m.seconds.rewrite + m.seconds.session + m.seconds.run).toFixed(2) + " s", m.runtime_calls,

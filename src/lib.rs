@@ -167,5 +167,6 @@ pub mod jobs {
     pub use crate::patch::run_grouped as run_patching_grouped;
     pub use crate::patch::run_sized as run_patching;
     pub use crate::patch::staged::Groups as LayerGroups;
+    pub use crate::render::write_report_html_with_diagnostic;
     pub use crate::report::write_results;
 }

@@ -319,6 +319,61 @@ fn compare_writes_grids_scatter_plots_and_correlations() {
     }
 }
 
+/// `run --diagnostic`: the summary line, diagnostic.json (its max is the
+/// largest |effect| of its subsets, which avoid the top K), the report page's
+/// section, and the refusals that name their flag.
+#[test]
+fn run_diagnostic_writes_its_bound_and_refuses_a_top_k_leaving_no_head() {
+    let out = fresh_dir("diagnostic");
+    let args = ["run", "--device", "cpu", "--diagnostic", "4", "--diagnostic-top", "8", "--seed", "5", "--out"];
+    let o = attrpatch(&[&args[..], &[out.to_str().unwrap()]].concat());
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(t.contains("diagnostic: 4 subsets of 2 of the 4 heads outside the top 8: largest |effect| "), "{t}");
+    let d: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("diagnostic.json")).unwrap()).unwrap();
+    let subsets = d["subsets"].as_array().unwrap();
+    let max = subsets.iter().map(|s| s["effect"].as_f64().unwrap().abs()).fold(0f64, f64::max);
+    assert_eq!(d["max_abs_effect"].as_f64().unwrap(), max);
+    let top: Vec<[usize; 2]> = d["top"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| [h["layer"].as_u64().unwrap() as usize, h["head"].as_u64().unwrap() as usize])
+        .collect();
+    assert_eq!(top.len(), 8);
+    for s in subsets {
+        let heads: Vec<[usize; 2]> = serde_json::from_value(s["heads"].clone()).unwrap();
+        assert!(heads.len() == 2 && heads.iter().all(|h| !top.contains(h)), "{heads:?} vs top {top:?}");
+    }
+    // The top 8 are the 8 largest |values| of the run's own heads grid.
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("results.json")).unwrap()).unwrap();
+    let heads: Vec<Vec<f64>> = serde_json::from_value(r["heads"]["values"].clone()).unwrap();
+    let smallest_top = top.iter().map(|&[l, h]| heads[l][h].abs()).fold(f64::INFINITY, f64::min);
+    assert!(heads
+        .iter()
+        .enumerate()
+        .all(|(l, row)| row.iter().enumerate().all(|(h, v)| top.contains(&[l, h]) || v.abs() <= smallest_top)));
+    let page = std::fs::read_to_string(out.join("report.html")).unwrap();
+    assert!(page.contains(d["bound"].as_str().unwrap()), "report.html lacks the bound");
+
+    for (extra, msg) in [
+        (
+            vec!["--diagnostic", "3", "--diagnostic-top", "12"],
+            "--diagnostic-top K = 12 leaves no head to sample: the run has 12 heads (3 layers x 4); give a K below 12",
+        ),
+        (vec!["--seed", "3"], "--seed sets the diagnostic; add --diagnostic N or drop it"),
+        (vec!["--diagnostic", "0"], "--diagnostic must be at least 1"),
+        (
+            vec!["--diagnostic", "2", "--diagnostic-size", "5"],
+            "--diagnostic-size M = 5 must be between 1 and the 2 heads outside the top 10",
+        ),
+    ] {
+        let out = fresh_dir("diagnostic-refused");
+        let o = attrpatch(&[&["run", "--device", "cpu", "--out", out.to_str().unwrap()][..], &extra[..]].concat());
+        assert!(!o.status.success() && text(&o).contains(msg), "{extra:?}: {}", text(&o));
+    }
+}
+
 #[test]
 fn patch_writes_exact_grids_in_the_attribution_formats() {
     let out = fresh_dir("patch");

@@ -42,6 +42,8 @@ pub use heatmap::{write_heatmap, write_heatmaps};
 pub use labels::subtitle;
 #[cfg(feature = "figures")]
 pub use recall::{recall_svg, write_recall};
-pub use report_html::{write_compare_report_html, write_report_html, write_report_html_with_edges};
+pub use report_html::{
+    write_compare_report_html, write_report_html, write_report_html_with_diagnostic, write_report_html_with_edges,
+};
 #[cfg(feature = "figures")]
 pub use scatter::{write_scatter, Scatter, Series, COLOURS};

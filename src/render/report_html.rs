@@ -3,7 +3,7 @@
 //! the tutorial's plotly look (RdBu centred on zero, layer 0 at the top, the
 //! value under the mouse), the baselines, prompts, options and timings; from
 //! `compare`, the grids side by side, the scatter plots, the largest misses and
-//! the recall curves.
+//! the recall curves; from `run --diagnostic`, the diagnostic's subsets.
 //! The page is drawn by report.js from a JSON block, so the Rust side only
 //! gathers data.
 
@@ -14,6 +14,7 @@ use crate::compare::{Agreement, Comparison};
 use crate::error::{Error, Result};
 use crate::fsutil::write_atomic;
 use crate::job::JobResult;
+use crate::patch::diagnostic::Diagnostic;
 use crate::recall::GridRecall;
 use crate::report::{heads_grid, positions_grid};
 use serde_json::{json, Value};
@@ -36,6 +37,16 @@ pub fn write_report_html_with_edges(r: &JobResult, out_dir: &Path, edges: Option
         Some(e) => edges_json(e)?,
         None => Value::Null,
     };
+    write_page(&out_dir.join("report.html"), &title, &data)
+}
+
+/// As `write_report_html`, with the diagnostic's section (`run --diagnostic`):
+/// the bound in words and each subset's exact effect beside its estimate.
+pub fn write_report_html_with_diagnostic(r: &JobResult, out_dir: &Path, d: &Diagnostic) -> Result<PathBuf> {
+    let title = format!("attrpatch: {}", r.manifest.method.label());
+    let mut data = job_data(r);
+    data["diagnostic"] =
+        serde_json::to_value(d).map_err(|e| Error::Runtime(format!("serialising the diagnostic for report.html: {e}")))?;
     write_page(&out_dir.join("report.html"), &title, &data)
 }
 

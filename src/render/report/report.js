@@ -393,6 +393,7 @@
     root.append(figures);
     draw(data.grids);
     if (data.edges) renderEdges(data.edges);
+    if (data.diagnostic) renderDiagnostic(data.diagnostic);
 
     const rows = data.prompts.map((p, i) => {
       const pm = data.pair_metrics[i];
@@ -422,6 +423,18 @@
     }
     root.append(table(["estimate", ...R.ks.map(k => `top ${k}`)], R.methods.map(m => [m.label, ...m.full_recall_at.map(String)]),
       [0, ...R.ks.map(() => 1)]));
+  }
+
+  // run --diagnostic: random subsets of the heads outside the top K, each patched jointly.
+  function renderDiagnostic(D) {
+    section("Diagnostic: what the top heads missed");
+    root.append(el("p", { "class": "note", id: "diagnostic-bound" }, D.bound));
+    const top = D.top.map(h => `L${h.layer} H${h.head}`).join(", ");
+    root.append(el("p", { "class": "note" }, `Top ${D.top_k} by |${D.ranked_by}| (left out of the subsets): ${top}. ` +
+      `${D.subsets.length} subsets of ${D.subset_size} of the other ${D.outside} heads, seed ${D.seed}.`));
+    root.append(table(["subset", "heads", "exact effect", "sum of estimates"], D.subsets.map((s, i) => [
+      i === D.max_subset ? `${i} (largest)` : String(i), s.heads.map(h => `L${h[0]} H${h[1]}`).join(", "), fmt(s.effect), fmt(s.estimate_sum),
+    ]), [1, 0, 1, 1]));
   }
 
   function renderCompare() {

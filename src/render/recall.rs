@@ -5,7 +5,9 @@
 //! a dashed grey line for the ideal order (recall min(x, k) / k).
 
 use super::colour::{rgb, FRAME};
-use super::figure::{draw_header, header_height, svg_text, write_figure, DrawResult, Figure, SUBTITLE, TITLE};
+use super::figure::{
+    draw_header, header_height, header_width, svg_text, write_figure, DrawResult, Figure, SUBTITLE, TITLE,
+};
 use super::font::{text_h, text_w, wrap};
 use super::pen::{Pen, Place};
 use super::scatter::COLOURS;
@@ -73,7 +75,7 @@ impl<'a> Layout<'a> {
         let plot_y = header_h + text_h(LABEL) + GAP;
         let legend_y = plot_y + PANEL_H + GAP + text_h(TICK) + GAP * 2 + text_h(LABEL) + GAP * 2;
         let legend_w = g.methods.iter().map(|m| text_w(&legend_text(g, m), NOTE)).max().unwrap_or(0) + LEGEND_KEY + GAP;
-        let widest = title.iter().map(|l| text_w(l, TITLE)).chain(subtitle.iter().map(|l| text_w(l, SUBTITLE))).max().unwrap_or(0);
+        let widest = header_width(&title, &subtitle);
         let width = (plot_x + plot_w).max(plot_x + legend_w).max(MARGIN + widest) + MARGIN * 2;
         let height = legend_y + (g.methods.len() as i32 + 1) * (text_h(NOTE) + GAP) + MARGIN;
         Ok(Layout { g, title, subtitle, x_ticks: x_ticks(g.nodes), plot_x, plot_y, legend_y, width, height })

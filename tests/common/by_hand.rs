@@ -83,19 +83,38 @@ impl Plain {
     }
 }
 
+/// The plain model's clean and corrupted runs, with every attention hook exposed.
+struct Unpatched {
+    model: OnnxModel,
+    logits: String,
+    /// The hook tensors, in layer order.
+    tensors: Vec<String>,
+    clean: HashMap<String, ArrayD<f32>>,
+    corrupted: HashMap<String, ArrayD<f32>>,
+    clean_ld: f64,
+    corr_ld: f64,
+}
+
+impl Unpatched {
+    fn run(model_path: &Path, p: &Pairs) -> Self {
+        let model = OnnxModel::load(model_path).unwrap();
+        let logits = model.graph().output[0].name.clone();
+        let tensors: Vec<String> =
+            find_hooks(&model, &HookKind::AttnOut).unwrap().iter().map(|h| h.tensor.clone()).collect();
+        let mut plain = Plain::new(&model, &[], &tensors);
+        let clean = plain.run(&p.clean, vec![]);
+        let corrupted = plain.run(&p.corrupted, vec![]);
+        let (clean_ld, corr_ld) = (p.mean_ld(&clean[&logits]), p.mean_ld(&corrupted[&logits]));
+        Unpatched { model, logits, tensors, clean, corrupted, clean_ld, corr_ld }
+    }
+}
+
 /// The exact heads grid (each head at the last position) and positions grid
 /// (the whole hook at each position), normalised like the tutorial's metric.
 pub fn exact_grids(model_path: &Path, p: &Pairs, heads: usize) -> (Vec<Vec<f64>>, Vec<Vec<f64>>) {
-    let model = OnnxModel::load(model_path).unwrap();
-    let logits = model.graph().output[0].name.clone();
-    let tensors: Vec<String> =
-        find_hooks(&model, &HookKind::AttnOut).unwrap().iter().map(|h| h.tensor.clone()).collect();
+    let Unpatched { model, logits, tensors, clean, corrupted, clean_ld, corr_ld } = Unpatched::run(model_path, p);
     let (b, s) = p.clean.dim();
     let last = s - 1;
-    let mut plain = Plain::new(&model, &[], &tensors);
-    let clean = plain.run(&p.clean, vec![]);
-    let corrupted = plain.run(&p.corrupted, vec![]);
-    let (clean_ld, corr_ld) = (p.mean_ld(&clean[&logits]), p.mean_ld(&corrupted[&logits]));
     let (mut grid_heads, mut grid_positions) = (vec![], vec![]);
     for t in &tensors {
         let shape = corrupted[t].shape().to_vec();
@@ -137,16 +156,9 @@ pub fn exact_grids(model_path: &Path, p: &Pairs, heads: usize) -> (Vec<Vec<f64>>
 /// layer's hook as that run computes it, and move the chosen heads to their
 /// clean values; the last run feeds every patched hook and gives the metric.
 pub fn joint_heads_effect(model_path: &Path, p: &Pairs, heads: usize, set: &[[usize; 2]]) -> f64 {
-    let model = OnnxModel::load(model_path).unwrap();
-    let logits = model.graph().output[0].name.clone();
-    let tensors: Vec<String> =
-        find_hooks(&model, &HookKind::AttnOut).unwrap().iter().map(|h| h.tensor.clone()).collect();
+    let Unpatched { model, logits, tensors, clean, clean_ld, corr_ld, .. } = Unpatched::run(model_path, p);
     let (b, s) = p.clean.dim();
     let last = s - 1;
-    let mut plain = Plain::new(&model, &[], &tensors);
-    let clean = plain.run(&p.clean, vec![]);
-    let corrupted = plain.run(&p.corrupted, vec![]);
-    let (clean_ld, corr_ld) = (p.mean_ld(&clean[&logits]), p.mean_ld(&corrupted[&logits]));
     let mut layers: Vec<usize> = set.iter().map(|c| c[0]).collect();
     layers.sort_unstable();
     layers.dedup();

@@ -458,6 +458,36 @@ fn compare_report_html_works_in_a_browser() {
     screenshot(&browser, &page, 2200);
 }
 
+/// `run --diagnostic`: the page draws the diagnostic's section, the bound and a
+/// row per subset, the largest marked, without a script error.
+#[test]
+fn the_diagnostic_section_works_in_a_browser() {
+    let Some(browser) = chromium() else { return };
+    let d = artifact_dir("diagnostic");
+    let out = d.to_str().unwrap();
+    attrpatch(&[
+        "run",
+        "--model",
+        IOI_MODEL,
+        "--device",
+        "cpu",
+        "--diagnostic",
+        "6",
+        "--diagnostic-top",
+        "4",
+        "--out",
+        out,
+    ]);
+    let loaded = load(&browser, &d.join("report.html"));
+    loaded.assert_clean();
+    let diag = json(&d.join("diagnostic.json"));
+    let section = Regex::new(r#"(?s)<h2>Diagnostic: what the top heads missed</h2>(.*?)</table>"#).unwrap();
+    let drawn = unescape(&section.captures(&loaded.dom).expect("no diagnostic section drawn")[1]);
+    assert!(drawn.contains(diag["bound"].as_str().unwrap()), "the bound is not in the section");
+    assert_eq!(drawn.matches("<tr>").count(), 1 + 6, "a header and a row per subset");
+    assert!(drawn.contains(&format!("{} (largest)", diag["max_subset"])), "the largest subset is not marked");
+}
+
 /// A run whose baselines are noise (the random fixture's logit differences are
 /// ~3e-4) shows its warnings at the top of the page; the IOI run shows none.
 #[test]

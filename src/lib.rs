@@ -100,6 +100,7 @@ internal! { mod onnx; }
 internal! { mod patch; }
 internal! { mod progress; }
 internal! { mod prompts; }
+internal! { mod recall; }
 internal! { mod render; }
 internal! { mod report; }
 internal! { mod runtime; }
@@ -166,8 +167,13 @@ pub mod jobs {
     pub use crate::job::{run_job, Dedup, JobOptions, RowsRun, DEFAULT_BATCH_SIZE};
     pub use crate::memory::MaxMemory;
     pub use crate::merge::merge;
+    pub use crate::patch::diagnostic::{
+        run as run_diagnostic, write as write_diagnostic, Diagnostic, DiagnosticOptions,
+        DEFAULT_SEED as DIAGNOSTIC_SEED, DEFAULT_TOP as DIAGNOSTIC_TOP,
+    };
     pub use crate::patch::run_grouped as run_patching_grouped;
     pub use crate::patch::run_sized as run_patching;
     pub use crate::patch::staged::Groups as LayerGroups;
+    pub use crate::render::write_report_html_with_diagnostic;
     pub use crate::report::write_results;
 }

@@ -206,6 +206,10 @@ impl Attributor {
         if let Some(steps) = c.ig_steps {
             results.push(("ig", self.patching(pairs, Estimator::IntegratedGradients { steps }, c.rows_per_call)?));
         }
+        if c.atp_star {
+            let (opts, _) = self.job_inputs(pairs)?;
+            results.push(("atp-star", crate::atp_star::run_atp_star(&opts, true)?.result));
+        }
         Ok(crate::compare::assemble(exact, results))
     }
 

@@ -34,6 +34,11 @@ pub enum Method {
 }
 
 impl Method {
+    /// Whether the grids hold magnitudes (AtP*'s GradDrop), not signed effects.
+    pub fn magnitudes(&self) -> bool {
+        matches!(self, Method::AtpStar { grad_drop: true })
+    }
+
     /// How the method is named in reports and figures.
     pub fn label(&self) -> String {
         match self {

@@ -165,15 +165,7 @@ impl Attributor {
     pub fn attribute(&mut self, pairs: &Pairs) -> Result<JobResult> {
         let (opts, source) = self.job_inputs(pairs)?;
         if self.attribution.is_none() {
-            let metric = opts.metric;
-            let aug = AugmentOptions {
-                raw_outputs: false,
-                grid_outputs: true,
-                heads: opts.heads,
-                metric,
-                hooks: opts.hooks.clone(),
-                atp_star: None,
-            };
+            let aug = AugmentOptions::grids_of(&opts);
             let shared = job::choose_shared(&opts, &source)?;
             let prepared = self.prepare(&opts, &source, |m| match shared {
                 true => augment_shared(m, aug),

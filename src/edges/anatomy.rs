@@ -475,6 +475,12 @@ pub fn attention_of(
     hook: &Hook,
 ) -> Result<(String, String)> {
     let ix = Index::new(g, consts, facts, path.display().to_string());
+    let (_, sm, qk) = attention_nodes(&ix, hook)?;
+    Ok((sm.name.clone(), qk.name.clone()))
+}
+
+/// The attention behind a hook: P V (the first MatMul behind z), its Softmax and Q K^T.
+fn attention_nodes<'a>(ix: &Index<'a>, hook: &Hook) -> Result<(&'a NodeProto, &'a NodeProto, &'a NodeProto)> {
     let layer = format!("layer {}", hook.layer);
     let pv_t = ix.through_layout_back(&hook.tensor);
     let pv = ix.producer_of(&pv_t).filter(|n| n.op_type == "MatMul").ok_or_else(|| {
@@ -483,10 +489,10 @@ pub fn attention_of(
             hook.tensor
         ))
     })?;
-    let (sm, qk) = scores_matmul(&ix, &pv.input[0]).ok_or_else(|| {
+    let (sm, qk) = scores_matmul(ix, &pv.input[0]).ok_or_else(|| {
         ix.err(format!("{layer}: no Softmax(Q K^T) found behind '{}' (node '{}')", pv.input[0], pv.name))
     })?;
-    Ok((sm.name.clone(), qk.name.clone()))
+    Ok((pv, sm, qk))
 }
 
 /// The attention half of a block: layer-norm, projections, head reads, out-projection.
@@ -527,17 +533,7 @@ fn read_block(ix: &Index, hook: &Hook, heads: usize) -> Result<(Block, usize, (u
         trans_b: trans(out, "transB"),
     };
 
-    // The attention: P V (first MatMul behind z), softmax, Q K^T.
-    let pv_t = ix.through_layout_back(&hook.tensor);
-    let pv = ix.producer_of(&pv_t).filter(|n| n.op_type == "MatMul").ok_or_else(|| {
-        ix.err(format!(
-            "{layer}: '{}' should be the heads merged from a MatMul of the attention probabilities with V",
-            hook.tensor
-        ))
-    })?;
-    let (_, qk) = scores_matmul(ix, &pv.input[0]).ok_or_else(|| {
-        ix.err(format!("{layer}: no Softmax(Q K^T) found behind '{}' (node '{}')", pv.input[0], pv.name))
-    })?;
+    let (pv, _, qk) = attention_nodes(ix, hook)?;
     let sides = [&qk.input[0], &qk.input[1], &pv.input[1]];
     let behind: Vec<Vec<usize>> = sides.iter().map(|s| ix.projections_behind(s)).collect();
     let mut all: Vec<usize> = behind.iter().flatten().copied().collect();

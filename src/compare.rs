@@ -2,16 +2,19 @@
 //! gradients, when asked) against exact activation patching, cell by cell.
 //! Writes each method's grids in its own folder, the grids side by side on
 //! one colour scale, a scatter plot per grid, and the agreement figures
-//! (Pearson, Spearman, errors, largest misses) in compare.json.
+//! (Pearson, Spearman, errors, largest misses) and each estimate's recall of
+//! exact patching's top nodes against the nodes verified (recall.rs) in
+//! compare.json, with the recall figure.
 
 use crate::error::{Error, Result};
 use crate::fsutil::write_atomic;
 use crate::job::{run_job, JobOptions, JobResult};
 use crate::patch::{self, Estimator};
 #[cfg(feature = "figures")]
-use crate::render::{write_heatmaps, write_scatter, Grid, Scatter, Series, COLOURS};
+use crate::render::{write_heatmaps, write_recall, write_scatter, Grid, Scatter, Series, COLOURS};
 #[cfg(feature = "figures")]
 use crate::report::{heads_grid, positions_grid};
+use crate::recall::{grid_recall, GridRecall};
 use crate::report::write_results;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -111,6 +114,8 @@ pub struct CompareOptions {
     pub ig_steps: Option<usize>,
     /// None: as many as the memory budget holds (`memory::choose`).
     pub rows_per_call: Option<usize>,
+    /// Also AtP* (QK-fix and GradDrop) of the head outputs.
+    pub atp_star: bool,
 }
 
 /// One estimator's grids and their agreement with the exact ones.
@@ -131,9 +136,14 @@ pub struct Comparison {
     pub exact: JobResult,
     /// Attribution, and integrated gradients when asked for.
     pub estimates: Vec<Estimate>,
+    /// Per grid compared (heads, then positions), every estimate's recall curves.
+    pub recall: Vec<GridRecall>,
 }
 
 /// Runs exact patching, attribution and (with `ig_steps`) integrated gradients on one job's options.
+/// Each estimate is one (key, result) entry of `results`: a new estimator is one
+/// more push there, and gets its agreement, recall curves, figures and report
+/// sections from `assemble` and `write` with no other change.
 pub fn compare(opts: &JobOptions, c: &CompareOptions) -> Result<Comparison> {
     let exact_est = Estimator::Exact { positions: c.positions };
     let exact = patch::run_sized(opts, exact_est, c.rows_per_call)?;
@@ -143,23 +153,56 @@ pub fn compare(opts: &JobOptions, c: &CompareOptions) -> Result<Comparison> {
         let ig = Estimator::IntegratedGradients { steps };
         results.push(("ig", patch::run_sized(opts, ig, c.rows_per_call)?));
     }
+    if c.atp_star {
+        results.push(("atp-star", crate::atp_star::run_atp_star(opts, true)?.result));
+    }
     Ok(assemble(exact, results))
 }
 
 /// The exact grids beside each estimate's (keyed "attribution" or "ig"), with their agreement.
 pub fn assemble(exact: JobResult, results: Vec<(&'static str, JobResult)>) -> Comparison {
     let has = |g: &[Vec<f64>]| !g.is_empty();
-    let estimates = results
+    let estimates: Vec<Estimate> = results
         .into_iter()
         .map(|(key, result)| {
+            // Magnitudes (AtP*'s GradDrop) are held to exact patching's magnitudes.
+            let truth = |g: &Vec<Vec<f64>>| match result.manifest.method.magnitudes() {
+                true => g.iter().map(|r| r.iter().map(|v| v.abs()).collect()).collect(),
+                false => g.clone(),
+            };
             let heads = (has(&exact.grids.heads) && has(&result.grids.heads))
-                .then(|| agreement(&result.grids.heads, &exact.grids.heads));
-            let positions =
-                has(&exact.grids.positions).then(|| agreement(&result.grids.positions, &exact.grids.positions));
+                .then(|| agreement(&result.grids.heads, &truth(&exact.grids.heads)));
+            let positions = has(&exact.grids.positions)
+                .then(|| agreement(&result.grids.positions, &truth(&exact.grids.positions)));
             Estimate { key, result, heads, positions }
         })
         .collect();
-    Comparison { exact, estimates }
+    let recall = recall_of(&exact, &estimates);
+    Comparison { exact, estimates, recall }
+}
+
+/// Every estimate's recall curves on each grid it was compared on (heads, then positions).
+fn recall_of(exact: &JobResult, estimates: &[Estimate]) -> Vec<GridRecall> {
+    type Of = fn(&Estimate) -> bool;
+    type GridOf = fn(&JobResult) -> &Vec<Vec<f64>>;
+    let kinds: [(&str, Of, GridOf); 2] = [
+        ("heads", |e| e.heads.is_some(), |r| &r.grids.heads),
+        ("positions", |e| e.positions.is_some(), |r| &r.grids.positions),
+    ];
+    kinds
+        .into_iter()
+        .filter_map(|(name, compared, grid_of)| {
+            let list: Vec<(&str, String, &[Vec<f64>])> = estimates
+                .iter()
+                .filter(|e| compared(e))
+                .map(|e| (e.key, e.result.manifest.method.label(), &grid_of(&e.result)[..]))
+                .collect();
+            if list.is_empty() {
+                return None;
+            }
+            grid_recall(name, grid_of(exact), &list)
+        })
+        .collect()
 }
 
 /// Writes every method's results in its own folder, then the comparison files.
@@ -241,7 +284,21 @@ fn write_figures(c: &Comparison, out: &Path) -> Result<Vec<PathBuf>> {
         };
         written.extend(write_scatter(&plot, &out.join(format!("scatter-{name}.png")))?);
     }
+    for g in &c.recall {
+        let subtitle = grid_of_name(&g.grid, &c.exact).subtitle;
+        written.extend(write_recall(g, &subtitle, &out.join(format!("recall-{}.png", g.grid)))?);
+    }
     Ok(written)
+}
+
+/// The exact result's grid of this name ("heads" or "positions"), for its labels.
+#[cfg(feature = "figures")]
+fn grid_of_name(name: &str, r: &JobResult) -> Grid {
+    if name == "heads" {
+        heads_grid(r)
+    } else {
+        positions_grid(r)
+    }
 }
 
 /// How much closer integrated gradients get to the exact grid than plain
@@ -276,6 +333,7 @@ pub fn summary_json(c: &Comparison) -> serde_json::Value {
         "n_pairs": c.exact.manifest.prompts.len(),
         "exact": { "seconds": c.exact.seconds, "runtime_calls": c.exact.runtime_calls },
         "estimates": estimates,
+        "recall": c.recall,
         "ig_vs_attribution": ig_gain(c)
             .iter()
             .map(|(grid, ratio, before, after)| (grid.to_string(), serde_json::json!({
@@ -322,6 +380,18 @@ pub fn report(c: &Comparison) -> String {
                 .map(|m| format!("L{} {unit}{}: {:.3} vs {:.3}", m.layer, m.index, m.estimate, m.exact))
                 .collect();
             lines.push(format!("largest misses, {grid}, {}: {}", e.result.manifest.method.label(), misses.join("; ")));
+        }
+    }
+    for g in &c.recall {
+        for m in &g.methods {
+            let costs: Vec<String> = m.curves.iter().map(|k| format!("top {} after {}", k.k, k.full_recall_at)).collect();
+            lines.push(format!(
+                "full recall of exact's top k, {}, {}: {} of {} nodes verified",
+                g.grid,
+                m.label,
+                costs.join(", "),
+                g.nodes
+            ));
         }
     }
     for (grid, ratio, before, after) in ig_gain(c) {

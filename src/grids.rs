@@ -9,6 +9,7 @@ use crate::error::{Error, Result};
 use ndarray::ArrayD;
 
 /// A job's normalised grids (1 = the whole clean-minus-corrupted difference of the metric).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Grids {
     /// `[layer][head]`
     pub heads: Vec<Vec<f64>>,

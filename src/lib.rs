@@ -81,6 +81,7 @@ macro_rules! internal_item {
 mod api;
 pub mod autodiff;
 
+internal! { mod atp_star; }
 internal! { mod augment; }
 internal! { mod batches; }
 internal! { mod compare; }
@@ -99,6 +100,7 @@ internal! { mod onnx; }
 internal! { mod patch; }
 internal! { mod progress; }
 internal! { mod prompts; }
+internal! { mod recall; }
 internal! { mod render; }
 internal! { mod report; }
 internal! { mod runtime; }
@@ -150,6 +152,12 @@ pub mod eap {
     pub use crate::render::{write_report_html_with_edges, EdgeReport};
 }
 
+/// AtP* (the QK-fix of queries and keys, GradDrop): the `run --method
+/// atp-star` job as a library call. Definitions: README.md, "AtP*".
+pub mod atp {
+    pub use crate::atp_star::{grad_drop_grids, run_atp_star, write, AtpStarRun, SiteGrids};
+}
+
 /// Jobs on files, as the CLI runs them: a model file, a JSONL prompt file,
 /// shards and resumable batches in an output folder, and the files written
 /// for a result (grids as CSV and JSON, report.html, and with the `figures`
@@ -160,8 +168,13 @@ pub mod jobs {
     pub use crate::job::{run_job, Dedup, JobOptions, RowsRun, DEFAULT_BATCH_SIZE};
     pub use crate::memory::MaxMemory;
     pub use crate::merge::merge;
+    pub use crate::patch::diagnostic::{
+        run as run_diagnostic, write as write_diagnostic, Diagnostic, DiagnosticOptions,
+        DEFAULT_SEED as DIAGNOSTIC_SEED, DEFAULT_TOP as DIAGNOSTIC_TOP,
+    };
     pub use crate::patch::run_grouped as run_patching_grouped;
     pub use crate::patch::run_sized as run_patching;
     pub use crate::patch::staged::Groups as LayerGroups;
+    pub use crate::render::write_report_html_with_diagnostic;
     pub use crate::report::write_results;
 }

@@ -14,28 +14,40 @@ fn value_label(r: &JobResult) -> String {
 }
 
 pub fn heads_grid(r: &JobResult) -> Grid {
+    let title = format!("{} over attention heads (last position)", r.manifest.method.label());
+    heads_grid_of(r, &r.grids, "heads", title)
+}
+
+/// `heads_grid` of other grids of the same job (AtP*'s queries and keys).
+pub fn heads_grid_of(r: &JobResult, grids: &crate::grids::Grids, name: &str, title: String) -> Grid {
     Grid {
-        name: "heads".into(),
-        title: format!("{} over attention heads (last position)", r.manifest.method.label()),
+        name: name.into(),
+        title,
         subtitle: crate::render::subtitle(&r.manifest),
         row_label: "Layer".into(),
         col_label: "Head".into(),
-        row_names: (0..r.grids.heads.len()).map(|l| l.to_string()).collect(),
+        row_names: (0..grids.heads.len()).map(|l| l.to_string()).collect(),
         col_names: (0..r.manifest.n_heads).map(|h| h.to_string()).collect(),
         tokens: vec![],
         value_label: value_label(r),
-        values: r.grids.heads.clone(),
+        values: grids.heads.clone(),
     }
 }
 
 pub fn positions_grid(r: &JobResult) -> Grid {
+    let title = format!("{} over token positions", r.manifest.method.label());
+    positions_grid_of(r, &r.grids, "positions", title)
+}
+
+/// `positions_grid` of other grids of the same job (AtP*'s queries and keys).
+pub fn positions_grid_of(r: &JobResult, grids: &crate::grids::Grids, name: &str, title: String) -> Grid {
     Grid {
-        name: "positions".into(),
-        title: format!("{} over token positions", r.manifest.method.label()),
+        name: name.into(),
+        title,
         subtitle: crate::render::subtitle(&r.manifest),
         row_label: "Layer".into(),
         col_label: "Token position (first prompt's tokens)".into(),
-        row_names: (0..r.grids.positions.len()).map(|l| l.to_string()).collect(),
+        row_names: (0..grids.positions.len()).map(|l| l.to_string()).collect(),
         // Prompts are right-padded: position i is every prompt's i-th token;
         // the labels are the first prompt's, positions past it have none.
         col_names: (0..r.manifest.seq_len)
@@ -46,7 +58,7 @@ pub fn positions_grid(r: &JobResult) -> Grid {
             .collect(),
         tokens: (0..r.manifest.seq_len).map(|i| r.manifest.token_labels.get(i).cloned().unwrap_or_default()).collect(),
         value_label: value_label(r),
-        values: r.grids.positions.clone(),
+        values: grids.positions.clone(),
     }
 }
 

@@ -228,8 +228,17 @@ fn tract_runtime_from_the_command_line() {
 #[test]
 fn compare_writes_grids_scatter_plots_and_correlations() {
     let out = fresh_dir("compare");
-    let o =
-        attrpatch(&["compare", "--device", "cpu", "--positions", "--ig-steps", "2", "--out", out.to_str().unwrap()]);
+    let o = attrpatch(&[
+        "compare",
+        "--device",
+        "cpu",
+        "--positions",
+        "--ig-steps",
+        "2",
+        "--atp-star",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
     let t = text(&o);
     assert!(o.status.success(), "{t}");
     for line in
@@ -247,6 +256,7 @@ fn compare_writes_grids_scatter_plots_and_correlations() {
         "exact/positions.csv",
         "attribution/heads.csv",
         "ig/results.json",
+        "atp-star/heads.csv",
     ] {
         assert!(out.join(f).is_file(), "{f} not written");
     }
@@ -258,9 +268,13 @@ fn compare_writes_grids_scatter_plots_and_correlations() {
         let g: Vec<Vec<f64>> = serde_json::from_value(r[grid]["values"].clone()).unwrap();
         g.concat()
     };
-    for est in ["attribution", "ig"] {
+    for est in ["attribution", "ig", "atp-star"] {
         for grid in ["heads", "positions"] {
-            let (x, y) = (grid_of(est, grid), grid_of("exact", grid));
+            let (x, mut y) = (grid_of(est, grid), grid_of("exact", grid));
+            if est == "atp-star" {
+                // GradDrop's magnitudes are held to exact patching's magnitudes.
+                y.iter_mut().for_each(|v| *v = v.abs());
+            }
             let a = &v["estimates"][est][grid];
             let r = a["pearson"].as_f64().unwrap_or_else(|| panic!("{est} {grid} pearson in {v}"));
             assert!(
@@ -282,6 +296,97 @@ fn compare_writes_grids_scatter_plots_and_correlations() {
     let exact: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("exact/results.json")).unwrap()).unwrap();
     assert_eq!(exact["method"]["kind"], "exact-patching");
+    // The recall curves, recomputed from the grids: verify cells in the order of
+    // |estimate|; full recall of the top k is the last of exact's top k reached.
+    let by_size = |v: &[f64]| {
+        let mut o: Vec<usize> = (0..v.len()).collect();
+        o.sort_by(|&a, &b| v[b].abs().total_cmp(&v[a].abs()));
+        o
+    };
+    let recall = v["recall"].as_array().unwrap();
+    assert_eq!(recall.iter().map(|g| g["grid"].as_str().unwrap()).collect::<Vec<_>>(), ["heads", "positions"]);
+    for g in recall {
+        let grid = g["grid"].as_str().unwrap();
+        let truth = by_size(&grid_of("exact", grid));
+        assert_eq!(g["nodes"].as_u64().unwrap() as usize, truth.len());
+        let ks: Vec<usize> = serde_json::from_value(g["ks"].clone()).unwrap();
+        // 1, 5, 10 and 10% of the 12 heads (2) or of the 3 x 14 positions (5).
+        assert_eq!(ks, if grid == "heads" { vec![1, 2, 5, 10] } else { vec![1, 5, 10] }, "{grid}");
+        assert_eq!(g["methods"].as_array().unwrap().len(), 3);
+        for (m, est) in g["methods"].as_array().unwrap().iter().zip(["attribution", "ig", "atp-star"]) {
+            assert_eq!(m["key"], est);
+            let order = by_size(&grid_of(est, grid));
+            for (c, &k) in m["curves"].as_array().unwrap().iter().zip(&ks) {
+                let at = truth[..k].iter().map(|t| order.iter().position(|o| o == t).unwrap() + 1).max().unwrap();
+                assert_eq!(c["full_recall_at"].as_u64().unwrap() as usize, at, "{est} {grid} top {k}");
+                let curve: Vec<f64> = serde_json::from_value(c["recall"].clone()).unwrap();
+                if at >= 2 {
+                    let found = order[..at - 1].iter().filter(|o| truth[..k].contains(o)).count();
+                    assert_eq!(curve[at - 2], found as f64 / k as f64, "{est} {grid} top {k} before full recall");
+                }
+                assert_eq!((curve.len(), curve[at - 1]), (truth.len(), 1.0));
+            }
+        }
+    }
+    assert!(t.contains("full recall of exact's top k, heads, Attribution patching: top 1 after"), "{t}");
+    for f in ["recall-heads.png", "recall-heads.svg", "recall-positions.png"] {
+        assert!(out.join(f).is_file(), "{f} not written");
+    }
+}
+
+/// `run --diagnostic`: the summary line, diagnostic.json (its max is the
+/// largest |effect| of its subsets, which avoid the top K), the report page's
+/// section, and the refusals that name their flag.
+#[test]
+fn run_diagnostic_writes_its_bound_and_refuses_a_top_k_leaving_no_head() {
+    let out = fresh_dir("diagnostic");
+    let args = ["run", "--device", "cpu", "--diagnostic", "4", "--diagnostic-top", "8", "--seed", "5", "--out"];
+    let o = attrpatch(&[&args[..], &[out.to_str().unwrap()]].concat());
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(t.contains("diagnostic: 4 subsets of 2 of the 4 heads outside the top 8: largest |effect| "), "{t}");
+    let d: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("diagnostic.json")).unwrap()).unwrap();
+    let subsets = d["subsets"].as_array().unwrap();
+    let max = subsets.iter().map(|s| s["effect"].as_f64().unwrap().abs()).fold(0f64, f64::max);
+    assert_eq!(d["max_abs_effect"].as_f64().unwrap(), max);
+    let top: Vec<[usize; 2]> = d["top"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| [h["layer"].as_u64().unwrap() as usize, h["head"].as_u64().unwrap() as usize])
+        .collect();
+    assert_eq!(top.len(), 8);
+    for s in subsets {
+        let heads: Vec<[usize; 2]> = serde_json::from_value(s["heads"].clone()).unwrap();
+        assert!(heads.len() == 2 && heads.iter().all(|h| !top.contains(h)), "{heads:?} vs top {top:?}");
+    }
+    // The top 8 are the 8 largest |values| of the run's own heads grid.
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("results.json")).unwrap()).unwrap();
+    let heads: Vec<Vec<f64>> = serde_json::from_value(r["heads"]["values"].clone()).unwrap();
+    let smallest_top = top.iter().map(|&[l, h]| heads[l][h].abs()).fold(f64::INFINITY, f64::min);
+    assert!(heads
+        .iter()
+        .enumerate()
+        .all(|(l, row)| row.iter().enumerate().all(|(h, v)| top.contains(&[l, h]) || v.abs() <= smallest_top)));
+    let page = std::fs::read_to_string(out.join("report.html")).unwrap();
+    assert!(page.contains(d["bound"].as_str().unwrap()), "report.html lacks the bound");
+
+    for (extra, msg) in [
+        (
+            vec!["--diagnostic", "3", "--diagnostic-top", "12"],
+            "--diagnostic-top K = 12 leaves no head to sample: the run has 12 heads (3 layers x 4); give a K below 12",
+        ),
+        (vec!["--seed", "3"], "--seed sets the diagnostic; add --diagnostic N or drop it"),
+        (vec!["--diagnostic", "0"], "--diagnostic must be at least 1"),
+        (
+            vec!["--diagnostic", "2", "--diagnostic-size", "5"],
+            "--diagnostic-size M = 5 must be between 1 and the 2 heads outside the top 10",
+        ),
+    ] {
+        let out = fresh_dir("diagnostic-refused");
+        let o = attrpatch(&[&["run", "--device", "cpu", "--out", out.to_str().unwrap()][..], &extra[..]].concat());
+        assert!(!o.status.success() && text(&o).contains(msg), "{extra:?}: {}", text(&o));
+    }
 }
 
 #[test]

@@ -97,7 +97,7 @@ fn patching_and_compare_through_the_attributor_match_the_job_functions() {
     assert_eq!(mine.grids.heads, exact.grids.heads);
     let c = a.compare(
         &Pairs::Tutorial,
-        &attrpatch::CompareOptions { positions: false, ig_steps: None, rows_per_call: None },
+        &attrpatch::CompareOptions { positions: false, ig_steps: None, rows_per_call: None, atp_star: false },
     );
     let c = c.unwrap();
     assert_eq!(c.exact.grids.heads, exact.grids.heads);

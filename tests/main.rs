@@ -9,6 +9,7 @@ compile_error!("the integration tests need the library's internals: cargo test -
 mod common;
 
 mod architectures;
+mod atp_star;
 mod bad_inputs;
 mod batches;
 mod bundled_model;

@@ -153,3 +153,53 @@ fn zero_rows_per_call_or_ig_steps_are_errors_not_panics() {
     let e = patch::run(&ioi_job(), Estimator::IntegratedGradients { steps: 0 }, 8).err().expect("0 steps");
     assert!(e.to_string().contains("integrated gradients need at least 1 step"), "{e}");
 }
+
+/// A subset row (several heads of several layers patched in one row) gives
+/// what patching those heads together by hand gives: each layer's hook taken
+/// from the run with the lower layers already patched.
+#[test]
+fn subset_rows_equal_patching_their_heads_together_by_hand() {
+    use attrpatch::patch::diagnostic;
+    let subsets = vec![vec![[0, 1], [2, 3]], vec![[1, 0], [1, 2], [2, 0]], vec![[0, 0], [0, 2], [1, 1], [2, 2]]];
+    // Two rows per call: a pair's rows are split across calls.
+    let got = diagnostic::patch_subsets(&ioi_job(), &subsets, Some(2)).unwrap();
+    assert_eq!(got.effects.len(), subsets.len());
+    assert!(got.runtime_calls > 1);
+    let single = patch::run(&ioi_job(), Estimator::Exact { positions: false }, 256).unwrap().grids.heads;
+    let mut interaction = 0f64;
+    for (s, &g) in subsets.iter().zip(&got.effects) {
+        let want = by_hand::joint_heads_effect(&ioi_model(), &ioi_pairs(), 4, s);
+        assert!((g - want).abs() <= EXACT_TOL, "subset {s:?}: patching graph {g}, by hand {want}");
+        // Joint patching is not the sum of the heads patched one at a time: the test tells them apart.
+        let sum: f64 = s.iter().map(|&[l, h]| single[l][h]).sum();
+        interaction = interaction.max((want - sum).abs());
+        let first_only = single[s[0][0]][s[0][1]];
+        assert!((want - first_only).abs() > 10.0 * EXACT_TOL, "subset {s:?}: its first head alone gives {first_only}");
+    }
+    eprintln!("largest |joint - sum of singles| over the subsets: {interaction:.3e}");
+    assert!(interaction > 10.0 * EXACT_TOL, "no subset's heads interact, so a per-head sum would pass too");
+}
+
+/// `run --diagnostic` as a library call on the bundled model: the subsets
+/// avoid the top heads, the reported max is the largest |effect| of its
+/// subsets, and each subset's effect is its own patching (the first, rerun alone).
+#[test]
+fn the_diagnostic_reports_the_largest_subset_effect() {
+    use attrpatch::patch::diagnostic::{self, DiagnosticOptions};
+    let ranked = attribution(&ioi_job());
+    let mut o = DiagnosticOptions::new(5);
+    o.top = 6;
+    o.seed = 3;
+    let d = diagnostic::run(&ioi_job(), &ranked, &o).unwrap();
+    assert_eq!((d.outside, d.subset_size, d.subsets.len()), (6, 3, 5));
+    let top: Vec<[usize; 2]> = d.top.iter().map(|h| [h.layer, h.head]).collect();
+    assert!(d.subsets.iter().all(|s| s.heads.iter().all(|c| !top.contains(c))));
+    let max = d.subsets.iter().map(|s| s.effect.abs()).fold(0f64, f64::max);
+    assert_eq!(d.max_abs_effect, max);
+    assert_eq!(d.subsets[d.max_subset].effect.abs(), max);
+    assert!(max > 0.0);
+    let alone = diagnostic::patch_subsets(&ioi_job(), &[d.subsets[0].heads.clone()], None).unwrap();
+    assert!((alone.effects[0] - d.subsets[0].effect).abs() <= 1e-6, "{} vs {}", alone.effects[0], d.subsets[0].effect);
+    assert!((d.inclusion_probability - (1.0 - 0.5f64.powi(5))).abs() < 1e-12);
+    assert!(d.bound.contains(&diagnostic::fmt_effect(max)), "{}", d.bound);
+}

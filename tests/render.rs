@@ -239,6 +239,23 @@ fn compare_figures_share_one_colour_bar_and_label_the_misses() {
     assert!(circles >= 2 * cells, "{circles} circles for {cells} cells x 2 estimates");
     let img = image::open(dir.join("scatter-positions.png")).unwrap().to_rgb8();
     assert_eq!((img.width() as i64, img.height() as i64), svg_size(&svg));
+    // The recall figures: a panel per k, a legend line per estimate with its costs from compare.json.
+    for g in summary["recall"].as_array().unwrap() {
+        let name = g["grid"].as_str().unwrap();
+        let svg = std::fs::read_to_string(dir.join(format!("recall-{name}.svg"))).unwrap();
+        let img = image::open(dir.join(format!("recall-{name}.png"))).unwrap().to_rgb8();
+        assert_eq!((img.width() as i64, img.height() as i64), svg_size(&svg));
+        let texts: Vec<String> = svg_texts(&svg).into_iter().map(|(_, t)| t).collect();
+        for k in g["ks"].as_array().unwrap() {
+            assert!(texts.iter().any(|t| *t == format!("top {k}")), "recall-{name}.svg lacks panel 'top {k}'");
+        }
+        for m in g["methods"].as_array().unwrap() {
+            let at: Vec<String> =
+                m["curves"].as_array().unwrap().iter().map(|c| c["full_recall_at"].to_string()).collect();
+            let want = format!("{}: full recall after {} of", m["label"].as_str().unwrap(), at.join(", "));
+            assert!(texts.iter().any(|t| t.starts_with(&want)), "recall-{name}.svg lacks '{want}': {texts:?}");
+        }
+    }
 }
 
 /// The browser: $CHROMIUM, else chromium or chromium-browser on the PATH. In CI
@@ -429,9 +446,46 @@ fn compare_report_html_works_in_a_browser() {
     let pearson = summary["estimates"]["attribution"]["positions"]["pearson"].as_f64().unwrap();
     assert!(text.contains(&format!("Pearson {pearson:.3}")), "scatter legend lacks Pearson {pearson:.3}");
     assert!(text.contains("Largest misses: Attribution patching"), "no misses table");
+    // The page's script text holds these phrases too: count the drawn elements.
+    assert_eq!(
+        loaded.dom.matches("<h3>Recall of exact patching's top nodes</h3>").count(),
+        2,
+        "a recall section per grid"
+    );
+    assert_eq!(loaded.dom.matches(r#"<div class="figure recall"><svg"#).count(), 2, "a recall figure per grid");
     let check = loaded.pre("selfcheck");
     assert!(check.lines().any(|l| l.starts_with("point ") && l.contains("estimate") && l.contains("exact")), "{check}");
     screenshot(&browser, &page, 2200);
+}
+
+/// `run --diagnostic`: the page draws the diagnostic's section, the bound and a
+/// row per subset, the largest marked, without a script error.
+#[test]
+fn the_diagnostic_section_works_in_a_browser() {
+    let Some(browser) = chromium() else { return };
+    let d = artifact_dir("diagnostic");
+    let out = d.to_str().unwrap();
+    attrpatch(&[
+        "run",
+        "--model",
+        IOI_MODEL,
+        "--device",
+        "cpu",
+        "--diagnostic",
+        "6",
+        "--diagnostic-top",
+        "4",
+        "--out",
+        out,
+    ]);
+    let loaded = load(&browser, &d.join("report.html"));
+    loaded.assert_clean();
+    let diag = json(&d.join("diagnostic.json"));
+    let section = Regex::new(r#"(?s)<h2>Diagnostic: what the top heads missed</h2>(.*?)</table>"#).unwrap();
+    let drawn = unescape(&section.captures(&loaded.dom).expect("no diagnostic section drawn")[1]);
+    assert!(drawn.contains(diag["bound"].as_str().unwrap()), "the bound is not in the section");
+    assert_eq!(drawn.matches("<tr>").count(), 1 + 6, "a header and a row per subset");
+    assert!(drawn.contains(&format!("{} (largest)", diag["max_subset"])), "the largest subset is not marked");
 }
 
 /// A run whose baselines are noise (the random fixture's logit differences are

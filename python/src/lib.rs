@@ -136,6 +136,7 @@ impl Attributor {
             positions: convert::get(job, "positions")?.unwrap_or(false),
             ig_steps: convert::get(job, "ig_steps")?,
             rows_per_call: convert::get(job, "rows_per_call")?,
+            atp_star: convert::get(job, "atp_star")?.unwrap_or(false),
         };
         let inner = &mut self.inner;
         let r = without_gil(py, move || inner.compare(&p, &c)).map_err(|e| to_py(py, e))?;

@@ -165,14 +165,7 @@ impl Attributor {
     pub fn attribute(&mut self, pairs: &Pairs) -> Result<JobResult> {
         let (opts, source) = self.job_inputs(pairs)?;
         if self.attribution.is_none() {
-            let metric = opts.metric;
-            let aug = AugmentOptions {
-                raw_outputs: false,
-                grid_outputs: true,
-                heads: opts.heads,
-                metric,
-                hooks: opts.hooks.clone(),
-            };
+            let aug = AugmentOptions::grids_of(&opts);
             let shared = job::choose_shared(&opts, &source)?;
             let prepared = self.prepare(&opts, &source, |m| match shared {
                 true => augment_shared(m, aug),
@@ -204,6 +197,10 @@ impl Attributor {
         let mut results = vec![("attribution", self.attribute(pairs)?)];
         if let Some(steps) = c.ig_steps {
             results.push(("ig", self.patching(pairs, Estimator::IntegratedGradients { steps }, c.rows_per_call)?));
+        }
+        if c.atp_star {
+            let (opts, _) = self.job_inputs(pairs)?;
+            results.push(("atp-star", crate::atp_star::run_atp_star(&opts, true)?.result));
         }
         Ok(crate::compare::assemble(exact, results))
     }

@@ -63,6 +63,7 @@ pub fn rewrite(model: impl Into<ModelSource>, opts: &RewriteOptions) -> Result<A
             heads: opts.heads,
             metric: opts.metric,
             hooks: opts.hooks.clone(),
+            atp_star: None,
         },
     )?;
     Ok(AugmentedModel { inner, source_had_external_data })

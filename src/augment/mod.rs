@@ -119,6 +119,10 @@ pub struct AugmentOptions {
     pub heads: Option<usize>,
     pub metric: Metric,
     pub hooks: crate::hooks::HookKind,
+    /// AtP*'s outputs (`atp_star::graph`): None for none; Some(grad_drop),
+    /// with GradDrop's sweeps when true. Two-copy graph only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub atp_star: Option<bool>,
 }
 
 impl Default for AugmentOptions {
@@ -129,6 +133,21 @@ impl Default for AugmentOptions {
             heads: None,
             metric: Metric::LogitDiff,
             hooks: crate::hooks::HookKind::AttnOut,
+            atp_star: None,
+        }
+    }
+}
+
+impl AugmentOptions {
+    /// A job's graph: its grids only (no raw outputs), its heads, metric and hooks.
+    pub fn grids_of(opts: &crate::job::JobOptions) -> Self {
+        AugmentOptions {
+            raw_outputs: false,
+            grid_outputs: true,
+            heads: opts.heads,
+            metric: opts.metric,
+            hooks: opts.hooks.clone(),
+            atp_star: None,
         }
     }
 }
@@ -163,6 +182,16 @@ fn build(model: OnnxModel, opts: AugmentOptions, shared_rows: bool) -> Result<Au
     if let Some(h) = opts.heads {
         anat.check_heads(&model, h)?;
     }
+    let atp_star = match opts.atp_star {
+        Some(_) if shared_rows => {
+            return Err(crate::error::Error::Input("AtP* runs on the two-copy graph: run it with --dedup off".into()))
+        }
+        Some(grad_drop) => {
+            let heads = anat.required_heads(&model, opts.heads)?;
+            Some(crate::atp_star::graph::Plan::read(&model, &anat, heads, grad_drop)?)
+        }
+        None => None,
+    };
     if shared_rows {
         shared::rename_token_inputs(&mut anat);
     }
@@ -202,8 +231,12 @@ fn build(model: OnnxModel, opts: AugmentOptions, shared_rows: bool) -> Result<Au
         None
     };
     let seed = b.const_tensor(anat.dtype, &[1, 1], &[1.0]);
-    let wrt: Vec<String> = anat.hooks.iter().map(|h| h.tensor.clone()).collect();
-    let grads = Backward { graph: g, facts: &facts, stop: &stop }.build(&mut b, &wrt, names::METRIC, &seed)?;
+    let mut wrt: Vec<String> = anat.hooks.iter().map(|h| h.tensor.clone()).collect();
+    if let Some(plan) = &atp_star {
+        wrt.extend(plan.wrt());
+    }
+    let mut grads = Backward { graph: g, facts: &facts, stop: &stop }.build(&mut b, &wrt, names::METRIC, &seed)?;
+    let extra_grads = grads.split_off(anat.hooks.len());
 
     let grid_heads = match (opts.grid_outputs, heads) {
         (true, Some(h)) => Some(h),
@@ -229,6 +262,9 @@ fn build(model: OnnxModel, opts: AugmentOptions, shared_rows: bool) -> Result<Au
         Forward::Shared(rows) => (rows.hook_views(&mut b, &anat, &grads), rows.pair_shape(&mut b, &anat)),
     };
     hook_outputs(&mut b, g, &anat, &views, &shape_bs, &opts, grid_heads);
+    if let (Some(plan), Forward::TwoCopy(copies)) = (&atp_star, &forward) {
+        plan.emit(&mut b, g, &facts, &stop, &anat, &|t| copies.clean_name(t), &extra_grads, &shape_bs, opts.raw_outputs)?;
+    }
     b.apply(g);
     skeleton::finish(&mut proto);
     Ok(Augmented {

@@ -105,6 +105,9 @@ pub struct Block {
     pub reads: Vec<HeadRead>,
     /// The out-projection.
     pub out_proj: OutProjection,
+    /// The attention's output as added to the residual (bias included).
+    #[serde(default)]
+    pub attn_write: String,
     /// The tensor the MLP's layer-norm reads (the residual after attention,
     /// or `resid_in` in a parallel block).
     pub mlp_in: String,
@@ -461,6 +464,37 @@ pub fn read(
     })
 }
 
+/// The attention behind a hook alone, for graphs whose blocks `read` cannot
+/// describe (AtP*'s QK-fix needs no more): (the Softmax node, the `Q K^T`
+/// MatMul node), by name.
+pub fn attention_of(
+    g: &GraphProto,
+    consts: &HashSet<String>,
+    facts: &Facts,
+    path: &std::path::Path,
+    hook: &Hook,
+) -> Result<(String, String)> {
+    let ix = Index::new(g, consts, facts, path.display().to_string());
+    let (_, sm, qk) = attention_nodes(&ix, hook)?;
+    Ok((sm.name.clone(), qk.name.clone()))
+}
+
+/// The attention behind a hook: P V (the first MatMul behind z), its Softmax and Q K^T.
+fn attention_nodes<'a>(ix: &Index<'a>, hook: &Hook) -> Result<(&'a NodeProto, &'a NodeProto, &'a NodeProto)> {
+    let layer = format!("layer {}", hook.layer);
+    let pv_t = ix.through_layout_back(&hook.tensor);
+    let pv = ix.producer_of(&pv_t).filter(|n| n.op_type == "MatMul").ok_or_else(|| {
+        ix.err(format!(
+            "{layer}: '{}' should be the heads merged from a MatMul of the attention probabilities with V",
+            hook.tensor
+        ))
+    })?;
+    let (sm, qk) = scores_matmul(ix, &pv.input[0]).ok_or_else(|| {
+        ix.err(format!("{layer}: no Softmax(Q K^T) found behind '{}' (node '{}')", pv.input[0], pv.name))
+    })?;
+    Ok((pv, sm, qk))
+}
+
 /// The attention half of a block: layer-norm, projections, head reads, out-projection.
 /// Returns the block (MLP fields empty), the key/value heads and (head_dim, d_model).
 fn read_block(ix: &Index, hook: &Hook, heads: usize) -> Result<(Block, usize, (usize, usize))> {
@@ -499,17 +533,7 @@ fn read_block(ix: &Index, hook: &Hook, heads: usize) -> Result<(Block, usize, (u
         trans_b: trans(out, "transB"),
     };
 
-    // The attention: P V (first MatMul behind z), softmax, Q K^T.
-    let pv_t = ix.through_layout_back(&hook.tensor);
-    let pv = ix.producer_of(&pv_t).filter(|n| n.op_type == "MatMul").ok_or_else(|| {
-        ix.err(format!(
-            "{layer}: '{}' should be the heads merged from a MatMul of the attention probabilities with V",
-            hook.tensor
-        ))
-    })?;
-    let qk = scores_matmul(ix, &pv.input[0]).ok_or_else(|| {
-        ix.err(format!("{layer}: no Softmax(Q K^T) found behind '{}' (node '{}')", pv.input[0], pv.name))
-    })?;
+    let (pv, _, qk) = attention_nodes(ix, hook)?;
     let sides = [&qk.input[0], &qk.input[1], &pv.input[1]];
     let behind: Vec<Vec<usize>> = sides.iter().map(|s| ix.projections_behind(s)).collect();
     let mut all: Vec<usize> = behind.iter().flatten().copied().collect();
@@ -567,6 +591,7 @@ fn read_block(ix: &Index, hook: &Hook, heads: usize) -> Result<(Block, usize, (u
         projections,
         reads,
         out_proj,
+        attn_write: String::new(),
         mlp_in: String::new(),
         shared_norm: !shared.is_empty(),
         mlp_readers: shared,
@@ -576,8 +601,9 @@ fn read_block(ix: &Index, hook: &Hook, heads: usize) -> Result<(Block, usize, (u
     Ok((block, kv, (head_dim, d_model)))
 }
 
-/// From the attention probabilities back to Softmax, then to the MatMul of Q and K^T.
-fn scores_matmul<'a>(ix: &Index<'a>, probs: &str) -> Option<&'a NodeProto> {
+/// From the attention probabilities back to Softmax, then to the MatMul of
+/// Q and K^T: (the Softmax, the MatMul).
+fn scores_matmul<'a>(ix: &Index<'a>, probs: &str) -> Option<(&'a NodeProto, &'a NodeProto)> {
     let mut t = probs.to_string();
     let sm = loop {
         let n = ix.producer_of(&t)?;
@@ -595,7 +621,7 @@ fn scores_matmul<'a>(ix: &Index<'a>, probs: &str) -> Option<&'a NodeProto> {
         for t in &frontier {
             let Some(n) = ix.producer_of(t) else { continue };
             if n.op_type == "MatMul" && n.input.iter().all(|x| ix.active(x)) {
-                return Some(n);
+                return Some((sm, n));
             }
             next.extend(ix.data_inputs(n).into_iter().cloned());
         }
@@ -757,6 +783,7 @@ fn finish_block(ix: &Index, b: &mut Block, next_in: Option<&str>, parallel: &mut
             }
         }
     };
+    let attn_write = t.clone();
     let is_parallel = !ix.same_stream(&b.resid_in, &other);
     if b.shared_norm && !is_parallel {
         return Err(ix.err(format!(
@@ -837,6 +864,7 @@ fn finish_block(ix: &Index, b: &mut Block, next_in: Option<&str>, parallel: &mut
         }
     }
     b.mlp_in = mlp_in.clone();
+    b.attn_write = attn_write;
     b.mlp_out = mlp_out;
     b.resid_out = resid_out;
     if b.shared_norm {

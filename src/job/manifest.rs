@@ -25,15 +25,28 @@ pub enum Method {
         /// Points of the midpoint rule.
         steps: usize,
     },
+    /// AtP* (`atp_star`): the QK-fix of queries and keys, and GradDrop's
+    /// sweeps when `grad_drop`.
+    AtpStar {
+        /// Whether GradDrop's sweeps ran.
+        grad_drop: bool,
+    },
 }
 
 impl Method {
+    /// Whether the grids hold magnitudes (AtP*'s GradDrop), not signed effects.
+    pub fn magnitudes(&self) -> bool {
+        matches!(self, Method::AtpStar { grad_drop: true })
+    }
+
     /// How the method is named in reports and figures.
     pub fn label(&self) -> String {
         match self {
             Method::Attribution => "Attribution patching".into(),
             Method::ExactPatching => "Activation patching (exact)".into(),
             Method::IntegratedGradients { steps } => format!("Integrated gradients ({steps} steps)"),
+            Method::AtpStar { grad_drop: true } => "AtP* (QK-fix, GradDrop)".into(),
+            Method::AtpStar { grad_drop: false } => "AtP* (QK-fix only)".into(),
         }
     }
 }

@@ -193,13 +193,7 @@ pub struct Timings {
 /// Runs the job; for a shard, returns None after writing its batches.
 /// The graph is the shared-rows one when `opts.dedup` says so for these prompts (`rows`).
 pub fn run_job(opts: &JobOptions) -> Result<Option<JobResult>> {
-    let aug = AugmentOptions {
-        raw_outputs: false,
-        grid_outputs: true,
-        heads: opts.heads,
-        metric: opts.metric,
-        hooks: opts.hooks.clone(),
-    };
+    let aug = AugmentOptions::grids_of(opts);
     let mut p = prepare_choosing(
         opts,
         |source| {

@@ -147,6 +147,10 @@ impl GraphBuilder {
         let v = self.opset >= 18;
         self.reduce("ReduceProd", x, axes, keepdims, v)
     }
+    pub fn reduce_max(&mut self, x: &str, axes: &[i64], keepdims: bool) -> String {
+        let v = self.opset >= 18;
+        self.reduce("ReduceMax", x, axes, keepdims, v)
+    }
     pub fn unsqueeze(&mut self, x: &str, axes: &[i64]) -> String {
         if self.opset >= 13 {
             let a = self.const_i64s(axes);

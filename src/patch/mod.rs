@@ -7,6 +7,7 @@
 //! (job::finish), so the three grids are directly comparable.
 
 pub mod cut;
+pub mod diagnostic;
 pub mod graph;
 pub mod plan;
 pub mod staged;
@@ -21,7 +22,7 @@ use crate::prompts::TokenizedPrompts;
 use crate::runtime::{self, Runtime, Value};
 use graph::{names, PatchGraph, PatchGraphOptions};
 use ndarray::{Array1, Array2};
-use plan::{Patch, Plan, Row};
+use plan::{Patch, Plan, Row, Unit};
 use std::collections::HashMap;
 use std::time::Instant;
 
@@ -183,15 +184,7 @@ pub fn run_prepared(
     // A call feeds the clean prompts of the pairs its rows use; rows are in pair order.
     let (rows, mut acc, sizing) = plan_rows(opts, estimator, plan, rows_per_call, p);
     let rows_per_call = sizing.per_call;
-    let chunks: Vec<&[Row]> = rows.chunks(rows_per_call).collect();
-    let bar = crate::progress::bar(&opts.progress, chunks.len() as u64, "calls");
-    let clock = Instant::now();
-    for chunk in &chunks {
-        run_chunk(rt, &p.graph, &p.tokens, chunk, &mut acc)?;
-        bar.inc(1);
-    }
-    bar.finish_and_clear();
-    p.seconds.run = clock.elapsed().as_secs_f64();
+    let calls = run_rows(opts, rt, p, &rows, rows_per_call, &mut acc, &[])?;
 
     let pairs = acc.finish()?;
     // All rows form one "batch" of the whole prompt set, in rows_per_call chunks.
@@ -201,9 +194,33 @@ pub fn run_prepared(
     manifest.runtime = rt.describe();
     let batch = BatchResult::new(0, manifest.batch_key(0), pairs, opts.per_prompt)?;
     let mut r = job::finish(manifest, &[batch])?;
-    r.runtime_calls = chunks.len();
+    r.runtime_calls = calls;
     r.seconds = p.seconds.clone();
     Ok(r)
+}
+
+/// Runs `rows` on the session `rt` of the prepared job, `rows_per_call` a
+/// call, into `acc` (with a progress bar); sets the run time; returns the calls made.
+/// `subsets` lists the units of the plan's subset rows.
+fn run_rows(
+    opts: &JobOptions,
+    rt: &mut dyn Runtime,
+    p: &mut job::Prepared<PatchGraph>,
+    rows: &[Row],
+    rows_per_call: usize,
+    acc: &mut Accumulator,
+    subsets: &[Vec<Unit>],
+) -> Result<usize> {
+    let chunks: Vec<&[Row]> = rows.chunks(rows_per_call).collect();
+    let bar = crate::progress::bar(&opts.progress, chunks.len() as u64, "calls");
+    let clock = Instant::now();
+    for chunk in &chunks {
+        run_chunk(rt, &p.graph, &p.tokens, chunk, acc, subsets)?;
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    p.seconds.run = clock.elapsed().as_secs_f64();
+    Ok(chunks.len())
 }
 
 fn run_chunk(
@@ -212,6 +229,7 @@ fn run_chunk(
     all: &TokenizedPrompts,
     rows: &[Row],
     acc: &mut Accumulator,
+    subsets: &[Vec<Unit>],
 ) -> Result<()> {
     let first = rows[0].pair;
     let last = rows[rows.len() - 1].pair;
@@ -222,7 +240,7 @@ fn run_chunk(
     inputs.push((names::ROW_PAIR.into(), Value::I64(row_pair)));
     inputs.push((names::ROW_WEIGHTS.into(), Value::F32(Array2::<f32>::ones((rows.len(), 1)).into_dyn())));
     for h in &pg.hooks {
-        let m = plan::mask(&local, h.layer, t.seq_len, pg.units(), &t.lengths);
+        let m = plan::mask(&local, h.layer, t.seq_len, pg.units(), &t.lengths, subsets);
         inputs.push((names::mask(h.layer), Value::F32(m.into_dyn())));
     }
     let mut out = rt.run(inputs)?;
@@ -271,26 +289,31 @@ struct Accumulator {
 }
 
 impl Accumulator {
+    /// Subset plans keep one "heads" row per pair, a cell per subset, and no positions.
     fn new(pg: &PatchGraph, plan: Plan, pairs: usize, seq: usize) -> Self {
         let layers = pg.hooks.len();
-        let heads_on = pg.heads.is_some() && !matches!(plan, Plan::Exact { heads: false, .. });
-        let positions_on = !matches!(plan, Plan::Exact { positions: false, .. });
+        let has_heads = pg.heads.is_some();
+        // (rows, width) of each grid, None when the plan does not fill it.
+        let (heads, positions) = match plan {
+            Plan::Exact { heads, positions } => {
+                ((heads && has_heads).then_some((layers, pg.units())), positions.then_some((layers, seq)))
+            }
+            Plan::IntegratedGradients { .. } => (has_heads.then_some((layers, pg.units())), Some((layers, seq))),
+            Plan::Subsets { count } => (Some((1, count)), None),
+        };
         // Exact: NaN marks a cell not run (a position past the pair's end). IG: rows are summed in.
         let start = if matches!(plan, Plan::IntegratedGradients { .. }) { 0.0 } else { f64::NAN };
-        let grid = |on: bool, width: usize| {
-            if on {
-                vec![vec![vec![start; width]; layers]; pairs]
-            } else {
-                vec![vec![]; pairs]
-            }
+        let grid = |shape: Option<(usize, usize)>| match shape {
+            Some((rows, width)) => vec![vec![vec![start; width]; rows]; pairs],
+            None => vec![vec![]; pairs],
         };
         Accumulator {
             plan,
             layer_index: pg.hooks.iter().enumerate().map(|(i, h)| (h.layer, i)).collect(),
             clean: vec![f64::NAN; pairs],
             baseline: vec![None; pairs],
-            heads: grid(heads_on, pg.units()),
-            positions: grid(positions_on, seq),
+            heads: grid(heads),
+            positions: grid(positions),
         }
     }
 
@@ -299,6 +322,7 @@ impl Accumulator {
             Patch::Baseline => self.baseline[r.pair] = Some(v),
             Patch::Head { layer, unit } => self.heads[r.pair][self.layer_index[&layer]][unit] = v,
             Patch::Position { layer, position } => self.positions[r.pair][self.layer_index[&layer]][position] = v,
+            Patch::Subset { subset } => self.heads[r.pair][0][subset] = v,
             Patch::Interpolate { .. } => {}
         }
     }
@@ -319,7 +343,7 @@ impl Accumulator {
             let base = self.baseline[pair]
                 .ok_or_else(|| Error::Runtime(format!("pair {pair}: its baseline row did not run")))?;
             match self.plan {
-                Plan::Exact { .. } => {
+                Plan::Exact { .. } | Plan::Subsets { .. } => {
                     // Positions past the pair's end were not run: patching them changes nothing.
                     for row in heads.iter_mut().chain(positions.iter_mut()) {
                         row.iter_mut().for_each(|v| *v = if v.is_nan() { 0.0 } else { *v - base });

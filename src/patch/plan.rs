@@ -4,6 +4,9 @@
 
 use ndarray::Array4;
 
+/// One unit a subset row patches: (the hook's layer, the head).
+pub type Unit = (usize, usize);
+
 /// What one row does to the corrupted run.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Patch {
@@ -15,6 +18,9 @@ pub enum Patch {
     Position { layer: usize, position: usize },
     /// The whole layer's hook moved `alpha` of the way to its clean value.
     Interpolate { layer: usize, alpha: f32 },
+    /// The clean values of every unit of subset `subset` at once, each at the
+    /// pair's last position (the subsets are listed beside the rows; see `mask`).
+    Subset { subset: usize },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -28,6 +34,8 @@ pub struct Row {
 pub enum Plan {
     Exact { heads: bool, positions: bool },
     IntegratedGradients { steps: usize },
+    /// One row per subset, `count` subsets (each patched jointly).
+    Subsets { count: usize },
 }
 
 impl Plan {
@@ -56,6 +64,7 @@ impl Plan {
                             .for_each(|k| add(Patch::Interpolate { layer, alpha: (k as f32 + 0.5) / steps as f32 }));
                     }
                 }
+                Plan::Subsets { count } => (0..count).for_each(|subset| add(Patch::Subset { subset })),
             }
         }
         rows
@@ -63,8 +72,16 @@ impl Plan {
 }
 
 /// The mask input of `layer` for these rows: [R, S, units, 1]; `lengths[pair]`
-/// places each pair's last position.
-pub fn mask(rows: &[Row], layer: usize, seq: usize, units: usize, lengths: &[usize]) -> Array4<f32> {
+/// places each pair's last position. `subsets[i]` lists the units a
+/// `Patch::Subset { subset: i }` row patches (empty for plans without subsets).
+pub fn mask(
+    rows: &[Row],
+    layer: usize,
+    seq: usize,
+    units: usize,
+    lengths: &[usize],
+    subsets: &[Vec<Unit>],
+) -> Array4<f32> {
     let mut m = Array4::<f32>::zeros((rows.len(), seq, units, 1));
     for (r, row) in rows.iter().enumerate() {
         match row.patch {
@@ -75,6 +92,11 @@ pub fn mask(rows: &[Row], layer: usize, seq: usize, units: usize, lengths: &[usi
                 }
             }
             Patch::Interpolate { layer: l, alpha } if l == layer => m.slice_mut(ndarray::s![r, .., .., ..]).fill(alpha),
+            Patch::Subset { subset } => {
+                for &(_, unit) in subsets[subset].iter().filter(|(l, _)| *l == layer) {
+                    m[[r, lengths[row.pair] - 1, unit, 0]] = 1.0;
+                }
+            }
             _ => {}
         }
     }
@@ -108,15 +130,33 @@ mod tests {
             Row { pair: 0, patch: Patch::Interpolate { layer: 1, alpha: 0.25 } },
             Row { pair: 0, patch: Patch::Baseline },
         ];
-        let m1 = mask(&rows, 1, 4, 3, &lengths);
+        let m1 = mask(&rows, 1, 4, 3, &lengths, &[]);
         assert_eq!(m1[[0, 2, 2, 0]], 1.0);
         assert_eq!(m1[[1, 1, 0, 0]], 1.0);
         assert!(m1.slice(ndarray::s![3, .., .., ..]).iter().all(|&v| v == 0.25));
         assert_eq!(m1.iter().filter(|&&v| v == 1.0).count(), 2);
         assert!(m1.slice(ndarray::s![2, .., .., ..]).iter().all(|&v| v == 0.0));
-        let m0 = mask(&rows, 0, 4, 3, &lengths);
+        let m0 = mask(&rows, 0, 4, 3, &lengths, &[]);
         assert_eq!(m0.sum(), 3.0);
         assert!((0..3).all(|u| m0[[2, 1, u, 0]] == 1.0));
+    }
+
+    /// A subset row sets ones at each of its units of this layer, at the pair's
+    /// last position, and nothing for its units of other layers.
+    #[test]
+    fn a_subset_row_patches_all_its_units_of_the_layer_at_the_last_position() {
+        let subsets = vec![vec![(0, 1), (2, 0), (2, 2)], vec![(2, 1)]];
+        let rows = Plan::Subsets { count: 2 }.rows(&[0, 2], 3, &[4, 3]);
+        assert_eq!(rows.len(), 2 * 3, "per pair: the baseline and one row per subset");
+        assert_eq!(rows[2], Row { pair: 0, patch: Patch::Subset { subset: 1 } });
+        let m2 = mask(&rows, 2, 5, 3, &[4, 3], &subsets);
+        let ones: Vec<[usize; 3]> =
+            m2.indexed_iter().filter(|(_, &v)| v == 1.0).map(|((r, s, u, _), _)| [r, s, u]).collect();
+        // Rows: 0 baseline, 1 subset 0, 2 subset 1 (pair 0, last position 3); 3, 4, 5 the same for pair 1 (2).
+        assert_eq!(ones, vec![[1, 3, 0], [1, 3, 2], [2, 3, 1], [4, 2, 0], [4, 2, 2], [5, 2, 1]]);
+        let m0 = mask(&rows, 0, 5, 3, &[4, 3], &subsets);
+        assert_eq!(m0.sum(), 2.0);
+        assert_eq!((m0[[1, 3, 1, 0]], m0[[4, 2, 1, 0]]), (1.0, 1.0));
     }
 
     #[test]

@@ -296,7 +296,7 @@ fn run_cut_chunk(
     all.push((names::ROW_PAIR.into(), Value::I64(Array1::from_iter(rows.iter().map(|r| r.pair as i64)).into_dyn())));
     all.push((names::ROW_WEIGHTS.into(), Value::F32(Array2::<f32>::ones((rows.len(), 1)).into_dyn())));
     for h in &pg.hooks[stage.cut.start..] {
-        let m = plan::mask(rows, h.layer, t.seq_len, pg.units(), &t.lengths);
+        let m = plan::mask(rows, h.layer, t.seq_len, pg.units(), &t.lengths, &[]);
         all.push((names::mask(h.layer), Value::F32(m.into_dyn())));
     }
     let row_pairs: Vec<usize> = rows.iter().map(|r| r.pair).collect();

@@ -23,6 +23,12 @@ pub fn header_height(title: &[String], subtitle: &[String]) -> i32 {
     title.len() as i32 * (text_h(TITLE) + 4) + subtitle.len() as i32 * (text_h(SUBTITLE) + 3)
 }
 
+/// The width of the widest of the title and subtitle lines.
+pub fn header_width(title: &[String], subtitle: &[String]) -> i32 {
+    let t = title.iter().map(|l| super::font::text_w(l, TITLE));
+    t.chain(subtitle.iter().map(|l| super::font::text_w(l, SUBTITLE))).max().unwrap_or(0)
+}
+
 /// Draws the title and subtitle lines centred on `centre`, the first at `top`;
 /// returns the y below the last.
 pub fn draw_header<DB: DrawingBackend>(

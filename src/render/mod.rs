@@ -1,6 +1,7 @@
 //! Writing attribution grids: heatmaps and scatter plots (drawn with plotters,
 //! each as PNG and SVG), CSV, JSON, and the self-contained report.html; for
-//! edge scores, the circuit figure and the faithfulness curve.
+//! edge scores, the circuit figure and the faithfulness curve; for `compare`,
+//! the recall curves.
 
 // The figures (plotters) only with the `figures` feature; the data files and
 // report.html (drawn in the browser, the circuit included) always.
@@ -21,6 +22,8 @@ mod heatmap;
 mod labels;
 #[cfg(feature = "figures")]
 mod pen;
+#[cfg(feature = "figures")]
+mod recall;
 mod report_html;
 #[cfg(feature = "figures")]
 mod scatter;
@@ -37,6 +40,10 @@ pub use faithfulness::{write_faithfulness, write_faithfulness_mib};
 #[cfg(feature = "figures")]
 pub use heatmap::{write_heatmap, write_heatmaps};
 pub use labels::subtitle;
-pub use report_html::{write_compare_report_html, write_report_html, write_report_html_with_edges};
+#[cfg(feature = "figures")]
+pub use recall::{recall_svg, write_recall};
+pub use report_html::{
+    write_compare_report_html, write_report_html, write_report_html_with_diagnostic, write_report_html_with_edges,
+};
 #[cfg(feature = "figures")]
 pub use scatter::{write_scatter, Scatter, Series, COLOURS};

@@ -2,7 +2,8 @@
 //! data; nothing fetched when opened) with the grids as interactive heatmaps in
 //! the tutorial's plotly look (RdBu centred on zero, layer 0 at the top, the
 //! value under the mouse), the baselines, prompts, options and timings; from
-//! `compare`, the grids side by side, the scatter plots and the largest misses.
+//! `compare`, the grids side by side, the scatter plots, the largest misses and
+//! the recall curves; from `run --diagnostic`, the diagnostic's subsets.
 //! The page is drawn by report.js from a JSON block, so the Rust side only
 //! gathers data.
 
@@ -13,6 +14,8 @@ use crate::compare::{Agreement, Comparison};
 use crate::error::{Error, Result};
 use crate::fsutil::write_atomic;
 use crate::job::JobResult;
+use crate::patch::diagnostic::Diagnostic;
+use crate::recall::GridRecall;
 use crate::report::{heads_grid, positions_grid};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -37,9 +40,19 @@ pub fn write_report_html_with_edges(r: &JobResult, out_dir: &Path, edges: Option
     write_page(&out_dir.join("report.html"), &title, &data)
 }
 
+/// As `write_report_html`, with the diagnostic's section (`run --diagnostic`):
+/// the bound in words and each subset's exact effect beside its estimate.
+pub fn write_report_html_with_diagnostic(r: &JobResult, out_dir: &Path, d: &Diagnostic) -> Result<PathBuf> {
+    let title = format!("attrpatch: {}", r.manifest.method.label());
+    let mut data = job_data(r);
+    data["diagnostic"] =
+        serde_json::to_value(d).map_err(|e| Error::Runtime(format!("serialising the diagnostic for report.html: {e}")))?;
+    write_page(&out_dir.join("report.html"), &title, &data)
+}
+
 /// Writes `out/report.html` for a comparison, linking each method's own report.
 pub fn write_compare_report_html(c: &Comparison, out: &Path) -> Result<PathBuf> {
-    write_page(&out.join("report.html"), "attrpatch: estimates against exact activation patching", &compare_data(c))
+    write_page(&out.join("report.html"), "attrpatch: estimates against exact activation patching", &compare_data(c)?)
 }
 
 fn write_page(path: &Path, title: &str, data: &Value) -> Result<PathBuf> {
@@ -171,7 +184,25 @@ fn agreement_json(a: &Agreement, exact: &Value) -> Value {
     })
 }
 
-fn compare_data(c: &Comparison) -> Value {
+/// The recall section of one grid: each estimate's nodes to full recall per k,
+/// and the figure's SVG (null without the `figures` feature).
+fn recall_json(g: &GridRecall, subtitle: &str) -> Result<Value> {
+    #[cfg(feature = "figures")]
+    let svg = Value::String(super::recall::recall_svg(g, subtitle)?);
+    #[cfg(not(feature = "figures"))]
+    let svg = {
+        let _ = subtitle;
+        Value::Null
+    };
+    let methods: Vec<Value> = g
+        .methods
+        .iter()
+        .map(|m| json!({"key": m.key, "label": m.label, "full_recall_at": m.curves.iter().map(|c| c.full_recall_at).collect::<Vec<_>>()}))
+        .collect();
+    Ok(json!({"nodes": g.nodes, "ks": g.ks, "methods": methods, "svg": svg}))
+}
+
+fn compare_data(c: &Comparison) -> Result<Value> {
     let x = &c.exact;
     let mut kinds = vec![];
     type GridOf = fn(&JobResult) -> super::Grid;
@@ -195,7 +226,11 @@ fn compare_data(c: &Comparison) -> Value {
             .iter()
             .map(|(e, a)| json!({"key": e.key, "label": e.result.manifest.method.label(), "agreement": agreement_json(a, &exact)}))
             .collect();
-        kinds.push(json!({"name": name, "panels": panels, "estimates": estimates}));
+        let recall = match c.recall.iter().find(|g| g.grid == name) {
+            Some(g) => recall_json(g, &subtitle(&x.manifest))?,
+            None => Value::Null,
+        };
+        kinds.push(json!({"name": name, "panels": panels, "estimates": estimates, "recall": recall}));
     }
     let methods: Vec<Value> = c
         .estimates
@@ -207,7 +242,7 @@ fn compare_data(c: &Comparison) -> Value {
             json!({"key": key, "label": r.manifest.method.label(), "seconds": r.seconds, "runtime_calls": r.runtime_calls})
         })
         .collect();
-    json!({
+    Ok(json!({
         "kind": "compare",
         "title": "Estimates against exact activation patching",
         "subtitle": subtitle(&x.manifest),
@@ -220,7 +255,7 @@ fn compare_data(c: &Comparison) -> Value {
         "prompts": x.manifest.prompts,
         "methods": methods,
         "kinds": kinds,
-    })
+    }))
 }
 
 #[cfg(test)]

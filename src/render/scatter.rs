@@ -35,7 +35,7 @@ pub struct Scatter {
 }
 
 /// Colours for up to three estimators (plotly's first three).
-pub const COLOURS: [Colour; 3] = [[99, 110, 250], [239, 85, 59], [0, 204, 150]];
+pub const COLOURS: [Colour; 4] = [[99, 110, 250], [239, 85, 59], [0, 204, 150], [171, 99, 250]];
 
 /// How many of the points furthest from y = x get their cell's name.
 pub const LABELLED_MISSES: usize = 4;

@@ -31,7 +31,7 @@ impl Pairs {
     }
 
     /// Mean logit difference at the last position, from full logits [B, S, V].
-    fn mean_ld(&self, logits: &ArrayD<f32>) -> f64 {
+    pub fn mean_ld(&self, logits: &ArrayD<f32>) -> f64 {
         let last = self.clean.ncols() - 1;
         let sum: f64 = self
             .answers
@@ -43,7 +43,8 @@ impl Pairs {
     }
 }
 
-struct Plain {
+/// The plain model on ONNX Runtime, with chosen tensors fed instead of computed.
+pub struct Plain {
     rt: Box<dyn Runtime>,
     inputs: Vec<String>,
 }
@@ -51,7 +52,7 @@ struct Plain {
 impl Plain {
     /// The model with the `fed` tensors (name, rank) cut from their producers and taken as
     /// inputs, and `exposed` as outputs.
-    fn new(model: &OnnxModel, fed: &[(String, usize)], exposed: &[String]) -> Self {
+    pub fn new(model: &OnnxModel, fed: &[(String, usize)], exposed: &[String]) -> Self {
         let mut proto = model.proto.clone();
         let g = proto.graph.as_mut().unwrap();
         for o in g.node.iter_mut().flat_map(|n| n.output.iter_mut()) {
@@ -63,12 +64,13 @@ impl Plain {
         g.input.extend(
             fed.iter().map(|(t, rank)| attrpatch::onnx::graph::value_info(t, FLOAT, &vec![Dim::Unknown; *rank])),
         );
-        g.output.extend(exposed.iter().map(|t| attrpatch::onnx::graph::value_info(t, FLOAT, &[])));
+        g.output.extend(exposed.iter().map(|t| attrpatch::onnx::graph::value_info_unshaped(t, FLOAT)));
         let opts = RuntimeOptions { kind: RuntimeKind::Ort, device: Device::Cpu, ort_lib: None, threads: 1 };
         Plain { rt: runtime::create(&proto.encode_to_vec(), &opts).unwrap(), inputs }
     }
 
-    fn run(&mut self, ids: &Array2<i64>, fed: Vec<(String, ArrayD<f32>)>) -> HashMap<String, ArrayD<f32>> {
+    /// Runs `ids` (full-length rows) with the `fed` tensors' values.
+    pub fn run(&mut self, ids: &Array2<i64>, fed: Vec<(String, ArrayD<f32>)>) -> HashMap<String, ArrayD<f32>> {
         let mut inputs = vec![];
         for name in &self.inputs {
             let v = match name.as_str() {
@@ -83,19 +85,38 @@ impl Plain {
     }
 }
 
+/// The plain model's clean and corrupted runs, with every attention hook exposed.
+struct Unpatched {
+    model: OnnxModel,
+    logits: String,
+    /// The hook tensors, in layer order.
+    tensors: Vec<String>,
+    clean: HashMap<String, ArrayD<f32>>,
+    corrupted: HashMap<String, ArrayD<f32>>,
+    clean_ld: f64,
+    corr_ld: f64,
+}
+
+impl Unpatched {
+    fn run(model_path: &Path, p: &Pairs) -> Self {
+        let model = OnnxModel::load(model_path).unwrap();
+        let logits = model.graph().output[0].name.clone();
+        let tensors: Vec<String> =
+            find_hooks(&model, &HookKind::AttnOut).unwrap().iter().map(|h| h.tensor.clone()).collect();
+        let mut plain = Plain::new(&model, &[], &tensors);
+        let clean = plain.run(&p.clean, vec![]);
+        let corrupted = plain.run(&p.corrupted, vec![]);
+        let (clean_ld, corr_ld) = (p.mean_ld(&clean[&logits]), p.mean_ld(&corrupted[&logits]));
+        Unpatched { model, logits, tensors, clean, corrupted, clean_ld, corr_ld }
+    }
+}
+
 /// The exact heads grid (each head at the last position) and positions grid
 /// (the whole hook at each position), normalised like the tutorial's metric.
 pub fn exact_grids(model_path: &Path, p: &Pairs, heads: usize) -> (Vec<Vec<f64>>, Vec<Vec<f64>>) {
-    let model = OnnxModel::load(model_path).unwrap();
-    let logits = model.graph().output[0].name.clone();
-    let tensors: Vec<String> =
-        find_hooks(&model, &HookKind::AttnOut).unwrap().iter().map(|h| h.tensor.clone()).collect();
+    let Unpatched { model, logits, tensors, clean, corrupted, clean_ld, corr_ld } = Unpatched::run(model_path, p);
     let (b, s) = p.clean.dim();
     let last = s - 1;
-    let mut plain = Plain::new(&model, &[], &tensors);
-    let clean = plain.run(&p.clean, vec![]);
-    let corrupted = plain.run(&p.corrupted, vec![]);
-    let (clean_ld, corr_ld) = (p.mean_ld(&clean[&logits]), p.mean_ld(&corrupted[&logits]));
     let (mut grid_heads, mut grid_positions) = (vec![], vec![]);
     for t in &tensors {
         let shape = corrupted[t].shape().to_vec();
@@ -129,6 +150,43 @@ pub fn exact_grids(model_path: &Path, p: &Pairs, heads: usize) -> (Vec<Vec<f64>>
         grid_positions.push(row);
     }
     (grid_heads, grid_positions)
+}
+
+/// The normalised effect of patching several heads together, each
+/// (hook index, head) at every pair's last position, by hand: layer by layer
+/// upwards, run the model with the lower layers' patched hooks fed, take this
+/// layer's hook as that run computes it, and move the chosen heads to their
+/// clean values; the last run feeds every patched hook and gives the metric.
+pub fn joint_heads_effect(model_path: &Path, p: &Pairs, heads: usize, set: &[[usize; 2]]) -> f64 {
+    let Unpatched { model, logits, tensors, clean, clean_ld, corr_ld, .. } = Unpatched::run(model_path, p);
+    let (b, s) = p.clean.dim();
+    let last = s - 1;
+    let mut layers: Vec<usize> = set.iter().map(|c| c[0]).collect();
+    layers.sort_unstable();
+    layers.dedup();
+    let mut fed: Vec<(String, ArrayD<f32>)> = vec![];
+    let ranks = |fed: &[(String, ArrayD<f32>)]| fed.iter().map(|(t, a)| (t.clone(), a.ndim())).collect::<Vec<_>>();
+    for &l in &layers {
+        let t = &tensors[l];
+        let mut run = Plain::new(&model, &ranks(&fed), std::slice::from_ref(t));
+        let now = run.run(&p.corrupted, fed.clone()).remove(t).unwrap();
+        let shape = now.shape().to_vec();
+        let d = now.len() / (b * s);
+        let dh = d / heads;
+        let mut a = now.into_shape_with_order(IxDyn(&[b, s, d])).unwrap();
+        let c = clean[t].clone().into_shape_with_order(IxDyn(&[b, s, d])).unwrap();
+        for &[_, h] in set.iter().filter(|c| c[0] == l) {
+            for i in 0..b {
+                for k in h * dh..(h + 1) * dh {
+                    a[[i, last, k]] = c[[i, last, k]];
+                }
+            }
+        }
+        fed.push((t.clone(), a.into_shape_with_order(IxDyn(&shape)).unwrap()));
+    }
+    let mut run = Plain::new(&model, &ranks(&fed), &[]);
+    let out = run.run(&p.corrupted, fed);
+    (p.mean_ld(&out[&logits]) - corr_ld) / (clean_ld - corr_ld)
 }
 
 /// Asserts |got - want| <= tol cell by cell; returns the largest difference.

@@ -393,6 +393,7 @@
     root.append(figures);
     draw(data.grids);
     if (data.edges) renderEdges(data.edges);
+    if (data.diagnostic) renderDiagnostic(data.diagnostic);
 
     const rows = data.prompts.map((p, i) => {
       const pm = data.pair_metrics[i];
@@ -408,6 +409,32 @@
     ]));
     root.append(el("h3", {}, "Hooks"), table(["layer", "tensor", "node"], data.hooks.map(h => [h.layer, el("code", {}, h.tensor), el("code", {}, h.node)])));
     section("Timings", seconds(data.seconds));
+  }
+
+  // Recall of exact patching's top k against nodes verified in each estimate's order.
+  function renderRecall(R) {
+    root.append(el("h3", {}, "Recall of exact patching's top nodes"), el("p", { "class": "note" },
+      `Verify the ${R.nodes} nodes by exact patching in the order of |estimate|, largest first: the curve is the fraction of exact patching's top k ` +
+      "(largest |effect|) found so far. The table gives the nodes verified until all of the top k are found (k at best)."));
+    if (R.svg) {
+      const fig = el("div", { "class": "figure recall" });
+      fig.innerHTML = R.svg;
+      root.append(fig);
+    }
+    root.append(table(["estimate", ...R.ks.map(k => `top ${k}`)], R.methods.map(m => [m.label, ...m.full_recall_at.map(String)]),
+      [0, ...R.ks.map(() => 1)]));
+  }
+
+  // run --diagnostic: random subsets of the heads outside the top K, each patched jointly.
+  function renderDiagnostic(D) {
+    section("Diagnostic: what the top heads missed");
+    root.append(el("p", { "class": "note", id: "diagnostic-bound" }, D.bound));
+    const top = D.top.map(h => `L${h.layer} H${h.head}`).join(", ");
+    root.append(el("p", { "class": "note" }, `Top ${D.top_k} by |${D.ranked_by}| (left out of the subsets): ${top}. ` +
+      `${D.subsets.length} subsets of ${D.subset_size} of the other ${D.outside} heads, seed ${D.seed}.`));
+    root.append(table(["subset", "heads", "exact effect", "sum of estimates"], D.subsets.map((s, i) => [
+      i === D.max_subset ? `${i} (largest)` : String(i), s.heads.map(h => `L${h[0]} H${h[1]}`).join(", "), fmt(s.effect), fmt(s.estimate_sum),
+    ]), [1, 0, 1, 1]));
   }
 
   function renderCompare() {
@@ -426,6 +453,7 @@
           e.agreement.largest_misses.map(m => [m.layer, m.token === null ? m.index : `${m.index} '${m.token}'`, fmt(m.estimate), fmt(m.exact), fmt(m.estimate - m.exact)]), [1, 0, 1, 1, 1]));
       }
       void exact;
+      if (kind.recall) renderRecall(kind.recall);
     }
     section("Methods", table(["method", "time", "runtime calls", "report"], data.methods.map(m => [m.label,
       (m.seconds.load + m.seconds.rewrite + m.seconds.session + m.seconds.run).toFixed(2) + " s", m.runtime_calls,

@@ -415,3 +415,42 @@ fn grad_drop_on_a_file_without_readable_blocks_names_no_grad_drop() {
     assert!(e.contains("residual") && e.contains("--no-grad-drop"), "{e}");
     assert!(Plan::read(&model, &anat, heads, false).is_ok());
 }
+
+/// `compare --atp-star` on a family fixture (Llama: GQA, rotary, SDPA): AtP*'s
+/// recall curves beside AtP's, and its full recall of exact's top k reached
+/// no later than the last node.
+#[test]
+fn compare_with_atp_star_on_a_family_fixture_gives_recall_curves_for_both() {
+    let dir = root().join("tests/fixtures/arch");
+    let name = "llama-sdpa-dynamo-op18";
+    let v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join(format!("{name}.json"))).unwrap()).unwrap();
+    let ids = |k: &str| -> Vec<Vec<i64>> { serde_json::from_value(v[k].clone()).unwrap() };
+    let mut o = attrpatch::job::JobOptions::new(dir.join(format!("{name}.onnx")));
+    o.with_token_ids(ids("input_ids"), ids("corrupted_ids"), &ids("answer_ids"));
+    let c = attrpatch::compare::compare(
+        &o,
+        &attrpatch::CompareOptions { positions: true, ig_steps: None, rows_per_call: None, atp_star: true },
+    )
+    .unwrap();
+    let keys: Vec<&str> = c.estimates.iter().map(|e| e.key).collect();
+    assert_eq!(keys, ["attribution", "atp-star"]);
+    for g in &c.recall {
+        let methods: Vec<&str> = g.methods.iter().map(|m| m.key.as_str()).collect();
+        assert_eq!(methods, ["attribution", "atp-star"], "{}", g.grid);
+        for m in &g.methods {
+            for (curve, &k) in m.curves.iter().zip(&g.ks) {
+                assert!(curve.full_recall_at >= k && curve.full_recall_at <= g.nodes, "{} {} top {k}", g.grid, m.key);
+                assert_eq!(curve.recall.len(), g.nodes);
+            }
+            eprintln!(
+                "{name} {} {}: full recall at {:?} for k {:?}",
+                g.grid,
+                m.key,
+                m.curves.iter().map(|c| c.full_recall_at).collect::<Vec<_>>(),
+                g.ks
+            );
+        }
+    }
+    assert_eq!(c.recall.len(), 2, "heads and positions");
+}

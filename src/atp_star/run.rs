@@ -57,7 +57,7 @@ fn check_options(opts: &JobOptions) -> Result<()> {
         return refuse("--per-prompt");
     }
     if opts.hooks != crate::hooks::HookKind::AttnOut {
-        return refuse("--hooks other than attn (AtP*'s queries and keys are the attention's)");
+        return refuse("--hook other than attn (AtP*'s queries and keys are the attention's)");
     }
     Ok(())
 }
@@ -68,7 +68,7 @@ type Sums = HashMap<String, Vec<f64>>;
 fn run_prepared(opts: &JobOptions, p: &mut Prepared<Augmented>, grad_drop: bool) -> Result<AtpStarRun> {
     let n = p.pairs.len();
     let layers = p.graph.hooks.len();
-    let heads = p.graph.heads.ok_or_else(|| Error::Model("AtP*: the head count is unknown; give --heads".into()))?;
+    p.graph.heads.ok_or_else(|| Error::Model("AtP*: the head count is unknown; give --heads".into()))?;
     let explicit = match opts.batch_size {
         Some(0) => Some(n.max(1)),
         other => other,
@@ -89,7 +89,7 @@ fn run_prepared(opts: &JobOptions, p: &mut Prepared<Augmented>, grad_drop: bool)
     manifest.memory = Some(sizing);
     crate::progress::stage(&opts.progress, "creating the runtime session");
     let mut rt = p.session(&opts.runtime)?;
-    let wanted = output_names(layers, heads, grad_drop);
+    let wanted = output_names(layers, grad_drop);
     let mut sums: Sums = HashMap::new();
     let mut totals = Totals::default();
     let mut pair_metrics = vec![];
@@ -176,7 +176,7 @@ fn run_prepared(opts: &JobOptions, p: &mut Prepared<Augmented>, grad_drop: bool)
 }
 
 /// Every output the job reads, besides the metric values.
-fn output_names(layers: usize, _heads: usize, grad_drop: bool) -> Vec<String> {
+fn output_names(layers: usize, grad_drop: bool) -> Vec<String> {
     let mut v = vec![];
     for l in 0..layers {
         v.push(names::heads(l));

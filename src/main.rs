@@ -62,9 +62,13 @@ enum Cmd {
 /// What every job takes: the model, the prompts, the runtime, what to patch and measure.
 #[derive(Args)]
 struct CommonArgs {
-    /// ONNX model file [default: models/ioi-gpt2/model.onnx, the bundled IOI model].
+    /// ONNX model file, as --model M.onnx or the first argument [default: the bundled IOI model,
+    /// models/ioi-gpt2/model.onnx].
     #[arg(long)]
     model: Option<PathBuf>,
+    /// The ONNX model file (the same as --model).
+    #[arg(value_name = "MODEL", conflicts_with = "model")]
+    model_path: Option<PathBuf>,
     /// tokenizer.json [default: the one beside the model].
     #[arg(long)]
     tokenizer: Option<PathBuf>,
@@ -126,7 +130,18 @@ impl CommonArgs {
 
     fn job_options(&self) -> Result<JobOptions, Error> {
         let device: Device = self.device.parse()?;
-        let mut opts = JobOptions::new(self.model.clone().unwrap_or_else(default_model));
+        let model = match self.model.clone().or_else(|| self.model_path.clone()) {
+            Some(m) => m,
+            None => {
+                let m = default_model();
+                eprintln!(
+                    "no --model given: running the bundled IOI model, {} (--model M.onnx for yours)",
+                    m.display()
+                );
+                m
+            }
+        };
+        let mut opts = JobOptions::new(model);
         opts.tokenizer = self.tokenizer.clone();
         opts.prompts = self.prompts.clone();
         opts.bos = self.bos;

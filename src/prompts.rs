@@ -263,6 +263,49 @@ pub fn tokenize_for(
     Ok(out)
 }
 
+/// What a tokenized prompt set may mislead with, in words for a warning:
+/// answers without the leading space their prompt implies (GPT-2-style
+/// tokenizers fold the space into the word, so "Alice" after "to" is another
+/// token than " Alice"), and prompts of different lengths (right-padded, so
+/// their last tokens sit in different columns of the positions grid, which
+/// is labelled with the first prompt's tokens).
+pub fn warnings(tok: &PromptTokenizer, pairs: &[PromptPair], t: &TokenizedPrompts) -> Vec<String> {
+    let mut out = vec![];
+    let unspaced: Vec<(usize, &str, &str)> = pairs
+        .iter()
+        .enumerate()
+        .flat_map(|(i, p)| [(i, "correct", p.correct.as_str()), (i, "incorrect", p.incorrect.as_str())].map(|(i, w, a)| (i, w, a, &p.clean)))
+        .filter(|(_, _, a, prompt)| {
+            !a.is_empty()
+                && !a.starts_with(char::is_whitespace)
+                && !prompt.ends_with(char::is_whitespace)
+                && matches!(tok.encode(&format!(" {a}")).as_deref(), Ok([_]))
+        })
+        .map(|(i, w, a, _)| (i, w, a))
+        .collect();
+    if let Some(&(i, which, a)) = unspaced.first() {
+        out.push(format!(
+            "{} answer{} without the leading space the prompt implies, e.g. {} {which} answer {a:?}: the prompt ends in a \
+             word, and \" {a}\" is the token that follows one; write \" {a}\" (the logit difference of {a:?} reads another \
+             token)",
+            unspaced.len(),
+            if unspaced.len() == 1 { "" } else { "s" },
+            pairs[i].label(i),
+        ));
+    }
+    let (lo, hi) = (t.lengths.iter().min().copied().unwrap_or(0), t.lengths.iter().max().copied().unwrap_or(0));
+    if lo != hi {
+        out.push(format!(
+            "the prompts have {lo} to {hi} tokens: they are right-padded, so column i of the positions grid is every \
+             prompt's i-th token and the last tokens of prompts of different lengths sit in different columns; the \
+             axis labels are the first prompt's ({} tokens). Prompts of one template and length give a positions grid \
+             that reads token by token",
+            t.lengths.first().copied().unwrap_or(0)
+        ));
+    }
+    out
+}
+
 /// One pair's ids, before padding.
 struct PairIds {
     clean: Vec<i64>,

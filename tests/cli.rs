@@ -586,3 +586,56 @@ fn regression_run_takes_the_model_as_its_first_argument_and_says_when_it_uses_th
     assert!(o.status.success(), "{t}");
     assert!(t.contains("no --model given: running the bundled IOI model"), "{t}");
 }
+
+/// A newcomer wrote `"correct": "Alice"` after a prompt ending in a word, which is accepted (it is
+/// one token) but reads another token than " Alice" (clean logit diff 6.75 instead of about 20);
+/// and mixed prompt lengths, whose positions grid is labelled with the first prompt's tokens.
+/// Both now warn; the tutorial's prompts do not.
+#[test]
+fn regression_unspaced_answers_and_mixed_lengths_warn_before_the_grids_mislead() {
+    let dir = fresh_dir("prompt-warnings");
+    let line = |clean: &str, corrupted: &str, correct: &str, incorrect: &str| {
+        serde_json::json!({"clean": clean, "corrupted": corrupted, "correct": correct, "incorrect": incorrect})
+            .to_string()
+    };
+    let (a, b) = (
+        "When John and Mary went to the shops, John gave the bag to",
+        "When John and Mary went to the shops, Mary gave the bag to",
+    );
+    let files = [
+        (
+            "unspaced.jsonl",
+            vec![line(a, b, "Mary", " John"), line(b, a, " John", " Mary")],
+            "answer without the leading space",
+        ),
+        (
+            "lengths.jsonl",
+            vec![
+                line(a, b, " Mary", " John"),
+                line(
+                    "Then John and Mary left, Mary gave it to",
+                    "Then John and Mary left, John gave it to",
+                    " John",
+                    " Mary",
+                ),
+            ],
+            "the prompts have 10 to 14 tokens",
+        ),
+    ];
+    for (name, lines, says) in files {
+        let path = dir.join(name);
+        std::fs::write(&path, lines.join("\n")).unwrap();
+        let out = dir.join(format!("{name}.out"));
+        let o =
+            attrpatch(&["run", "--device", "cpu", "--prompts", path.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+        let t = text(&o);
+        assert!(o.status.success(), "{t}");
+        assert!(
+            t.contains(&format!("warning: {}", if name == "unspaced.jsonl" { "1 " } else { "" })) && t.contains(says),
+            "{name}: {t}"
+        );
+    }
+    let out = dir.join("tutorial.out");
+    let o = attrpatch(&["run", "--device", "cpu", "--out", out.to_str().unwrap()]);
+    assert!(!text(&o).contains("warning:"), "{}", text(&o));
+}

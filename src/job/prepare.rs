@@ -56,6 +56,18 @@ impl PromptSource {
         PromptSource { pairs, tokenizer, tokenizer_hash }
     }
 
+    /// `tokenize` for the job itself: what the prompts may mislead with
+    /// (`prompts::warnings`) goes to the job's progress reporter.
+    pub fn tokenize_warning(&self, opts: &JobOptions, vocab: usize) -> Result<TokenizedPrompts> {
+        let t = self.tokenize(opts, vocab)?;
+        if let Some(tok) = &self.tokenizer {
+            for w in prompts::warnings(tok, &self.pairs, &t) {
+                crate::progress::warn(&opts.progress, &w);
+            }
+        }
+        Ok(t)
+    }
+
     /// Token ids checked against the model's vocabulary.
     pub fn tokenize(&self, opts: &JobOptions, vocab: usize) -> Result<TokenizedPrompts> {
         match (&opts.tokens, &self.tokenizer) {
@@ -268,7 +280,7 @@ fn prepare_restored<G: JobGraph>(
     r: Restored<G>,
     clock: Instant,
 ) -> Result<Prepared<G>> {
-    let tokens = source.tokenize(opts, r.graph.vocab())?;
+    let tokens = source.tokenize_warning(opts, r.graph.vocab())?;
     let shape = ModelShape { seq_len: tokens.seq_len, ..r.shape };
     let seconds = Timings { load: clock.elapsed().as_secs_f64(), cache: CacheUse::Hit, ..Timings::default() };
     Ok(Prepared {
@@ -294,7 +306,7 @@ pub fn prepare_loaded<G: JobGraph>(
     let mut seconds = Timings::default();
     let clock = Instant::now();
     let mut graph = build(loaded.model)?;
-    let tokens = source.tokenize(opts, graph.vocab())?;
+    let tokens = source.tokenize_warning(opts, graph.vocab())?;
     // Read before the weights are handed over to the runtime.
     let hook_nodes: Vec<String> = graph.hooks().iter().map(|h| h.node.clone()).collect();
     let hook_nodes: Vec<&str> = hook_nodes.iter().map(String::as_str).collect();
@@ -319,7 +331,7 @@ impl<G: JobGraph> Prepared<G> {
     /// Puts other prompts into an already prepared job (the graph and its
     /// runtime session stay): what a reused `Attributor` does per call.
     pub fn set_prompts(&mut self, opts: &JobOptions, source: &PromptSource) -> Result<()> {
-        self.tokens = source.tokenize(opts, self.graph.vocab())?;
+        self.tokens = source.tokenize_warning(opts, self.graph.vocab())?;
         self.pairs = source.pairs.clone();
         self.tokenizer_hash = source.tokenizer_hash.clone();
         self.shape.seq_len = self.tokens.seq_len;

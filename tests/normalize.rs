@@ -167,6 +167,11 @@ fn matmul_nbits_dequantised_matches_onnx_runtime_kernel() {
         for bs in [16usize, 32, 64] {
             for zp in [Zp::None, Zp::Packed, Zp::Float] {
                 for (bias, g_idx) in [(false, false), (true, false)] {
+                    // ONNX Runtime's CPU kernel refuses 8-bit weights with float zero points when the
+                    // session is made, logging the refusal in red into a passing run: no form to match.
+                    if bits == 8 && matches!(zp, Zp::Float) {
+                        continue;
+                    }
                     let blocks = k.div_ceil(bs);
                     let blob = bs * bits / 8;
                     let mut inits = vec![

@@ -141,6 +141,8 @@ impl CommonArgs {
                 m
             }
         };
+        // First, before the sizing and progress lines: what runs.
+        println!("model: {}", model.display());
         let mut opts = JobOptions::new(model);
         opts.tokenizer = self.tokenizer.clone();
         opts.prompts = self.prompts.clone();
@@ -435,7 +437,7 @@ fn run(args: RunArgs) -> Result<(), Error> {
         }
         let e = Estimator::IntegratedGradients { steps };
         let r = job::run_patching(&opts, e, args.rows_per_call)?;
-        report_job(&opts, &r, out)?;
+        report_job(&r, out)?;
         return run_diagnostic(&opts, &r, diagnostic, out);
     }
     opts.batch_size = args.batch_size;
@@ -455,7 +457,7 @@ fn run(args: RunArgs) -> Result<(), Error> {
     if r.batches_resumed > 0 {
         println!("resumed {} finished batch(es) from {}", r.batches_resumed, batches_dir.display());
     }
-    report_job(&opts, &r, out)?;
+    report_job(&r, out)?;
     // What --resume and merge read, written as the batches finished.
     println!("wrote {}", out.join("job.json").display());
     println!("wrote {}/ ({} batch file{})", batches_dir.display(), r.manifest.n_batches, plural(r.manifest.n_batches));
@@ -524,7 +526,7 @@ fn atp_star(
     opts.batch_size = args.batch_size;
     opts.dedup = job::Dedup::Off;
     let r = attrpatch::atp::run_atp_star(&opts, !args.no_grad_drop)?;
-    report_job(&opts, &r.result, out)?;
+    report_job(&r.result, out)?;
     for f in attrpatch::atp::write(&r, out)? {
         println!("wrote {}", f.display());
     }
@@ -545,8 +547,7 @@ fn plural(n: usize) -> &'static str {
 }
 
 /// Prints a finished job's summary and timings, and writes its files.
-fn report_job(opts: &JobOptions, r: &JobResult, out: &Path) -> Result<(), Error> {
-    println!("model: {}", opts.model.display());
+fn report_job(r: &JobResult, out: &Path) -> Result<(), Error> {
     println!("method: {}", r.manifest.method.label());
     println!(
         "runtime: {} ({} call{})",
@@ -624,7 +625,6 @@ fn edges_cmd(args: EdgesArgs) -> Result<(), Error> {
         r.scores = imported.scores;
     }
     let s = &r.scores;
-    println!("model: {}", opts.model.display());
     let steps = if s.ig_steps > 1 { format!("{} steps, ", s.ig_steps) } else { String::new() };
     println!(
         "method: {} ({steps}{}, {} ablation; {} layers x {} heads, {} key/value heads{}), {} edges, {} runtime call{} ({:.3}s)",
@@ -690,7 +690,7 @@ fn edges_report(
     let Some(r) = job::run_job(opts)? else {
         return Err(Error::Input("--report: the node job ran a shard only; drop --shard".into()));
     };
-    report_job(opts, &r, out)?;
+    report_job(&r, out)?;
     let edges = attrpatch::eap::EdgeReport { scores: s, top_k: k.max(1), faithfulness: curve };
     let page = attrpatch::eap::write_report_html_with_edges(&r, out, Some(&edges))?;
     println!("wrote {} (with the edge table and the circuit slider)", page.display());
@@ -748,7 +748,7 @@ fn patch_cmd(args: PatchArgs) -> Result<(), Error> {
     let opts = args.common.job_options()?;
     let e = Estimator::Exact { positions: args.positions };
     let r = job::run_patching_grouped(&opts, e, args.rows_per_call, args.layer_groups.0.as_ref())?;
-    report_job(&opts, &r, &args.common.out_dir())
+    report_job(&r, &args.common.out_dir())
 }
 
 fn compare_cmd(args: CompareArgs) -> Result<(), Error> {
@@ -766,7 +766,6 @@ fn compare_cmd(args: CompareArgs) -> Result<(), Error> {
             atp_star: args.atp_star,
         },
     )?;
-    println!("model: {}", opts.model.display());
     print_summary(&c.exact);
     print!("{}", job::comparison_report(&c));
     for w in job::write_comparison(&c, &args.common.out_dir())? {
@@ -788,7 +787,6 @@ fn compare_edges_cmd(args: &CompareArgs, opts: &job::JobOptions) -> Result<(), E
         ));
     }
     let c = attrpatch::eap::compare_edges(opts, args.ig_steps, args.rows_per_call)?;
-    println!("model: {}", opts.model.display());
     print!("{}", attrpatch::eap::comparison_report(&c));
     for w in attrpatch::eap::write_comparison(&c, &args.common.out_dir())? {
         println!("wrote {}", w.display());

@@ -73,10 +73,23 @@ pub struct RowsRun {
 }
 
 impl RowsRun {
-    /// "shared-rows graph, 8 rows for 8 pairs (2B = 16)", as the timing line ends.
+    /// How many prompt runs the pairs took, in a user's words, as the timing
+    /// line ends: "8 prompt runs for 8 pairs: each distinct prompt once (--dedup)"
+    /// or "16 prompt runs for 8 pairs: a clean and a corrupted run each".
     pub fn describe(&self) -> String {
-        let graph = if self.shared { "shared-rows" } else { "two-copy" };
-        format!("{graph} graph, {} rows for {} pairs (2B = {})", self.rows, self.pairs, 2 * self.pairs)
+        let runs = format!("{} prompt run{} for {} pair{}", self.rows, s(self.rows), self.pairs, s(self.pairs));
+        match self.shared {
+            true => format!("{runs}: each distinct prompt once (--dedup), not 2 per pair"),
+            false => format!("{runs}: a clean and a corrupted run each"),
+        }
+    }
+}
+
+fn s(n: usize) -> &'static str {
+    if n == 1 {
+        ""
+    } else {
+        "s"
     }
 }
 

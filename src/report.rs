@@ -35,7 +35,11 @@ pub fn heads_grid_of(r: &JobResult, grids: &crate::grids::Grids, name: &str, tit
 }
 
 pub fn positions_grid(r: &JobResult) -> Grid {
-    let title = format!("{} over token positions", r.manifest.method.label());
+    // Attention hooks: every head of a position together (the subtitle names the hook).
+    let title = match r.manifest.n_heads {
+        0 => format!("{} over token positions", r.manifest.method.label()),
+        _ => format!("{} over token positions (heads summed)", r.manifest.method.label()),
+    };
     positions_grid_of(r, &r.grids, "positions", title)
 }
 

@@ -32,7 +32,7 @@ const MAX_PLOT_H: i32 = 560;
 /// Side by side, panels whose cells would be narrower than this are stacked instead.
 const MIN_SIDE_BY_SIDE_CELL: i32 = 32;
 /// Narrowest header: below this the title wraps less and the figure is padded.
-const MIN_HEADER_W: i32 = 400;
+const MIN_HEADER_W: i32 = 600;
 const BAR_W: i32 = 16;
 const MAX_LABEL_CHARS: usize = 18;
 
@@ -230,6 +230,13 @@ impl<'a> Heatmaps<'a> {
             p.bottom += header_h;
         }
         let width = content_right.max(MARGIN + widest_header).max(MARGIN + MIN_HEADER_W) + MARGIN;
+        // Content narrower than the header is centred under it.
+        let shift = (width - MARGIN - content_right) / 2;
+        for p in &mut panels {
+            p.plot_x += shift;
+            p.right += shift;
+        }
+        let bar_x = bar_x + shift;
         let plots_bottom = panels.iter().map(|p| p.bottom).max().unwrap_or(header_h);
         let height = plots_bottom.max(header_h + plot_h + th) + MARGIN;
         Heatmaps {
@@ -392,8 +399,10 @@ mod tests {
         let g = heads_grid();
         let f = Heatmaps::new(vec![&g], g.abs_max(), &g.title, &g.subtitle, false);
         let p = &f.panels[0];
-        // Nothing is further than a margin (plus the bar's labels) from the content.
-        assert!(f.width <= f.bar_x + 120 + MARGIN, "{} vs bar at {}", f.width, f.bar_x);
+        // Nothing is further than a margin (plus the bar's labels) from the content, but for
+        // the header's narrowest width, under which the content is centred.
+        let cropped = (f.bar_x + 120 + MARGIN).max(MIN_HEADER_W + 2 * MARGIN);
+        assert!(f.width <= cropped, "{} vs bar at {}", f.width, f.bar_x);
         assert!(f.height <= p.bottom + MARGIN + 1, "{} vs {}", f.height, p.bottom);
         assert!(f.ticks.len() >= 3 && f.ticks.contains(&0.0), "{:?}", f.ticks);
     }

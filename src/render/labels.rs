@@ -8,7 +8,7 @@ use std::path::Path;
 /// What the hook tensors are, in words.
 pub fn hook_label(kind: &HookKind) -> String {
     match kind {
-        HookKind::AttnOut => "attention out-projection input (per head)".into(),
+        HookKind::AttnOut => "attention out-projection input".into(),
         HookKind::Resid => "residual stream (block outputs)".into(),
         HookKind::Mlp => "MLP outputs".into(),
         HookKind::Tensors(pattern) => format!("tensors matching /{pattern}/"),

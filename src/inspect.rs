@@ -1,10 +1,10 @@
 //! `attrpatch inspect`: what the tool sees in a model.
 
-use crate::autodiff::Backward;
-use crate::error::{Result, UnsupportedOp};
-use crate::hooks::{find_attention_out_hooks, find_logits, infer_heads};
-use crate::onnx::facts::{analyse, analyse_with_probe};
-use crate::onnx::OnnxModel;
+use attrpatch_autodiff::Backward;
+use attrpatch_onnx::error::{Result, UnsupportedOp};
+use attrpatch_core::hooks::{find_attention_out_hooks, find_logits, infer_heads};
+use attrpatch_onnx::facts::{analyse, analyse_with_probe};
+use attrpatch_onnx::OnnxModel;
 use std::collections::{BTreeMap, HashSet};
 use std::fmt::Write;
 
@@ -40,36 +40,36 @@ pub struct Inspection {
 pub struct InspectedHook {
     /// The hook: layer, node, op and tensor.
     #[serde(flatten)]
-    pub hook: crate::hooks::Hook,
+    pub hook: attrpatch_core::hooks::Hook,
     /// The hook tensor's type and shape.
     pub tensor_spec: crate::api::TensorSpec,
 }
 
 /// The model inspected as `attrpatch inspect` prints it.
-pub fn inspect(model: &OnnxModel, extra: Option<&crate::hooks::HookKind>) -> Result<String> {
+pub fn inspect(model: &OnnxModel, extra: Option<&attrpatch_core::hooks::HookKind>) -> Result<String> {
     Ok(format_inspection(&inspection(model, extra)?))
 }
 
 /// What the tool sees in `model`: inputs, outputs, hooks, heads, the ops between hooks and logits.
-pub fn inspection(model: &OnnxModel, extra: Option<&crate::hooks::HookKind>) -> Result<Inspection> {
+pub fn inspection(model: &OnnxModel, extra: Option<&attrpatch_core::hooks::HookKind>) -> Result<Inspection> {
     use crate::api::TensorSpec;
     let facts = analyse(&model.proto, &model.path)?;
     let g = model.graph();
     let spec = |n: &str| TensorSpec::from_fact(n, facts.get(n));
     let inputs = g.input.iter().map(|i| spec(&i.name)).collect();
     let outputs = g.output.iter().map(|o| spec(&o.name)).collect();
-    crate::augment::check_inputs(model)?;
+    attrpatch_core::augment::check_inputs(model)?;
     let hooks = find_attention_out_hooks(model)?;
     let logits = find_logits(model, &facts)?;
     let heads = match infer_heads(g, &facts, &hooks[0].tensor) {
         Some(h) => Some(h),
-        None => crate::hooks::infer_heads_probed(model, &hooks[0].tensor)?,
+        None => attrpatch_core::hooks::infer_heads_probed(model, &hooks[0].tensor)?,
     };
-    let inspected = |hs: &[crate::hooks::Hook]| -> Vec<InspectedHook> {
+    let inspected = |hs: &[attrpatch_core::hooks::Hook]| -> Vec<InspectedHook> {
         hs.iter().map(|h| InspectedHook { hook: h.clone(), tensor_spec: spec(&h.tensor) }).collect()
     };
     let extra = match extra {
-        Some(kind) => Some((cli_spelling(kind), inspected(&crate::hooks::find_hooks(model, kind)?))),
+        Some(kind) => Some((cli_spelling(kind), inspected(&attrpatch_core::hooks::find_hooks(model, kind)?))),
         None => None,
     };
     // Op types on paths from the hooks to the logits (integer shape paths included).
@@ -213,8 +213,8 @@ pub fn describe_problems(problems: &[UnsupportedOp]) -> String {
 }
 
 /// A hook choice as the user typed it (`--hook resid`), not Rust's debug text.
-fn cli_spelling(kind: &crate::hooks::HookKind) -> String {
-    use crate::hooks::HookKind;
+fn cli_spelling(kind: &attrpatch_core::hooks::HookKind) -> String {
+    use attrpatch_core::hooks::HookKind;
     match kind {
         HookKind::AttnOut => "attn".into(),
         HookKind::Resid => "resid".into(),

@@ -65,46 +65,52 @@ macro_rules! internal {
     };
 }
 
-/// `internal!` for one item: `pub` and hidden with `internals`, `pub(crate)` without.
-macro_rules! internal_item {
-    ($(#[$attr:meta])* pub $($item:tt)*) => {
-        #[cfg(feature = "internals")]
-        #[doc(hidden)]
-        $(#[$attr])*
-        pub $($item)*
-        #[cfg(not(feature = "internals"))]
-        $(#[$attr])*
-        pub(crate) $($item)*
+mod api;
+internal! { mod inspect; }
+
+/// The symbolic backward alone: the `attrpatch-autodiff` crate.
+pub use attrpatch_autodiff as autodiff;
+
+/// The modules of the layers below under the names this crate uses
+/// (`crate::job`, ...): with `internals` public (hidden from the docs) for the
+/// integration tests and tools, without it private.
+macro_rules! layers {
+    ($($krate:ident $(:: $seg:ident)* => $name:ident),* $(,)?) => {
+        $(
+            #[cfg(feature = "internals")]
+            #[doc(hidden)]
+            pub use $krate $(:: $seg)* as $name;
+            #[cfg(not(feature = "internals"))]
+            use $krate $(:: $seg)* as $name;
+        )*
     };
 }
 
-mod api;
-pub mod autodiff;
-
-internal! { mod atp_star; }
-internal! { mod augment; }
-internal! { mod batches; }
-internal! { mod compare; }
-internal! { mod edges; }
-internal! { mod error; }
-internal! { mod fsutil; }
-internal! { mod graph_cache; }
-internal! { mod grids; }
-internal! { mod hooks; }
-internal! { mod inspect; }
-internal! { mod job; }
-internal! { mod memory; }
-internal! { mod merge; }
-internal! { mod normalize; }
-internal! { mod onnx; }
-internal! { mod patch; }
-internal! { mod progress; }
-internal! { mod prompts; }
-internal! { mod recall; }
-internal! { mod render; }
-internal! { mod report; }
-internal! { mod runtime; }
-internal! { mod sanity; }
+layers! {
+    attrpatch_onnx::error => error,
+    attrpatch_onnx::fsutil => fsutil,
+    attrpatch_onnx::normalize => normalize,
+    attrpatch_onnx => onnx,
+    attrpatch_core::atp_star => atp_star,
+    attrpatch_core::augment => augment,
+    attrpatch_core::batches => batches,
+    attrpatch_core::compare => compare,
+    attrpatch_core::edges => edges,
+    attrpatch_core::graph_cache => graph_cache,
+    attrpatch_core::grids => grids,
+    attrpatch_core::hooks => hooks,
+    attrpatch_core::job => job,
+    attrpatch_core::memory => memory,
+    attrpatch_core::merge => merge,
+    attrpatch_core::patch => patch,
+    attrpatch_core::progress => progress,
+    attrpatch_core::prompts => prompts,
+    attrpatch_core::recall => recall,
+    attrpatch_core::runtime => runtime,
+    attrpatch_core::sanity => sanity,
+    attrpatch_render => render,
+    attrpatch_render::report => report,
+}
 
 pub use api::*;
 pub use augment::Metric;
@@ -128,7 +134,7 @@ pub use sanity::BaselineCheck;
 /// `compare --edges` commands as library calls. Names and definitions: README.md, "Edges".
 pub mod eap {
     pub use crate::edges::compare::{
-        compare_edges, report as comparison_report, write as write_comparison, EdgeAgreement, EdgeComparison, EdgeMiss,
+        compare_edges, report as comparison_report, EdgeAgreement, EdgeComparison, EdgeMiss,
     };
     pub use crate::edges::convention::{resolve as resolve_method, Ablation, Convention, Method, DEFAULT_IG_STEPS};
     pub use crate::edges::faithfulness::{
@@ -144,6 +150,7 @@ pub mod eap {
     pub use crate::edges::scores::{node_scores, write as write_edges};
     pub use crate::edges::{run_edges, run_edges_detailed, EdgeRun, EdgeScore, EdgeScores, NodeScore};
     pub use crate::edges::{Qkv, Reader, Topology, Writer};
+    pub use crate::render::files::edge_comparison::write as write_comparison;
     /// The circuit figure (PNG, SVG) and the faithfulness curve.
     #[cfg(feature = "figures")]
     pub use crate::render::{
@@ -155,7 +162,8 @@ pub mod eap {
 /// AtP* (the QK-fix of queries and keys, GradDrop): the `run --method
 /// atp-star` job as a library call. Definitions: README.md, "AtP*".
 pub mod atp {
-    pub use crate::atp_star::{grad_drop_grids, run_atp_star, write, AtpStarRun, SiteGrids};
+    pub use crate::atp_star::{grad_drop_grids, run_atp_star, AtpStarRun, SiteGrids};
+    pub use crate::render::files::atp_star::write;
 }
 
 /// Jobs on files, as the CLI runs them: a model file, a JSONL prompt file,
@@ -163,7 +171,7 @@ pub mod atp {
 /// for a result (grids as CSV and JSON, report.html, and with the `figures`
 /// feature PNG/SVG heatmaps and scatter plots).
 pub mod jobs {
-    pub use crate::compare::{compare, report as comparison_report, write as write_comparison};
+    pub use crate::compare::{compare, report as comparison_report};
     pub use crate::graph_cache::{default_dir as default_cache_dir, CacheUse};
     pub use crate::job::{run_job, Dedup, JobOptions, RowsRun, DEFAULT_BATCH_SIZE};
     pub use crate::memory::MaxMemory;
@@ -175,6 +183,7 @@ pub mod jobs {
     pub use crate::patch::run_grouped as run_patching_grouped;
     pub use crate::patch::run_sized as run_patching;
     pub use crate::patch::staged::Groups as LayerGroups;
+    pub use crate::render::files::comparison::write as write_comparison;
     pub use crate::render::write_report_html_with_diagnostic;
     pub use crate::report::write_results;
 }

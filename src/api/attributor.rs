@@ -6,16 +6,16 @@
 
 use super::pairs::Pairs;
 use super::source::{ModelSource, TokenizerSource};
-use crate::augment::{augment_shared, augment_with, AugmentOptions, Augmented, Metric};
-use crate::compare::{CompareOptions, Comparison};
-use crate::edges::{self, graph::EdgeGraph, EdgeRun};
-use crate::error::{Error, Result};
-use crate::hooks::HookKind;
-use crate::job::{self, JobOptions, JobResult, LoadedModel, Prepared, PromptSource};
-use crate::onnx::graph::ContentHash;
-use crate::patch::{self, graph::PatchGraph, Estimator};
-use crate::prompts::PromptTokenizer;
-use crate::runtime::{Runtime, RuntimeOptions};
+use attrpatch_core::augment::{augment_shared, augment_with, AugmentOptions, Augmented, Metric};
+use attrpatch_core::compare::{CompareOptions, Comparison};
+use attrpatch_core::edges::{self, graph::EdgeGraph, EdgeRun};
+use attrpatch_core::hooks::HookKind;
+use attrpatch_core::job::{self, JobOptions, JobResult, LoadedModel, Prepared, PromptSource};
+use attrpatch_core::patch::{self, graph::PatchGraph, Estimator};
+use attrpatch_core::prompts::PromptTokenizer;
+use attrpatch_core::runtime::{Runtime, RuntimeOptions};
+use attrpatch_onnx::error::{Error, Result};
+use attrpatch_onnx::graph::ContentHash;
 use std::time::Instant;
 
 /// A rewritten graph, its runtime session once made, and how often it was built.
@@ -95,7 +95,7 @@ impl AttributorBuilder {
     }
 
     /// Where progress and the call sizing are reported [default: nowhere].
-    pub fn progress(mut self, p: std::sync::Arc<dyn crate::progress::Progress>) -> Self {
+    pub fn progress(mut self, p: std::sync::Arc<dyn attrpatch_core::progress::Progress>) -> Self {
         self.opts.progress = Some(p);
         self
     }
@@ -200,9 +200,9 @@ impl Attributor {
         }
         if c.atp_star {
             let (opts, _) = self.job_inputs(pairs)?;
-            results.push(("atp-star", crate::atp_star::run_atp_star(&opts, true)?.result));
+            results.push(("atp-star", attrpatch_core::atp_star::run_atp_star(&opts, true)?.result));
         }
-        Ok(crate::compare::assemble(exact, results))
+        Ok(attrpatch_core::compare::assemble(exact, results))
     }
 
     /// Runs a patching estimator on its kept graph (built on first use).
@@ -238,7 +238,7 @@ impl Attributor {
     /// method on first use and kept.
     pub fn edges_method(&mut self, pairs: &Pairs, method: &edges::EdgeMethod) -> Result<EdgeRun> {
         edges::run::check_method(method, self.opts.metric)?;
-        if self.opts.hooks != crate::hooks::HookKind::AttnOut {
+        if self.opts.hooks != attrpatch_core::hooks::HookKind::AttnOut {
             return Err(Error::Input(
                 "hook: edge scores are defined by the attention heads, MLPs and residual stream, not by hooks; make \
                  the attributor without a hook choice"
@@ -275,7 +275,7 @@ impl Attributor {
         &mut self,
         opts: &JobOptions,
         source: &PromptSource,
-        build: impl FnOnce(crate::onnx::OnnxModel) -> Result<G>,
+        build: impl FnOnce(attrpatch_onnx::OnnxModel) -> Result<G>,
     ) -> Result<Prepared<G>> {
         let clock = Instant::now();
         let loaded: LoadedModel = self.model.load_for_job(opts.runtime.kind)?;

@@ -1,8 +1,8 @@
 //! Describing a model's inputs and outputs: name, element type and shape,
 //! with symbolic dims kept by name, in a form that serialises.
 
-use crate::onnx::facts::{Dim, TensorFact};
-use crate::onnx::pb::{type_proto, ValueInfoProto};
+use attrpatch_onnx::facts::{Dim, TensorFact};
+use attrpatch_onnx::pb::{type_proto, ValueInfoProto};
 use serde::{Deserialize, Serialize};
 
 /// One dimension of a tensor's shape.
@@ -58,10 +58,10 @@ impl TensorSpec {
             },
             None => None,
         };
-        let dtype = tensor.map(|t| crate::onnx::consts::type_name(t.elem_type).to_string());
+        let dtype = tensor.map(|t| attrpatch_onnx::consts::type_name(t.elem_type).to_string());
         let shape = tensor
             .and_then(|t| t.shape.as_ref())
-            .map(|_| crate::onnx::graph::declared_dims(vi).iter().map(DimSpec::from).collect());
+            .map(|_| attrpatch_onnx::graph::declared_dims(vi).iter().map(DimSpec::from).collect());
         TensorSpec { name: vi.name.clone(), dtype, shape }
     }
 
@@ -69,7 +69,7 @@ impl TensorSpec {
     pub(crate) fn from_fact(name: &str, fact: Option<&TensorFact>) -> Self {
         TensorSpec {
             name: name.to_string(),
-            dtype: fact.and_then(|f| f.dtype).map(|t| crate::onnx::consts::type_name(t).to_string()),
+            dtype: fact.and_then(|f| f.dtype).map(|t| attrpatch_onnx::consts::type_name(t).to_string()),
             shape: fact.and_then(|f| f.shape.as_ref()).map(|s| s.iter().map(DimSpec::from).collect()),
         }
     }

@@ -1,9 +1,9 @@
 //! `inspect`: what attrpatch sees in a model, as data.
 
 use super::source::ModelSource;
-use crate::error::Result;
-use crate::hooks::HookKind;
 use crate::inspect::{inspection, Inspection};
+use attrpatch_core::hooks::HookKind;
+use attrpatch_onnx::error::Result;
 
 /// The model's inputs, outputs, attention hooks, head count, the op types
 /// between hooks and logits and whatever cannot be differentiated; with

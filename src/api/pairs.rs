@@ -1,8 +1,8 @@
 //! The prompt pairs a job runs on: texts (tokenized by the job's tokenizer),
 //! token ids, or the tutorial's 8 IOI pairs.
 
-use crate::error::{Error, Result};
-use crate::prompts::{PromptPair, TokenizedPrompts};
+use attrpatch_core::prompts::{PromptPair, TokenizedPrompts};
+use attrpatch_onnx::error::{Error, Result};
 
 /// Prompt pairs as token ids. Each pair's clean and corrupted prompts have one
 /// length (their positions correspond); pairs may differ in length and are
@@ -106,19 +106,19 @@ pub fn pair(clean: &str, corrupted: &str, correct: &str, incorrect: &str) -> Pro
 
 /// The tutorial's 8 IOI pairs (what `Pairs::Tutorial` runs).
 pub fn tutorial_pairs() -> Vec<PromptPair> {
-    crate::prompts::ioi_default()
+    attrpatch_core::prompts::ioi_default()
 }
 
 /// Pairs from a JSONL file of `{"clean", "corrupted", "correct", "incorrect"}` lines.
 pub fn read_pairs(path: &std::path::Path) -> Result<Vec<PromptPair>> {
-    crate::prompts::read_jsonl(path)
+    attrpatch_core::prompts::read_jsonl(path)
 }
 
 impl Pairs {
     /// The texts of the pairs (empty texts for token ids: they name nothing).
     pub(crate) fn texts(&self) -> Vec<PromptPair> {
         match self {
-            Pairs::Tutorial => crate::prompts::ioi_default(),
+            Pairs::Tutorial => attrpatch_core::prompts::ioi_default(),
             Pairs::Prompts(p) => p.clone(),
             Pairs::Tokens(t) => vec![PromptPair::default(); t.clean.len()],
         }

@@ -4,13 +4,13 @@
 use super::describe::TensorSpec;
 use super::pairs::TokenPairs;
 use super::source::ModelSource;
-use crate::augment::{augment_with, AugmentOptions, Augmented, Metric};
-use crate::error::{Error, Result};
-use crate::hooks::{Hook, HookKind};
-use crate::job::{pair_inputs, JobGraph};
-use crate::onnx::io::{needs_external_data, save_model, PROTOBUF_LIMIT};
-use crate::onnx::pb::ModelProto;
-use crate::runtime::Value;
+use attrpatch_core::augment::{augment_with, AugmentOptions, Augmented, Metric};
+use attrpatch_core::hooks::{Hook, HookKind};
+use attrpatch_core::job::{pair_inputs, JobGraph};
+use attrpatch_core::runtime::Value;
+use attrpatch_onnx::error::{Error, Result};
+use attrpatch_onnx::io::{needs_external_data, save_model, PROTOBUF_LIMIT};
+use attrpatch_onnx::pb::ModelProto;
 use prost::Message;
 use std::path::{Path, PathBuf};
 
@@ -100,7 +100,7 @@ impl AugmentedModel {
         self.graph().map(|g| g.output.iter().map(TensorSpec::declared).collect()).unwrap_or_default()
     }
 
-    fn graph(&self) -> Option<&crate::onnx::pb::GraphProto> {
+    fn graph(&self) -> Option<&attrpatch_onnx::pb::GraphProto> {
         self.inner.proto.graph.as_ref()
     }
 

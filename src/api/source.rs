@@ -1,16 +1,14 @@
 //! Where a model and a tokenizer come from: a file, bytes in memory (e.g.
 //! Python's `onnx.ModelProto.SerializeToString()`) or a decoded protobuf.
 
-use crate::error::{Error, Result};
-use crate::job::LoadedModel;
-use crate::onnx::pb::ModelProto;
-use crate::onnx::OnnxModel;
-use crate::runtime::RuntimeKind;
+use attrpatch_core::job::LoadedModel;
+use attrpatch_core::runtime::RuntimeKind;
+use attrpatch_onnx::error::{Error, Result};
+use attrpatch_onnx::pb::ModelProto;
+use attrpatch_onnx::OnnxModel;
 use std::path::{Path, PathBuf};
 
-/// How messages name a model given in memory, and where external data it
-/// refers to would be looked up (the current folder).
-pub const IN_MEMORY_MODEL: &str = "<in-memory model>.onnx";
+pub use attrpatch_onnx::IN_MEMORY_MODEL;
 
 /// An ONNX model: a file path, serialised bytes, or a decoded `ModelProto`.
 #[derive(Clone)]
@@ -98,7 +96,7 @@ impl ModelSource {
     /// The tokenizer.json beside a model file; None for a model in memory.
     pub(crate) fn default_tokenizer(&self) -> Option<PathBuf> {
         match self {
-            ModelSource::Path(p) => Some(crate::job::default_tokenizer(p)),
+            ModelSource::Path(p) => Some(attrpatch_core::job::default_tokenizer(p)),
             _ => None,
         }
     }

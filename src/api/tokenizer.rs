@@ -3,9 +3,9 @@
 
 use super::pairs::TokenPairs;
 use super::source::TokenizerSource;
-use crate::augment::Metric;
-use crate::error::Result;
-use crate::prompts::{tokenize_for, Answers, PromptPair, PromptTokenizer};
+use attrpatch_core::augment::Metric;
+use attrpatch_core::prompts::{tokenize_for, Answers, PromptPair, PromptTokenizer};
+use attrpatch_onnx::error::Result;
 
 /// A HuggingFace tokenizer, as jobs use it.
 #[derive(Clone)]

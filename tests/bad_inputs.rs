@@ -1,5 +1,5 @@
 //! Bad input, each with the exit status and the message a user sees
-//! (README "Bad input"). None may panic.
+//! (docs/src/errors.md, "Bad input"). None may panic.
 
 use crate::common::synth::Synth;
 use crate::common::*;

@@ -284,7 +284,7 @@ fn compare_writes_grids_scatter_plots_and_correlations() {
             assert_eq!(a["largest_misses"].as_array().unwrap().len(), 5);
         }
     }
-    // README's measurement on the bundled model: both estimates rank the heads as exact patching does.
+    // As measured in docs/src/ground-truth.md: both estimates rank the bundled model's heads as exact patching does.
     for est in ["attribution", "ig"] {
         let r = v["estimates"][est]["heads"]["pearson"].as_f64().unwrap();
         assert!(r > 0.99, "{est} heads Pearson {r}");

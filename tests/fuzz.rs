@@ -1,7 +1,7 @@
 //! Fuzzing the loader, the analysis and the rewriter with mutated models and
 //! arbitrary bytes: every input must give Ok or an Err, never a panic.
 //! `ATTRPATCH_FUZZ_ITERS=N cargo test --test main fuzz:: -- --nocapture` runs longer
-//! (README: "Fuzzing" gives the documented run).
+//! (docs/src/errors.md: "Fuzzing" gives the documented run).
 
 use crate::common::*;
 use attrpatch::onnx::pb::{ModelProto, NodeProto};

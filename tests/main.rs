@@ -17,6 +17,7 @@ mod cli;
 mod cli_usage;
 mod contrib;
 mod dedup;
+mod docs;
 mod edge_reference;
 mod edges;
 mod edges_toy;

@@ -97,7 +97,7 @@ class EdgeResult:
 
     `scores[i]` is edge `edges[i]`'s score, in units of the normalised metric (summed over the
     pairs, divided by N (CLEAN - CORR), as the grids are). Writers are `input`, `a{l}.h{h}` and
-    `m{l}`; readers `a{l}.h{h}.q|k|v`, `m{l}` and `logits` (README, "Edges")."""
+    `m{l}`; readers `a{l}.h{h}.q|k|v`, `m{l}` and `logits` (docs/src/edges.md)."""
 
     #: "EAP", "EAP-IG-inputs", "EAP-IG-activations" or "clean-corrupted".
     method: str

@@ -35,7 +35,7 @@ def test_compare_holds_each_method(model_path):
     assert c.attribution.method == "Attribution patching"
     assert c.ig is not None and c.ig.method == "Integrated gradients (2 steps)"
     assert c.exact.heads.shape == c.attribution.heads.shape == (3, 4)
-    # Attribution ranks the last layer's heads as exact patching does (README: Pearson 1.000).
+    # Attribution ranks the last layer's heads as exact patching does (docs/src/ground-truth.md: Pearson 1.000).
     assert c.stats["attribution"]["heads"]["pearson"] > 0.99
 
 

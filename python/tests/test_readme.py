@@ -7,12 +7,17 @@ import re
 from conftest import ROOT, missing
 
 
-def notebook_cell() -> str:
-    readme = (ROOT / "README.md").read_text()
-    section = readme[readme.index("## Python"):]
+def notebook_cell(path: str = "README.md", heading: str = "## Python") -> str:
+    text = (ROOT / path).read_text()
+    section = text[text.index(heading):]
     m = re.search(r"```python\n(.*?)```", section, re.S)
-    assert m, "README's Python section has no ```python cell"
+    assert m, f"{path}'s Python section has no ```python cell"
     return m.group(1)
+
+
+def test_the_books_python_chapter_shows_the_readmes_cell():
+    # Run here from README only; the book's copy must not drift from it.
+    assert notebook_cell("docs/src/python.md", "# Python") == notebook_cell()
 
 
 def test_readme_notebook_cell_runs(model_path, tmp_path, monkeypatch):

@@ -1,5 +1,5 @@
 """`rewrite`'s model runs in Python's onnxruntime, and the grids computed in numpy from its
-outputs (gradient x (clean - corrupted), summed as the README describes) equal attrpatch.run's.
+outputs (gradient x (clean - corrupted), summed as docs/src/method.md describes) equal attrpatch.run's.
 
 Tolerance: relative 1e-4, absolute 1e-6 of the normalised metric (the job sums per batch in
 float64; here numpy sums the float32 outputs)."""

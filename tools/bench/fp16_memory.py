@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Peak memory of ONNX Runtime on a float16 model computed in float32, two ways (README, "Files
+"""Peak memory of ONNX Runtime on a float16 model computed in float32, two ways (docs/src/files.md, "Files
 attrpatch normalises"):
 
   A  upcast at load: every float16 weight becomes a float32 initializer (what normalize::precision does);

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """One int4 weight's product, the ways ONNX Runtime can compute it (issue 22's choice of how
-attrpatch restores packed MatMulNBits weights; figures in README "Models of the size people study").
+attrpatch restores packed MatMulNBits weights; figures in docs/src/speed.md, "Models of 1-8 billion parameters").
 
   /work/venv-torch/bin/python tools/bench/int4_products.py   # any Python with onnxruntime, numpy, onnx
 

@@ -1,4 +1,4 @@
-//! Weights held at the file's precision (src/onnx/file_precision.rs). For ONNX
+//! Weights held at the file's precision (crates/onnx/src/file_precision.rs). For ONNX
 //! Runtime a weight left in external data is never converted at load: int4
 //! `MatMulNBits` stays packed (the forward is the op, the backward's product
 //! dequantises the blocks at run time) and a float16 weight stays float16

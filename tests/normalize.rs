@@ -1,4 +1,4 @@
-//! The normalisation passes (`src/normalize/`): each rewrite against ONNX
+//! The normalisation passes (`crates/onnx/src/normalize/`): each rewrite against ONNX
 //! Runtime's own kernel for what it replaces (the original graph and the
 //! normalised one run on the same random inputs), and end to end, the grids of
 //! the files in tests/fixtures/normalize/ (tools/fixtures/normalize_fixtures.py)

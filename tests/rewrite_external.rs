@@ -1,7 +1,7 @@
 //! `attrpatch rewrite` keeps a model's weights beside it when the input did
 //! (issue 15: a rewrite of a 3.2 GB external-data model wrote one 3.35 GB
 //! protobuf that no ONNX tool could read). The 2 GB threshold itself is tested
-//! with a lowered limit in `src/onnx/io.rs`.
+//! with a lowered limit in `crates/onnx/src/io.rs`.
 
 use crate::common::synth::Synth;
 use crate::common::*;

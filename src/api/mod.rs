@@ -11,11 +11,11 @@ mod tokenizer;
 
 pub use crate::inspect::{format_inspection, InspectedHook, Inspection};
 pub use attributor::{Attributor, AttributorBuilder};
+pub use attrpatch_core::job::LabeledGrid;
 pub use attrpatch_core::sanity::check_baselines;
 pub use describe::{DimSpec, TensorSpec};
 pub use inspect::inspect;
 pub use pairs::{pair, read_pairs, tutorial_pairs, Pairs, TokenPairs};
-pub use attrpatch_core::job::LabeledGrid;
 pub use rewrite::{rewrite, AugmentedModel, RewriteOptions};
 pub use source::{ModelSource, TokenizerSource, IN_MEMORY_MODEL};
 pub use tokenizer::Tokenizer;

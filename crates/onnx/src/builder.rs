@@ -212,7 +212,7 @@ impl GraphBuilder {
     }
 }
 
-/// Additions for the contrib-op decompositions (src/normalize/contrib/).
+/// Additions for the contrib-op decompositions (crates/onnx/src/normalize/contrib/).
 impl GraphBuilder {
     /// An int64 scalar (0-d), as Range and Gather-as-index want.
     pub fn const_i64_scalar(&mut self, v: i64) -> String {

@@ -94,7 +94,8 @@ pub fn csv_text(edges: &[EdgeScore]) -> String {
 
 /// Write `edges.json` and `edges.csv` into `dir`, atomically.
 pub fn write(dir: &Path, scores: &EdgeScores) -> Result<()> {
-    let json = serde_json::to_vec(scores).map_err(|e| attrpatch_onnx::error::Error::Input(format!("edge scores: {e}")))?;
+    let json =
+        serde_json::to_vec(scores).map_err(|e| attrpatch_onnx::error::Error::Input(format!("edge scores: {e}")))?;
     attrpatch_onnx::fsutil::write_atomic(&dir.join("edges.json"), &json)?;
     attrpatch_onnx::fsutil::write_atomic(&dir.join("edges.csv"), csv_text(&scores.edges).as_bytes())
 }

@@ -5,6 +5,7 @@
 //! nodes on a path from a `wrt` tensor to the loss get backward nodes, and a
 //! tensor used by several nodes sums its contributions. Rules live in
 //! `rules/`, one file per op family; `ctx` is what a rule may use.
+#![warn(missing_docs)]
 
 pub mod ctx;
 mod differentiate;

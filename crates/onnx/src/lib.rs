@@ -10,6 +10,7 @@
 //! The crates, bottom to top (each may use only those below it):
 //! `attrpatch-onnx` -> `attrpatch-autodiff` -> `attrpatch-core` ->
 //! `attrpatch-render` -> `attrpatch` (the facade and the binary) -> `attrpatch-python`.
+#![warn(missing_docs)]
 
 pub mod error;
 pub mod fsutil;

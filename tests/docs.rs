@@ -356,3 +356,18 @@ fn sh_blocks_in_the_readme_and_the_book_run() {
     assert!(failed.is_empty(), "documented commands that failed:\n{}", failed.join("\n\n"));
     assert!(ran >= MIN_COMMANDS_RUN, "ran {ran} documented commands, expected at least {MIN_COMMANDS_RUN}");
 }
+
+/// The book's CLI reference is what the clap definitions print: it cannot drift from the flags.
+#[test]
+fn the_cli_reference_is_the_binarys() {
+    let out = Command::new(env!("CARGO_BIN_EXE_attrpatch")).arg("--markdown-help").output().unwrap();
+    assert!(out.status.success(), "attrpatch --markdown-help: {}", String::from_utf8_lossy(&out.stderr));
+    let generated = String::from_utf8(out.stdout).unwrap();
+    assert!(generated.contains("## `attrpatch run`") && generated.contains("--hook"), "{generated}");
+    let page = read(&root().join("docs/src/cli.md"));
+    assert!(
+        page == generated,
+        "docs/src/cli.md is not what the CLI prints: regenerate it with \
+         `cargo run -- --markdown-help > docs/src/cli.md`"
+    );
+}

@@ -39,9 +39,7 @@ fn main() -> ExitCode {
     quiet_guarded_panics();
     // Hidden from --help: the CLI reference page, from the same definitions as the flags.
     if std::env::args().skip(1).eq(["--markdown-help"]) {
-        let options = clap_markdown::MarkdownOptions::new()
-            .title("Command-line reference".into())
-            .show_footer(false);
+        let options = clap_markdown::MarkdownOptions::new().title("Command-line reference".into()).show_footer(false);
         print!("{MARKDOWN_HEADER}{}", clap_markdown::help_markdown_custom::<Cli>(&options));
         return ExitCode::SUCCESS;
     }

@@ -45,7 +45,7 @@
 //! `--no-default-features` the library runs every job and writes CSV, JSON and
 //! report.html. `internals` makes every internal module public (hidden from
 //! these docs, no stability promise) for the integration tests and tools.
-#![warn(missing_docs)]
+#![deny(missing_docs)]
 // Without `internals`, code only the integration tests and tools reach (and
 // the re-exports they use) looks unused; with it everything is public, so
 // neither build can tell dead code apart, as before the facade.

@@ -11,6 +11,8 @@ use std::collections::HashMap;
 pub struct ConstIndex<'g>(HashMap<&'g str, &'g TensorProto>);
 
 impl<'g> ConstIndex<'g> {
+    /// Indexes `g`'s initializers and the outputs of its Constant nodes, leaving
+    /// out graph inputs (an initializer that is also an input is not constant).
     pub fn new(g: &'g GraphProto) -> Self {
         let mut m: HashMap<&str, &TensorProto> = g.initializer.iter().map(|t| (t.name.as_str(), t)).collect();
         for n in &g.node {
@@ -24,9 +26,11 @@ impl<'g> ConstIndex<'g> {
         }
         ConstIndex(m)
     }
+    /// Whether `name` is a constant of the graph.
     pub fn contains(&self, name: &str) -> bool {
         self.0.contains_key(name)
     }
+    /// The constant tensor named `name`, if it is one.
     pub fn get(&self, name: &str) -> Option<&'g TensorProto> {
         self.0.get(name).copied()
     }
@@ -35,9 +39,13 @@ impl<'g> ConstIndex<'g> {
 /// A rule's whole view of one node: the gradients reaching its outputs, which
 /// inputs need one, what shape analysis knows, and the builder for new nodes.
 pub struct RuleCtx<'a, 'g> {
+    /// Where the rule emits its backward nodes and initializers.
     pub b: &'a mut GraphBuilder,
+    /// Types and shapes of the forward graph's tensors.
     pub facts: &'a Facts,
+    /// The forward graph's constants (initializers, Constant outputs).
     pub consts: &'a ConstIndex<'g>,
+    /// The forward node being differentiated.
     pub node: &'g NodeProto,
     /// Per output: its gradient, None where the metric does not depend on it.
     pub out_grads: &'a [Option<String>],
@@ -68,18 +76,23 @@ impl<'g> RuleCtx<'_, 'g> {
     pub fn input(&self, k: usize) -> &'g str {
         self.node.input.get(k).map(|s| s.as_str()).unwrap_or("")
     }
+    /// The name of output `k` ("" when absent), borrowed from the graph.
     pub fn output(&self, k: usize) -> &'g str {
         self.node.output.get(k).map(|s| s.as_str()).unwrap_or("")
     }
+    /// The node's attribute `name` read as a string (bytes decoded lossily as UTF-8).
     pub fn attr_s(&self, name: &str) -> Option<String> {
         self.node.attribute.iter().find(|a| a.name == name).map(|a| String::from_utf8_lossy(&a.s).into_owned())
     }
+    /// The node's attribute `name` read as an integer.
     pub fn attr_i(&self, name: &str) -> Option<i64> {
         self.node.attribute.iter().find(|a| a.name == name).map(|a| a.i)
     }
+    /// The node's attribute `name` read as a float.
     pub fn attr_f(&self, name: &str) -> Option<f32> {
         self.node.attribute.iter().find(|a| a.name == name).map(|a| a.f)
     }
+    /// The node's attribute `name` read as a list of integers.
     pub fn attr_ints(&self, name: &str) -> Option<Vec<i64>> {
         self.node.attribute.iter().find(|a| a.name == name).map(|a| a.ints.clone())
     }
@@ -91,12 +104,15 @@ impl<'g> RuleCtx<'_, 'g> {
             .and_then(tensor_i64s)
             .ok_or_else(|| self.err(format!("input {k} ('{name}') must be a constant integer tensor")))
     }
+    /// Values of input `k` when it is a float or double constant; None otherwise.
     pub fn const_floats(&self, k: usize) -> Option<Vec<f64>> {
         self.consts.get(self.input(k)).and_then(tensor_f64s)
     }
+    /// The rank of `t`; an error naming the node when shape analysis left it unknown.
     pub fn rank(&self, t: &str) -> Result<usize> {
         self.facts.rank(t).ok_or_else(|| self.err(format!("the rank of '{t}' is unknown after shape analysis")))
     }
+    /// The shape of `t`; an error naming the node when shape analysis left it unknown.
     pub fn shape(&self, t: &str) -> Result<Vec<Dim>> {
         self.facts
             .shape(t)
@@ -107,6 +123,7 @@ impl<'g> RuleCtx<'_, 'g> {
     pub fn dtype(&self, t: &str) -> i32 {
         self.facts.dtype(t).unwrap_or(FLOAT)
     }
+    /// A new scalar initializer holding `v`, of the element type of `like`.
     pub fn scalar(&mut self, like: &str, v: f64) -> String {
         let dt = self.dtype(like);
         self.b.const_scalar(dt, v)

@@ -5,7 +5,96 @@
 //! nodes on a path from a `wrt` tensor to the loss get backward nodes, and a
 //! tensor used by several nodes sums its contributions. Rules live in
 //! `rules/`, one file per op family; `ctx` is what a rule may use.
-#![warn(missing_docs)]
+//!
+//! # Example
+//!
+//! Differentiating `loss = ReduceSum(Tanh(x) * Tanh(x))` for a float input `x`
+//! of shape `[2, 3]`, a model built in code from the ONNX protobuf types:
+//!
+//! ```rust
+//! use attrpatch_onnx::pb::{
+//!     attribute_proto, tensor_proto, tensor_shape_proto, type_proto, AttributeProto, GraphProto, ModelProto,
+//!     NodeProto, OperatorSetIdProto, TensorShapeProto, TypeProto, ValueInfoProto,
+//! };
+//!
+//! // A float tensor declaration; `dims` empty for a scalar.
+//! fn float(name: &str, dims: &[i64]) -> ValueInfoProto {
+//!     let dim = dims
+//!         .iter()
+//!         .map(|&d| tensor_shape_proto::Dimension {
+//!             value: Some(tensor_shape_proto::dimension::Value::DimValue(d)),
+//!             ..Default::default()
+//!         })
+//!         .collect();
+//!     let tensor = type_proto::Tensor {
+//!         elem_type: tensor_proto::DataType::Float as i32,
+//!         shape: Some(TensorShapeProto { dim }),
+//!     };
+//!     ValueInfoProto {
+//!         name: name.into(),
+//!         r#type: Some(TypeProto { value: Some(type_proto::Value::TensorType(tensor)), ..Default::default() }),
+//!         ..Default::default()
+//!     }
+//! }
+//!
+//! fn node(op: &str, inputs: &[&str], output: &str, attribute: Vec<AttributeProto>) -> NodeProto {
+//!     NodeProto {
+//!         op_type: op.into(),
+//!         name: output.into(),
+//!         input: inputs.iter().map(|s| s.to_string()).collect(),
+//!         output: vec![output.into()],
+//!         attribute,
+//!         ..Default::default()
+//!     }
+//! }
+//!
+//! let keepdims = AttributeProto {
+//!     name: "keepdims".into(),
+//!     r#type: attribute_proto::AttributeType::Int as i32,
+//!     i: 0,
+//!     ..Default::default()
+//! };
+//! let graph = GraphProto {
+//!     name: "tiny".into(),
+//!     node: vec![
+//!         node("Tanh", &["x"], "y", vec![]),
+//!         node("Mul", &["y", "y"], "yy", vec![]),
+//!         node("ReduceSum", &["yy"], "loss", vec![keepdims]),
+//!     ],
+//!     input: vec![float("x", &[2, 3])],
+//!     output: vec![float("loss", &[])],
+//!     ..Default::default()
+//! };
+//! let model = ModelProto {
+//!     ir_version: 8,
+//!     opset_import: vec![OperatorSetIdProto { domain: String::new(), version: 17 }],
+//!     graph: Some(graph),
+//!     ..Default::default()
+//! };
+//!
+//! let d = attrpatch_autodiff::differentiate(model, &["x"], "loss")?;
+//!
+//! // One gradient, declared as a new graph output of x's type and shape.
+//! assert_eq!(d.gradients, vec![("x".to_string(), "x_grad".to_string())]);
+//! let g = d.model.graph.as_ref().unwrap();
+//! let outputs: Vec<&str> = g.output.iter().map(|o| o.name.as_str()).collect();
+//! assert_eq!(outputs, ["loss", "x_grad"]);
+//!
+//! // Tanh's rule, dx = g * (1 - y * y), emitted as plain ONNX nodes: a Sub
+//! // whose second input is a Mul of Tanh's output with itself.
+//! let producer = |t: &str| g.node.iter().find(|n| n.output.iter().any(|o| o == t));
+//! let tanh_grad = g.node.iter().any(|n| {
+//!     n.op_type == "Sub"
+//!         && n.input.get(1).and_then(|t| producer(t)).is_some_and(|m| m.op_type == "Mul" && m.input == ["y", "y"])
+//! });
+//! assert!(tanh_grad, "no 1 - y*y among {:?}", g.node.iter().map(|n| &n.op_type).collect::<Vec<_>>());
+//!
+//! // A tensor the graph does not have is an error, not a zero gradient.
+//! let err = attrpatch_autodiff::differentiate(d.model.clone(), &["nope"], "loss").err().unwrap();
+//! assert!(err.to_string().contains("no tensor named 'nope'"));
+//! # Ok::<(), attrpatch_onnx::error::Error>(())
+//! ```
+#![deny(missing_docs)]
 
 pub mod ctx;
 mod differentiate;

@@ -30,12 +30,16 @@ pub struct PairResult {
     pub grid: PairGrid,
 }
 
+/// One batch's sums and per-pair values, as saved in `batches/batch-NNNNNN.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BatchResult {
+    /// The batch's index: its place in the summing order and its file name.
     pub index: usize,
     /// Fingerprint of the batch's inputs; a resumed job reuses a file only when it matches.
     pub key: String,
+    /// Index in the prompt set of the batch's first pair (0 for an empty batch).
     pub first_pair: usize,
+    /// How many pairs the batch holds.
     pub pairs: usize,
     /// Sum over the batch's pairs of their clean metric.
     #[serde(alias = "sum_clean_logit_diff")]
@@ -45,6 +49,7 @@ pub struct BatchResult {
     pub sum_corrupted_metric: f64,
     /// Sums over the batch's pairs of their `PairResult::grid`.
     pub heads: Vec<Vec<f64>>,
+    /// The same sums for the positions grid.
     pub positions: Vec<Vec<f64>>,
     /// Per pair, when asked for.
     pub per_pair: Vec<PairResult>,
@@ -52,6 +57,7 @@ pub struct BatchResult {
     /// the baseline checks (`sanity`) need their spread, not only their sums.
     #[serde(default)]
     pub clean_values: Vec<f64>,
+    /// Each pair's raw corrupted metric, in pair order (see `clean_values`).
     #[serde(default)]
     pub corrupted_values: Vec<f64>,
 }
@@ -84,6 +90,7 @@ impl BatchResult {
         Ok(b)
     }
 
+    /// Writes the batch to `dir`/batches/batch-NNNNNN.json, atomically.
     pub fn save(&self, dir: &Path) -> Result<()> {
         let d = dir.join("batches");
         std::fs::create_dir_all(&d).map_err(|e| Error::io(&d, e))?;
@@ -92,12 +99,14 @@ impl BatchResult {
         write_atomic(&path(dir, self.index), &text)
     }
 
+    /// Reads a batch file written by `save`.
     pub fn load(file: &Path) -> Result<Self> {
         let bytes = std::fs::read(file).map_err(|e| Error::io(file, e))?;
         serde_json::from_slice(&bytes).map_err(|e| Error::Input(format!("{}: not a batch result: {e}", file.display())))
     }
 }
 
+/// The file of batch `index` in the job folder `dir`: batches/batch-NNNNNN.json.
 pub fn path(dir: &Path, index: usize) -> PathBuf {
     dir.join("batches").join(format!("batch-{index:06}.json"))
 }
@@ -125,10 +134,15 @@ pub fn fingerprint(parts: &[&[u8]]) -> String {
 /// Sums over batches, in index order.
 #[derive(Debug, Default, Clone)]
 pub struct Totals {
+    /// Pairs summed so far.
     pub pairs: usize,
+    /// Sum of the pairs' clean metric.
     pub sum_clean: f64,
+    /// Sum of the pairs' corrupted metric.
     pub sum_corrupted: f64,
+    /// Summed heads grids, `[layer][head]`, not normalised.
     pub heads: Vec<Vec<f64>>,
+    /// Summed positions grids, `[layer][position]`, not normalised.
     pub positions: Vec<Vec<f64>>,
 }
 
@@ -143,9 +157,11 @@ impl Totals {
         Ok(())
     }
 
+    /// The mean clean metric (CLEAN); NaN before any pair is added.
     pub fn clean(&self) -> f64 {
         self.sum_clean / self.pairs as f64
     }
+    /// The mean corrupted metric (CORR); NaN before any pair is added.
     pub fn corrupted(&self) -> f64 {
         self.sum_corrupted / self.pairs as f64
     }

@@ -43,6 +43,7 @@ pub struct Agreement {
     pub largest_misses: Vec<Miss>,
 }
 
+/// How well `estimate` matches `exact`, cell by cell (rows are zipped: cells beyond the shorter row are left out).
 pub fn agreement(estimate: &[Vec<f64>], exact: &[Vec<f64>]) -> Agreement {
     let mut cells = vec![];
     for (l, (er, xr)) in estimate.iter().zip(exact).enumerate() {
@@ -63,6 +64,7 @@ pub fn agreement(estimate: &[Vec<f64>], exact: &[Vec<f64>]) -> Agreement {
     }
 }
 
+/// Pearson's correlation of two series; None when they are shorter than two, differ in length or either is constant.
 pub fn pearson(x: &[f64], y: &[f64]) -> Option<f64> {
     let n = x.len() as f64;
     if x.len() < 2 || x.len() != y.len() {
@@ -210,6 +212,8 @@ pub fn ig_gain(c: &Comparison) -> Vec<(&'static str, f64, Option<f64>, Option<f6
         .collect()
 }
 
+/// The contents of compare.json: each estimate's method, agreement per grid and cost, exact patching's cost, the recall
+/// and IG's gain over attribution.
 pub fn summary_json(c: &Comparison) -> serde_json::Value {
     let mut estimates = serde_json::Map::new();
     for e in &c.estimates {
@@ -303,6 +307,7 @@ pub fn report(c: &Comparison) -> String {
     lines.iter().map(|l| format!("{l}\n")).collect()
 }
 
+/// A correlation to three decimals, or "n/a" when there is none.
 pub fn fmt_corr(r: Option<f64>) -> String {
     r.map_or_else(|| "n/a".into(), |r| format!("{r:.3}"))
 }

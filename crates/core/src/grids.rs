@@ -64,6 +64,7 @@ fn describe(g: &[Vec<f64>]) -> String {
     }
 }
 
+/// Every value of `a` times `k`.
 pub fn scaled(a: &[Vec<f64>], k: f64) -> Vec<Vec<f64>> {
     a.iter().map(|r| r.iter().map(|v| v * k).collect()).collect()
 }

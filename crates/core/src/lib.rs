@@ -12,7 +12,7 @@
 //! Layers: this crate uses `attrpatch-onnx` (models, normalisation, the error
 //! type) and `attrpatch-autodiff` (the backward graph); `attrpatch-render` and
 //! the `attrpatch` facade use it. Cargo forbids the other direction.
-#![warn(missing_docs)]
+#![deny(missing_docs)]
 
 pub mod atp_star;
 pub mod augment;

@@ -25,6 +25,7 @@ use attrpatch_onnx::pb::ModelProto;
 /// What the sizing needs to know of a rewritten model and its prompts.
 #[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize, serde::Deserialize)]
 pub struct ModelShape {
+    /// Hooks, one per layer.
     pub layers: usize,
     /// The hook's width (the model's hidden size for attention hooks).
     pub width: usize,
@@ -32,6 +33,7 @@ pub struct ModelShape {
     pub heads: usize,
     /// Tokens per (padded) prompt.
     pub seq_len: usize,
+    /// Vocabulary size (the width of a logits row).
     pub vocab: usize,
     /// Bytes of every initializer, counted once.
     pub weight_bytes: u64,
@@ -179,6 +181,7 @@ pub fn row_bytes(s: &ModelShape, w: Workload) -> u64 {
 /// The memory a run may use, and where that number came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Budget {
+    /// Bytes the run may use.
     pub bytes: u64,
     /// `MemAvailable` when it could be read.
     pub available: Option<u64>,

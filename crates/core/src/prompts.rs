@@ -135,6 +135,7 @@ pub struct PromptTokenizer {
 }
 
 impl PromptTokenizer {
+    /// Loads a HuggingFace `tokenizer.json`.
     pub fn from_file(path: &Path) -> Result<Self> {
         let inner = tokenizers::Tokenizer::from_file(path)
             .map_err(|e| Error::Input(format!("{}: cannot load tokenizer: {e}", path.display())))?;
@@ -191,9 +192,11 @@ impl PromptTokenizer {
 pub struct TokenizedPrompts {
     /// [pair][position], padded to `seq_len`
     pub clean_ids: Vec<Vec<i64>>,
+    /// The corrupted prompts' ids, `[pair][position]`, padded to `seq_len`.
     pub corrupted_ids: Vec<Vec<i64>>,
     /// [pair]
     pub correct_ids: Vec<i64>,
+    /// `[pair]`: the incorrect answer's token id.
     pub incorrect_ids: Vec<i64>,
     /// The longest pair's length.
     pub seq_len: usize,

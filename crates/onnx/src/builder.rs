@@ -6,9 +6,14 @@ use super::consts::{float_tensor, i64_tensor};
 use super::pb::{attribute_proto::AttributeType, AttributeProto, GraphProto, NodeProto, TensorProto};
 use std::collections::HashSet;
 
+/// Collects new nodes and initializers for a graph, named so that no name clashes
+/// with the graph's; nothing reaches the graph until `apply`.
 pub struct GraphBuilder {
+    /// Default-domain opset of the model: decides the form of ops whose signature changed.
     pub opset: i64,
+    /// Nodes built and not yet applied, in order.
     pub nodes: Vec<NodeProto>,
+    /// Initializers built and not yet applied.
     pub initializers: Vec<TensorProto>,
     prefix: String,
     counter: usize,
@@ -17,15 +22,19 @@ pub struct GraphBuilder {
     shared: std::collections::HashMap<String, String>,
 }
 
+/// An int attribute.
 pub fn attr_i(name: &str, i: i64) -> AttributeProto {
     AttributeProto { name: name.into(), r#type: AttributeType::Int as i32, i, ..Default::default() }
 }
+/// A float attribute.
 pub fn attr_f(name: &str, f: f32) -> AttributeProto {
     AttributeProto { name: name.into(), r#type: AttributeType::Float as i32, f, ..Default::default() }
 }
+/// An ints (list of int64) attribute.
 pub fn attr_ints(name: &str, ints: &[i64]) -> AttributeProto {
     AttributeProto { name: name.into(), r#type: AttributeType::Ints as i32, ints: ints.to_vec(), ..Default::default() }
 }
+/// A tensor attribute.
 pub fn attr_t(name: &str, t: TensorProto) -> AttributeProto {
     AttributeProto { name: name.into(), r#type: AttributeType::Tensor as i32, t: Some(t), ..Default::default() }
 }
@@ -51,6 +60,7 @@ impl GraphBuilder {
         g.initializer.append(&mut self.initializers);
     }
 
+    /// A new name, `{prefix}{hint}_{n}`, never used before in the graph; it is taken from now on.
     pub fn fresh(&mut self, hint: &str) -> String {
         loop {
             self.counter += 1;
@@ -61,6 +71,7 @@ impl GraphBuilder {
         }
     }
 
+    /// Appends an `op` node with `n_out` fresh outputs; returns their names.
     pub fn node_n(&mut self, op: &str, inputs: &[&str], n_out: usize, attrs: Vec<AttributeProto>) -> Vec<String> {
         let outputs: Vec<String> = (0..n_out).map(|_| self.fresh(op)).collect();
         let name = self.fresh(&format!("{op}_node"));
@@ -75,6 +86,7 @@ impl GraphBuilder {
         outputs
     }
 
+    /// Appends an `op` node with one fresh output; returns its name.
     pub fn node(&mut self, op: &str, inputs: &[&str], attrs: Vec<AttributeProto>) -> String {
         self.node_n(op, inputs, 1, attrs).pop().unwrap()
     }
@@ -93,6 +105,7 @@ impl GraphBuilder {
         });
     }
 
+    /// A 1-d int64 initializer holding `values`; returns its name.
     pub fn const_i64s(&mut self, values: &[i64]) -> String {
         let name = self.fresh("const_i64");
         self.initializers.push(i64_tensor(&name, &[values.len() as i64], values));
@@ -118,6 +131,7 @@ impl GraphBuilder {
         name
     }
 
+    /// A float initializer of element type `data_type` and shape `dims` (see `float_tensor`); returns its name.
     pub fn const_tensor(&mut self, data_type: i32, dims: &[i64], values: &[f64]) -> String {
         let name = self.fresh("const_f");
         self.initializers.push(float_tensor(&name, data_type, dims, values));
@@ -135,22 +149,27 @@ impl GraphBuilder {
             self.node(op, &[x], vec![attr_ints("axes", axes), keep])
         }
     }
+    /// ReduceSum over `axes` (axes as an input from opset 13, an attribute before).
     pub fn reduce_sum(&mut self, x: &str, axes: &[i64], keepdims: bool) -> String {
         let v = self.opset >= 13;
         self.reduce("ReduceSum", x, axes, keepdims, v)
     }
+    /// ReduceMean over `axes` (axes as an input from opset 18, an attribute before).
     pub fn reduce_mean(&mut self, x: &str, axes: &[i64], keepdims: bool) -> String {
         let v = self.opset >= 18;
         self.reduce("ReduceMean", x, axes, keepdims, v)
     }
+    /// ReduceProd over `axes` (axes as an input from opset 18, an attribute before).
     pub fn reduce_prod(&mut self, x: &str, axes: &[i64], keepdims: bool) -> String {
         let v = self.opset >= 18;
         self.reduce("ReduceProd", x, axes, keepdims, v)
     }
+    /// ReduceMax over `axes` (axes as an input from opset 18, an attribute before).
     pub fn reduce_max(&mut self, x: &str, axes: &[i64], keepdims: bool) -> String {
         let v = self.opset >= 18;
         self.reduce("ReduceMax", x, axes, keepdims, v)
     }
+    /// `x` with size-1 axes inserted at `axes` (axes as an input from opset 13, an attribute before).
     pub fn unsqueeze(&mut self, x: &str, axes: &[i64]) -> String {
         if self.opset >= 13 {
             let a = self.const_i64s(axes);
@@ -162,40 +181,52 @@ impl GraphBuilder {
 
     // ---- plain ops ----
 
+    /// `a + b` (broadcasting).
     pub fn add(&mut self, a: &str, b: &str) -> String {
         self.node("Add", &[a, b], vec![])
     }
+    /// `a - b` (broadcasting).
     pub fn sub(&mut self, a: &str, b: &str) -> String {
         self.node("Sub", &[a, b], vec![])
     }
+    /// `a * b` (broadcasting).
     pub fn mul(&mut self, a: &str, b: &str) -> String {
         self.node("Mul", &[a, b], vec![])
     }
+    /// `a / b` (broadcasting).
     pub fn div(&mut self, a: &str, b: &str) -> String {
         self.node("Div", &[a, b], vec![])
     }
+    /// `-a`.
     pub fn neg(&mut self, a: &str) -> String {
         self.node("Neg", &[a], vec![])
     }
+    /// `a @ b` (MatMul).
     pub fn matmul(&mut self, a: &str, b: &str) -> String {
         self.node("MatMul", &[a, b], vec![])
     }
+    /// The run-time shape of `x`, a 1-d int64 tensor.
     pub fn shape(&mut self, x: &str) -> String {
         self.node("Shape", &[x], vec![])
     }
+    /// `x` reshaped to `shape`, a 1-d int64 tensor.
     pub fn reshape(&mut self, x: &str, shape: &str) -> String {
         self.node("Reshape", &[x, shape], vec![])
     }
+    /// `x` reshaped to the run-time shape of `like`.
     pub fn reshape_like(&mut self, x: &str, like: &str) -> String {
         let s = self.shape(like);
         self.reshape(x, &s)
     }
+    /// `x` with its axes permuted by `perm`.
     pub fn transpose(&mut self, x: &str, perm: &[i64]) -> String {
         self.node("Transpose", &[x], vec![attr_ints("perm", perm)])
     }
+    /// `x` cast to the ONNX element type `to`.
     pub fn cast(&mut self, x: &str, to: i32) -> String {
         self.node("Cast", &[x], vec![attr_i("to", to as i64)])
     }
+    /// `xs` joined along `axis`.
     pub fn concat(&mut self, xs: &[&str], axis: i64) -> String {
         self.node("Concat", xs, vec![attr_i("axis", axis)])
     }
@@ -250,9 +281,11 @@ impl GraphBuilder {
         let a = self.const_i64s(&[axis]);
         self.node("Slice", &[x, &s, &e, &a], vec![])
     }
+    /// Softmax over the last axis.
     pub fn softmax_last(&mut self, x: &str) -> String {
         self.node("Softmax", &[x], vec![attr_i("axis", -1)])
     }
+    /// `Where(cond, a, b)`: `a`'s elements where `cond` holds, `b`'s elsewhere (broadcasting).
     pub fn where_(&mut self, cond: &str, a: &str, b: &str) -> String {
         self.node("Where", &[cond, a, b], vec![])
     }

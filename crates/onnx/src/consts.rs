@@ -3,14 +3,23 @@
 
 use super::pb::{GraphProto, NodeProto, TensorProto};
 
+/// ONNX element type code of float32.
 pub const FLOAT: i32 = 1;
+/// ONNX element type code of int32.
 pub const INT32: i32 = 6;
+/// ONNX element type code of int64.
 pub const INT64: i32 = 7;
+/// ONNX element type code of bool.
 pub const BOOL: i32 = 9;
+/// ONNX element type code of float16.
 pub const FLOAT16: i32 = 10;
+/// ONNX element type code of float64 (double).
 pub const DOUBLE: i32 = 11;
+/// ONNX element type code of bfloat16.
 pub const BFLOAT16: i32 = 16;
 
+/// Bytes per element of an ONNX element type; None for the types not listed
+/// (4-bit, string, complex, float8 and others).
 pub fn elem_size(data_type: i32) -> Option<u64> {
     Some(match data_type {
         2 | 3 | 9 => 1,       // uint8, int8, bool
@@ -21,6 +30,7 @@ pub fn elem_size(data_type: i32) -> Option<u64> {
     })
 }
 
+/// A readable name of an ONNX element type, for messages ("another type" for those not listed).
 pub fn type_name(data_type: i32) -> &'static str {
     match data_type {
         FLOAT => "float32",
@@ -38,6 +48,7 @@ pub fn type_name(data_type: i32) -> &'static str {
     }
 }
 
+/// Whether the element type is a float one: float32, float64, float16 or bfloat16.
 pub fn is_float(data_type: i32) -> bool {
     matches!(data_type, FLOAT | DOUBLE | FLOAT16 | BFLOAT16)
 }
@@ -89,6 +100,7 @@ pub fn find_constant<'g>(graph: &'g GraphProto, name: &str) -> Option<&'g Tensor
         .or_else(|| graph.node.iter().find(|n| n.output.iter().any(|o| o == name)).and_then(constant_node_tensor))
 }
 
+/// An int64 tensor of shape `dims` holding `values` (as raw little-endian data).
 pub fn i64_tensor(name: &str, dims: &[i64], values: &[i64]) -> TensorProto {
     TensorProto {
         name: name.to_string(),

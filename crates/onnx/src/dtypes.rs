@@ -12,6 +12,10 @@ fn declared(vi: &ValueInfoProto) -> Option<i32> {
     Some(t.elem_type)
 }
 
+/// Tensor name -> ONNX element type, for every tensor whose type can be told:
+/// declared inputs, value_info, outputs and initializers, then each node's
+/// outputs in graph order (tract's fact, else the op's semantics, else the type
+/// of its first input). Tensors whose type cannot be told are absent.
 pub fn infer_dtypes(g: &GraphProto, facts: &Facts) -> HashMap<String, i32> {
     let mut m: HashMap<String, i32> = HashMap::new();
     for vi in g.input.iter().chain(&g.value_info).chain(&g.output) {

@@ -9,14 +9,18 @@ use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::infer::Factoid;
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
+/// One dimension of a tensor's shape.
 pub enum Dim {
+    /// A concrete extent.
     Known(i64),
     /// A symbolic expression as tract prints it, e.g. `batch*sequence`.
     Sym(String),
+    /// Not inferred.
     Unknown,
 }
 
 #[derive(Clone, Debug, Default)]
+/// What is known of one tensor; either part may be unknown.
 pub struct TensorFact {
     /// ONNX element type code, when known.
     pub dtype: Option<i32>,
@@ -25,9 +29,11 @@ pub struct TensorFact {
 }
 
 impl TensorFact {
+    /// Number of dims, when the rank is known.
     pub fn rank(&self) -> Option<usize> {
         self.shape.as_ref().map(|s| s.len())
     }
+    /// The fact as text for messages, e.g. `float32[batch, 768]`, with `?` for what is unknown.
     pub fn describe(&self) -> String {
         let ty = self.dtype.map(super::consts::type_name).unwrap_or("?");
         match &self.shape {
@@ -37,6 +43,7 @@ impl TensorFact {
     }
 }
 
+/// A dim as text: its value, its symbolic expression, or `?`.
 pub fn dim_str(d: &Dim) -> String {
     match d {
         Dim::Known(v) => v.to_string(),
@@ -46,18 +53,23 @@ pub fn dim_str(d: &Dim) -> String {
 }
 
 #[derive(Debug, Default)]
+/// Tensor name -> what tract's analysis inferred of that tensor.
 pub struct Facts(pub HashMap<String, TensorFact>);
 
 impl Facts {
+    /// The fact of a tensor; None when tract has none for the name.
     pub fn get(&self, name: &str) -> Option<&TensorFact> {
         self.0.get(name)
     }
+    /// The tensor's rank, when known.
     pub fn rank(&self, name: &str) -> Option<usize> {
         self.get(name).and_then(|f| f.rank())
     }
+    /// The tensor's ONNX element type code, when known.
     pub fn dtype(&self, name: &str) -> Option<i32> {
         self.get(name).and_then(|f| f.dtype)
     }
+    /// The tensor's dims, when its rank is known.
     pub fn shape(&self, name: &str) -> Option<&[Dim]> {
         self.get(name).and_then(|f| f.shape.as_deref())
     }

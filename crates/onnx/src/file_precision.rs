@@ -41,13 +41,21 @@ const INT4: i32 = 22;
 pub struct Packed {
     /// The node's name (kept by the MatMul that stands for it, and restored).
     pub node: String,
+    /// Name of the node's packed codes (its input B).
     pub b: String,
+    /// Name of the node's scales input.
     pub scales: String,
+    /// Name of the node's zero-points input; None when it has none (the default zero point).
     pub zero_points: Option<String>,
+    /// K: rows of W `[K, N]`, before padding to whole blocks (an embedding's hidden size).
     pub k: i64,
+    /// N: columns of W `[K, N]`, rows of W^T (an embedding's vocabulary size).
     pub n: i64,
+    /// Bits per code (4 or 8).
     pub bits: i64,
+    /// Codes per quantisation block along K (each block has one scale and zero point).
     pub block_size: i64,
+    /// The node's `accuracy_level` attribute, if it has one (None for an embedding).
     pub accuracy_level: Option<i64>,
     /// A GatherBlockQuantized embedding: the stand-in is the table `[N, K]`
     /// (W^T) read by a Gather, not W `[K, N]` read by a MatMul.

@@ -5,6 +5,7 @@ use crate::error::{Error, Result};
 use std::io::Write;
 use std::path::Path;
 
+/// Writes `bytes` to `path` atomically (see the module comment); on failure the temporary file is removed.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     write_atomic_with(path, |f| f.write_all(bytes))
 }

@@ -149,6 +149,7 @@ impl ContentHash {
         self.len = self.len.wrapping_add(bytes.len() as u64);
     }
 
+    /// Adds a string's UTF-8 bytes as one field (as `write`).
     pub fn write_str(&mut self, s: &str) {
         self.write(s.as_bytes());
     }

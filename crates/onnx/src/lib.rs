@@ -10,7 +10,7 @@
 //! The crates, bottom to top (each may use only those below it):
 //! `attrpatch-onnx` -> `attrpatch-autodiff` -> `attrpatch-core` ->
 //! `attrpatch-render` -> `attrpatch` (the facade and the binary) -> `attrpatch-python`.
-#![warn(missing_docs)]
+#![deny(missing_docs)]
 
 pub mod error;
 pub mod fsutil;
@@ -30,6 +30,7 @@ pub mod prune;
 pub mod scopes;
 
 pub use model::OnnxModel;
+/// tract's ONNX protobuf bindings (`ModelProto`, `GraphProto`, ...), the types this crate reads and rewrites.
 pub use tract_onnx::pb;
 
 /// How messages name a model given in memory, and where external data it

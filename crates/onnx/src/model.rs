@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 /// A loaded model: the protobuf with external data inlined, plus what the
 /// protobuf bindings drop (node scopes from IR-10 metadata).
 pub struct OnnxModel {
+    /// The model file (for a model given in memory, the path it was given to name it).
     pub path: PathBuf,
+    /// The protobuf, normalised; external data inlined, except for the weights `load_leaving_weights` leaves.
     pub proto: ModelProto,
     /// Default-domain opset version (after normalisation: 11 and 12 become 13).
     pub opset: i64,
@@ -79,6 +81,7 @@ impl OnnxModel {
         Ok(OnnxModel { path: path.to_path_buf(), proto, opset, scopes, had_external_data })
     }
 
+    /// The model's main graph (a model without one is refused at load).
     pub fn graph(&self) -> &super::pb::GraphProto {
         self.proto.graph.as_ref().expect("checked at load")
     }
@@ -93,6 +96,7 @@ pub(crate) fn model_dir(path: &Path) -> &Path {
     path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."))
 }
 
+/// The version of the default-domain opset (domain `""` or `ai.onnx`) the model imports; None if it imports none.
 pub fn default_opset(proto: &ModelProto) -> Option<i64> {
     proto.opset_import.iter().find(|o| o.domain.is_empty() || o.domain == "ai.onnx").map(|o| o.version)
 }

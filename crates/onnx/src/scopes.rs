@@ -30,6 +30,8 @@ struct Entry {
 }
 
 #[derive(Debug, Default, Clone)]
+/// `node name -> module scopes` from the nodes' `pkg.torch.onnx.name_scopes`
+/// metadata, outermost first; empty scope names are dropped.
 pub struct NodeScopes(HashMap<String, Vec<String>>);
 
 impl NodeScopes {
@@ -59,6 +61,7 @@ impl NodeScopes {
         NodeScopes(map)
     }
 
+    /// The module scopes of a node; empty when none were recorded.
     pub fn get(&self, node_name: &str) -> &[String] {
         self.0.get(node_name).map(|v| v.as_slice()).unwrap_or(&[])
     }

@@ -4,6 +4,7 @@
 #[cfg(feature = "figures")]
 use plotters::style::RGBColor;
 
+/// An RGB colour, one byte per channel.
 pub type Colour = [u8; 3];
 
 /// plotly.colors.sequential.RdBu, lowest value (red) to highest (blue).

@@ -6,7 +6,7 @@
 //!
 //! Layers: this crate draws what `attrpatch-core` computes (its types are the
 //! input); the core never calls it, the `attrpatch` facade and binary do.
-#![warn(missing_docs)]
+#![deny(missing_docs)]
 
 // The figures (plotters) only with the `figures` feature; the data files and
 // report.html (drawn in the browser, the circuit included) always.

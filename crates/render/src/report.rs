@@ -13,6 +13,7 @@ fn value_label(r: &JobResult) -> String {
     format!("Norm. {}", r.manifest.metric.label())
 }
 
+/// The job's attribution over attention heads (layer x head, last position) as a `Grid` named "heads".
 pub fn heads_grid(r: &JobResult) -> Grid {
     let title = format!("{} over attention heads (last position)", r.manifest.method.label());
     heads_grid_of(r, &r.grids, "heads", title)
@@ -34,6 +35,8 @@ pub fn heads_grid_of(r: &JobResult, grids: &attrpatch_core::grids::Grids, name: 
     }
 }
 
+/// The job's attribution over token positions (layer x position; with attention
+/// hooks, the heads summed) as a `Grid` named "positions".
 pub fn positions_grid(r: &JobResult) -> Grid {
     // Attention hooks: every head of a position together (the subtitle names the hook).
     let title = match r.manifest.n_heads {

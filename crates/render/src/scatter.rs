@@ -15,8 +15,11 @@ use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, VPos};
 use std::path::{Path, PathBuf};
 
+/// One estimator's points, drawn in one colour and named in the legend.
 pub struct Series {
+    /// The legend entry.
     pub name: String,
+    /// The points' fill colour.
     pub colour: Colour,
     /// (x, y); non-finite points are left out.
     pub points: Vec<(f64, f64)>,
@@ -25,12 +28,17 @@ pub struct Series {
     pub point_names: Vec<String>,
 }
 
+/// A scatter plot: its titles, axis labels and series.
 pub struct Scatter {
+    /// The figure's title.
     pub title: String,
     /// The hook, the metric and the model.
     pub subtitle: String,
+    /// The x axis's label (the estimate).
     pub x_label: String,
+    /// The y axis's label (the exact values).
     pub y_label: String,
+    /// The estimators, drawn in order; each has a legend entry.
     pub series: Vec<Series>,
 }
 

@@ -27,6 +27,7 @@ mod softmax;
 use super::ctx::RuleCtx;
 use attrpatch_onnx::error::Result;
 
+/// A rule's result: per input of the node, its gradient tensor, or None.
 pub type Grads = Vec<Option<String>>;
 /// Emits the backward nodes of `cx.node`; returns one gradient per input
 /// (None where an input needs none).
@@ -34,9 +35,11 @@ pub type Rule = fn(&mut RuleCtx) -> Result<Grads>;
 
 /// One row of the rule table.
 pub struct RuleEntry {
+    /// The op type, e.g. "MatMul".
     pub op: &'static str,
     /// "" is the default ONNX domain ("ai.onnx" is accepted as the same).
     pub domain: &'static str,
+    /// The gradient rule for that op.
     pub rule: Rule,
 }
 

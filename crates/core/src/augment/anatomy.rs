@@ -10,24 +10,37 @@ use attrpatch_onnx::graph::declared_dims;
 use attrpatch_onnx::OnnxModel;
 use std::collections::HashSet;
 
+/// What the rewrites read of a model before they touch it (`Anatomy::read`).
 pub struct Anatomy {
+    /// The hooks of the chosen kind (`hooks::find_hooks`), one per layer.
     pub hooks: Vec<Hook>,
     /// Facts of the model as it is, with its symbolic sizes.
     pub facts0: Facts,
+    /// Name of the graph output holding the logits (`hooks::find_logits`).
     pub logits: String,
+    /// ONNX element type of the logits; always float32, as `read` refuses others.
     pub dtype: i32,
+    /// Vocabulary size: the logits' last dim, which must be fixed.
     pub vocab: usize,
     /// The batch and sequence dims of the token input, as declared.
     pub batch: Dim,
+    /// The sequence dim of the token input, as declared.
     pub seq: Dim,
+    /// The token-id input (`input_ids`, else the graph's first input) and its names in the copies.
     pub ids_in: TokenInput,
+    /// The `attention_mask` input, when the model has one.
     pub mask_in: Option<TokenInput>,
+    /// The `position_ids` input, when the model has one.
     pub pos_in: Option<TokenInput>,
+    /// Tensors whose value depends on no graph input (`hooks::constant_tensors`): the clean copy shares them.
     pub constants: HashSet<String>,
+    /// How the logits are made: from a constant lm_head MatMul, or opaque.
     pub src: LogitsSource,
 }
 
 impl Anatomy {
+    /// Reads a model's anatomy; refuses unsupported inputs, logits that are not float32, a vocabulary size that is not
+    /// fixed and hooks that are constants.
     pub fn read(model: &OnnxModel, hook_kind: &HookKind) -> Result<Anatomy> {
         check_inputs(model)?;
         let hooks = crate::hooks::find_hooks(model, hook_kind)?;

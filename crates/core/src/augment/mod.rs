@@ -32,17 +32,25 @@ use attrpatch_onnx::pb::{GraphProto, ModelProto};
 use attrpatch_onnx::OnnxModel;
 use std::collections::{HashMap, HashSet};
 
+/// Names of the tensors the augmented graph adds: its inputs and outputs.
 pub mod names {
     /// Prefix of every tensor of the clean copy of the forward graph.
     pub const CLEAN_PREFIX: &str = "clean/";
+    /// Input: the one-hot of each pair's last real position, [B, 1, S].
     pub const POSITION_ONEHOT: &str = "attrpatch.last_position_onehot";
+    /// Input: each pair's answers over the vocabulary, weighted for the metric, [B, V, 1].
     pub const ANSWER_ONEHOT: &str = "attrpatch.answer_onehot";
+    /// Input: each pair's weight in the mean metric (1 / B each), [B, 1].
     pub const PAIR_WEIGHTS: &str = "attrpatch.pair_weights";
+    /// Output: the pairs' mean metric on their clean prompts, [1, 1].
     pub const CLEAN_LD: &str = "attrpatch.clean_logit_diff";
+    /// Output: the pairs' mean metric on their corrupted prompts, [1, 1].
     pub const CORRUPTED_LD: &str = "attrpatch.corrupted_logit_diff";
+    /// Output: the normalised metric, 0 by construction; the backward graph differentiates it, [1, 1].
     pub const METRIC: &str = "attrpatch.metric";
     /// Each pair's logit difference, [1, B].
     pub const CLEAN_LDS: &str = "attrpatch.clean_logit_diffs";
+    /// Each pair's metric on its corrupted prompt, [1, B].
     pub const CORRUPTED_LDS: &str = "attrpatch.corrupted_logit_diffs";
     /// Shared-rows graph: each pair's row of its clean prompt, int64 [B].
     pub const CLEAN_ROWS: &str = "attrpatch.clean_rows";
@@ -52,18 +60,23 @@ pub mod names {
     pub fn row_input(model_input: &str) -> String {
         format!("rows.{model_input}")
     }
+    /// The clean copy's name for a model input, fed the clean prompts.
     pub fn clean_input(model_input: &str) -> String {
         format!("clean.{model_input}")
     }
+    /// The corrupted copy's name for a model input, fed the corrupted prompts.
     pub fn corrupted_input(model_input: &str) -> String {
         format!("corrupted.{model_input}")
     }
+    /// Output (`raw_outputs`): a layer's hook activation on the clean prompts.
     pub fn clean_act(layer: usize) -> String {
         format!("attrpatch.clean_act.{layer}")
     }
+    /// Output (`raw_outputs`): a layer's hook activation on the corrupted prompts.
     pub fn corrupted_act(layer: usize) -> String {
         format!("attrpatch.corrupted_act.{layer}")
     }
+    /// Output (`raw_outputs`): the metric's gradient with respect to a layer's corrupted activation.
     pub fn grad(layer: usize) -> String {
         format!("attrpatch.grad.{layer}")
     }
@@ -80,21 +93,29 @@ pub mod names {
 /// A model input fed with tokens: its name in the clean and corrupted copies.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct TokenInput {
+    /// The input's name in the original model.
     pub model_name: String,
+    /// Its name in the clean copy (`names::clean_input`).
     pub clean: String,
+    /// Its name in the corrupted copy (`names::corrupted_input`).
     pub corrupted: String,
 }
 
 /// (The metadata round-trips through a cache entry; the graph is stored beside it.)
 #[derive(serde::Serialize, serde::Deserialize)]
 pub struct Augmented {
+    /// The augmented graph; not serialised (the cache stores it beside the metadata).
     #[serde(skip)]
     pub proto: ModelProto,
+    /// The hooks whose activations and gradients the graph reads.
     pub hooks: Vec<Hook>,
+    /// The token-id input and its names in the graph.
     pub input_ids: TokenInput,
+    /// The attention-mask input, when the model has one (fed 1 on real tokens, 0 on padding).
     pub attention_mask: Option<TokenInput>,
     /// Fed with 0..S for every row (prompts are right-padded).
     pub position_ids: Option<TokenInput>,
+    /// Vocabulary size, the answer one-hot's length.
     pub vocab: usize,
     /// Attention heads, as read from the graph around the first hook.
     pub heads: Option<usize>,
@@ -117,7 +138,9 @@ pub struct AugmentOptions {
     pub grid_outputs: bool,
     /// Overrides the head count read from the graph.
     pub heads: Option<usize>,
+    /// The metric to compute and differentiate.
     pub metric: Metric,
+    /// Which activations to attribute.
     pub hooks: crate::hooks::HookKind,
     /// AtP*'s outputs (`atp_star::graph`): None for none; Some(grad_drop),
     /// with GradDrop's sweeps when true. Two-copy graph only.

@@ -272,6 +272,7 @@ fn module_paths(model: &OnnxModel, n: &NodeProto) -> Vec<String> {
     out
 }
 
+/// The hooks of `kind` in the model, one per layer (see `HookKind`).
 pub fn find_hooks(model: &OnnxModel, kind: &HookKind) -> Result<Vec<Hook>> {
     match kind {
         HookKind::AttnOut => find_attention_out_hooks(model),

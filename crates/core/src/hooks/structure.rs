@@ -18,7 +18,9 @@ const MERGE_PASS: &[&str] = &["Transpose", "Reshape", "Identity", "Cast", "Flatt
 /// One attention block found by structure: the out-projection node and its
 /// activation input, in graph order.
 pub struct Found<'a> {
+    /// The out-projection node (a MatMul or Gemm with a constant weight).
     pub node: &'a NodeProto,
+    /// Its activation input, the merged heads: the hook tensor.
     pub tensor: String,
 }
 

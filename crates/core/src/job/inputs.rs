@@ -12,9 +12,13 @@ use std::collections::HashMap;
 
 /// A graph's token inputs (clean and corrupted names of each model input).
 pub struct TokenInputs<'a> {
+    /// The token-id input.
     pub ids: &'a crate::augment::TokenInput,
+    /// The attention-mask input, when the graph has one.
     pub mask: Option<&'a crate::augment::TokenInput>,
+    /// The position-ids input, when the graph has one.
     pub positions: Option<&'a crate::augment::TokenInput>,
+    /// Vocabulary size, the answer one-hot's length.
     pub vocab: usize,
     /// The metric the graph was built with: its answer weights are fed.
     pub metric: crate::augment::Metric,

@@ -374,6 +374,7 @@ pub fn finish(manifest: Manifest, batches: &[BatchResult]) -> Result<JobResult> 
     })
 }
 
+/// Writes the manifest to `dir`/job.json (pretty JSON, atomically), creating `dir`.
 pub fn save_manifest(dir: &Path, m: &Manifest) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let text = serde_json::to_vec_pretty(m).map_err(|e| Error::Runtime(format!("serialising job.json: {e}")))?;

@@ -17,12 +17,14 @@ use attrpatch_onnx::OnnxModel;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+/// The tokenizer used when none is given: tokenizer.json beside the model.
 pub fn default_tokenizer(model: &Path) -> PathBuf {
     model.parent().unwrap_or(Path::new(".")).join("tokenizer.json")
 }
 
 /// The prompt pairs of a job and what turns them into token ids.
 pub struct PromptSource {
+    /// The prompt pairs, in order.
     pub pairs: Vec<PromptPair>,
     tokenizer: Option<PromptTokenizer>,
     /// Hash of the tokenizer file's bytes, or "token ids given".
@@ -90,11 +92,16 @@ impl PromptSource {
 
 /// What the attribution job and the patching jobs need of their rewritten graph.
 pub trait JobGraph {
+    /// The rewritten model, for the steps that read or replace it before the session (memory sizing, runtime
+    /// preparation, the cache).
     fn proto_mut(&mut self) -> &mut ModelProto;
+    /// Vocabulary size of the model's logits.
     fn vocab(&self) -> usize;
+    /// The hooks the graph patches or attributes.
     fn hooks(&self) -> &[Hook];
     /// Heads per hook; None for hooks that do not split into heads.
     fn heads(&self) -> Option<usize>;
+    /// The graph's token inputs and the metric its selectors are fed for.
     fn token_inputs(&self) -> TokenInputs<'_>;
 }
 
@@ -136,21 +143,29 @@ impl_job_graph!(crate::edges::patch_graph::EdgePatchGraph);
 /// A job ready to run: the model loaded, hashed and rewritten, the prompts
 /// tokenized, the graph handed over for a runtime session.
 pub struct Prepared<G> {
+    /// The rewritten graph.
     pub graph: G,
+    /// The job's prompt pairs.
     pub pairs: Vec<PromptPair>,
+    /// The pairs' token ids, checked against the model's vocabulary.
     pub tokens: TokenizedPrompts,
+    /// Content hash of the loaded model (`LoadedModel::hash`).
     pub model_hash: String,
+    /// Hash of the tokenizer file's bytes, or "token ids given".
     pub tokenizer_hash: String,
     /// What the memory sizing reads of the model and prompts.
     pub shape: ModelShape,
     for_runtime: Option<ModelForRuntime>,
+    /// Time spent so far, by step.
     pub seconds: Timings,
 }
 
 /// A model read for a job: the (normalised) protobuf, its content hash, and
 /// the folder ONNX Runtime reads weights left in the file from.
 pub struct LoadedModel {
+    /// The model, normalised at load.
     pub model: OnnxModel,
+    /// Content hash of the model's graph and weights (`onnx::graph::model_hash`).
     pub hash: String,
     /// Set when the float32 weights stayed in the model's files (ONNX Runtime reads them there).
     pub external_dir: Option<PathBuf>,

@@ -38,6 +38,7 @@ pub struct Frontier {
 pub struct Cut {
     /// Index into the hooks of the first hook the cut graph patches.
     pub start: usize,
+    /// The cut graph: the nodes that depend on a mask of hook `start` or above, reading the frontier as inputs.
     pub proto: ModelProto,
     /// What it reads from the cache run.
     pub frontier: Vec<Frontier>,

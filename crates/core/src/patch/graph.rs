@@ -29,6 +29,7 @@ use attrpatch_onnx::OnnxModel;
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
+/// Names of the tensors the patching graph adds, beside `augment::names`.
 pub mod names {
     /// [R] int64: the pair (index into the clean inputs) each row patches.
     pub const ROW_PAIR: &str = "attrpatch.row_pair";
@@ -47,9 +48,12 @@ pub mod names {
     }
 }
 
+/// How to build a patching graph (`build`).
 #[derive(serde::Serialize)]
 pub struct PatchGraphOptions {
+    /// The metric each row computes.
     pub metric: Metric,
+    /// Which activations to patch.
     pub hooks: HookKind,
     /// Overrides the head count read from the graph.
     pub heads: Option<usize>,
@@ -57,17 +61,25 @@ pub struct PatchGraphOptions {
     pub gradients: bool,
 }
 
+/// The patching graph (`build`) and what feeding it needs.
 #[derive(serde::Serialize, serde::Deserialize)]
 pub struct PatchGraph {
+    /// The patching graph; not serialised (the cache stores it beside the metadata).
     #[serde(skip)]
     pub proto: ModelProto,
+    /// The hooks the masks patch, in layer order.
     pub hooks: Vec<Hook>,
     /// Heads per hook; None for hooks that do not split into heads (one unit).
     pub heads: Option<usize>,
+    /// The token-id input and its names in the graph (clean copy, and the corrupted prompts the rows gather from).
     pub input_ids: TokenInput,
+    /// The attention-mask input, when the model has one.
     pub attention_mask: Option<TokenInput>,
+    /// The position-ids input, when the model has one.
     pub position_ids: Option<TokenInput>,
+    /// Vocabulary size, the answer one-hot's length.
     pub vocab: usize,
+    /// Whether the graph differentiates the rows' metrics and outputs per-row grid rows.
     pub gradients: bool,
     /// The metric the graph computes: it decides the answer selectors fed to it.
     pub metric: Metric,
@@ -83,6 +95,7 @@ impl PatchGraph {
 /// Probe rows, neither 1 nor the probe's pair count, so row and pair dims are told apart.
 const PROBE_ROWS: usize = 5;
 
+/// Builds the patching graph of `model` (see the module comment).
 pub fn build(model: OnnxModel, opts: &PatchGraphOptions) -> Result<PatchGraph> {
     let anat = Anatomy::read(&model, &opts.hooks)?;
     let heads = resolve_heads(&model, &anat, opts)?;

@@ -13,34 +13,61 @@ pub enum Patch {
     /// Nothing: the corrupted run itself.
     Baseline,
     /// The clean value of one unit (head) of one layer at the pair's last position.
-    Head { layer: usize, unit: usize },
+    Head {
+        /// The hook's layer.
+        layer: usize,
+        /// The head (unit) within the layer.
+        unit: usize,
+    },
     /// The clean value of a whole layer's hook at one position.
-    Position { layer: usize, position: usize },
+    Position {
+        /// The hook's layer.
+        layer: usize,
+        /// The position patched.
+        position: usize,
+    },
     /// The whole layer's hook moved `alpha` of the way to its clean value.
-    Interpolate { layer: usize, alpha: f32 },
+    Interpolate {
+        /// The hook's layer.
+        layer: usize,
+        /// How far to move it: 0 leaves the corrupted value, 1 is the clean one.
+        alpha: f32,
+    },
     /// The clean values of every unit of subset `subset` at once, each at the
     /// pair's last position (the subsets are listed beside the rows; see `mask`).
-    Subset { subset: usize },
+    Subset {
+        /// Index into the subsets listed beside the rows.
+        subset: usize,
+    },
 }
 
+/// One row of a patching run: the pair whose corrupted prompt it runs, and what it patches.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Row {
+    /// Index of the pair among the run's pairs.
     pub pair: usize,
+    /// What the row patches.
     pub patch: Patch,
 }
 
 /// Which patches to run for every pair.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Plan {
+    /// Exact activation patching: per layer, one row per head at the last position and/or one per real position.
     Exact {
+        /// One row per head (unit) of every layer, at the pair's last position.
         heads: bool,
+        /// One row per real position of every layer, the whole hook patched there.
         positions: bool,
     },
+    /// Integrated gradients: per layer, `steps` rows moving the whole hook part of the way to its clean value.
     IntegratedGradients {
+        /// Points per layer, at the midpoints (k + 0.5) / steps.
         steps: usize,
     },
     /// One row per subset, `count` subsets (each patched jointly).
     Subsets {
+        /// Number of subsets, one row per pair each.
         count: usize,
     },
 }

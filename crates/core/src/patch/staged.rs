@@ -41,7 +41,9 @@ pub fn even_starts(hooks: usize, n: usize) -> Vec<usize> {
 /// patching graph, and seconds per row per layer of its run.
 #[derive(Debug, Clone, Copy)]
 pub struct Costs {
+    /// Seconds to create the session of the whole patching graph.
     pub full_session: f64,
+    /// Seconds per row and per layer of a run.
     pub row_layer: f64,
 }
 
@@ -80,8 +82,11 @@ pub fn choose_starts(rows_at: &[usize], c: Costs) -> Vec<usize> {
 /// What the staged run did, for its note and tests.
 #[derive(Debug, Clone, Default)]
 pub struct StagedStats {
+    /// The hook each layer group starts at, in order.
     pub starts: Vec<usize>,
+    /// Runtime calls made: the cache runs and the cut graphs' runs.
     pub calls: usize,
+    /// Seconds spent creating sessions (the cache graph's and every cut graph's).
     pub session_seconds: f64,
 }
 

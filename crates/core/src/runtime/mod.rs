@@ -21,6 +21,7 @@ pub enum Value {
     I64(ArrayD<i64>),
 }
 
+/// A session that runs one graph: ONNX Runtime (`ort_rt`) or tract (`tract_rt`).
 pub trait Runtime {
     /// What actually runs the graph, e.g. "onnxruntime 1.31.1 (CPU)".
     fn describe(&self) -> String;
@@ -109,6 +110,8 @@ pub fn prepare(proto: &mut attrpatch_onnx::pb::ModelProto, opts: &RuntimeOptions
     }
 }
 
+/// Creates the session of the runtime `opts` names for a model made by `prepare`; tract refuses weights outside the
+/// protobuf.
 pub fn create_from(model: ModelForRuntime, opts: &RuntimeOptions) -> Result<Box<dyn Runtime>> {
     match opts.kind {
         RuntimeKind::Ort => Ok(Box::new(ort_rt::OrtRuntime::new(model, opts)?)),

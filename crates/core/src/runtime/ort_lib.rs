@@ -70,6 +70,8 @@ fn candidates(explicit: Option<&Path>) -> Vec<(String, PathBuf)> {
     c
 }
 
+/// The ONNX Runtime library to load: the explicit path or ORT_DYLIB_PATH, which must hold one, else the first candidate
+/// found; the error lists the places tried.
 pub fn locate(explicit: Option<&Path>) -> Result<PathBuf> {
     let cands = candidates(explicit);
     // An explicit choice that does not exist is an error, not a fallback.

@@ -8,6 +8,7 @@ use ort::session::{builder::GraphOptimizationLevel, Session};
 use ort::value::{DynValue, Tensor};
 use std::collections::HashMap;
 
+/// An ONNX Runtime session, on the CPU or the CUDA execution provider.
 pub struct OrtRuntime {
     session: Session,
     provider: String,
@@ -24,6 +25,8 @@ fn rt_err(what: &str, e: impl std::fmt::Display) -> Error {
 }
 
 impl OrtRuntime {
+    /// Loads the ONNX Runtime library and creates the session for a prepared model, on the execution provider
+    /// `opts.device` names (auto: CUDA when available, else the CPU).
     pub fn new(model: super::ModelForRuntime, opts: &RuntimeOptions) -> Result<Self> {
         let (lib, env) = super::ort_lib::init(opts.ort_lib.as_deref())?;
         let model_bytes = model.bytes.as_slice();

@@ -11,6 +11,7 @@ use tract_onnx::prelude::*;
 
 type Plan = Box<dyn tract_onnx::tract_core::runtime::Runnable>;
 
+/// A tract session: the parsed model, and the plan optimised for the last call's input shapes.
 pub struct TractRuntime {
     model: InferenceModel,
     /// Graph input and output names, in tract's order.

@@ -15,7 +15,9 @@ const MIN_BYTES: usize = 1 << 16;
 
 /// The model's bytes and the weights that travel beside them.
 pub struct ModelForRuntime {
+    /// The serialised ModelProto (large float32 initializers marked as external data).
     pub bytes: Vec<u8>,
+    /// The initializers taken out of the protobuf, by name, for the session to use as tensors (empty when none moved).
     pub weights: Vec<(String, ArrayD<f32>)>,
     /// The folder that tensors left as external data (`OnnxModel::load_leaving_weights`)
     /// are read from by ONNX Runtime itself.

@@ -389,6 +389,15 @@ fn report_html_works_in_a_browser() {
     let results = json(&dir.join("results.json"));
     check_grid_in_page(&loaded, &results["heads"], 0);
     check_grid_in_page(&loaded, &results["positions"], 0);
+    // Each grid has its own title, and the page says the two are on different colour scales.
+    for grid in ["heads", "positions"] {
+        let title = results[grid]["title"].as_str().unwrap();
+        assert!(loaded.dom.contains(&format!("<h3>{title}</h3>")), "no title '{title}' above the {grid} grid");
+    }
+    assert!(
+        loaded.dom.contains(r#"id="scales""#) && loaded.dom.contains("its own colour scale"),
+        "no note on the colour scales"
+    );
     // Baselines, prompts with answers and per-pair logit differences, options, timings.
     let text = unescape(&Regex::new(r"<[^>]+>").unwrap().replace_all(&loaded.dom, " "));
     for want in ["Baselines", "Prompts", "Model and options", "Timings", "models/ioi-gpt2/model.onnx", "26.2", "-26.2"]

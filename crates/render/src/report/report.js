@@ -368,7 +368,10 @@
       `metric: (${data.metric} - corrupted) / (clean - corrupted); a cell is the first-order change of that metric when its activation is patched from the corrupted to the clean run.`));
 
     const figures = el("div", { "class": "figures", id: "grids" });
-    const draw = grids => { figures.replaceChildren(...grids.map(g => heatmaps([g], false))); };
+    // Each grid titled above its figure; they sit side by side on their own colour scales (said below).
+    const draw = grids => {
+      figures.replaceChildren(...grids.map(g => el("div", { "class": "grid" }, el("h3", {}, g.title), heatmaps([g], false))));
+    };
     const gridsTitle = el("h2", {}, "Grids");
     root.append(gridsTitle);
     if (data.per_pair.length) {
@@ -391,6 +394,10 @@
         el("span", { "class": "note" }, " (one pair's share of the grids, in the same normalised units)")));
     }
     root.append(figures);
+    if (data.grids.length > 1) {
+      root.append(el("p", { "class": "note", id: "scales" },
+        "Each grid has its own colour scale (full colour at its own largest |value|): compare colours within a grid, and values across grids."));
+    }
     draw(data.grids);
     if (data.edges) renderEdges(data.edges);
     if (data.diagnostic) renderDiagnostic(data.diagnostic);

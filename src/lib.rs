@@ -131,7 +131,7 @@ pub use sanity::BaselineCheck;
 
 /// Edge attribution patching (EAP, EAP-IG), circuits and their faithfulness by
 /// exact edge patching, and EAP against exact edge patching: the `edges` and
-/// `compare --edges` commands as library calls. Names and definitions: README.md, "Edges".
+/// `compare --edges` commands as library calls. Names and definitions: the book, docs/src/edges.md.
 pub mod eap {
     pub use crate::edges::compare::{
         compare_edges, report as comparison_report, EdgeAgreement, EdgeComparison, EdgeMiss,
@@ -160,7 +160,7 @@ pub mod eap {
 }
 
 /// AtP* (the QK-fix of queries and keys, GradDrop): the `run --method
-/// atp-star` job as a library call. Definitions: README.md, "AtP*".
+/// atp-star` job as a library call. Definitions: the book, docs/src/ground-truth.md.
 pub mod atp {
     pub use crate::atp_star::{grad_drop_grids, run_atp_star, AtpStarRun, SiteGrids};
     pub use crate::render::files::atp_star::write;

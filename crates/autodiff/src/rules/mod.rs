@@ -1,5 +1,5 @@
 //! Gradient rules, one file per op family, and the one table (`RULES`) that
-//! says which op has which rule: `lookup`, `supported`, `inspect`, the README's
+//! says which op has which rule: `lookup`, `supported`, `inspect`, the book's (docs/src/method.md)
 //! list and the tests' coverage check all read it. A rule sees the node's
 //! output gradients and which inputs need one through its `RuleCtx`; it
 //! returns one entry per input and emits default-domain ONNX only.
@@ -47,7 +47,7 @@ const fn onnx(op: &'static str, rule: Rule) -> RuleEntry {
     RuleEntry { op, domain: "", rule }
 }
 
-/// Every op with a gradient rule, in the order the README lists them.
+/// Every op with a gradient rule, in the order the book lists them (docs/src/method.md).
 pub static RULES: &[RuleEntry] = &[
     onnx("Add", elementwise::add),
     onnx("Sub", elementwise::sub),
@@ -114,7 +114,7 @@ pub fn supported() -> Vec<&'static str> {
     RULES.iter().map(|r| r.op).collect()
 }
 
-/// The README's list of ops with a rule: "Add, Sub, ..., LayerNormalization".
+/// The book's list of ops with a rule (docs/src/method.md): "Add, Sub, ..., LayerNormalization".
 pub fn readme_list() -> String {
     supported().join(", ")
 }

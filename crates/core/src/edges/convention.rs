@@ -1,5 +1,5 @@
 //! Which method scores the edges, which run it differentiates and what each
-//! writer is swapped for (README "Edges": methods, conventions and ablations).
+//! writer is swapped for (the book, docs/src/edges.md: methods, conventions and ablations).
 //!
 //! Denoising (attrpatch's own): gradient on the corrupted run, Δ = clean -
 //! corrupted, metric normalised to (m - CORR) / (CLEAN - CORR). Noising (the

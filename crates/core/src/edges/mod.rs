@@ -1,5 +1,5 @@
 //! Edge attribution (EAP, EAP-IG): the names of writers and readers, the edge
-//! score table and its text outputs. Definitions are in README.md ("Edges").
+//! score table and its text outputs. Definitions are in the book (docs/src/edges.md).
 //!
 //! Writers add to the residual stream: `input` (the residual entering layer 0),
 //! `a{l}.h{h}` (head h's share of the out-projection, without its bias) and

@@ -26,7 +26,7 @@ use std::collections::HashMap;
 /// tokens, R = B): from the run times of `attrpatch run --dedup on|off`
 /// (1.39 s shared, 1.92 s two-copy, medians of 3 alternated), forward
 /// (T2 - Ts) / B and backward Ts / B - forward give k = 1.6; the warm
-/// `examples/bench.rs` gave 2.1 on a loaded machine. See README's Speed section.
+/// `examples/bench.rs` gave 2.1 on a loaded machine. See the book's speed chapter (docs/src/speed.md).
 pub const BACKWARD_PER_FORWARD: f64 = 1.6;
 
 /// Whether the attribution graph runs each distinct sequence once (`--dedup`).

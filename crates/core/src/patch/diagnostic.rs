@@ -11,7 +11,7 @@
 //! of R, rounded up, by default, so each head is in each subset with
 //! probability M / R (about 1/2) and in at least one of N subsets with
 //! probability 1 - (1 - M / R)^N. The paper's exact sampling scheme is not
-//! reproduced here (this is attrpatch's choice, written in the README).
+//! reproduced here (this is attrpatch's choice, written in the book, docs/src/ground-truth.md).
 //! A fixed seed (SplitMix64) makes the subsets reproducible.
 //!
 //! Effects are in the grids' units: per pair, the patched metric minus the

@@ -35,7 +35,7 @@ fn rewrite_of_external_data_model_writes_external_data() {
     // rewrite done in memory, and ONNX Runtime accepts it.
     let back = OnnxModel::load(&output).unwrap();
     assert!(back.had_external_data);
-    let expected = attrpatch::augment::augment(OnnxModel::load(&input).unwrap()).unwrap().proto;
+    let expected = attrpatch::augment::augment(OnnxModel::load(&input).unwrap()).unwrap().base.proto;
     let expected = &expected.graph.as_ref().unwrap().initializer;
     let got = &back.graph().initializer;
     assert_eq!(got.len(), expected.len());

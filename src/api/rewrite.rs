@@ -111,7 +111,7 @@ impl AugmentedModel {
 
     /// The augmented protobuf, taken.
     pub fn into_proto(self) -> ModelProto {
-        self.inner.proto
+        self.inner.base.proto
     }
 
     /// The model serialised with every weight inline (what `onnx.load_from_string`

@@ -1,12 +1,13 @@
 //! What the rewrites need to know about a model before they touch it: its
 //! hooks, logits, vocabulary, token inputs and how the logits are made.
 
-use super::metric::{self, LogitsSource};
+use super::metric::{self, LogitsSource, Metric};
 use super::{names, TokenInput};
 use crate::hooks::{constant_tensors, find_logits, Hook, HookKind};
 use attrpatch_onnx::error::{Error, Result};
 use attrpatch_onnx::facts::{analyse, Dim, Facts};
 use attrpatch_onnx::graph::declared_dims;
+use attrpatch_onnx::pb::ModelProto;
 use attrpatch_onnx::OnnxModel;
 use std::collections::HashSet;
 
@@ -37,6 +38,65 @@ pub struct Anatomy {
     /// How the logits are made: from a constant lm_head MatMul, or opaque.
     pub src: LogitsSource,
 }
+
+/// What every rewritten graph holds besides its own settings: the graph, its
+/// hooks, its token inputs, the vocabulary, heads and the metric it computes.
+/// `Augmented`, `PatchGraph`, `EdgeGraph` and `EdgePatchGraph` each hold one
+/// (flattened in their cache metadata) and read its fields through `Deref`.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct GraphBase {
+    /// The rewritten graph; not serialised (the cache stores it beside the metadata).
+    #[serde(skip)]
+    pub proto: ModelProto,
+    /// The hooks the graph attributes or patches, one per layer.
+    pub hooks: Vec<Hook>,
+    /// The token-id input and its names in the graph's copies.
+    pub input_ids: TokenInput,
+    /// The attention-mask input, when the model has one (fed 1 on real tokens, 0 on padding).
+    pub attention_mask: Option<TokenInput>,
+    /// The position-ids input, when the model has one (fed 0..S for every row; prompts are right-padded).
+    pub position_ids: Option<TokenInput>,
+    /// Vocabulary size, the answer one-hot's length.
+    pub vocab: usize,
+    /// Heads per hook; None for hooks that do not split into heads.
+    pub heads: Option<usize>,
+    /// The metric the graph computes: it decides the answer selectors fed to it.
+    pub metric: Metric,
+}
+
+impl Anatomy {
+    /// The graph's `GraphBase`: the finished `proto` with this anatomy's hooks and inputs.
+    pub fn into_base(self, proto: ModelProto, heads: Option<usize>, metric: Metric) -> GraphBase {
+        GraphBase {
+            proto,
+            hooks: self.hooks,
+            input_ids: self.ids_in,
+            attention_mask: self.mask_in,
+            position_ids: self.pos_in,
+            vocab: self.vocab,
+            heads,
+            metric,
+        }
+    }
+}
+
+/// `Deref` to the graph's `GraphBase` (`g.hooks`, `g.proto`, ...).
+macro_rules! deref_base {
+    ($graph:ty) => {
+        impl std::ops::Deref for $graph {
+            type Target = $crate::augment::anatomy::GraphBase;
+            fn deref(&self) -> &Self::Target {
+                &self.base
+            }
+        }
+        impl std::ops::DerefMut for $graph {
+            fn deref_mut(&mut self) -> &mut Self::Target {
+                &mut self.base
+            }
+        }
+    };
+}
+pub(crate) use deref_base;
 
 impl Anatomy {
     /// Reads a model's anatomy; refuses unsupported inputs, logits that are not float32, a vocabulary size that is not

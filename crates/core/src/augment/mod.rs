@@ -10,7 +10,7 @@
 //! construction; its gradient is d ld_corr / (CLEAN - CORR). The outputs
 //! named `*_logit_diff*` hold the chosen metric's raw values.
 
-mod anatomy;
+pub mod anatomy;
 pub(crate) mod copy;
 pub(crate) mod grid_nodes;
 pub(crate) mod metric;
@@ -22,13 +22,12 @@ pub use anatomy::{check_inputs, heads_unknown, Anatomy};
 pub use attrpatch_onnx::graph::value_info;
 pub use metric::Metric;
 
-use crate::hooks::Hook;
 use attrpatch_autodiff::Backward;
 use attrpatch_onnx::builder::GraphBuilder;
 use attrpatch_onnx::error::Result;
 use attrpatch_onnx::facts::Dim;
 use attrpatch_onnx::graph::all_names;
-use attrpatch_onnx::pb::{GraphProto, ModelProto};
+use attrpatch_onnx::pb::GraphProto;
 use attrpatch_onnx::OnnxModel;
 use std::collections::{HashMap, HashSet};
 
@@ -104,25 +103,11 @@ pub struct TokenInput {
 /// (The metadata round-trips through a cache entry; the graph is stored beside it.)
 #[derive(serde::Serialize, serde::Deserialize)]
 pub struct Augmented {
-    /// The augmented graph; not serialised (the cache stores it beside the metadata).
-    #[serde(skip)]
-    pub proto: ModelProto,
-    /// The hooks whose activations and gradients the graph reads.
-    pub hooks: Vec<Hook>,
-    /// The token-id input and its names in the graph.
-    pub input_ids: TokenInput,
-    /// The attention-mask input, when the model has one (fed 1 on real tokens, 0 on padding).
-    pub attention_mask: Option<TokenInput>,
-    /// Fed with 0..S for every row (prompts are right-padded).
-    pub position_ids: Option<TokenInput>,
-    /// Vocabulary size, the answer one-hot's length.
-    pub vocab: usize,
-    /// Attention heads, as read from the graph around the first hook.
-    pub heads: Option<usize>,
+    /// The graph, its hooks, token inputs, vocabulary, heads and metric.
+    #[serde(flatten)]
+    pub base: crate::augment::anatomy::GraphBase,
     /// Whether the lm_head runs on the last positions only.
     pub lm_head_last_position_only: bool,
-    /// The metric the graph computes: it decides the answer selectors fed to it.
-    pub metric: Metric,
     /// The shared-rows graph (`augment_shared`): one forward copy over the
     /// distinct sequences, fed rows and per-pair row indices (`job::rows`);
     /// false for the two-copy graph, fed clean and corrupted prompts.
@@ -302,18 +287,7 @@ fn build(model: OnnxModel, opts: AugmentOptions, shared_rows: bool) -> Result<Au
     }
     b.apply(g);
     skeleton::finish(&mut proto);
-    Ok(Augmented {
-        proto,
-        hooks: anat.hooks,
-        input_ids: anat.ids_in,
-        attention_mask: anat.mask_in,
-        position_ids: anat.pos_in,
-        vocab: anat.vocab,
-        heads,
-        lm_head_last_position_only,
-        metric: opts.metric,
-        shared_rows,
-    })
+    Ok(Augmented { base: anat.into_base(proto, heads, opts.metric), lm_head_last_position_only, shared_rows })
 }
 
 /// How each copy of the forward graph names the original's tensors.
@@ -429,3 +403,5 @@ pub(crate) fn hook_outputs(
         }
     }
 }
+
+crate::augment::anatomy::deref_base!(Augmented);

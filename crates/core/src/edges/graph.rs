@@ -30,14 +30,14 @@ use super::anatomy::{self, BlockAnatomy};
 use super::convention::{self, Ablation, Convention, Method};
 use super::interpolate::{self, ABLATION_Z};
 use super::rewrite::{self, names as reads};
-use crate::augment::{metric, names, skeleton, Anatomy, Copies, Metric, TokenInput};
-use crate::hooks::{Hook, HookKind};
+use crate::augment::{metric, names, skeleton, Anatomy, Copies, Metric};
+use crate::hooks::HookKind;
 use attrpatch_autodiff::Backward;
 use attrpatch_onnx::builder::{attr_i, GraphBuilder};
 use attrpatch_onnx::error::{Error, Result};
 use attrpatch_onnx::facts::Dim;
 use attrpatch_onnx::graph::{all_names, value_info};
-use attrpatch_onnx::pb::{GraphProto, ModelProto, NodeProto};
+use attrpatch_onnx::pb::{GraphProto, NodeProto};
 use attrpatch_onnx::OnnxModel;
 use std::collections::{HashMap, HashSet};
 
@@ -109,25 +109,11 @@ impl Default for EdgeGraphOptions {
 /// The rewritten model and what reading its outputs needs.
 #[derive(serde::Serialize, serde::Deserialize)]
 pub struct EdgeGraph {
-    /// The model.
-    #[serde(skip)]
-    pub proto: ModelProto,
-    /// The attention out-projection hooks.
-    pub hooks: Vec<Hook>,
-    /// Token inputs.
-    pub input_ids: TokenInput,
-    /// Attention mask input, when the model takes one.
-    pub attention_mask: Option<TokenInput>,
-    /// Position ids input, when the model takes one.
-    pub position_ids: Option<TokenInput>,
-    /// Vocabulary size.
-    pub vocab: usize,
-    /// Query heads.
-    pub heads: Option<usize>,
+    /// The graph, its hooks, token inputs, vocabulary, heads and metric.
+    #[serde(flatten)]
+    pub base: crate::augment::anatomy::GraphBase,
     /// The blocks as found.
     pub anatomy: BlockAnatomy,
-    /// The metric the graph computes: its answer weights are fed.
-    pub metric: Metric,
     /// The method built in.
     pub method: Method,
     /// Integration steps built in.
@@ -261,15 +247,8 @@ pub fn build(model: OnnxModel, opts: &EdgeGraphOptions) -> Result<EdgeGraph> {
     b.apply(g);
     skeleton::finish(&mut proto);
     Ok(EdgeGraph {
-        proto,
-        hooks: anat.hooks,
-        input_ids: anat.ids_in,
-        attention_mask: anat.mask_in,
-        position_ids: anat.pos_in,
-        vocab: anat.vocab,
-        heads: Some(heads),
+        base: anat.into_base(proto, Some(heads), opts.metric),
         anatomy: blocks,
-        metric: opts.metric,
         method: opts.method,
         ig_steps: n,
         convention: opts.convention,
@@ -678,3 +657,5 @@ pub(crate) fn topo_sort(g: &mut GraphProto) {
     let mut slots: Vec<Option<NodeProto>> = nodes.into_iter().map(Some).collect();
     g.node = order.into_iter().map(|i| slots[i].take().unwrap()).collect();
 }
+
+crate::augment::anatomy::deref_base!(EdgeGraph);

@@ -26,14 +26,13 @@ use super::convention::Ablation;
 use super::graph::{probed_facts, topo_sort};
 use super::rewrite::{self, names as reads};
 use super::{Reader, Topology};
-use crate::augment::{copy, metric, names as aug_names, skeleton, Anatomy, Metric, TokenInput};
-use crate::hooks::{Hook, HookKind};
+use crate::augment::{copy, metric, names as aug_names, skeleton, Anatomy, Metric};
+use crate::hooks::HookKind;
 use attrpatch_onnx::builder::{attr_i, GraphBuilder};
 use attrpatch_onnx::consts::INT64;
 use attrpatch_onnx::error::Result;
 use attrpatch_onnx::facts::Dim;
 use attrpatch_onnx::graph::{all_names, value_info};
-use attrpatch_onnx::pb::ModelProto;
 use attrpatch_onnx::OnnxModel;
 use std::collections::HashMap;
 
@@ -105,25 +104,11 @@ pub struct EdgePatchOptions {
 /// The rewritten model and what feeding it needs.
 #[derive(serde::Serialize, serde::Deserialize)]
 pub struct EdgePatchGraph {
-    /// The model.
-    #[serde(skip)]
-    pub proto: ModelProto,
-    /// The attention out-projection hooks.
-    pub hooks: Vec<Hook>,
-    /// Token inputs: `clean` feeds the source copy, `corrupted` the rows.
-    pub input_ids: TokenInput,
-    /// Attention mask input, when the model takes one.
-    pub attention_mask: Option<TokenInput>,
-    /// Position ids input, when the model takes one.
-    pub position_ids: Option<TokenInput>,
-    /// Vocabulary size.
-    pub vocab: usize,
-    /// Query heads.
-    pub heads: Option<usize>,
+    /// The graph, its hooks, token inputs, vocabulary, heads and metric.
+    #[serde(flatten)]
+    pub base: crate::augment::anatomy::GraphBase,
     /// The blocks as found.
     pub anatomy: BlockAnatomy,
-    /// The metric the graph computes: its answer weights are fed.
-    pub metric: Metric,
     /// What a patched edge carries.
     pub ablation: Ablation,
 }
@@ -308,15 +293,8 @@ pub fn build(model: OnnxModel, opts: &EdgePatchOptions) -> Result<EdgePatchGraph
     g.output.push(value_info(names::ROW_METRIC, dtype, &[Dim::Known(1), rows]));
     skeleton::finish(&mut proto);
     Ok(EdgePatchGraph {
-        proto,
-        hooks: anat.hooks,
-        input_ids: anat.ids_in,
-        attention_mask: anat.mask_in,
-        position_ids: anat.pos_in,
-        vocab: anat.vocab,
-        heads: Some(heads),
+        base: anat.into_base(proto, Some(heads), opts.metric),
         anatomy: blocks,
-        metric: opts.metric,
         ablation: opts.ablation,
     })
 }
@@ -348,3 +326,5 @@ mod tests {
         }
     }
 }
+
+crate::augment::anatomy::deref_base!(EdgePatchGraph);

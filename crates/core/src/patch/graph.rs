@@ -17,7 +17,7 @@
 //! grad * (clean - x) to per-row grid rows, as the attribution graph does.
 
 use crate::augment::{copy, grid_nodes, metric, names as aug_names, skeleton, Anatomy, Metric, TokenInput};
-use crate::hooks::{Hook, HookKind};
+use crate::hooks::HookKind;
 use attrpatch_autodiff::Backward;
 use attrpatch_onnx::builder::{attr_i, GraphBuilder};
 use attrpatch_onnx::consts::INT64;
@@ -64,25 +64,11 @@ pub struct PatchGraphOptions {
 /// The patching graph (`build`) and what feeding it needs.
 #[derive(serde::Serialize, serde::Deserialize)]
 pub struct PatchGraph {
-    /// The patching graph; not serialised (the cache stores it beside the metadata).
-    #[serde(skip)]
-    pub proto: ModelProto,
-    /// The hooks the masks patch, in layer order.
-    pub hooks: Vec<Hook>,
-    /// Heads per hook; None for hooks that do not split into heads (one unit).
-    pub heads: Option<usize>,
-    /// The token-id input and its names in the graph (clean copy, and the corrupted prompts the rows gather from).
-    pub input_ids: TokenInput,
-    /// The attention-mask input, when the model has one.
-    pub attention_mask: Option<TokenInput>,
-    /// The position-ids input, when the model has one.
-    pub position_ids: Option<TokenInput>,
-    /// Vocabulary size, the answer one-hot's length.
-    pub vocab: usize,
+    /// The graph, its hooks, token inputs, vocabulary, heads and metric.
+    #[serde(flatten)]
+    pub base: crate::augment::anatomy::GraphBase,
     /// Whether the graph differentiates the rows' metrics and outputs per-row grid rows.
     pub gradients: bool,
-    /// The metric the graph computes: it decides the answer selectors fed to it.
-    pub metric: Metric,
 }
 
 impl PatchGraph {
@@ -155,17 +141,7 @@ pub fn build(model: OnnxModel, opts: &PatchGraphOptions) -> Result<PatchGraph> {
         b.apply(g);
     }
     skeleton::finish(&mut proto);
-    Ok(PatchGraph {
-        proto,
-        hooks: anat.hooks,
-        heads,
-        input_ids: anat.ids_in,
-        attention_mask: anat.mask_in,
-        position_ids: anat.pos_in,
-        vocab: anat.vocab,
-        gradients: opts.gradients,
-        metric: opts.metric,
-    })
+    Ok(PatchGraph { base: anat.into_base(proto, heads, opts.metric), gradients: opts.gradients })
 }
 
 /// Heads per hook: `--heads`' value or the graph's, required for hooks that
@@ -336,3 +312,5 @@ fn declare_grid_outputs(g: &mut GraphProto, anat: &Anatomy, layer: usize, heads:
     }
     g.output.push(value_info(&aug_names::positions(layer), anat.dtype, &[rows, anat.seq.clone()]));
 }
+
+crate::augment::anatomy::deref_base!(PatchGraph);

@@ -31,6 +31,3 @@ pub mod prompts;
 pub mod recall;
 pub mod runtime;
 pub mod sanity;
-
-// The layer below, under the names this crate's modules use.
-pub use attrpatch_onnx::{error, fsutil};

@@ -64,22 +64,6 @@ pub struct GraphBase {
     pub metric: Metric,
 }
 
-impl Anatomy {
-    /// The graph's `GraphBase`: the finished `proto` with this anatomy's hooks and inputs.
-    pub fn into_base(self, proto: ModelProto, heads: Option<usize>, metric: Metric) -> GraphBase {
-        GraphBase {
-            proto,
-            hooks: self.hooks,
-            input_ids: self.ids_in,
-            attention_mask: self.mask_in,
-            position_ids: self.pos_in,
-            vocab: self.vocab,
-            heads,
-            metric,
-        }
-    }
-}
-
 /// `Deref` to the graph's `GraphBase` (`g.hooks`, `g.proto`, ...).
 macro_rules! deref_base {
     ($graph:ty) => {
@@ -99,6 +83,20 @@ macro_rules! deref_base {
 pub(crate) use deref_base;
 
 impl Anatomy {
+    /// The graph's `GraphBase`: the finished `proto` with this anatomy's hooks and inputs.
+    pub fn into_base(self, proto: ModelProto, heads: Option<usize>, metric: Metric) -> GraphBase {
+        GraphBase {
+            proto,
+            hooks: self.hooks,
+            input_ids: self.ids_in,
+            attention_mask: self.mask_in,
+            position_ids: self.pos_in,
+            vocab: self.vocab,
+            heads,
+            metric,
+        }
+    }
+
     /// Reads a model's anatomy; refuses unsupported inputs, logits that are not float32, a vocabulary size that is not
     /// fixed and hooks that are constants.
     pub fn read(model: &OnnxModel, hook_kind: &HookKind) -> Result<Anatomy> {

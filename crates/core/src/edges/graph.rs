@@ -26,17 +26,17 @@
 //! the counterfactual the corrupted activation, zero, or the `ABLATION` input
 //! (the data set's means, fed per batch).
 
-use super::anatomy::{self, BlockAnatomy};
+use super::anatomy::BlockAnatomy;
 use super::convention::{self, Ablation, Convention, Method};
 use super::interpolate::{self, ABLATION_Z};
-use super::rewrite::{self, names as reads};
+use super::rewrite::names as reads;
+use super::start::Start;
 use crate::augment::{metric, names, skeleton, Anatomy, Copies, Metric};
-use crate::hooks::HookKind;
 use attrpatch_autodiff::Backward;
 use attrpatch_onnx::builder::{attr_i, GraphBuilder};
 use attrpatch_onnx::error::{Error, Result};
 use attrpatch_onnx::facts::Dim;
-use attrpatch_onnx::graph::{all_names, value_info};
+use attrpatch_onnx::graph::value_info;
 use attrpatch_onnx::pb::{GraphProto, NodeProto};
 use attrpatch_onnx::OnnxModel;
 use std::collections::{HashMap, HashSet};
@@ -130,18 +130,9 @@ pub fn build(model: OnnxModel, opts: &EdgeGraphOptions) -> Result<EdgeGraph> {
         return Err(Error::Input("the integration steps of EAP-IG must be at least 1 (1 is plain EAP)".into()));
     }
     convention::check(opts.method, opts.convention, opts.ablation, opts.ig_steps, opts.metric)?;
-    let mut anat = Anatomy::read(&model, &HookKind::AttnOut)?;
-    let heads = anat.required_heads(&model, opts.heads)?;
-    // Ranks at a probe size: the symbolic facts lose them in legacy exports' shape chains.
-    let facts = probed_facts(&model)?;
-    let blocks = anatomy::read(model.graph(), &anat.constants, &facts, &model.path, &anat.hooks, heads, &anat.logits)?;
-    let (path, opset) = (model.path.clone(), model.opset);
-    let mut proto = model.proto;
+    let Start { anat, heads, blocks, path, mut proto, builder: mut b } =
+        Start::read(model, opts.heads, "attrpatch/edges/")?;
     let g = proto.graph.as_mut().unwrap();
-    let mut b = GraphBuilder::new(opset, "attrpatch/edges/", all_names(g));
-    rewrite::give_readers_copies(g, &blocks, &facts, &mut b, &path)?;
-    // The copies share what is constant now, the weight slices included.
-    anat.constants = crate::hooks::constant_tensors_of(g);
     // The metric reads the lm_head's input; the final layer-norm now reads a copy, not the residual.
     let copies = Copies::make(g, &anat);
     // In the corrupted copy only (the clean copy's tensors are renamed).

@@ -21,18 +21,18 @@
 //! data set's mean of a_u (`ABLATION`, [writers, S, d], as the edge graph's),
 //! so x_v = resid_v + sum_u mask_v[r, v, u] (a_u^ablated - a_u^row).
 
-use super::anatomy::{self, BlockAnatomy};
+use super::anatomy::BlockAnatomy;
 use super::convention::Ablation;
-use super::graph::{probed_facts, topo_sort};
-use super::rewrite::{self, names as reads};
+use super::graph::topo_sort;
+use super::rewrite::names as reads;
+use super::start::Start;
 use super::{Reader, Topology};
-use crate::augment::{copy, metric, names as aug_names, skeleton, Anatomy, Metric};
-use crate::hooks::HookKind;
+use crate::augment::{copy, metric, names as aug_names, skeleton, Metric};
 use attrpatch_onnx::builder::{attr_i, GraphBuilder};
 use attrpatch_onnx::consts::INT64;
 use attrpatch_onnx::error::Result;
 use attrpatch_onnx::facts::Dim;
-use attrpatch_onnx::graph::{all_names, value_info};
+use attrpatch_onnx::graph::value_info;
 use attrpatch_onnx::OnnxModel;
 use std::collections::HashMap;
 
@@ -115,16 +115,9 @@ pub struct EdgePatchGraph {
 
 /// Builds the edge-patching graph (module doc). Takes the model by value, as `augment` does.
 pub fn build(model: OnnxModel, opts: &EdgePatchOptions) -> Result<EdgePatchGraph> {
-    let mut anat = Anatomy::read(&model, &HookKind::AttnOut)?;
-    let heads = anat.required_heads(&model, opts.heads)?;
-    let facts = probed_facts(&model)?;
-    let blocks = anatomy::read(model.graph(), &anat.constants, &facts, &model.path, &anat.hooks, heads, &anat.logits)?;
-    let (path, opset) = (model.path.clone(), model.opset);
-    let mut proto = model.proto;
+    let Start { anat, heads, blocks, mut proto, builder: mut b, .. } =
+        Start::read(model, opts.heads, "attrpatch/edge_patch/")?;
     let g = proto.graph.as_mut().unwrap();
-    let mut b = GraphBuilder::new(opset, "attrpatch/edge_patch/", all_names(g));
-    rewrite::give_readers_copies(g, &blocks, &facts, &mut b, &path)?;
-    anat.constants = crate::hooks::constant_tensors_of(g);
 
     // The source copy reads clean.X; the rows read their pairs' corrupted.X.
     let token_inputs = anat.token_inputs();

@@ -3,7 +3,7 @@
 
 use super::inputs::TokenInputs;
 use super::{JobOptions, Timings};
-use crate::augment::Augmented;
+use crate::augment::anatomy::GraphBase;
 use crate::graph_cache::key::external_files;
 use crate::graph_cache::{CacheUse, CachedGraph, GraphCache, GraphKey, Lookup, Restored};
 use crate::hooks::Hook;
@@ -105,40 +105,32 @@ pub trait JobGraph {
     fn token_inputs(&self) -> TokenInputs<'_>;
 }
 
-/// `JobGraph` for a rewritten graph struct with the fields every builder
-/// gives its (`proto`, `vocab`, `hooks`, `heads`, `metric`, `input_ids`,
-/// `attention_mask`, `position_ids`).
-macro_rules! impl_job_graph {
-    ($graph:ty) => {
-        impl JobGraph for $graph {
-            fn proto_mut(&mut self) -> &mut ModelProto {
-                &mut self.proto
-            }
-            fn vocab(&self) -> usize {
-                self.vocab
-            }
-            fn hooks(&self) -> &[Hook] {
-                &self.hooks
-            }
-            fn heads(&self) -> Option<usize> {
-                self.heads
-            }
-            fn token_inputs(&self) -> TokenInputs<'_> {
-                TokenInputs {
-                    ids: &self.input_ids,
-                    mask: self.attention_mask.as_ref(),
-                    positions: self.position_ids.as_ref(),
-                    vocab: self.vocab,
-                    metric: self.metric,
-                }
-            }
+/// Every rewritten graph struct (`Augmented`, `PatchGraph`, `EdgeGraph`,
+/// `EdgePatchGraph`) holds a `GraphBase` and derefs to it.
+impl<G: std::ops::DerefMut<Target = GraphBase>> JobGraph for G {
+    fn proto_mut(&mut self) -> &mut ModelProto {
+        &mut self.deref_mut().proto
+    }
+    fn vocab(&self) -> usize {
+        self.deref().vocab
+    }
+    fn hooks(&self) -> &[Hook] {
+        &self.deref().hooks
+    }
+    fn heads(&self) -> Option<usize> {
+        self.deref().heads
+    }
+    fn token_inputs(&self) -> TokenInputs<'_> {
+        let g = self.deref();
+        TokenInputs {
+            ids: &g.input_ids,
+            mask: g.attention_mask.as_ref(),
+            positions: g.position_ids.as_ref(),
+            vocab: g.vocab,
+            metric: g.metric,
         }
-    };
+    }
 }
-impl_job_graph!(Augmented);
-impl_job_graph!(crate::patch::graph::PatchGraph);
-impl_job_graph!(crate::edges::graph::EdgeGraph);
-impl_job_graph!(crate::edges::patch_graph::EdgePatchGraph);
 
 /// A job ready to run: the model loaded, hashed and rewritten, the prompts
 /// tokenized, the graph handed over for a runtime session.

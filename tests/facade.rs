@@ -82,6 +82,23 @@ fn token_ids_and_an_in_memory_model_give_the_same_grids_as_texts_and_a_file() {
     assert!(e.contains("need a tokenizer"), "{e}");
 }
 
+/// The bug: a model file without a tokenizer.json beside it was refused when
+/// the attributor was built, though token-id pairs need no tokenizer.
+#[test]
+fn regression_token_ids_needed_a_tokenizer_beside_the_model_file() {
+    let dir = crate::common::fresh_dir("no-tokenizer");
+    let model = dir.join("model.onnx");
+    std::fs::copy(ioi_model(), &model).unwrap();
+    let mut a = attributor(model.clone()).build().unwrap();
+    let ids = a.attribute(&Pairs::Tokens(tutorial_token_pairs())).unwrap();
+    let texts = attributor(ioi_model()).build().unwrap().attribute(&Pairs::Tutorial).unwrap();
+    let d = max_abs_diff(&ids.grids.heads, &texts.grids.heads);
+    assert!(d < 1e-6, "heads differ by {d}");
+    // Text pairs are refused, naming where the tokenizer was looked for.
+    let e = a.attribute(&Pairs::Tutorial).err().expect("an error").to_string();
+    assert!(e.contains("need a tokenizer") && e.contains(&dir.join("tokenizer.json").display().to_string()), "{e}");
+}
+
 fn max_abs_diff(a: &[Vec<f64>], b: &[Vec<f64>]) -> f64 {
     assert_eq!(a.len(), b.len());
     a.iter().flatten().zip(b.iter().flatten()).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max)

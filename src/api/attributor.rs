@@ -100,9 +100,15 @@ impl AttributorBuilder {
         self
     }
 
-    /// The attributor (reads the tokenizer now; the graphs are built on first use).
+    /// The attributor (reads the tokenizer now, the one given or else the
+    /// tokenizer.json beside a model file if there is one; the graphs are built
+    /// on first use).
     pub fn build(self) -> Result<Attributor> {
-        let tokenizer_source = self.tokenizer.or_else(|| self.model.default_tokenizer().map(TokenizerSource::Path));
+        // The default is optional: a model without a tokenizer.json beside it still runs token ids,
+        // and text pairs are refused when they come (`job_inputs`).
+        let tokenizer_source = self
+            .tokenizer
+            .or_else(|| self.model.default_tokenizer().filter(|p| p.is_file()).map(TokenizerSource::Path));
         let tokenizer = match &tokenizer_source {
             Some(src) => {
                 let bytes = src.bytes()?;
@@ -297,11 +303,15 @@ impl Attributor {
             }
             (_, Some((tok, hash))) => PromptSource::new(texts, Some(tok.clone()), hash.clone()),
             (_, None) => {
+                let looked = match self.model.default_tokenizer() {
+                    Some(p) => format!(" (none was given, and there is no {})", p.display()),
+                    None => String::new(),
+                };
                 return Err(Error::Input(format!(
-                    "{}: text prompt pairs need a tokenizer: give one (a tokenizer.json path or its bytes) or pass \
-                     token ids",
+                    "{}: text prompt pairs need a tokenizer{looked}: give one (a tokenizer.json path or its bytes) \
+                     or pass token ids",
                     self.model.name().display()
-                )))
+                )));
             }
         };
         Ok((opts, source))

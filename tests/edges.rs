@@ -114,6 +114,10 @@ fn edge_names_and_count_follow_the_topology() {
         assert_eq!(got, names, "{name}");
         // Key/value readers per key/value head.
         assert_eq!(s.edges.iter().filter(|e| e.from == "input" && e.to.ends_with(".k")).count(), 2 * kv, "{name}");
+        // Under grouped-query attention they are named as key/value heads, not as query heads.
+        let kv_named = s.edges.iter().filter(|e| e.to.contains(".kv")).count();
+        assert_eq!(kv_named > 0, kv < 4, "{name}: {kv_named} edges into a{{l}}.kv{{g}} readers");
+        assert!(s.edges.iter().all(|e| e.to.ends_with(".q") || !e.to.contains(".h") || kv == 4), "{name}");
         assert!(s.edges.iter().all(|e| e.score.is_finite()));
         // Node scores are the sums of the edges out of each writer.
         for n in &s.nodes {

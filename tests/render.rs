@@ -610,27 +610,14 @@ fn circuit_and_faithfulness_figures_are_drawn() {
 #[test]
 fn edges_section_works_in_a_browser() {
     let Some(browser) = chromium() else { return };
-    use attrpatch::job::{run_job, JobOptions};
-    use attrpatch::runtime::{Device, RuntimeKind, RuntimeOptions};
-    let mut o = JobOptions::new(root().join(IOI_MODEL));
-    o.runtime = RuntimeOptions { kind: RuntimeKind::Ort, device: Device::Cpu, ort_lib: None, threads: 1 };
-    let r = run_job(&o).unwrap().unwrap();
     let s = synthetic_edges(GPT2_SMALL, "edges page");
-    let dir = artifact_dir("edges-page");
-    let report = EdgeReport { scores: &s, top_k: 30, faithfulness: &FAITHFULNESS };
-    let page = write_report_html_with_edges(&r, &dir, Some(&report)).unwrap();
+    let (page, loaded) = edges_page(&browser, &s, "edges-page");
     let html = std::fs::read_to_string(&page).unwrap();
     // Self-contained: the only address is the SVG namespace of the embedded curve.
     assert_eq!(html.matches("http").count(), html.matches("http://www.w3.org/2000/svg").count(), "an outside address");
     println!("report.html with 32491 edges: {} bytes", html.len());
-
-    let loaded = load(&browser, &page);
-    loaded.assert_clean();
     let check = loaded.pre("selfcheck");
-    let line = |prefix: &str| -> String {
-        let l = check.lines().find(|l| l.starts_with(prefix)).unwrap_or_else(|| panic!("no '{prefix}' in:\n{check}"));
-        l[prefix.len()..].trim().to_string()
-    };
+    let line = |prefix: &str| selfcheck_line(&check, prefix);
     let numbers = |s: String| -> Vec<f64> { s.split(',').map(|v| v.parse().unwrap()).collect() };
     let ranked = by_abs(&s);
     let first = |v: &[&EdgeScore]| v.iter().take(5).map(|e| e.score).collect::<Vec<f64>>();
@@ -649,6 +636,9 @@ fn edges_section_works_in_a_browser() {
     assert_eq!(line("edges filter logits:"), count(&|e| e.to == "logits"));
     assert_eq!(line("edges filter a1.h2 logits:"), "1");
     assert_eq!(line("edges filter .q:"), count(&|e| e.to.ends_with(".q")));
+    // Without grouped-query attention a head keeps its own k: there are no key/value heads to name.
+    assert_eq!(line("edges filter a1.h0.k:"), count(&|e| e.to == "a1.h0.k"));
+    assert_eq!(line("edges filter a1.kv0.k:"), "0");
     // The slider: K edges, the rows of the circuit shaded, and exactly the touched boxes.
     for k in [1, 10, 500] {
         let mut nodes: Vec<String> = ["input".to_string(), "logits".to_string()].into();
@@ -688,6 +678,41 @@ fn edges_section_works_in_a_browser() {
     assert!(rows.iter().all(|(v, class)| class == if *v < 0.0 { "neg" } else { "pos" }), "score colours");
     assert!(loaded.dom.contains(r#"id="faithfulness""#) && loaded.dom.contains("clean (1)"), "no faithfulness curve");
     screenshot(&browser, &page, 4200);
+}
+
+/// The report page of `s` (the IOI model's grids, K = 30, the faithfulness
+/// curve) in folder `label`, loaded in the browser with its self-check run.
+fn edges_page(browser: &Path, s: &EdgeScores, label: &str) -> (PathBuf, Loaded) {
+    use attrpatch::job::{run_job, JobOptions};
+    use attrpatch::runtime::{Device, RuntimeKind, RuntimeOptions};
+    let mut o = JobOptions::new(root().join(IOI_MODEL));
+    o.runtime = RuntimeOptions { kind: RuntimeKind::Ort, device: Device::Cpu, ort_lib: None, threads: 1 };
+    let r = run_job(&o).unwrap().unwrap();
+    let report = EdgeReport { scores: s, top_k: 30, faithfulness: &FAITHFULNESS };
+    let page = write_report_html_with_edges(&r, &artifact_dir(label), Some(&report)).unwrap();
+    let loaded = load(browser, &page);
+    loaded.assert_clean();
+    (page, loaded)
+}
+
+/// The text after `prefix` on its line of the page's self-check.
+fn selfcheck_line(check: &str, prefix: &str) -> String {
+    let l = check.lines().find(|l| l.starts_with(prefix)).unwrap_or_else(|| panic!("no '{prefix}' in:\n{check}"));
+    l[prefix.len()..].trim().to_string()
+}
+
+/// Under grouped-query attention the key/value readers are `a1.kv0.k`; the
+/// report's filter still finds them by the name earlier versions gave them.
+#[test]
+fn report_filter_reads_the_old_gqa_reader_names() {
+    let Some(browser) = chromium() else { return };
+    let s = synthetic_edges(Topology { layers: 2, heads: 4, kv_heads: 2, parallel: false }, "gqa page");
+    let (_, loaded) = edges_page(&browser, &s, "edges-page-gqa");
+    let check = loaded.pre("selfcheck");
+    let to_kv0 = s.edges.iter().filter(|e| e.to == "a1.kv0.k").count();
+    assert!(to_kv0 > 0 && s.edges.iter().all(|e| !e.to.contains(".h0.k")), "today's names");
+    assert_eq!(selfcheck_line(&check, "edges filter a1.kv0.k:"), to_kv0.to_string());
+    assert_eq!(selfcheck_line(&check, "edges filter a1.h0.k:"), to_kv0.to_string(), "the old name");
 }
 
 /// A tiny grouped-query model with parallel blocks, every edge drawn: key/value

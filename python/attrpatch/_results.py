@@ -3,6 +3,7 @@ built from the plain dicts the native module returns."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -97,7 +98,8 @@ class EdgeResult:
 
     `scores[i]` is edge `edges[i]`'s score, in units of the normalised metric (summed over the
     pairs, divided by N (CLEAN - CORR), as the grids are). Writers are `input`, `a{l}.h{h}` and
-    `m{l}`; readers `a{l}.h{h}.q|k|v`, `m{l}` and `logits` (docs/src/edges.md)."""
+    `m{l}`; readers `a{l}.h{h}.q|k|v` (under grouped-query attention `a{l}.h{h}.q` and the
+    key/value heads' `a{l}.kv{g}.k|v`), `m{l}` and `logits` (docs/src/edges.md)."""
 
     #: "EAP", "EAP-IG-inputs", "EAP-IG-activations" or "clean-corrupted".
     method: str
@@ -148,12 +150,23 @@ class EdgeResult:
         return [(*self.edges[i], float(self.scores[i])) for i in order[:k]]
 
     def score(self, source: str, target: str) -> float:
-        """The score of edge `source -> target` (e.g. "a0.h2", "a1.h0.v")."""
+        """The score of edge `source -> target` (e.g. "a0.h2", "a1.h0.v"; under grouped-query
+        attention "a1.kv0.v", which earlier versions named "a1.h0.v": that name is read too)."""
+        target = self._reader_name(target)
         for (a, b), v in zip(self.edges, self.scores):
             if a == source and b == target:
                 return float(v)
+        readers = "a{l}.h{h}.q, a{l}.kv{g}.k|v" if self.kv_heads < self.heads else "a{l}.h{h}.q|k|v"
         raise InputError(f"no edge {source} -> {target} in this model's {len(self.edges)} edges; writers are "
-                         "input, a{l}.h{h} and m{l}, readers a{l}.h{h}.q|k|v, m{l} and logits")
+                         f"input, a{{l}}.h{{h}} and m{{l}}, readers {readers}, m{{l}} and logits")
+
+    def _reader_name(self, name: str) -> str:
+        """Today's name of a reader: under grouped-query attention earlier versions named key/value
+        head g's key reader "a{l}.h{g}.k"; it is "a{l}.kv{g}.k"."""
+        old = re.fullmatch(r"a(\d+)\.h(\d+)\.([kv])", name)
+        if old and self.kv_heads < self.heads and int(old.group(2)) < self.kv_heads:
+            return f"a{old.group(1)}.kv{old.group(2)}.{old.group(3)}"
+        return name
 
     @classmethod
     def _from_native(cls, d: Dict[str, Any]) -> "EdgeResult":

@@ -291,8 +291,10 @@ fn edge_method(job: &Bound<'_, PyDict>) -> Result<attrpatch::eap::EdgeMethod, at
 /// scores as JSON (edges.json's fields: method, ig_steps, metric, layers, ..., edges, nodes).
 #[pyfunction]
 fn write_edges(py: Python<'_>, dir: String, scores: &str) -> PyResult<()> {
-    let s: attrpatch::eap::EdgeScores = serde_json::from_str(scores)
+    let mut s: attrpatch::eap::EdgeScores = serde_json::from_str(scores)
         .map_err(|e| to_py(py, attrpatch::Error::Input(format!("edge scores to write: {e}"))))?;
+    // Scores read from an older edges.json keep today's reader names in the files written.
+    s.upgrade_reader_names();
     without_gil(py, || attrpatch::eap::write_edges(dir.as_ref(), &s)).map_err(|e| to_py(py, e))
 }
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import attrpatch
-from conftest import run_cli
+from conftest import ROOT, missing, run_cli
 
 RTOL, ATOL = 1e-5, 1e-7
 
@@ -123,3 +123,23 @@ def test_edges_equal_the_cli(cli, model_path, tmp_path, ig_steps):
                                                                               rel=1e-4, abs=1e-6)
     else:
         assert got.head_attribution.size == 0
+
+
+def test_gqa_key_value_readers_are_named_and_read_by_their_old_names():
+    """Under grouped-query attention the key/value readers are `a{l}.kv{g}.k|v`, in Python as in
+    edges.json; `score` also reads the name earlier versions gave them (`a{l}.h{g}.k`)."""
+    model = ROOT / "tests" / "fixtures" / "arch" / "llama-legacy-op14.onnx"
+    reference = ROOT / "tests" / "fixtures" / "edges" / "llama-legacy-op14.json"
+    if not model.is_file() or not reference.is_file():
+        missing(f"the Llama fixture {model} or its edge reference is missing")
+    ref = json.loads(reference.read_text())
+    pairs = [{"clean": c, "corrupted": k, "correct": a, "incorrect": b}
+             for c, k, (a, b) in zip(ref["input_ids"], ref["corrupted_ids"], ref["answer_ids"])]
+    got = attrpatch.edges(model, pairs, device="cpu")
+    assert (got.heads, got.kv_heads) == (4, 2)
+    assert ("input", "a1.kv1.v") in got.edges and ("input", "a1.h1.v") not in got.edges
+    # The names and order of the PyTorch reference (tools/edge_reference.py).
+    assert got.edges == [(e["from"], e["to"]) for e in ref["eap"]]
+    assert got.score("input", "a1.h1.v") == got.score("input", "a1.kv1.v") != 0.0
+    with pytest.raises(attrpatch.InputError, match=r"readers a\{l\}\.h\{h\}\.q, a\{l\}\.kv\{g\}\.k\|v"):
+        got.score("input", "a1.h3.k")

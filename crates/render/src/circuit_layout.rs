@@ -16,7 +16,7 @@
 //! left out, and the MLPs share the rightmost column.
 
 use super::colour::{Colour, RDBU};
-use attrpatch_core::edges::{EdgeScore, EdgeScores};
+use attrpatch_core::edges::{EdgeScore, EdgeScores, Qkv, Reader};
 use attrpatch_onnx::error::{Error, Result};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -201,35 +201,29 @@ fn parse_index(s: &str, prefix: char) -> Option<usize> {
     s.strip_prefix(prefix)?.parse().ok()
 }
 
-/// Reads a writer or reader name ("input", "a3.h7", "a3.h7.q", "m3", "logits").
+/// Reads a writer or reader name ("input", "a3.h7", "a3.h7.q", "a3.kv1.k", "m3", "logits";
+/// readers as `Topology::parse_reader` reads them, earlier versions' names included).
 fn parse_end(name: &str, reader: bool, s: &EdgeScores) -> Option<End> {
-    let gqa = s.kv_heads < s.heads;
+    if reader {
+        let port = |which: Qkv| match which {
+            Qkv::Q => "q",
+            Qkv::K => "k",
+            Qkv::V => "v",
+        };
+        return Some(match s.topology().parse_reader(name)? {
+            Reader::Head(l, h, which) => End::Reader(BoxKey::Head(l, h), port(which)),
+            Reader::Kv(l, g, which) => End::Reader(BoxKey::Kv(l, g), port(which)),
+            Reader::Mlp(l) => End::Reader(BoxKey::Mlp(l), ""),
+            Reader::Logits => End::Reader(BoxKey::Logits, ""),
+        });
+    }
     let parts: Vec<&str> = name.split('.').collect();
-    let end = match (parts.as_slice(), reader) {
-        (["input"], false) => End::Writer(BoxKey::Input),
-        (["logits"], true) => End::Reader(BoxKey::Logits, ""),
-        ([m], _) => {
-            let l = parse_index(m, 'm').filter(|&l| l < s.layers)?;
-            if reader {
-                End::Reader(BoxKey::Mlp(l), "")
-            } else {
-                End::Writer(BoxKey::Mlp(l))
-            }
-        }
-        ([a, h], false) => {
+    let end = match parts.as_slice() {
+        ["input"] => End::Writer(BoxKey::Input),
+        [m] => End::Writer(BoxKey::Mlp(parse_index(m, 'm').filter(|&l| l < s.layers)?)),
+        [a, h] => {
             let (l, h) = (parse_index(a, 'a')?, parse_index(h, 'h')?);
             (l < s.layers && h < s.heads).then_some(End::Writer(BoxKey::Head(l, h)))?
-        }
-        ([a, h, which], true) => {
-            let (l, h) = (parse_index(a, 'a').filter(|&l| l < s.layers)?, parse_index(h, 'h')?);
-            match *which {
-                "q" if h < s.heads => End::Reader(BoxKey::Head(l, h), "q"),
-                "k" | "v" if h < s.kv_heads => {
-                    let port = if *which == "k" { "k" } else { "v" };
-                    End::Reader(if gqa { BoxKey::Kv(l, h) } else { BoxKey::Head(l, h) }, port)
-                }
-                _ => return None,
-            }
         }
         _ => return None,
     };
@@ -269,7 +263,7 @@ fn ports_of(key: BoxKey, gqa: bool) -> Vec<(&'static str, String)> {
         BoxKey::Input => vec![],
         BoxKey::Head(l, h) if gqa => vec![("q", format!("a{l}.h{h}.q"))],
         BoxKey::Head(l, h) => ["q", "k", "v"].into_iter().map(|p| (p, format!("a{l}.h{h}.{p}"))).collect(),
-        BoxKey::Kv(l, g) => ["k", "v"].into_iter().map(|p| (p, format!("a{l}.h{g}.{p}"))).collect(),
+        BoxKey::Kv(l, g) => ["k", "v"].into_iter().map(|p| (p, format!("a{l}.kv{g}.{p}"))).collect(),
         BoxKey::Mlp(l) => vec![("", format!("m{l}"))],
         BoxKey::Logits => vec![("", "logits".into())],
     }
@@ -536,7 +530,7 @@ pub(crate) mod tests {
         let l = layout(&s, s.edges.len()).unwrap();
         let kv = l.boxes.iter().find(|b| b.key == BoxKey::Kv(1, 1)).unwrap();
         assert_eq!(kv.label, "a1.kv1");
-        assert_eq!(kv.ports.iter().map(|p| p.reader.as_str()).collect::<Vec<_>>(), ["a1.h1.k", "a1.h1.v"]);
+        assert_eq!(kv.ports.iter().map(|p| p.reader.as_str()).collect::<Vec<_>>(), ["a1.kv1.k", "a1.kv1.v"]);
         assert!(kv.writer.is_none());
         let head = l.boxes.iter().find(|b| b.key == BoxKey::Head(1, 3)).unwrap();
         assert_eq!(head.ports.iter().map(|p| p.reader.as_str()).collect::<Vec<_>>(), ["a1.h3.q"]);

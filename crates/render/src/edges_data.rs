@@ -115,6 +115,8 @@ fn edges_json_with(r: &EdgeReport, table_cap: usize) -> Result<Value> {
         "method": method_label(s),
         "metric": s.metric,
         "n_edges": n,
+        "heads": s.heads,
+        "kv_heads": s.kv_heads,
         "k": r.top_k.min(n),
         "k_max": k_max,
         "table": table,

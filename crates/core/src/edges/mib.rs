@@ -11,7 +11,7 @@
 //!   CPR = sum_i (p_{i+1} - p_i) (f_i + f_{i+1}) / 2          (higher is better)
 //!   CMD = sum_i (p_{i+1} - p_i) (|1 - f_i| + |1 - f_{i+1}|) / 2 (lower is better)
 
-use super::{EdgeScores, Topology};
+use super::EdgeScores;
 use attrpatch_onnx::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
@@ -110,8 +110,7 @@ pub fn importances(scores: &EdgeScores, circuit: &[usize], d_model: usize) -> Re
             *x = true;
         }
     }
-    let topo =
-        Topology { layers: scores.layers, heads: scores.heads, kv_heads: scores.kv_heads, parallel: scores.parallel };
+    let topo = scores.topology();
     let mut nodes = Map::new();
     for w in topo.writers() {
         nodes.insert(w.to_string(), json!({"in_graph": false}));
@@ -256,7 +255,7 @@ fn parse_edge(name: &str, model: &EdgeScores) -> std::result::Result<EdgeKey, St
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::edges::EdgeScore;
+    use crate::edges::{EdgeScore, Topology};
 
     /// Every edge of a 2-layer, 2-head model, scores i / 7 - 3 (signed, distinct).
     fn model(kv_heads: usize, parallel: bool) -> EdgeScores {

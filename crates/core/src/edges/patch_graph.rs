@@ -79,8 +79,7 @@ pub fn mask_groups(t: &Topology) -> Vec<MaskGroup> {
     let mut out = vec![];
     for l in 0..t.layers {
         let before = 1 + l * per_layer;
-        let heads: Vec<Reader> =
-            all.iter().copied().filter(|r| matches!(r, Reader::Head(m, _, _) if *m == l)).collect();
+        let heads: Vec<Reader> = all.iter().copied().filter(|r| r.qkv().is_some() && r.layer() == Some(l)).collect();
         out.push(MaskGroup { name: format!("heads.{l}"), readers: heads, upstream: before });
         let mlp_up = if t.parallel { before } else { before + t.heads };
         out.push(MaskGroup { name: format!("mlp.{l}"), readers: vec![Reader::Mlp(l)], upstream: mlp_up });

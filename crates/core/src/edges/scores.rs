@@ -59,6 +59,30 @@ pub struct EdgeScores {
     pub nodes: Vec<NodeScore>,
 }
 
+impl EdgeScores {
+    /// The writers' and readers' graph these scores are over.
+    pub fn topology(&self) -> super::Topology {
+        super::Topology { layers: self.layers, heads: self.heads, kv_heads: self.kv_heads, parallel: self.parallel }
+    }
+
+    /// Renames readers given by the name earlier versions wrote under
+    /// grouped-query attention (`a1.h0.k` for key/value head 0's key) to
+    /// today's (`a1.kv0.k`), so that tables written before read as tables
+    /// written now; returns how many were renamed. Names this topology does
+    /// not know are left as they are (whoever reads them names the bad one).
+    pub fn upgrade_reader_names(&mut self) -> usize {
+        let topo = self.topology();
+        let mut renamed = 0;
+        for e in &mut self.edges {
+            if let Some(name) = topo.parse_reader(&e.to).map(|r| r.to_string()).filter(|n| *n != e.to) {
+                e.to = name;
+                renamed += 1;
+            }
+        }
+        renamed
+    }
+}
+
 fn denoising() -> String {
     "denoising".into()
 }
@@ -103,6 +127,35 @@ pub fn write(dir: &Path, scores: &EdgeScores) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Tables written before key/value heads had names of their own read as today's.
+    #[test]
+    fn old_gqa_reader_names_are_upgraded() {
+        let topo = crate::edges::Topology { layers: 2, heads: 4, kv_heads: 2, parallel: false };
+        let today: Vec<EdgeScore> = topo.edges().iter().map(|(w, r)| e(&w.to_string(), &r.to_string(), 1.0)).collect();
+        let old: Vec<EdgeScore> =
+            today.iter().map(|x| EdgeScore { to: x.to.replace(".kv", ".h"), ..x.clone() }).collect();
+        assert_ne!(old, today);
+        let table = |edges: Vec<EdgeScore>| EdgeScores {
+            method: "EAP".into(),
+            ig_steps: 1,
+            convention: "denoising".into(),
+            ablation: "patching".into(),
+            metric: "logit diff".into(),
+            layers: 2,
+            heads: 4,
+            kv_heads: 2,
+            parallel: false,
+            nodes: node_scores(&edges),
+            edges,
+        };
+        let mut t = table(old);
+        let kv_edges = today.iter().filter(|x| x.to.contains(".kv")).count();
+        assert!(kv_edges > 0);
+        assert_eq!(t.upgrade_reader_names(), kv_edges);
+        assert_eq!(t, table(today.clone()));
+        assert_eq!(t.upgrade_reader_names(), 0, "today's names stay");
+    }
 
     fn e(from: &str, to: &str, score: f64) -> EdgeScore {
         EdgeScore { from: from.into(), to: to.into(), score }

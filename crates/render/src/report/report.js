@@ -305,6 +305,13 @@
     // A term matches a name that is the term or starts with it and a dot (a9: layer 9's
     // heads; a9.h9: the head and its q/k/v), or, starting with a dot, ends with it (.q).
     const matches = (term, name) => term.startsWith(".") ? name.endsWith(term) : name === term || name.startsWith(term + ".");
+    // Under grouped-query attention key/value head g's readers are a{l}.kv{g}.k|v; earlier
+    // versions named them a{l}.h{g}.k|v, and a term of that form still finds them.
+    const grouped = E.kv_heads < E.heads;
+    const todays = term => {
+      const m = grouped ? /^a(\d+)\.h(\d+)\.([kv])$/.exec(term) : null;
+      return m && Number(m[2]) < E.kv_heads ? `a${m[1]}.kv${m[2]}.${m[3]}` : term;
+    };
     let view = ranked;
     const filter = el("input", { type: "search", id: "edge-filter", placeholder: "a9.h9  m3  logits  .q", size: 30 });
     const info = el("span", { id: "edge-page-info", "class": "note" });
@@ -341,14 +348,14 @@
         resort();
       });
     }
-    filter.addEventListener("input", () => { state.terms = filter.value.trim().split(/\s+/).filter(t => t); resort(); });
+    filter.addEventListener("input", () => { state.terms = filter.value.trim().split(/\s+/).filter(t => t).map(todays); resort(); });
     prev.addEventListener("click", () => { state.page--; drawTable(); });
     next.addEventListener("click", () => { state.page++; drawTable(); });
     slider.addEventListener("input", () => { k = Number(slider.value); drawCircuit(); drawTable(); });
     const partial = rows.length < E.n_edges ? [el("p", { "class": "note", id: "edge-table-partial" },
       `The table holds the ${rows.length} edges of largest |score| of all ${E.n_edges}; edges.csv has every one.`)] : [];
     root.append(el("h3", {}, "Edge scores"), ...partial, el("p", { "class": "controls" }, el("label", { "for": "edge-filter" }, "Filter: "), filter, " ", prev, " ", next, " ", info),
-      el("p", { "class": "note" }, "Click a column to sort by it, again to reverse. A filter term matches a node or its parts (a9: layer 9's heads; a9.h9: that head and its q, k, v; .q: every query input); every term must match the edge's from or to. Rows in the circuit are shaded."),
+      el("p", { "class": "note" }, `Click a column to sort by it, again to reverse. A filter term matches a node or its parts (a9: layer 9's heads; a9.h9: that head and its q, k, v${grouped ? "; a9.kv1: key/value head 1's k and v" : ""}; .q: every query input); every term must match the edge's from or to. Rows in the circuit are shaded.`),
       tableEl);
     drawCircuit();
     drawTable();
@@ -527,7 +534,7 @@
     document.getElementById("edge-next").click();
     out.push(`edges page-2 ranks ${rows()[0].dataset.rank}-${rows()[rows().length - 1].dataset.rank}`);
     const filter = document.getElementById("edge-filter");
-    for (const f of ["logits", "a1.h2 logits", ".q"]) {
+    for (const f of ["logits", "a1.h2 logits", ".q", "a1.h0.k", "a1.kv0.k"]) {
       filter.value = f;
       filter.dispatchEvent(new Event("input"));
       out.push(`edges filter ${f}: ${table.dataset.matches}`);

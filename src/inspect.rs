@@ -18,9 +18,9 @@ pub struct Inspection {
     /// Node count after normalisation.
     pub nodes: usize,
     /// The graph's inputs as tract's analysis sees them.
-    pub inputs: Vec<crate::api::TensorSpec>,
+    pub inputs: Vec<crate::api::describe::TensorSpec>,
     /// The graph's outputs as tract's analysis sees them.
-    pub outputs: Vec<crate::api::TensorSpec>,
+    pub outputs: Vec<crate::api::describe::TensorSpec>,
     /// Attention heads per layer, when the graph tells them.
     pub heads: Option<usize>,
     /// The attention hooks (input of each layer's out-projection), one per layer.
@@ -42,7 +42,7 @@ pub struct InspectedHook {
     #[serde(flatten)]
     pub hook: attrpatch_core::hooks::Hook,
     /// The hook tensor's type and shape.
-    pub tensor_spec: crate::api::TensorSpec,
+    pub tensor_spec: crate::api::describe::TensorSpec,
 }
 
 /// The model inspected as `attrpatch inspect` prints it.
@@ -52,7 +52,7 @@ pub fn inspect(model: &OnnxModel, extra: Option<&attrpatch_core::hooks::HookKind
 
 /// What the tool sees in `model`: inputs, outputs, hooks, heads, the ops between hooks and logits.
 pub fn inspection(model: &OnnxModel, extra: Option<&attrpatch_core::hooks::HookKind>) -> Result<Inspection> {
-    use crate::api::TensorSpec;
+    use crate::api::describe::TensorSpec;
     let facts = analyse(&model.proto, &model.path)?;
     let g = model.graph();
     let spec = |n: &str| TensorSpec::from_fact(n, facts.get(n));
@@ -117,7 +117,7 @@ pub fn inspection(model: &OnnxModel, extra: Option<&attrpatch_core::hooks::HookK
 pub fn format_inspection(i: &Inspection) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "model: {} (opset {}, {} nodes)", i.model, i.opset, i.nodes);
-    let fact = |t: &crate::api::TensorSpec| {
+    let fact = |t: &crate::api::describe::TensorSpec| {
         if t.dtype.is_none() && t.shape.is_none() {
             "?".to_string()
         } else {

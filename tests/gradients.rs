@@ -26,7 +26,7 @@
 
 use crate::common::rng::Rng;
 use attrpatch::augment::value_info;
-use attrpatch::autodiff::rules::{lookup, readme_list, supported, RULES};
+use attrpatch::autodiff::rules::{docs_list, lookup, supported, RULES};
 use attrpatch::autodiff::Backward;
 use attrpatch::onnx::builder::{attr_f, attr_i, attr_ints, GraphBuilder};
 use attrpatch::onnx::consts::{float_tensor, i64_tensor, BOOL, DOUBLE, FLOAT};
@@ -1403,9 +1403,9 @@ fn every_rule_has_a_finite_difference_case() {
 #[test]
 fn the_book_lists_exactly_the_rule_table() {
     // The list moved from the README into the book's method chapter.
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/src/method.md")).unwrap();
-    let start = readme.find("Gradient rules (").expect("docs/src/method.md has a 'Gradient rules (' paragraph");
-    let para = &readme[start..];
+    let method = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/src/method.md")).unwrap();
+    let start = method.find("Gradient rules (").expect("docs/src/method.md has a 'Gradient rules (' paragraph");
+    let para = &method[start..];
     let para = &para[..para.find("\n\n").unwrap_or(para.len())];
     let list = para.split_once("):").map(|(_, l)| l).expect("'Gradient rules (...): A, B, ...'");
     let list = &list[..list.find('.').expect("the list ends with a full stop")];
@@ -1415,7 +1415,7 @@ fn the_book_lists_exactly_the_rule_table() {
         listed,
         table,
         "docs/src/method.md's rule list differs from the table; it should read:\n{}",
-        readme_list()
+        docs_list()
     );
 }
 

@@ -64,7 +64,7 @@ fn rewrite_of_small_inline_model_stays_one_file() {
 /// not change the hash at all.
 #[test]
 fn regression_model_hash_of_weights_left_in_the_file_equals_the_inlined_one() {
-    use attrpatch::onnx::graph::{model_hash, model_hash_external};
+    use attrpatch::onnx::hash::{model_hash, model_hash_external};
     let ioi = root().join("models/ioi-gpt2/model.onnx");
     let d = fresh_dir("hash-external");
     let mut inline = OnnxModel::load(&ioi).unwrap();

@@ -6,7 +6,7 @@
 
 use super::pairs::Pairs;
 use super::source::{ModelSource, TokenizerSource};
-use attrpatch_core::augment::{augment_shared, augment_with, AugmentOptions, Augmented, Metric};
+use attrpatch_core::augment::{augment_shared, augment_with, Augmented, Metric};
 use attrpatch_core::compare::{CompareOptions, Comparison};
 use attrpatch_core::edges::{self, graph::EdgeGraph, EdgeRun};
 use attrpatch_core::hooks::HookKind;
@@ -15,7 +15,7 @@ use attrpatch_core::patch::{self, graph::PatchGraph, Estimator};
 use attrpatch_core::prompts::PromptTokenizer;
 use attrpatch_core::runtime::{Runtime, RuntimeOptions};
 use attrpatch_onnx::error::{Error, Result};
-use attrpatch_onnx::graph::ContentHash;
+use attrpatch_onnx::hash::ContentHash;
 use std::time::Instant;
 
 /// A rewritten graph, its runtime session once made, and how often it was built.
@@ -171,7 +171,7 @@ impl Attributor {
     pub fn attribute(&mut self, pairs: &Pairs) -> Result<JobResult> {
         let (opts, source) = self.job_inputs(pairs)?;
         if self.attribution.is_none() {
-            let aug = AugmentOptions::grids_of(&opts);
+            let aug = opts.augment_options();
             let shared = job::choose_shared(&opts, &source)?;
             let prepared = self.prepare(&opts, &source, |m| match shared {
                 true => augment_shared(m, aug),

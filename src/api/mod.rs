@@ -2,7 +2,7 @@
 //! package) needs, with the internals behind it. See the crate's top-level docs.
 
 mod attributor;
-mod describe;
+pub(crate) mod describe;
 mod inspect;
 mod pairs;
 mod rewrite;

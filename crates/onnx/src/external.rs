@@ -52,7 +52,7 @@ pub fn check_external_data(graph: &GraphProto, dir: &Path, model: &Path) -> Resu
     Ok(files)
 }
 
-/// The chunk size of `stream_external` (and of `graph::model_hash` on inline bytes).
+/// The chunk size of `stream_external` (and of `hash::model_hash` on inline bytes).
 pub const STREAM_CHUNK: usize = 1 << 20;
 
 /// Streams an external tensor's bytes to `sink` in chunks of 1 MiB, checked as

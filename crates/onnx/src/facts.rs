@@ -8,16 +8,8 @@ use std::collections::HashMap;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::infer::Factoid;
 
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-/// One dimension of a tensor's shape.
-pub enum Dim {
-    /// A concrete extent.
-    Known(i64),
-    /// A symbolic expression as tract prints it, e.g. `batch*sequence`.
-    Sym(String),
-    /// Not inferred.
-    Unknown,
-}
+/// One dimension of a tensor's shape (declared in `graph`, which writes and reads them).
+pub use super::graph::Dim;
 
 #[derive(Clone, Debug, Default)]
 /// What is known of one tensor; either part may be unknown.

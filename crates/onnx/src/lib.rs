@@ -24,6 +24,7 @@ pub mod facts;
 pub mod file_precision;
 pub mod graph;
 pub mod guard;
+pub mod hash;
 pub mod io;
 pub mod model;
 pub mod prune;

@@ -10,8 +10,7 @@ use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, VPos};
 use std::path::{Path, PathBuf};
 
-/// What drawing onto backend `DB` returns.
-pub type DrawResult<DB> = std::result::Result<(), DrawingAreaErrorKind<<DB as DrawingBackend>::ErrorType>>;
+pub use super::pen::DrawResult;
 
 /// Point sizes of a figure's title lines and its subtitle lines.
 pub const TITLE: f64 = 21.0;

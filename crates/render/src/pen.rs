@@ -4,7 +4,6 @@
 //! text uses, so the two files agree.
 
 use super::colour::TEXT;
-use super::figure::DrawResult;
 use super::font::{advance, em, face, scale, text};
 use ab_glyph::{point, Font, ScaleFont};
 
@@ -15,6 +14,9 @@ use plotters::element::{Drawable, PointCollection};
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 use plotters_backend::{BackendCoord, DrawingErrorKind};
+
+/// What drawing onto backend `DB` returns.
+pub type DrawResult<DB> = std::result::Result<(), DrawingAreaErrorKind<<DB as DrawingBackend>::ErrorType>>;
 
 /// Draws text onto one backend: as SVG text, or as rasterised pixels.
 #[derive(Debug, Clone, Copy)]

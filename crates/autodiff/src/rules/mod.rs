@@ -115,6 +115,6 @@ pub fn supported() -> Vec<&'static str> {
 }
 
 /// The book's list of ops with a rule (docs/src/method.md): "Add, Sub, ..., LayerNormalization".
-pub fn readme_list() -> String {
+pub fn docs_list() -> String {
     supported().join(", ")
 }

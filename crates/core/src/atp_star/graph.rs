@@ -46,7 +46,7 @@ impl Plan {
     /// Reads every layer's attention and residual writes (the edge anatomy's
     /// reading: a model edges cannot read is refused alike, naming the layer).
     pub fn read(model: &OnnxModel, anat: &Anatomy, heads: usize, grad_drop: bool) -> Result<Plan> {
-        let facts = crate::edges::graph::probed_facts(model)?;
+        let facts = crate::edges::start::probed_facts(model)?;
         let g = model.graph();
         let path = &model.path;
         // GradDrop needs every block's residual writes (the edge anatomy);

@@ -43,7 +43,7 @@ pub struct AtpStarRun {
 /// Runs AtP* on `opts`' model and prompts; `grad_drop` adds GradDrop's sweeps.
 pub fn run_atp_star(opts: &JobOptions, grad_drop: bool) -> Result<AtpStarRun> {
     check_options(opts)?;
-    let aug = AugmentOptions { atp_star: Some(grad_drop), ..AugmentOptions::grids_of(opts) };
+    let aug = AugmentOptions { atp_star: Some(grad_drop), ..opts.augment_options() };
     let mut p = prepare(opts, GraphKey::new("atp-star", &aug), |m| augment_with(m, aug.clone()))?;
     run_prepared(opts, &mut p, grad_drop)
 }

@@ -146,20 +146,6 @@ impl Default for AugmentOptions {
     }
 }
 
-impl AugmentOptions {
-    /// A job's graph: its grids only (no raw outputs), its heads, metric and hooks.
-    pub fn grids_of(opts: &crate::job::JobOptions) -> Self {
-        AugmentOptions {
-            raw_outputs: false,
-            grid_outputs: true,
-            heads: opts.heads,
-            metric: opts.metric,
-            hooks: opts.hooks.clone(),
-            atp_star: None,
-        }
-    }
-}
-
 /// Builds the augmented model with every output. Takes the model by value:
 /// the weights move into the result instead of being copied.
 pub fn augment(model: OnnxModel) -> Result<Augmented> {

@@ -88,8 +88,9 @@ pub struct EdgeGraphOptions {
 /// The perturbation input of `EdgeGraphOptions::perturb`.
 pub const PERTURB: &str = "attrpatch.edges.perturb";
 
-/// With a mean ablation: each writer's counterfactual per position, [writers, S, d].
-pub const ABLATION: &str = "attrpatch.edges.ablation";
+/// With a mean ablation: each writer's counterfactual per position, [writers, S, d]
+/// (declared with `interpolate`'s inputs, which read it too).
+pub use super::interpolate::ABLATION;
 
 impl Default for EdgeGraphOptions {
     fn default() -> Self {
@@ -257,19 +258,6 @@ impl EdgeGraph {
             Method::Eap | Method::CleanCorrupted => 1,
         }
     }
-}
-
-/// The model's facts with its token inputs at the probe size.
-pub(crate) fn probed_facts(model: &OnnxModel) -> Result<attrpatch_onnx::facts::Facts> {
-    let g = model.graph();
-    let inits: HashSet<&str> = g.initializer.iter().map(|t| t.name.as_str()).collect();
-    let probe: Vec<(&str, Vec<usize>)> = g
-        .input
-        .iter()
-        .filter(|i| !inits.contains(i.name.as_str()))
-        .map(|i| (i.name.as_str(), vec![skeleton::PROBE_PAIRS, skeleton::PROBE_SEQ]))
-        .collect();
-    attrpatch_onnx::facts::analyse_with_probe(&model.proto, &model.path, &probe)
 }
 
 /// Layer l's q/k/v readers read `reads.l + PERTURB` in the corrupted copy.

@@ -22,6 +22,9 @@ use attrpatch_onnx::graph::rename_uses;
 use attrpatch_onnx::pb::GraphProto;
 use std::collections::{HashMap, HashSet};
 
+/// With a mean ablation: each writer's counterfactual per position, [writers, S, d].
+pub const ABLATION: &str = "attrpatch.edges.ablation";
+
 /// With a mean ablation: each layer's mean out-projection input per position,
 /// [layers, S, heads * head_dim] (the heads' means before their projection).
 pub const ABLATION_Z: &str = "attrpatch.edges.ablation_z";
@@ -79,11 +82,11 @@ pub(crate) fn rewrite(
     let alpha = b.const_tensor(anat.dtype, &[j as i64, 1], &alphas);
     let per_layer = blocks.heads + 1;
     let mut parts: Vec<(String, MeanRow)> =
-        vec![(blocks.blocks[0].resid_in.clone(), MeanRow { input: super::graph::ABLATION, row: 0 })];
+        vec![(blocks.blocks[0].resid_in.clone(), MeanRow { input: ABLATION, row: 0 })];
     for (l, blk) in blocks.blocks.iter().enumerate() {
         parts.push((blk.out_proj.z.clone(), MeanRow { input: ABLATION_Z, row: l }));
         let mlp = 1 + l * per_layer + blocks.heads;
-        parts.push((blk.mlp_out.clone(), MeanRow { input: super::graph::ABLATION, row: mlp }));
+        parts.push((blk.mlp_out.clone(), MeanRow { input: ABLATION, row: mlp }));
     }
     let mut held_points = HashSet::new();
     let flat_shape = b.const_i64s(&[j as i64, -1]);

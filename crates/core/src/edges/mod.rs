@@ -23,7 +23,7 @@ pub mod patching;
 pub mod rewrite;
 pub mod run;
 pub mod scores;
-mod start;
+pub(crate) mod start;
 
 pub use run::{run_edges, run_edges_detailed, run_edges_method, EdgeMethod, EdgeRun};
 pub use scores::{EdgeScore, EdgeScores, NodeScore};

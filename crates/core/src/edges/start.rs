@@ -4,15 +4,16 @@
 //! inputs and outputs.
 
 use super::anatomy::{self, BlockAnatomy};
-use super::graph::probed_facts;
 use super::rewrite;
-use crate::augment::Anatomy;
+use crate::augment::{skeleton, Anatomy};
 use crate::hooks::HookKind;
 use attrpatch_onnx::builder::GraphBuilder;
 use attrpatch_onnx::error::Result;
+use attrpatch_onnx::facts::Facts;
 use attrpatch_onnx::graph::all_names;
 use attrpatch_onnx::pb::ModelProto;
 use attrpatch_onnx::OnnxModel;
+use std::collections::HashSet;
 use std::path::PathBuf;
 
 /// The model with its readers on their own copies, and what was read of it.
@@ -51,4 +52,17 @@ impl Start {
         anat.constants = crate::hooks::constant_tensors_of(g);
         Ok(Start { anat, heads, blocks, path, proto, builder })
     }
+}
+
+/// The model's facts with its token inputs at the probe size.
+pub(crate) fn probed_facts(model: &OnnxModel) -> Result<Facts> {
+    let g = model.graph();
+    let inits: HashSet<&str> = g.initializer.iter().map(|t| t.name.as_str()).collect();
+    let probe: Vec<(&str, Vec<usize>)> = g
+        .input
+        .iter()
+        .filter(|i| !inits.contains(i.name.as_str()))
+        .map(|i| (i.name.as_str(), vec![skeleton::PROBE_PAIRS, skeleton::PROBE_SEQ]))
+        .collect();
+    attrpatch_onnx::facts::analyse_with_probe(&model.proto, &model.path, &probe)
 }

@@ -13,7 +13,6 @@ pub mod key;
 
 pub use key::GraphKey;
 
-use crate::job::JobGraph;
 use crate::memory::ModelShape;
 use crate::runtime::{ModelForRuntime, RuntimeKind};
 use attrpatch_onnx::error::{Error, Result};
@@ -24,9 +23,12 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
 /// A rewritten graph whose metadata round-trips through JSON (its `proto` is
-/// skipped there and restored from the entry's `graph.onnx`).
-pub trait CachedGraph: JobGraph + Serialize + DeserializeOwned {}
-impl<T: JobGraph + Serialize + DeserializeOwned> CachedGraph for T {}
+/// skipped there and restored from the entry's `graph.onnx`). Every job graph
+/// is one (`job::JobGraph`); the cache needs only its model.
+pub trait CachedGraph: Serialize + DeserializeOwned {
+    /// The rewritten model, replaced by the entry's on a hit.
+    fn model_mut(&mut self) -> &mut ModelProto;
+}
 
 /// What the cache did for a job's graph.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -147,7 +149,7 @@ impl GraphCache {
             Err(e) => return Lookup::Invalid(format!("meta.json's graph metadata does not fit this job: {e}")),
         };
         let keeps_file_precision = proto.graph.as_ref().is_some_and(attrpatch_onnx::file_precision::holds_restored);
-        *graph.proto_mut() = proto;
+        *graph.model_mut() = proto;
         let for_runtime = ModelForRuntime {
             bytes: c.graph_bytes,
             weights: c.weights,

@@ -7,7 +7,7 @@ use super::{JobOptions, Shard};
 use crate::batches::fingerprint;
 use crate::hooks::Hook;
 use crate::prompts::{PromptPair, TokenizedPrompts};
-use attrpatch_onnx::graph::ContentHash;
+use attrpatch_onnx::hash::ContentHash;
 use serde::{Deserialize, Serialize};
 
 /// How a result's grids were computed.
@@ -62,7 +62,7 @@ pub struct Manifest {
     pub method: Method,
     /// The model's path (or `IN_MEMORY_MODEL`).
     pub model: String,
-    /// `onnx::graph::model_hash` of the loaded model (graph and weights).
+    /// `onnx::hash::model_hash` of the loaded model (graph and weights).
     #[serde(default)]
     pub model_hash: String,
     /// Hash of the tokenizer file's bytes, or "token ids given".

@@ -75,6 +75,19 @@ pub struct JobOptions {
 }
 
 impl JobOptions {
+    /// The attribution graph this job builds: its grids only (no raw outputs),
+    /// its heads, metric and hooks.
+    pub fn augment_options(&self) -> AugmentOptions {
+        AugmentOptions {
+            raw_outputs: false,
+            grid_outputs: true,
+            heads: self.heads,
+            metric: self.metric,
+            hooks: self.hooks.clone(),
+            atp_star: None,
+        }
+    }
+
     /// Feeds these token ids (equal-length prompts; answers as [correct, incorrect])
     /// instead of tokenizing text: for fixtures and callers with their own tokenizer.
     pub fn with_token_ids(&mut self, clean: Vec<Vec<i64>>, corrupted: Vec<Vec<i64>>, answers: &[Vec<i64>]) {
@@ -195,7 +208,7 @@ pub struct Timings {
 /// Runs the job; for a shard, returns None after writing its batches.
 /// The graph is the shared-rows one when `opts.dedup` says so for these prompts (`rows`).
 pub fn run_job(opts: &JobOptions) -> Result<Option<JobResult>> {
-    let aug = AugmentOptions::grids_of(opts);
+    let aug = opts.augment_options();
     let mut p = prepare_choosing(
         opts,
         |source| {

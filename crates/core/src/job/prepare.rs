@@ -11,7 +11,7 @@ use crate::memory::ModelShape;
 use crate::prompts::{self, PromptPair, PromptTokenizer, TokenizedPrompts};
 use crate::runtime::{self, ModelForRuntime, Runtime, RuntimeOptions};
 use attrpatch_onnx::error::{Error, Result};
-use attrpatch_onnx::graph::{model_hash, model_hash_external, ContentHash};
+use attrpatch_onnx::hash::{model_hash, model_hash_external, ContentHash};
 use attrpatch_onnx::pb::ModelProto;
 use attrpatch_onnx::OnnxModel;
 use std::path::{Path, PathBuf};
@@ -105,6 +105,12 @@ pub trait JobGraph {
     fn token_inputs(&self) -> TokenInputs<'_>;
 }
 
+impl<G: JobGraph + serde::Serialize + serde::de::DeserializeOwned> CachedGraph for G {
+    fn model_mut(&mut self) -> &mut ModelProto {
+        self.proto_mut()
+    }
+}
+
 /// Every rewritten graph struct (`Augmented`, `PatchGraph`, `EdgeGraph`,
 /// `EdgePatchGraph`) holds a `GraphBase` and derefs to it.
 impl<G: std::ops::DerefMut<Target = GraphBase>> JobGraph for G {
@@ -157,7 +163,7 @@ pub struct Prepared<G> {
 pub struct LoadedModel {
     /// The model, normalised at load.
     pub model: OnnxModel,
-    /// Content hash of the model's graph and weights (`onnx::graph::model_hash`).
+    /// Content hash of the model's graph and weights (`onnx::hash::model_hash`).
     pub hash: String,
     /// Set when the float32 weights stayed in the model's files (ONNX Runtime reads them there).
     pub external_dir: Option<PathBuf>,
@@ -193,7 +199,7 @@ impl LoadedModel {
 /// steps every job shares, timed. With `opts.cache`, the rewritten graph
 /// comes from the cache entry for the model and `key` when there is a valid
 /// one (load and rewrite skipped), and is stored there when not.
-pub fn prepare<G: CachedGraph>(
+pub fn prepare<G: JobGraph + CachedGraph>(
     opts: &JobOptions,
     key: GraphKey,
     build: impl FnOnce(OnnxModel) -> Result<G>,
@@ -204,7 +210,7 @@ pub fn prepare<G: CachedGraph>(
 /// `prepare` for a job whose graph depends on its prompts (read before the
 /// model): `choose` sees them and returns the cache key and the choice that
 /// `build` gets, so the key covers the choice.
-pub fn prepare_choosing<G: CachedGraph, C>(
+pub fn prepare_choosing<G: JobGraph + CachedGraph, C>(
     opts: &JobOptions,
     choose: impl FnOnce(&PromptSource) -> Result<(GraphKey, C)>,
     build: impl FnOnce(C, OnnxModel) -> Result<G>,

@@ -48,7 +48,7 @@ pub fn rgb(c: Colour) -> RGBColor {
     RGBColor(c[0], c[1], c[2])
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "figures"))]
 mod tests {
     use super::*;
 

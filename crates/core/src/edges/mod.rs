@@ -304,6 +304,6 @@ mod tests {
         assert!(!t.has_edge(Writer::Mlp(0), Reader::Mlp(0)));
         let serial = Topology { parallel: false, ..t };
         assert!(serial.has_edge(Writer::Head(0, 1), Reader::Mlp(0)));
-        assert_eq!(t.readers().iter().filter(|r| matches!(r, Reader::Head(_, _, Qkv::K))).count(), 2);
+        assert_eq!(t.readers().iter().filter(|r| r.qkv() == Some(Qkv::K)).count(), 2);
     }
 }

@@ -436,7 +436,7 @@ mod tests {
 
     /// The workspace root (this crate is crates/core): the bundled model's folder.
     fn root() -> PathBuf {
-        PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).ancestors().nth(2).expect("crates/core").to_path_buf()
     }
 
     fn gpt2() -> PromptTokenizer {

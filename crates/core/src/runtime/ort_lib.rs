@@ -57,7 +57,8 @@ fn candidates(explicit: Option<&Path>) -> Vec<(String, PathBuf)> {
         c.push(("ORT_DYLIB_PATH".to_string(), PathBuf::from(p)));
     }
     // The workspace root (this crate is crates/core), where tools/fetch-ort.sh puts it.
-    c.push(("project folder".to_string(), PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../..")).join(".ort")));
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).ancestors().nth(2).unwrap_or(Path::new("."));
+    c.push(("project folder".to_string(), workspace.join(".ort")));
     c.push(("current folder".to_string(), PathBuf::from(".ort")));
     if let Ok(exe) = std::env::current_exe() {
         for dir in exe.ancestors().skip(1).take(4) {

@@ -37,8 +37,16 @@ const MARGIN: i32 = 10;
 pub const POSITIVE: Colour = RDBU[9];
 /// Negative edges: RdBu's red end.
 pub const NEGATIVE: Colour = RDBU[1];
-/// The widest edge (the largest |score|), in pixels; the narrowest is 1.
+/// The widest edge (the largest |score|), in pixels.
 pub const MAX_EDGE_W: u32 = 8;
+/// The narrowest edge, in pixels: a kept edge is in the circuit, so it must be
+/// seen (plotters draws 1-pixel strokes without anti-aliasing, as broken steps).
+pub const MIN_EDGE_W: u32 = 2;
+/// The faintest edge's opacity: RdBu's blue end at 0.75 keeps 3.3:1 contrast
+/// on the shaded bands (WCAG's 3:1 for graphics); 0.35 gave 1.7:1.
+pub const MIN_OPACITY: f64 = 0.75;
+/// The strongest edge's opacity (below 1, so crossings stay readable).
+pub const MAX_OPACITY: f64 = 0.95;
 
 /// What a box stands for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -107,7 +115,7 @@ pub struct PlacedEdge {
     pub end: (i32, i32),
     /// By sign: `POSITIVE` or `NEGATIVE`.
     pub colour: Colour,
-    /// Whole pixels (plotters strokes take integers), 1 to `MAX_EDGE_W`.
+    /// Whole pixels (plotters strokes take integers), `MIN_EDGE_W` to `MAX_EDGE_W`.
     pub width: u32,
     /// Stroke opacity, higher for larger |score|.
     pub opacity: f64,
@@ -156,12 +164,13 @@ pub fn top_edges(scores: &EdgeScores, k: usize) -> Result<Vec<&EdgeScore>> {
 }
 
 /// Stroke colour, width and opacity of an edge: colour by sign, width and
-/// opacity growing with |score| / `max_abs`, so weak edges recede.
+/// opacity growing with |score| / `max_abs`, from `MIN_EDGE_W` and
+/// `MIN_OPACITY` up, so weak edges are thinner but never vanish.
 pub fn edge_style(score: f64, max_abs: f64) -> (Colour, u32, f64) {
     let t = if max_abs > 0.0 { (score.abs() / max_abs).clamp(0.0, 1.0) } else { 0.0 };
     let colour = if score < 0.0 { NEGATIVE } else { POSITIVE };
-    let width = 1 + (t * (MAX_EDGE_W - 1) as f64).round() as u32;
-    (colour, width, 0.35 + 0.55 * t)
+    let width = MIN_EDGE_W + (t * (MAX_EDGE_W - MIN_EDGE_W) as f64).round() as u32;
+    (colour, width, MIN_OPACITY + (MAX_OPACITY - MIN_OPACITY) * t)
 }
 
 #[cfg(feature = "figures")]
@@ -549,7 +558,7 @@ pub(crate) mod tests {
         let (small, w_small, o_small) = edge_style(0.01, 2.0);
         assert_eq!((pos, neg, small), (POSITIVE, NEGATIVE, POSITIVE));
         assert!(pos[2] > pos[0] && neg[0] > neg[2], "blue positive, red negative: {pos:?} {neg:?}");
-        assert_eq!((w_max, w_neg, w_small), (MAX_EDGE_W, MAX_EDGE_W, 1));
+        assert_eq!((w_max, w_neg, w_small), (MAX_EDGE_W, MAX_EDGE_W, MIN_EDGE_W));
         assert!(o_max == o_neg && o_small < o_max);
         let l = layout(&synthetic(GPT2_SMALL, 7), 50).unwrap();
         for e in &l.edges {

@@ -227,7 +227,7 @@
     root.append(el("p", { "class": "controls" }, el("label", { "for": "edge-k" }, "Circuit: the top K edges by |score|, K = "),
       kText, " ", slider, " ", caption), holder);
     root.append(el("p", { "class": "note" }, "Blue edges have positive scores (patching the edge to its clean value raises the metric), red negative; " +
-      "width grows with |score|. Heads read at ports q, k, v on their lower edge and write from the top; the input is at the bottom, the logits at the top. " +
+      "width and opacity grow with |score|. Heads read at ports q, k, v on their lower edge and write from the top; the input is at the bottom, the logits at the top. " +
       `Boxes keep their places for every K up to ${E.k_max}.`));
     const faith = E.faithfulness ? new Map(E.faithfulness.points.map(p => [p[0], p[1]])) : new Map();
 

@@ -4,7 +4,7 @@
 //! the method and K, and a legend saying what width and colour mean.
 
 use super::circuit_layout::{
-    edge_curve, edge_style, layout, method_label, BoxKey, CircuitLayout, NodeBox, GUTTER, NEGATIVE, POSITIVE,
+    edge_curve, edge_style, layout, method_label, BoxKey, CircuitLayout, NodeBox, GUTTER, NEGATIVE, PORT_MARK, POSITIVE,
 };
 use super::colour::{rgb, Colour, FRAME, TEXT};
 use super::figure::{draw_header, header_height, write_figure, DrawResult, Figure, SUBTITLE, TITLE};
@@ -22,7 +22,7 @@ const MARGIN: i32 = 14;
 const GAP: i32 = 6;
 const LEGEND: f64 = 14.0;
 const NODE: f64 = 14.0;
-const PORT: f64 = 11.0;
+const PORT: f64 = 12.4;
 const BAND_LABEL: f64 = 13.0;
 /// The header wraps at this width (or the graph's, when wider).
 const MIN_HEADER_W: i32 = 560;
@@ -166,8 +166,9 @@ impl CircuitFigure {
         pen.text(area, &b.label, Place::new(((x0 + x1) / 2, label_y), NODE, HPos::Center, v))?;
         for p in b.ports.iter().filter(|p| !p.label.is_empty()) {
             let (px, py) = self.at(p.at);
-            area.draw(&Rectangle::new([(px - 2, py - 2), (px + 2, py)], TEXT.filled()))?;
-            pen.text(area, p.label, Place::new((px, py - 4), PORT, HPos::Center, VPos::Bottom))?;
+            let (w, h) = PORT_MARK;
+            area.draw(&Rectangle::new([(px - w / 2, py - h), (px + w / 2, py)], TEXT.filled()))?;
+            pen.text(area, p.label, Place::new((px, py - h - 2), PORT, HPos::Center, VPos::Bottom))?;
         }
         Ok(())
     }
@@ -357,5 +358,28 @@ mod tests {
             faint.from,
             faint.to
         );
+    }
+
+    #[test]
+    fn port_marks_are_wide_and_apart() {
+        let s = synthetic(GPT2_SMALL, 21);
+        let (fig, img) = drawn(&s, 20, "ports");
+        let head = fig.graph.boxes.iter().find(|b| matches!(b.key, BoxKey::Head(..))).unwrap();
+        // Each mark's run of text-coloured pixels just inside the lower edge.
+        let ink = |x: i32, y: i32| img.get_pixel(x as u32, y as u32).0 == [TEXT.0, TEXT.1, TEXT.2];
+        let mut marks = vec![];
+        for p in &head.ports {
+            let (px, py) = fig.at(p.at);
+            let y = py - 1;
+            let left = (0..).take_while(|d| ink(px - d, y)).count() as i32;
+            let right = (0..).take_while(|d| ink(px + d, y)).count() as i32;
+            marks.push((px - left + 1, px + right - 1));
+        }
+        for (i, &(a, b)) in marks.iter().enumerate() {
+            assert!(b - a + 1 >= 8, "{}'s port {}: mark {} px wide", head.label, head.ports[i].label, b - a + 1);
+        }
+        for pair in marks.windows(2) {
+            assert!(pair[1].0 - pair[0].1 >= 18, "{}: marks {pair:?} less than 18 px apart", head.label);
+        }
     }
 }

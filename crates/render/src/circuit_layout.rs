@@ -20,14 +20,17 @@ use attrpatch_core::edges::{EdgeScore, EdgeScores};
 use attrpatch_onnx::error::{Error, Result};
 use std::collections::{BTreeMap, BTreeSet};
 
-/// A head or MLP box's width.
-pub const BOX_W: i32 = 66;
+/// A head or MLP box's width: its three ports sit 28 px apart (at 66, 22 px
+/// apart, the edges into neighbouring ports ran together).
+pub const BOX_W: i32 = 84;
 /// Every box's height.
 pub const BOX_H: i32 = 34;
 /// The `input` and `logits` boxes.
 pub const END_W: i32 = 110;
 const COL_GAP: i32 = 14;
 const ROW_GAP: i32 = 38;
+/// A port's mark on its box's lower edge: width and height in pixels.
+pub const PORT_MARK: (i32, i32) = (8, 3);
 /// Left of the columns: the layer labels.
 pub const GUTTER: i32 = 64;
 const MARGIN: i32 = 10;
@@ -481,6 +484,19 @@ pub(crate) mod tests {
             assert!(e.end.1 < e.start.1, "{what}: {} -> {} does not go upwards", e.from, e.to);
             let curve = edge_curve(e.start, e.end, 16);
             assert_eq!((curve[0], curve[16]), (e.start, e.end), "{what}");
+        }
+        // Neighbouring ports far enough apart for their edges to stay apart.
+        for b in &l.boxes {
+            for pair in b.ports.windows(2) {
+                let gap = pair[1].at.0 - pair[0].at.0;
+                assert!(
+                    gap >= 28,
+                    "{what}: {}'s ports {} and {} are {gap} px apart",
+                    b.label,
+                    pair[0].label,
+                    pair[1].label
+                );
+            }
         }
         // Only touched boxes, plus input and logits.
         for (i, b) in l.boxes.iter().enumerate() {

@@ -3,7 +3,9 @@
 //! report.js only picks the top K edges and the boxes they touch, and draws
 //! them where the circuit figure would), and the faithfulness curve when measured.
 
-use super::circuit_layout::{control_points, layout, method_label, top_edges, BoxKey, CircuitLayout, GUTTER};
+use super::circuit_layout::{
+    control_points, layout, method_label, top_edges, BoxKey, CircuitLayout, GUTTER, PORT_MARK,
+};
 #[cfg(feature = "figures")]
 use super::faithfulness::faithfulness_svg;
 use attrpatch_core::edges::{EdgeScore, EdgeScores};
@@ -73,7 +75,7 @@ fn layout_json(g: &CircuitLayout) -> Value {
     let bands: Vec<Value> =
         g.bands.iter().map(|b| json!({"layer": b.layer, "top": b.top, "bottom": b.bottom})).collect();
     json!({
-        "width": g.width, "height": g.height, "gutter": GUTTER,
+        "width": g.width, "height": g.height, "gutter": GUTTER, "port_mark": [PORT_MARK.0, PORT_MARK.1],
         "boxes": boxes, "edges": edges, "bands": bands, "max_abs": g.max_abs,
     })
 }
@@ -147,6 +149,7 @@ mod tests {
             let x = a["x"].as_i64().unwrap() + a["w"].as_i64().unwrap() / 2;
             assert!(d.starts_with(&format!("M{x},{} C", a["y"])), "{d}");
         }
+        assert_eq!(v["layout"]["port_mark"], json!([PORT_MARK.0, PORT_MARK.1]));
         assert!(v["faithfulness"]["svg"].as_str().unwrap().starts_with("<svg"));
         let small = synthetic(attrpatch_core::edges::Topology { layers: 1, heads: 1, kv_heads: 1, parallel: false }, 1);
         let v = edges_json(&EdgeReport { scores: &small, top_k: 3, faithfulness: &[] }).unwrap();

@@ -274,8 +274,9 @@
         g.append(sv("text", { x: b.x + b.w / 2, y: ported ? b.y + 14 : b.y + b.h / 2 + 4, "text-anchor": "middle", "class": "node-label" }, b.label));
         for (const p of b.ports) {
           if (!p.label) continue;
-          g.append(sv("rect", { x: p.x - 2, y: p.y - 2, width: 4, height: 2, fill: "#2a3f5f" }));
-          g.append(sv("text", { x: p.x, y: p.y - 4, "text-anchor": "middle", "class": "port" }, p.label));
+          const [mw, mh] = L.port_mark;
+          g.append(sv("rect", { x: p.x - mw / 2, y: p.y - mh, width: mw, height: mh, fill: "#2a3f5f" }));
+          g.append(sv("text", { x: p.x, y: p.y - mh - 2, "text-anchor": "middle", "class": "port" }, p.label));
         }
         s.append(g);
       });

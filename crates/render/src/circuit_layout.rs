@@ -28,9 +28,15 @@ pub const BOX_H: i32 = 34;
 /// The `input` and `logits` boxes.
 pub const END_W: i32 = 110;
 const COL_GAP: i32 = 14;
-const ROW_GAP: i32 = 38;
+/// Room between rows for the edges to cross over before their lead-ins (at
+/// 38 the curves between adjacent layers ran nearly flat).
+const ROW_GAP: i32 = 56;
 /// A port's mark on its box's lower edge: width and height in pixels.
 pub const PORT_MARK: (i32, i32) = (8, 3);
+/// The last pixels of every edge rise straight up into its port, so edges end
+/// in their own port's column rather than arriving sideways under the
+/// neighbouring ports (and edges into one port join before it).
+pub const LEAD_IN: i32 = 12;
 /// Left of the columns: the layer labels.
 pub const GUTTER: i32 = 64;
 const MARGIN: i32 = 10;
@@ -176,14 +182,20 @@ pub fn edge_style(score: f64, max_abs: f64) -> (Colour, u32, f64) {
     (colour, width, MIN_OPACITY + (MAX_OPACITY - MIN_OPACITY) * t)
 }
 
+/// Where an edge's curve ends and its straight lead-in to the port at `end` begins.
+pub fn lead_in(end: (i32, i32)) -> (i32, i32) {
+    (end.0, end.1 + LEAD_IN)
+}
+
 #[cfg(feature = "figures")]
-/// Points along an edge's curve, `n` + 1 of them from start to end: a cubic
-/// Bézier leaving its writer upwards and entering its reader from below
-/// (report.js draws the same curve as an SVG path).
+/// Points along an edge, `n` + 2 of them from start to end: a cubic Bézier
+/// leaving its writer upwards and ending below its reader's port, then the
+/// lead-in (report.js draws the same path in SVG).
 pub fn edge_curve(start: (i32, i32), end: (i32, i32), n: usize) -> Vec<(i32, i32)> {
-    let [(x0, y0), (x3, y3)] = [start, end].map(|(x, y)| (x as f64, y as f64));
-    let (c1, c2) = control_points(start, end);
-    (0..=n)
+    let lead = lead_in(end);
+    let [(x0, y0), (x3, y3)] = [start, lead].map(|(x, y)| (x as f64, y as f64));
+    let (c1, c2) = control_points(start, lead);
+    let mut points: Vec<(i32, i32)> = (0..=n)
         .map(|i| {
             let t = i as f64 / n as f64;
             let u = 1.0 - t;
@@ -192,11 +204,13 @@ pub fn edge_curve(start: (i32, i32), end: (i32, i32), n: usize) -> Vec<(i32, i32
             let y = a * y0 + b * c1.1 + c * c2.1 + d * y3;
             (x.round() as i32, y.round() as i32)
         })
-        .collect()
+        .collect();
+    points.push(end);
+    points
 }
 
-/// The curve's two control points: straight up from the start and straight
-/// below the end, half the height apart.
+/// The control points of a curve from `start` up to `end`: straight up from
+/// the start and straight below the end, half the height apart.
 pub fn control_points(start: (i32, i32), end: (i32, i32)) -> ((f64, f64), (f64, f64)) {
     let bend = ((start.1 - end.1) as f64 / 2.0).max(12.0);
     ((start.0 as f64, start.1 as f64 - bend), (end.0 as f64, end.1 as f64 + bend))
@@ -461,6 +475,25 @@ pub(crate) mod tests {
         a.x < b.x + b.w && b.x < a.x + a.w && a.y < b.y + b.h && b.y < a.y + a.h
     }
 
+    /// In the 12 px below its port an edge rises straight up into it (within a
+    /// pixel of the port's x), so it does not arrive sideways under a neighbour.
+    fn arrives_from_below(curve: &[(i32, i32)], what: &str, e: &PlacedEdge) {
+        for pair in curve.windows(2) {
+            let [(x0, y0), (x1, y1)] = [pair[0], pair[1]];
+            let n = (x1 - x0).abs().max((y1 - y0).abs()).max(1);
+            for (x, y) in (0..=n).map(|i| (x0 + (x1 - x0) * i / n, y0 + (y1 - y0) * i / n)) {
+                let below = y - e.end.1;
+                assert!(
+                    !(0..=12).contains(&below) || (x - e.end.0).abs() <= 1,
+                    "{what}: {} -> {} is {} px to the side {below} px below its port",
+                    e.from,
+                    e.to,
+                    x - e.end.0
+                );
+            }
+        }
+    }
+
     /// Every check a layout must pass, for several topologies and K.
     fn check(s: &EdgeScores, k: usize) {
         let l = layout(s, k).unwrap();
@@ -482,8 +515,9 @@ pub(crate) mod tests {
             assert_eq!(port.at, e.end, "{what}: {}", e.to);
             assert!(e.end.1 == r.y + r.h && (r.x..=r.x + r.w).contains(&e.end.0), "{what}: {} port off its box", e.to);
             assert!(e.end.1 < e.start.1, "{what}: {} -> {} does not go upwards", e.from, e.to);
-            let curve = edge_curve(e.start, e.end, 16);
-            assert_eq!((curve[0], curve[16]), (e.start, e.end), "{what}");
+            let curve = edge_curve(e.start, e.end, 64);
+            assert_eq!((curve[0], *curve.last().unwrap()), (e.start, e.end), "{what}");
+            arrives_from_below(&curve, &what, e);
         }
         // Neighbouring ports far enough apart for their edges to stay apart.
         for b in &l.boxes {

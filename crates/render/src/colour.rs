@@ -48,7 +48,8 @@ pub fn rgb(c: Colour) -> RGBColor {
     RGBColor(c[0], c[1], c[2])
 }
 
-#[cfg(test)]
+// The scale's function is drawn only with the figures.
+#[cfg(all(test, feature = "figures"))]
 mod tests {
     use super::*;
 

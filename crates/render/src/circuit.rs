@@ -1,12 +1,12 @@
 //! The circuit figure, circuit.svg and circuit.png: the top-K edges by |score|
-//! as a layered graph (placed by `circuit_layout`), edge width by |score|,
+//! as a layered graph (placed by `circuit_layout`), edge width and opacity by |score|,
 //! colour by sign (RdBu's ends, as in the heatmaps), with a title, the metric,
 //! the method and K, and a legend saying what width and colour mean.
 
 use super::circuit_layout::{
-    edge_curve, layout, method_label, BoxKey, CircuitLayout, NodeBox, GUTTER, MAX_EDGE_W, NEGATIVE, POSITIVE,
+    edge_curve, edge_style, layout, method_label, BoxKey, CircuitLayout, NodeBox, GUTTER, NEGATIVE, PORT_MARK, POSITIVE,
 };
-use super::colour::{rgb, FRAME, TEXT};
+use super::colour::{rgb, Colour, FRAME, TEXT};
 use super::figure::{draw_header, header_height, write_figure, DrawResult, Figure, SUBTITLE, TITLE};
 use super::font::{text_h, text_w, wrap};
 use super::pen::{Pen, Place};
@@ -22,7 +22,7 @@ const MARGIN: i32 = 14;
 const GAP: i32 = 6;
 const LEGEND: f64 = 14.0;
 const NODE: f64 = 14.0;
-const PORT: f64 = 11.0;
+const PORT: f64 = 12.4;
 const BAND_LABEL: f64 = 13.0;
 /// The header wraps at this width (or the graph's, when wider).
 const MIN_HEADER_W: i32 = 560;
@@ -57,16 +57,39 @@ fn boxes_legend(s: &EdgeScores) -> String {
     format!("boxes: {heads}; writers write from the top; MLPs m{{layer}}{parallel}")
 }
 
+/// A legend sample stroke: colour, width in pixels, opacity.
+type Stroke = (Colour, u32, f64);
+
+/// The width entry's samples, styled as the edges of the smallest drawn
+/// |score|, the midpoint and the largest are, and its text.
+fn width_legend(smallest: f64, max_abs: f64) -> (Vec<Stroke>, String) {
+    let strokes: Vec<Stroke> = [smallest, (smallest + max_abs) / 2.0, max_abs]
+        .into_iter()
+        .map(|v| {
+            let (_, w, o) = edge_style(v, max_abs);
+            (POSITIVE, w, o)
+        })
+        .collect();
+    let text = format!(
+        "width and opacity grow with |score|: from {} px at {} (the smallest drawn) to {} px at {} (the largest)",
+        strokes[0].1,
+        fmt_tick(smallest),
+        strokes[2].1,
+        fmt_tick(max_abs)
+    );
+    (strokes, text)
+}
+
 /// One legend entry: sample strokes (maybe none), then text wrapped to the header.
 struct LegendLine {
-    strokes: Vec<(RGBColor, u32)>,
+    strokes: Vec<Stroke>,
     text: String,
     /// `text` wrapped, filled in once the header's width is known.
     lines: Vec<String>,
 }
 
 impl LegendLine {
-    fn new(strokes: Vec<(RGBColor, u32)>, text: String) -> Self {
+    fn new(strokes: Vec<Stroke>, text: String) -> Self {
         LegendLine { strokes, text, lines: vec![] }
     }
 
@@ -96,21 +119,14 @@ impl CircuitFigure {
         let subtitle = format!("metric: normalised {} · method: {} · K = {k}", scores.metric, method_label(scores));
         let subtitle = wrap(&subtitle, SUBTITLE, header_w as u32);
         let smallest = graph.edges.last().map_or(0.0, |e| e.score.abs());
-        let (pos, neg) = (rgb(POSITIVE), rgb(NEGATIVE));
+        let (widths, widths_text) = width_legend(smallest, graph.max_abs);
         let mut legend = vec![
             LegendLine::new(
-                vec![(pos, 3)],
+                vec![(POSITIVE, 3, 1.0)],
                 "positive score: patching the edge to its clean value raises the metric".into(),
             ),
-            LegendLine::new(vec![(neg, 3)], "negative score: it lowers the metric".into()),
-            LegendLine::new(
-                vec![(pos, 1), (pos, MAX_EDGE_W / 2), (pos, MAX_EDGE_W)],
-                format!(
-                    "width ∝ |score|: from {} (the smallest drawn) to {} (the largest)",
-                    fmt_tick(smallest),
-                    fmt_tick(graph.max_abs)
-                ),
-            ),
+            LegendLine::new(vec![(NEGATIVE, 3, 1.0)], "negative score: it lowers the metric".into()),
+            LegendLine::new(widths, widths_text),
             LegendLine::new(vec![], boxes_legend(scores)),
         ];
         for l in &mut legend {
@@ -150,8 +166,9 @@ impl CircuitFigure {
         pen.text(area, &b.label, Place::new(((x0 + x1) / 2, label_y), NODE, HPos::Center, v))?;
         for p in b.ports.iter().filter(|p| !p.label.is_empty()) {
             let (px, py) = self.at(p.at);
-            area.draw(&Rectangle::new([(px - 2, py - 2), (px + 2, py)], TEXT.filled()))?;
-            pen.text(area, p.label, Place::new((px, py - 4), PORT, HPos::Center, VPos::Bottom))?;
+            let (w, h) = PORT_MARK;
+            area.draw(&Rectangle::new([(px - w / 2, py - h), (px + w / 2, py)], TEXT.filled()))?;
+            pen.text(area, p.label, Place::new((px, py - h - 2), PORT, HPos::Center, VPos::Bottom))?;
         }
         Ok(())
     }
@@ -168,8 +185,9 @@ impl Figure for CircuitFigure {
         for line in &self.legend {
             let mid = y + text_h(LEGEND) / 2;
             let mut x = MARGIN;
-            for &(colour, width) in &line.strokes {
-                area.draw(&PathElement::new(vec![(x, mid), (x + SAMPLE, mid)], colour.stroke_width(width)))?;
+            for &(colour, width, opacity) in &line.strokes {
+                let style = rgb(colour).mix(opacity).stroke_width(width);
+                area.draw(&PathElement::new(vec![(x, mid), (x + SAMPLE, mid)], style))?;
                 x += SAMPLE + GAP;
             }
             for text in &line.lines {
@@ -241,5 +259,127 @@ mod tests {
         let near = |a: u8, b: u8| (a as i32 - b as i32).abs() < 70;
         assert!(near(p[0], c[0]) && near(p[1], c[1]) && near(p[2], c[2]), "pixel {p:?} at the top edge, colour {c:?}");
         std::fs::remove_dir_all(dir).ok();
+    }
+
+    /// WCAG 2's relative luminance of an sRGB colour.
+    fn luminance(c: [f64; 3]) -> f64 {
+        let lin = |v: f64| {
+            let v = v / 255.0;
+            if v <= 0.03928 {
+                v / 12.92
+            } else {
+                ((v + 0.055) / 1.055).powf(2.4)
+            }
+        };
+        0.2126 * lin(c[0]) + 0.7152 * lin(c[1]) + 0.0722 * lin(c[2])
+    }
+
+    /// WCAG 2's contrast ratio, 1 (none) to 21; 3 is its minimum for graphics.
+    fn contrast(a: [f64; 3], b: [f64; 3]) -> f64 {
+        let (la, lb) = (luminance(a), luminance(b));
+        (la.max(lb) + 0.05) / (la.min(lb) + 0.05)
+    }
+
+    /// `c` at `opacity` over `bg`, as plotters blends a stroke.
+    fn over(c: Colour, opacity: f64, bg: RGBColor) -> [f64; 3] {
+        let bg = [bg.0, bg.1, bg.2];
+        std::array::from_fn(|i| c[i] as f64 * opacity + bg[i] as f64 * (1.0 - opacity))
+    }
+
+    fn as_f64(p: [u8; 3]) -> [f64; 3] {
+        p.map(f64::from)
+    }
+
+    /// The figure of the top `k` edges of `s`, and its PNG.
+    fn drawn(s: &EdgeScores, k: usize, name: &str) -> (CircuitFigure, image::RgbImage) {
+        let dir = std::env::temp_dir().join(format!("attrpatch-circuit-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        write_circuit(&dir, s, k).unwrap();
+        let img = image::open(dir.join("circuit.png")).unwrap().to_rgb8();
+        std::fs::remove_dir_all(dir).ok();
+        (CircuitFigure::new(s, k).unwrap(), img)
+    }
+
+    /// Every pixel along a polyline, in steps of at most one pixel.
+    fn dense(points: &[(i32, i32)]) -> Vec<(i32, i32)> {
+        let mut out = vec![points[0]];
+        for pair in points.windows(2) {
+            let [(x0, y0), (x1, y1)] = [pair[0], pair[1]];
+            let n = (x1 - x0).abs().max((y1 - y0).abs()).max(1);
+            out.extend((1..=n).map(|i| (x0 + (x1 - x0) * i / n, y0 + (y1 - y0) * i / n)));
+        }
+        out
+    }
+
+    #[test]
+    fn edge_styles_stand_out_and_grow_with_score() {
+        // Any kept |score|, either sign, on white or on a shaded band: at least
+        // 3:1, 2 px, and never thinner or fainter for a larger |score|.
+        let mut last = (0, 0.0);
+        for i in 1..=100 {
+            let v = i as f64 / 100.0;
+            let (pos, w, o) = edge_style(v, 1.0);
+            let (neg, w_neg, o_neg) = edge_style(-v, 1.0);
+            assert_eq!((w, o), (w_neg, o_neg), "|score| {v}: the sign changes only the colour");
+            assert!(w >= 2 && w >= last.0 && o >= last.1, "|score| {v}: width {w}, opacity {o} after {last:?}");
+            last = (w, o);
+            for bg in [WHITE, BAND] {
+                for c in [pos, neg] {
+                    let ratio = contrast(over(c, o, bg), as_f64([bg.0, bg.1, bg.2]));
+                    assert!(ratio >= 3.0, "|score| {v}: {c:?} at opacity {o:.2} on {bg:?} has contrast {ratio:.2}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_faintest_drawn_edge_stands_out_in_the_png() {
+        // Where no box or other edge is near, against the background there.
+        let s = synthetic(GPT2_SMALL, 21);
+        let (fig, img) = drawn(&s, 20, "faint");
+        let g = &fig.graph;
+        let faint = g.edges.last().unwrap();
+        let others: Vec<(i32, i32)> =
+            g.edges[..g.edges.len() - 1].iter().flat_map(|e| dense(&edge_curve(e.start, e.end, CURVE_STEPS))).collect();
+        let clear = |&(x, y): &(i32, i32)| {
+            g.boxes.iter().all(|b| x < b.x - 4 || x > b.x + b.w + 4 || y < b.y - 4 || y > b.y + b.h + 4)
+                && others.iter().all(|&(ox, oy)| (ox - x).abs().max((oy - y).abs()) > 10)
+        };
+        let curve = dense(&edge_curve(faint.start, faint.end, CURVE_STEPS));
+        let at = *curve.iter().find(|p| clear(p)).expect("the faintest edge is covered all along");
+        let shaded = g.bands.iter().any(|b| b.layer % 2 == 0 && (b.top..b.bottom).contains(&at.1));
+        let bg = if shaded { BAND } else { WHITE };
+        let (x, y) = fig.at(at);
+        let p = img.get_pixel(x as u32, y as u32).0;
+        let ratio = contrast(as_f64(p), as_f64([bg.0, bg.1, bg.2]));
+        assert!(
+            ratio >= 3.0,
+            "faintest edge {} -> {}: pixel {p:?} on {bg:?}, contrast {ratio:.2}",
+            faint.from,
+            faint.to
+        );
+    }
+
+    #[test]
+    fn port_marks_are_wide_and_apart() {
+        let s = synthetic(GPT2_SMALL, 21);
+        let (fig, img) = drawn(&s, 20, "ports");
+        let head = fig.graph.boxes.iter().find(|b| matches!(b.key, BoxKey::Head(..))).unwrap();
+        // Each mark's run of text-coloured pixels just inside the lower edge.
+        let ink = |x: i32, y: i32| img.get_pixel(x as u32, y as u32).0 == [TEXT.0, TEXT.1, TEXT.2];
+        let mut marks = vec![];
+        for p in &head.ports {
+            let (px, py) = fig.at(p.at);
+            let y = py - 1;
+            let left = (0..).take_while(|d| ink(px - d, y)).count() as i32;
+            let right = (0..).take_while(|d| ink(px + d, y)).count() as i32;
+            marks.push((px - left + 1, px + right - 1));
+        }
+        for (i, &(a, b)) in marks.iter().enumerate() {
+            assert!(b - a + 1 >= 8, "{}'s port {}: mark {} px wide", head.label, head.ports[i].label, b - a + 1);
+        }
+        for pair in marks.windows(2) {
+            assert!(pair[1].0 - pair[0].1 >= 18, "{}: marks {pair:?} less than 18 px apart", head.label);
+        }
     }
 }

@@ -20,14 +20,23 @@ use attrpatch_core::edges::{EdgeScore, EdgeScores, Qkv, Reader};
 use attrpatch_onnx::error::{Error, Result};
 use std::collections::{BTreeMap, BTreeSet};
 
-/// A head or MLP box's width.
-pub const BOX_W: i32 = 66;
+/// A head or MLP box's width: its three ports sit 28 px apart (at 66, 22 px
+/// apart, the edges into neighbouring ports ran together).
+pub const BOX_W: i32 = 84;
 /// Every box's height.
 pub const BOX_H: i32 = 34;
 /// The `input` and `logits` boxes.
 pub const END_W: i32 = 110;
 const COL_GAP: i32 = 14;
-const ROW_GAP: i32 = 38;
+/// Room between rows for the edges to cross over before their lead-ins (at
+/// 38 the curves between adjacent layers ran nearly flat).
+const ROW_GAP: i32 = 56;
+/// A port's mark on its box's lower edge: width and height in pixels.
+pub const PORT_MARK: (i32, i32) = (8, 3);
+/// The last pixels of every edge rise straight up into its port, so edges end
+/// in their own port's column rather than arriving sideways under the
+/// neighbouring ports (and edges into one port join before it).
+pub const LEAD_IN: i32 = 12;
 /// Left of the columns: the layer labels.
 pub const GUTTER: i32 = 64;
 const MARGIN: i32 = 10;
@@ -37,8 +46,16 @@ const MARGIN: i32 = 10;
 pub const POSITIVE: Colour = RDBU[9];
 /// Negative edges: RdBu's red end.
 pub const NEGATIVE: Colour = RDBU[1];
-/// The widest edge (the largest |score|), in pixels; the narrowest is 1.
+/// The widest edge (the largest |score|), in pixels.
 pub const MAX_EDGE_W: u32 = 8;
+/// The narrowest edge, in pixels: a kept edge is in the circuit, so it must be
+/// seen (plotters draws 1-pixel strokes without anti-aliasing, as broken steps).
+pub const MIN_EDGE_W: u32 = 2;
+/// The faintest edge's opacity: RdBu's blue end at 0.75 keeps 3.3:1 contrast
+/// on the shaded bands (WCAG's 3:1 for graphics); 0.35 gave 1.7:1.
+pub const MIN_OPACITY: f64 = 0.75;
+/// The strongest edge's opacity (below 1, so crossings stay readable).
+pub const MAX_OPACITY: f64 = 0.95;
 
 /// What a box stands for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -107,7 +124,7 @@ pub struct PlacedEdge {
     pub end: (i32, i32),
     /// By sign: `POSITIVE` or `NEGATIVE`.
     pub colour: Colour,
-    /// Whole pixels (plotters strokes take integers), 1 to `MAX_EDGE_W`.
+    /// Whole pixels (plotters strokes take integers), `MIN_EDGE_W` to `MAX_EDGE_W`.
     pub width: u32,
     /// Stroke opacity, higher for larger |score|.
     pub opacity: f64,
@@ -156,22 +173,29 @@ pub fn top_edges(scores: &EdgeScores, k: usize) -> Result<Vec<&EdgeScore>> {
 }
 
 /// Stroke colour, width and opacity of an edge: colour by sign, width and
-/// opacity growing with |score| / `max_abs`, so weak edges recede.
+/// opacity growing with |score| / `max_abs`, from `MIN_EDGE_W` and
+/// `MIN_OPACITY` up, so weak edges are thinner but never vanish.
 pub fn edge_style(score: f64, max_abs: f64) -> (Colour, u32, f64) {
     let t = if max_abs > 0.0 { (score.abs() / max_abs).clamp(0.0, 1.0) } else { 0.0 };
     let colour = if score < 0.0 { NEGATIVE } else { POSITIVE };
-    let width = 1 + (t * (MAX_EDGE_W - 1) as f64).round() as u32;
-    (colour, width, 0.35 + 0.55 * t)
+    let width = MIN_EDGE_W + (t * (MAX_EDGE_W - MIN_EDGE_W) as f64).round() as u32;
+    (colour, width, MIN_OPACITY + (MAX_OPACITY - MIN_OPACITY) * t)
+}
+
+/// Where an edge's curve ends and its straight lead-in to the port at `end` begins.
+pub fn lead_in(end: (i32, i32)) -> (i32, i32) {
+    (end.0, end.1 + LEAD_IN)
 }
 
 #[cfg(feature = "figures")]
-/// Points along an edge's curve, `n` + 1 of them from start to end: a cubic
-/// Bézier leaving its writer upwards and entering its reader from below
-/// (report.js draws the same curve as an SVG path).
+/// Points along an edge, `n` + 2 of them from start to end: a cubic Bézier
+/// leaving its writer upwards and ending below its reader's port, then the
+/// lead-in (report.js draws the same path in SVG).
 pub fn edge_curve(start: (i32, i32), end: (i32, i32), n: usize) -> Vec<(i32, i32)> {
-    let [(x0, y0), (x3, y3)] = [start, end].map(|(x, y)| (x as f64, y as f64));
-    let (c1, c2) = control_points(start, end);
-    (0..=n)
+    let lead = lead_in(end);
+    let [(x0, y0), (x3, y3)] = [start, lead].map(|(x, y)| (x as f64, y as f64));
+    let (c1, c2) = control_points(start, lead);
+    let mut points: Vec<(i32, i32)> = (0..=n)
         .map(|i| {
             let t = i as f64 / n as f64;
             let u = 1.0 - t;
@@ -180,11 +204,13 @@ pub fn edge_curve(start: (i32, i32), end: (i32, i32), n: usize) -> Vec<(i32, i32
             let y = a * y0 + b * c1.1 + c * c2.1 + d * y3;
             (x.round() as i32, y.round() as i32)
         })
-        .collect()
+        .collect();
+    points.push(end);
+    points
 }
 
-/// The curve's two control points: straight up from the start and straight
-/// below the end, half the height apart.
+/// The control points of a curve from `start` up to `end`: straight up from
+/// the start and straight below the end, half the height apart.
 pub fn control_points(start: (i32, i32), end: (i32, i32)) -> ((f64, f64), (f64, f64)) {
     let bend = ((start.1 - end.1) as f64 / 2.0).max(12.0);
     ((start.0 as f64, start.1 as f64 - bend), (end.0 as f64, end.1 as f64 + bend))
@@ -443,6 +469,26 @@ pub(crate) mod tests {
         a.x < b.x + b.w && b.x < a.x + a.w && a.y < b.y + b.h && b.y < a.y + a.h
     }
 
+    #[cfg(feature = "figures")]
+    /// In the 12 px below its port an edge rises straight up into it (within a
+    /// pixel of the port's x), so it does not arrive sideways under a neighbour.
+    fn arrives_from_below(curve: &[(i32, i32)], what: &str, e: &PlacedEdge) {
+        for pair in curve.windows(2) {
+            let [(x0, y0), (x1, y1)] = [pair[0], pair[1]];
+            let n = (x1 - x0).abs().max((y1 - y0).abs()).max(1);
+            for (x, y) in (0..=n).map(|i| (x0 + (x1 - x0) * i / n, y0 + (y1 - y0) * i / n)) {
+                let below = y - e.end.1;
+                assert!(
+                    !(0..=12).contains(&below) || (x - e.end.0).abs() <= 1,
+                    "{what}: {} -> {} is {} px to the side {below} px below its port",
+                    e.from,
+                    e.to,
+                    x - e.end.0
+                );
+            }
+        }
+    }
+
     /// Every check a layout must pass, for several topologies and K.
     fn check(s: &EdgeScores, k: usize) {
         let l = layout(s, k).unwrap();
@@ -464,8 +510,26 @@ pub(crate) mod tests {
             assert_eq!(port.at, e.end, "{what}: {}", e.to);
             assert!(e.end.1 == r.y + r.h && (r.x..=r.x + r.w).contains(&e.end.0), "{what}: {} port off its box", e.to);
             assert!(e.end.1 < e.start.1, "{what}: {} -> {} does not go upwards", e.from, e.to);
-            let curve = edge_curve(e.start, e.end, 16);
-            assert_eq!((curve[0], curve[16]), (e.start, e.end), "{what}");
+            // The curve's points are drawn only with the figures (report.js draws its own).
+            #[cfg(feature = "figures")]
+            {
+                let curve = edge_curve(e.start, e.end, 64);
+                assert_eq!((curve[0], *curve.last().unwrap()), (e.start, e.end), "{what}");
+                arrives_from_below(&curve, &what, e);
+            }
+        }
+        // Neighbouring ports far enough apart for their edges to stay apart.
+        for b in &l.boxes {
+            for pair in b.ports.windows(2) {
+                let gap = pair[1].at.0 - pair[0].at.0;
+                assert!(
+                    gap >= 28,
+                    "{what}: {}'s ports {} and {} are {gap} px apart",
+                    b.label,
+                    pair[0].label,
+                    pair[1].label
+                );
+            }
         }
         // Only touched boxes, plus input and logits.
         for (i, b) in l.boxes.iter().enumerate() {
@@ -543,7 +607,7 @@ pub(crate) mod tests {
         let (small, w_small, o_small) = edge_style(0.01, 2.0);
         assert_eq!((pos, neg, small), (POSITIVE, NEGATIVE, POSITIVE));
         assert!(pos[2] > pos[0] && neg[0] > neg[2], "blue positive, red negative: {pos:?} {neg:?}");
-        assert_eq!((w_max, w_neg, w_small), (MAX_EDGE_W, MAX_EDGE_W, 1));
+        assert_eq!((w_max, w_neg, w_small), (MAX_EDGE_W, MAX_EDGE_W, MIN_EDGE_W));
         assert!(o_max == o_neg && o_small < o_max);
         let l = layout(&synthetic(GPT2_SMALL, 7), 50).unwrap();
         for e in &l.edges {

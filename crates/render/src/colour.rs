@@ -48,6 +48,7 @@ pub fn rgb(c: Colour) -> RGBColor {
     RGBColor(c[0], c[1], c[2])
 }
 
+// The scale's function is drawn only with the figures.
 #[cfg(all(test, feature = "figures"))]
 mod tests {
     use super::*;

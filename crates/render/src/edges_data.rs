@@ -3,7 +3,9 @@
 //! report.js only picks the top K edges and the boxes they touch, and draws
 //! them where the circuit figure would), and the faithfulness curve when measured.
 
-use super::circuit_layout::{control_points, layout, method_label, top_edges, BoxKey, CircuitLayout, GUTTER};
+use super::circuit_layout::{
+    control_points, layout, lead_in, method_label, top_edges, BoxKey, CircuitLayout, GUTTER, PORT_MARK,
+};
 #[cfg(feature = "figures")]
 use super::faithfulness::faithfulness_svg;
 use attrpatch_core::edges::{EdgeScore, EdgeScores};
@@ -61,11 +63,13 @@ fn layout_json(g: &CircuitLayout) -> Value {
         .edges
         .iter()
         .map(|e| {
-            let (c1, c2) = control_points(e.start, e.end);
+            let lead = lead_in(e.end);
+            let (c1, c2) = control_points(e.start, lead);
             let [r, gr, b] = e.colour;
+            let (s, t) = (e.start, e.end);
             json!({
                 "from": e.from, "to": e.to, "score": e.score, "a": e.from_box, "b": e.to_box,
-                "d": format!("M{},{} C{},{} {},{} {},{}", e.start.0, e.start.1, c1.0, c1.1, c2.0, c2.1, e.end.0, e.end.1),
+                "d": format!("M{},{} C{},{} {},{} {},{} L{},{}", s.0, s.1, c1.0, c1.1, c2.0, c2.1, lead.0, lead.1, t.0, t.1),
                 "colour": format!("rgb({r},{gr},{b})"), "width": e.width, "opacity": e.opacity,
             })
         })
@@ -73,7 +77,7 @@ fn layout_json(g: &CircuitLayout) -> Value {
     let bands: Vec<Value> =
         g.bands.iter().map(|b| json!({"layer": b.layer, "top": b.top, "bottom": b.bottom})).collect();
     json!({
-        "width": g.width, "height": g.height, "gutter": GUTTER,
+        "width": g.width, "height": g.height, "gutter": GUTTER, "port_mark": [PORT_MARK.0, PORT_MARK.1],
         "boxes": boxes, "edges": edges, "bands": bands, "max_abs": g.max_abs,
     })
 }
@@ -128,6 +132,7 @@ fn edges_json_with(r: &EdgeReport, table_cap: usize) -> Result<Value> {
 #[cfg(test)]
 mod tests {
     use super::super::circuit_layout::tests::{synthetic, GPT2_SMALL};
+    use super::super::circuit_layout::LEAD_IN;
     use super::*;
 
     #[test]
@@ -148,8 +153,16 @@ mod tests {
             let d = e["d"].as_str().unwrap();
             let x = a["x"].as_i64().unwrap() + a["w"].as_i64().unwrap() / 2;
             assert!(d.starts_with(&format!("M{x},{} C", a["y"])), "{d}");
+            // ... and rises straight into its port, as in the circuit figure.
+            let port = b["ports"].as_array().unwrap().iter().find(|p| p["reader"] == e["to"]).unwrap();
+            let (px, py) = (port["x"].as_i64().unwrap(), port["y"].as_i64().unwrap());
+            assert!(d.ends_with(&format!(" {px},{} L{px},{py}", py + LEAD_IN as i64)), "{d}");
         }
+        assert_eq!(v["layout"]["port_mark"], json!([PORT_MARK.0, PORT_MARK.1]));
+        // The curve's SVG is drawn with plotters: without the figures the page has only its points.
+        #[cfg(feature = "figures")]
         assert!(v["faithfulness"]["svg"].as_str().unwrap().starts_with("<svg"));
+        assert_eq!(v["faithfulness"]["points"].as_array().map(Vec::len), Some(2));
         let small = synthetic(attrpatch_core::edges::Topology { layers: 1, heads: 1, kv_heads: 1, parallel: false }, 1);
         let v = edges_json(&EdgeReport { scores: &small, top_k: 3, faithfulness: &[] }).unwrap();
         assert_eq!(v["k_max"].as_u64(), Some(small.edges.len() as u64));

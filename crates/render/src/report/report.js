@@ -227,7 +227,7 @@
     root.append(el("p", { "class": "controls" }, el("label", { "for": "edge-k" }, "Circuit: the top K edges by |score|, K = "),
       kText, " ", slider, " ", caption), holder);
     root.append(el("p", { "class": "note" }, "Blue edges have positive scores (patching the edge to its clean value raises the metric), red negative; " +
-      "width grows with |score|. Heads read at ports q, k, v on their lower edge and write from the top; the input is at the bottom, the logits at the top. " +
+      "width and opacity grow with |score|. Heads read at ports q, k, v on their lower edge and write from the top; the input is at the bottom, the logits at the top. " +
       `Boxes keep their places for every K up to ${E.k_max}.`));
     const faith = E.faithfulness ? new Map(E.faithfulness.points.map(p => [p[0], p[1]])) : new Map();
 
@@ -274,8 +274,9 @@
         g.append(sv("text", { x: b.x + b.w / 2, y: ported ? b.y + 14 : b.y + b.h / 2 + 4, "text-anchor": "middle", "class": "node-label" }, b.label));
         for (const p of b.ports) {
           if (!p.label) continue;
-          g.append(sv("rect", { x: p.x - 2, y: p.y - 2, width: 4, height: 2, fill: "#2a3f5f" }));
-          g.append(sv("text", { x: p.x, y: p.y - 4, "text-anchor": "middle", "class": "port" }, p.label));
+          const [mw, mh] = L.port_mark;
+          g.append(sv("rect", { x: p.x - mw / 2, y: p.y - mh, width: mw, height: mh, fill: "#2a3f5f" }));
+          g.append(sv("text", { x: p.x, y: p.y - mh - 2, "text-anchor": "middle", "class": "port" }, p.label));
         }
         s.append(g);
       });

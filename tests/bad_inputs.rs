@@ -216,10 +216,12 @@ fn tokenizer_does_not_match_the_vocabulary() {
     run_model(&p, &[], &["outside the model's vocabulary of 1000", "does not match the model's vocabulary size"]);
 }
 
-fn jsonl(name: &str, text: &str) -> PathBuf {
-    let p = fresh_dir(name).join("prompts.jsonl");
+/// A prompts file of `text` in a fresh dir, with the dir's guard (hold it while the file is used).
+fn jsonl(name: &str, text: &str) -> (TestDir, PathBuf) {
+    let dir = fresh_dir(name);
+    let p = dir.join("prompts.jsonl");
     std::fs::write(&p, text).unwrap();
-    p
+    (dir, p)
 }
 
 fn run_prompts(p: &Path, expected: &[&str]) {
@@ -229,7 +231,7 @@ fn run_prompts(p: &Path, expected: &[&str]) {
 
 #[test]
 fn answer_that_is_not_one_token() {
-    let p = jsonl(
+    let (_dir, p) = jsonl(
         "answer",
         r#"{"clean": "When John and Mary went to the shops, John gave the bag to", "corrupted": "When John and Mary went to the shops, Mary gave the bag to", "correct": " Maryland-ish", "incorrect": " John"}"#,
     );
@@ -238,7 +240,7 @@ fn answer_that_is_not_one_token() {
 
 #[test]
 fn pair_lengths_differ() {
-    let p = jsonl(
+    let (_dir, p) = jsonl(
         "lengths",
         r#"{"clean": "When John and Mary went to the shops, John gave the bag to", "corrupted": "When John and Mary went to the big shops, Mary gave the bag to", "correct": " Mary", "incorrect": " John"}"#,
     );
@@ -247,14 +249,14 @@ fn pair_lengths_differ() {
 
 #[test]
 fn empty_prompt_file() {
-    let p = jsonl("empty", "\n\n");
+    let (_dir, p) = jsonl("empty", "\n\n");
     run_prompts(&p, &["contains no prompt pairs"]);
 }
 
 #[test]
 fn malformed_jsonl_line() {
     let good = r#"{"clean": "a b", "corrupted": "a c", "correct": " x", "incorrect": " y"}"#;
-    let p = jsonl("malformed", &format!("{good}\n{{\"clean\": \"oops\"\n"));
+    let (_dir, p) = jsonl("malformed", &format!("{good}\n{{\"clean\": \"oops\"\n"));
     run_prompts(&p, &["prompts.jsonl:2:"]);
 }
 
@@ -270,7 +272,7 @@ fn output_folder_cannot_be_written() {
 #[test]
 fn equal_baselines_are_explained() {
     let text = r#"{"clean": "When John and Mary went to the shops, John gave the bag to", "corrupted": "When John and Mary went to the shops, John gave the bag to", "correct": " Mary", "incorrect": " John"}"#;
-    let p = jsonl("same", text);
+    let (_dir, p) = jsonl("same", text);
     run_prompts(&p, &["logit differences are equal", "divides by their difference"]);
 }
 

@@ -22,8 +22,11 @@ fn fails(args: &[&str], expected: &[&str]) -> String {
 /// The synthetic models do not mix positions, so the prompts differ in their last token.
 const SYNTH_PROMPTS: &str = r#"{"clean": "When John and Mary went to the shops, John gave the bag to", "corrupted": "When John and Mary went to the shops, John gave the bag at", "correct": " Mary", "incorrect": " John"}"#;
 
-fn synth_args(model: &Path, out: &Path) -> Vec<String> {
-    let prompts = out.with_extension("jsonl");
+/// `run` of `model` on SYNTH_PROMPTS, written to `dir`/prompts.jsonl, into `dir`/out (all inside
+/// `dir`: a file beside a fresh dir would outlive its guard).
+fn synth_args(model: &Path, dir: &Path) -> Vec<String> {
+    let prompts = dir.join("prompts.jsonl");
+    let out = dir.join("out");
     std::fs::write(&prompts, SYNTH_PROMPTS).unwrap();
     [
         "run",
@@ -46,8 +49,8 @@ fn synth_args(model: &Path, out: &Path) -> Vec<String> {
 }
 
 fn run_model(model: &Path, extra: &[&str], expected: &[&str]) -> String {
-    let out = fresh_dir("out");
-    let owned = synth_args(model, &out);
+    let dir = fresh_dir("out");
+    let owned = synth_args(model, &dir);
     let mut args: Vec<&str> = owned.iter().map(|s| s.as_str()).collect();
     args.extend_from_slice(extra);
     fails(&args, expected)
@@ -58,11 +61,8 @@ fn synthetic_model_runs() {
     // The baseline the other cases break: this one must work.
     let d = fresh_dir("ok");
     let m = Synth::default().write(&d, "ok.onnx");
-    let o = Command::new(env!("CARGO_BIN_EXE_attrpatch"))
-        .args(synth_args(&m, &d.join("out")))
-        .current_dir(root())
-        .output()
-        .unwrap();
+    let o =
+        Command::new(env!("CARGO_BIN_EXE_attrpatch")).args(synth_args(&m, &d)).current_dir(root()).output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }
 
@@ -331,8 +331,7 @@ fn regression_constant_hook_was_reported_as_not_produced() {
 fn non_finite_metric_is_named() {
     let d = fresh_dir("nan");
     let m = Synth { extra_op: Some("Log".into()), ..Default::default() }.write(&d, "nan.onnx");
-    let out = d.join("out");
-    let owned = synth_args(&m, &out);
+    let owned = synth_args(&m, &d);
     let args: Vec<&str> = owned.iter().map(|s| s.as_str()).collect();
     fails(&args, &["'attrpatch.clean_logit_diffs' is NaN for pair 0"]);
     let mut patch = args.clone();

@@ -22,8 +22,11 @@ fn fails(args: &[&str], expected: &[&str]) -> String {
 /// The synthetic models do not mix positions, so the prompts differ in their last token.
 const SYNTH_PROMPTS: &str = r#"{"clean": "When John and Mary went to the shops, John gave the bag to", "corrupted": "When John and Mary went to the shops, John gave the bag at", "correct": " Mary", "incorrect": " John"}"#;
 
-fn synth_args(model: &Path, out: &Path) -> Vec<String> {
-    let prompts = out.with_extension("jsonl");
+/// `run` of `model` on SYNTH_PROMPTS, written to `dir`/prompts.jsonl, into `dir`/out (all inside
+/// `dir`: a file beside a fresh dir would outlive its guard).
+fn synth_args(model: &Path, dir: &Path) -> Vec<String> {
+    let prompts = dir.join("prompts.jsonl");
+    let out = dir.join("out");
     std::fs::write(&prompts, SYNTH_PROMPTS).unwrap();
     [
         "run",
@@ -46,8 +49,8 @@ fn synth_args(model: &Path, out: &Path) -> Vec<String> {
 }
 
 fn run_model(model: &Path, extra: &[&str], expected: &[&str]) -> String {
-    let out = fresh_dir("out");
-    let owned = synth_args(model, &out);
+    let dir = fresh_dir("out");
+    let owned = synth_args(model, &dir);
     let mut args: Vec<&str> = owned.iter().map(|s| s.as_str()).collect();
     args.extend_from_slice(extra);
     fails(&args, expected)
@@ -58,11 +61,8 @@ fn synthetic_model_runs() {
     // The baseline the other cases break: this one must work.
     let d = fresh_dir("ok");
     let m = Synth::default().write(&d, "ok.onnx");
-    let o = Command::new(env!("CARGO_BIN_EXE_attrpatch"))
-        .args(synth_args(&m, &d.join("out")))
-        .current_dir(root())
-        .output()
-        .unwrap();
+    let o =
+        Command::new(env!("CARGO_BIN_EXE_attrpatch")).args(synth_args(&m, &d)).current_dir(root()).output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }
 
@@ -216,10 +216,12 @@ fn tokenizer_does_not_match_the_vocabulary() {
     run_model(&p, &[], &["outside the model's vocabulary of 1000", "does not match the model's vocabulary size"]);
 }
 
-fn jsonl(name: &str, text: &str) -> PathBuf {
-    let p = fresh_dir(name).join("prompts.jsonl");
+/// A prompts file of `text` in a fresh dir, with the dir's guard (hold it while the file is used).
+fn jsonl(name: &str, text: &str) -> (TestDir, PathBuf) {
+    let dir = fresh_dir(name);
+    let p = dir.join("prompts.jsonl");
     std::fs::write(&p, text).unwrap();
-    p
+    (dir, p)
 }
 
 fn run_prompts(p: &Path, expected: &[&str]) {
@@ -229,7 +231,7 @@ fn run_prompts(p: &Path, expected: &[&str]) {
 
 #[test]
 fn answer_that_is_not_one_token() {
-    let p = jsonl(
+    let (_dir, p) = jsonl(
         "answer",
         r#"{"clean": "When John and Mary went to the shops, John gave the bag to", "corrupted": "When John and Mary went to the shops, Mary gave the bag to", "correct": " Maryland-ish", "incorrect": " John"}"#,
     );
@@ -238,7 +240,7 @@ fn answer_that_is_not_one_token() {
 
 #[test]
 fn pair_lengths_differ() {
-    let p = jsonl(
+    let (_dir, p) = jsonl(
         "lengths",
         r#"{"clean": "When John and Mary went to the shops, John gave the bag to", "corrupted": "When John and Mary went to the big shops, Mary gave the bag to", "correct": " Mary", "incorrect": " John"}"#,
     );
@@ -247,14 +249,14 @@ fn pair_lengths_differ() {
 
 #[test]
 fn empty_prompt_file() {
-    let p = jsonl("empty", "\n\n");
+    let (_dir, p) = jsonl("empty", "\n\n");
     run_prompts(&p, &["contains no prompt pairs"]);
 }
 
 #[test]
 fn malformed_jsonl_line() {
     let good = r#"{"clean": "a b", "corrupted": "a c", "correct": " x", "incorrect": " y"}"#;
-    let p = jsonl("malformed", &format!("{good}\n{{\"clean\": \"oops\"\n"));
+    let (_dir, p) = jsonl("malformed", &format!("{good}\n{{\"clean\": \"oops\"\n"));
     run_prompts(&p, &["prompts.jsonl:2:"]);
 }
 
@@ -270,7 +272,7 @@ fn output_folder_cannot_be_written() {
 #[test]
 fn equal_baselines_are_explained() {
     let text = r#"{"clean": "When John and Mary went to the shops, John gave the bag to", "corrupted": "When John and Mary went to the shops, John gave the bag to", "correct": " Mary", "incorrect": " John"}"#;
-    let p = jsonl("same", text);
+    let (_dir, p) = jsonl("same", text);
     run_prompts(&p, &["logit differences are equal", "divides by their difference"]);
 }
 
@@ -329,8 +331,7 @@ fn regression_constant_hook_was_reported_as_not_produced() {
 fn non_finite_metric_is_named() {
     let d = fresh_dir("nan");
     let m = Synth { extra_op: Some("Log".into()), ..Default::default() }.write(&d, "nan.onnx");
-    let out = d.join("out");
-    let owned = synth_args(&m, &out);
+    let owned = synth_args(&m, &d);
     let args: Vec<&str> = owned.iter().map(|s| s.as_str()).collect();
     fails(&args, &["'attrpatch.clean_logit_diffs' is NaN for pair 0"]);
     let mut patch = args.clone();

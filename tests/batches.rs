@@ -17,7 +17,7 @@ fn attrpatch(args: &[&str]) -> Output {
     o
 }
 
-fn dir(name: &str) -> PathBuf {
+fn dir(name: &str) -> TestDir {
     fresh_dir(&format!("batches-{name}"))
 }
 
@@ -70,7 +70,7 @@ fn batch_size_does_not_change_the_grids() {
 fn three_shards_merged_equal_one_run() {
     let single = dir("single");
     run(&single, &["--batch-size", "2"]);
-    let shards: Vec<PathBuf> = (0..3).map(|k| dir(&format!("shard{k}"))).collect();
+    let shards: Vec<TestDir> = (0..3).map(|k| dir(&format!("shard{k}"))).collect();
     for (k, d) in shards.iter().enumerate() {
         let out = run(d, &["--batch-size", "2", "--shard", &format!("{k}/3")]);
         assert!(out.contains(&format!("shard {k}/3 done")), "{out}");
@@ -88,12 +88,13 @@ fn three_shards_merged_equal_one_run() {
 
 #[test]
 fn merge_refuses_a_missing_shard() {
-    let shards: Vec<PathBuf> = (0..2).map(|k| dir(&format!("partial{k}"))).collect();
+    let shards: Vec<TestDir> = (0..2).map(|k| dir(&format!("partial{k}"))).collect();
     for (k, d) in shards.iter().enumerate() {
         run(d, &["--batch-size", "2", "--shard", &format!("{k}/2")]);
     }
+    let merged = dir("partial-merged");
     let o = Command::new(env!("CARGO_BIN_EXE_attrpatch"))
-        .args(["merge", shards[0].to_str().unwrap(), "--out", dir("partial-merged").to_str().unwrap()])
+        .args(["merge", shards[0].to_str().unwrap(), "--out", merged.to_str().unwrap()])
         .current_dir(root())
         .output()
         .unwrap();

@@ -35,7 +35,7 @@ fn bundled_model_does_ioi_and_matches_pytorch() {
 
 #[test]
 fn the_default_job_uses_the_bundled_model() {
-    let out = std::env::temp_dir().join(format!("attrpatch-bundled-{}", std::process::id()));
+    let out = fresh_dir("bundled");
     let o = std::process::Command::new(env!("CARGO_BIN_EXE_attrpatch"))
         .args(["run", "--device", "cpu", "--out", out.to_str().unwrap()])
         .current_dir(root())

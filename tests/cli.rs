@@ -133,6 +133,7 @@ fn rewritten_model_runs_in_python_onnxruntime() {
 
 #[test]
 fn missing_ort_library_says_what_to_do() {
+    let out = fresh_dir("noort");
     let o = attrpatch(&[
         "run",
         "--device",
@@ -140,7 +141,7 @@ fn missing_ort_library_says_what_to_do() {
         "--ort-lib",
         "/nonexistent/libonnxruntime.so",
         "--out",
-        fresh_dir("noort").to_str().unwrap(),
+        out.to_str().unwrap(),
     ]);
     assert!(!o.status.success());
     let t = text(&o);
@@ -154,7 +155,8 @@ fn cuda_requested_without_cuda_is_a_clear_error() {
         eprintln!("skipped: this ONNX Runtime has a CUDA provider");
         return;
     }
-    let o = attrpatch(&["run", "--device", "cuda", "--out", fresh_dir("cuda").to_str().unwrap()]);
+    let out = fresh_dir("cuda");
+    let o = attrpatch(&["run", "--device", "cuda", "--out", out.to_str().unwrap()]);
     assert!(!o.status.success());
     let t = text(&o);
     assert!(t.contains("--device cuda"), "{t}");
@@ -188,6 +190,7 @@ fn auto_device_falls_back_to_cpu_and_says_so() {
         .map(|(l, _)| l)
         .unwrap_or_else(|| panic!("{line}"));
     let has_provider = Path::new(lib).parent().unwrap().join("libonnxruntime_providers_cuda.so").is_file();
+    let cuda_out = fresh_dir("auto-cuda");
     let cuda_starts = has_provider && {
         let o = attrpatch(&[
             "run",
@@ -196,7 +199,7 @@ fn auto_device_falls_back_to_cpu_and_says_so() {
             "--device",
             "cuda",
             "--out",
-            fresh_dir("auto-cuda").to_str().unwrap(),
+            cuda_out.to_str().unwrap(),
         ]);
         o.status.success()
     };

@@ -96,12 +96,13 @@ fn pair(clean: &str, corrupted: &str, correct: &str, incorrect: &str) -> PromptP
     }
 }
 
-fn write_prompts(pairs: &[PromptPair]) -> PathBuf {
+/// The pairs as a prompts file in a fresh dir, with the dir's guard (hold it while the file is used).
+fn write_prompts(pairs: &[PromptPair]) -> (TestDir, PathBuf) {
     let dir = fresh_dir("dedup-prompts");
     let path = dir.join("prompts.jsonl");
     let lines: Vec<String> = pairs.iter().map(|p| serde_json::to_string(p).unwrap()).collect();
     std::fs::write(&path, lines.join("\n")).unwrap();
-    path
+    (dir, path)
 }
 
 #[test]
@@ -133,7 +134,8 @@ fn a_mixed_set_with_a_twice_corrupted_sequence_has_exact_pair_rows() {
         pair(short.1, short.0, " Amy", " Bob"),
     ];
     let mut o = options(ioi_model());
-    o.prompts = Some(write_prompts(&pairs));
+    let (_dir, prompts) = write_prompts(&pairs);
+    o.prompts = Some(prompts);
     let (on, _) = assert_same_numbers(&o);
     // Corrupted rows 7 (each its own); clean rows added: c2, c4, c6.
     assert_eq!(on.rows, RowsRun { shared: true, rows: 10, pairs: 7 });
@@ -169,7 +171,8 @@ fn auto_shares_neighbour_swaps_and_keeps_two_copies_when_nothing_is_shared() {
     let t = ioi_default();
     let distinct: Vec<PromptPair> = t.iter().step_by(2).cloned().collect();
     let mut o = options(ioi_model());
-    o.prompts = Some(write_prompts(&distinct));
+    let (_dir, prompts) = write_prompts(&distinct);
+    o.prompts = Some(prompts);
     let r = run(&o, Dedup::Auto);
     assert_eq!(r.rows, RowsRun { shared: false, rows: 8, pairs: 4 });
 }

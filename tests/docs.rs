@@ -293,6 +293,8 @@ fn binary_args_follow_the_rule() {
 #[test]
 fn sh_blocks_in_the_readme_and_the_book_run() {
     let (mut ran, mut failed, mut refused) = (0, Vec::new(), Vec::new());
+    // The folders of failed blocks, kept (their guards drop in the final assert's panic).
+    let mut failed_dirs = Vec::new();
     for file in doc_files() {
         let name = file.strip_prefix(root()).unwrap().display().to_string();
         for block in split(&read(&file)).1 {
@@ -308,6 +310,7 @@ fn sh_blocks_in_the_readme_and_the_book_run() {
             }
             // One folder per block: its lines may read what an earlier line wrote.
             let dir = fresh_dir("docs-sh");
+            let failed_before = failed.len();
             std::os::unix::fs::symlink(root().join("models"), dir.join("models")).unwrap();
             let mut joined: Vec<(usize, String)> = Vec::new();
             let mut continues = false;
@@ -349,6 +352,9 @@ fn sh_blocks_in_the_readme_and_the_book_run() {
                         ));
                     }
                 }
+            }
+            if failed.len() > failed_before {
+                failed_dirs.push(dir);
             }
         }
     }

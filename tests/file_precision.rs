@@ -387,14 +387,16 @@ fn a_job_reports_its_long_stages_in_order() {
     assert!(at("creating the runtime session") < at("running"), "{got:?}");
 }
 
-/// A copy of fixture `dir`'s model beside its data file, with `edit` applied to the graph.
-fn edited_copy(dir: &Path, name: &str, edit: impl FnOnce(&mut attrpatch::onnx::pb::GraphProto)) -> PathBuf {
+/// A copy of fixture `dir`'s model beside its data file, with `edit` applied to the graph, in a
+/// fresh dir: its guard (hold it while the model is read) and the model's path.
+fn edited_copy(dir: &Path, name: &str, edit: impl FnOnce(&mut attrpatch::onnx::pb::GraphProto)) -> (TestDir, PathBuf) {
     let d = fresh_dir(name);
     let mut proto = ModelProto::decode(std::fs::read(dir.join("model.onnx")).unwrap().as_slice()).unwrap();
     edit(proto.graph.as_mut().unwrap());
     std::fs::write(d.join("model.onnx"), proto.encode_to_vec()).unwrap();
     std::fs::copy(dir.join("model.onnx.data"), d.join("model.onnx.data")).unwrap();
-    d.join("model.onnx")
+    let model = d.join("model.onnx");
+    (d, model)
 }
 
 fn set_attr(n: &mut attrpatch::onnx::pb::NodeProto, name: &str, v: i64) {
@@ -406,7 +408,7 @@ fn set_attr(n: &mut attrpatch::onnx::pb::NodeProto, name: &str, v: i64) {
 #[test]
 fn packed_codes_that_do_not_fit_n_are_refused_by_name() {
     let dir = root().join("tests/fixtures/genai/int4-sym");
-    let model = edited_copy(&dir, "file-precision-bad-n", |g| {
+    let (_copy, model) = edited_copy(&dir, "file-precision-bad-n", |g| {
         let n = g.node.iter_mut().find(|n| n.op_type == "MatMulNBits").unwrap();
         let real = n.attribute.iter().find(|a| a.name == "N").unwrap().i;
         set_attr(n, "N", real + 1);
@@ -420,7 +422,7 @@ fn packed_codes_that_do_not_fit_n_are_refused_by_name() {
 #[test]
 fn gather_block_quantized_on_another_axis_is_refused_by_name() {
     let dir = root().join("tests/fixtures/genai/int4-tied-shared-gbq");
-    let model = edited_copy(&dir, "file-precision-bad-gbq", |g| {
+    let (_copy, model) = edited_copy(&dir, "file-precision-bad-gbq", |g| {
         let n = g.node.iter_mut().find(|n| n.op_type == "GatherBlockQuantized").unwrap();
         set_attr(n, "gather_axis", 1);
     });

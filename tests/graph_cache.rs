@@ -229,9 +229,10 @@ fn cli_second_run_prints_the_hit_and_writes_the_same_grids() {
         let results = std::fs::read(out.join("results.json")).unwrap();
         (text, serde_json::from_slice::<serde_json::Value>(&results).unwrap())
     };
-    let (text1, r1) = run(&fresh_dir("cache-cli-out1"));
+    let (out1, out2) = (fresh_dir("cache-cli-out1"), fresh_dir("cache-cli-out2"));
+    let (text1, r1) = run(&out1);
     assert!(text1.contains("(cache miss, stored)"), "{text1}");
-    let (text2, r2) = run(&fresh_dir("cache-cli-out2"));
+    let (text2, r2) = run(&out2);
     assert!(text2.contains("(cache hit)"), "{text2}");
     assert_eq!(r1["heads"], r2["heads"]);
     assert_eq!(r1["positions"], r2["positions"]);

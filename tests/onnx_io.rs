@@ -30,8 +30,7 @@ fn streaming_write_round_trips() {
 #[test]
 fn truncated_file_is_an_error_not_a_panic() {
     let bytes = std::fs::read(dynamo_op18()).unwrap();
-    let dir = std::env::temp_dir().join(format!("attrpatch-io-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = fresh_dir("io-truncated");
     let p = dir.join("truncated.onnx");
     std::fs::write(&p, &bytes[..bytes.len() / 2]).unwrap();
     let e = read_model(&p).expect_err("truncated model must fail");

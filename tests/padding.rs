@@ -7,15 +7,14 @@ use std::process::Command;
 
 const SHORT: &str = r#"{"clean": "When Ann and Bob left, Bob gave it to", "corrupted": "When Ann and Bob left, Ann gave it to", "correct": " Ann", "incorrect": " Bob"}"#;
 
-fn run(name: &str, jsonl: &str) -> (PathBuf, serde_json::Value) {
+fn run(name: &str, jsonl: &str) -> (TestDir, PathBuf, serde_json::Value) {
     run_cmd(&["run"], name, jsonl)
 }
 
-/// `attrpatch CMD...` on these prompts with --per-prompt; the output folder and results.json.
-fn run_cmd(cmd: &[&str], name: &str, jsonl: &str) -> (PathBuf, serde_json::Value) {
-    let d = std::env::temp_dir().join(format!("attrpatch-pad-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
+/// `attrpatch CMD...` on these prompts with --per-prompt, in a fresh dir: the dir's guard (hold it
+/// while the output is read), the output folder and results.json.
+fn run_cmd(cmd: &[&str], name: &str, jsonl: &str) -> (TestDir, PathBuf, serde_json::Value) {
+    let d = fresh_dir(&format!("pad-{name}"));
     let p = d.join("prompts.jsonl");
     std::fs::write(&p, jsonl).unwrap();
     let out = d.join("out");
@@ -37,7 +36,7 @@ fn run_cmd(cmd: &[&str], name: &str, jsonl: &str) -> (PathBuf, serde_json::Value
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let v = serde_json::from_slice(&std::fs::read(out.join("results.json")).unwrap()).unwrap();
-    (out, v)
+    (d, out, v)
 }
 
 fn per_prompt(out: &Path) -> Vec<serde_json::Value> {
@@ -60,8 +59,8 @@ fn raw(pair: &serde_json::Value, results: &serde_json::Value, key: &str) -> Vec<
 fn a_short_pair_padded_in_a_batch_equals_the_pair_alone() {
     let long = std::fs::read_to_string(root().join("models/ioi-prompts.jsonl")).unwrap();
     let first = long.lines().next().unwrap();
-    let (mixed_out, mixed) = run("mixed", &format!("{first}\n{SHORT}\n"));
-    let (alone_out, alone) = run("alone", &format!("{SHORT}\n"));
+    let (_mixed_dir, mixed_out, mixed) = run("mixed", &format!("{first}\n{SHORT}\n"));
+    let (_alone_dir, alone_out, alone) = run("alone", &format!("{SHORT}\n"));
     assert_eq!(mixed["seq_len"], 14);
     assert_eq!(alone["seq_len"], 10);
     let m = &per_prompt(&mixed_out)[1];
@@ -85,9 +84,7 @@ fn a_short_pair_padded_in_a_batch_equals_the_pair_alone() {
 /// the models are causal, so no real token sees a pad.
 #[test]
 fn a_model_without_attention_mask_takes_prompts_of_different_lengths() {
-    let d = std::env::temp_dir().join(format!("attrpatch-pad-{}-nomask", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
+    let d = fresh_dir("pad-nomask");
     let mut proto = crate::common::synth::Synth::default().build();
     proto.graph.as_mut().unwrap().input.retain(|i| i.name != "attention_mask");
     let model = d.join("nomask.onnx");
@@ -128,8 +125,9 @@ fn a_model_without_attention_mask_takes_prompts_of_different_lengths() {
 fn exact_patching_of_a_short_pair_padded_in_a_batch_equals_the_pair_alone() {
     let long = std::fs::read_to_string(root().join("models/ioi-prompts.jsonl")).unwrap();
     let first = long.lines().next().unwrap();
-    let (mixed_out, mixed) = run_cmd(&["patch", "--positions"], "patch-mixed", &format!("{first}\n{SHORT}\n"));
-    let (alone_out, alone) = run_cmd(&["patch", "--positions"], "patch-alone", &format!("{SHORT}\n"));
+    let (_mixed_dir, mixed_out, mixed) =
+        run_cmd(&["patch", "--positions"], "patch-mixed", &format!("{first}\n{SHORT}\n"));
+    let (_alone_dir, alone_out, alone) = run_cmd(&["patch", "--positions"], "patch-alone", &format!("{SHORT}\n"));
     let m = &per_prompt(&mixed_out)[1];
     let a = &per_prompt(&alone_out)[0];
     assert_grid_close("short pair exact heads, padded vs alone", &raw(m, &mixed, "heads"), &raw(a, &alone, "heads"));

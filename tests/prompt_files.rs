@@ -5,7 +5,8 @@ use crate::common::*;
 use attrpatch::augment::Metric;
 use attrpatch::job::{run_job, JobOptions};
 
-fn no_answer_file(name: &str) -> std::path::PathBuf {
+/// A prompts file without answers in a fresh dir, with the dir's guard (hold it while the file is used).
+fn no_answer_file(name: &str) -> (TestDir, std::path::PathBuf) {
     let dir = fresh_dir(name);
     let path = dir.join("pairs.jsonl");
     let lines = [
@@ -13,13 +14,14 @@ fn no_answer_file(name: &str) -> std::path::PathBuf {
         r#"{"clean": "When Tom and James went to the park, James gave the ball to", "corrupted": "When Tom and James went to the park, Tom gave the ball to"}"#,
     ];
     std::fs::write(&path, lines.join("\n")).unwrap();
-    path
+    (dir, path)
 }
 
 #[test]
 fn kl_runs_on_a_prompt_file_without_answers() {
     let mut o = JobOptions::new(root().join("models/ioi-gpt2/model.onnx"));
-    o.prompts = Some(no_answer_file("kl-no-answers"));
+    let (_dir, prompts) = no_answer_file("kl-no-answers");
+    o.prompts = Some(prompts);
     o.metric = Metric::Kl;
     let r = run_job(&o).unwrap().unwrap();
     assert!(r.corrupted_metric > 1.0, "KL(clean||corrupted) of the IOI model: {}", r.corrupted_metric);
@@ -29,7 +31,7 @@ fn kl_runs_on_a_prompt_file_without_answers() {
 #[test]
 fn logit_diff_on_a_prompt_file_without_answers_names_the_line() {
     let mut o = JobOptions::new(root().join("models/ioi-gpt2/model.onnx"));
-    let path = no_answer_file("ld-no-answers");
+    let (_dir, path) = no_answer_file("ld-no-answers");
     o.prompts = Some(path.clone());
     let msg = match run_job(&o) {
         Err(e) => e.to_string(),

@@ -31,3 +31,7 @@ pub mod prompts;
 pub mod recall;
 pub mod runtime;
 pub mod sanity;
+// The tests' temp folders (one file for every crate's tests: see it).
+#[cfg(test)]
+#[path = "../../onnx/src/test_dir.rs"]
+mod test_dir;

@@ -460,11 +460,13 @@ mod tests {
         }
     }
 
-    /// A file in the temp dir unique to this test process.
-    fn temp_file(name: &str, contents: &str) -> PathBuf {
-        let path = std::env::temp_dir().join(format!("attrpatch-prompts-{}-{name}", std::process::id()));
+    /// A file in a temp folder unique to this test process and `name`, and the folder's guard
+    /// (hold it while the file is read).
+    fn temp_file(name: &str, contents: &str) -> (crate::test_dir::TestDir, PathBuf) {
+        let dir = crate::test_dir::TestDir::new(&format!("attrpatch-prompts-{}-{name}", std::process::id()));
+        let path = dir.join(name);
         std::fs::write(&path, contents).unwrap();
-        path
+        (dir, path)
     }
 
     fn check_reference(fixture: &str, add_bos: bool) {
@@ -537,50 +539,44 @@ mod tests {
     #[test]
     fn prompts_jsonl_skips_blank_lines() {
         let line = serde_json::to_string(&ioi_default()[0]).unwrap();
-        let path = temp_file("blank.jsonl", &format!("\n{line}\n   \n{line}\n\n"));
+        let (_dir, path) = temp_file("blank.jsonl", &format!("\n{line}\n   \n{line}\n\n"));
         let pairs = read_jsonl(&path).unwrap();
         assert_eq!(pairs, vec![ioi_default()[0].clone(); 2]);
-        let _ = std::fs::remove_file(path);
     }
 
     #[test]
     fn prompts_jsonl_malformed_line_names_line() {
         let good = serde_json::to_string(&ioi_default()[0]).unwrap();
-        let path = temp_file("bad.jsonl", &format!("{good}\n\n{{\"clean\": \"x\", \"corrupted\": \"y\"\n"));
+        let (_dir, path) = temp_file("bad.jsonl", &format!("{good}\n\n{{\"clean\": \"x\", \"corrupted\": \"y\"\n"));
         let msg = input_err(read_jsonl(&path));
         assert!(msg.contains(&format!("{}:3:", path.display())), "{msg}");
         assert!(msg.contains("EOF while parsing"), "{msg}");
 
-        let path2 =
+        let (_dir2, path2) =
             temp_file("missing-field.jsonl", "{\"clean\": \"x\", \"correct\": \" a\", \"incorrect\": \" b\"}\n");
         let msg = input_err(read_jsonl(&path2));
         assert!(msg.contains(&format!("{}:1:", path2.display())), "{msg}");
         assert!(msg.contains("missing field `corrupted`"), "{msg}");
-        let _ = std::fs::remove_file(path);
-        let _ = std::fs::remove_file(path2);
     }
 
     #[test]
     fn prompts_jsonl_with_a_utf8_bom_reads() {
         let line = serde_json::to_string(&ioi_default()[0]).unwrap();
-        let path = temp_file("bom.jsonl", &format!("\u{feff}{line}\n{line}\n"));
+        let (_dir, path) = temp_file("bom.jsonl", &format!("\u{feff}{line}\n{line}\n"));
         assert_eq!(read_jsonl(&path).unwrap(), vec![ioi_default()[0].clone(); 2]);
-        let _ = std::fs::remove_file(path);
     }
 
     #[test]
     fn prompts_json_array_file_reads_as_pairs() {
         let text = serde_json::to_string_pretty(&ioi_default()).unwrap();
-        let path = temp_file("array.json", &text);
+        let (_dir, path) = temp_file("array.json", &text);
         let pairs = read_jsonl(&path).unwrap();
         assert_eq!(pairs, ioi_default());
         assert_eq!(pairs[3].origin.as_deref(), Some(format!("{}: array element 3", path.display()).as_str()));
-        let bad = temp_file("bad-array.json", "[{\"clean\": \"x\"}]");
+        let (_bad_dir, bad) = temp_file("bad-array.json", "[{\"clean\": \"x\"}]");
         let msg = input_err(read_jsonl(&bad));
         assert!(msg.contains("array element 0: not a prompt pair"), "{msg}");
         assert!(msg.contains("missing field `corrupted`"), "{msg}");
-        let _ = std::fs::remove_file(path);
-        let _ = std::fs::remove_file(bad);
     }
 
     #[test]
@@ -589,11 +585,10 @@ mod tests {
         pairs[1].incorrect = " Maryland-ish".into();
         let lines: Vec<String> = pairs.iter().map(|p| serde_json::to_string(p).unwrap()).collect();
         // A blank line first: line numbers are the file's, not the pair index.
-        let path = temp_file("lines.jsonl", &format!("\n{}\n", lines.join("\n")));
+        let (_dir, path) = temp_file("lines.jsonl", &format!("\n{}\n", lines.join("\n")));
         let read = read_jsonl(&path).unwrap();
         let msg = input_err(tokenize(&gpt2(), &read, false, usize::MAX));
         assert!(msg.starts_with(&format!("{}:3: pair 1: incorrect answer", path.display())), "{msg}");
-        let _ = std::fs::remove_file(path);
     }
 
     #[test]
@@ -611,7 +606,7 @@ mod tests {
 
     #[test]
     fn prompts_without_answers_only_for_a_metric_that_ignores_them() {
-        let path = temp_file(
+        let (_dir, path) = temp_file(
             "no-answers.jsonl",
             "{\"clean\": \"When John and Mary went\", \"corrupted\": \"When Tom and Mary went\"}\n",
         );
@@ -622,15 +617,13 @@ mod tests {
         let t = tokenize_for(&gpt2(), &pairs, false, usize::MAX, Answers::Unused).unwrap();
         assert_eq!((t.correct_ids.clone(), t.incorrect_ids.clone()), (vec![0], vec![0]));
         assert_eq!(t.clean_ids[0].len(), 5);
-        let _ = std::fs::remove_file(path);
     }
 
     #[test]
     fn prompts_jsonl_empty_file() {
-        let path = temp_file("empty.jsonl", "\n  \n");
+        let (_dir, path) = temp_file("empty.jsonl", "\n  \n");
         let msg = input_err(read_jsonl(&path));
         assert_eq!(msg, format!("{} contains no prompt pairs", path.display()));
-        let _ = std::fs::remove_file(path);
     }
 
     #[test]

@@ -29,6 +29,8 @@ pub mod io;
 pub mod model;
 pub mod prune;
 pub mod scopes;
+#[cfg(test)]
+mod test_dir;
 
 pub use model::OnnxModel;
 /// tract's ONNX protobuf bindings (`ModelProto`, `GraphProto`, ...), the types this crate reads and rewrites.

@@ -230,8 +230,7 @@ mod tests {
     #[test]
     fn writes_png_and_svg_of_the_same_size_with_every_edge() {
         let s = synthetic(GPT2_SMALL, 21);
-        let dir = std::env::temp_dir().join(format!("attrpatch-circuit-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::test_dir::TestDir::new(&format!("attrpatch-circuit-{}", std::process::id()));
         let written = write_circuit(&dir, &s, 20).unwrap();
         assert_eq!(written, [dir.join("circuit.png"), dir.join("circuit.svg")]);
         let svg = std::fs::read_to_string(dir.join("circuit.svg")).unwrap();
@@ -258,7 +257,6 @@ mod tests {
         let p = img.get_pixel(x as u32, y as u32).0;
         let near = |a: u8, b: u8| (a as i32 - b as i32).abs() < 70;
         assert!(near(p[0], c[0]) && near(p[1], c[1]) && near(p[2], c[2]), "pixel {p:?} at the top edge, colour {c:?}");
-        std::fs::remove_dir_all(dir).ok();
     }
 
     /// WCAG 2's relative luminance of an sRGB colour.

@@ -142,10 +142,8 @@ pub(crate) mod tests {
     }
 
     /// A fresh folder under the system temp dir for one test.
-    pub(crate) fn temp_dir(tag: &str) -> std::path::PathBuf {
-        let dir = std::env::temp_dir().join(format!("attrpatch-render-{}-{tag}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("create temp dir");
-        dir
+    pub(crate) fn temp_dir(tag: &str) -> crate::test_dir::TestDir {
+        crate::test_dir::TestDir::new(&format!("attrpatch-render-{}-{tag}", std::process::id()))
     }
 
     #[test]
@@ -156,7 +154,6 @@ pub(crate) mod tests {
         write_csv(&g, &path).unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         assert_eq!(text, "Layer,0 When,\"1 a,\"\"b\"\"\",\" Mary\"\n0,0.1,-1e-7,NaN\n");
-        std::fs::remove_dir_all(dir).ok();
     }
 
     #[test]
@@ -195,6 +192,5 @@ pub(crate) mod tests {
             assert!(err.to_string().contains(&format!("\"{}\"", g.name)), "{err}");
         }
         assert!(!dir.join("x.csv").exists());
-        std::fs::remove_dir_all(dir).ok();
     }
 }

@@ -253,8 +253,7 @@ mod tests {
         assert_eq!(c.px(100.0) - c.px(10.0), c.px(1000.0) - c.px(100.0));
         assert_eq!((c.x_lo, c.x_hi), (0.0, 5.0));
         assert!(c.py(1.0) < c.py(0.0) && c.py(1.0) > c.plot_y && c.py(-0.1) < c.plot_y + PLOT_H);
-        let dir = std::env::temp_dir().join(format!("attrpatch-faith-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::test_dir::TestDir::new(&format!("attrpatch-faith-{}", std::process::id()));
         let written = write_faithfulness(&dir, &points, &s).unwrap();
         assert_eq!(written, [dir.join("faithfulness.png"), dir.join("faithfulness.svg")]);
         let svg = std::fs::read_to_string(&written[1]).unwrap();
@@ -265,7 +264,6 @@ mod tests {
         let img = image::open(&written[0]).unwrap().to_rgb8();
         let p = img.get_pixel(c.px(100.0) as u32, c.py(0.8) as u32).0;
         assert_eq!(p, COLOURS[0], "the point (100, 0.8)");
-        std::fs::remove_dir_all(dir).ok();
     }
 
     /// MIB's sizes are squares on the curve, its CPR and CMD in the legend.
@@ -275,8 +273,7 @@ mod tests {
         let n = s.edges.len();
         let mib = MibCurve::from_points(n, |k| Some(k as f64 / n as f64)).unwrap();
         let points: Vec<(usize, f64)> = mib.k.iter().zip(&mib.f).map(|(&k, &f)| (k, f)).collect();
-        let dir = std::env::temp_dir().join(format!("attrpatch-faith-mib-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::test_dir::TestDir::new(&format!("attrpatch-faith-mib-{}", std::process::id()));
         let written = write_faithfulness_mib(&dir, &points, Some(&mib), &s).unwrap();
         let svg = std::fs::read_to_string(&written[1]).unwrap();
         for want in [format!("CPR {:.3}", mib.cpr), format!("CMD {:.3}", mib.cmd), "top-K circuits".into()] {
@@ -288,7 +285,6 @@ mod tests {
         let img = image::open(&written[0]).unwrap().to_rgb8();
         let (x, y) = (c.px(points[5].0 as f64) + RADIUS + 1, c.py(points[5].1));
         assert_eq!(img.get_pixel(x as u32, y as u32).0, COLOURS[1], "the square's edge at {:?}", points[5]);
-        std::fs::remove_dir_all(dir).ok();
     }
 
     #[test]

@@ -37,6 +37,10 @@ mod report_html;
 mod scatter;
 #[cfg(feature = "figures")]
 mod ticks;
+// The tests' temp folders (one file for every crate's tests: see it).
+#[cfg(test)]
+#[path = "../../onnx/src/test_dir.rs"]
+mod test_dir;
 
 #[cfg(feature = "figures")]
 pub use circuit::write_circuit;

@@ -211,8 +211,7 @@ mod tests {
         // Log scale: 1 -> 2 spans as much as 5 -> 10; panel p's origin is its left edge.
         assert_eq!(l.px(0, 2.0) - l.px(0, 1.0), l.px(0, 10.0) - l.px(0, 5.0));
         assert_eq!((l.px(1, 1.0), l.px(0, 12.0)), (l.panel_x(1), l.panel_x(0) + PANEL_W));
-        let dir = std::env::temp_dir().join(format!("attrpatch-recall-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::test_dir::TestDir::new(&format!("attrpatch-recall-{}", std::process::id()));
         let written = write_recall(&g, "model", &dir.join("recall-heads.png")).unwrap();
         let svg = std::fs::read_to_string(&written[1]).unwrap();
         for want in ["top 1", "top 10", "log scale", &legend_text(&g, &g.methods[1]), "ideal order"] {
@@ -223,7 +222,6 @@ mod tests {
         let img = image::open(&written[0]).unwrap().to_rgb8();
         let p = img.get_pixel((l.px(0, 1.0) + 1) as u32, (l.py(1.0) + 1) as u32).0;
         assert_eq!(p, COLOURS[0], "the first estimate's full-recall dot in panel 'top 1'");
-        std::fs::remove_dir_all(dir).ok();
     }
 
     #[test]

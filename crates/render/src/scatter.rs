@@ -245,8 +245,7 @@ mod tests {
     fn points_are_drawn_in_their_colour_where_their_values_say() {
         let s = plot();
         let l = Layout::new(&s);
-        let dir = std::env::temp_dir().join(format!("attrpatch-scatter-px-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::test_dir::TestDir::new(&format!("attrpatch-scatter-px-{}", std::process::id()));
         let path = dir.join("s.png");
         write_scatter(&s, &path).unwrap();
         let img = image::open(&path).unwrap().to_rgb8();
@@ -255,7 +254,6 @@ mod tests {
         let ring = (cx + RADIUS - 1..=cx + RADIUS + 1).map(|x| img.get_pixel(x as u32, cy as u32).0);
         let blueish = |p: [u8; 3]| p[2] > 180 && p[0] < 200 && p[1] < 200;
         assert!(ring.clone().any(blueish), "{:?}", ring.collect::<Vec<_>>());
-        std::fs::remove_dir_all(dir).ok();
     }
 
     #[test]
@@ -265,8 +263,7 @@ mod tests {
             se.points = vec![(f64::NAN, 0.0)];
             se.point_names = vec![];
         });
-        let dir = std::env::temp_dir().join(format!("attrpatch-scatter-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::test_dir::TestDir::new(&format!("attrpatch-scatter-{}", std::process::id()));
         let e = write_scatter(&s, &dir.join("s.png")).unwrap_err().to_string();
         assert!(e.contains("no finite points"), "{e}");
     }

@@ -282,8 +282,11 @@ mod tests {
         }
     }
 
-    fn temp(name: &str) -> std::path::PathBuf {
-        std::env::temp_dir().join(format!("attrpatch-mib-{}-{name}", std::process::id()))
+    /// `name` in a temp folder unique to this test process and `name`, and the folder's guard.
+    fn temp(name: &str) -> (crate::test_dir::TestDir, std::path::PathBuf) {
+        let dir = crate::test_dir::TestDir::new(&format!("attrpatch-mib-{}-{name}", std::process::id()));
+        let path = dir.join(name);
+        (dir, path)
     }
 
     #[test]
@@ -297,7 +300,7 @@ mod tests {
     fn importance_files_round_trip() {
         for parallel in [false, true] {
             let s = model(2, parallel);
-            let path = temp(&format!("round-{parallel}.json"));
+            let (_dir, path) = temp(&format!("round-{parallel}.json"));
             let circuit = crate::edges::faithfulness::circuit(&s, 5);
             write_importances(&path, &s, &circuit, 16).unwrap();
             let v: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
@@ -313,7 +316,6 @@ mod tests {
             assert_eq!(back.missing, 0);
             assert_eq!(back.scores.edges, s.edges, "the same edges, in order, with the same scores");
             assert_eq!(back.scores.method, "MIB file");
-            std::fs::remove_file(path).ok();
         }
     }
 
@@ -321,7 +323,7 @@ mod tests {
     #[test]
     fn bad_importance_files_are_refused_with_the_reason() {
         let s = model(2, false);
-        let path = temp("bad.json");
+        let (_dir, path) = temp("bad.json");
         let file = path.display().to_string();
         let write = |edges: Value, cfg: Value| {
             std::fs::write(&path, json!({"cfg": cfg, "nodes": {}, "edges": edges}).to_string()).unwrap()
@@ -353,8 +355,7 @@ mod tests {
         let e = importances(&gqa, &[], 16).unwrap_err().to_string();
         assert!(e.contains("key/value heads") && e.contains("edges.json"), "{e}");
         assert!(read_importances(&path, &gqa).is_err());
-        std::fs::remove_file(path).ok();
-        let e = read_importances(&temp("absent.json"), &s).unwrap_err().to_string();
+        let e = read_importances(&temp("absent.json").1, &s).unwrap_err().to_string();
         assert!(e.contains("absent.json"), "{e}");
     }
 

@@ -162,8 +162,7 @@ mod tests {
 
     #[test]
     fn the_version_is_read_from_the_file_a_link_points_to() {
-        let dir = std::env::temp_dir().join(format!("attrpatch-ortver-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::test_dir::TestDir::new(&format!("attrpatch-ortver-{}", std::process::id()));
         let real = dir.join("libonnxruntime.so.1.31.1");
         std::fs::write(&real, b"").unwrap();
         let link = dir.join("libonnxruntime.so");
@@ -173,12 +172,11 @@ mod tests {
         assert_eq!(version_of(Path::new("/x/libonnxruntime.1.32.0.dylib")), Some((1, 32, 0)));
         assert_eq!(version_of(Path::new("/x/libonnxruntime.so")), None);
         assert_eq!(version_of(Path::new("/x/onnxruntime.dll")), None);
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn asking_for_a_second_library_after_one_is_loaded_is_an_error() {
-        let dir = std::env::temp_dir().join(format!("attrpatch-ortsecond-{}", std::process::id()));
+        let dir = crate::test_dir::TestDir::new(&format!("attrpatch-ortsecond-{}", std::process::id()));
         let (a, b) = (dir.join("a"), dir.join("b"));
         for d in [&a, &b] {
             std::fs::create_dir_all(d).unwrap();
@@ -191,6 +189,5 @@ mod tests {
         assert!(err.contains("already loaded") && err.contains(&b.display().to_string()), "{err}");
         let err = same_library(&loaded, Some(&dir.join("missing"))).unwrap_err().to_string();
         assert!(err.contains("not an ONNX Runtime library"), "{err}");
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

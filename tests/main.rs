@@ -31,6 +31,7 @@ mod graph_cache;
 mod hooks;
 mod memory;
 mod metrics;
+mod module_circles;
 mod normalize;
 mod onnx_io;
 mod opset23;

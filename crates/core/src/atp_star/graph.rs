@@ -14,7 +14,9 @@
 use super::attention::Pattern;
 use super::names::{output, Grid, Kind, Site};
 use super::qk_fix::{self, Estimates, Recomputed};
-use crate::augment::{grid_nodes, names, Anatomy};
+use crate::augment::anatomy::Anatomy;
+use crate::augment::grid_nodes;
+use crate::augment::names;
 use attrpatch_autodiff::Backward;
 use attrpatch_onnx::builder::GraphBuilder;
 use attrpatch_onnx::error::{Error, Result};

@@ -2,7 +2,7 @@
 //! hooks, logits, vocabulary, token inputs and how the logits are made.
 
 use super::metric::{self, LogitsSource, Metric};
-use super::{names, TokenInput};
+use super::names;
 use crate::hooks::{constant_tensors, find_logits, Hook, HookKind};
 use attrpatch_onnx::error::{Error, Result};
 use attrpatch_onnx::facts::{analyse, Dim, Facts};
@@ -10,6 +10,17 @@ use attrpatch_onnx::graph::declared_dims;
 use attrpatch_onnx::pb::ModelProto;
 use attrpatch_onnx::OnnxModel;
 use std::collections::HashSet;
+
+/// A model input fed with tokens: its name in the clean and corrupted copies.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct TokenInput {
+    /// The input's name in the original model.
+    pub model_name: String,
+    /// Its name in the clean copy (`names::clean_input`).
+    pub clean: String,
+    /// Its name in the corrupted copy (`names::corrupted_input`).
+    pub corrupted: String,
+}
 
 /// What the rewrites read of a model before they touch it (`Anatomy::read`).
 pub struct Anatomy {
@@ -183,7 +194,7 @@ impl Anatomy {
                 self.check_heads(model, h)?;
                 Ok(h)
             }
-            None => self.infer_heads(model)?.ok_or_else(|| super::heads_unknown(&model.path, &self.hooks[0].tensor)),
+            None => self.infer_heads(model)?.ok_or_else(|| heads_unknown(&model.path, &self.hooks[0].tensor)),
         }
     }
 

@@ -3,7 +3,8 @@
 //! the probe shapes their rules are analysed at, and the finishing step. Each
 //! builder adds its own inputs and probes after these.
 
-use super::{names, Anatomy};
+use super::anatomy::Anatomy;
+use super::names;
 use attrpatch_onnx::error::Result;
 use attrpatch_onnx::facts::{analyse_with_probe, Dim, Facts};
 use attrpatch_onnx::graph::value_info;

@@ -5,7 +5,8 @@
 
 use super::anatomy::{self, BlockAnatomy};
 use super::rewrite;
-use crate::augment::{skeleton, Anatomy};
+use crate::augment::anatomy::Anatomy;
+use crate::augment::skeleton;
 use crate::hooks::HookKind;
 use attrpatch_onnx::builder::GraphBuilder;
 use attrpatch_onnx::error::Result;

@@ -3,13 +3,13 @@ built from the plain dicts the native module returns."""
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
 from ._errors import InputError
+from . import _attrpatch as _native  # after _errors, which the native module imports
 
 
 def _grid(rows: Any) -> np.ndarray:
@@ -161,13 +161,10 @@ class EdgeResult:
                          f"input, a{{l}}.h{{h}} and m{{l}}, readers {readers}, m{{l}} and logits")
 
     def _reader_name(self, name: str) -> str:
-        """Today's name of a reader: under grouped-query attention earlier versions named key/value
-        head g's key reader "a{l}.h{g}.k"; it is "a{l}.kv{g}.k"."""
-        old = re.fullmatch(r"a(\d+)\.h(\d+)\.([kv])", name)
-        if old and self.kv_heads < self.heads and int(old.group(2)) < self.kv_heads:
-            return f"a{old.group(1)}.kv{old.group(2)}.{old.group(3)}"
-        return name
-
+        """Today's name of a reader (`Topology::parse_reader`): under grouped-query attention earlier
+        versions named key/value head g's key reader "a{l}.h{g}.k"; it is "a{l}.kv{g}.k"."""
+        today = _native.reader_name(name, self.layers, self.heads, self.kv_heads, self.parallel)
+        return name if today is None else today
     @classmethod
     def _from_native(cls, d: Dict[str, Any]) -> "EdgeResult":
         return cls(

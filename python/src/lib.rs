@@ -273,6 +273,14 @@ fn edge_names(layers: usize, heads: usize, kv_heads: usize, parallel: bool) -> V
     t.edges().into_iter().map(|(w, r)| (w.to_string(), r.to_string())).collect()
 }
 
+/// Today's name of the reader `name` names in a model of this shape (the old name of a grouped
+/// key/value reader, `a1.h0.k`, gives `a1.kv0.k`), or None when the model has no such reader.
+#[pyfunction]
+fn reader_name(name: &str, layers: usize, heads: usize, kv_heads: usize, parallel: bool) -> Option<String> {
+    let t = attrpatch::eap::Topology { layers, heads, kv_heads, parallel };
+    t.parse_reader(name).map(|r| r.to_string())
+}
+
 /// The edge method of a job dict: "method", "ig_steps", "convention", "ablation"
 /// (strings as the command line spells them), resolved as `attrpatch edges` resolves them.
 fn edge_method(job: &Bound<'_, PyDict>) -> Result<attrpatch::eap::EdgeMethod, attrpatch::Error> {
@@ -318,6 +326,7 @@ fn _attrpatch(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(read_pairs, m)?)?;
     m.add_function(wrap_pyfunction!(baseline_check, m)?)?;
     m.add_function(wrap_pyfunction!(edge_names, m)?)?;
+    m.add_function(wrap_pyfunction!(reader_name, m)?)?;
     m.add_function(wrap_pyfunction!(write_edges, m)?)?;
     Ok(())
 }

@@ -48,7 +48,7 @@ fn circuit_title(k: usize, n: usize) -> String {
 /// What the boxes are: heads with their ports (key/value heads apart under
 /// grouped-query attention), MLPs, and whether blocks are parallel.
 fn boxes_legend(s: &EdgeScores) -> String {
-    let heads = if s.kv_heads < s.heads {
+    let heads = if s.topology().grouped() {
         "heads a{layer}.h{head} read at port q, key/value heads a{layer}.kv{group} at ports k, v"
     } else {
         "heads a{layer}.h{head} read at ports q, k, v"

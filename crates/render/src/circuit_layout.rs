@@ -16,7 +16,7 @@
 //! left out, and the MLPs share the rightmost column.
 
 use super::colour::{Colour, RDBU};
-use attrpatch_core::edges::{EdgeScore, EdgeScores, Qkv, Reader};
+use attrpatch_core::edges::{EdgeScore, EdgeScores, Reader};
 use attrpatch_onnx::error::{Error, Result};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -231,14 +231,9 @@ fn parse_index(s: &str, prefix: char) -> Option<usize> {
 /// readers as `Topology::parse_reader` reads them, earlier versions' names included).
 fn parse_end(name: &str, reader: bool, s: &EdgeScores) -> Option<End> {
     if reader {
-        let port = |which: Qkv| match which {
-            Qkv::Q => "q",
-            Qkv::K => "k",
-            Qkv::V => "v",
-        };
         return Some(match s.topology().parse_reader(name)? {
-            Reader::Head(l, h, which) => End::Reader(BoxKey::Head(l, h), port(which)),
-            Reader::Kv(l, g, which) => End::Reader(BoxKey::Kv(l, g), port(which)),
+            Reader::Head(l, h, which) => End::Reader(BoxKey::Head(l, h), which.port()),
+            Reader::Kv(l, g, which) => End::Reader(BoxKey::Kv(l, g), which.port()),
             Reader::Mlp(l) => End::Reader(BoxKey::Mlp(l), ""),
             Reader::Logits => End::Reader(BoxKey::Logits, ""),
         });
@@ -345,7 +340,7 @@ pub fn layout(scores: &EdgeScores, k: usize) -> Result<CircuitLayout> {
     let height = MARGIN * 2 + rows.len() as i32 * pitch_y - ROW_GAP;
     let row_y = |key: BoxKey| MARGIN + (rows.len() - 1 - row_index[&row_of(key, scores)]) as i32 * pitch_y;
 
-    let gqa = scores.kv_heads < scores.heads;
+    let gqa = scores.topology().grouped();
     let boxes: Vec<NodeBox> = keys
         .iter()
         .map(|&key| {

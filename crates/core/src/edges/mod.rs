@@ -51,12 +51,12 @@ pub enum Qkv {
 }
 
 impl Qkv {
-    /// The letter that ends a head reader's name.
-    pub fn port(self) -> char {
+    /// The letter that ends a head reader's name (the circuit figure's port label).
+    pub fn port(self) -> &'static str {
         match self {
-            Qkv::Q => 'q',
-            Qkv::K => 'k',
-            Qkv::V => 'v',
+            Qkv::Q => "q",
+            Qkv::K => "k",
+            Qkv::V => "v",
         }
     }
 }
@@ -198,9 +198,7 @@ impl Topology {
         };
         // In range: a name of this topology's readers only.
         let ok = match r {
-            Reader::Head(l, h, _) => {
-                l < self.layers && h < self.heads && (h < self.kv_heads || r.qkv() == Some(Qkv::Q))
-            }
+            Reader::Head(l, h, _) => l < self.layers && h < self.heads,
             Reader::Kv(l, g, _) => l < self.layers && g < self.kv_heads,
             Reader::Mlp(l) => l < self.layers,
             Reader::Logits => true,

@@ -224,7 +224,7 @@ impl Figure for CircuitFigure {
 
 #[cfg(test)]
 mod tests {
-    use super::super::circuit_layout::tests::{synthetic, GPT2_SMALL};
+    use super::super::circuit_layout::tests::{dense, synthetic, GPT2_SMALL};
     use super::*;
 
     #[test]
@@ -290,23 +290,11 @@ mod tests {
 
     /// The figure of the top `k` edges of `s`, and its PNG.
     fn drawn(s: &EdgeScores, k: usize, name: &str) -> (CircuitFigure, image::RgbImage) {
-        let dir = std::env::temp_dir().join(format!("attrpatch-circuit-{name}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::test_dir::TestDir::new(&format!("attrpatch-circuit-{name}-{}", std::process::id()));
         write_circuit(&dir, s, k).unwrap();
         let img = image::open(dir.join("circuit.png")).unwrap().to_rgb8();
         std::fs::remove_dir_all(dir).ok();
         (CircuitFigure::new(s, k).unwrap(), img)
-    }
-
-    /// Every pixel along a polyline, in steps of at most one pixel.
-    fn dense(points: &[(i32, i32)]) -> Vec<(i32, i32)> {
-        let mut out = vec![points[0]];
-        for pair in points.windows(2) {
-            let [(x0, y0), (x1, y1)] = [pair[0], pair[1]];
-            let n = (x1 - x0).abs().max((y1 - y0).abs()).max(1);
-            out.extend((1..=n).map(|i| (x0 + (x1 - x0) * i / n, y0 + (y1 - y0) * i / n)));
-        }
-        out
     }
 
     #[test]

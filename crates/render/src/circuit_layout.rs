@@ -468,20 +468,28 @@ pub(crate) mod tests {
     /// In the 12 px below its port an edge rises straight up into it (within a
     /// pixel of the port's x), so it does not arrive sideways under a neighbour.
     fn arrives_from_below(curve: &[(i32, i32)], what: &str, e: &PlacedEdge) {
-        for pair in curve.windows(2) {
+        for (x, y) in dense(curve) {
+            let below = y - e.end.1;
+            assert!(
+                !(0..=12).contains(&below) || (x - e.end.0).abs() <= 1,
+                "{what}: {} -> {} is {} px to the side {below} px below its port",
+                e.from,
+                e.to,
+                x - e.end.0
+            );
+        }
+    }
+
+    /// Every pixel along a polyline, in steps of at most one pixel.
+    #[cfg(feature = "figures")]
+    pub(crate) fn dense(points: &[(i32, i32)]) -> Vec<(i32, i32)> {
+        let mut out = vec![points[0]];
+        for pair in points.windows(2) {
             let [(x0, y0), (x1, y1)] = [pair[0], pair[1]];
             let n = (x1 - x0).abs().max((y1 - y0).abs()).max(1);
-            for (x, y) in (0..=n).map(|i| (x0 + (x1 - x0) * i / n, y0 + (y1 - y0) * i / n)) {
-                let below = y - e.end.1;
-                assert!(
-                    !(0..=12).contains(&below) || (x - e.end.0).abs() <= 1,
-                    "{what}: {} -> {} is {} px to the side {below} px below its port",
-                    e.from,
-                    e.to,
-                    x - e.end.0
-                );
-            }
+            out.extend((1..=n).map(|i| (x0 + (x1 - x0) * i / n, y0 + (y1 - y0) * i / n)));
         }
+        out
     }
 
     /// Every check a layout must pass, for several topologies and K.
